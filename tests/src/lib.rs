@@ -1,0 +1,115 @@
+#![forbid(unsafe_code)]
+//! Helpers shared by the integration tests: the shared emulator, unique names, waiting
+//! for streams and tables to become active, and AWS's Python aggregation library.
+
+pub mod python;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::types::TableStatus;
+use aws_sdk_kinesis::types::{Shard, StreamStatus};
+use kinesis_emulator::Emulator;
+
+/// Boxed error for test plumbing.
+pub type TestError = Box<dyn std::error::Error + Send + Sync>;
+/// Result for test plumbing.
+pub type TestResult<T = ()> = Result<T, TestError>;
+
+/// SDK configuration pointing at the process-wide emulator (or at the endpoints of the
+/// standard AWS configuration when it names some).
+pub async fn sdk_config() -> TestResult<SdkConfig> {
+    Ok(Emulator::shared().await?.sdk_config().await)
+}
+
+/// A name no other test of any run uses: `prefix-<pid>-<time>-<n>`.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() % 1_000_000_000)
+        .unwrap_or_default();
+    format!(
+        "{prefix}-{}-{millis}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> TestResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = TestResult<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the stream is ACTIVE.
+pub async fn wait_stream_active(client: &aws_sdk_kinesis::Client, stream: &str) -> TestResult {
+    wait_for("stream to become ACTIVE", Duration::from_secs(30), || async {
+        let summary = client
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await?;
+        let status = summary
+            .stream_description_summary()
+            .map(|s| s.stream_status().clone());
+        Ok((status == Some(StreamStatus::Active)).then_some(()))
+    })
+    .await
+}
+
+/// Creates a provisioned stream with `shards` shards and waits until it is ACTIVE.
+pub async fn create_stream(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    shards: i32,
+) -> TestResult {
+    client
+        .create_stream()
+        .stream_name(stream)
+        .shard_count(shards)
+        .send()
+        .await?;
+    wait_stream_active(client, stream).await
+}
+
+/// All shards of the stream (open and closed), following pagination.
+pub async fn list_shards(client: &aws_sdk_kinesis::Client, stream: &str) -> TestResult<Vec<Shard>> {
+    let mut shards = Vec::new();
+    let mut next = None::<String>;
+    loop {
+        let request = match &next {
+            Some(token) => client.list_shards().next_token(token),
+            None => client.list_shards().stream_name(stream),
+        };
+        let page = request.send().await?;
+        shards.extend(page.shards().iter().cloned());
+        next = page.next_token().map(str::to_owned);
+        if next.is_none() {
+            return Ok(shards);
+        }
+    }
+}
+
+/// Waits until the DynamoDB table is ACTIVE.
+pub async fn wait_table_active(client: &aws_sdk_dynamodb::Client, table: &str) -> TestResult {
+    wait_for("table to become ACTIVE", Duration::from_secs(30), || async {
+        let described = client.describe_table().table_name(table).send().await?;
+        let status = described.table().and_then(|t| t.table_status()).cloned();
+        Ok((status == Some(TableStatus::Active)).then_some(()))
+    })
+    .await
+}
