@@ -24,7 +24,7 @@ impl HashKey {
     /// ```
     /// use kinesis_producer::HashKey;
     /// let key = HashKey::from_partition_key("a");
-    /// assert_eq!(key.to_string(), "253382057212458432646505464802233917621");
+    /// assert_eq!(key.to_string(), "16955237001963240173058271559858726497");
     /// ```
     pub fn from_partition_key(partition_key: &str) -> Self {
         let digest: [u8; 16] = Md5::digest(partition_key.as_bytes()).into();
