@@ -27,15 +27,25 @@ pub(crate) async fn ensure_installed() -> Result<(), EmulatorError> {
 fn install(dir: &Path) -> Result<(), EmulatorError> {
     check_node()?;
     let run_dir = dir.join(".run");
-    fs::create_dir_all(&run_dir).map_err(EmulatorError::io(format!("creating {}", run_dir.display())))?;
+    fs::create_dir_all(&run_dir)
+        .map_err(EmulatorError::io(format!("creating {}", run_dir.display())))?;
     // Several test binaries may start at once: one installs, the others wait.
     let lock_path = run_dir.join("install.lock");
-    let lock = File::create(&lock_path).map_err(EmulatorError::io(format!("creating {}", lock_path.display())))?;
-    lock.lock().map_err(EmulatorError::io(format!("locking {}", lock_path.display())))?;
+    let lock = File::create(&lock_path).map_err(EmulatorError::io(format!(
+        "creating {}",
+        lock_path.display()
+    )))?;
+    lock.lock().map_err(EmulatorError::io(format!(
+        "locking {}",
+        lock_path.display()
+    )))?;
 
     let lockfile = dir.join("package-lock.json");
-    let wanted = fs::read(&lockfile).map_err(EmulatorError::io(format!("reading {}", lockfile.display())))?;
-    let stamp = dir.join("node_modules").join(".installed-package-lock.json");
+    let wanted = fs::read(&lockfile)
+        .map_err(EmulatorError::io(format!("reading {}", lockfile.display())))?;
+    let stamp = dir
+        .join("node_modules")
+        .join(".installed-package-lock.json");
     if fs::read(&stamp).ok().as_deref() == Some(&wanted[..]) {
         return Ok(());
     }

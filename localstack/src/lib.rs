@@ -27,6 +27,7 @@
 mod install;
 mod process;
 mod service_config;
+mod stream;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +36,7 @@ use aws_config::{BehaviorVersion, SdkConfig};
 use tokio::sync::OnceCell;
 
 pub use process::EmulatorProcess;
+pub use stream::{create_stream, wait_stream_active, StreamSetupError};
 
 /// How long an emulator may take to answer after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -148,9 +150,9 @@ impl Emulator {
                 loader = loader.region(aws_config::Region::new("us-east-1"));
             }
             if !env_set("AWS_ACCESS_KEY_ID") {
-                loader = loader.credentials_provider(
-                    aws_credential_types::Credentials::from_keys("test", "test", None),
-                );
+                loader = loader.credentials_provider(aws_credential_types::Credentials::from_keys(
+                    "test", "test", None,
+                ));
             }
         }
         let config = loader.load().await;
@@ -180,7 +182,9 @@ async fn start_if(
     service: &'static str,
 ) -> Result<Option<EmulatorProcess>, EmulatorError> {
     if needed {
-        EmulatorProcess::start(service, START_TIMEOUT).await.map(Some)
+        EmulatorProcess::start(service, START_TIMEOUT)
+            .await
+            .map(Some)
     } else {
         Ok(None)
     }

@@ -27,7 +27,10 @@ pub struct EmulatorProcess {
 impl EmulatorProcess {
     /// Starts `node localstack/run.js <service> <port>` on free ports and waits until it
     /// answers HTTP.
-    pub(crate) async fn start(service: &'static str, timeout: Duration) -> Result<Self, EmulatorError> {
+    pub(crate) async fn start(
+        service: &'static str,
+        timeout: Duration,
+    ) -> Result<Self, EmulatorError> {
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let mut process = Self::spawn(service)?;
@@ -48,14 +51,22 @@ impl EmulatorProcess {
             std::process::id(),
             port
         ));
-        let log = File::create(&log_path).map_err(EmulatorError::io(format!("creating {}", log_path.display())))?;
-        let log_err = log.try_clone().map_err(EmulatorError::io("duplicating a log handle"))?;
+        let log = File::create(&log_path).map_err(EmulatorError::io(format!(
+            "creating {}",
+            log_path.display()
+        )))?;
+        let log_err = log
+            .try_clone()
+            .map_err(EmulatorError::io("duplicating a log handle"))?;
         let mut command = Command::new("node");
         command
             .arg(dir.join("run.js"))
             .arg(service)
             .arg(port.to_string())
-            .env("KINESIS_EMULATOR_PARENT_PID", std::process::id().to_string())
+            .env(
+                "KINESIS_EMULATOR_PARENT_PID",
+                std::process::id().to_string(),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -67,7 +78,12 @@ impl EmulatorProcess {
             _ => EmulatorError::io(format!("starting the {service} emulator"))(e),
         })?;
         tracing::debug!(service, port, log = %log_path.display(), "started emulator");
-        Ok(EmulatorProcess { service, port, child, log_path })
+        Ok(EmulatorProcess {
+            service,
+            port,
+            child,
+            log_path,
+        })
     }
 
     async fn wait_until_answering(&mut self, timeout: Duration) -> Result<(), EmulatorError> {

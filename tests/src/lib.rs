@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::TableStatus;
-use aws_sdk_kinesis::types::{Shard, StreamStatus};
+use aws_sdk_kinesis::types::Shard;
 use kinesis_emulator::Emulator;
 
 /// Boxed error for test plumbing.
@@ -55,20 +55,9 @@ where
     }
 }
 
-/// Waits until the stream is ACTIVE.
+/// Waits until the stream is ACTIVE (after creation or a reshard).
 pub async fn wait_stream_active(client: &aws_sdk_kinesis::Client, stream: &str) -> TestResult {
-    wait_for("stream to become ACTIVE", Duration::from_secs(30), || async {
-        let summary = client
-            .describe_stream_summary()
-            .stream_name(stream)
-            .send()
-            .await?;
-        let status = summary
-            .stream_description_summary()
-            .map(|s| s.stream_status().clone());
-        Ok((status == Some(StreamStatus::Active)).then_some(()))
-    })
-    .await
+    Ok(kinesis_emulator::wait_stream_active(client, stream, Duration::from_secs(30)).await?)
 }
 
 /// Creates a provisioned stream with `shards` shards and waits until it is ACTIVE.
@@ -77,13 +66,7 @@ pub async fn create_stream(
     stream: &str,
     shards: i32,
 ) -> TestResult {
-    client
-        .create_stream()
-        .stream_name(stream)
-        .shard_count(shards)
-        .send()
-        .await?;
-    wait_stream_active(client, stream).await
+    Ok(kinesis_emulator::create_stream(client, stream, shards).await?)
 }
 
 /// All shards of the stream (open and closed), following pagination.
@@ -106,10 +89,14 @@ pub async fn list_shards(client: &aws_sdk_kinesis::Client, stream: &str) -> Test
 
 /// Waits until the DynamoDB table is ACTIVE.
 pub async fn wait_table_active(client: &aws_sdk_dynamodb::Client, table: &str) -> TestResult {
-    wait_for("table to become ACTIVE", Duration::from_secs(30), || async {
-        let described = client.describe_table().table_name(table).send().await?;
-        let status = described.table().and_then(|t| t.table_status()).cloned();
-        Ok((status == Some(TableStatus::Active)).then_some(()))
-    })
+    wait_for(
+        "table to become ACTIVE",
+        Duration::from_secs(30),
+        || async {
+            let described = client.describe_table().table_name(table).send().await?;
+            let status = described.table().and_then(|t| t.table_status()).cloned();
+            Ok((status == Some(TableStatus::Active)).then_some(()))
+        },
+    )
     .await
 }

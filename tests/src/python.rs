@@ -35,7 +35,14 @@ pub fn interop_python() -> TestResult<PathBuf> {
     }
     run(Command::new(python3()).args(["-m", "venv"]).arg(&venv))?;
     run(Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
         .arg(&requirements))?;
     fs::write(&stamp, wanted)?;
     Ok(python)

@@ -35,7 +35,11 @@ const KEY_CHARS: &[char] = &['a', 'b', 'z', '0', '9', '-', '_', ' ', 'é', '日'
 fn random_sets(rng: &mut StdRng, sets: usize) -> Vec<Vec<Input>> {
     (0..sets)
         .map(|_| {
-            let records = if rng.random_bool(0.1) { 1 } else { rng.random_range(2..12) };
+            let records = if rng.random_bool(0.1) {
+                1
+            } else {
+                rng.random_range(2..12)
+            };
             // Few distinct keys so the key tables are shared.
             let keys: Vec<String> = (0..rng.random_range(1..5))
                 .map(|_| {
@@ -46,7 +50,9 @@ fn random_sets(rng: &mut StdRng, sets: usize) -> Vec<Vec<Input>> {
                 .collect();
             (0..records)
                 .map(|_| {
-                    let data: Vec<u8> = (0..rng.random_range(0..200)).map(|_| rng.random()).collect();
+                    let data: Vec<u8> = (0..rng.random_range(0..200))
+                        .map(|_| rng.random())
+                        .collect();
                     Input {
                         partition_key: keys[rng.random_range(0..keys.len())].clone(),
                         explicit_hash_key: rng
@@ -73,8 +79,16 @@ fn python_deaggregates_our_aggregates() -> TestResult {
     for set in &sets {
         let mut builder = AggregateBuilder::new();
         for input in set {
-            let ehk = input.explicit_hash_key.as_deref().map(str::parse::<HashKey>).transpose()?;
-            builder.push(&input.partition_key, ehk, Bytes::from(BASE64.decode(&input.data)?));
+            let ehk = input
+                .explicit_hash_key
+                .as_deref()
+                .map(str::parse::<HashKey>)
+                .transpose()?;
+            builder.push(
+                &input.partition_key,
+                ehk,
+                Bytes::from(BASE64.decode(&input.data)?),
+            );
         }
         let encoded = builder.finish().ok_or("empty set")?;
         kinesis_records.push(Input {

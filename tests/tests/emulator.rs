@@ -9,7 +9,9 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType,
 };
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardFilter, ShardFilterType, ShardIteratorType};
+use aws_sdk_kinesis::types::{
+    PutRecordsRequestEntry, ShardFilter, ShardFilterType, ShardIteratorType,
+};
 use bytes::Bytes;
 use integration_tests::{
     create_stream, list_shards, sdk_config, unique_name, wait_for, wait_stream_active,
@@ -35,7 +37,11 @@ async fn read_shard(
         .ok_or("no shard iterator")?;
     let mut records = Vec::new();
     loop {
-        let page = client.get_records().shard_iterator(&iterator).send().await?;
+        let page = client
+            .get_records()
+            .shard_iterator(&iterator)
+            .send()
+            .await?;
         records.extend(page.records().iter().cloned());
         match page.next_shard_iterator() {
             None => {
@@ -92,7 +98,10 @@ async fn kinesis_put_read_split_merge() -> TestResult {
     let mut sent: HashMap<String, String> = HashMap::new(); // sequence number -> shard
     for entry in put.records() {
         sent.insert(
-            entry.sequence_number().ok_or("no sequence number")?.to_owned(),
+            entry
+                .sequence_number()
+                .ok_or("no sequence number")?
+                .to_owned(),
             entry.shard_id().ok_or("no shard id")?.to_owned(),
         );
     }
@@ -106,7 +115,10 @@ async fn kinesis_put_read_split_merge() -> TestResult {
         let (records, ended) = read_shard(&client, &stream, shard.shard_id()).await?;
         assert!(ended.is_none(), "open shard reported as ended");
         for record in records {
-            read.insert(record.sequence_number().to_owned(), shard.shard_id().to_owned());
+            read.insert(
+                record.sequence_number().to_owned(),
+                shard.shard_id().to_owned(),
+            );
             user_records.extend(deaggregate(
                 record.partition_key().unwrap_or_default(),
                 None,
@@ -116,7 +128,11 @@ async fn kinesis_put_read_split_merge() -> TestResult {
     }
     assert_eq!(read.len(), 51);
     for (sequence, shard) in &read {
-        assert_eq!(sent.get(sequence), Some(shard), "record {sequence} not where PutRecords said");
+        assert_eq!(
+            sent.get(sequence),
+            Some(shard),
+            "record {sequence} not where PutRecords said"
+        );
     }
     let aggregated: Vec<_> = user_records.iter().filter(|r| r.aggregated).collect();
     assert_eq!(aggregated.len(), 5);
@@ -166,10 +182,18 @@ async fn kinesis_put_read_split_merge() -> TestResult {
     let open = client
         .list_shards()
         .stream_name(&stream)
-        .shard_filter(ShardFilter::builder().r#type(ShardFilterType::AtLatest).build()?)
+        .shard_filter(
+            ShardFilter::builder()
+                .r#type(ShardFilterType::AtLatest)
+                .build()?,
+        )
         .send()
         .await?;
-    let open_ids: Vec<_> = open.shards().iter().map(|s| s.shard_id().to_owned()).collect();
+    let open_ids: Vec<_> = open
+        .shards()
+        .iter()
+        .map(|s| s.shard_id().to_owned())
+        .collect();
     assert_eq!(open_ids.len(), 2, "open shards after merge: {open_ids:?}");
     let merged = open
         .shards()
@@ -230,7 +254,8 @@ async fn dynamodb_conditional_write_fails_when_condition_does_not_hold() -> Test
         .await;
     let err = again.expect_err("second create succeeded");
     assert!(
-        err.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()),
+        err.as_service_error()
+            .is_some_and(|e| e.is_conditional_check_failed_exception()),
         "{err:?}"
     );
 
@@ -249,7 +274,9 @@ async fn dynamodb_conditional_write_fails_when_condition_does_not_hold() -> Test
     };
     let stale = take("0").await.expect_err("stale take succeeded");
     assert!(
-        stale.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()),
+        stale
+            .as_service_error()
+            .is_some_and(|e| e.is_conditional_check_failed_exception()),
         "{stale:?}"
     );
     take("1").await?;
@@ -265,10 +292,21 @@ async fn dynamodb_conditional_write_fails_when_condition_does_not_hold() -> Test
         Ok(got.item().cloned())
     })
     .await?;
-    assert_eq!(item.get("leaseOwner"), Some(&AttributeValue::S("worker-b".into())));
-    assert_eq!(item.get("leaseCounter"), Some(&AttributeValue::N("2".into())));
+    assert_eq!(
+        item.get("leaseOwner"),
+        Some(&AttributeValue::S("worker-b".into()))
+    );
+    assert_eq!(
+        item.get("leaseCounter"),
+        Some(&AttributeValue::N("2".into()))
+    );
 
-    let scanned = client.scan().table_name(&table).consistent_read(true).send().await?;
+    let scanned = client
+        .scan()
+        .table_name(&table)
+        .consistent_read(true)
+        .send()
+        .await?;
     assert_eq!(scanned.count(), 1);
     Ok(())
 }

@@ -73,7 +73,13 @@ pub fn deaggregate(
 fn decode(data: &Bytes) -> Option<Vec<UserRecord>> {
     let body = message_bytes(data)?;
     let message = proto::AggregatedRecord::decode(data.slice(body)).ok()?;
-    if message.records.is_empty() || message.records.iter().flat_map(|r| &r.tags).any(|t| t.key.is_none()) {
+    if message.records.is_empty()
+        || message
+            .records
+            .iter()
+            .flat_map(|r| &r.tags)
+            .any(|t| t.key.is_none())
+    {
         return None;
     }
     let lookup = |table: &[String], index: u64| {
@@ -87,8 +93,7 @@ fn decode(data: &Bytes) -> Option<Vec<UserRecord>> {
         .into_iter()
         .zip(0u64..)
         .map(|(record, sub_sequence_number)| {
-            let partition_key =
-                lookup(&message.partition_key_table, record.partition_key_index?)?;
+            let partition_key = lookup(&message.partition_key_table, record.partition_key_index?)?;
             let explicit_hash_key = match record.explicit_hash_key_index {
                 Some(index) => Some(lookup(&message.explicit_hash_key_table, index)?),
                 None => None,
