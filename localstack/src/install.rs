@@ -25,7 +25,7 @@ pub(crate) async fn ensure_installed() -> Result<(), EmulatorError> {
 }
 
 fn install(dir: &Path) -> Result<(), EmulatorError> {
-    check_node()?;
+    check_node("node")?;
     let run_dir = dir.join(".run");
     fs::create_dir_all(&run_dir)
         .map_err(EmulatorError::io(format!("creating {}", run_dir.display())))?;
@@ -71,8 +71,9 @@ fn install(dir: &Path) -> Result<(), EmulatorError> {
     fs::write(&stamp, wanted).map_err(EmulatorError::io(format!("writing {}", stamp.display())))
 }
 
-fn check_node() -> Result<(), EmulatorError> {
-    let output = Command::new("node")
+/// Checks that `program` is a Node.js of at least [`MIN_NODE_MAJOR`].
+fn check_node(program: &str) -> Result<(), EmulatorError> {
+    let output = Command::new(program)
         .arg("--version")
         .output()
         .map_err(|_| EmulatorError::NodeNotFound)?;
@@ -85,5 +86,33 @@ fn check_node() -> Result<(), EmulatorError> {
     match major {
         Some(major) if major >= MIN_NODE_MAJOR => Ok(()),
         _ => Err(EmulatorError::NodeTooOld(version)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_node_is_a_clear_error() {
+        let err = check_node("node-that-does-not-exist").expect_err("no such program");
+        assert!(matches!(err, EmulatorError::NodeNotFound));
+        assert!(err
+            .to_string()
+            .starts_with("node not found: install Node.js 18+"));
+    }
+
+    #[test]
+    fn the_installed_node_is_accepted() {
+        check_node("node").expect("CI machines have Node.js 18+");
+    }
+
+    #[test]
+    fn a_program_that_is_not_node_is_too_old() {
+        // `true` prints no version.
+        assert!(matches!(
+            check_node("true"),
+            Err(EmulatorError::NodeTooOld(_))
+        ));
     }
 }

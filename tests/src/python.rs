@@ -33,7 +33,9 @@ pub fn interop_python() -> TestResult<PathBuf> {
     if fs::read(&stamp).ok().as_deref() == Some(&wanted[..]) && python.exists() {
         return Ok(python);
     }
-    run(Command::new(python3()).args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(python3()).args(["-m", "venv"]).arg(&venv)).map_err(|e| {
+        format!("{e}\n(on Debian, `apt-get install python3-venv` provides the venv module)")
+    })?;
     run(Command::new(&python)
         .args([
             "-m",

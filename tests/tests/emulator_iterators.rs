@@ -12,7 +12,11 @@ use integration_tests::{
     create_stream, list_shards, sdk_config, unique_name, wait_for, wait_stream_active, TestResult,
 };
 
-async fn put(client: &aws_sdk_kinesis::Client, stream: &str, data: &str) -> TestResult<(String, String)> {
+async fn put(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    data: &str,
+) -> TestResult<(String, String)> {
     let out = client
         .put_record()
         .stream_name(stream)
@@ -64,9 +68,18 @@ async fn every_shard_iterator_type() -> TestResult {
     use ShardIteratorType as T;
     let read = |kind, seq, ts| first_data(&client, &stream, &shard, kind, seq, ts);
     assert_eq!(read(T::TrimHorizon, None, None).await?, ["one", "two"]);
-    assert_eq!(read(T::AtSequenceNumber, Some(&first), None).await?, ["one", "two"]);
-    assert_eq!(read(T::AfterSequenceNumber, Some(&first), None).await?, ["two"]);
-    assert_eq!(read(T::AfterSequenceNumber, Some(&second), None).await?, Vec::<String>::new());
+    assert_eq!(
+        read(T::AtSequenceNumber, Some(&first), None).await?,
+        ["one", "two"]
+    );
+    assert_eq!(
+        read(T::AfterSequenceNumber, Some(&first), None).await?,
+        ["two"]
+    );
+    assert_eq!(
+        read(T::AfterSequenceNumber, Some(&second), None).await?,
+        Vec::<String>::new()
+    );
     assert_eq!(read(T::AtTimestamp, None, Some(between)).await?, ["two"]);
 
     let latest = client
@@ -80,11 +93,19 @@ async fn every_shard_iterator_type() -> TestResult {
         .ok_or("no iterator")?;
     put(&client, &stream, "three").await?;
     let page = client.get_records().shard_iterator(latest).send().await?;
-    let data: Vec<_> = page.records().iter().map(|r| r.data().as_ref().to_vec()).collect();
+    let data: Vec<_> = page
+        .records()
+        .iter()
+        .map(|r| r.data().as_ref().to_vec())
+        .collect();
     assert_eq!(data, [b"three".to_vec()]);
 
     // An unknown iterator is an error, not an empty page.
-    let bad = client.get_records().shard_iterator("AAAA-not-an-iterator").send().await;
+    let bad = client
+        .get_records()
+        .shard_iterator("AAAA-not-an-iterator")
+        .send()
+        .await;
     assert!(bad.is_err());
     Ok(())
 }
@@ -105,7 +126,11 @@ async fn update_shard_count() -> TestResult {
     let open = list_shards(&client, &stream)
         .await?
         .into_iter()
-        .filter(|s| s.sequence_number_range().and_then(|r| r.ending_sequence_number()).is_none())
+        .filter(|s| {
+            s.sequence_number_range()
+                .and_then(|r| r.ending_sequence_number())
+                .is_none()
+        })
         .count();
     assert_eq!(open, 4);
     Ok(())
@@ -140,7 +165,9 @@ async fn enhanced_fan_out_subscription_delivers_records() -> TestResult {
             .consumer_arn(&consumer_arn)
             .send()
             .await?;
-        let status = described.consumer_description().map(|c| c.consumer_status().clone());
+        let status = described
+            .consumer_description()
+            .map(|c| c.consumer_status().clone());
         Ok((status == Some(ConsumerStatus::Active)).then_some(()))
     })
     .await?;
