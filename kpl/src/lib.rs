@@ -2,6 +2,39 @@
 #![doc = include_str!("../README.md")]
 
 pub mod aggregation;
+mod aggregator;
+mod collector;
+mod config;
 mod hash_key;
+mod limiter;
+pub mod metrics;
+mod pending;
+mod pipeline;
+mod producer;
+mod receipt;
+mod record;
+mod retrier;
+mod shard_map;
+mod spread;
+mod stats;
+mod stream_id;
 
+pub use collector::{PUT_RECORDS_MAX_COUNT, PUT_RECORDS_MAX_SIZE};
+pub use config::ProducerConfig;
 pub use hash_key::{HashKey, HashKeyError};
+pub use limiter::{SHARD_BYTES_PER_SECOND, SHARD_RECORDS_PER_SECOND};
+pub use producer::{BuildError, ClientSource, ProduceError, Producer, ProducerBuilder, SendError};
+pub use receipt::{Attempt, AttemptError, RecordError, RecordReceipt, RecordResult};
+pub use record::{
+    InvalidRecord, Record, DEFAULT_MAX_RECORD_SIZE, MAX_PARTITION_KEY_CHARS, MAX_RECORD_SIZE_LIMIT,
+};
+pub use shard_map::{ShardMap, ShardMapError, ShardRange};
+pub use spread::HotKeySpread;
+pub use stats::{Outstanding, ProducerStats, ShardLoad};
+pub use stream_id::StreamId;
+
+/// An error with its chain of causes on one line (SDK errors hide the useful part in
+/// their sources).
+pub(crate) fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
+    aws_sdk_kinesis::error::DisplayErrorContext(error).to_string()
+}

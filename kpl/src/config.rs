@@ -1,0 +1,97 @@
+//! Producer settings, named after AWS's KPL where the KPL has the same setting, with the
+//! same defaults.
+
+use std::time::Duration;
+
+use crate::collector::{PUT_RECORDS_MAX_COUNT, PUT_RECORDS_MAX_SIZE};
+use crate::record::DEFAULT_MAX_RECORD_SIZE;
+
+/// Settings of a [`Producer`](crate::Producer); set them through
+/// [`ProducerBuilder`](crate::ProducerBuilder). Each field's documentation gives its
+/// default.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ProducerConfig {
+    /// Pack user records predicted for the same shard into KPL aggregates
+    /// (KPL `AggregationEnabled`). Default `true`.
+    pub aggregation_enabled: bool,
+    /// Most user records in one aggregate (KPL `AggregationMaxCount`). Default
+    /// 4,294,967,295.
+    pub aggregation_max_count: usize,
+    /// Most bytes of data in one aggregate (KPL `AggregationMaxSize`). Default 51,200.
+    /// A user record bigger than this is sent alone.
+    pub aggregation_max_size: usize,
+    /// Most Kinesis records in one PutRecords call (KPL `CollectionMaxCount`). Default
+    /// and maximum 500.
+    pub collection_max_count: usize,
+    /// Most bytes in one PutRecords call (KPL `CollectionMaxSize`). Default and maximum
+    /// 5 MiB.
+    pub collection_max_size: usize,
+    /// Longest a user record waits in buffers to be aggregated and collected before it is
+    /// sent (KPL `RecordMaxBufferedTime`). Default 100 ms.
+    pub record_max_buffered_time: Duration,
+    /// Longest a user record may take to reach the stream, retries included, before it
+    /// fails with [`RecordError::Expired`](crate::RecordError::Expired) (KPL
+    /// `RecordTtl`). Default 30 s.
+    pub record_ttl: Duration,
+    /// Share of a shard's write limits (1,000 records/s, 1 MiB/s) the producer's
+    /// per-shard rate limiter allows, in percent (KPL `RateLimit`). Default 150: above
+    /// 100 lets the producer use the burst Kinesis tolerates and lets Kinesis's own
+    /// throttling, which is retried, arbitrate.
+    pub rate_limit: u32,
+    /// Fail a throttled user record at once with
+    /// [`RecordError::Throttled`](crate::RecordError::Throttled) instead of retrying it
+    /// (KPL `FailIfThrottled`). Default `false`.
+    pub fail_if_throttled: bool,
+    /// Most PutRecords calls in flight at once (KPL `MaxConnections`). Default 24.
+    pub max_connections: usize,
+    /// Timeout of one PutRecords call (KPL `RequestTimeout`). Default 6 s. A call that
+    /// times out may still have succeeded: its records are retried and can then appear
+    /// twice in the stream.
+    pub request_timeout: Duration,
+    /// Largest user record, data plus partition key, in bytes. Default 1 MiB; up to
+    /// 10 MiB for large-record streams.
+    pub max_record_size: usize,
+    /// Most user records accepted and not yet completed. `send` waits while this many
+    /// are outstanding (backpressure); `try_send` fails. Default 100,000. The KPL has no
+    /// such bound.
+    pub max_outstanding_records: usize,
+    /// Most bytes of user records (data plus partition key) accepted and not yet
+    /// completed; as `max_outstanding_records`. Default 256 MiB.
+    pub max_outstanding_bytes: usize,
+    /// Shortest wait before the first retry of a failed record; later retries wait up to
+    /// twice as long each time, with full jitter. Default 100 ms.
+    pub min_backoff: Duration,
+    /// Longest wait between retries. Default 5 s.
+    pub max_backoff: Duration,
+    /// Shortest time between two ListShards refreshes of the shard map. Default 1 s.
+    pub shard_map_min_refresh_interval: Duration,
+    /// Spreading of hot partition keys over several shards; `None` (the default) keeps
+    /// every key on its own shard.
+    pub hot_key_spread: Option<crate::HotKeySpread>,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            aggregation_enabled: true,
+            aggregation_max_count: 4_294_967_295,
+            aggregation_max_size: 51_200,
+            collection_max_count: PUT_RECORDS_MAX_COUNT,
+            collection_max_size: PUT_RECORDS_MAX_SIZE,
+            record_max_buffered_time: Duration::from_millis(100),
+            record_ttl: Duration::from_secs(30),
+            rate_limit: 150,
+            fail_if_throttled: false,
+            max_connections: 24,
+            request_timeout: Duration::from_secs(6),
+            max_record_size: DEFAULT_MAX_RECORD_SIZE,
+            max_outstanding_records: 100_000,
+            max_outstanding_bytes: 256 * 1024 * 1024,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            shard_map_min_refresh_interval: Duration::from_secs(1),
+            hot_key_spread: None,
+        }
+    }
+}

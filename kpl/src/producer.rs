@@ -1,0 +1,473 @@
+//! The producer handle and its builder.
+
+use std::sync::Arc;
+
+use aws_config::SdkConfig;
+use aws_sdk_kinesis::config::retry::RetryConfig;
+use aws_sdk_kinesis::config::timeout::TimeoutConfig;
+use aws_sdk_kinesis::Client;
+use backon::{ExponentialBuilder, Retryable};
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot, TryAcquireError};
+use tokio::time::Instant;
+
+use crate::config::ProducerConfig;
+use crate::pending::{Pending, Permit};
+use crate::pipeline::{Command, Pipeline};
+use crate::receipt::{RecordError, RecordReceipt, RecordResult};
+use crate::record::{InvalidRecord, Record, MAX_RECORD_SIZE_LIMIT};
+use crate::shard_map::{ShardMap, ShardMapError};
+use crate::stats::{Outstanding, ProducerStats, ShardLoad, Shared};
+use crate::{HotKeySpread, StreamId};
+
+/// Why a record was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The record breaks Kinesis's rules.
+    #[error("invalid record: {0}")]
+    Invalid(#[from] InvalidRecord),
+    /// The buffer is full (only from [`Producer::try_send`]).
+    #[error("the producer's buffer is full")]
+    Full,
+    /// The producer was shut down.
+    #[error("the producer is shut down")]
+    Closed,
+}
+
+/// Why a record piped through [`Producer::send_all`] did not reach the stream.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProduceError {
+    /// It was not accepted.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// It was accepted but failed.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
+/// Why a producer could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// No stream was named.
+    #[error("no stream given: call ProducerBuilder::stream")]
+    MissingStream,
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    InvalidConfig(String),
+    /// The stream's shards could not be listed (the stream does not exist, the
+    /// credentials lack `kinesis:ListShards`, or the endpoint cannot be reached).
+    #[error("cannot list the stream's shards: {0}")]
+    ShardMap(#[from] ShardMapError),
+}
+
+/// Where the producer gets its Kinesis client.
+#[derive(Debug, Clone)]
+pub enum ClientSource {
+    /// Build a client from this SDK configuration.
+    Config(SdkConfig),
+    /// Derive a client from this one (its configuration, with the producer's retry and
+    /// timeout settings).
+    Client(Client),
+}
+
+impl From<&SdkConfig> for ClientSource {
+    fn from(config: &SdkConfig) -> Self {
+        ClientSource::Config(config.clone())
+    }
+}
+
+impl From<SdkConfig> for ClientSource {
+    fn from(config: SdkConfig) -> Self {
+        ClientSource::Config(config)
+    }
+}
+
+impl From<Client> for ClientSource {
+    fn from(client: Client) -> Self {
+        ClientSource::Client(client)
+    }
+}
+
+impl From<&Client> for ClientSource {
+    fn from(client: &Client) -> Self {
+        ClientSource::Client(client.clone())
+    }
+}
+
+/// Builds a [`Producer`]. Every setting has the AWS KPL's default where the KPL has it;
+/// see [`ProducerConfig`] for each.
+#[derive(Debug)]
+#[must_use]
+pub struct ProducerBuilder {
+    source: ClientSource,
+    stream: Option<StreamId>,
+    config: ProducerConfig,
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.config.$name = value;
+            self
+        }
+    };
+}
+
+impl ProducerBuilder {
+    /// The stream to put records into, by name or ARN.
+    pub fn stream(mut self, name_or_arn: impl Into<String>) -> Self {
+        self.stream = Some(StreamId::new(name_or_arn));
+        self
+    }
+
+    /// Replaces every setting at once.
+    pub fn config(mut self, config: ProducerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    setter!(
+        /// See [`ProducerConfig::aggregation_enabled`] (default `true`).
+        aggregation_enabled: bool
+    );
+    setter!(
+        /// See [`ProducerConfig::aggregation_max_count`] (default 4,294,967,295).
+        aggregation_max_count: usize
+    );
+    setter!(
+        /// See [`ProducerConfig::aggregation_max_size`] (default 51,200 bytes).
+        aggregation_max_size: usize
+    );
+    setter!(
+        /// See [`ProducerConfig::collection_max_count`] (default 500).
+        collection_max_count: usize
+    );
+    setter!(
+        /// See [`ProducerConfig::collection_max_size`] (default 5 MiB).
+        collection_max_size: usize
+    );
+    setter!(
+        /// See [`ProducerConfig::record_max_buffered_time`] (default 100 ms).
+        record_max_buffered_time: std::time::Duration
+    );
+    setter!(
+        /// See [`ProducerConfig::record_ttl`] (default 30 s).
+        record_ttl: std::time::Duration
+    );
+    setter!(
+        /// See [`ProducerConfig::rate_limit`] (default 150 %).
+        rate_limit: u32
+    );
+    setter!(
+        /// See [`ProducerConfig::fail_if_throttled`] (default `false`).
+        fail_if_throttled: bool
+    );
+    setter!(
+        /// See [`ProducerConfig::max_connections`] (default 24).
+        max_connections: usize
+    );
+    setter!(
+        /// See [`ProducerConfig::request_timeout`] (default 6 s).
+        request_timeout: std::time::Duration
+    );
+    setter!(
+        /// See [`ProducerConfig::max_record_size`] (default 1 MiB, at most 10 MiB).
+        max_record_size: usize
+    );
+    setter!(
+        /// See [`ProducerConfig::max_outstanding_records`] (default 100,000).
+        max_outstanding_records: usize
+    );
+    setter!(
+        /// See [`ProducerConfig::max_outstanding_bytes`] (default 256 MiB).
+        max_outstanding_bytes: usize
+    );
+    setter!(
+        /// See [`ProducerConfig::min_backoff`] (default 100 ms).
+        min_backoff: std::time::Duration
+    );
+    setter!(
+        /// See [`ProducerConfig::max_backoff`] (default 5 s).
+        max_backoff: std::time::Duration
+    );
+    setter!(
+        /// See [`ProducerConfig::shard_map_min_refresh_interval`] (default 1 s).
+        shard_map_min_refresh_interval: std::time::Duration
+    );
+
+    /// Spreads hot partition keys over several shards (off by default). This gives up
+    /// per-key ordering for the spread keys: see [`HotKeySpread`].
+    pub fn hot_key_spread(mut self, spread: HotKeySpread) -> Self {
+        self.config.hot_key_spread = Some(spread);
+        self
+    }
+
+    fn validate(&self) -> Result<(), BuildError> {
+        let c = &self.config;
+        let invalid = |what: &str| Err(BuildError::InvalidConfig(what.to_owned()));
+        if !(64..=MAX_RECORD_SIZE_LIMIT).contains(&c.aggregation_max_size) {
+            return invalid("aggregation_max_size must be within 64 B ..= 10 MiB");
+        }
+        if !(1..=crate::collector::PUT_RECORDS_MAX_COUNT).contains(&c.collection_max_count) {
+            return invalid("collection_max_count must be within 1 ..= 500");
+        }
+        if !(1..=crate::collector::PUT_RECORDS_MAX_SIZE).contains(&c.collection_max_size) {
+            return invalid("collection_max_size must be within 1 B ..= 5 MiB");
+        }
+        if !(1..=MAX_RECORD_SIZE_LIMIT).contains(&c.max_record_size) {
+            return invalid("max_record_size must be within 1 B ..= 10 MiB");
+        }
+        if c.max_outstanding_records == 0 || c.max_outstanding_bytes < c.max_record_size {
+            return invalid(
+                "max_outstanding_records must be positive and max_outstanding_bytes at least max_record_size",
+            );
+        }
+        if c.max_outstanding_bytes > u32::MAX as usize
+            || c.max_outstanding_records > tokio::sync::Semaphore::MAX_PERMITS
+        {
+            return invalid("max_outstanding_bytes must be below 4 GiB");
+        }
+        if c.max_connections == 0 || c.rate_limit == 0 {
+            return invalid("max_connections and rate_limit must be positive");
+        }
+        if c.record_ttl.is_zero() {
+            return invalid("record_ttl must be positive");
+        }
+        Ok(())
+    }
+
+    /// Checks the settings, loads the stream's shard map (ListShards, retried a few
+    /// times), and starts the producer's pipeline on the current Tokio runtime.
+    pub async fn build(self) -> Result<Producer, BuildError> {
+        self.validate()?;
+        let stream = self.stream.clone().ok_or(BuildError::MissingStream)?;
+        let kinesis_config = match &self.source {
+            ClientSource::Config(sdk) => aws_sdk_kinesis::config::Builder::from(sdk),
+            ClientSource::Client(client) => client.config().to_builder(),
+        };
+        // The producer retries on its own terms (backoff until the record TTL), so the
+        // SDK must not retry behind its back.
+        let client = Client::from_conf(
+            kinesis_config
+                .retry_config(RetryConfig::disabled())
+                .timeout_config(
+                    TimeoutConfig::builder()
+                        .operation_attempt_timeout(self.config.request_timeout)
+                        .build(),
+                )
+                .build(),
+        );
+        let map = (|| ShardMap::load(&client, &stream))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(std::time::Duration::from_millis(100))
+                    .with_max_times(3)
+                    .with_jitter(),
+            )
+            .when(|e| !e.is_permanent())
+            .await?;
+
+        let config = self.config;
+        let shared = Arc::new(Shared::new(
+            config.max_outstanding_records,
+            config.max_outstanding_bytes,
+        ));
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let pipeline = Pipeline::new(config.clone(), client, stream.clone(), map, shared.clone());
+        tokio::spawn(pipeline.run(receiver));
+        Ok(Producer {
+            inner: Arc::new(Inner {
+                commands,
+                shared,
+                config,
+                stream,
+            }),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    commands: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
+    config: ProducerConfig,
+    stream: StreamId,
+}
+
+/// An async Kinesis producer: aggregation, batching, per-shard rate limiting and retries,
+/// with backpressure. Cheap to clone; clones share one pipeline.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use kinesis_producer::{Producer, Record};
+///
+/// let sdk_config = aws_config::load_from_env().await;
+/// let producer = Producer::builder(&sdk_config).stream("orders").build().await?;
+///
+/// // The first await admits the record (waiting while the buffer is full) ...
+/// let receipt = producer.send(Record::new("customer-17", "order #1")).await?;
+/// // ... the second tells where it landed.
+/// let result = receipt.await?;
+/// println!("{} {} after {} attempt(s)", result.shard_id, result.sequence_number, result.attempts.len());
+///
+/// producer.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Dropping every clone without [`shutdown`](Self::shutdown) still sends everything
+/// accepted, in the background.
+#[derive(Clone, Debug)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+impl Producer {
+    /// Starts building a producer that uses this SDK configuration or Kinesis client
+    /// (endpoint, region and credentials come from the standard AWS configuration).
+    pub fn builder(client: impl Into<ClientSource>) -> ProducerBuilder {
+        ProducerBuilder {
+            source: client.into(),
+            stream: None,
+            config: ProducerConfig::default(),
+        }
+    }
+
+    /// The stream this producer writes to.
+    pub fn stream(&self) -> &str {
+        self.inner.stream.as_str()
+    }
+
+    /// The producer's settings.
+    pub fn config(&self) -> &ProducerConfig {
+        &self.inner.config
+    }
+
+    /// Validates a record and admits it, waiting while the buffer is full. The receipt
+    /// resolves once the record reached the stream or failed.
+    pub async fn send(&self, record: Record) -> Result<RecordReceipt, SendError> {
+        let size = self.check(&record)?;
+        let shared = &self.inner.shared;
+        let records = shared
+            .records
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| SendError::Closed)?;
+        let bytes = shared
+            .bytes
+            .clone()
+            .acquire_many_owned(size)
+            .await
+            .map_err(|_| SendError::Closed)?;
+        self.enqueue(record, Permit::new(records, bytes))
+    }
+
+    /// As [`send`](Self::send), but fails with [`SendError::Full`] instead of waiting.
+    pub fn try_send(&self, record: Record) -> Result<RecordReceipt, SendError> {
+        let size = self.check(&record)?;
+        let shared = &self.inner.shared;
+        let map = |e: TryAcquireError| match e {
+            TryAcquireError::Closed => SendError::Closed,
+            TryAcquireError::NoPermits => SendError::Full,
+        };
+        let records = shared.records.clone().try_acquire_owned().map_err(map)?;
+        let bytes = shared.bytes.clone().try_acquire_many_owned(size).map_err(map)?;
+        self.enqueue(record, Permit::new(records, bytes))
+    }
+
+    /// Sends every record of a stream, admitting them in order with backpressure, and
+    /// yields their outcomes in the same order.
+    ///
+    /// ```no_run
+    /// # async fn example(producer: kinesis_producer::Producer) {
+    /// use futures::StreamExt;
+    /// use kinesis_producer::Record;
+    ///
+    /// let records = futures::stream::iter((0..1_000).map(|i| Record::new(format!("k{i}"), "v")));
+    /// let failed = producer.send_all(records).filter(|r| futures::future::ready(r.is_err())).count().await;
+    /// assert_eq!(failed, 0);
+    /// # }
+    /// ```
+    pub fn send_all<S>(&self, records: S) -> impl Stream<Item = Result<RecordResult, ProduceError>> + '_
+    where
+        S: Stream<Item = Record> + 'static,
+    {
+        let window = self.inner.config.max_outstanding_records;
+        records
+            .then(move |record| self.send(record))
+            .map(|admitted| async move {
+                match admitted {
+                    Ok(receipt) => receipt.await.map_err(ProduceError::from),
+                    Err(e) => Err(ProduceError::from(e)),
+                }
+            })
+            .buffered(window)
+    }
+
+    fn check(&self, record: &Record) -> Result<u32, SendError> {
+        record.validate(self.inner.config.max_record_size)?;
+        // `validate` bounds the size by max_record_size, itself bounded by 10 MiB.
+        Ok(u32::try_from(record.size()).unwrap_or(u32::MAX))
+    }
+
+    fn enqueue(&self, record: Record, permit: Permit) -> Result<RecordReceipt, SendError> {
+        let (reply, receipt) = oneshot::channel();
+        let arrived = Instant::now();
+        let (partition_key, data, explicit_hash_key) = record.into_parts();
+        let pending = Pending {
+            id: 0,
+            partition_key,
+            data,
+            explicit_hash_key,
+            arrived,
+            expires: arrived + self.inner.config.record_ttl,
+            attempts: Vec::new(),
+            reply: Some(reply),
+            permit: Some(permit),
+        };
+        self.inner
+            .commands
+            .send(Command::Record(Box::new(pending)))
+            .map_err(|_| SendError::Closed)?;
+        Ok(RecordReceipt::new(receipt))
+    }
+
+    /// Waits until every record accepted before this call has reached the stream or
+    /// failed. Buffered records are sent at once instead of waiting for their buffering
+    /// time; the rate limiter still applies.
+    pub async fn flush(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.inner.commands.send(Command::Flush(reply)).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// Stops accepting records, sends everything accepted (retrying until each record's
+    /// TTL), and stops the pipeline. Every receipt resolves before this returns. Other
+    /// clones get [`SendError::Closed`] afterwards.
+    pub async fn shutdown(&self) {
+        self.inner.shared.records.close();
+        self.inner.shared.bytes.close();
+        let (reply, done) = oneshot::channel();
+        if self.inner.commands.send(Command::Shutdown(reply)).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// User records accepted and not yet completed, and the age of the oldest.
+    pub fn outstanding(&self) -> Outstanding {
+        self.inner.shared.outstanding()
+    }
+
+    /// Totals since the producer started.
+    pub fn stats(&self) -> ProducerStats {
+        self.inner.shared.stats()
+    }
+
+    /// The load this producer put on each shard over the last second: spot hot shards.
+    pub fn shard_load(&self) -> Vec<ShardLoad> {
+        self.inner.shared.shard_load()
+    }
+}

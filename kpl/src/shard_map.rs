@@ -1,0 +1,182 @@
+//! The shard map: which open shard owns which hash key range, from ListShards.
+
+use std::sync::Arc;
+
+use aws_sdk_kinesis::error::ProvideErrorMetadata;
+use aws_sdk_kinesis::Client;
+
+use crate::{HashKey, StreamId};
+
+/// An open shard and the hash keys it owns, `start..=end`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardRange {
+    /// Shard id, e.g. `shardId-000000000000`.
+    pub id: Arc<str>,
+    /// Lowest hash key of the shard.
+    pub start: HashKey,
+    /// Highest hash key of the shard.
+    pub end: HashKey,
+}
+
+impl ShardRange {
+    /// The hash key in the middle of the shard's range.
+    pub fn midpoint(&self) -> HashKey {
+        HashKey(self.start.0 + (self.end.0 - self.start.0) / 2)
+    }
+}
+
+/// Open shards sorted by their ending hash key, for binary search.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardMap {
+    shards: Vec<ShardRange>,
+}
+
+/// Why the shard map could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardMapError {
+    /// ListShards failed.
+    #[error("ListShards failed: {message}")]
+    ListShards {
+        /// The service's error code, if the service answered.
+        code: Option<String>,
+        /// What went wrong.
+        message: String,
+    },
+    /// A shard's hash key range could not be read.
+    #[error("shard {shard} has an invalid hash key range")]
+    BadRange {
+        /// The shard.
+        shard: String,
+    },
+}
+
+impl ShardMapError {
+    /// Whether retrying cannot help: the stream does not exist or access is denied.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ShardMapError::ListShards { code: Some(code), .. } => matches!(
+                code.as_str(),
+                "ResourceNotFoundException" | "AccessDeniedException" | "InvalidArgumentException"
+            ),
+            ShardMapError::ListShards { code: None, .. } => false,
+            ShardMapError::BadRange { .. } => true,
+        }
+    }
+}
+
+impl ShardMap {
+    /// A map of these open shards (any order).
+    pub fn new(mut shards: Vec<ShardRange>) -> Self {
+        shards.sort_by_key(|s| s.end);
+        ShardMap { shards }
+    }
+
+    /// Loads the open shards of a stream with ListShards, following pagination.
+    pub async fn load(client: &Client, stream: &StreamId) -> Result<Self, ShardMapError> {
+        let mut shards = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let request = match next_token.take() {
+                Some(token) => client.list_shards().next_token(token),
+                None => stream.list_shards(client),
+            };
+            let page = request
+                .send()
+                .await
+                .map_err(|e| ShardMapError::ListShards {
+                    code: e.code().map(str::to_owned),
+                    message: crate::error_text(&e),
+                })?;
+            for shard in page.shards() {
+                let closed = shard
+                    .sequence_number_range()
+                    .and_then(|r| r.ending_sequence_number())
+                    .is_some();
+                if closed {
+                    continue;
+                }
+                let bad = || ShardMapError::BadRange {
+                    shard: shard.shard_id().to_owned(),
+                };
+                let range = shard.hash_key_range().ok_or_else(bad)?;
+                shards.push(ShardRange {
+                    id: Arc::from(shard.shard_id()),
+                    start: range.starting_hash_key().parse().map_err(|_| bad())?,
+                    end: range.ending_hash_key().parse().map_err(|_| bad())?,
+                });
+            }
+            next_token = page.next_token().map(str::to_owned);
+            if next_token.is_none() {
+                return Ok(ShardMap::new(shards));
+            }
+        }
+    }
+
+    /// The open shard owning `key`, if the map covers it.
+    pub fn shard_for(&self, key: HashKey) -> Option<&ShardRange> {
+        let i = self.shards.partition_point(|s| s.end < key);
+        self.shards.get(i).filter(|s| s.start <= key)
+    }
+
+    /// The shard with this id, if open.
+    pub fn get(&self, id: &str) -> Option<&ShardRange> {
+        self.shards.iter().find(|s| &*s.id == id)
+    }
+
+    /// The open shards, by ending hash key.
+    pub fn shards(&self) -> &[ShardRange] {
+        &self.shards
+    }
+
+    /// Whether no shard is known.
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(id: &str, start: u128, end: u128) -> ShardRange {
+        ShardRange {
+            id: Arc::from(id),
+            start: HashKey(start),
+            end: HashKey(end),
+        }
+    }
+
+    #[test]
+    fn finds_the_owning_shard_at_every_boundary() {
+        let quarter = u128::MAX / 4;
+        let map = ShardMap::new(vec![
+            range("d", 3 * quarter + 3, u128::MAX),
+            range("a", 0, quarter),
+            range("c", 2 * quarter + 2, 3 * quarter + 2),
+            range("b", quarter + 1, 2 * quarter + 1),
+        ]);
+        let id = |k: u128| map.shard_for(HashKey(k)).map(|s| s.id.to_string());
+        assert_eq!(id(0).as_deref(), Some("a"));
+        assert_eq!(id(quarter).as_deref(), Some("a"));
+        assert_eq!(id(quarter + 1).as_deref(), Some("b"));
+        assert_eq!(id(3 * quarter + 2).as_deref(), Some("c"));
+        assert_eq!(id(3 * quarter + 3).as_deref(), Some("d"));
+        assert_eq!(id(u128::MAX).as_deref(), Some("d"));
+    }
+
+    #[test]
+    fn gaps_and_empty_maps_predict_nothing() {
+        let map = ShardMap::new(vec![range("a", 0, 10), range("b", 20, 30)]);
+        assert!(map.shard_for(HashKey(15)).is_none());
+        assert!(map.shard_for(HashKey(31)).is_none());
+        assert!(ShardMap::default().shard_for(HashKey(1)).is_none());
+    }
+
+    #[test]
+    fn midpoint_is_inside_the_range() {
+        let r = range("a", 0, u128::MAX);
+        assert_eq!(r.midpoint(), HashKey(u128::MAX / 2));
+        let r = range("b", 10, 11);
+        assert_eq!(r.midpoint(), HashKey(10));
+    }
+}
