@@ -36,7 +36,13 @@ impl Aggregator {
 
     /// Adds a record predicted for `shard`, due to be sent by `deadline`. Aggregates that
     /// become full go to `out`.
-    pub fn add(&mut self, shard: Arc<str>, record: Pending, deadline: Instant, out: &mut Vec<Outgoing>) {
+    pub fn add(
+        &mut self,
+        shard: Arc<str>,
+        record: Pending,
+        deadline: Instant,
+        out: &mut Vec<Outgoing>,
+    ) {
         let alone_len = AggregateBuilder::new().encoded_len_with(
             &record.partition_key,
             record.explicit_hash_key.as_ref(),
@@ -152,7 +158,11 @@ mod tests {
         aggregator.flush(now, true, &mut out);
         assert_eq!(out.len(), 2);
         for o in &out {
-            let expected_parity = if &**o.shard.as_ref().expect("shard") == "even" { 0 } else { 1 };
+            let expected_parity = if &**o.shard.as_ref().expect("shard") == "even" {
+                0
+            } else {
+                1
+            };
             assert!(o.records.iter().all(|r| r.id % 2 == expected_parity));
             let users = deaggregate(&o.encoded.partition_key, None, o.encoded.data.clone());
             assert_eq!(users.len(), 5);
@@ -167,7 +177,10 @@ mod tests {
         for i in 0..7 {
             aggregator.add(shard("s"), pending(i, "k", 10), now, &mut out);
         }
-        assert_eq!(out.iter().map(|o| o.records.len()).collect::<Vec<_>>(), [3, 3]);
+        assert_eq!(
+            out.iter().map(|o| o.records.len()).collect::<Vec<_>>(),
+            [3, 3]
+        );
 
         let mut aggregator = Aggregator::new(usize::MAX, 1_000);
         let mut out = Vec::new();
@@ -177,7 +190,10 @@ mod tests {
         aggregator.flush(now, true, &mut out);
         assert!(out.iter().all(|o| o.encoded.data.len() <= 1_000));
         assert_eq!(out.iter().map(|o| o.records.len()).sum::<usize>(), 100);
-        let ids: Vec<u64> = out.iter().flat_map(|o| o.records.iter().map(|r| r.id)).collect();
+        let ids: Vec<u64> = out
+            .iter()
+            .flat_map(|o| o.records.iter().map(|r| r.id))
+            .collect();
         assert_eq!(ids, (0..100).collect::<Vec<_>>(), "order kept");
     }
 

@@ -37,7 +37,10 @@ impl Collector {
         if !self.batch.is_empty() && self.size + size > self.max_size {
             ready.push(self.take());
         }
-        self.deadline = Some(self.deadline.map_or(record.deadline, |d| d.min(record.deadline)));
+        self.deadline = Some(
+            self.deadline
+                .map_or(record.deadline, |d| d.min(record.deadline)),
+        );
         self.size += size;
         self.batch.push(record);
         if self.batch.len() >= self.max_count || self.size >= self.max_size {
@@ -125,7 +128,10 @@ mod tests {
         let mut ready = Vec::new();
         collector.push(outgoing(1, now + Duration::from_millis(50)), &mut ready);
         collector.push(outgoing(1, now + Duration::from_millis(10)), &mut ready);
-        assert_eq!(collector.next_deadline(), Some(now + Duration::from_millis(10)));
+        assert_eq!(
+            collector.next_deadline(),
+            Some(now + Duration::from_millis(10))
+        );
         collector.flush(now, false, &mut ready);
         assert!(ready.is_empty());
         collector.flush(now + Duration::from_millis(10), false, &mut ready);

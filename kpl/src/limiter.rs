@@ -199,7 +199,10 @@ mod tests {
             limiter.drain(now, &mut out);
         }
         let elapsed = now - start;
-        assert!(elapsed >= Duration::from_millis(1_900) && elapsed <= Duration::from_millis(2_100), "{elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_millis(1_900) && elapsed <= Duration::from_millis(2_100),
+            "{elapsed:?}"
+        );
         assert_eq!(out.len(), 3_000);
     }
 
@@ -215,7 +218,11 @@ mod tests {
         let mut limiter = Limiter::new(100);
         let mut out = Vec::new();
         limiter.push(outgoing(Some("s"), 5_000_000), now, &mut out);
-        assert_eq!(out.len(), 1, "a record larger than the bucket passes a full bucket");
+        assert_eq!(
+            out.len(),
+            1,
+            "a record larger than the bucket passes a full bucket"
+        );
     }
 
     #[tokio::test(start_paused = true)]

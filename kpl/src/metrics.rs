@@ -38,7 +38,9 @@ pub(crate) struct Metrics {
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").field("stream", &self.stream).finish()
+        f.debug_struct("Metrics")
+            .field("stream", &self.stream)
+            .finish()
     }
 }
 
@@ -75,7 +77,8 @@ impl Metrics {
     /// A Kinesis record carrying `user_records` reached the stream.
     pub fn kinesis_record_put(&self, user_records: usize) {
         self.kinesis_records_put.increment(1);
-        self.user_records_per_kinesis_record.record(user_records as f64);
+        self.user_records_per_kinesis_record
+            .record(user_records as f64);
     }
 
     /// A PutRecords call of `records` Kinesis records took `duration`.

@@ -221,13 +221,11 @@ impl Pipeline {
     /// the limiter).
     fn route(&mut self, record: Pending) {
         let deadline = record.arrived + self.config.record_max_buffered_time;
-        let shard = self
-            .map
-            .shard_for(record.hash_key())
-            .map(|s| s.id.clone());
+        let shard = self.map.shard_for(record.hash_key()).map(|s| s.id.clone());
         match shard {
             Some(shard) if self.config.aggregation_enabled => {
-                self.aggregator.add(shard, record, deadline, &mut self.staged)
+                self.aggregator
+                    .add(shard, record, deadline, &mut self.staged)
             }
             shard => self.staged.push(Outgoing::single(shard, record, deadline)),
         }
@@ -262,7 +260,10 @@ impl Pipeline {
         self.maybe_refresh(now);
 
         let tracker = &self.tracker;
-        for (_, flush) in self.flushes.extract_if(.., |(id, _)| tracker.done_before(*id)) {
+        for (_, flush) in self
+            .flushes
+            .extract_if(.., |(id, _)| tracker.done_before(*id))
+        {
             let _ = flush.send(());
         }
         self.shared.set_oldest(self.tracker.oldest());
@@ -332,7 +333,11 @@ impl Pipeline {
             let client = self.client.clone();
             let stream = self.stream.clone();
             let done = self.done_tx.clone();
-            let span = tracing::debug_span!("put_records", stream = stream.as_str(), records = batch.len());
+            let span = tracing::debug_span!(
+                "put_records",
+                stream = stream.as_str(),
+                records = batch.len()
+            );
             tokio::spawn(
                 async move {
                     let outcome = put_records(&client, &stream, batch).await;
@@ -439,8 +444,10 @@ impl Pipeline {
                 duration,
                 error: None,
             });
-            self.metrics
-                .user_record_put(now.saturating_duration_since(user.arrived), user.attempts.len() - 1);
+            self.metrics.user_record_put(
+                now.saturating_duration_since(user.arrived),
+                user.attempts.len() - 1,
+            );
             self.tracker.complete(user.id);
             let result = RecordResult {
                 shard_id: shard.clone(),
@@ -453,7 +460,13 @@ impl Pipeline {
         }
     }
 
-    fn failed(&mut self, mut record: Outgoing, error: AttemptError, duration: Duration, now: Instant) {
+    fn failed(
+        &mut self,
+        mut record: Outgoing,
+        error: AttemptError,
+        duration: Duration,
+        now: Instant,
+    ) {
         self.shared.count_failed_attempt();
         let throttled = error.code == THROTTLED;
         if throttled {
@@ -493,7 +506,9 @@ impl Pipeline {
         let wait = min
             .saturating_mul(1 << self.refresh.failures.min(16))
             .min(MAX_REFRESH_BACKOFF.max(min));
-        self.refresh.last.map_or_else(Instant::now, |last| last + wait)
+        self.refresh
+            .last
+            .map_or_else(Instant::now, |last| last + wait)
     }
 
     fn maybe_refresh(&mut self, now: Instant) {
@@ -522,7 +537,11 @@ impl Pipeline {
                 if map == self.map {
                     return;
                 }
-                debug!(stream = self.stream.as_str(), shards = map.shards().len(), "shard map updated");
+                debug!(
+                    stream = self.stream.as_str(),
+                    shards = map.shards().len(),
+                    "shard map updated"
+                );
                 self.map = map;
                 // Buffered records were predicted with the old map: predict them again.
                 let mut records = self.aggregator.drain_records();

@@ -373,7 +373,11 @@ impl Producer {
             TryAcquireError::NoPermits => SendError::Full,
         };
         let records = shared.records.clone().try_acquire_owned().map_err(map)?;
-        let bytes = shared.bytes.clone().try_acquire_many_owned(size).map_err(map)?;
+        let bytes = shared
+            .bytes
+            .clone()
+            .try_acquire_many_owned(size)
+            .map_err(map)?;
         self.enqueue(record, Permit::new(records, bytes))
     }
 
@@ -390,7 +394,10 @@ impl Producer {
     /// assert_eq!(failed, 0);
     /// # }
     /// ```
-    pub fn send_all<S>(&self, records: S) -> impl Stream<Item = Result<RecordResult, ProduceError>> + '_
+    pub fn send_all<S>(
+        &self,
+        records: S,
+    ) -> impl Stream<Item = Result<RecordResult, ProduceError>> + '_
     where
         S: Stream<Item = Record> + 'static,
     {

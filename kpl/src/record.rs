@@ -42,7 +42,10 @@ impl Record {
 
     /// Routes the record by this explicit hash key, a decimal integer in `0..=2^128-1`,
     /// instead of its partition key's hash.
-    pub fn with_explicit_hash_key(mut self, explicit_hash_key: &str) -> Result<Self, InvalidRecord> {
+    pub fn with_explicit_hash_key(
+        mut self,
+        explicit_hash_key: &str,
+    ) -> Result<Self, InvalidRecord> {
         self.explicit_hash_key = Some(explicit_hash_key.parse()?);
         Ok(self)
     }
@@ -136,13 +139,19 @@ mod tests {
     fn accepts_limits_exactly() {
         let key = "k".repeat(MAX_PARTITION_KEY_CHARS);
         let data = vec![0u8; DEFAULT_MAX_RECORD_SIZE - key.len()];
-        assert_eq!(Record::new(key, data).validate(DEFAULT_MAX_RECORD_SIZE), Ok(()));
+        assert_eq!(
+            Record::new(key, data).validate(DEFAULT_MAX_RECORD_SIZE),
+            Ok(())
+        );
     }
 
     #[test]
     fn counts_partition_key_in_characters_not_bytes() {
         let key = "é".repeat(MAX_PARTITION_KEY_CHARS);
-        assert_eq!(Record::new(key, "x").validate(DEFAULT_MAX_RECORD_SIZE), Ok(()));
+        assert_eq!(
+            Record::new(key, "x").validate(DEFAULT_MAX_RECORD_SIZE),
+            Ok(())
+        );
         let key = "é".repeat(MAX_PARTITION_KEY_CHARS + 1);
         assert_eq!(
             Record::new(key, "x").validate(DEFAULT_MAX_RECORD_SIZE),
@@ -168,7 +177,13 @@ mod tests {
 
     #[test]
     fn refuses_bad_explicit_hash_keys() {
-        for bad in ["", "-1", "12a", "007", "340282366920938463463374607431768211456"] {
+        for bad in [
+            "",
+            "-1",
+            "12a",
+            "007",
+            "340282366920938463463374607431768211456",
+        ] {
             assert!(
                 matches!(
                     Record::new("k", "x").with_explicit_hash_key(bad),

@@ -110,7 +110,9 @@ mod tests {
     #[test]
     fn backoff_grows_to_its_cap_with_full_jitter() {
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let close = |a: Duration, millis: u64| a.abs_diff(Duration::from_millis(millis)) < Duration::from_micros(10);
+        let close = |a: Duration, millis: u64| {
+            a.abs_diff(Duration::from_millis(millis)) < Duration::from_micros(10)
+        };
         assert!(close(backoff.ceiling(1), 100));
         assert!(close(backoff.ceiling(2), 200));
         assert!(close(backoff.ceiling(4), 800));
@@ -118,8 +120,14 @@ mod tests {
         assert!(close(backoff.ceiling(1_000), 2_000));
         let delays: Vec<Duration> = (0..200).map(|_| backoff.delay(3)).collect();
         assert!(delays.iter().all(|d| *d <= Duration::from_micros(400_010)));
-        assert!(delays.iter().any(|d| *d < Duration::from_millis(100)), "full jitter reaches low");
-        assert!(delays.iter().any(|d| *d > Duration::from_millis(300)), "and high");
+        assert!(
+            delays.iter().any(|d| *d < Duration::from_millis(100)),
+            "full jitter reaches low"
+        );
+        assert!(
+            delays.iter().any(|d| *d > Duration::from_millis(300)),
+            "and high"
+        );
     }
 
     #[tokio::test]
@@ -145,7 +153,10 @@ mod tests {
         assert_eq!(queue.next_ready(), Some(now + Duration::from_millis(10)));
         let mut out = Vec::new();
         queue.pop_ready(now + Duration::from_millis(15), &mut out);
-        let keys: Vec<_> = out.iter().map(|o| o.encoded.partition_key.clone()).collect();
+        let keys: Vec<_> = out
+            .iter()
+            .map(|o| o.encoded.partition_key.clone())
+            .collect();
         assert_eq!(keys, ["1", "3"]);
         assert_eq!(queue.len(), 1);
     }

@@ -54,7 +54,9 @@ impl ShardMapError {
     /// Whether retrying cannot help: the stream does not exist or access is denied.
     pub fn is_permanent(&self) -> bool {
         match self {
-            ShardMapError::ListShards { code: Some(code), .. } => matches!(
+            ShardMapError::ListShards {
+                code: Some(code), ..
+            } => matches!(
                 code.as_str(),
                 "ResourceNotFoundException" | "AccessDeniedException" | "InvalidArgumentException"
             ),

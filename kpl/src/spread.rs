@@ -170,7 +170,11 @@ mod tests {
                 .map(|i| ShardRange {
                     id: Arc::from(format!("shard-{i}")),
                     start: HashKey(if i == 0 { 0 } else { i * width + 1 }),
-                    end: HashKey(if i + 1 == shards { u128::MAX } else { (i + 1) * width }),
+                    end: HashKey(if i + 1 == shards {
+                        u128::MAX
+                    } else {
+                        (i + 1) * width
+                    }),
                 })
                 .collect(),
         )
@@ -181,7 +185,10 @@ mod tests {
         let map = map(4);
         let mut spreader = Spreader::new(HotKeySpread::default(), Instant::now());
         for i in 0..10_000 {
-            assert_eq!(spreader.route(&format!("key-{i}"), &map, Instant::now()), None);
+            assert_eq!(
+                spreader.route(&format!("key-{i}"), &map, Instant::now()),
+                None
+            );
         }
     }
 
@@ -215,6 +222,9 @@ mod tests {
             }
         }
         assert!(!shards.is_empty());
-        assert!(shards.iter().all(|s| s == "shard-1" || s == "shard-2"), "{shards:?}");
+        assert!(
+            shards.iter().all(|s| s == "shard-1" || s == "shard-2"),
+            "{shards:?}"
+        );
     }
 }

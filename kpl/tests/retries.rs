@@ -48,7 +48,11 @@ fn even_shards(n: u128) -> Vec<(String, u128, u128)> {
     (0..n)
         .map(|i| {
             let start = if i == 0 { 0 } else { i * width + 1 };
-            let end = if i + 1 == n { u128::MAX } else { (i + 1) * width };
+            let end = if i + 1 == n {
+                u128::MAX
+            } else {
+                (i + 1) * width
+            };
             (format!("shardId-{i:012}"), start, end)
         })
         .collect()
@@ -105,11 +109,13 @@ impl Fake {
         let fake = self.clone();
         let put = mock!(Client::put_records).then_compute_response(move |request| {
             if take_one(&fake.fail_calls) {
-                return MockResponse::Error(PutRecordsError::ProvisionedThroughputExceededException(
-                    ProvisionedThroughputExceededException::builder()
-                        .message("injected: whole request throttled")
-                        .build(),
-                ));
+                return MockResponse::Error(
+                    PutRecordsError::ProvisionedThroughputExceededException(
+                        ProvisionedThroughputExceededException::builder()
+                            .message("injected: whole request throttled")
+                            .build(),
+                    ),
+                );
             }
             let mut results = Vec::new();
             let mut failed = 0;
@@ -170,9 +176,13 @@ impl Fake {
             .unwrap()
             .iter()
             .flat_map(|s| {
-                deaggregate(&s.partition_key, s.explicit_hash_key.as_deref(), s.data.clone())
-                    .into_iter()
-                    .map(|u| (s.shard.clone(), u.partition_key, u.data))
+                deaggregate(
+                    &s.partition_key,
+                    s.explicit_hash_key.as_deref(),
+                    s.data.clone(),
+                )
+                .into_iter()
+                .map(|u| (s.shard.clone(), u.partition_key, u.data))
             })
             .collect()
     }
@@ -184,7 +194,10 @@ fn take_one(counter: &AtomicUsize) -> bool {
         .is_ok()
 }
 
-async fn send_many(producer: &Producer, n: usize) -> Vec<Result<kinesis_producer::RecordResult, RecordError>> {
+async fn send_many(
+    producer: &Producer,
+    n: usize,
+) -> Vec<Result<kinesis_producer::RecordResult, RecordError>> {
     let mut receipts = Vec::new();
     for i in 0..n {
         let record = Record::new(format!("key-{i}"), format!("record {i}"));
@@ -197,7 +210,12 @@ async fn send_many(producer: &Producer, n: usize) -> Vec<Result<kinesis_producer
 async fn throttled_entries_are_retried_until_they_succeed() {
     let fake = Fake::new(2);
     fake.throttle_entries.store(3, Ordering::SeqCst);
-    let producer = fake.builder().aggregation_enabled(false).build().await.unwrap();
+    let producer = fake
+        .builder()
+        .aggregation_enabled(false)
+        .build()
+        .await
+        .unwrap();
     let results = send_many(&producer, 50).await;
     let retried: Vec<_> = results
         .iter()
@@ -206,7 +224,10 @@ async fn throttled_entries_are_retried_until_they_succeed() {
         .collect();
     assert_eq!(retried.len(), 3);
     for result in retried {
-        let first = result.attempts[0].error.as_ref().expect("first attempt failed");
+        let first = result.attempts[0]
+            .error
+            .as_ref()
+            .expect("first attempt failed");
         assert_eq!(first.code, THROTTLED);
         assert!(result.attempts.last().unwrap().error.is_none());
     }
@@ -223,9 +244,18 @@ async fn failed_requests_are_retried_with_their_attempts_recorded() {
     for result in &results {
         let result = result.as_ref().expect("succeeds");
         assert!(result.attempts.len() >= 2, "{:?}", result.attempts);
-        assert!(result.attempts[0].error.as_ref().unwrap().message.contains("injected"));
+        assert!(result.attempts[0]
+            .error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("injected"));
     }
-    let mut delivered: Vec<String> = fake.user_records().into_iter().map(|(_, pk, _)| pk).collect();
+    let mut delivered: Vec<String> = fake
+        .user_records()
+        .into_iter()
+        .map(|(_, pk, _)| pk)
+        .collect();
     delivered.sort();
     delivered.dedup();
     assert_eq!(delivered.len(), 20, "nothing lost");
@@ -235,7 +265,12 @@ async fn failed_requests_are_retried_with_their_attempts_recorded() {
 async fn records_expire_after_their_ttl_with_every_attempt() {
     let fake = Fake::new(1);
     fake.always_throttle.store(true, Ordering::SeqCst);
-    let producer = fake.builder().record_ttl(Duration::from_millis(300)).build().await.unwrap();
+    let producer = fake
+        .builder()
+        .record_ttl(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let results = send_many(&producer, 10).await;
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -243,7 +278,9 @@ async fn records_expire_after_their_ttl_with_every_attempt() {
         match result {
             Err(RecordError::Expired { attempts }) => {
                 assert!(!attempts.is_empty());
-                assert!(attempts.iter().all(|a| a.error.as_ref().unwrap().code == THROTTLED));
+                assert!(attempts
+                    .iter()
+                    .all(|a| a.error.as_ref().unwrap().code == THROTTLED));
             }
             other => panic!("expected expiry, got {other:?}"),
         }
@@ -256,7 +293,12 @@ async fn records_expire_after_their_ttl_with_every_attempt() {
 async fn fail_if_throttled_fails_at_once() {
     let fake = Fake::new(1);
     fake.always_throttle.store(true, Ordering::SeqCst);
-    let producer = fake.builder().fail_if_throttled(true).build().await.unwrap();
+    let producer = fake
+        .builder()
+        .fail_if_throttled(true)
+        .build()
+        .await
+        .unwrap();
     let results = send_many(&producer, 5).await;
     for result in results {
         let Err(RecordError::Throttled { attempts }) = result else {
@@ -277,7 +319,10 @@ async fn aggregates_never_span_shards_and_receipts_say_where_records_are() {
         let owner = fake.shard_of(HashKey::from_partition_key(partition_key).0);
         assert_eq!(&owner, shard, "{partition_key} stored on the wrong shard");
     }
-    let aggregated = results.iter().filter(|r| r.as_ref().unwrap().aggregated).count();
+    let aggregated = results
+        .iter()
+        .filter(|r| r.as_ref().unwrap().aggregated)
+        .count();
     assert!(aggregated > 1_900, "records were aggregated ({aggregated})");
     assert!(producer.stats().kinesis_records_put < 100);
     for (i, result) in results.iter().enumerate() {
@@ -301,7 +346,10 @@ async fn a_reshard_refreshes_the_map_and_resends_misrouted_aggregates() {
         let owner = fake.shard_of(HashKey::from_partition_key(&format!("key-{}", i % 500)).0);
         assert_eq!(&*result.shard_id, owner);
     }
-    assert!(fake.list_calls.load(Ordering::SeqCst) >= 2, "the map was refreshed");
+    assert!(
+        fake.list_calls.load(Ordering::SeqCst) >= 2,
+        "the map was refreshed"
+    );
     // Every user record is stored where it belongs (a misrouted aggregate also stays
     // where it landed: consumers drop or deduplicate it).
     let stored: std::collections::HashSet<(String, String)> = fake
@@ -312,7 +360,10 @@ async fn a_reshard_refreshes_the_map_and_resends_misrouted_aggregates() {
     for i in 0..500 {
         let key = format!("key-{i}");
         let owner = fake.shard_of(HashKey::from_partition_key(&key).0);
-        assert!(stored.contains(&(owner, key.clone())), "{key} not on its shard");
+        assert!(
+            stored.contains(&(owner, key.clone())),
+            "{key} not on its shard"
+        );
     }
 }
 
@@ -320,7 +371,12 @@ async fn a_reshard_refreshes_the_map_and_resends_misrouted_aggregates() {
 async fn send_all_pipes_a_stream_in_order() {
     use futures::StreamExt;
     let fake = Fake::new(2);
-    let producer = fake.builder().max_outstanding_records(16).build().await.unwrap();
+    let producer = fake
+        .builder()
+        .max_outstanding_records(16)
+        .build()
+        .await
+        .unwrap();
     let records = futures::stream::iter((0..300).map(|i| Record::new(format!("k{i}"), "v")));
     let results: Vec<_> = producer.send_all(records).collect().await;
     assert_eq!(results.len(), 300);

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::TableStatus;
-use aws_sdk_kinesis::types::Shard;
+use aws_sdk_kinesis::types::{Shard, ShardIteratorType};
 use kinesis_emulator::Emulator;
 
 /// Boxed error for test plumbing.
@@ -99,4 +99,62 @@ pub async fn wait_table_active(client: &aws_sdk_dynamodb::Client, table: &str) -
         },
     )
     .await
+}
+
+/// Reads a shard from TRIM_HORIZON until it is caught up (open shard) or ended (closed
+/// shard). Returns the records and, for a closed shard, the child shard ids.
+pub async fn read_shard(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    shard_id: &str,
+) -> TestResult<(Vec<aws_sdk_kinesis::types::Record>, Option<Vec<String>>)> {
+    let mut iterator = client
+        .get_shard_iterator()
+        .stream_name(stream)
+        .shard_id(shard_id)
+        .shard_iterator_type(ShardIteratorType::TrimHorizon)
+        .send()
+        .await?
+        .shard_iterator
+        .ok_or("no shard iterator")?;
+    let mut records = Vec::new();
+    loop {
+        let page = client
+            .get_records()
+            .shard_iterator(&iterator)
+            .send()
+            .await?;
+        records.extend(page.records().iter().cloned());
+        match page.next_shard_iterator() {
+            None => {
+                let children = page
+                    .child_shards()
+                    .iter()
+                    .map(|c| c.shard_id().to_owned())
+                    .collect();
+                return Ok((records, Some(children)));
+            }
+            Some(_) if page.records().is_empty() && page.millis_behind_latest() == Some(0) => {
+                return Ok((records, None));
+            }
+            Some(next) => iterator = next.to_owned(),
+        }
+    }
+}
+
+/// Every record of every shard of the stream (open and closed), with its shard id.
+pub async fn read_stream(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> TestResult<Vec<(String, aws_sdk_kinesis::types::Record)>> {
+    let mut all = Vec::new();
+    for shard in list_shards(client, stream).await? {
+        let (records, _) = read_shard(client, stream, shard.shard_id()).await?;
+        all.extend(
+            records
+                .into_iter()
+                .map(|r| (shard.shard_id().to_owned(), r)),
+        );
+    }
+    Ok(all)
 }

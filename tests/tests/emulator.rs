@@ -14,51 +14,10 @@ use aws_sdk_kinesis::types::{
 };
 use bytes::Bytes;
 use integration_tests::{
-    create_stream, list_shards, sdk_config, unique_name, wait_for, wait_stream_active,
+    create_stream, list_shards, read_shard, sdk_config, unique_name, wait_for, wait_stream_active,
     wait_table_active, TestResult,
 };
 use kinesis_producer::aggregation::{deaggregate, AggregateBuilder};
-
-/// Reads a shard from TRIM_HORIZON until it is caught up (open shard) or ended (closed
-/// shard). Returns the records and, for a closed shard, the child shard ids.
-async fn read_shard(
-    client: &aws_sdk_kinesis::Client,
-    stream: &str,
-    shard_id: &str,
-) -> TestResult<(Vec<aws_sdk_kinesis::types::Record>, Option<Vec<String>>)> {
-    let mut iterator = client
-        .get_shard_iterator()
-        .stream_name(stream)
-        .shard_id(shard_id)
-        .shard_iterator_type(ShardIteratorType::TrimHorizon)
-        .send()
-        .await?
-        .shard_iterator
-        .ok_or("no shard iterator")?;
-    let mut records = Vec::new();
-    loop {
-        let page = client
-            .get_records()
-            .shard_iterator(&iterator)
-            .send()
-            .await?;
-        records.extend(page.records().iter().cloned());
-        match page.next_shard_iterator() {
-            None => {
-                let children = page
-                    .child_shards()
-                    .iter()
-                    .map(|c| c.shard_id().to_owned())
-                    .collect();
-                return Ok((records, Some(children)));
-            }
-            Some(_) if page.records().is_empty() && page.millis_behind_latest() == Some(0) => {
-                return Ok((records, None));
-            }
-            Some(next) => iterator = next.to_owned(),
-        }
-    }
-}
 
 #[tokio::test]
 async fn kinesis_put_read_split_merge() -> TestResult {
