@@ -46,23 +46,23 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     pub fn new(stream: &str) -> Self {
-        let label = ("stream", stream.to_owned());
+        let labels = [("stream", stream.to_owned())];
         Metrics {
             stream: stream.to_owned(),
-            user_records_put: counter!("kinesis_producer_user_records_put", &[label.clone()]),
-            kinesis_records_put: counter!("kinesis_producer_kinesis_records_put", &[label.clone()]),
-            expired: counter!("kinesis_producer_user_records_expired", &[label.clone()]),
-            pending: gauge!("kinesis_producer_user_records_pending", &[label.clone()]),
-            buffering_time: histogram!("kinesis_producer_buffering_time_seconds", &[label.clone()]),
-            retries_per_record: histogram!("kinesis_producer_retries_per_record", &[label.clone()]),
-            request_time: histogram!("kinesis_producer_request_time_seconds", &[label.clone()]),
+            user_records_put: counter!("kinesis_producer_user_records_put", &labels),
+            kinesis_records_put: counter!("kinesis_producer_kinesis_records_put", &labels),
+            expired: counter!("kinesis_producer_user_records_expired", &labels),
+            pending: gauge!("kinesis_producer_user_records_pending", &labels),
+            buffering_time: histogram!("kinesis_producer_buffering_time_seconds", &labels),
+            retries_per_record: histogram!("kinesis_producer_retries_per_record", &labels),
+            request_time: histogram!("kinesis_producer_request_time_seconds", &labels),
             user_records_per_kinesis_record: histogram!(
                 "kinesis_producer_user_records_per_kinesis_record",
-                &[label.clone()]
+                &labels
             ),
             kinesis_records_per_request: histogram!(
                 "kinesis_producer_kinesis_records_per_request",
-                &[label]
+                &labels
             ),
         }
     }

@@ -64,7 +64,7 @@ pub enum BuildError {
 #[derive(Debug, Clone)]
 pub enum ClientSource {
     /// Build a client from this SDK configuration.
-    Config(SdkConfig),
+    Config(Box<SdkConfig>),
     /// Derive a client from this one (its configuration, with the producer's retry and
     /// timeout settings).
     Client(Client),
@@ -72,13 +72,13 @@ pub enum ClientSource {
 
 impl From<&SdkConfig> for ClientSource {
     fn from(config: &SdkConfig) -> Self {
-        ClientSource::Config(config.clone())
+        ClientSource::Config(Box::new(config.clone()))
     }
 }
 
 impl From<SdkConfig> for ClientSource {
     fn from(config: SdkConfig) -> Self {
-        ClientSource::Config(config)
+        ClientSource::Config(Box::new(config))
     }
 }
 
@@ -243,7 +243,7 @@ impl ProducerBuilder {
         self.validate()?;
         let stream = self.stream.clone().ok_or(BuildError::MissingStream)?;
         let kinesis_config = match &self.source {
-            ClientSource::Config(sdk) => aws_sdk_kinesis::config::Builder::from(sdk),
+            ClientSource::Config(sdk) => aws_sdk_kinesis::config::Builder::from(sdk.as_ref()),
             ClientSource::Client(client) => client.config().to_builder(),
         };
         // The producer retries on its own terms (backoff until the record TTL), so the

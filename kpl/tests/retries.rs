@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // A panic is how a test reports failure.
 //! The producer's retry, expiry, throttling and shard-map logic against canned Kinesis
 //! responses (no network): a fake Kinesis routes records by hash key like the service
 //! and can be told to throttle or fail.

@@ -9,9 +9,7 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType,
 };
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::{
-    PutRecordsRequestEntry, ShardFilter, ShardFilterType, ShardIteratorType,
-};
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardFilter, ShardFilterType};
 use bytes::Bytes;
 use integration_tests::{
     create_stream, list_shards, read_shard, sdk_config, unique_name, wait_for, wait_stream_active,

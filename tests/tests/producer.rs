@@ -543,3 +543,44 @@ async fn a_stream_arn_works_like_a_name() -> TestResult {
     producer.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_hot_key_is_spread_when_asked_and_shard_load_shows_it() -> TestResult {
+    let config = sdk_config().await?;
+    let client = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("producer-hot-key");
+    create_stream(&client, &stream, 4).await?;
+    let producer = Producer::builder(&config)
+        .stream(&stream)
+        .hot_key_spread(kinesis_producer::HotKeySpread::default().threshold(0.1).shards_per_key(4))
+        .build()
+        .await?;
+    let mut receipts = Vec::new();
+    for round in 0..2 {
+        for i in 0..1_500 {
+            let key = if i % 10 == 0 { format!("cold-{i}") } else { "hot".to_owned() };
+            let data = payload(round * 1_500 + i, 32);
+            receipts.push((key.clone(), data.clone(), producer.send(Record::new(key, data)).await?));
+        }
+        producer.flush().await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+    }
+    let load = producer.shard_load();
+    let mut sent = Vec::new();
+    for (key, data, receipt) in receipts {
+        sent.push((key, data, receipt.await?));
+    }
+    producer.shutdown().await;
+    let hot_shards: std::collections::HashSet<_> = sent
+        .iter()
+        .filter(|s| s.0 == "hot")
+        .map(|s| s.2.shard_id.clone())
+        .collect();
+    assert_eq!(hot_shards.len(), 4, "the hot key used 4 shards");
+    assert!(!load.is_empty(), "per-shard load is reported");
+    assert!(load.iter().all(|l| l.user_records_per_second > 0.0));
+    let (found, misplaced) = read_back(&client, &stream).await?;
+    assert_eq!(misplaced, 0);
+    assert_where_receipts_say(&found, &sent);
+    Ok(())
+}
