@@ -552,15 +552,27 @@ async fn a_hot_key_is_spread_when_asked_and_shard_load_shows_it() -> TestResult 
     create_stream(&client, &stream, 4).await?;
     let producer = Producer::builder(&config)
         .stream(&stream)
-        .hot_key_spread(kinesis_producer::HotKeySpread::default().threshold(0.1).shards_per_key(4))
+        .hot_key_spread(
+            kinesis_producer::HotKeySpread::default()
+                .threshold(0.1)
+                .shards_per_key(4),
+        )
         .build()
         .await?;
     let mut receipts = Vec::new();
     for round in 0..2 {
         for i in 0..1_500 {
-            let key = if i % 10 == 0 { format!("cold-{i}") } else { "hot".to_owned() };
+            let key = if i % 10 == 0 {
+                format!("cold-{i}")
+            } else {
+                "hot".to_owned()
+            };
             let data = payload(round * 1_500 + i, 32);
-            receipts.push((key.clone(), data.clone(), producer.send(Record::new(key, data)).await?));
+            receipts.push((
+                key.clone(),
+                data.clone(),
+                producer.send(Record::new(key, data)).await?,
+            ));
         }
         producer.flush().await;
         tokio::time::sleep(Duration::from_millis(1_100)).await;
