@@ -1,9 +1,21 @@
 #![forbid(unsafe_code)]
-//! A consumer framework for Amazon Kinesis Data Streams, in the spirit of AWS's Kinesis
-//! Client Library (KCL).
+#![doc = include_str!("../README.md")]
 
+pub mod checkpoint;
 pub mod lease;
 pub mod leases;
+pub mod processor;
+pub mod retrieval;
+pub mod scheduler;
+mod shard_consumer;
 
+pub use checkpoint::{CheckpointError, Checkpointer, PreparedCheckpoint};
 pub use kinesis_producer::aggregation::{deaggregate, UserRecord};
 pub use lease::{ExtendedSequenceNumber, Lease, SequencePosition};
+pub use processor::{
+    InitializeInput, KinesisClientRecord, LeaseLostInput, ProcessRecordsInput, ProcessorFactory,
+    RecordProcessor, ShardEndedInput, ShutdownRequestedInput,
+};
+pub use scheduler::{
+    InitialPosition, Scheduler, SchedulerBuilder, SchedulerConfig, SchedulerError, ShutdownHandle,
+};
