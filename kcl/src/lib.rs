@@ -1,4 +1,6 @@
 #![forbid(unsafe_code)]
+// Unit tests may unwrap: a panic is the failure report.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 #![doc = include_str!("../README.md")]
 
 pub mod checkpoint;

@@ -509,10 +509,8 @@ impl Scheduler {
         }
         let drained = tokio::time::timeout(self.config.shutdown_timeout, async {
             while let Some(done) = consumers.join_next().await {
-                if let Ok((key, outcome)) = done {
-                    if let ShardOutcome::Ended(children) = outcome {
-                        self.shard_ended(&key, children).await;
-                    }
+                if let Ok((key, ShardOutcome::Ended(children))) = done {
+                    self.shard_ended(&key, children).await;
                 }
             }
         })

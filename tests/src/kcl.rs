@@ -102,7 +102,8 @@ impl Log {
     /// How many distinct payloads were delivered.
     pub fn distinct_payloads(&self) -> usize {
         let inner = self.lock();
-        let set: std::collections::HashSet<&Bytes> = inner.delivered.iter().map(|d| &d.data).collect();
+        let set: std::collections::HashSet<&Bytes> =
+            inner.delivered.iter().map(|d| &d.data).collect();
         set.len()
     }
 
@@ -110,7 +111,9 @@ impl Log {
     pub fn by_key(&self) -> BTreeMap<String, Vec<Bytes>> {
         let mut map: BTreeMap<String, Vec<Bytes>> = BTreeMap::new();
         for d in self.lock().delivered.iter() {
-            map.entry(d.partition_key.clone()).or_default().push(d.data.clone());
+            map.entry(d.partition_key.clone())
+                .or_default()
+                .push(d.data.clone());
         }
         map
     }
@@ -173,7 +176,10 @@ impl RecordProcessor for LoggingProcessor {
         }
         if self.behaviour.checkpoint_every_batch {
             if let Err(e) = input.checkpointer.checkpoint().await {
-                note(&format!("{} {}: checkpoint failed: {e}", self.worker, self.shard));
+                note(&format!(
+                    "{} {}: checkpoint failed: {e}",
+                    self.worker, self.shard
+                ));
             }
         }
     }
@@ -192,7 +198,10 @@ impl RecordProcessor for LoggingProcessor {
         });
         if self.behaviour.checkpoint_on_shard_end {
             if let Err(e) = input.checkpointer.checkpoint().await {
-                note(&format!("{} {}: shard-end checkpoint failed: {e}", self.worker, self.shard));
+                note(&format!(
+                    "{} {}: shard-end checkpoint failed: {e}",
+                    self.worker, self.shard
+                ));
             }
         }
     }
@@ -204,7 +213,10 @@ impl RecordProcessor for LoggingProcessor {
         });
         if self.behaviour.checkpoint_on_shutdown {
             if let Err(e) = input.checkpointer.checkpoint().await {
-                note(&format!("{} {}: shutdown checkpoint failed: {e}", self.worker, self.shard));
+                note(&format!(
+                    "{} {}: shutdown checkpoint failed: {e}",
+                    self.worker, self.shard
+                ));
             }
         }
     }
@@ -312,7 +324,11 @@ pub async fn put_records(
         if out.failed_record_count().unwrap_or(0) != 0 {
             return Err("put_records had failures".into());
         }
-        shards.extend(out.records().iter().map(|r| r.shard_id().unwrap_or_default().to_owned()));
+        shards.extend(
+            out.records()
+                .iter()
+                .map(|r| r.shard_id().unwrap_or_default().to_owned()),
+        );
     }
     Ok(shards)
 }

@@ -75,15 +75,25 @@ async fn lease_items_use_the_java_kcl_schema() -> TestResult {
     put_records(&kinesis, &stream, &records).await?;
 
     let log = Log::default();
-    let worker = start_worker(fast_builder(&config, &stream, &app, "w1"), "w1", &log, Behaviour::default()).await?;
-    wait_for("records delivered and checkpointed", Duration::from_secs(30), || async {
-        let done = log.distinct_payloads() == records.len()
-            && leases(&config, &app)
-                .await?
-                .iter()
-                .all(|l| l.checkpoint.sequence_number().is_some());
-        Ok(done.then_some(()))
-    })
+    let worker = start_worker(
+        fast_builder(&config, &stream, &app, "w1"),
+        "w1",
+        &log,
+        Behaviour::default(),
+    )
+    .await?;
+    wait_for(
+        "records delivered and checkpointed",
+        Duration::from_secs(30),
+        || async {
+            let done = log.distinct_payloads() == records.len()
+                && leases(&config, &app)
+                    .await?
+                    .iter()
+                    .all(|l| l.checkpoint.sequence_number().is_some());
+            Ok(done.then_some(()))
+        },
+    )
     .await?;
 
     // The table: named after the application, hash key leaseKey (S), on-demand.
@@ -117,15 +127,24 @@ async fn lease_items_use_the_java_kcl_schema() -> TestResult {
             "startingHashKey",
             "endingHashKey",
         ] {
-            assert!(item.contains_key(required), "{required} missing from {item:?}");
+            assert!(
+                item.contains_key(required),
+                "{required} missing from {item:?}"
+            );
         }
         assert_eq!(item["leaseOwner"], AttributeValue::S("w1".into()));
-        assert_eq!(item["checkpointSubSequenceNumber"], AttributeValue::N("0".into()));
+        assert_eq!(
+            item["checkpointSubSequenceNumber"],
+            AttributeValue::N("0".into())
+        );
     }
     worker.stop().await?;
     // Released: no owner left.
     for item in raw_items(&dynamodb, &app).await? {
-        assert!(!item.contains_key("leaseOwner"), "lease still owned: {item:?}");
+        assert!(
+            !item.contains_key("leaseOwner"),
+            "lease still owned: {item:?}"
+        );
     }
     Ok(())
 }
@@ -156,11 +175,20 @@ async fn a_table_written_by_the_java_kcl_is_picked_up_where_it_stood() -> TestRe
         .await?
         .shard_iterator
         .ok_or("no iterator")?;
-    let first_shard = kinesis.get_records().shard_iterator(iterator).send().await?;
+    let first_shard = kinesis
+        .get_records()
+        .shard_iterator(iterator)
+        .send()
+        .await?;
     let on_first: Vec<(String, Bytes)> = first_shard
         .records()
         .iter()
-        .map(|r| (r.sequence_number().to_owned(), Bytes::from(r.data().as_ref().to_vec())))
+        .map(|r| {
+            (
+                r.sequence_number().to_owned(),
+                Bytes::from(r.data().as_ref().to_vec()),
+            )
+        })
         .collect();
     assert!(on_first.len() > 5);
     let checkpoint = on_first[4].0.clone();
@@ -197,7 +225,10 @@ async fn a_table_written_by_the_java_kcl_is_picked_up_where_it_stood() -> TestRe
             ("checkpointSubSequenceNumber".to_owned(), n("0")),
             ("ownerSwitchesSinceCheckpoint".to_owned(), n("0")),
             ("startingHashKey".to_owned(), s("0")),
-            ("endingHashKey".to_owned(), s("170141183460469231731687303715884105727")),
+            (
+                "endingHashKey".to_owned(),
+                s("170141183460469231731687303715884105727"),
+            ),
         ]),
         HashMap::from([
             ("leaseKey".to_owned(), s(&shard_ids[1])),
@@ -208,38 +239,63 @@ async fn a_table_written_by_the_java_kcl_is_picked_up_where_it_stood() -> TestRe
         ]),
     ];
     for item in java_items {
-        dynamodb.put_item().table_name(&app).set_item(Some(item)).send().await?;
+        dynamodb
+            .put_item()
+            .table_name(&app)
+            .set_item(Some(item))
+            .send()
+            .await?;
     }
 
     // LATEST would skip everything: the stored checkpoints win.
     let log = Log::default();
-    let builder = fast_builder(&config, &stream, &app, "rust").initial_position(InitialPosition::Latest);
+    let builder =
+        fast_builder(&config, &stream, &app, "rust").initial_position(InitialPosition::Latest);
     let worker = start_worker(builder, "rust", &log, Behaviour::default()).await?;
     let expected: HashSet<Bytes> = records
         .iter()
         .map(|(_, data)| data.clone())
         .filter(|data| !on_first[..5].iter().any(|(_, d)| d == data))
         .collect();
-    wait_for("records after the Java checkpoint", Duration::from_secs(30), || async {
-        Ok((log.distinct_payloads() >= expected.len()).then_some(()))
-    })
+    wait_for(
+        "records after the Java checkpoint",
+        Duration::from_secs(30),
+        || async { Ok((log.distinct_payloads() >= expected.len()).then_some(())) },
+    )
     .await?;
     let delivered: HashSet<Bytes> = log.delivered().into_iter().map(|d| d.data).collect();
-    assert_eq!(delivered, expected, "exactly the records after the Java checkpoint");
+    assert_eq!(
+        delivered, expected,
+        "exactly the records after the Java checkpoint"
+    );
     let initialized: BTreeMap<String, ExtendedSequenceNumber> = log
         .events()
         .into_iter()
         .filter_map(|e| match e {
-            Event::Initialized { shard, checkpoint, .. } => Some((shard, checkpoint)),
+            Event::Initialized {
+                shard, checkpoint, ..
+            } => Some((shard, checkpoint)),
             _ => None,
         })
         .collect();
-    assert_eq!(initialized[&shard_ids[0]], ExtendedSequenceNumber::new(checkpoint, 0));
-    assert_eq!(initialized[&shard_ids[1]], ExtendedSequenceNumber::trim_horizon());
+    assert_eq!(
+        initialized[&shard_ids[0]],
+        ExtendedSequenceNumber::new(checkpoint, 0)
+    );
+    assert_eq!(
+        initialized[&shard_ids[1]],
+        ExtendedSequenceNumber::trim_horizon()
+    );
     let table = leases(&config, &app).await?;
-    let taken = table.iter().find(|l| l.lease_key == shard_ids[0]).ok_or("lease gone")?;
+    let taken = table
+        .iter()
+        .find(|l| l.lease_key == shard_ids[0])
+        .ok_or("lease gone")?;
     assert!(taken.lease_counter > 4711);
-    assert_eq!(taken.hash_key_range.as_ref().map(|r| r.0.as_str()), Some("0"));
+    assert_eq!(
+        taken.hash_key_range.as_ref().map(|r| r.0.as_str()),
+        Some("0")
+    );
     worker.stop().await?;
     Ok(())
 }
@@ -260,10 +316,18 @@ async fn graceful_shutdown_hands_over_exactly_where_it_stopped() -> TestResult {
         ..Behaviour::default()
     };
     let log_a = Log::default();
-    let a = start_worker(fast_builder(&config, &stream, &app, "a"), "a", &log_a, behaviour).await?;
-    wait_for("first records delivered", Duration::from_secs(30), || async {
-        Ok((log_a.distinct_payloads() == first.len()).then_some(()))
-    })
+    let a = start_worker(
+        fast_builder(&config, &stream, &app, "a"),
+        "a",
+        &log_a,
+        behaviour,
+    )
+    .await?;
+    wait_for(
+        "first records delivered",
+        Duration::from_secs(30),
+        || async { Ok((log_a.distinct_payloads() == first.len()).then_some(())) },
+    )
     .await?;
     a.stop().await?;
     let shut_down: HashSet<String> = log_a
@@ -292,10 +356,18 @@ async fn graceful_shutdown_hands_over_exactly_where_it_stopped() -> TestResult {
     let second = keyed_records("second", 100, 10);
     put_records(&kinesis, &stream, &second).await?;
     let log_b = Log::default();
-    let b = start_worker(fast_builder(&config, &stream, &app, "b"), "b", &log_b, Behaviour::default()).await?;
-    wait_for("second records delivered", Duration::from_secs(30), || async {
-        Ok((log_b.distinct_payloads() >= second.len()).then_some(()))
-    })
+    let b = start_worker(
+        fast_builder(&config, &stream, &app, "b"),
+        "b",
+        &log_b,
+        Behaviour::default(),
+    )
+    .await?;
+    wait_for(
+        "second records delivered",
+        Duration::from_secs(30),
+        || async { Ok((log_b.distinct_payloads() >= second.len()).then_some(())) },
+    )
     .await?;
     // A moment for anything extra to show up.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -304,7 +376,10 @@ async fn graceful_shutdown_hands_over_exactly_where_it_stopped() -> TestResult {
     let mut got_sorted = got.clone();
     got_sorted.sort();
     want.sort();
-    assert_eq!(got_sorted, want, "the second worker got exactly the new records");
+    assert_eq!(
+        got_sorted, want,
+        "the second worker got exactly the new records"
+    );
     b.stop().await?;
     Ok(())
 }

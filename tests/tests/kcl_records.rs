@@ -14,14 +14,20 @@ use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use bytes::Bytes;
-use integration_tests::kcl::{fast_builder, keyed_records, put_records, start_worker, Behaviour, Log};
+use integration_tests::kcl::{
+    fast_builder, keyed_records, put_records, start_worker, Behaviour, Log,
+};
 use integration_tests::python::run_interop_script;
 use integration_tests::{create_stream, sdk_config, unique_name, wait_for, TestResult};
 use kinesis_consumer::leases::{DynamoDbLeaseStore, LeaseStore};
 use kinesis_consumer::{ExtendedSequenceNumber, Lease, SchedulerError};
 use kinesis_producer::aggregation::AggregateBuilder;
 
-fn entry(partition_key: &str, explicit_hash_key: Option<String>, data: &[u8]) -> TestResult<PutRecordsRequestEntry> {
+fn entry(
+    partition_key: &str,
+    explicit_hash_key: Option<String>,
+    data: &[u8],
+) -> TestResult<PutRecordsRequestEntry> {
     Ok(PutRecordsRequestEntry::builder()
         .partition_key(partition_key)
         .set_explicit_hash_key(explicit_hash_key)
@@ -32,10 +38,18 @@ fn entry(partition_key: &str, explicit_hash_key: Option<String>, data: &[u8]) ->
 fn our_aggregate(prefix: &str, n: usize) -> TestResult<PutRecordsRequestEntry> {
     let mut builder = AggregateBuilder::new();
     for i in 0..n {
-        builder.push(&format!("{prefix}-key-{i}"), None, Bytes::from(format!("{prefix}-{i}")));
+        builder.push(
+            &format!("{prefix}-key-{i}"),
+            None,
+            Bytes::from(format!("{prefix}-{i}")),
+        );
     }
     let aggregate = builder.finish().ok_or("empty aggregate")?;
-    entry(&aggregate.partition_key, aggregate.explicit_hash_key, &aggregate.data)
+    entry(
+        &aggregate.partition_key,
+        aggregate.explicit_hash_key,
+        &aggregate.data,
+    )
 }
 
 async fn put_in_order(
@@ -104,7 +118,13 @@ async fn aggregates_are_delivered_deaggregated_and_corrupt_ones_raw() -> TestRes
     .await?;
 
     let log = Log::default();
-    let worker = start_worker(fast_builder(&config, &stream, &app, "w"), "w", &log, Behaviour::default()).await?;
+    let worker = start_worker(
+        fast_builder(&config, &stream, &app, "w"),
+        "w",
+        &log,
+        Behaviour::default(),
+    )
+    .await?;
     wait_for("12 user records", Duration::from_secs(30), || async {
         Ok((log.delivered().len() >= 12).then_some(()))
     })
@@ -114,17 +134,55 @@ async fn aggregates_are_delivered_deaggregated_and_corrupt_ones_raw() -> TestRes
     let got: Vec<(String, u64, String, Bytes, bool)> = log
         .delivered()
         .into_iter()
-        .map(|d| (d.sequence_number, d.sub_sequence_number, d.partition_key, d.data, d.aggregated))
+        .map(|d| {
+            (
+                d.sequence_number,
+                d.sub_sequence_number,
+                d.partition_key,
+                d.data,
+                d.aggregated,
+            )
+        })
         .collect();
-    let mut want = vec![(sequence_numbers[0].clone(), 0, "plain-key".to_owned(), Bytes::from_static(b"plain-0"), false)];
+    let mut want = vec![(
+        sequence_numbers[0].clone(),
+        0,
+        "plain-key".to_owned(),
+        Bytes::from_static(b"plain-0"),
+        false,
+    )];
     for i in 0..5u64 {
-        want.push((sequence_numbers[1].clone(), i, format!("ours-key-{i}"), Bytes::from(format!("ours-{i}")), true));
+        want.push((
+            sequence_numbers[1].clone(),
+            i,
+            format!("ours-key-{i}"),
+            Bytes::from(format!("ours-{i}")),
+            true,
+        ));
     }
     for i in 0..4u64 {
-        want.push((sequence_numbers[2].clone(), i, format!("py-key-{i}"), Bytes::from(format!("py-{i}")), true));
+        want.push((
+            sequence_numbers[2].clone(),
+            i,
+            format!("py-key-{i}"),
+            Bytes::from(format!("py-{i}")),
+            true,
+        ));
     }
-    want.push((sequence_numbers[3].clone(), 0, "corrupt-key".to_owned(), Bytes::from(corrupt), false));
-    want.push((sequence_numbers[4].clone(), 0, "plain-key".to_owned(), Bytes::from_static(b"plain-1"), false));
+    want.push((
+        sequence_numbers[3].clone(),
+        0,
+        "corrupt-key".to_owned(),
+        Bytes::from(corrupt),
+        false,
+    ));
+    want.push((
+        sequence_numbers[4].clone(),
+        0,
+        "plain-key".to_owned(),
+        Bytes::from_static(b"plain-1"),
+        false,
+    ));
     assert_eq!(got, want);
     Ok(())
 }
@@ -139,7 +197,10 @@ async fn a_restart_inside_an_aggregate_resumes_after_the_checkpointed_sub_sequen
     let sequence_numbers = put_in_order(
         &kinesis,
         &stream,
-        vec![our_aggregate("agg", 10)?, entry("after-key", None, b"after")?],
+        vec![
+            our_aggregate("agg", 10)?,
+            entry("after-key", None, b"after")?,
+        ],
     )
     .await?;
     let shard = integration_tests::list_shards(&kinesis, &stream).await?[0]
@@ -157,17 +218,30 @@ async fn a_restart_inside_an_aggregate_resumes_after_the_checkpointed_sub_sequen
         .await?;
 
     let log = Log::default();
-    let worker = start_worker(fast_builder(&config, &stream, &app, "w"), "w", &log, Behaviour::default()).await?;
-    wait_for("the rest of the aggregate and the next record", Duration::from_secs(30), || async {
-        Ok((log.delivered().len() >= 7).then_some(()))
-    })
+    let worker = start_worker(
+        fast_builder(&config, &stream, &app, "w"),
+        "w",
+        &log,
+        Behaviour::default(),
+    )
+    .await?;
+    wait_for(
+        "the rest of the aggregate and the next record",
+        Duration::from_secs(30),
+        || async { Ok((log.delivered().len() >= 7).then_some(())) },
+    )
     .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     worker.stop().await?;
     let got: Vec<(String, u64)> = log
         .delivered()
         .into_iter()
-        .map(|d| (String::from_utf8_lossy(&d.data).into_owned(), d.sub_sequence_number))
+        .map(|d| {
+            (
+                String::from_utf8_lossy(&d.data).into_owned(),
+                d.sub_sequence_number,
+            )
+        })
         .collect();
     let mut want: Vec<(String, u64)> = (4..10).map(|i| (format!("agg-{i}"), i)).collect();
     want.push(("after".to_owned(), 0));
@@ -236,7 +310,11 @@ async fn a_bad_shard_iterator_is_renewed_from_the_last_delivered_record() -> Tes
     .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     worker.stop().await?;
-    assert_eq!(spoiled.load(Ordering::SeqCst), 1, "the iterator was spoiled once");
+    assert_eq!(
+        spoiled.load(Ordering::SeqCst),
+        1,
+        "the iterator was spoiled once"
+    );
     // Renewed after the last delivered record: each record exactly once.
     assert_eq!(log.delivered().len(), records.len());
     Ok(())
@@ -251,7 +329,9 @@ async fn dead_endpoints_give_typed_errors_not_hangs() -> TestResult {
     let dead = "http://127.0.0.1:9";
 
     let dead_dynamodb = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&config).endpoint_url(dead).build(),
+        aws_sdk_dynamodb::config::Builder::from(&config)
+            .endpoint_url(dead)
+            .build(),
     );
     let built = tokio::time::timeout(
         Duration::from_secs(60),
@@ -261,10 +341,15 @@ async fn dead_endpoints_give_typed_errors_not_hangs() -> TestResult {
             .build(),
     )
     .await?;
-    assert!(matches!(built, Err(SchedulerError::LeaseTable(_))), "{built:?}");
+    assert!(
+        matches!(built, Err(SchedulerError::LeaseTable(_))),
+        "{built:?}"
+    );
 
     let dead_kinesis = aws_sdk_kinesis::Client::from_conf(
-        aws_sdk_kinesis::config::Builder::from(&config).endpoint_url(dead).build(),
+        aws_sdk_kinesis::config::Builder::from(&config)
+            .endpoint_url(dead)
+            .build(),
     );
     let built = tokio::time::timeout(
         Duration::from_secs(60),
@@ -274,16 +359,27 @@ async fn dead_endpoints_give_typed_errors_not_hangs() -> TestResult {
             .build(),
     )
     .await?;
-    assert!(matches!(built, Err(SchedulerError::Kinesis(_))), "{built:?}");
+    assert!(
+        matches!(built, Err(SchedulerError::Kinesis(_))),
+        "{built:?}"
+    );
 
     let missing = tokio::time::timeout(
         Duration::from_secs(60),
-        fast_builder(&config, &unique_name("no-such-stream"), &unique_name("kcl-dead-app"), "w")
-            .processor_factory(|| NoOp)
-            .build(),
+        fast_builder(
+            &config,
+            &unique_name("no-such-stream"),
+            &unique_name("kcl-dead-app"),
+            "w",
+        )
+        .processor_factory(|| NoOp)
+        .build(),
     )
     .await?;
-    assert!(matches!(missing, Err(SchedulerError::Kinesis(_))), "{missing:?}");
+    assert!(
+        matches!(missing, Err(SchedulerError::Kinesis(_))),
+        "{missing:?}"
+    );
     Ok(())
 }
 

@@ -8,12 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use integration_tests::kcl::{
-    assert_per_key_order, fast_builder, leases, put_records, start_worker, Behaviour, Event,
-    Log,
+    assert_per_key_order, fast_builder, leases, put_records, start_worker, Behaviour, Event, Log,
 };
 use integration_tests::{
-    create_stream, list_shards, sdk_config, unique_name, wait_for, wait_stream_active,
-    TestResult,
+    create_stream, list_shards, sdk_config, unique_name, wait_for, wait_stream_active, TestResult,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,8 +23,20 @@ async fn split_and_merge_during_consumption_keep_order_and_lose_nothing() -> Tes
     create_stream(&kinesis, &stream, 2).await?;
 
     let log = Log::default();
-    let w1 = start_worker(fast_builder(&config, &stream, &app, "w1"), "w1", &log, Behaviour::default()).await?;
-    let w2 = start_worker(fast_builder(&config, &stream, &app, "w2"), "w2", &log, Behaviour::default()).await?;
+    let w1 = start_worker(
+        fast_builder(&config, &stream, &app, "w1"),
+        "w1",
+        &log,
+        Behaviour::default(),
+    )
+    .await?;
+    let w2 = start_worker(
+        fast_builder(&config, &stream, &app, "w2"),
+        "w2",
+        &log,
+        Behaviour::default(),
+    )
+    .await?;
 
     // A producer writing 20 keys, each key's payloads numbered in order.
     let stop = Arc::new(AtomicBool::new(false));
@@ -94,9 +104,11 @@ async fn split_and_merge_during_consumption_keep_order_and_lose_nothing() -> Tes
     producer.await??;
     let total = sent.load(Ordering::SeqCst);
 
-    wait_for("every record delivered", Duration::from_secs(60), || async {
-        Ok((log.distinct_payloads() >= total).then_some(()))
-    })
+    wait_for(
+        "every record delivered",
+        Duration::from_secs(60),
+        || async { Ok((log.distinct_payloads() >= total).then_some(())) },
+    )
     .await?;
     assert_eq!(log.distinct_payloads(), total);
     assert_per_key_order(&log);
@@ -112,15 +124,24 @@ async fn split_and_merge_during_consumption_keep_order_and_lose_nothing() -> Tes
             .chain(shard.adjacent_parent_shard_id())
             .filter(|p| all_shards.iter().any(|s| s.shard_id() == *p))
             .collect();
-        let Some(started) = first(&|e| {
-            matches!(e, Event::Initialized { shard: s, .. } if s == shard.shard_id())
-        }) else {
+        let Some(started) =
+            first(&|e| matches!(e, Event::Initialized { shard: s, .. } if s == shard.shard_id()))
+        else {
             continue;
         };
         for p in parents {
             let ended = first(&|e| matches!(e, Event::ShardEnded { shard: s, .. } if s == p))
-                .unwrap_or_else(|| panic!("{} started but its parent {p} never ended", shard.shard_id()));
-            assert!(ended < started, "{} started before its parent {p} ended", shard.shard_id());
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{} started but its parent {p} never ended",
+                        shard.shard_id()
+                    )
+                });
+            assert!(
+                ended < started,
+                "{} started before its parent {p} ended",
+                shard.shard_id()
+            );
         }
     }
 
@@ -136,15 +157,19 @@ async fn split_and_merge_during_consumption_keep_order_and_lose_nothing() -> Tes
         .map(|s| s.shard_id().to_owned())
         .collect();
     assert_eq!(open.len(), 2);
-    wait_for("finished leases cleaned up", Duration::from_secs(20), || async {
-        let mut keys: Vec<String> = leases(&config, &app)
-            .await?
-            .into_iter()
-            .map(|l| l.lease_key)
-            .collect();
-        keys.sort();
-        Ok((keys == open).then_some(()))
-    })
+    wait_for(
+        "finished leases cleaned up",
+        Duration::from_secs(20),
+        || async {
+            let mut keys: Vec<String> = leases(&config, &app)
+                .await?
+                .into_iter()
+                .map(|l| l.lease_key)
+                .collect();
+            keys.sort();
+            Ok((keys == open).then_some(()))
+        },
+    )
     .await?;
     w1.stop().await?;
     w2.stop().await?;

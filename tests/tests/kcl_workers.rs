@@ -6,16 +6,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use integration_tests::kcl::{
-    assert_per_key_order, fast_builder, keyed_records, leases, owners, put_records,
-    start_worker, Behaviour, Event, Log, FAILOVER,
+    assert_per_key_order, fast_builder, keyed_records, leases, owners, put_records, start_worker,
+    Behaviour, Event, Log, FAILOVER,
 };
 use integration_tests::{create_stream, sdk_config, unique_name, wait_for, TestResult};
 use kinesis_consumer::lease::compare_sequence_numbers;
 
 async fn wait_all_delivered(log: &Log, expected: usize) -> TestResult {
-    wait_for("every record delivered", Duration::from_secs(60), || async {
-        Ok((log.distinct_payloads() >= expected).then_some(()))
-    })
+    wait_for(
+        "every record delivered",
+        Duration::from_secs(60),
+        || async { Ok((log.distinct_payloads() >= expected).then_some(())) },
+    )
     .await
 }
 
@@ -49,19 +51,25 @@ async fn three_workers_share_eight_shards_and_checkpoint_everything() -> TestRes
     // Checkpoints stored: every lease at the last record its shard delivered.
     let mut last: HashMap<String, String> = HashMap::new();
     for d in log.delivered() {
-        let entry = last.entry(d.shard.clone()).or_insert_with(|| d.sequence_number.clone());
+        let entry = last
+            .entry(d.shard.clone())
+            .or_insert_with(|| d.sequence_number.clone());
         if compare_sequence_numbers(&d.sequence_number, entry).is_gt() {
             *entry = d.sequence_number.clone();
         }
     }
-    wait_for("checkpoints at the last records", Duration::from_secs(10), || async {
-        let table = leases(&config, &app).await?;
-        let done = table.len() == 8
-            && table.iter().all(|l| {
-                l.checkpoint.sequence_number() == last.get(&l.lease_key).map(String::as_str)
-            });
-        Ok(done.then_some(()))
-    })
+    wait_for(
+        "checkpoints at the last records",
+        Duration::from_secs(10),
+        || async {
+            let table = leases(&config, &app).await?;
+            let done = table.len() == 8
+                && table.iter().all(|l| {
+                    l.checkpoint.sequence_number() == last.get(&l.lease_key).map(String::as_str)
+                });
+            Ok(done.then_some(()))
+        },
+    )
     .await?;
     for worker in workers {
         worker.stop().await?;
@@ -80,8 +88,20 @@ async fn a_crashed_workers_shards_are_taken_over_without_loss() -> TestResult {
     put_records(&kinesis, &stream, &first).await?;
 
     let log = Log::default();
-    let w1 = start_worker(fast_builder(&config, &stream, &app, "w1"), "w1", &log, Behaviour::default()).await?;
-    let w2 = start_worker(fast_builder(&config, &stream, &app, "w2"), "w2", &log, Behaviour::default()).await?;
+    let w1 = start_worker(
+        fast_builder(&config, &stream, &app, "w1"),
+        "w1",
+        &log,
+        Behaviour::default(),
+    )
+    .await?;
+    let w2 = start_worker(
+        fast_builder(&config, &stream, &app, "w2"),
+        "w2",
+        &log,
+        Behaviour::default(),
+    )
+    .await?;
     wait_all_delivered(&log, first.len()).await?;
     wait_for("leases 2/2", Duration::from_secs(30), || async {
         let counts = owners(&config, &app).await?;
@@ -97,7 +117,12 @@ async fn a_crashed_workers_shards_are_taken_over_without_loss() -> TestResult {
         .await?
         .into_iter()
         .filter(|l| l.is_owned_by("w1"))
-        .map(|l| (l.lease_key.clone(), l.checkpoint.sequence_number().map(str::to_owned)))
+        .map(|l| {
+            (
+                l.lease_key.clone(),
+                l.checkpoint.sequence_number().map(str::to_owned),
+            )
+        })
         .collect();
     assert_eq!(at_crash.len(), 2);
     let delivered_before = log.delivered().len();
@@ -128,7 +153,10 @@ async fn a_crashed_workers_shards_are_taken_over_without_loss() -> TestResult {
             duplicates += 1;
             assert_eq!(d.worker, "w2");
             let original = &delivered[first_index];
-            assert_eq!(original.worker, "w1", "duplicate of a record w1 did not process: {d:?}");
+            assert_eq!(
+                original.worker, "w1",
+                "duplicate of a record w1 did not process: {d:?}"
+            );
             let checkpoint = at_crash
                 .get(&d.shard)
                 .unwrap_or_else(|| panic!("duplicate on a shard w1 did not hold: {d:?}"));
@@ -158,12 +186,24 @@ async fn an_added_worker_takes_its_share_with_the_fewest_moves() -> TestResult {
     put_records(&kinesis, &stream, &records).await?;
 
     let log = Log::default();
-    let w1 = start_worker(fast_builder(&config, &stream, &app, "w1"), "w1", &log, Behaviour::default()).await?;
+    let w1 = start_worker(
+        fast_builder(&config, &stream, &app, "w1"),
+        "w1",
+        &log,
+        Behaviour::default(),
+    )
+    .await?;
     wait_for("w1 holds all six", Duration::from_secs(30), || async {
         Ok((owners(&config, &app).await?.get("w1") == Some(&6)).then_some(()))
     })
     .await?;
-    let w2 = start_worker(fast_builder(&config, &stream, &app, "w2"), "w2", &log, Behaviour::default()).await?;
+    let w2 = start_worker(
+        fast_builder(&config, &stream, &app, "w2"),
+        "w2",
+        &log,
+        Behaviour::default(),
+    )
+    .await?;
     wait_for("3/3", Duration::from_secs(30), || async {
         let counts = owners(&config, &app).await?;
         Ok((counts.values().copied().collect::<Vec<_>>() == vec![3, 3]).then_some(()))
