@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_kinesis::config::interceptors::BeforeSerializationInterceptorContextMut;
+use aws_sdk_kinesis::config::interceptors::{
+    BeforeDeserializationInterceptorContextMut, BeforeSerializationInterceptorContextMut,
+};
 use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_kinesis::operation::get_records::GetRecordsInput;
 use aws_sdk_kinesis::primitives::Blob;
@@ -392,4 +394,81 @@ impl kinesis_consumer::RecordProcessor for NoOp {
     async fn shard_ended(&mut self, input: kinesis_consumer::ShardEndedInput) {
         let _ = input.checkpointer.checkpoint().await;
     }
+}
+
+/// Answers the first `count` GetRecords attempts with HTTP 400
+/// ProvisionedThroughputExceededException, as Kinesis does when a shard's read limit is
+/// exceeded (no emulator enforces it).
+#[derive(Debug)]
+struct Throttle {
+    remaining: AtomicUsize,
+    injected: Arc<AtomicUsize>,
+}
+
+impl Intercept for Throttle {
+    fn name(&self) -> &'static str {
+        "Throttle"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let is_get_records = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .is_some_and(|m| m.name() == "GetRecords");
+        if !is_get_records
+            || self
+                .remaining
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+        {
+            return Ok(());
+        }
+        self.injected.fetch_add(1, Ordering::SeqCst);
+        let response = context.response_mut();
+        *response.status_mut() = 400u16.try_into()?;
+        response
+            .headers_mut()
+            .insert("x-amzn-errortype", "ProvisionedThroughputExceededException");
+        *response.body_mut() = aws_smithy_types::body::SdkBody::from(
+            r#"{"__type":"ProvisionedThroughputExceededException","message":"Rate exceeded for shard"}"#,
+        );
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_reads_are_backed_off_and_retried() -> TestResult {
+    let config = sdk_config().await?;
+    let kinesis = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("kcl-throttle");
+    let app = unique_name("kcl-throttle-app");
+    create_stream(&kinesis, &stream, 1).await?;
+    let records = keyed_records("throttle", 30, 3);
+    put_records(&kinesis, &stream, &records).await?;
+
+    let injected = Arc::new(AtomicUsize::new(0));
+    let throttled = aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::config::Builder::from(&config)
+            .interceptor(Throttle {
+                remaining: AtomicUsize::new(5),
+                injected: injected.clone(),
+            })
+            .build(),
+    );
+    let log = Log::default();
+    let builder = fast_builder(&config, &stream, &app, "w").kinesis_client(throttled);
+    let worker = start_worker(builder, "w", &log, Behaviour::default()).await?;
+    wait_for("every record", Duration::from_secs(30), || async {
+        Ok((log.distinct_payloads() >= records.len()).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.stop().await?;
+    assert_eq!(injected.load(Ordering::SeqCst), 5);
+    assert_eq!(log.delivered().len(), records.len());
+    Ok(())
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use integration_tests::kcl::{
-    assert_per_key_order, fast_builder, leases, put_records, start_worker, Behaviour, Event, Log,
+    assert_per_key_order, fast_builder, keyed_records, leases, put_records, start_worker,
+    Behaviour, Event, Log,
 };
 use integration_tests::{
     create_stream, list_shards, sdk_config, unique_name, wait_for, wait_stream_active, TestResult,
@@ -173,5 +174,69 @@ async fn split_and_merge_during_consumption_keep_order_and_lose_nothing() -> Tes
     .await?;
     w1.stop().await?;
     w2.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_that_does_not_checkpoint_at_shard_end_keeps_the_children_waiting() -> TestResult
+{
+    let config = sdk_config().await?;
+    let kinesis = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("kcl-forgetful");
+    let app = unique_name("kcl-forgetful-app");
+    create_stream(&kinesis, &stream, 1).await?;
+    put_records(&kinesis, &stream, &keyed_records("parent", 20, 4)).await?;
+    let shards = list_shards(&kinesis, &stream).await?;
+    let parent = shards[0].shard_id().to_owned();
+    kinesis
+        .split_shard()
+        .stream_name(&stream)
+        .shard_to_split(&parent)
+        .new_starting_hash_key("170141183460469231731687303715884105728")
+        .send()
+        .await?;
+    wait_stream_active(&kinesis, &stream).await?;
+    put_records(&kinesis, &stream, &keyed_records("child", 20, 4)).await?;
+
+    let log = Log::default();
+    let forgetful = Behaviour {
+        checkpoint_on_shard_end: false,
+        ..Behaviour::default()
+    };
+    let worker = start_worker(
+        fast_builder(&config, &stream, &app, "w"),
+        "w",
+        &log,
+        forgetful,
+    )
+    .await?;
+    // Shard end is delivered again and again; the children never start.
+    wait_for(
+        "shard end delivered three times",
+        Duration::from_secs(30),
+        || async {
+            let ends = log
+                .events()
+                .iter()
+                .filter(|e| matches!(e, Event::ShardEnded { shard, .. } if *shard == parent))
+                .count();
+            Ok((ends >= 3).then_some(()))
+        },
+    )
+    .await?;
+    worker.stop().await?;
+    assert!(
+        !log.events()
+            .iter()
+            .any(|e| matches!(e, Event::Initialized { shard, .. } if *shard != parent)),
+        "a child started although its parent never checkpointed SHARD_END"
+    );
+    assert_eq!(log.distinct_payloads(), 20, "only the parent's records");
+    let table = leases(&config, &app).await?;
+    let parent_lease = table
+        .iter()
+        .find(|l| l.lease_key == parent)
+        .ok_or("no parent lease")?;
+    assert!(!parent_lease.checkpoint.is_shard_end());
     Ok(())
 }
