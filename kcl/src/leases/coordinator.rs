@@ -60,12 +60,12 @@ pub struct HeldLease {
 }
 
 impl HeldLease {
-    fn new(lease: Lease) -> Self {
+    fn new(lease: Lease, taken_at: Instant) -> Self {
         HeldLease {
             key: lease.lease_key.clone(),
             lease: tokio::sync::Mutex::new(lease),
             lost: watch::channel(false).0,
-            last_renewed: Mutex::new(Instant::now()),
+            last_renewed: Mutex::new(taken_at),
         }
     }
 
@@ -98,8 +98,8 @@ impl HeldLease {
         self.lost.send_replace(true);
     }
 
-    fn renewed(&self) {
-        *self.last_renewed.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    fn renewed(&self, at: Instant) {
+        *self.last_renewed.lock().unwrap_or_else(|e| e.into_inner()) = at;
     }
 
     fn since_renewed(&self) -> Duration {
@@ -198,10 +198,14 @@ impl LeaseCoordinator {
                 return true;
             }
             let mut lease = held.lock().await;
+            // The time the write was sent, not when it was acknowledged: other workers
+            // date the counter change no earlier than the write itself, so the local view
+            // of the lease never outlives theirs.
+            let sent = Instant::now();
             match self.store.renew_lease(&lease).await {
                 Ok(renewed) => {
                     *lease = renewed;
-                    held.renewed();
+                    held.renewed(sent);
                     false
                 }
                 Err(LeaseStoreError::ConditionFailed(_)) => {
@@ -316,12 +320,13 @@ impl LeaseCoordinator {
         }
 
         for lease in to_take {
+            let sent = Instant::now();
             match self.store.take_lease(&lease, me).await {
                 Ok(taken) => {
                     tracing::info!(shard = %taken.lease_key, worker = %me, previous_owner = ?lease.lease_owner, stolen = stealing, "took lease");
                     let key = taken.lease_key.clone();
                     self.held_map()
-                        .insert(key.clone(), Arc::new(HeldLease::new(taken)));
+                        .insert(key.clone(), Arc::new(HeldLease::new(taken, sent)));
                     round.taken.push(key);
                     if stealing {
                         round.stolen += 1;

@@ -127,13 +127,14 @@ impl PollingFetcher {
 
     async fn shard_iterator(&self, position: &StartingPosition) -> String {
         let mut delays = backoff();
+        let mut position = position.clone();
         loop {
             let request = self
                 .client
                 .get_shard_iterator()
                 .stream_name(&self.stream)
                 .shard_id(&self.shard_id);
-            let request = match position {
+            let request = match &position {
                 StartingPosition::TrimHorizon => {
                     request.shard_iterator_type(ShardIteratorType::TrimHorizon)
                 }
@@ -154,6 +155,20 @@ impl PollingFetcher {
                         return iterator;
                     }
                     tracing::warn!(shard = %self.shard_id, "GetShardIterator returned no iterator");
+                }
+                Err(error)
+                    if error.code() == Some("InvalidArgumentException")
+                        && matches!(
+                            position,
+                            StartingPosition::AtSequenceNumber(_)
+                                | StartingPosition::AfterSequenceNumber(_)
+                        ) =>
+                {
+                    // The checkpointed record is gone (older than the retention period):
+                    // every record after it that still exists starts at the trim horizon.
+                    tracing::warn!(shard = %self.shard_id, ?position, error = %DisplayErrorContext(&error), "sequence number rejected; reading from TRIM_HORIZON");
+                    position = StartingPosition::TrimHorizon;
+                    continue;
                 }
                 Err(error) => {
                     tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), "GetShardIterator failed; retrying");

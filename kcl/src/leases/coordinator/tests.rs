@@ -282,3 +282,51 @@ async fn renewal_failures_shorter_than_failover_keep_the_lease() {
     assert_eq!(worker.renew_leases().await.len(), 2);
     assert!(worker.held_leases().is_empty());
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn simulate(leases: usize, workers: usize, failure_rate: f64, seed: u64, crash: bool) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut sim = Sim::new(leases, workers).await;
+            sim.store.set_failure_rate(failure_rate, seed);
+            for round in 0..120 {
+                if crash && round == 60 && workers > 1 {
+                    sim.workers[0] = None;
+                }
+                sim.round_checked(failure_rate == 0.0).await;
+            }
+            sim.store.set_failure_rate(0.0, 0);
+            sim.round_checked(false).await;
+            for _ in 0..(leases * 2 + 20) {
+                sim.round().await;
+            }
+            assert_eq!(sim.held_total(), leases, "{:?}", sim.counts());
+            assert!(sim.spread() <= 1, "uneven: {:?}", sim.counts());
+        });
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Whatever the number of leases and workers, failures and crashes: never two
+        /// writable holders, and in the end every lease held with a spread of at most one.
+        #[test]
+        fn one_writable_holder_and_even_spread(
+            leases in 1usize..40,
+            workers in 1usize..7,
+            failure_rate in prop_oneof![Just(0.0), 0.0f64..0.3],
+            seed in any::<u64>(),
+            crash in any::<bool>(),
+        ) {
+            simulate(leases, workers, failure_rate, seed, crash);
+        }
+    }
+}
