@@ -104,7 +104,8 @@ pub struct SchedulerBuilder {
     initial_position: InitialPosition,
     factory: Option<Arc<dyn ProcessorFactory>>,
     config: SchedulerConfig,
-    failover_set: bool,
+    renewal_set: bool,
+    taker_set: bool,
     kinesis_client: Option<aws_sdk_kinesis::Client>,
     dynamodb_client: Option<aws_sdk_dynamodb::Client>,
     lease_store: Option<Arc<dyn LeaseStore>>,
@@ -159,19 +160,20 @@ impl SchedulerBuilder {
     /// at a third of it and the taker interval at the same value.
     pub fn failover_time(mut self, time: Duration) -> Self {
         self.config.failover_time = time;
-        self.failover_set = true;
         self
     }
 
     /// Lease renewal interval (default a third of the failover time).
     pub fn lease_renewal_interval(mut self, interval: Duration) -> Self {
         self.config.lease_renewal_interval = interval;
+        self.renewal_set = true;
         self
     }
 
     /// Lease taker interval (default the failover time).
     pub fn lease_taker_interval(mut self, interval: Duration) -> Self {
         self.config.lease_taker_interval = interval;
+        self.taker_set = true;
         self
     }
 
@@ -255,14 +257,16 @@ impl SchedulerBuilder {
             .factory
             .ok_or(SchedulerError::Config("processor_factory is required"))?;
         let mut config = self.config;
-        if self.failover_set {
-            let defaults = SchedulerConfig::default();
-            if config.lease_renewal_interval == defaults.lease_renewal_interval {
-                config.lease_renewal_interval = config.failover_time / 3;
-            }
-            if config.lease_taker_interval == defaults.lease_taker_interval {
-                config.lease_taker_interval = config.failover_time;
-            }
+        if !self.renewal_set {
+            config.lease_renewal_interval = config.failover_time / 3;
+        }
+        if !self.taker_set {
+            config.lease_taker_interval = config.failover_time;
+        }
+        if config.lease_renewal_interval >= config.failover_time {
+            return Err(SchedulerError::Config(
+                "lease_renewal_interval must be shorter than failover_time",
+            ));
         }
         let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
         let store: Arc<dyn LeaseStore> = match self.lease_store {
@@ -410,7 +414,8 @@ impl Scheduler {
             initial_position: InitialPosition::default(),
             factory: None,
             config: SchedulerConfig::default(),
-            failover_set: false,
+            renewal_set: false,
+            taker_set: false,
             kinesis_client: None,
             dynamodb_client: None,
             lease_store: None,

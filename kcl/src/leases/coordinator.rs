@@ -280,6 +280,20 @@ impl LeaseCoordinator {
             .min(self.config.max_leases_per_worker);
         let needed = target.saturating_sub(mine);
         let mut round = TakeRound::default();
+        if needed == 0 && target == self.config.max_leases_per_worker {
+            let unprocessed = active
+                .iter()
+                .filter(|l| !held_keys.contains(&l.lease_key) && expired.contains(&l.lease_key))
+                .count();
+            if unprocessed > 0 {
+                tracing::warn!(
+                    worker = %me,
+                    unprocessed,
+                    max = self.config.max_leases_per_worker,
+                    "leases left without a worker: this worker is at max_leases_per_worker"
+                );
+            }
+        }
         if needed == 0 {
             round.leases = leases;
             return Ok(round);
