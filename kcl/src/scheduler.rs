@@ -492,14 +492,29 @@ impl Scheduler {
                     self.list_leases_logged().await
                 }
                 Some(done) = consumers.join_next() => {
-                    match done {
+                    let ended = match done {
                         Ok((key, outcome)) => {
                             running.remove(&key);
-                            self.finished(&key, outcome, &mut retry_after).await;
+                            self.finished(&key, outcome, &mut retry_after).await
                         }
-                        Err(error) => tracing::error!(%error, "shard consumer task failed"),
+                        Err(error) => {
+                            tracing::error!(%error, "shard consumer task failed");
+                            false
+                        }
+                    };
+                    if ended {
+                        // The children's leases were just created: take them now rather
+                        // than at the next taker round.
+                        match self.coordinator.take_leases().await {
+                            Ok(round) => Some(round.leases),
+                            Err(error) => {
+                                tracing::warn!(%error, "lease taking failed");
+                                None
+                            }
+                        }
+                    } else {
+                        self.list_leases_logged().await
                     }
-                    self.list_leases_logged().await
                 }
             };
             if let Some(leases) = leases {
@@ -540,21 +555,26 @@ impl Scheduler {
         }
     }
 
+    /// Acts on how a shard consumer finished; returns whether its shard ended.
     async fn finished(
         &self,
         key: &str,
         outcome: ShardOutcome,
         retry_after: &mut HashMap<String, Instant>,
-    ) {
+    ) -> bool {
         match outcome {
-            ShardOutcome::Ended(children) => self.shard_ended(key, children).await,
+            ShardOutcome::Ended(children) => {
+                self.shard_ended(key, children).await;
+                true
+            }
             ShardOutcome::EndNotCheckpointed => {
                 retry_after.insert(
                     key.to_owned(),
                     Instant::now() + self.config.parent_shard_poll_interval,
                 );
+                false
             }
-            ShardOutcome::LeaseLost | ShardOutcome::Shutdown => {}
+            ShardOutcome::LeaseLost | ShardOutcome::Shutdown => false,
         }
     }
 
