@@ -1,9 +1,23 @@
 #![forbid(unsafe_code)]
-//! A consumer framework for Amazon Kinesis Data Streams, in the spirit of AWS's Kinesis
-//! Client Library (KCL).
-//!
-//! For now this crate re-exports the KPL aggregation format it shares with
-//! `kinesis-producer`: [`deaggregate`] turns a Kinesis record into user records with
-//! sub-sequence numbers.
+// Unit tests may unwrap: a panic is the failure report.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+#![doc = include_str!("../README.md")]
 
+pub mod checkpoint;
+pub mod lease;
+pub mod leases;
+pub mod processor;
+pub mod retrieval;
+pub mod scheduler;
+mod shard_consumer;
+
+pub use checkpoint::{CheckpointError, Checkpointer, PreparedCheckpoint};
 pub use kinesis_producer::aggregation::{deaggregate, UserRecord};
+pub use lease::{ExtendedSequenceNumber, Lease, SequencePosition};
+pub use processor::{
+    InitializeInput, KinesisClientRecord, LeaseLostInput, ProcessRecordsInput, ProcessorFactory,
+    RecordProcessor, ShardEndedInput, ShutdownRequestedInput,
+};
+pub use scheduler::{
+    InitialPosition, Scheduler, SchedulerBuilder, SchedulerConfig, SchedulerError, ShutdownHandle,
+};

@@ -1,0 +1,343 @@
+//! Checkpoints: how a record processor records its progress in the lease table.
+
+use std::cmp::Ordering;
+use std::sync::{Arc, Mutex};
+
+use crate::lease::{ExtendedSequenceNumber, Lease};
+use crate::leases::{CheckpointUpdate, HeldLease, LeaseStore, LeaseStoreError};
+
+/// Why a checkpoint was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// This worker no longer holds the shard's lease; another worker continues from the
+    /// last checkpoint. Stop processing this shard.
+    #[error("lease for shard {0} is no longer held by this worker")]
+    LeaseLost(String),
+    /// The lease table throttled the write; try again later.
+    #[error("checkpoint throttled: {0}")]
+    Throttled(String),
+    /// The position is behind the stored checkpoint, or beyond the last record delivered
+    /// to the processor.
+    #[error("invalid checkpoint {requested}: {reason}")]
+    InvalidSequence {
+        /// The position asked for.
+        requested: ExtendedSequenceNumber,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Any other lease table failure.
+    #[error(transparent)]
+    Store(#[from] LeaseStoreError),
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    /// The last user record handed to the processor.
+    last_delivered: Option<ExtendedSequenceNumber>,
+    /// The shard's end was reached and every record was delivered.
+    shard_ended: bool,
+}
+
+/// Writes checkpoints for one shard. Cheap to clone; clones share state.
+///
+/// A checkpoint can never move backwards nor beyond the last record delivered to the
+/// processor, and is written only while this worker holds the lease (the write is
+/// conditional on the lease counter and owner).
+#[derive(Clone)]
+pub struct Checkpointer {
+    held: Arc<HeldLease>,
+    store: Arc<dyn LeaseStore>,
+    progress: Arc<Mutex<Progress>>,
+}
+
+impl std::fmt::Debug for Checkpointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpointer")
+            .field("shard_id", &self.held.key())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A checkpoint written as pending by [`Checkpointer::prepare_checkpoint`]; commit it with
+/// [`PreparedCheckpoint::checkpoint`] once the application's side effects are done.
+#[derive(Debug)]
+pub struct PreparedCheckpoint {
+    checkpointer: Checkpointer,
+    position: ExtendedSequenceNumber,
+}
+
+impl PreparedCheckpoint {
+    /// The prepared position.
+    pub fn position(&self) -> &ExtendedSequenceNumber {
+        &self.position
+    }
+
+    /// Commits the prepared checkpoint and clears the pending one.
+    pub async fn checkpoint(self) -> Result<(), CheckpointError> {
+        self.checkpointer
+            .write(self.position.clone(), None, None, false)
+            .await
+    }
+}
+
+impl Checkpointer {
+    pub(crate) fn new(held: Arc<HeldLease>, store: Arc<dyn LeaseStore>) -> Self {
+        Checkpointer {
+            held,
+            store,
+            progress: Arc::new(Mutex::new(Progress::default())),
+        }
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn delivered(&self, last: ExtendedSequenceNumber) {
+        self.progress().last_delivered = Some(last);
+    }
+
+    pub(crate) fn set_shard_ended(&self) {
+        self.progress().shard_ended = true;
+    }
+
+    /// The shard this checkpointer writes for.
+    pub fn shard_id(&self) -> &str {
+        self.held.key()
+    }
+
+    /// The last user record delivered to the processor.
+    pub fn last_delivered(&self) -> Option<ExtendedSequenceNumber> {
+        self.progress().last_delivered.clone()
+    }
+
+    /// The checkpoint stored in the lease now.
+    pub async fn current(&self) -> ExtendedSequenceNumber {
+        self.held.snapshot().await.checkpoint
+    }
+
+    /// Checkpoints everything delivered so far. In
+    /// [`RecordProcessor::shard_ended`](crate::RecordProcessor::shard_ended) this writes
+    /// `SHARD_END`, which lets the child shards start. Does nothing when nothing was
+    /// delivered yet.
+    pub async fn checkpoint(&self) -> Result<(), CheckpointError> {
+        let (last, ended) = {
+            let progress = self.progress();
+            (progress.last_delivered.clone(), progress.shard_ended)
+        };
+        if ended {
+            return self
+                .write(ExtendedSequenceNumber::shard_end(), None, None, false)
+                .await;
+        }
+        match last {
+            Some(position) => self.write(position, None, None, true).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Checkpoints up to and including the user record `(sequence_number,
+    /// sub_sequence_number)`, which must have been delivered.
+    pub async fn checkpoint_at(
+        &self,
+        sequence_number: &str,
+        sub_sequence_number: u64,
+    ) -> Result<(), CheckpointError> {
+        let position = ExtendedSequenceNumber::new(sequence_number, sub_sequence_number);
+        self.write(position, None, None, true).await
+    }
+
+    /// First phase of a two-phase checkpoint at the last delivered record: stores it as
+    /// `pendingCheckpoint` (with optional application state) without moving the
+    /// checkpoint.
+    pub async fn prepare_checkpoint(
+        &self,
+        state: Option<Vec<u8>>,
+    ) -> Result<PreparedCheckpoint, CheckpointError> {
+        let position = self
+            .last_delivered()
+            .ok_or_else(|| CheckpointError::InvalidSequence {
+                requested: ExtendedSequenceNumber::trim_horizon(),
+                reason: "no record was delivered yet".into(),
+            })?;
+        self.prepare_checkpoint_at(position, state).await
+    }
+
+    /// First phase of a two-phase checkpoint at a delivered position.
+    pub async fn prepare_checkpoint_at(
+        &self,
+        position: ExtendedSequenceNumber,
+        state: Option<Vec<u8>>,
+    ) -> Result<PreparedCheckpoint, CheckpointError> {
+        self.validate(&position, &self.current().await)?;
+        let current = self.current().await;
+        self.write(current, Some(position.clone()), state, false)
+            .await?;
+        Ok(PreparedCheckpoint {
+            checkpointer: self.clone(),
+            position,
+        })
+    }
+
+    fn validate(
+        &self,
+        requested: &ExtendedSequenceNumber,
+        current: &ExtendedSequenceNumber,
+    ) -> Result<(), CheckpointError> {
+        let invalid = |reason: &str| CheckpointError::InvalidSequence {
+            requested: requested.clone(),
+            reason: reason.to_owned(),
+        };
+        if requested.sequence_number().is_none() {
+            return Err(invalid("not a sequence number"));
+        }
+        if current.is_shard_end() {
+            return Err(invalid("the shard is already checkpointed at SHARD_END"));
+        }
+        if requested.compare(current) == Some(Ordering::Less) {
+            return Err(invalid(&format!("behind the stored checkpoint {current}")));
+        }
+        match self.last_delivered() {
+            Some(last) if requested.compare(&last) != Some(Ordering::Greater) => Ok(()),
+            Some(last) => Err(invalid(&format!("beyond the last delivered record {last}"))),
+            None => Err(invalid("no record was delivered yet")),
+        }
+    }
+
+    async fn write(
+        &self,
+        checkpoint: ExtendedSequenceNumber,
+        pending_checkpoint: Option<ExtendedSequenceNumber>,
+        pending_checkpoint_state: Option<Vec<u8>>,
+        validate: bool,
+    ) -> Result<(), CheckpointError> {
+        let mut lease = self.held.lock().await;
+        if self.held.is_lost() {
+            return Err(CheckpointError::LeaseLost(self.held.key().to_owned()));
+        }
+        if validate {
+            self.validate(&checkpoint, &lease.checkpoint)?;
+        }
+        let update = CheckpointUpdate {
+            checkpoint,
+            pending_checkpoint,
+            pending_checkpoint_state,
+        };
+        match self.store.update_checkpoint(&lease, &update).await {
+            Ok(written) => {
+                *lease = written;
+                Ok(())
+            }
+            Err(LeaseStoreError::ConditionFailed(_)) => {
+                self.held.mark_lost();
+                Err(CheckpointError::LeaseLost(self.held.key().to_owned()))
+            }
+            Err(LeaseStoreError::Throttled(message)) => Err(CheckpointError::Throttled(message)),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    pub(crate) async fn lease(&self) -> Lease {
+        self.held.snapshot().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leases::{LeaseCoordinator, LeaseCoordinatorConfig, MemoryLeaseStore};
+
+    async fn setup() -> (Arc<MemoryLeaseStore>, LeaseCoordinator, Checkpointer) {
+        let store = Arc::new(MemoryLeaseStore::new());
+        store
+            .create_lease_if_absent(&Lease::new(
+                "shard-0",
+                ExtendedSequenceNumber::trim_horizon(),
+            ))
+            .await
+            .unwrap();
+        let dyn_store: Arc<dyn LeaseStore> = store.clone();
+        let coordinator =
+            LeaseCoordinator::new(dyn_store.clone(), LeaseCoordinatorConfig::new("w"));
+        coordinator.take_leases().await.unwrap();
+        let held = coordinator.held_lease("shard-0").unwrap();
+        (store, coordinator, Checkpointer::new(held, dyn_store))
+    }
+
+    fn stored(store: &MemoryLeaseStore) -> Lease {
+        store.snapshot().remove(0)
+    }
+
+    #[tokio::test]
+    async fn checkpoints_only_what_was_delivered_and_never_backwards() {
+        let (store, _coordinator, checkpointer) = setup().await;
+        checkpointer.checkpoint().await.unwrap(); // nothing delivered: no-op
+        assert_eq!(
+            stored(&store).checkpoint,
+            ExtendedSequenceNumber::trim_horizon()
+        );
+        assert!(matches!(
+            checkpointer.checkpoint_at("100", 0).await,
+            Err(CheckpointError::InvalidSequence { .. })
+        ));
+        checkpointer.delivered(ExtendedSequenceNumber::new("200", 3));
+        checkpointer.checkpoint_at("150", 0).await.unwrap();
+        assert_eq!(
+            stored(&store).checkpoint,
+            ExtendedSequenceNumber::new("150", 0)
+        );
+        assert!(matches!(
+            checkpointer.checkpoint_at("120", 0).await,
+            Err(CheckpointError::InvalidSequence { .. })
+        ));
+        assert!(matches!(
+            checkpointer.checkpoint_at("200", 4).await,
+            Err(CheckpointError::InvalidSequence { .. })
+        ));
+        checkpointer.checkpoint().await.unwrap();
+        assert_eq!(
+            stored(&store).checkpoint,
+            ExtendedSequenceNumber::new("200", 3)
+        );
+        checkpointer.set_shard_ended();
+        checkpointer.checkpoint().await.unwrap();
+        assert!(stored(&store).checkpoint.is_shard_end());
+    }
+
+    #[tokio::test]
+    async fn two_phase_checkpoint_with_state() {
+        let (store, _coordinator, checkpointer) = setup().await;
+        checkpointer.delivered(ExtendedSequenceNumber::new("42", 0));
+        let prepared = checkpointer
+            .prepare_checkpoint(Some(b"app".to_vec()))
+            .await
+            .unwrap();
+        let lease = stored(&store);
+        assert_eq!(lease.checkpoint, ExtendedSequenceNumber::trim_horizon());
+        assert_eq!(
+            lease.pending_checkpoint,
+            Some(ExtendedSequenceNumber::new("42", 0))
+        );
+        assert_eq!(lease.pending_checkpoint_state.as_deref(), Some(&b"app"[..]));
+        prepared.checkpoint().await.unwrap();
+        let lease = stored(&store);
+        assert_eq!(lease.checkpoint, ExtendedSequenceNumber::new("42", 0));
+        assert_eq!(lease.pending_checkpoint, None);
+        assert_eq!(lease.pending_checkpoint_state, None);
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_refuses_checkpoints() {
+        let (store, coordinator, checkpointer) = setup().await;
+        checkpointer.delivered(ExtendedSequenceNumber::new("42", 0));
+        // Another worker takes the lease.
+        let current = stored(&store);
+        store.take_lease(&current, "other").await.unwrap();
+        assert!(matches!(
+            checkpointer.checkpoint().await,
+            Err(CheckpointError::LeaseLost(_))
+        ));
+        assert_eq!(coordinator.renew_leases().await, vec!["shard-0".to_owned()]);
+        assert!(coordinator.held_leases().is_empty());
+    }
+}

@@ -1,0 +1,571 @@
+//! The lease table in DynamoDB, with the item schema of AWS's Java KCL 2.x so that an
+//! application can move between the two libraries without losing its place.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, TableStatus,
+};
+use aws_sdk_dynamodb::Client;
+
+use super::store::{CheckpointUpdate, LeaseStore, LeaseStoreError};
+use crate::lease::{ExtendedSequenceNumber, Lease, SequencePosition};
+
+/// Attribute names of the Java KCL 2.x lease table.
+pub mod attributes {
+    /// Hash key: the shard id.
+    pub const LEASE_KEY: &str = "leaseKey";
+    /// Owner worker id (absent when unassigned).
+    pub const LEASE_OWNER: &str = "leaseOwner";
+    /// Fencing counter.
+    pub const LEASE_COUNTER: &str = "leaseCounter";
+    /// Checkpoint sequence number or sentinel.
+    pub const CHECKPOINT: &str = "checkpoint";
+    /// Checkpoint sub-sequence number.
+    pub const CHECKPOINT_SUB_SEQUENCE_NUMBER: &str = "checkpointSubSequenceNumber";
+    /// Prepared checkpoint.
+    pub const PENDING_CHECKPOINT: &str = "pendingCheckpoint";
+    /// Prepared checkpoint sub-sequence number.
+    pub const PENDING_CHECKPOINT_SUB_SEQUENCE_NUMBER: &str = "pendingCheckpointSubSequenceNumber";
+    /// Application state of the prepared checkpoint.
+    pub const PENDING_CHECKPOINT_STATE: &str = "pendingCheckpointState";
+    /// Lease moves since the last checkpoint.
+    pub const OWNER_SWITCHES_SINCE_CHECKPOINT: &str = "ownerSwitchesSinceCheckpoint";
+    /// Parent shard ids (string set; the name is singular as in the Java KCL).
+    pub const PARENT_SHARD_ID: &str = "parentShardId";
+    /// Child shard ids (string set).
+    pub const CHILD_SHARD_IDS: &str = "childShardIds";
+    /// First hash key of the shard (decimal).
+    pub const STARTING_HASH_KEY: &str = "startingHashKey";
+    /// Last hash key of the shard (decimal).
+    pub const ENDING_HASH_KEY: &str = "endingHashKey";
+}
+
+use attributes::*;
+
+/// How long [`LeaseStore::create_table_if_missing`] waits for a new table to be ACTIVE.
+const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A [`LeaseStore`] backed by a DynamoDB table (on-demand billing, created if missing).
+#[derive(Clone, Debug)]
+pub struct DynamoDbLeaseStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoDbLeaseStore {
+    /// A store using `table` (by convention the application name).
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoDbLeaseStore {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn table_status(&self) -> Result<Option<TableStatus>, LeaseStoreError> {
+        match self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.table().and_then(|t| t.table_status()).cloned()),
+            Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(None),
+            Err(e) => Err(classify(&self.table, e)),
+        }
+    }
+
+    async fn conditional_update(
+        &self,
+        lease: &Lease,
+        check_owner: bool,
+        set: &str,
+        mut values: HashMap<String, AttributeValue>,
+        remove: Option<&str>,
+    ) -> Result<Lease, LeaseStoreError> {
+        let mut condition = "#counter = :old_counter".to_owned();
+        values.insert(
+            ":old_counter".into(),
+            AttributeValue::N(lease.lease_counter.to_string()),
+        );
+        values.insert(":one".into(), AttributeValue::N("1".into()));
+        let mut names = HashMap::from([("#counter".to_owned(), LEASE_COUNTER.to_owned())]);
+        if check_owner {
+            names.insert("#owner".into(), LEASE_OWNER.into());
+            match &lease.lease_owner {
+                Some(owner) => {
+                    condition.push_str(" AND #owner = :old_owner");
+                    values.insert(":old_owner".into(), AttributeValue::S(owner.clone()));
+                }
+                None => condition.push_str(" AND attribute_not_exists(#owner)"),
+            }
+        }
+        let mut expression = format!("SET #counter = #counter + :one{set}");
+        if let Some(remove) = remove {
+            expression.push_str(" REMOVE ");
+            expression.push_str(remove);
+        }
+        // Names used only in `set`/`remove` must be declared too.
+        for attribute in [
+            LEASE_OWNER,
+            CHECKPOINT,
+            CHECKPOINT_SUB_SEQUENCE_NUMBER,
+            PENDING_CHECKPOINT,
+            PENDING_CHECKPOINT_SUB_SEQUENCE_NUMBER,
+            PENDING_CHECKPOINT_STATE,
+            OWNER_SWITCHES_SINCE_CHECKPOINT,
+            CHILD_SHARD_IDS,
+        ] {
+            let placeholder = format!("#{attribute}");
+            if expression.contains(&placeholder) {
+                names.insert(placeholder, attribute.to_owned());
+            }
+        }
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(LEASE_KEY, AttributeValue::S(lease.lease_key.clone()))
+            .update_expression(expression)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| classify(&lease.lease_key, e))?;
+        let item = result
+            .attributes()
+            .ok_or_else(|| LeaseStoreError::Malformed("update returned no item".into()))?;
+        lease_from_item(item)
+    }
+}
+
+fn classify<E, R>(key: &str, error: SdkError<E, R>) -> LeaseStoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match error.code() {
+        Some("ConditionalCheckFailedException") => LeaseStoreError::ConditionFailed(key.into()),
+        Some(
+            "ProvisionedThroughputExceededException"
+            | "RequestLimitExceeded"
+            | "ThrottlingException",
+        ) => LeaseStoreError::Throttled(DisplayErrorContext(&error).to_string()),
+        _ => LeaseStoreError::Other(DisplayErrorContext(&error).to_string()),
+    }
+}
+
+/// The DynamoDB item for a lease, attribute for attribute as the Java KCL writes it.
+pub fn lease_to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
+    let mut item = HashMap::new();
+    item.insert(LEASE_KEY.into(), AttributeValue::S(lease.lease_key.clone()));
+    if let Some(owner) = &lease.lease_owner {
+        item.insert(LEASE_OWNER.into(), AttributeValue::S(owner.clone()));
+    }
+    item.insert(
+        LEASE_COUNTER.into(),
+        AttributeValue::N(lease.lease_counter.to_string()),
+    );
+    item.insert(
+        CHECKPOINT.into(),
+        AttributeValue::S(lease.checkpoint.position.as_str().to_owned()),
+    );
+    item.insert(
+        CHECKPOINT_SUB_SEQUENCE_NUMBER.into(),
+        AttributeValue::N(lease.checkpoint.sub_sequence_number.to_string()),
+    );
+    if let Some(pending) = &lease.pending_checkpoint {
+        item.insert(
+            PENDING_CHECKPOINT.into(),
+            AttributeValue::S(pending.position.as_str().to_owned()),
+        );
+        item.insert(
+            PENDING_CHECKPOINT_SUB_SEQUENCE_NUMBER.into(),
+            AttributeValue::N(pending.sub_sequence_number.to_string()),
+        );
+    }
+    if let Some(state) = &lease.pending_checkpoint_state {
+        item.insert(
+            PENDING_CHECKPOINT_STATE.into(),
+            AttributeValue::B(Blob::new(state.clone())),
+        );
+    }
+    item.insert(
+        OWNER_SWITCHES_SINCE_CHECKPOINT.into(),
+        AttributeValue::N(lease.owner_switches_since_checkpoint.to_string()),
+    );
+    // DynamoDB rejects empty sets: absent means empty.
+    if !lease.parent_shard_ids.is_empty() {
+        item.insert(
+            PARENT_SHARD_ID.into(),
+            AttributeValue::Ss(lease.parent_shard_ids.iter().cloned().collect()),
+        );
+    }
+    if !lease.child_shard_ids.is_empty() {
+        item.insert(
+            CHILD_SHARD_IDS.into(),
+            AttributeValue::Ss(lease.child_shard_ids.iter().cloned().collect()),
+        );
+    }
+    if let Some((start, end)) = &lease.hash_key_range {
+        item.insert(STARTING_HASH_KEY.into(), AttributeValue::S(start.clone()));
+        item.insert(ENDING_HASH_KEY.into(), AttributeValue::S(end.clone()));
+    }
+    item
+}
+
+/// Reads a lease from a DynamoDB item in the Java KCL 2.x schema. Attributes other than
+/// `leaseKey` and `leaseCounter` may be absent.
+pub fn lease_from_item(item: &HashMap<String, AttributeValue>) -> Result<Lease, LeaseStoreError> {
+    let string = |name: &str| -> Result<Option<String>, LeaseStoreError> {
+        match item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::S(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(LeaseStoreError::Malformed(format!(
+                "{name} is not a string: {other:?}"
+            ))),
+        }
+    };
+    let number = |name: &str| -> Result<Option<u64>, LeaseStoreError> {
+        match item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::N(n)) => n
+                .parse()
+                .map(Some)
+                .map_err(|_| LeaseStoreError::Malformed(format!("{name} is not a u64: {n}"))),
+            Some(other) => Err(LeaseStoreError::Malformed(format!(
+                "{name} is not a number: {other:?}"
+            ))),
+        }
+    };
+    let set = |name: &str| -> Result<BTreeSet<String>, LeaseStoreError> {
+        match item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(BTreeSet::new()),
+            Some(AttributeValue::Ss(values)) => Ok(values.iter().cloned().collect()),
+            Some(other) => Err(LeaseStoreError::Malformed(format!(
+                "{name} is not a string set: {other:?}"
+            ))),
+        }
+    };
+    let position = |name: &str| -> Result<Option<SequencePosition>, LeaseStoreError> {
+        string(name)?
+            .map(|s| {
+                SequencePosition::parse(&s)
+                    .ok_or_else(|| LeaseStoreError::Malformed(format!("{name} is {s:?}")))
+            })
+            .transpose()
+    };
+    let lease_key = string(LEASE_KEY)?
+        .ok_or_else(|| LeaseStoreError::Malformed(format!("item without {LEASE_KEY}")))?;
+    let checkpoint = ExtendedSequenceNumber {
+        position: position(CHECKPOINT)?.unwrap_or(SequencePosition::TrimHorizon),
+        sub_sequence_number: number(CHECKPOINT_SUB_SEQUENCE_NUMBER)?.unwrap_or(0),
+    };
+    let pending_checkpoint = position(PENDING_CHECKPOINT)?.map(|p| ExtendedSequenceNumber {
+        position: p,
+        sub_sequence_number: 0,
+    });
+    let pending_checkpoint = match pending_checkpoint {
+        Some(mut p) => {
+            p.sub_sequence_number = number(PENDING_CHECKPOINT_SUB_SEQUENCE_NUMBER)?.unwrap_or(0);
+            Some(p)
+        }
+        None => None,
+    };
+    let pending_checkpoint_state = match item.get(PENDING_CHECKPOINT_STATE) {
+        None | Some(AttributeValue::Null(_)) => None,
+        Some(AttributeValue::B(b)) => Some(b.as_ref().to_vec()),
+        Some(other) => {
+            return Err(LeaseStoreError::Malformed(format!(
+                "{PENDING_CHECKPOINT_STATE} is not binary: {other:?}"
+            )))
+        }
+    };
+    let hash_key_range = match (string(STARTING_HASH_KEY)?, string(ENDING_HASH_KEY)?) {
+        (Some(start), Some(end)) => Some((start, end)),
+        _ => None,
+    };
+    Ok(Lease {
+        lease_key,
+        lease_owner: string(LEASE_OWNER)?,
+        lease_counter: number(LEASE_COUNTER)?.unwrap_or(0),
+        checkpoint,
+        pending_checkpoint,
+        pending_checkpoint_state,
+        owner_switches_since_checkpoint: number(OWNER_SWITCHES_SINCE_CHECKPOINT)?.unwrap_or(0),
+        parent_shard_ids: set(PARENT_SHARD_ID)?,
+        child_shard_ids: set(CHILD_SHARD_IDS)?,
+        hash_key_range,
+    })
+}
+
+#[async_trait]
+impl LeaseStore for DynamoDbLeaseStore {
+    async fn create_table_if_missing(&self) -> Result<(), LeaseStoreError> {
+        if self.table_status().await?.is_none() {
+            let created = self
+                .client
+                .create_table()
+                .table_name(&self.table)
+                .billing_mode(BillingMode::PayPerRequest)
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name(LEASE_KEY)
+                        .attribute_type(ScalarAttributeType::S)
+                        .build()
+                        .map_err(|e| LeaseStoreError::Other(e.to_string()))?,
+                )
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name(LEASE_KEY)
+                        .key_type(KeyType::Hash)
+                        .build()
+                        .map_err(|e| LeaseStoreError::Other(e.to_string()))?,
+                )
+                .send()
+                .await;
+            match created {
+                Ok(_) => tracing::info!(table = %self.table, "created lease table"),
+                // Another worker created it at the same time.
+                Err(e) if e.code() == Some("ResourceInUseException") => {}
+                Err(e) => return Err(classify(&self.table, e)),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + TABLE_ACTIVE_TIMEOUT;
+        loop {
+            if self.table_status().await? == Some(TableStatus::Active) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(LeaseStoreError::Other(format!(
+                    "lease table {} not ACTIVE after {TABLE_ACTIVE_TIMEOUT:?}",
+                    self.table
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError> {
+        let mut leases = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| classify(&self.table, e))?;
+            for item in page.items() {
+                leases.push(lease_from_item(item)?);
+            }
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() {
+                return Ok(leases);
+            }
+        }
+    }
+
+    async fn get_lease(&self, lease_key: &str) -> Result<Option<Lease>, LeaseStoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(LEASE_KEY, AttributeValue::S(lease_key.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify(lease_key, e))?;
+        out.item().map(lease_from_item).transpose()
+    }
+
+    async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseStoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(lease_to_item(lease)))
+            .condition_expression("attribute_not_exists(#key)")
+            .expression_attribute_names("#key", LEASE_KEY)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) => match classify(&lease.lease_key, e) {
+                LeaseStoreError::ConditionFailed(_) => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn renew_lease(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
+        self.conditional_update(lease, true, "", HashMap::new(), None)
+            .await
+    }
+
+    async fn take_lease(&self, lease: &Lease, owner: &str) -> Result<Lease, LeaseStoreError> {
+        let mut values = HashMap::from([(":owner".to_owned(), AttributeValue::S(owner.into()))]);
+        let set = if lease.is_owned_by(owner) {
+            ", #leaseOwner = :owner".to_owned()
+        } else {
+            values.insert(":zero".into(), AttributeValue::N("0".into()));
+            ", #leaseOwner = :owner, #ownerSwitchesSinceCheckpoint = \
+             if_not_exists(#ownerSwitchesSinceCheckpoint, :zero) + :one"
+                .to_owned()
+        };
+        self.conditional_update(lease, false, &set, values, None)
+            .await
+    }
+
+    async fn evict_lease(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
+        self.conditional_update(lease, true, "", HashMap::new(), Some("#leaseOwner"))
+            .await
+    }
+
+    async fn update_checkpoint(
+        &self,
+        lease: &Lease,
+        update: &CheckpointUpdate,
+    ) -> Result<Lease, LeaseStoreError> {
+        let mut values = HashMap::from([
+            (
+                ":checkpoint".to_owned(),
+                AttributeValue::S(update.checkpoint.position.as_str().to_owned()),
+            ),
+            (
+                ":sub".to_owned(),
+                AttributeValue::N(update.checkpoint.sub_sequence_number.to_string()),
+            ),
+            (":zero".to_owned(), AttributeValue::N("0".into())),
+        ]);
+        let mut set = ", #checkpoint = :checkpoint, #checkpointSubSequenceNumber = :sub, \
+                       #ownerSwitchesSinceCheckpoint = :zero"
+            .to_owned();
+        let mut remove = Vec::new();
+        match &update.pending_checkpoint {
+            Some(pending) => {
+                set.push_str(
+                    ", #pendingCheckpoint = :pending, \
+                     #pendingCheckpointSubSequenceNumber = :pending_sub",
+                );
+                values.insert(
+                    ":pending".into(),
+                    AttributeValue::S(pending.position.as_str().to_owned()),
+                );
+                values.insert(
+                    ":pending_sub".into(),
+                    AttributeValue::N(pending.sub_sequence_number.to_string()),
+                );
+            }
+            None => {
+                remove.push("#pendingCheckpoint");
+                remove.push("#pendingCheckpointSubSequenceNumber");
+            }
+        }
+        match &update.pending_checkpoint_state {
+            Some(state) => {
+                set.push_str(", #pendingCheckpointState = :state");
+                values.insert(":state".into(), AttributeValue::B(Blob::new(state.clone())));
+            }
+            None => remove.push("#pendingCheckpointState"),
+        }
+        let remove = remove.join(", ");
+        self.conditional_update(
+            lease,
+            true,
+            &set,
+            values,
+            (!remove.is_empty()).then_some(remove.as_str()),
+        )
+        .await
+    }
+
+    async fn update_child_shards(
+        &self,
+        lease: &Lease,
+        child_shard_ids: &BTreeSet<String>,
+    ) -> Result<Lease, LeaseStoreError> {
+        if child_shard_ids.is_empty() {
+            return self
+                .conditional_update(lease, true, "", HashMap::new(), Some("#childShardIds"))
+                .await;
+        }
+        let values = HashMap::from([(
+            ":children".to_owned(),
+            AttributeValue::Ss(child_shard_ids.iter().cloned().collect()),
+        )]);
+        self.conditional_update(lease, true, ", #childShardIds = :children", values, None)
+            .await
+    }
+
+    async fn delete_lease(&self, lease: &Lease) -> Result<(), LeaseStoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key(LEASE_KEY, AttributeValue::S(lease.lease_key.clone()))
+            .condition_expression("#counter = :counter")
+            .expression_attribute_names("#counter", LEASE_COUNTER)
+            .expression_attribute_values(
+                ":counter",
+                AttributeValue::N(lease.lease_counter.to_string()),
+            )
+            .send()
+            .await
+            .map_err(|e| classify(&lease.lease_key, e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_round_trip() {
+        let mut lease = Lease::new(
+            "shardId-000000000001",
+            ExtendedSequenceNumber::new("123", 4),
+        );
+        lease.lease_owner = Some("worker-a".into());
+        lease.lease_counter = 17;
+        lease.pending_checkpoint = Some(ExtendedSequenceNumber::new("130", 0));
+        lease.pending_checkpoint_state = Some(b"state".to_vec());
+        lease.owner_switches_since_checkpoint = 2;
+        lease.parent_shard_ids = BTreeSet::from(["shardId-000000000000".to_owned()]);
+        lease.child_shard_ids = BTreeSet::from(["shardId-000000000002".to_owned()]);
+        lease.hash_key_range = Some(("0".into(), "340282366920938463463374607431768211455".into()));
+        let item = lease_to_item(&lease);
+        assert_eq!(item.get(CHECKPOINT), Some(&AttributeValue::S("123".into())));
+        assert_eq!(
+            item.get(LEASE_COUNTER),
+            Some(&AttributeValue::N("17".into()))
+        );
+        assert!(matches!(
+            item.get(PARENT_SHARD_ID),
+            Some(AttributeValue::Ss(_))
+        ));
+        assert_eq!(lease_from_item(&item).unwrap(), lease);
+
+        let bare = Lease::new("s", ExtendedSequenceNumber::shard_end());
+        let item = lease_to_item(&bare);
+        assert!(!item.contains_key(LEASE_OWNER));
+        assert!(!item.contains_key(PARENT_SHARD_ID));
+        assert_eq!(lease_from_item(&item).unwrap(), bare);
+    }
+}

@@ -1,0 +1,195 @@
+//! An in-memory lease table with the same conditional semantics as the DynamoDB one, for
+//! tests of the lease algorithm; it can fail requests on purpose.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::store::{CheckpointUpdate, LeaseStore, LeaseStoreError};
+use crate::lease::Lease;
+
+/// An in-memory [`LeaseStore`].
+#[derive(Debug)]
+pub struct MemoryLeaseStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    leases: BTreeMap<String, Lease>,
+    failure_rate: f64,
+    fail_next: u32,
+    rng: StdRng,
+    requests: u64,
+}
+
+impl Default for MemoryLeaseStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryLeaseStore {
+    /// An empty store that never fails.
+    pub fn new() -> Self {
+        MemoryLeaseStore {
+            inner: Mutex::new(Inner {
+                leases: BTreeMap::new(),
+                failure_rate: 0.0,
+                fail_next: 0,
+                rng: StdRng::seed_from_u64(0),
+                requests: 0,
+            }),
+        }
+    }
+
+    /// Fails each later request with [`LeaseStoreError::Other`] with probability `rate`,
+    /// drawn from a generator seeded with `seed` (deterministic).
+    pub fn set_failure_rate(&self, rate: f64, seed: u64) {
+        let mut inner = self.lock();
+        inner.failure_rate = rate;
+        inner.rng = StdRng::seed_from_u64(seed);
+    }
+
+    /// Fails the next `n` requests with [`LeaseStoreError::Other`].
+    pub fn fail_next(&self, n: u32) {
+        self.lock().fail_next = n;
+    }
+
+    /// A copy of every lease.
+    pub fn snapshot(&self) -> Vec<Lease> {
+        self.lock().leases.values().cloned().collect()
+    }
+
+    /// How many requests succeeded so far.
+    pub fn successful_requests(&self) -> u64 {
+        self.lock().requests
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a lease half-written: every
+        // operation replaces whole values.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<String, Lease>) -> Result<T, LeaseStoreError>,
+    ) -> Result<T, LeaseStoreError> {
+        let mut inner = self.lock();
+        if inner.fail_next > 0 {
+            inner.fail_next -= 1;
+            return Err(LeaseStoreError::Other("injected failure".into()));
+        }
+        if inner.failure_rate > 0.0 {
+            let rate = inner.failure_rate;
+            if inner.rng.random_bool(rate.clamp(0.0, 1.0)) {
+                return Err(LeaseStoreError::Other("injected failure".into()));
+            }
+        }
+        let result = f(&mut inner.leases);
+        if result.is_ok() {
+            inner.requests += 1;
+        }
+        result
+    }
+
+    fn conditional(
+        &self,
+        lease: &Lease,
+        check_owner: bool,
+        change: impl FnOnce(&mut Lease),
+    ) -> Result<Lease, LeaseStoreError> {
+        self.with(|leases| {
+            let current = leases
+                .get_mut(&lease.lease_key)
+                .filter(|c| {
+                    c.lease_counter == lease.lease_counter
+                        && (!check_owner || c.lease_owner == lease.lease_owner)
+                })
+                .ok_or_else(|| LeaseStoreError::ConditionFailed(lease.lease_key.clone()))?;
+            change(current);
+            current.lease_counter += 1;
+            Ok(current.clone())
+        })
+    }
+}
+
+#[async_trait]
+impl LeaseStore for MemoryLeaseStore {
+    async fn create_table_if_missing(&self) -> Result<(), LeaseStoreError> {
+        Ok(())
+    }
+
+    async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError> {
+        self.with(|leases| Ok(leases.values().cloned().collect()))
+    }
+
+    async fn get_lease(&self, lease_key: &str) -> Result<Option<Lease>, LeaseStoreError> {
+        self.with(|leases| Ok(leases.get(lease_key).cloned()))
+    }
+
+    async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseStoreError> {
+        self.with(|leases| {
+            if leases.contains_key(&lease.lease_key) {
+                return Ok(false);
+            }
+            leases.insert(lease.lease_key.clone(), lease.clone());
+            Ok(true)
+        })
+    }
+
+    async fn renew_lease(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
+        self.conditional(lease, true, |_| {})
+    }
+
+    async fn take_lease(&self, lease: &Lease, owner: &str) -> Result<Lease, LeaseStoreError> {
+        self.conditional(lease, false, |current| {
+            if current.lease_owner.as_deref() != Some(owner) {
+                current.owner_switches_since_checkpoint += 1;
+            }
+            current.lease_owner = Some(owner.to_owned());
+        })
+    }
+
+    async fn evict_lease(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
+        self.conditional(lease, true, |current| current.lease_owner = None)
+    }
+
+    async fn update_checkpoint(
+        &self,
+        lease: &Lease,
+        update: &CheckpointUpdate,
+    ) -> Result<Lease, LeaseStoreError> {
+        self.conditional(lease, true, |current| {
+            current.checkpoint = update.checkpoint.clone();
+            current.pending_checkpoint = update.pending_checkpoint.clone();
+            current.pending_checkpoint_state = update.pending_checkpoint_state.clone();
+            current.owner_switches_since_checkpoint = 0;
+        })
+    }
+
+    async fn update_child_shards(
+        &self,
+        lease: &Lease,
+        child_shard_ids: &BTreeSet<String>,
+    ) -> Result<Lease, LeaseStoreError> {
+        self.conditional(lease, true, |current| {
+            current.child_shard_ids = child_shard_ids.clone();
+        })
+    }
+
+    async fn delete_lease(&self, lease: &Lease) -> Result<(), LeaseStoreError> {
+        self.with(|leases| {
+            match leases.get(&lease.lease_key) {
+                Some(current) if current.lease_counter == lease.lease_counter => {}
+                _ => return Err(LeaseStoreError::ConditionFailed(lease.lease_key.clone())),
+            }
+            leases.remove(&lease.lease_key);
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,12 @@
+//! Leases: the table interface, its DynamoDB and in-memory implementations, and the
+//! algorithm that renews, takes and balances them.
+
+pub mod coordinator;
+pub mod dynamodb;
+pub mod memory;
+pub mod store;
+
+pub use coordinator::{HeldLease, LeaseCoordinator, LeaseCoordinatorConfig, TakeRound};
+pub use dynamodb::DynamoDbLeaseStore;
+pub use memory::MemoryLeaseStore;
+pub use store::{CheckpointUpdate, LeaseStore, LeaseStoreError};

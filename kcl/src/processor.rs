@@ -1,0 +1,140 @@
+//! The application's side: a record processor per shard lease, and the factory that makes
+//! them.
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::checkpoint::Checkpointer;
+use crate::lease::ExtendedSequenceNumber;
+
+/// One user record: a plain Kinesis record, or one record out of a KPL aggregate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KinesisClientRecord {
+    /// The Kinesis record's sequence number (shared by all user records of an aggregate).
+    pub sequence_number: String,
+    /// The position inside the aggregate (0 for a plain record).
+    pub sub_sequence_number: u64,
+    /// The user record's partition key.
+    pub partition_key: String,
+    /// The user record's explicit hash key, if the producer set one (aggregates only:
+    /// GetRecords does not return explicit hash keys).
+    pub explicit_hash_key: Option<String>,
+    /// When Kinesis received the record.
+    pub approximate_arrival_timestamp: Option<SystemTime>,
+    /// The payload.
+    pub data: Bytes,
+    /// Whether it came out of a KPL aggregate.
+    pub aggregated: bool,
+}
+
+impl KinesisClientRecord {
+    /// The checkpoint position of this record.
+    pub fn position(&self) -> ExtendedSequenceNumber {
+        ExtendedSequenceNumber::new(self.sequence_number.clone(), self.sub_sequence_number)
+    }
+}
+
+/// Given to [`RecordProcessor::initialize`].
+#[derive(Clone, Debug)]
+pub struct InitializeInput {
+    /// The shard this processor consumes.
+    pub shard_id: String,
+    /// Where processing resumes: records after this checkpoint are delivered.
+    pub checkpoint: ExtendedSequenceNumber,
+    /// A prepared, uncommitted checkpoint left by the previous holder, if any.
+    pub pending_checkpoint: Option<ExtendedSequenceNumber>,
+    /// The application state prepared with the pending checkpoint.
+    pub pending_checkpoint_state: Option<Vec<u8>>,
+}
+
+/// Given to [`RecordProcessor::process_records`].
+#[derive(Debug)]
+pub struct ProcessRecordsInput {
+    /// The records, deaggregated, in shard order.
+    pub records: Vec<KinesisClientRecord>,
+    /// How far behind the tip of the shard the last read was, in milliseconds.
+    pub millis_behind_latest: Option<i64>,
+    /// Checkpoints progress on this shard.
+    pub checkpointer: Checkpointer,
+}
+
+/// Given to [`RecordProcessor::lease_lost`].
+#[derive(Clone, Debug)]
+pub struct LeaseLostInput {
+    /// The shard whose lease was lost.
+    pub shard_id: String,
+}
+
+/// Given to [`RecordProcessor::shard_ended`].
+#[derive(Debug)]
+pub struct ShardEndedInput {
+    /// The shard that ended.
+    pub shard_id: String,
+    /// Call [`Checkpointer::checkpoint`] with it: that writes `SHARD_END`.
+    pub checkpointer: Checkpointer,
+}
+
+/// Given to [`RecordProcessor::shutdown_requested`].
+#[derive(Debug)]
+pub struct ShutdownRequestedInput {
+    /// The shard being shut down.
+    pub shard_id: String,
+    /// Checkpoint here to make the next worker start right after what was processed.
+    pub checkpointer: Checkpointer,
+}
+
+/// Processes the records of one shard. One instance per shard lease; its methods are
+/// called one at a time.
+///
+/// Delivery is at least once: after a failover or a restart, the records after the last
+/// checkpoint are delivered again.
+#[async_trait]
+pub trait RecordProcessor: Send {
+    /// Called once before any records.
+    async fn initialize(&mut self, input: InitializeInput) {
+        let _ = input;
+    }
+
+    /// Called with each batch of records. Checkpoint through `input.checkpointer` as
+    /// often as the application can afford to redo work.
+    async fn process_records(&mut self, input: ProcessRecordsInput);
+
+    /// The lease was taken by another worker or could not be renewed: stop; checkpoints
+    /// are no longer possible.
+    async fn lease_lost(&mut self, input: LeaseLostInput) {
+        let _ = input;
+    }
+
+    /// Every record of the shard was delivered. **The processor must call
+    /// `input.checkpointer.checkpoint()`** here: that stores `SHARD_END`, which is what
+    /// lets the shard's children start. If it does not, an error is logged, the shard is
+    /// not considered finished, and it is consumed again later from its last checkpoint
+    /// (so its children stay blocked rather than lose order).
+    async fn shard_ended(&mut self, input: ShardEndedInput);
+
+    /// The worker is shutting down gracefully. Checkpoint here so that the next worker
+    /// resumes right after what was processed.
+    async fn shutdown_requested(&mut self, input: ShutdownRequestedInput) {
+        let _ = input;
+    }
+}
+
+/// Makes a [`RecordProcessor`] for each shard lease the worker starts.
+///
+/// Implemented for every `Fn() -> P` closure.
+pub trait ProcessorFactory: Send + Sync + 'static {
+    /// A new processor.
+    fn create_processor(&self) -> Box<dyn RecordProcessor>;
+}
+
+impl<F, P> ProcessorFactory for F
+where
+    F: Fn() -> P + Send + Sync + 'static,
+    P: RecordProcessor + 'static,
+{
+    fn create_processor(&self) -> Box<dyn RecordProcessor> {
+        Box::new(self())
+    }
+}
