@@ -1,0 +1,195 @@
+//! The example programs as a user runs them: subprocesses against the local emulators,
+//! configured only through the standard AWS environment variables.
+
+#![allow(clippy::unwrap_used, missing_docs)] // A panic is how a test reports failure.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+
+use kinesis_emulator::Emulator;
+
+async fn command(program: &str) -> Command {
+    let emulator = Emulator::shared().await.unwrap();
+    let mut command = Command::new(program);
+    if let Some(endpoint) = emulator.kinesis_endpoint() {
+        command.env("AWS_ENDPOINT_URL_KINESIS", endpoint);
+    }
+    if let Some(endpoint) = emulator.dynamodb_endpoint() {
+        command.env("AWS_ENDPOINT_URL_DYNAMODB", endpoint);
+    }
+    if emulator.is_local() {
+        command
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test");
+    }
+    command
+}
+
+fn check(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+#[tokio::test]
+async fn every_program_prints_help() {
+    for program in [
+        env!("CARGO_BIN_EXE_produce"),
+        env!("CARGO_BIN_EXE_consume"),
+        env!("CARGO_BIN_EXE_leases"),
+        env!("CARGO_BIN_EXE_demo"),
+        env!("CARGO_BIN_EXE_smoke"),
+    ] {
+        let output = Command::new(program).arg("--help").output().unwrap();
+        assert!(check(&output).contains("Usage:"), "{program}");
+    }
+}
+
+#[tokio::test]
+async fn produce_then_two_consumers_then_leases() {
+    let stream = unique("cli");
+    let app = unique("cli-app");
+
+    // produce: one JSON summary line.
+    let output = command(env!("CARGO_BIN_EXE_produce"))
+        .await
+        .args([
+            "--stream",
+            &stream,
+            "--create-shards",
+            "2",
+            "--records",
+            "600",
+        ])
+        .args(["--size", "80", "--keys", "20"])
+        .output()
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(check(&output).trim()).unwrap();
+    assert_eq!(summary["user_records"], 600);
+    assert_eq!(summary["failed"], 0);
+    assert!(
+        summary["kinesis_records"].as_u64().unwrap() < 600,
+        "aggregated"
+    );
+    assert!(summary["put_records_calls"].as_u64().unwrap() >= 1);
+
+    // consume: two workers sharing the application.
+    let dir = std::env::temp_dir().join(unique("cli-out"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut workers = Vec::new();
+    for worker in ["w1", "w2"] {
+        let path = dir.join(format!("{worker}.jsonl"));
+        let child = command(env!("CARGO_BIN_EXE_consume"))
+            .await
+            .args(["--stream", &stream, "--app", &app, "--worker-id", worker])
+            .args([
+                "--output",
+                path.to_str().unwrap(),
+                "--exit-after-idle",
+                "5",
+                "--polling",
+            ])
+            .args(["--failover-ms", "3000", "--idle-between-reads-ms", "200"])
+            .spawn()
+            .unwrap();
+        workers.push((path, child));
+    }
+    let mut ids = BTreeSet::new();
+    for (path, mut child) in workers {
+        assert!(child.wait().unwrap().success(), "consume exits cleanly");
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(line["shard_id"].as_str().unwrap().starts_with("shardId-"));
+            assert!(line["sequence_number"].as_str().is_some());
+            assert!(line["sub_sequence_number"].as_u64().is_some());
+            let data: serde_json::Value =
+                serde_json::from_str(line["data"].as_str().unwrap()).unwrap();
+            assert_eq!(line["partition_key"], data["key"]);
+            ids.insert(data["id"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(
+        ids,
+        (0..600).collect::<BTreeSet<_>>(),
+        "every record consumed"
+    );
+
+    // leases: both shards checkpointed, no owner after the graceful stops.
+    let output = command(env!("CARGO_BIN_EXE_leases"))
+        .await
+        .args(["--app", &app, "--stream", &stream, "--json"])
+        .output()
+        .unwrap();
+    let leases: Vec<serde_json::Value> = check(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(leases.len(), 2);
+    for lease in &leases {
+        assert!(
+            lease["checkpoint"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .all(|c| c.is_ascii_digit()),
+            "{lease}"
+        );
+        assert!(lease["owner"].is_null(), "released: {lease}");
+    }
+    let table = check(
+        &command(env!("CARGO_BIN_EXE_leases"))
+            .await
+            .args(["--app", &app])
+            .output()
+            .unwrap(),
+    );
+    assert!(table.contains("2 leases in table"), "{table}");
+
+    // leases --reset-to: described without --yes, done with it.
+    let shard = leases[0]["shard_id"].as_str().unwrap().to_owned();
+    let reset = |confirm: bool| {
+        let (app, shard) = (app.clone(), shard.clone());
+        async move {
+            let mut command = command(env!("CARGO_BIN_EXE_leases")).await;
+            command.args([
+                "--app",
+                &app,
+                "--shard",
+                &shard,
+                "--reset-to",
+                "trim_horizon",
+            ]);
+            if confirm {
+                command.arg("--yes");
+            }
+            command.output().unwrap()
+        }
+    };
+    assert_eq!(reset(false).await.status.code(), Some(2));
+    check(&reset(true).await);
+    let output = command(env!("CARGO_BIN_EXE_leases"))
+        .await
+        .args(["--app", &app, "--json"])
+        .output()
+        .unwrap();
+    let reset_lease = check(&output)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["shard_id"] == shard.as_str())
+        .unwrap();
+    assert_eq!(reset_lease["checkpoint"], "TRIM_HORIZON");
+}
