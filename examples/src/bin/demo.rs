@@ -149,13 +149,14 @@ async fn produce(
     let started = Instant::now();
     let per_task_rate = args.rate / args.producers as f64;
     let mut receipts = Vec::new();
-    let mut n = 0;
-    for id in (task..args.records).step_by(args.producers as usize) {
+    for (n, id) in (task..args.records)
+        .step_by(args.producers as usize)
+        .enumerate()
+    {
         tokio::time::sleep_until(
             (started + Duration::from_secs_f64(n as f64 / per_task_rate)).into(),
         )
         .await;
-        n += 1;
         let key = format!("key-{}", id % args.keys);
         let data = format!(r#"{{"id":{id},"key":"{key}","pad":"{}"}}"#, ".".repeat(40));
         receipts.push(producer.send(Record::new(key, data)).await?);
