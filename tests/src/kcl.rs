@@ -37,6 +37,10 @@ pub struct Delivered {
     pub data: Bytes,
     /// Whether it came out of an aggregate.
     pub aggregated: bool,
+    /// When Kinesis received it.
+    pub arrival: Option<std::time::SystemTime>,
+    /// The batch's `millis_behind_latest`.
+    pub millis_behind_latest: Option<i64>,
 }
 
 /// Something a processor was told, in order.
@@ -171,6 +175,8 @@ impl RecordProcessor for LoggingProcessor {
                     partition_key: r.partition_key.clone(),
                     data: r.data.clone(),
                     aggregated: r.aggregated,
+                    arrival: r.approximate_arrival_timestamp,
+                    millis_behind_latest: input.millis_behind_latest,
                 });
             }
         }

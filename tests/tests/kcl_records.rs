@@ -133,6 +133,13 @@ async fn aggregates_are_delivered_deaggregated_and_corrupt_ones_raw() -> TestRes
     .await?;
     worker.stop().await?;
 
+    for d in log.delivered() {
+        assert!(d.arrival.is_some(), "no arrival time: {d:?}");
+        assert!(
+            d.millis_behind_latest.is_some(),
+            "no millis_behind_latest: {d:?}"
+        );
+    }
     let got: Vec<(String, u64, String, Bytes, bool)> = log
         .delivered()
         .into_iter()
