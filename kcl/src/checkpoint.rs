@@ -346,7 +346,10 @@ mod tests {
             stale.checkpoint().await,
             Err(CheckpointError::InvalidSequence { .. })
         ));
-        assert_eq!(stored(&store).checkpoint, ExtendedSequenceNumber::new("60", 0));
+        assert_eq!(
+            stored(&store).checkpoint,
+            ExtendedSequenceNumber::new("60", 0)
+        );
     }
 
     #[tokio::test]

@@ -261,6 +261,22 @@ impl Scheduler {
         Ok(())
     }
 
+    /// [`run`](Scheduler::run) until `signal` completes (for example
+    /// `tokio::signal::ctrl_c()`), then shuts down gracefully.
+    pub async fn run_until<F>(self, signal: F) -> Result<(), SchedulerError>
+    where
+        F: std::future::Future + Send,
+    {
+        let handle = self.shutdown_handle();
+        let run = self.run();
+        tokio::pin!(run);
+        tokio::select! {
+            result = &mut run => return result,
+            _ = signal => handle.shutdown(),
+        }
+        run.await
+    }
+
     async fn list_leases_logged(&self) -> Option<Vec<Lease>> {
         match self.store.list_leases().await {
             Ok(leases) => Some(leases),

@@ -329,7 +329,7 @@ async fn graceful_shutdown_hands_over_exactly_where_it_stopped() -> TestResult {
         || async { Ok((log_a.distinct_payloads() == first.len()).then_some(())) },
     )
     .await?;
-    a.stop().await?;
+    a.stop_with_handle().await?;
     let shut_down: HashSet<String> = log_a
         .events()
         .into_iter()
