@@ -30,6 +30,16 @@ pub enum CheckpointError {
     Store(#[from] LeaseStoreError),
 }
 
+/// One conditional checkpoint write; positions are validated under the lease's lock.
+enum Write {
+    /// Move the checkpoint; clears any pending one.
+    Commit(ExtendedSequenceNumber),
+    /// `SHARD_END`, after every record was delivered.
+    ShardEnd,
+    /// Store a pending checkpoint (and state), keeping the checkpoint.
+    Prepare(ExtendedSequenceNumber, Option<Vec<u8>>),
+}
+
 #[derive(Debug, Default)]
 struct Progress {
     /// The last user record handed to the processor.
@@ -74,9 +84,7 @@ impl PreparedCheckpoint {
 
     /// Commits the prepared checkpoint and clears the pending one.
     pub async fn checkpoint(self) -> Result<(), CheckpointError> {
-        self.checkpointer
-            .write(self.position.clone(), None, None, false)
-            .await
+        self.checkpointer.write(Write::Commit(self.position)).await
     }
 }
 
@@ -126,12 +134,10 @@ impl Checkpointer {
             (progress.last_delivered.clone(), progress.shard_ended)
         };
         if ended {
-            return self
-                .write(ExtendedSequenceNumber::shard_end(), None, None, false)
-                .await;
+            return self.write(Write::ShardEnd).await;
         }
         match last {
-            Some(position) => self.write(position, None, None, true).await,
+            Some(position) => self.write(Write::Commit(position)).await,
             None => Ok(()),
         }
     }
@@ -144,7 +150,7 @@ impl Checkpointer {
         sub_sequence_number: u64,
     ) -> Result<(), CheckpointError> {
         let position = ExtendedSequenceNumber::new(sequence_number, sub_sequence_number);
-        self.write(position, None, None, true).await
+        self.write(Write::Commit(position)).await
     }
 
     /// First phase of a two-phase checkpoint at the last delivered record: stores it as
@@ -169,10 +175,7 @@ impl Checkpointer {
         position: ExtendedSequenceNumber,
         state: Option<Vec<u8>>,
     ) -> Result<PreparedCheckpoint, CheckpointError> {
-        self.validate(&position, &self.current().await)?;
-        let current = self.current().await;
-        self.write(current, Some(position.clone()), state, false)
-            .await?;
+        self.write(Write::Prepare(position.clone(), state)).await?;
         Ok(PreparedCheckpoint {
             checkpointer: self.clone(),
             position,
@@ -204,24 +207,33 @@ impl Checkpointer {
         }
     }
 
-    async fn write(
-        &self,
-        checkpoint: ExtendedSequenceNumber,
-        pending_checkpoint: Option<ExtendedSequenceNumber>,
-        pending_checkpoint_state: Option<Vec<u8>>,
-        validate: bool,
-    ) -> Result<(), CheckpointError> {
+    async fn write(&self, write: Write) -> Result<(), CheckpointError> {
         let mut lease = self.held.lock().await;
         if self.held.is_lost() {
             return Err(CheckpointError::LeaseLost(self.held.key().to_owned()));
         }
-        if validate {
-            self.validate(&checkpoint, &lease.checkpoint)?;
-        }
-        let update = CheckpointUpdate {
-            checkpoint,
-            pending_checkpoint,
-            pending_checkpoint_state,
+        let update = match write {
+            Write::Commit(position) => {
+                self.validate(&position, &lease.checkpoint)?;
+                CheckpointUpdate {
+                    checkpoint: position,
+                    pending_checkpoint: None,
+                    pending_checkpoint_state: None,
+                }
+            }
+            Write::ShardEnd => CheckpointUpdate {
+                checkpoint: ExtendedSequenceNumber::shard_end(),
+                pending_checkpoint: None,
+                pending_checkpoint_state: None,
+            },
+            Write::Prepare(position, state) => {
+                self.validate(&position, &lease.checkpoint)?;
+                CheckpointUpdate {
+                    checkpoint: lease.checkpoint.clone(),
+                    pending_checkpoint: Some(position),
+                    pending_checkpoint_state: state,
+                }
+            }
         };
         match self.store.update_checkpoint(&lease, &update).await {
             Ok(written) => {
@@ -324,6 +336,20 @@ mod tests {
         assert_eq!(lease.checkpoint, ExtendedSequenceNumber::new("42", 0));
         assert_eq!(lease.pending_checkpoint, None);
         assert_eq!(lease.pending_checkpoint_state, None);
+
+        // A prepared checkpoint overtaken by a later one cannot move the checkpoint back.
+        checkpointer.delivered(ExtendedSequenceNumber::new("50", 0));
+        let stale = checkpointer.prepare_checkpoint(None).await.unwrap();
+        checkpointer.delivered(ExtendedSequenceNumber::new("60", 0));
+        checkpointer.checkpoint().await.unwrap();
+        assert!(matches!(
+            stale.checkpoint().await,
+            Err(CheckpointError::InvalidSequence { .. })
+        ));
+        assert_eq!(
+            stored(&store).checkpoint,
+            ExtendedSequenceNumber::new("60", 0)
+        );
     }
 
     #[tokio::test]

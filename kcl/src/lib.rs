@@ -10,6 +10,7 @@ pub mod processor;
 pub mod retrieval;
 pub mod scheduler;
 mod shard_consumer;
+mod shard_sync;
 
 pub use checkpoint::{CheckpointError, Checkpointer, PreparedCheckpoint};
 pub use kinesis_producer::aggregation::{deaggregate, UserRecord};

@@ -1,10 +1,10 @@
 //! The worker: holds its share of the leases, runs one shard consumer per held lease,
 //! keeps the lease table in step with the stream's shards, and shuts down gracefully.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use aws_config::SdkConfig;
 use aws_sdk_kinesis::error::DisplayErrorContext;
@@ -14,13 +14,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::lease::{ExtendedSequenceNumber, Lease, SequencePosition};
-use crate::leases::{
-    DynamoDbLeaseStore, LeaseCoordinator, LeaseCoordinatorConfig, LeaseStore, LeaseStoreError,
-};
+use crate::lease::{ExtendedSequenceNumber, Lease};
+use crate::leases::{LeaseCoordinator, LeaseStore, LeaseStoreError};
 use crate::processor::ProcessorFactory;
-use crate::retrieval::PollingConfig;
 use crate::shard_consumer::{ShardConsumer, ShardOutcome};
+use crate::shard_sync::plan_shard_sync;
+
+mod builder;
+
+pub use builder::{SchedulerBuilder, SchedulerConfig};
 
 /// Where a new application starts reading shards that have no lease yet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,279 +48,6 @@ pub enum SchedulerError {
     /// Kinesis could not be reached or the stream does not exist.
     #[error("kinesis: {0}")]
     Kinesis(String),
-}
-
-/// Tuning knobs, with the Java KCL's defaults unless noted.
-#[derive(Clone, Debug)]
-pub struct SchedulerConfig {
-    /// A lease whose counter did not change for this long is taken over (Java
-    /// `failoverTimeMillis`, 10 s).
-    pub failover_time: Duration,
-    /// How often held leases are renewed (Java: a third of the failover time).
-    pub lease_renewal_interval: Duration,
-    /// How often the lease table is scanned to take and balance leases. Java uses twice the
-    /// failover time; the default here is the failover time, which bounds the takeover of
-    /// a dead worker's shards to about twice the failover time.
-    pub lease_taker_interval: Duration,
-    /// Most leases one worker holds (Java `maxLeasesForWorker`, unlimited).
-    pub max_leases_per_worker: usize,
-    /// Most leases stolen from a live worker per taker round (Java
-    /// `maxLeasesToStealAtOneTime`, 1).
-    pub max_leases_to_steal_at_once: usize,
-    /// How often ListShards is compared with the lease table (Java
-    /// `shardSyncIntervalMillis`, 60 s). Shards seen in GetRecords' ChildShards get leases
-    /// at once, without waiting for it.
-    pub shard_sync_interval: Duration,
-    /// How often held leases waiting for their parents are checked (Java
-    /// `parentShardPollIntervalMillis`, 10 s).
-    pub parent_shard_poll_interval: Duration,
-    /// Polling retrieval settings.
-    pub polling: PollingConfig,
-    /// How long a graceful shutdown waits for processors to finish (30 s).
-    pub shutdown_timeout: Duration,
-}
-
-impl Default for SchedulerConfig {
-    fn default() -> Self {
-        let failover_time = Duration::from_secs(10);
-        SchedulerConfig {
-            failover_time,
-            lease_renewal_interval: failover_time / 3,
-            lease_taker_interval: failover_time,
-            max_leases_per_worker: usize::MAX,
-            max_leases_to_steal_at_once: 1,
-            shard_sync_interval: Duration::from_secs(60),
-            parent_shard_poll_interval: Duration::from_secs(10),
-            polling: PollingConfig::default(),
-            shutdown_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Builds a [`Scheduler`]; see [`Scheduler::builder`].
-pub struct SchedulerBuilder {
-    sdk_config: SdkConfig,
-    stream: Option<String>,
-    application_name: Option<String>,
-    worker_id: Option<String>,
-    initial_position: InitialPosition,
-    factory: Option<Arc<dyn ProcessorFactory>>,
-    config: SchedulerConfig,
-    renewal_set: bool,
-    taker_set: bool,
-    kinesis_client: Option<aws_sdk_kinesis::Client>,
-    dynamodb_client: Option<aws_sdk_dynamodb::Client>,
-    lease_store: Option<Arc<dyn LeaseStore>>,
-}
-
-impl std::fmt::Debug for SchedulerBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SchedulerBuilder")
-            .field("stream", &self.stream)
-            .field("application_name", &self.application_name)
-            .field("worker_id", &self.worker_id)
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SchedulerBuilder {
-    /// The stream to consume (required).
-    pub fn stream(mut self, stream: impl Into<String>) -> Self {
-        self.stream = Some(stream.into());
-        self
-    }
-
-    /// The application name (required): names the lease table, and workers with the same
-    /// name share the stream's shards.
-    pub fn application_name(mut self, name: impl Into<String>) -> Self {
-        self.application_name = Some(name.into());
-        self
-    }
-
-    /// This worker's id, unique among the application's workers (default: host name,
-    /// process id and a random suffix).
-    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
-        self.worker_id = Some(id.into());
-        self
-    }
-
-    /// Where shards without a checkpoint start (default [`InitialPosition::Latest`], as in
-    /// the Java KCL).
-    pub fn initial_position(mut self, position: InitialPosition) -> Self {
-        self.initial_position = position;
-        self
-    }
-
-    /// Makes one record processor per shard lease (required).
-    pub fn processor_factory(mut self, factory: impl ProcessorFactory) -> Self {
-        self.factory = Some(Arc::new(factory));
-        self
-    }
-
-    /// Failover time (default 10 s). Unless set explicitly, the renewal interval follows
-    /// at a third of it and the taker interval at the same value.
-    pub fn failover_time(mut self, time: Duration) -> Self {
-        self.config.failover_time = time;
-        self
-    }
-
-    /// Lease renewal interval (default a third of the failover time).
-    pub fn lease_renewal_interval(mut self, interval: Duration) -> Self {
-        self.config.lease_renewal_interval = interval;
-        self.renewal_set = true;
-        self
-    }
-
-    /// Lease taker interval (default the failover time).
-    pub fn lease_taker_interval(mut self, interval: Duration) -> Self {
-        self.config.lease_taker_interval = interval;
-        self.taker_set = true;
-        self
-    }
-
-    /// Most leases this worker holds (default unlimited).
-    pub fn max_leases_per_worker(mut self, max: usize) -> Self {
-        self.config.max_leases_per_worker = max.max(1);
-        self
-    }
-
-    /// Most leases stolen per taker round (default 1).
-    pub fn max_leases_to_steal_at_once(mut self, max: usize) -> Self {
-        self.config.max_leases_to_steal_at_once = max;
-        self
-    }
-
-    /// Shard sync interval (default 60 s).
-    pub fn shard_sync_interval(mut self, interval: Duration) -> Self {
-        self.config.shard_sync_interval = interval;
-        self
-    }
-
-    /// How often waiting child shards check their parents (default 10 s).
-    pub fn parent_shard_poll_interval(mut self, interval: Duration) -> Self {
-        self.config.parent_shard_poll_interval = interval;
-        self
-    }
-
-    /// Most records per GetRecords call (default 10,000).
-    pub fn max_records(mut self, max: i32) -> Self {
-        self.config.polling.max_records = max.clamp(1, 10_000);
-        self
-    }
-
-    /// Pause after each GetRecords call (default 1,500 ms).
-    pub fn idle_time_between_reads(mut self, idle: Duration) -> Self {
-        self.config.polling.idle_time_between_reads = idle;
-        self
-    }
-
-    /// Batches read ahead per shard (default 3).
-    pub fn prefetch_batches(mut self, batches: usize) -> Self {
-        self.config.polling.prefetch_batches = batches.max(1);
-        self
-    }
-
-    /// How long a graceful shutdown waits for processors (default 30 s).
-    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
-        self.config.shutdown_timeout = timeout;
-        self
-    }
-
-    /// Uses this Kinesis client instead of one made from the SDK configuration.
-    pub fn kinesis_client(mut self, client: aws_sdk_kinesis::Client) -> Self {
-        self.kinesis_client = Some(client);
-        self
-    }
-
-    /// Uses this DynamoDB client for the lease table instead of one made from the SDK
-    /// configuration.
-    pub fn dynamodb_client(mut self, client: aws_sdk_dynamodb::Client) -> Self {
-        self.dynamodb_client = Some(client);
-        self
-    }
-
-    /// Uses another lease store (for example [`crate::leases::MemoryLeaseStore`]).
-    pub fn lease_store(mut self, store: Arc<dyn LeaseStore>) -> Self {
-        self.lease_store = Some(store);
-        self
-    }
-
-    /// Checks the settings, creates the lease table if missing and checks that the stream
-    /// exists.
-    pub async fn build(self) -> Result<Scheduler, SchedulerError> {
-        let stream = self
-            .stream
-            .ok_or(SchedulerError::Config("stream is required"))?;
-        let application = self
-            .application_name
-            .ok_or(SchedulerError::Config("application_name is required"))?;
-        let factory = self
-            .factory
-            .ok_or(SchedulerError::Config("processor_factory is required"))?;
-        let mut config = self.config;
-        if !self.renewal_set {
-            config.lease_renewal_interval = config.failover_time / 3;
-        }
-        if !self.taker_set {
-            config.lease_taker_interval = config.failover_time;
-        }
-        if config.lease_renewal_interval >= config.failover_time {
-            return Err(SchedulerError::Config(
-                "lease_renewal_interval must be shorter than failover_time",
-            ));
-        }
-        let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
-        let store: Arc<dyn LeaseStore> = match self.lease_store {
-            Some(store) => store,
-            None => Arc::new(DynamoDbLeaseStore::new(
-                self.dynamodb_client
-                    .unwrap_or_else(|| aws_sdk_dynamodb::Client::new(&self.sdk_config)),
-                application.clone(),
-            )),
-        };
-        let kinesis = self
-            .kinesis_client
-            .unwrap_or_else(|| aws_sdk_kinesis::Client::new(&self.sdk_config));
-
-        store.create_table_if_missing().await?;
-        kinesis
-            .describe_stream_summary()
-            .stream_name(&stream)
-            .send()
-            .await
-            .map_err(|e| SchedulerError::Kinesis(DisplayErrorContext(&e).to_string()))?;
-
-        let coordinator = Arc::new(LeaseCoordinator::new(
-            store.clone(),
-            LeaseCoordinatorConfig {
-                worker_id: worker_id.clone(),
-                failover_time: config.failover_time,
-                max_leases_per_worker: config.max_leases_per_worker,
-                max_leases_to_steal_at_once: config.max_leases_to_steal_at_once,
-            },
-        ));
-        Ok(Scheduler {
-            stream,
-            worker_id,
-            initial_position: self.initial_position,
-            factory,
-            config,
-            store,
-            kinesis,
-            coordinator,
-            shutdown: Arc::new(watch::channel(false).0),
-        })
-    }
-}
-
-fn default_worker_id() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
-    format!(
-        "{host}-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    )
 }
 
 /// Requests a graceful shutdown of a running [`Scheduler`]. Cheap to clone.
@@ -406,20 +135,7 @@ struct Running {
 impl Scheduler {
     /// A builder using `sdk_config` for the Kinesis and DynamoDB clients.
     pub fn builder(sdk_config: SdkConfig) -> SchedulerBuilder {
-        SchedulerBuilder {
-            sdk_config,
-            stream: None,
-            application_name: None,
-            worker_id: None,
-            initial_position: InitialPosition::default(),
-            factory: None,
-            config: SchedulerConfig::default(),
-            renewal_set: false,
-            taker_set: false,
-            kinesis_client: None,
-            dynamodb_client: None,
-            lease_store: None,
-        }
+        SchedulerBuilder::new(sdk_config)
     }
 
     /// This worker's id.
@@ -543,6 +259,22 @@ impl Scheduler {
         self.coordinator.release_all().await?;
         tracing::info!(worker = %self.worker_id, "shut down; leases released");
         Ok(())
+    }
+
+    /// [`run`](Scheduler::run) until `signal` completes (for example
+    /// `tokio::signal::ctrl_c()`), then shuts down gracefully.
+    pub async fn run_until<F>(self, signal: F) -> Result<(), SchedulerError>
+    where
+        F: std::future::Future + Send,
+    {
+        let handle = self.shutdown_handle();
+        let run = self.run();
+        tokio::pin!(run);
+        tokio::select! {
+            result = &mut run => return result,
+            _ = signal => handle.shutdown(),
+        }
+        run.await
     }
 
     async fn list_leases_logged(&self) -> Option<Vec<Lease>> {
@@ -713,239 +445,5 @@ impl Scheduler {
             }
         }
         Ok(())
-    }
-}
-
-/// What a shard sync writes.
-#[derive(Debug, Default)]
-pub(crate) struct SyncPlan {
-    pub create: Vec<Lease>,
-    pub delete: Vec<Lease>,
-}
-
-fn parents(shard: &Shard) -> BTreeSet<String> {
-    shard
-        .parent_shard_id()
-        .into_iter()
-        .chain(shard.adjacent_parent_shard_id())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Decides which leases a shard sync creates and deletes.
-///
-/// - A shard without a lease gets one, parents first. Its checkpoint is `TRIM_HORIZON`
-///   when one of its parents has a lease (its parents' records come first, then all of
-///   its own), otherwise the initial position.
-/// - A closed shard gets no lease when one of its descendants has one (it was processed
-///   and cleaned up), nor, with [`InitialPosition::Latest`], when none of its parents
-///   has one (a new application reading from the tip does not need closed history).
-/// - A finished lease is deleted once every child shard has a lease that has
-///   checkpointed something.
-pub(crate) fn plan_shard_sync(
-    shards: &[Shard],
-    leases: &[Lease],
-    initial: InitialPosition,
-) -> SyncPlan {
-    let by_key: HashMap<&str, &Lease> = leases.iter().map(|l| (l.lease_key.as_str(), l)).collect();
-    let mut children: HashMap<String, Vec<String>> = HashMap::new();
-    for shard in shards {
-        for parent in parents(shard) {
-            children
-                .entry(parent)
-                .or_default()
-                .push(shard.shard_id().to_owned());
-        }
-    }
-    fn has_leased_descendant(
-        shard: &str,
-        children: &HashMap<String, Vec<String>>,
-        leased: &HashSet<String>,
-        depth: usize,
-    ) -> bool {
-        depth < 64
-            && children.get(shard).is_some_and(|kids| {
-                kids.iter().any(|k| {
-                    leased.contains(k) || has_leased_descendant(k, children, leased, depth + 1)
-                })
-            })
-    }
-
-    // Parents before children.
-    let mut ordered: Vec<&Shard> = Vec::with_capacity(shards.len());
-    let mut placed: HashSet<&str> = HashSet::new();
-    let known: HashSet<&str> = shards.iter().map(|s| s.shard_id()).collect();
-    while ordered.len() < shards.len() {
-        let before = ordered.len();
-        for shard in shards {
-            if placed.contains(shard.shard_id()) {
-                continue;
-            }
-            let ready = parents(shard)
-                .iter()
-                .all(|p| !known.contains(p.as_str()) || placed.contains(p.as_str()));
-            if ready {
-                placed.insert(shard.shard_id());
-                ordered.push(shard);
-            }
-        }
-        if ordered.len() == before {
-            break; // a cycle cannot happen in Kinesis; do not loop forever on bad input
-        }
-    }
-
-    let mut leased: HashSet<String> = by_key.keys().map(|k| (*k).to_owned()).collect();
-    let mut plan = SyncPlan::default();
-    for shard in ordered {
-        let id = shard.shard_id();
-        if leased.contains(id) {
-            continue;
-        }
-        let closed = shard
-            .sequence_number_range()
-            .and_then(|r| r.ending_sequence_number())
-            .is_some();
-        let parent_leased = parents(shard).iter().any(|p| leased.contains(p));
-        if closed && has_leased_descendant(id, &children, &leased, 0) {
-            continue;
-        }
-        if closed && !parent_leased && initial == InitialPosition::Latest {
-            continue;
-        }
-        let checkpoint = if parent_leased {
-            SequencePosition::TrimHorizon
-        } else {
-            match initial {
-                InitialPosition::TrimHorizon => SequencePosition::TrimHorizon,
-                InitialPosition::Latest => SequencePosition::Latest,
-                InitialPosition::AtTimestamp(_) => SequencePosition::AtTimestamp,
-            }
-        };
-        let mut lease = Lease::new(id, ExtendedSequenceNumber::sentinel(checkpoint));
-        lease.parent_shard_ids = parents(shard);
-        lease.hash_key_range = shard.hash_key_range().map(|r| {
-            (
-                r.starting_hash_key().to_owned(),
-                r.ending_hash_key().to_owned(),
-            )
-        });
-        leased.insert(id.to_owned());
-        plan.create.push(lease);
-    }
-
-    for lease in leases.iter().filter(|l| l.is_finished()) {
-        let mut kids: BTreeSet<String> = lease.child_shard_ids.clone();
-        if let Some(listed) = children.get(&lease.lease_key) {
-            kids.extend(listed.iter().cloned());
-        }
-        let started = |kid: &String| {
-            by_key.get(kid.as_str()).is_some_and(|l| {
-                matches!(
-                    l.checkpoint.position,
-                    SequencePosition::Sequence(_) | SequencePosition::ShardEnd
-                )
-            })
-        };
-        if !kids.is_empty() && kids.iter().all(started) {
-            plan.delete.push(lease.clone());
-        }
-    }
-    plan
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use aws_sdk_kinesis::types::{HashKeyRange, SequenceNumberRange};
-
-    fn shard(id: &str, parents: &[&str], closed: bool) -> Shard {
-        Shard::builder()
-            .shard_id(id)
-            .set_parent_shard_id(parents.first().map(|p| p.to_string()))
-            .set_adjacent_parent_shard_id(parents.get(1).map(|p| p.to_string()))
-            .hash_key_range(
-                HashKeyRange::builder()
-                    .starting_hash_key("0")
-                    .ending_hash_key("9")
-                    .build()
-                    .unwrap(),
-            )
-            .sequence_number_range(
-                SequenceNumberRange::builder()
-                    .starting_sequence_number("1")
-                    .set_ending_sequence_number(closed.then(|| "2".to_owned()))
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap()
-    }
-
-    fn keys(leases: &[Lease]) -> Vec<&str> {
-        leases.iter().map(|l| l.lease_key.as_str()).collect()
-    }
-
-    #[test]
-    fn new_application_gets_leases_parents_first() {
-        // 0 split into 1 and 2; 1 and 2 merged into 3 (listed out of order).
-        let shards = vec![
-            shard("s3", &["s1", "s2"], false),
-            shard("s0", &[], true),
-            shard("s1", &["s0"], true),
-            shard("s2", &["s0"], true),
-        ];
-        let plan = plan_shard_sync(&shards, &[], InitialPosition::TrimHorizon);
-        assert_eq!(keys(&plan.create), vec!["s0", "s1", "s2", "s3"]);
-        assert_eq!(
-            plan.create[3].parent_shard_ids,
-            BTreeSet::from(["s1".to_owned(), "s2".to_owned()])
-        );
-        assert!(plan
-            .create
-            .iter()
-            .all(|l| l.checkpoint == ExtendedSequenceNumber::trim_horizon()));
-
-        // LATEST: closed history is skipped, the open shard starts at LATEST.
-        let plan = plan_shard_sync(&shards, &[], InitialPosition::Latest);
-        assert_eq!(keys(&plan.create), vec!["s3"]);
-        assert_eq!(plan.create[0].checkpoint.position, SequencePosition::Latest);
-    }
-
-    #[test]
-    fn children_of_leased_shards_start_at_trim_horizon_and_cleaned_up_shards_stay_gone() {
-        let shards = vec![
-            shard("s0", &[], true),
-            shard("s1", &["s0"], false),
-            shard("s2", &["s0"], false),
-        ];
-        let parent = Lease::new("s0", ExtendedSequenceNumber::new("5", 0));
-        let plan = plan_shard_sync(&shards, &[parent], InitialPosition::Latest);
-        assert_eq!(keys(&plan.create), vec!["s1", "s2"]);
-        assert!(plan
-            .create
-            .iter()
-            .all(|l| l.checkpoint == ExtendedSequenceNumber::trim_horizon()));
-
-        // Parent finished and both children started: the parent is deleted, and once it
-        // is gone it is not created again.
-        let mut parent = Lease::new("s0", ExtendedSequenceNumber::shard_end());
-        parent.child_shard_ids = BTreeSet::from(["s1".to_owned(), "s2".to_owned()]);
-        let started = Lease::new("s1", ExtendedSequenceNumber::new("7", 0));
-        let not_started = Lease::new("s2", ExtendedSequenceNumber::trim_horizon());
-        let plan = plan_shard_sync(
-            &shards,
-            &[parent.clone(), started.clone(), not_started],
-            InitialPosition::TrimHorizon,
-        );
-        assert!(plan.delete.is_empty());
-        let started2 = Lease::new("s2", ExtendedSequenceNumber::new("8", 0));
-        let plan = plan_shard_sync(
-            &shards,
-            &[parent, started.clone(), started2.clone()],
-            InitialPosition::TrimHorizon,
-        );
-        assert_eq!(keys(&plan.delete), vec!["s0"]);
-        let plan = plan_shard_sync(&shards, &[started, started2], InitialPosition::TrimHorizon);
-        assert!(plan.create.is_empty());
     }
 }

@@ -37,6 +37,10 @@ pub struct Delivered {
     pub data: Bytes,
     /// Whether it came out of an aggregate.
     pub aggregated: bool,
+    /// When Kinesis received it.
+    pub arrival: Option<std::time::SystemTime>,
+    /// The batch's `millis_behind_latest`.
+    pub millis_behind_latest: Option<i64>,
 }
 
 /// Something a processor was told, in order.
@@ -171,6 +175,8 @@ impl RecordProcessor for LoggingProcessor {
                     partition_key: r.partition_key.clone(),
                     data: r.data.clone(),
                     aggregated: r.aggregated,
+                    arrival: r.approximate_arrival_timestamp,
+                    millis_behind_latest: input.millis_behind_latest,
                 });
             }
         }
@@ -259,11 +265,20 @@ pub struct Worker {
     pub task: JoinHandle<Result<(), SchedulerError>>,
     /// Requests a graceful shutdown.
     pub shutdown: ShutdownHandle,
+    signal: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Worker {
-    /// Graceful shutdown; waits for `run` to return.
+    /// Graceful shutdown through the signal given to `Scheduler::run_until`; waits for it
+    /// to return.
     pub async fn stop(self) -> TestResult {
+        let _ = self.signal.send(());
+        self.task.await??;
+        Ok(())
+    }
+
+    /// Graceful shutdown through the [`ShutdownHandle`]; waits for `run` to return.
+    pub async fn stop_with_handle(self) -> TestResult {
         self.shutdown.shutdown();
         self.task.await??;
         Ok(())
@@ -290,10 +305,17 @@ pub async fn start_worker(
         .build()
         .await?;
     let shutdown = scheduler.shutdown_handle();
+    let (signal, stop) = tokio::sync::oneshot::channel::<()>();
     Ok(Worker {
         id: worker.to_owned(),
-        task: tokio::spawn(scheduler.run()),
+        task: tokio::spawn(scheduler.run_until(async move {
+            // A dropped sender (a test that ends without stopping) is no shutdown.
+            if stop.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })),
         shutdown,
+        signal,
     })
 }
 

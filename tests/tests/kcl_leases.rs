@@ -329,7 +329,7 @@ async fn graceful_shutdown_hands_over_exactly_where_it_stopped() -> TestResult {
         || async { Ok((log_a.distinct_payloads() == first.len()).then_some(())) },
     )
     .await?;
-    a.stop().await?;
+    a.stop_with_handle().await?;
     let shut_down: HashSet<String> = log_a
         .events()
         .into_iter()
@@ -381,5 +381,104 @@ async fn graceful_shutdown_hands_over_exactly_where_it_stopped() -> TestResult {
         "the second worker got exactly the new records"
     );
     b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dynamodb_lease_write_is_conditional() -> TestResult {
+    use kinesis_consumer::leases::{
+        CheckpointUpdate, DynamoDbLeaseStore, LeaseStore, LeaseStoreError,
+    };
+    use kinesis_consumer::Lease;
+
+    let config = sdk_config().await?;
+    let store = DynamoDbLeaseStore::new(
+        aws_sdk_dynamodb::Client::new(&config),
+        unique_name("kcl-cond"),
+    );
+    store.create_table_if_missing().await?;
+    store.create_table_if_missing().await?; // idempotent
+    let fresh = Lease::new(
+        "shardId-000000000000",
+        ExtendedSequenceNumber::trim_horizon(),
+    );
+    assert!(store.create_lease_if_absent(&fresh).await?);
+    assert!(!store.create_lease_if_absent(&fresh).await?);
+
+    // Eight workers race to take the same lease: exactly one wins.
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            let fresh = fresh.clone();
+            tokio::spawn(async move { store.take_lease(&fresh, &format!("w{i}")).await })
+        })
+        .collect();
+    let mut wins = Vec::new();
+    for racer in racers {
+        wins.push(racer.await?);
+    }
+    let winners: Vec<Lease> = wins
+        .iter()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
+    assert_eq!(winners.len(), 1, "{wins:?}");
+    assert!(wins
+        .iter()
+        .filter(|r| r.is_err())
+        .all(|r| matches!(r, Err(LeaseStoreError::ConditionFailed(_)))));
+    let held = winners[0].clone();
+    assert_eq!(held.lease_counter, 1);
+    assert_eq!(held.owner_switches_since_checkpoint, 1);
+
+    // The holder renews; its old copy and other owners are fenced off.
+    let renewed = store.renew_lease(&held).await?;
+    assert_eq!(renewed.lease_counter, 2);
+    let update = CheckpointUpdate {
+        checkpoint: ExtendedSequenceNumber::new(
+            "49590338271490256608559692538361571095921575989136588898",
+            2,
+        ),
+        pending_checkpoint: Some(ExtendedSequenceNumber::new(
+            "49590338271490256608559692538361571095921575989136588899",
+            0,
+        )),
+        pending_checkpoint_state: Some(b"state".to_vec()),
+    };
+    assert!(matches!(
+        store.update_checkpoint(&held, &update).await,
+        Err(LeaseStoreError::ConditionFailed(_))
+    ));
+    let mut impostor = renewed.clone();
+    impostor.lease_owner = Some("impostor".into());
+    assert!(matches!(
+        store.renew_lease(&impostor).await,
+        Err(LeaseStoreError::ConditionFailed(_))
+    ));
+    assert!(matches!(
+        store.evict_lease(&impostor).await,
+        Err(LeaseStoreError::ConditionFailed(_))
+    ));
+    let checkpointed = store.update_checkpoint(&renewed, &update).await?;
+    assert_eq!(checkpointed.checkpoint, update.checkpoint);
+    assert_eq!(checkpointed.pending_checkpoint, update.pending_checkpoint);
+    assert_eq!(
+        checkpointed.pending_checkpoint_state,
+        update.pending_checkpoint_state
+    );
+    assert_eq!(checkpointed.owner_switches_since_checkpoint, 0);
+    assert_eq!(
+        store.get_lease(&fresh.lease_key).await?,
+        Some(checkpointed.clone())
+    );
+
+    // Release, then a stale delete fails and a current one succeeds.
+    let released = store.evict_lease(&checkpointed).await?;
+    assert_eq!(released.lease_owner, None);
+    assert!(matches!(
+        store.delete_lease(&checkpointed).await,
+        Err(LeaseStoreError::ConditionFailed(_))
+    ));
+    store.delete_lease(&released).await?;
+    assert_eq!(store.get_lease(&fresh.lease_key).await?, None);
     Ok(())
 }

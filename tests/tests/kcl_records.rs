@@ -22,7 +22,7 @@ use integration_tests::kcl::{
 use integration_tests::python::run_interop_script;
 use integration_tests::{create_stream, sdk_config, unique_name, wait_for, TestResult};
 use kinesis_consumer::leases::{DynamoDbLeaseStore, LeaseStore};
-use kinesis_consumer::{ExtendedSequenceNumber, Lease, SchedulerError};
+use kinesis_consumer::{ExtendedSequenceNumber, InitialPosition, Lease, SchedulerError};
 use kinesis_producer::aggregation::AggregateBuilder;
 
 fn entry(
@@ -133,6 +133,13 @@ async fn aggregates_are_delivered_deaggregated_and_corrupt_ones_raw() -> TestRes
     .await?;
     worker.stop().await?;
 
+    for d in log.delivered() {
+        assert!(d.arrival.is_some(), "no arrival time: {d:?}");
+        assert!(
+            d.millis_behind_latest.is_some(),
+            "no millis_behind_latest: {d:?}"
+        );
+    }
     let got: Vec<(String, u64, String, Bytes, bool)> = log
         .delivered()
         .into_iter()
@@ -470,5 +477,65 @@ async fn throttled_reads_are_backed_off_and_retried() -> TestResult {
     worker.stop().await?;
     assert_eq!(injected.load(Ordering::SeqCst), 5);
     assert_eq!(log.delivered().len(), records.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_and_at_timestamp_skip_older_records() -> TestResult {
+    let config = sdk_config().await?;
+    let kinesis = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("kcl-positions");
+    create_stream(&kinesis, &stream, 1).await?;
+    put_records(&kinesis, &stream, &keyed_records("old", 20, 2)).await?;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let since = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let middle = keyed_records("middle", 10, 2);
+    put_records(&kinesis, &stream, &middle).await?;
+
+    // AT_TIMESTAMP: the records written after `since`.
+    let log = Log::default();
+    let builder = fast_builder(&config, &stream, &unique_name("kcl-at-ts"), "w")
+        .initial_position(InitialPosition::AtTimestamp(since));
+    let at_timestamp = start_worker(builder, "w", &log, Behaviour::default()).await?;
+    wait_for("the middle records", Duration::from_secs(30), || async {
+        Ok((log.distinct_payloads() >= middle.len()).then_some(()))
+    })
+    .await?;
+
+    // LATEST: only what is written after the worker started reading.
+    let latest_log = Log::default();
+    let builder = fast_builder(&config, &stream, &unique_name("kcl-latest"), "w")
+        .initial_position(InitialPosition::Latest);
+    let latest = start_worker(builder, "w", &latest_log, Behaviour::default()).await?;
+    wait_for(
+        "the LATEST worker started",
+        Duration::from_secs(30),
+        || async { Ok((!latest_log.events().is_empty()).then_some(())) },
+    )
+    .await?;
+    // GetShardIterator(LATEST) follows initialize; give it time to be taken.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let new = keyed_records("new", 10, 2);
+    put_records(&kinesis, &stream, &new).await?;
+    wait_for("the new records", Duration::from_secs(30), || async {
+        Ok((latest_log.distinct_payloads() >= new.len()).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    at_timestamp.stop().await?;
+    latest.stop().await?;
+
+    let payloads = |log: &Log| {
+        let mut p: Vec<Bytes> = log.delivered().into_iter().map(|d| d.data).collect();
+        p.sort();
+        p
+    };
+    let mut want: Vec<Bytes> = middle.iter().chain(&new).map(|(_, d)| d.clone()).collect();
+    want.sort();
+    assert_eq!(payloads(&log), want, "AT_TIMESTAMP");
+    let mut want: Vec<Bytes> = new.iter().map(|(_, d)| d.clone()).collect();
+    want.sort();
+    assert_eq!(payloads(&latest_log), want, "LATEST");
     Ok(())
 }

@@ -1,0 +1,303 @@
+//! Scheduler settings and the builder that checks them and prepares the lease table.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use aws_sdk_kinesis::error::DisplayErrorContext;
+use tokio::sync::watch;
+
+use super::{InitialPosition, Scheduler, SchedulerError};
+use crate::leases::{DynamoDbLeaseStore, LeaseCoordinator, LeaseCoordinatorConfig, LeaseStore};
+use crate::processor::ProcessorFactory;
+use crate::retrieval::PollingConfig;
+
+/// Tuning knobs, with the Java KCL's defaults unless noted.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// A lease whose counter did not change for this long is taken over (Java
+    /// `failoverTimeMillis`, 10 s).
+    pub failover_time: Duration,
+    /// How often held leases are renewed (Java: a third of the failover time).
+    pub lease_renewal_interval: Duration,
+    /// How often the lease table is scanned to take and balance leases. Java uses twice the
+    /// failover time; the default here is the failover time, which bounds the takeover of
+    /// a dead worker's shards to about twice the failover time.
+    pub lease_taker_interval: Duration,
+    /// Most leases one worker holds (Java `maxLeasesForWorker`, unlimited).
+    pub max_leases_per_worker: usize,
+    /// Most leases stolen from a live worker per taker round (Java
+    /// `maxLeasesToStealAtOneTime`, 1).
+    pub max_leases_to_steal_at_once: usize,
+    /// How often ListShards is compared with the lease table (Java
+    /// `shardSyncIntervalMillis`, 60 s). Shards seen in GetRecords' ChildShards get leases
+    /// at once, without waiting for it.
+    pub shard_sync_interval: Duration,
+    /// How often held leases waiting for their parents are checked (Java
+    /// `parentShardPollIntervalMillis`, 10 s).
+    pub parent_shard_poll_interval: Duration,
+    /// Polling retrieval settings.
+    pub polling: PollingConfig,
+    /// How long a graceful shutdown waits for processors to finish (30 s).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        let failover_time = Duration::from_secs(10);
+        SchedulerConfig {
+            failover_time,
+            lease_renewal_interval: failover_time / 3,
+            lease_taker_interval: failover_time,
+            max_leases_per_worker: usize::MAX,
+            max_leases_to_steal_at_once: 1,
+            shard_sync_interval: Duration::from_secs(60),
+            parent_shard_poll_interval: Duration::from_secs(10),
+            polling: PollingConfig::default(),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Builds a [`Scheduler`]; see [`Scheduler::builder`].
+pub struct SchedulerBuilder {
+    sdk_config: SdkConfig,
+    stream: Option<String>,
+    application_name: Option<String>,
+    worker_id: Option<String>,
+    initial_position: InitialPosition,
+    factory: Option<Arc<dyn ProcessorFactory>>,
+    config: SchedulerConfig,
+    renewal_set: bool,
+    taker_set: bool,
+    kinesis_client: Option<aws_sdk_kinesis::Client>,
+    dynamodb_client: Option<aws_sdk_dynamodb::Client>,
+    lease_store: Option<Arc<dyn LeaseStore>>,
+}
+
+impl std::fmt::Debug for SchedulerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerBuilder")
+            .field("stream", &self.stream)
+            .field("application_name", &self.application_name)
+            .field("worker_id", &self.worker_id)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SchedulerBuilder {
+    pub(super) fn new(sdk_config: SdkConfig) -> Self {
+        SchedulerBuilder {
+            sdk_config,
+            stream: None,
+            application_name: None,
+            worker_id: None,
+            initial_position: InitialPosition::default(),
+            factory: None,
+            config: SchedulerConfig::default(),
+            renewal_set: false,
+            taker_set: false,
+            kinesis_client: None,
+            dynamodb_client: None,
+            lease_store: None,
+        }
+    }
+
+    /// The stream to consume (required).
+    pub fn stream(mut self, stream: impl Into<String>) -> Self {
+        self.stream = Some(stream.into());
+        self
+    }
+
+    /// The application name (required): names the lease table, and workers with the same
+    /// name share the stream's shards.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = Some(name.into());
+        self
+    }
+
+    /// This worker's id, unique among the application's workers (default: host name,
+    /// process id and a random suffix).
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.worker_id = Some(id.into());
+        self
+    }
+
+    /// Where shards without a checkpoint start (default [`InitialPosition::Latest`], as in
+    /// the Java KCL).
+    pub fn initial_position(mut self, position: InitialPosition) -> Self {
+        self.initial_position = position;
+        self
+    }
+
+    /// Makes one record processor per shard lease (required).
+    pub fn processor_factory(mut self, factory: impl ProcessorFactory) -> Self {
+        self.factory = Some(Arc::new(factory));
+        self
+    }
+
+    /// Failover time (default 10 s). Unless set explicitly, the renewal interval follows
+    /// at a third of it and the taker interval at the same value.
+    pub fn failover_time(mut self, time: Duration) -> Self {
+        self.config.failover_time = time;
+        self
+    }
+
+    /// Lease renewal interval (default a third of the failover time).
+    pub fn lease_renewal_interval(mut self, interval: Duration) -> Self {
+        self.config.lease_renewal_interval = interval;
+        self.renewal_set = true;
+        self
+    }
+
+    /// Lease taker interval (default the failover time).
+    pub fn lease_taker_interval(mut self, interval: Duration) -> Self {
+        self.config.lease_taker_interval = interval;
+        self.taker_set = true;
+        self
+    }
+
+    /// Most leases this worker holds (default unlimited).
+    pub fn max_leases_per_worker(mut self, max: usize) -> Self {
+        self.config.max_leases_per_worker = max.max(1);
+        self
+    }
+
+    /// Most leases stolen per taker round (default 1).
+    pub fn max_leases_to_steal_at_once(mut self, max: usize) -> Self {
+        self.config.max_leases_to_steal_at_once = max;
+        self
+    }
+
+    /// Shard sync interval (default 60 s).
+    pub fn shard_sync_interval(mut self, interval: Duration) -> Self {
+        self.config.shard_sync_interval = interval;
+        self
+    }
+
+    /// How often waiting child shards check their parents (default 10 s).
+    pub fn parent_shard_poll_interval(mut self, interval: Duration) -> Self {
+        self.config.parent_shard_poll_interval = interval;
+        self
+    }
+
+    /// Most records per GetRecords call (default 10,000).
+    pub fn max_records(mut self, max: i32) -> Self {
+        self.config.polling.max_records = max.clamp(1, 10_000);
+        self
+    }
+
+    /// Pause after each GetRecords call (default 1,500 ms).
+    pub fn idle_time_between_reads(mut self, idle: Duration) -> Self {
+        self.config.polling.idle_time_between_reads = idle;
+        self
+    }
+
+    /// Batches read ahead per shard (default 3).
+    pub fn prefetch_batches(mut self, batches: usize) -> Self {
+        self.config.polling.prefetch_batches = batches.max(1);
+        self
+    }
+
+    /// How long a graceful shutdown waits for processors (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Uses this Kinesis client instead of one made from the SDK configuration.
+    pub fn kinesis_client(mut self, client: aws_sdk_kinesis::Client) -> Self {
+        self.kinesis_client = Some(client);
+        self
+    }
+
+    /// Uses this DynamoDB client for the lease table instead of one made from the SDK
+    /// configuration.
+    pub fn dynamodb_client(mut self, client: aws_sdk_dynamodb::Client) -> Self {
+        self.dynamodb_client = Some(client);
+        self
+    }
+
+    /// Uses another lease store (for example [`crate::leases::MemoryLeaseStore`]).
+    pub fn lease_store(mut self, store: Arc<dyn LeaseStore>) -> Self {
+        self.lease_store = Some(store);
+        self
+    }
+
+    /// Checks the settings, creates the lease table if missing and checks that the stream
+    /// exists.
+    pub async fn build(self) -> Result<Scheduler, SchedulerError> {
+        let stream = self
+            .stream
+            .ok_or(SchedulerError::Config("stream is required"))?;
+        let application = self
+            .application_name
+            .ok_or(SchedulerError::Config("application_name is required"))?;
+        let factory = self
+            .factory
+            .ok_or(SchedulerError::Config("processor_factory is required"))?;
+        let mut config = self.config;
+        if !self.renewal_set {
+            config.lease_renewal_interval = config.failover_time / 3;
+        }
+        if !self.taker_set {
+            config.lease_taker_interval = config.failover_time;
+        }
+        if config.lease_renewal_interval >= config.failover_time {
+            return Err(SchedulerError::Config(
+                "lease_renewal_interval must be shorter than failover_time",
+            ));
+        }
+        let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
+        let store: Arc<dyn LeaseStore> = match self.lease_store {
+            Some(store) => store,
+            None => Arc::new(DynamoDbLeaseStore::new(
+                self.dynamodb_client
+                    .unwrap_or_else(|| aws_sdk_dynamodb::Client::new(&self.sdk_config)),
+                application.clone(),
+            )),
+        };
+        let kinesis = self
+            .kinesis_client
+            .unwrap_or_else(|| aws_sdk_kinesis::Client::new(&self.sdk_config));
+
+        store.create_table_if_missing().await?;
+        kinesis
+            .describe_stream_summary()
+            .stream_name(&stream)
+            .send()
+            .await
+            .map_err(|e| SchedulerError::Kinesis(DisplayErrorContext(&e).to_string()))?;
+
+        let coordinator = Arc::new(LeaseCoordinator::new(
+            store.clone(),
+            LeaseCoordinatorConfig {
+                worker_id: worker_id.clone(),
+                failover_time: config.failover_time,
+                max_leases_per_worker: config.max_leases_per_worker,
+                max_leases_to_steal_at_once: config.max_leases_to_steal_at_once,
+            },
+        ));
+        Ok(Scheduler {
+            stream,
+            worker_id,
+            initial_position: self.initial_position,
+            factory,
+            config,
+            store,
+            kinesis,
+            coordinator,
+            shutdown: Arc::new(watch::channel(false).0),
+        })
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
