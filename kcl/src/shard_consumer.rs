@@ -17,6 +17,7 @@ use crate::processor::{
     ShardEndedInput, ShutdownRequestedInput,
 };
 use crate::retrieval::{PollingConfig, PollingFetcher, StartingPosition};
+use kinesis_producer::HashKey;
 
 /// How a shard consumer finished.
 #[derive(Debug)]
@@ -42,11 +43,22 @@ pub(crate) struct ShardConsumer {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// The shard's hash key range, when the lease knows it.
+fn hash_range(lease: &crate::lease::Lease) -> Option<(HashKey, HashKey)> {
+    let (start, end) = lease.hash_key_range.as_ref()?;
+    Some((start.parse().ok()?, end.parse().ok()?))
+}
+
 /// Turns Kinesis records into user records, skipping those at or before `skip` (a
 /// checkpoint inside an aggregate).
+///
+/// User records of an aggregate whose hash key lies outside the shard's `range` are
+/// dropped, as AWS's KCL does: a producer whose shard map was stale during a reshard put
+/// them on the wrong shard, and a KPL-style producer sends them again to the right one.
 pub(crate) fn user_records(
     records: Vec<Record>,
     skip: Option<&ExtendedSequenceNumber>,
+    range: Option<(HashKey, HashKey)>,
 ) -> Vec<KinesisClientRecord> {
     let mut out = Vec::with_capacity(records.len());
     for record in records {
@@ -61,6 +73,21 @@ pub(crate) fn user_records(
                 if skip.sequence_number() == Some(sequence_number.as_str())
                     && user.sub_sequence_number <= skip.sub_sequence_number
                 {
+                    continue;
+                }
+            }
+            if let (true, Some((start, end))) = (user.aggregated, range) {
+                let key = match user.explicit_hash_key.as_deref().map(str::parse::<HashKey>) {
+                    Some(Ok(key)) => key,
+                    _ => HashKey::from_partition_key(&user.partition_key),
+                };
+                if key < start || key > end {
+                    tracing::warn!(
+                        sequence_number = %sequence_number,
+                        sub_sequence_number = user.sub_sequence_number,
+                        partition_key = %user.partition_key,
+                        "dropping a user record of an aggregate that does not belong to this shard"
+                    );
                     continue;
                 }
             }
@@ -125,6 +152,7 @@ impl ShardConsumer {
         .spawn(start, &mut tasks);
         let mut lost = self.held.lost_signal();
         let mut skip = skip;
+        let range = hash_range(&lease);
 
         loop {
             tokio::select! {
@@ -147,7 +175,7 @@ impl ShardConsumer {
                         tracing::error!(shard = %shard_id, "record fetcher stopped unexpectedly");
                         return ShardOutcome::EndNotCheckpointed;
                     };
-                    let records = user_records(batch.records, skip.as_ref());
+                    let records = user_records(batch.records, skip.as_ref(), range);
                     skip = None;
                     if let Some(last) = records.last() {
                         checkpointer.delivered(last.position());
@@ -217,7 +245,7 @@ mod tests {
             record("200", &aggregate.partition_key, aggregate.data.clone()),
             record("300", "plain", Bytes::from_static(b"q")),
         ];
-        let all = user_records(records.clone(), None);
+        let all = user_records(records.clone(), None, None);
         assert_eq!(all.len(), 6);
         assert_eq!(
             all.iter()
@@ -229,7 +257,7 @@ mod tests {
         assert!(all[2].aggregated && !all[0].aggregated);
 
         let skip = ExtendedSequenceNumber::new("200", 1);
-        let rest = user_records(records[1..].to_vec(), Some(&skip));
+        let rest = user_records(records[1..].to_vec(), Some(&skip), None);
         assert_eq!(
             rest.iter()
                 .map(|r| (r.sequence_number.as_str(), r.sub_sequence_number))
@@ -238,7 +266,10 @@ mod tests {
         );
         // A plain record checkpointed (sub 0) is skipped when re-read with AT.
         let skip = ExtendedSequenceNumber::new("100", 0);
-        assert_eq!(user_records(records[..1].to_vec(), Some(&skip)).len(), 0);
+        assert_eq!(
+            user_records(records[..1].to_vec(), Some(&skip), None).len(),
+            0
+        );
     }
 
     #[test]
@@ -249,10 +280,40 @@ mod tests {
         let mut data = builder.finish().unwrap().data.to_vec();
         let last = data.len() - 1;
         data[last] ^= 0xff; // bad MD5
-        let out = user_records(vec![record("1", "pk", Bytes::from(data.clone()))], None);
+        let out = user_records(
+            vec![record("1", "pk", Bytes::from(data.clone()))],
+            None,
+            None,
+        );
         assert_eq!(out.len(), 1);
         assert!(!out[0].aggregated);
         assert_eq!(out[0].partition_key, "pk");
         assert_eq!(out[0].data, Bytes::from(data));
+    }
+
+    #[test]
+    fn aggregate_records_outside_the_shard_are_dropped() {
+        let keys: Vec<String> = (0..50).map(|i| format!("key-{i}")).collect();
+        let mut builder = AggregateBuilder::new();
+        for key in &keys {
+            builder.push(key, None, Bytes::from_static(b"x"));
+        }
+        let aggregate = builder.finish().unwrap();
+        let lower_half = (HashKey(0), HashKey(u128::MAX / 2));
+        let records = vec![
+            record("1", &aggregate.partition_key, aggregate.data.clone()),
+            // A plain record is never dropped: Kinesis put it where its key belongs.
+            record("2", "plain", Bytes::from_static(b"p")),
+        ];
+        let kept = user_records(records, None, Some(lower_half));
+        let expected: Vec<&str> = keys
+            .iter()
+            .filter(|k| HashKey::from_partition_key(k) <= lower_half.1)
+            .map(String::as_str)
+            .chain(["plain"])
+            .collect();
+        assert!(expected.len() > 10 && expected.len() < 45);
+        let delivered: Vec<&str> = kept.iter().map(|r| r.partition_key.as_str()).collect();
+        assert_eq!(delivered, expected);
     }
 }
