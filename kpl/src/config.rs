@@ -43,7 +43,9 @@ pub struct ProducerConfig {
     /// [`RecordError::Throttled`](crate::RecordError::Throttled) instead of retrying it
     /// (KPL `FailIfThrottled`). Default `false`.
     pub fail_if_throttled: bool,
-    /// Most PutRecords calls in flight at once (KPL `MaxConnections`). Default 24.
+    /// Most PutRecords calls in flight at once (KPL `MaxConnections`). Default 24. While
+    /// calls time out, the producer halves its own limit and grows it back by one per
+    /// window of answered calls, up to this.
     pub max_connections: usize,
     /// Timeout of one PutRecords call (KPL `RequestTimeout`). Default 6 s. A call that
     /// times out may still have succeeded: its records are retried and can then appear

@@ -4,6 +4,7 @@
 pub mod aggregation;
 mod aggregator;
 mod collector;
+mod concurrency;
 mod config;
 mod hash_key;
 mod limiter;

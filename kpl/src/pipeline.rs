@@ -15,6 +15,7 @@ use tracing::{debug, warn, Instrument};
 
 use crate::aggregator::Aggregator;
 use crate::collector::Collector;
+use crate::concurrency::ConcurrencyLimit;
 use crate::config::ProducerConfig;
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
@@ -78,6 +79,7 @@ pub(crate) struct Pipeline {
     /// PutRecords requests waiting for a free connection.
     ready: VecDeque<Vec<Outgoing>>,
     in_flight: usize,
+    connections: ConcurrencyLimit,
     done_tx: mpsc::UnboundedSender<PutDone>,
     done_rx: mpsc::UnboundedReceiver<PutDone>,
     map_tx: mpsc::UnboundedSender<Result<ShardMap, ShardMapError>>,
@@ -118,6 +120,7 @@ impl Pipeline {
             rerouted: Vec::new(),
             ready: VecDeque::new(),
             in_flight: 0,
+            connections: ConcurrencyLimit::new(config.max_connections),
             done_tx,
             done_rx,
             map_tx,
@@ -317,7 +320,7 @@ impl Pipeline {
     }
 
     fn dispatch(&mut self, now: Instant) {
-        while self.in_flight < self.config.max_connections.max(1) {
+        while self.in_flight < self.connections.get() {
             let Some(batch) = self.ready.pop_front() else {
                 return;
             };
@@ -355,7 +358,11 @@ impl Pipeline {
         self.metrics.request(done.batch.len(), done.duration);
         match done.result {
             Err(error) => {
+                if error.code == "Timeout" {
+                    self.connections.timed_out();
+                }
                 warn!(
+                    connections = self.connections.get(),
                     stream = self.stream.as_str(),
                     code = error.code.as_str(),
                     error = error.message.as_str(),
@@ -368,6 +375,7 @@ impl Pipeline {
                 }
             }
             Ok(entries) => {
+                self.connections.answered();
                 let mut entries = entries.into_iter();
                 for record in done.batch {
                     let entry = entries.next();
