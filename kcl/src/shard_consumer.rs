@@ -16,8 +16,22 @@ use crate::processor::{
     InitializeInput, KinesisClientRecord, LeaseLostInput, ProcessRecordsInput, RecordProcessor,
     ShardEndedInput, ShutdownRequestedInput,
 };
-use crate::retrieval::{PollingConfig, PollingFetcher, StartingPosition};
+use crate::retrieval::{FanOutFetcher, PollingConfig, PollingFetcher, StartingPosition};
 use kinesis_producer::HashKey;
+
+/// How a shard consumer reads its shard, resolved when the scheduler was built.
+#[derive(Clone, Debug)]
+pub(crate) enum Retrieval {
+    /// GetRecords polling.
+    Polling(PollingConfig),
+    /// SubscribeToShard through the registered consumer.
+    FanOut {
+        /// The registered stream consumer.
+        consumer_arn: String,
+        /// Batches read ahead.
+        prefetch_batches: usize,
+    },
+}
 
 /// How a shard consumer finished.
 #[derive(Debug)]
@@ -38,7 +52,7 @@ pub(crate) struct ShardConsumer {
     pub processor: Box<dyn RecordProcessor>,
     pub client: aws_sdk_kinesis::Client,
     pub stream: String,
-    pub polling: PollingConfig,
+    pub retrieval: Retrieval,
     pub initial_timestamp: Option<SystemTime>,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -143,13 +157,25 @@ impl ShardConsumer {
             }
         };
         let mut tasks = JoinSet::new();
-        let mut batches = PollingFetcher::new(
-            self.client.clone(),
-            self.stream.clone(),
-            shard_id.clone(),
-            self.polling.clone(),
-        )
-        .spawn(start, &mut tasks);
+        let mut batches = match &self.retrieval {
+            Retrieval::Polling(config) => PollingFetcher::new(
+                self.client.clone(),
+                self.stream.clone(),
+                shard_id.clone(),
+                config.clone(),
+            )
+            .spawn(start, &mut tasks),
+            Retrieval::FanOut {
+                consumer_arn,
+                prefetch_batches,
+            } => FanOutFetcher::new(
+                self.client.clone(),
+                consumer_arn.clone(),
+                shard_id.clone(),
+                *prefetch_batches,
+            )
+            .spawn(start, &mut tasks),
+        };
         let mut lost = self.held.lost_signal();
         let mut skip = skip;
         let range = hash_range(&lease);

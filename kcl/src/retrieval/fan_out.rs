@@ -1,0 +1,519 @@
+//! Enhanced fan-out retrieval: a registered stream consumer and one SubscribeToShard
+//! subscription per shard, renewed when it ends, into the same bounded batch queue as
+//! polling.
+
+use std::time::Duration;
+
+use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_kinesis::primitives::DateTime;
+use aws_sdk_kinesis::types::{
+    ConsumerStatus, ShardIteratorType, StartingPosition as KinesisStartingPosition,
+    SubscribeToShardEvent, SubscribeToShardEventStream,
+};
+use aws_sdk_kinesis::Client;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{RecordBatch, StartingPosition};
+
+/// Settings of enhanced fan-out retrieval.
+#[derive(Clone, Debug)]
+pub struct FanOutConfig {
+    /// The stream consumer's name (Java KCL `consumerName` in `FanOutConfig`); `None`
+    /// uses the application name, as the Java KCL does. Every application needs its own
+    /// consumer: two applications sharing one would take each other's subscriptions.
+    pub consumer_name: Option<String>,
+    /// Batches (SubscribeToShard events with records) read ahead of the processor. The
+    /// subscription is not read further while the queue is full.
+    pub prefetch_batches: usize,
+    /// How long building the scheduler waits for the consumer to become ACTIVE after
+    /// registering it (default 2 minutes; registration takes seconds on AWS).
+    pub registration_timeout: Duration,
+}
+
+impl Default for FanOutConfig {
+    fn default() -> Self {
+        FanOutConfig {
+            consumer_name: None,
+            prefetch_batches: 3,
+            registration_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Why the stream consumer could not be found or registered.
+#[derive(Debug, thiserror::Error)]
+pub enum FanOutError {
+    /// DescribeStreamConsumer failed with something other than "not found" or throttling.
+    #[error("describing stream consumer {consumer}: {message}")]
+    Describe {
+        /// The consumer name.
+        consumer: String,
+        /// The SDK's error.
+        message: String,
+    },
+    /// RegisterStreamConsumer failed with something other than "already registered" or
+    /// throttling.
+    #[error("registering stream consumer {consumer}: {message}")]
+    Register {
+        /// The consumer name.
+        consumer: String,
+        /// The SDK's error.
+        message: String,
+    },
+    /// The consumer did not become ACTIVE in time.
+    #[error("stream consumer {consumer} not ACTIVE after {waited:?} (last status: {status})")]
+    NotActive {
+        /// The consumer name.
+        consumer: String,
+        /// How long was waited.
+        waited: Duration,
+        /// The last status seen (`none` when it was not found).
+        status: String,
+    },
+}
+
+fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+fn is_throttling(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("LimitExceededException" | "ThrottlingException" | "KMSThrottlingException")
+    )
+}
+
+/// Finds the stream consumer `name` of the stream `stream_arn`, registers it when it does
+/// not exist, and waits until it is ACTIVE; returns its ARN.
+///
+/// Several workers may do this at once: a registration that fails because another worker
+/// registered the same name first (`ResourceInUseException`) is followed by another
+/// describe. The consumer is never deregistered here: other workers, and this
+/// application's next run, use it (as in the Java KCL).
+pub async fn register_consumer(
+    client: &Client,
+    stream_arn: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<String, FanOutError> {
+    let started = Instant::now();
+    let mut delays = backoff(Duration::from_millis(50), Duration::from_secs(2));
+    let mut status = String::from("none");
+    loop {
+        let described = client
+            .describe_stream_consumer()
+            .stream_arn(stream_arn)
+            .consumer_name(name)
+            .send()
+            .await;
+        match described {
+            Ok(out) => match out.consumer_description {
+                Some(consumer) if consumer.consumer_status == ConsumerStatus::Active => {
+                    tracing::debug!(consumer = %name, arn = %consumer.consumer_arn, "stream consumer is ACTIVE");
+                    return Ok(consumer.consumer_arn);
+                }
+                Some(consumer) => {
+                    status = consumer.consumer_status.as_str().to_owned();
+                    tracing::debug!(consumer = %name, %status, "waiting for the stream consumer");
+                }
+                None => {
+                    return Err(FanOutError::Describe {
+                        consumer: name.to_owned(),
+                        message: "no consumer description in the answer".into(),
+                    })
+                }
+            },
+            Err(error) if error.code() == Some("ResourceNotFoundException") => {
+                status = String::from("none");
+                let registered = client
+                    .register_stream_consumer()
+                    .stream_arn(stream_arn)
+                    .consumer_name(name)
+                    .send()
+                    .await;
+                match registered {
+                    Ok(_) => tracing::info!(consumer = %name, "registered stream consumer"),
+                    Err(error) if error.code() == Some("ResourceInUseException") => {
+                        tracing::debug!(consumer = %name, "stream consumer registered concurrently");
+                        continue;
+                    }
+                    Err(error) if is_throttling(error.code()) => {
+                        tracing::debug!(consumer = %name, "RegisterStreamConsumer throttled");
+                    }
+                    Err(error) => {
+                        return Err(FanOutError::Register {
+                            consumer: name.to_owned(),
+                            message: DisplayErrorContext(&error).to_string(),
+                        })
+                    }
+                }
+            }
+            Err(error) if is_throttling(error.code()) => {
+                tracing::debug!(consumer = %name, "DescribeStreamConsumer throttled");
+            }
+            Err(error) => {
+                return Err(FanOutError::Describe {
+                    consumer: name.to_owned(),
+                    message: DisplayErrorContext(&error).to_string(),
+                })
+            }
+        }
+        let waited = started.elapsed();
+        if waited >= timeout {
+            return Err(FanOutError::NotActive {
+                consumer: name.to_owned(),
+                waited,
+                status,
+            });
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(2));
+        tokio::time::sleep(delay.min(timeout - waited)).await;
+    }
+}
+
+/// What one SubscribeToShard event means for the reader: the batch to deliver (if any)
+/// and where a new subscription must start.
+///
+/// The position moves to `AFTER_SEQUENCE_NUMBER` of the event's last record, or of its
+/// continuation sequence number when it carries no records (progress on an idle shard).
+/// An event without a continuation sequence number is the shard's end: its batch carries
+/// the child shards (possibly none, when they were trimmed).
+pub(crate) fn apply_event(
+    event: SubscribeToShardEvent,
+    position: &mut StartingPosition,
+) -> Option<RecordBatch> {
+    let SubscribeToShardEvent {
+        records,
+        continuation_sequence_number,
+        millis_behind_latest,
+        child_shards,
+        ..
+    } = event;
+    let ended = continuation_sequence_number.is_empty();
+    if let Some(last) = records.last() {
+        *position = StartingPosition::AfterSequenceNumber(last.sequence_number().to_owned());
+    } else if !ended {
+        *position = StartingPosition::AfterSequenceNumber(continuation_sequence_number);
+    }
+    if records.is_empty() && !ended {
+        return None;
+    }
+    Some(RecordBatch {
+        records,
+        millis_behind_latest: Some(millis_behind_latest),
+        shard_end: ended.then(|| child_shards.unwrap_or_default()),
+    })
+}
+
+/// The SubscribeToShard starting position for `position`.
+fn kinesis_position(
+    position: &StartingPosition,
+) -> Result<KinesisStartingPosition, aws_sdk_kinesis::error::BuildError> {
+    let builder = KinesisStartingPosition::builder();
+    let builder = match position {
+        StartingPosition::TrimHorizon => builder.r#type(ShardIteratorType::TrimHorizon),
+        StartingPosition::Latest => builder.r#type(ShardIteratorType::Latest),
+        StartingPosition::AtTimestamp(time) => builder
+            .r#type(ShardIteratorType::AtTimestamp)
+            .timestamp(DateTime::from(*time)),
+        StartingPosition::AtSequenceNumber(seq) => builder
+            .r#type(ShardIteratorType::AtSequenceNumber)
+            .sequence_number(seq),
+        StartingPosition::AfterSequenceNumber(seq) => builder
+            .r#type(ShardIteratorType::AfterSequenceNumber)
+            .sequence_number(seq),
+    };
+    builder.build()
+}
+
+/// Reads one shard through SubscribeToShard into a bounded channel until the shard ends
+/// or the receiver is dropped.
+#[derive(Clone, Debug)]
+pub struct FanOutFetcher {
+    client: Client,
+    consumer_arn: String,
+    shard_id: String,
+    prefetch_batches: usize,
+}
+
+/// SubscribeToShard allows one call per second per consumer and shard.
+const MIN_SUBSCRIBE_INTERVAL: Duration = Duration::from_secs(1);
+
+impl FanOutFetcher {
+    /// A fetcher for one shard through the registered consumer `consumer_arn`.
+    pub fn new(
+        client: Client,
+        consumer_arn: String,
+        shard_id: String,
+        prefetch_batches: usize,
+    ) -> Self {
+        FanOutFetcher {
+            client,
+            consumer_arn,
+            shard_id,
+            prefetch_batches,
+        }
+    }
+
+    /// Starts reading at `start`; returns the receiving end of the prefetch queue. The
+    /// reading task stops when the receiver is dropped or the shard ended.
+    pub fn spawn(
+        self,
+        start: StartingPosition,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> mpsc::Receiver<RecordBatch> {
+        let (tx, rx) = mpsc::channel(self.prefetch_batches.max(1));
+        tasks.spawn(async move { self.run(start, tx).await });
+        rx
+    }
+
+    async fn run(self, start: StartingPosition, tx: mpsc::Sender<RecordBatch>) {
+        let new_backoff = || backoff(Duration::from_millis(200), Duration::from_secs(5));
+        let mut position = start;
+        let mut delays = new_backoff();
+        let mut last_call: Option<Instant> = None;
+        loop {
+            let mut pause = Duration::ZERO;
+            if let Some(at) = last_call {
+                pause = (at + MIN_SUBSCRIBE_INTERVAL).saturating_duration_since(Instant::now());
+            }
+            if !pause.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+            last_call = Some(Instant::now());
+            // Only a missing type fails to build, and every position sets one.
+            let starting_position = match kinesis_position(&position) {
+                Ok(starting_position) => starting_position,
+                Err(error) => {
+                    tracing::error!(shard = %self.shard_id, %error, "invalid starting position");
+                    return;
+                }
+            };
+            let subscribed = tokio::select! {
+                result = self
+                    .client
+                    .subscribe_to_shard()
+                    .consumer_arn(&self.consumer_arn)
+                    .shard_id(&self.shard_id)
+                    .starting_position(starting_position)
+                    .send() => result,
+                _ = tx.closed() => return,
+            };
+            let mut events = match subscribed {
+                Ok(out) => out.event_stream,
+                Err(error) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    match error.code() {
+                        Some("InvalidArgumentException")
+                            if matches!(
+                                position,
+                                StartingPosition::AtSequenceNumber(_)
+                                    | StartingPosition::AfterSequenceNumber(_)
+                            ) =>
+                        {
+                            // The record is gone (older than the retention period): what
+                            // follows it and still exists starts at the trim horizon.
+                            tracing::warn!(shard = %self.shard_id, ?position, error = %DisplayErrorContext(&error), "sequence number rejected; subscribing from TRIM_HORIZON");
+                            position = StartingPosition::TrimHorizon;
+                            continue;
+                        }
+                        // Subscribed again too soon, or a subscription of another worker
+                        // is still being taken over; or throttled.
+                        Some("ResourceInUseException") => {
+                            tracing::debug!(shard = %self.shard_id, ?delay, "subscription in use; retrying");
+                        }
+                        code if is_throttling(code) => {
+                            tracing::debug!(shard = %self.shard_id, ?delay, "SubscribeToShard throttled; backing off");
+                        }
+                        _ => {
+                            tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), ?delay, "SubscribeToShard failed; retrying");
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = tx.closed() => return,
+                    }
+                    continue;
+                }
+            };
+            tracing::debug!(shard = %self.shard_id, ?position, "subscribed");
+            loop {
+                let next = tokio::select! {
+                    next = events.recv() => next,
+                    _ = tx.closed() => return,
+                };
+                match next {
+                    Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event))) => {
+                        delays = new_backoff();
+                        let Some(batch) = apply_event(event, &mut position) else {
+                            continue;
+                        };
+                        let ended = batch.shard_end.is_some();
+                        if tx.send(batch).await.is_err() || ended {
+                            return;
+                        }
+                    }
+                    Ok(Some(other)) => {
+                        tracing::debug!(shard = %self.shard_id, event = ?other, "ignoring an unknown event");
+                    }
+                    Ok(None) => {
+                        tracing::debug!(shard = %self.shard_id, "subscription ended; subscribing again");
+                        break;
+                    }
+                    Err(error) => {
+                        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                        tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), ?delay, "subscription failed; subscribing again");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = tx.closed() => return,
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_kinesis::primitives::Blob;
+    use aws_sdk_kinesis::types::{ChildShard, HashKeyRange, Record};
+
+    fn record(seq: &str) -> Record {
+        Record::builder()
+            .sequence_number(seq)
+            .partition_key("k")
+            .data(Blob::new(b"x".to_vec()))
+            .build()
+            .unwrap()
+    }
+
+    fn event(
+        records: &[&str],
+        continuation: &str,
+        children: Option<Vec<ChildShard>>,
+    ) -> SubscribeToShardEvent {
+        SubscribeToShardEvent::builder()
+            .set_records(Some(records.iter().map(|s| record(s)).collect()))
+            .continuation_sequence_number(continuation)
+            .millis_behind_latest(42)
+            .set_child_shards(children)
+            .build()
+            .unwrap()
+    }
+
+    fn child(id: &str) -> ChildShard {
+        ChildShard::builder()
+            .shard_id(id)
+            .parent_shards("shardId-000000000000")
+            .hash_key_range(
+                HashKeyRange::builder()
+                    .starting_hash_key("0")
+                    .ending_hash_key("1")
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn records_become_a_batch_and_move_the_position_after_the_last_record() {
+        let mut position = StartingPosition::AtSequenceNumber("1".into());
+        let batch = apply_event(event(&["1", "2", "3"], "3", None), &mut position).unwrap();
+        let seqs: Vec<&str> = batch.records.iter().map(|r| r.sequence_number()).collect();
+        assert_eq!(seqs, ["1", "2", "3"]);
+        assert_eq!(batch.millis_behind_latest, Some(42));
+        assert!(batch.shard_end.is_none());
+        assert_eq!(position, StartingPosition::AfterSequenceNumber("3".into()));
+    }
+
+    #[test]
+    fn an_empty_event_delivers_nothing_but_keeps_the_continuation() {
+        let mut position = StartingPosition::TrimHorizon;
+        assert!(apply_event(event(&[], "7", None), &mut position).is_none());
+        assert_eq!(position, StartingPosition::AfterSequenceNumber("7".into()));
+    }
+
+    #[test]
+    fn an_event_without_continuation_is_the_shard_end_with_its_children() {
+        let mut position = StartingPosition::AfterSequenceNumber("5".into());
+        let batch = apply_event(
+            event(&["6"], "", Some(vec![child("c1"), child("c2")])),
+            &mut position,
+        )
+        .unwrap();
+        assert_eq!(batch.records.len(), 1);
+        let children: Vec<&str> = batch
+            .shard_end
+            .as_deref()
+            .unwrap()
+            .iter()
+            .map(|c| c.shard_id())
+            .collect();
+        assert_eq!(children, ["c1", "c2"]);
+        assert_eq!(position, StartingPosition::AfterSequenceNumber("6".into()));
+
+        // With no records and no children listed, it still ends the shard.
+        let mut position = StartingPosition::AfterSequenceNumber("6".into());
+        let batch = apply_event(event(&[], "", None), &mut position).unwrap();
+        assert!(batch.records.is_empty());
+        assert_eq!(batch.shard_end.as_deref().map(<[_]>::len), Some(0));
+        assert_eq!(position, StartingPosition::AfterSequenceNumber("6".into()));
+    }
+
+    #[test]
+    fn starting_positions_map_to_subscribe_to_shard_types() {
+        let at = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let cases = [
+            (
+                StartingPosition::TrimHorizon,
+                ShardIteratorType::TrimHorizon,
+                None,
+                None,
+            ),
+            (
+                StartingPosition::Latest,
+                ShardIteratorType::Latest,
+                None,
+                None,
+            ),
+            (
+                StartingPosition::AtTimestamp(at),
+                ShardIteratorType::AtTimestamp,
+                None,
+                Some(DateTime::from(at)),
+            ),
+            (
+                StartingPosition::AtSequenceNumber("9".into()),
+                ShardIteratorType::AtSequenceNumber,
+                Some("9"),
+                None,
+            ),
+            (
+                StartingPosition::AfterSequenceNumber("9".into()),
+                ShardIteratorType::AfterSequenceNumber,
+                Some("9"),
+                None,
+            ),
+        ];
+        for (position, kind, seq, timestamp) in cases {
+            let built = kinesis_position(&position).unwrap();
+            assert_eq!(built.r#type(), &kind);
+            assert_eq!(built.sequence_number(), seq);
+            assert_eq!(built.timestamp(), timestamp.as_ref());
+        }
+    }
+}
