@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_kinesis::primitives::DateTime;
+use aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError;
 use aws_sdk_kinesis::types::{
     ConsumerStatus, ShardIteratorType, StartingPosition as KinesisStartingPosition,
     SubscribeToShardEvent, SubscribeToShardEventStream,
@@ -372,7 +373,16 @@ impl FanOutFetcher {
                     }
                     Err(error) => {
                         let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                        tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), ?delay, "subscription failed; subscribing again");
+                        if matches!(
+                            error.as_service_error(),
+                            Some(SubscribeToShardEventStreamError::ResourceInUseException(_))
+                        ) {
+                            // Another subscription (of this worker's previous lease
+                            // holder, or one not yet closed) still holds the shard.
+                            tracing::debug!(shard = %self.shard_id, ?delay, "subscription in use; retrying");
+                        } else {
+                            tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), ?delay, "subscription failed; subscribing again");
+                        }
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
                             _ = tx.closed() => return,
