@@ -16,7 +16,9 @@ use crate::processor::{
     InitializeInput, KinesisClientRecord, LeaseLostInput, ProcessRecordsInput, RecordProcessor,
     ShardEndedInput, ShutdownRequestedInput,
 };
-use crate::retrieval::{FanOutFetcher, PollingConfig, PollingFetcher, StartingPosition};
+use crate::retrieval::{
+    FanOutConfig, FanOutFetcher, PollingConfig, PollingFetcher, StartingPosition,
+};
 use kinesis_producer::HashKey;
 
 /// How a shard consumer reads its shard, resolved when the scheduler was built.
@@ -28,8 +30,8 @@ pub(crate) enum Retrieval {
     FanOut {
         /// The registered stream consumer.
         consumer_arn: String,
-        /// Batches read ahead.
-        prefetch_batches: usize,
+        /// Read-ahead and shard end check.
+        config: FanOutConfig,
     },
 }
 
@@ -167,12 +169,13 @@ impl ShardConsumer {
             .spawn(start, &mut tasks),
             Retrieval::FanOut {
                 consumer_arn,
-                prefetch_batches,
+                config,
             } => FanOutFetcher::new(
                 self.client.clone(),
+                self.stream.clone(),
                 consumer_arn.clone(),
                 shard_id.clone(),
-                *prefetch_batches,
+                config.clone(),
             )
             .spawn(start, &mut tasks),
         };

@@ -8,7 +8,7 @@ use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError;
 use aws_sdk_kinesis::types::{
-    ConsumerStatus, ShardIteratorType, StartingPosition as KinesisStartingPosition,
+    ChildShard, ConsumerStatus, ShardIteratorType, StartingPosition as KinesisStartingPosition,
     SubscribeToShardEvent, SubscribeToShardEventStream,
 };
 use aws_sdk_kinesis::Client;
@@ -31,6 +31,12 @@ pub struct FanOutConfig {
     /// How long building the scheduler waits for the consumer to become ACTIVE after
     /// registering it (default 2 minutes; registration takes seconds on AWS).
     pub registration_timeout: Duration,
+    /// After this long without records on a subscription, one GetShardIterator +
+    /// GetRecords call at the current position checks whether the shard was closed and
+    /// fully read (default 30 s; `None` disables the check). AWS reports a shard's end
+    /// through the subscription, but kinesis-mock never does (a closed shard keeps
+    /// sending empty events), and a missed end would keep the children waiting forever.
+    pub shard_end_check: Option<Duration>,
 }
 
 impl Default for FanOutConfig {
@@ -39,6 +45,7 @@ impl Default for FanOutConfig {
             consumer_name: None,
             prefetch_batches: 3,
             registration_timeout: Duration::from_secs(120),
+            shard_end_check: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -239,27 +246,81 @@ fn kinesis_position(
 #[derive(Clone, Debug)]
 pub struct FanOutFetcher {
     client: Client,
+    stream: String,
     consumer_arn: String,
     shard_id: String,
-    prefetch_batches: usize,
+    config: FanOutConfig,
 }
 
 /// SubscribeToShard allows one call per second per consumer and shard.
 const MIN_SUBSCRIBE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl FanOutFetcher {
-    /// A fetcher for one shard through the registered consumer `consumer_arn`.
+    /// A fetcher for one shard of `stream` through the registered consumer
+    /// `consumer_arn` (see [`register_consumer`]); the consumer name of `config` is not
+    /// used here.
     pub fn new(
         client: Client,
+        stream: String,
         consumer_arn: String,
         shard_id: String,
-        prefetch_batches: usize,
+        config: FanOutConfig,
     ) -> Self {
         FanOutFetcher {
             client,
+            stream,
             consumer_arn,
             shard_id,
-            prefetch_batches,
+            config,
+        }
+    }
+
+    /// Whether the shard is closed and nothing is left after `position`: its children
+    /// when so, `None` when it is open, records remain, or the check failed.
+    async fn closed_shard_children(&self, position: &StartingPosition) -> Option<Vec<ChildShard>> {
+        let request = self
+            .client
+            .get_shard_iterator()
+            .stream_name(&self.stream)
+            .shard_id(&self.shard_id);
+        let request = match position {
+            StartingPosition::TrimHorizon => {
+                request.shard_iterator_type(ShardIteratorType::TrimHorizon)
+            }
+            StartingPosition::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
+            StartingPosition::AtTimestamp(time) => request
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(DateTime::from(*time)),
+            StartingPosition::AtSequenceNumber(seq) => request
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .starting_sequence_number(seq),
+            StartingPosition::AfterSequenceNumber(seq) => request
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq),
+        };
+        let iterator = match request.send().await {
+            Ok(out) => out.shard_iterator?,
+            Err(error) => {
+                tracing::debug!(shard = %self.shard_id, error = %DisplayErrorContext(&error), "shard end check: GetShardIterator failed");
+                return None;
+            }
+        };
+        match self
+            .client
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(1)
+            .send()
+            .await
+        {
+            Ok(out) if out.records().is_empty() && out.next_shard_iterator().is_none() => {
+                Some(out.child_shards.unwrap_or_default())
+            }
+            Ok(_) => None,
+            Err(error) => {
+                tracing::debug!(shard = %self.shard_id, error = %DisplayErrorContext(&error), "shard end check: GetRecords failed");
+                None
+            }
         }
     }
 
@@ -270,7 +331,7 @@ impl FanOutFetcher {
         start: StartingPosition,
         tasks: &mut tokio::task::JoinSet<()>,
     ) -> mpsc::Receiver<RecordBatch> {
-        let (tx, rx) = mpsc::channel(self.prefetch_batches.max(1));
+        let (tx, rx) = mpsc::channel(self.config.prefetch_batches.max(1));
         tasks.spawn(async move { self.run(start, tx).await });
         rx
     }
@@ -348,10 +409,34 @@ impl FanOutFetcher {
                 }
             };
             tracing::debug!(shard = %self.shard_id, ?position, "subscribed");
+            let mut last_records = Instant::now();
             loop {
+                let check_at = self
+                    .config
+                    .shard_end_check
+                    .map(|every| last_records + every);
                 let next = tokio::select! {
                     next = events.recv() => next,
                     _ = tx.closed() => return,
+                    _ = async {
+                        match check_at {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        last_records = Instant::now();
+                        if let Some(children) = self.closed_shard_children(&position).await {
+                            tracing::info!(shard = %self.shard_id, "the shard is closed and fully read, but its subscription did not say so; ending it");
+                            let batch = RecordBatch {
+                                records: Vec::new(),
+                                millis_behind_latest: None,
+                                shard_end: Some(children),
+                            };
+                            let _ = tx.send(batch).await;
+                            return;
+                        }
+                        continue;
+                    }
                 };
                 match next {
                     Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event))) => {
@@ -359,6 +444,7 @@ impl FanOutFetcher {
                         let Some(batch) = apply_event(event, &mut position) else {
                             continue;
                         };
+                        last_records = Instant::now();
                         let ended = batch.shard_end.is_some();
                         if tx.send(batch).await.is_err() || ended {
                             return;

@@ -327,7 +327,7 @@ impl SchedulerBuilder {
                 tracing::info!(consumer = %name, arn = %consumer_arn, "reading with enhanced fan-out");
                 Retrieval::FanOut {
                     consumer_arn,
-                    prefetch_batches: fan_out.prefetch_batches.max(1),
+                    config: fan_out.clone(),
                 }
             }
         };
