@@ -138,7 +138,11 @@ pub async fn register_consumer(
                     })
                 }
             },
-            Err(error) if error.code() == Some("ResourceNotFoundException") => {
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
                 status = String::from("none");
                 let registered = client
                     .register_stream_consumer()
@@ -148,11 +152,20 @@ pub async fn register_consumer(
                     .await;
                 match registered {
                     Ok(_) => tracing::info!(consumer = %name, "registered stream consumer"),
-                    Err(error) if error.code() == Some("ResourceInUseException") => {
+                    Err(error)
+                        if error
+                            .as_service_error()
+                            .is_some_and(|e| e.is_resource_in_use_exception()) =>
+                    {
+                        // Another worker registered it first: describe it again.
                         tracing::debug!(consumer = %name, "stream consumer registered concurrently");
-                        continue;
                     }
-                    Err(error) if is_throttling(error.code()) => {
+                    Err(error)
+                        if error
+                            .as_service_error()
+                            .is_some_and(|e| e.is_limit_exceeded_exception())
+                            || is_throttling(error.code()) =>
+                    {
                         tracing::debug!(consumer = %name, "RegisterStreamConsumer throttled");
                     }
                     Err(error) => {
@@ -163,7 +176,12 @@ pub async fn register_consumer(
                     }
                 }
             }
-            Err(error) if is_throttling(error.code()) => {
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_limit_exceeded_exception())
+                    || is_throttling(error.code()) =>
+            {
                 tracing::debug!(consumer = %name, "DescribeStreamConsumer throttled");
             }
             Err(error) => {
@@ -375,9 +393,10 @@ impl FanOutFetcher {
                 Ok(out) => out.event_stream,
                 Err(error) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    let service = error.as_service_error();
                     match error.code() {
-                        Some("InvalidArgumentException")
-                            if matches!(
+                        _ if service.is_some_and(|e| e.is_invalid_argument_exception())
+                            && matches!(
                                 position,
                                 StartingPosition::AtSequenceNumber(_)
                                     | StartingPosition::AfterSequenceNumber(_)
@@ -391,10 +410,12 @@ impl FanOutFetcher {
                         }
                         // Subscribed again too soon, or a subscription of another worker
                         // is still being taken over; or throttled.
-                        Some("ResourceInUseException") => {
+                        _ if service.is_some_and(|e| e.is_resource_in_use_exception()) => {
                             tracing::debug!(shard = %self.shard_id, ?delay, "subscription in use; retrying");
                         }
-                        code if is_throttling(code) => {
+                        code if is_throttling(code)
+                            || service.is_some_and(|e| e.is_limit_exceeded_exception()) =>
+                        {
                             tracing::debug!(shard = %self.shard_id, ?delay, "SubscribeToShard throttled; backing off");
                         }
                         _ => {
@@ -568,6 +589,136 @@ mod tests {
         assert!(batch.records.is_empty());
         assert_eq!(batch.shard_end.as_deref().map(<[_]>::len), Some(0));
         assert_eq!(position, StartingPosition::AfterSequenceNumber("6".into()));
+    }
+
+    mod registration {
+        use super::super::*;
+        use aws_sdk_kinesis::operation::describe_stream_consumer::DescribeStreamConsumerOutput;
+        use aws_sdk_kinesis::operation::register_stream_consumer::RegisterStreamConsumerOutput;
+        use aws_sdk_kinesis::types::{Consumer, ConsumerDescription};
+        use aws_smithy_mocks::{mock, mock_client, RuleMode};
+
+        /// The SDK derives the endpoint from the ARN: it must parse.
+        const STREAM_ARN: &str = "arn:aws:kinesis:us-east-1:123456789012:stream/s";
+
+        fn described(status: ConsumerStatus) -> DescribeStreamConsumerOutput {
+            DescribeStreamConsumerOutput::builder()
+                .consumer_description(
+                    ConsumerDescription::builder()
+                        .consumer_name("app")
+                        .consumer_arn("arn:consumer")
+                        .consumer_status(status)
+                        .consumer_creation_timestamp(DateTime::from_secs(0))
+                        .stream_arn(STREAM_ARN)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+        }
+
+        /// A service error as Kinesis sends it (awsJson1.1), parsed like a real one.
+        fn error_body(code: &str) -> Option<String> {
+            Some(format!(r#"{{"__type":"{code}","message":"injected"}}"#))
+        }
+
+        #[tokio::test]
+        async fn a_missing_consumer_is_registered_then_awaited() {
+            let describe = mock!(Client::describe_stream_consumer)
+                .sequence()
+                .http_status(400, error_body("ResourceNotFoundException"))
+                .output(|| described(ConsumerStatus::Creating))
+                .output(|| described(ConsumerStatus::Active))
+                .build();
+            let register = mock!(Client::register_stream_consumer)
+                .match_requests(|r| {
+                    r.stream_arn() == Some(STREAM_ARN) && r.consumer_name() == Some("app")
+                })
+                .then_output(|| {
+                    RegisterStreamConsumerOutput::builder()
+                        .consumer(
+                            Consumer::builder()
+                                .consumer_name("app")
+                                .consumer_arn("arn:consumer")
+                                .consumer_status(ConsumerStatus::Creating)
+                                .consumer_creation_timestamp(DateTime::from_secs(0))
+                                .build()
+                                .unwrap(),
+                        )
+                        .build()
+                });
+            let client = mock_client!(aws_sdk_kinesis, RuleMode::MatchAny, [&describe, &register]);
+            let arn = register_consumer(&client, STREAM_ARN, "app", Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert_eq!(arn, "arn:consumer");
+            assert_eq!(describe.num_calls(), 3);
+            assert_eq!(register.num_calls(), 1);
+        }
+
+        #[tokio::test]
+        async fn losing_the_registration_race_describes_again() {
+            let describe = mock!(Client::describe_stream_consumer)
+                .sequence()
+                .http_status(400, error_body("ResourceNotFoundException"))
+                .output(|| described(ConsumerStatus::Active))
+                .build();
+            let register = mock!(Client::register_stream_consumer)
+                .sequence()
+                .http_status(400, error_body("ResourceInUseException"))
+                .build();
+            let client = mock_client!(aws_sdk_kinesis, RuleMode::MatchAny, [&describe, &register]);
+            let arn = register_consumer(&client, STREAM_ARN, "app", Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert_eq!(arn, "arn:consumer");
+            assert_eq!((describe.num_calls(), register.num_calls()), (2, 1));
+        }
+
+        #[tokio::test]
+        async fn an_active_consumer_is_not_registered_again() {
+            let describe = mock!(Client::describe_stream_consumer)
+                .then_output(|| described(ConsumerStatus::Active));
+            let register = mock!(Client::register_stream_consumer)
+                .sequence()
+                .http_status(400, error_body("ResourceInUseException"))
+                .build();
+            let client = mock_client!(aws_sdk_kinesis, RuleMode::MatchAny, [&describe, &register]);
+            register_consumer(&client, STREAM_ARN, "app", Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert_eq!((describe.num_calls(), register.num_calls()), (1, 0));
+        }
+
+        #[tokio::test]
+        async fn a_consumer_that_stays_creating_is_a_typed_error() {
+            let describe = mock!(Client::describe_stream_consumer)
+                .then_output(|| described(ConsumerStatus::Creating));
+            let client = mock_client!(aws_sdk_kinesis, RuleMode::MatchAny, [&describe]);
+            let error = register_consumer(&client, STREAM_ARN, "app", Duration::from_millis(300))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&error, FanOutError::NotActive { consumer, status, .. } if consumer == "app" && status == "CREATING"),
+                "{error:?}"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_rejected_registration_is_a_typed_error() {
+            let describe = mock!(Client::describe_stream_consumer)
+                .sequence()
+                .http_status(400, error_body("ResourceNotFoundException"))
+                .build();
+            let register = mock!(Client::register_stream_consumer)
+                .sequence()
+                .http_status(400, error_body("InvalidArgumentException"))
+                .build();
+            let client = mock_client!(aws_sdk_kinesis, RuleMode::MatchAny, [&describe, &register]);
+            let error = register_consumer(&client, STREAM_ARN, "app", Duration::from_secs(10))
+                .await
+                .unwrap_err();
+            assert!(matches!(error, FanOutError::Register { .. }), "{error:?}");
+        }
     }
 
     #[test]
