@@ -128,6 +128,29 @@ async fn produce_then_two_consumers_then_leases() {
         "every record consumed"
     );
 
+    // consume --fan-out: another application reads it all again through SubscribeToShard.
+    let path = dir.join("fan-out.jsonl");
+    let fan_out_app = unique("cli-efo-app");
+    let output = command(env!("CARGO_BIN_EXE_consume"))
+        .await
+        .args(["--stream", &stream, "--app", &fan_out_app, "--fan-out"])
+        .args(["--output", path.to_str().unwrap(), "--exit-after-idle", "3"])
+        .args(["--failover-ms", "3000"])
+        .output()
+        .unwrap();
+    check(&output);
+    let fan_out_ids: BTreeSet<u64> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            let data: serde_json::Value =
+                serde_json::from_str(line["data"].as_str().unwrap()).unwrap();
+            data["id"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(fan_out_ids, ids, "every record consumed with --fan-out");
+
     // leases: both shards checkpointed, no owner after the graceful stops.
     let output = command(env!("CARGO_BIN_EXE_leases"))
         .await

@@ -19,6 +19,7 @@ pub use processor::{
     InitializeInput, KinesisClientRecord, LeaseLostInput, ProcessRecordsInput, ProcessorFactory,
     RecordProcessor, ShardEndedInput, ShutdownRequestedInput,
 };
+pub use retrieval::{FanOutConfig, FanOutError, PollingConfig, RetrievalMode};
 pub use scheduler::{
     InitialPosition, Scheduler, SchedulerBuilder, SchedulerConfig, SchedulerError, ShutdownHandle,
 };

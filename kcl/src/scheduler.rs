@@ -17,7 +17,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::lease::{ExtendedSequenceNumber, Lease};
 use crate::leases::{LeaseCoordinator, LeaseStore, LeaseStoreError};
 use crate::processor::ProcessorFactory;
-use crate::shard_consumer::{ShardConsumer, ShardOutcome};
+use crate::retrieval::FanOutError;
+use crate::shard_consumer::{Retrieval, ShardConsumer, ShardOutcome};
 use crate::shard_sync::plan_shard_sync;
 
 mod builder;
@@ -48,6 +49,9 @@ pub enum SchedulerError {
     /// Kinesis could not be reached or the stream does not exist.
     #[error("kinesis: {0}")]
     Kinesis(String),
+    /// The enhanced fan-out stream consumer could not be found or registered.
+    #[error("enhanced fan-out: {0}")]
+    FanOut(#[from] FanOutError),
 }
 
 /// Requests a graceful shutdown of a running [`Scheduler`]. Cheap to clone.
@@ -114,6 +118,7 @@ pub struct Scheduler {
     config: SchedulerConfig,
     store: Arc<dyn LeaseStore>,
     kinesis: aws_sdk_kinesis::Client,
+    retrieval: Retrieval,
     coordinator: Arc<LeaseCoordinator>,
     shutdown: Arc<watch::Sender<bool>>,
 }
@@ -381,7 +386,7 @@ impl Scheduler {
                 processor: self.factory.create_processor(),
                 client: self.kinesis.clone(),
                 stream: self.stream.clone(),
-                polling: self.config.polling.clone(),
+                retrieval: self.retrieval.clone(),
                 initial_timestamp: match self.initial_position {
                     InitialPosition::AtTimestamp(t) => Some(t),
                     _ => None,

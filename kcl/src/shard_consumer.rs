@@ -16,8 +16,24 @@ use crate::processor::{
     InitializeInput, KinesisClientRecord, LeaseLostInput, ProcessRecordsInput, RecordProcessor,
     ShardEndedInput, ShutdownRequestedInput,
 };
-use crate::retrieval::{PollingConfig, PollingFetcher, StartingPosition};
+use crate::retrieval::{
+    FanOutConfig, FanOutFetcher, PollingConfig, PollingFetcher, StartingPosition,
+};
 use kinesis_producer::HashKey;
+
+/// How a shard consumer reads its shard, resolved when the scheduler was built.
+#[derive(Clone, Debug)]
+pub(crate) enum Retrieval {
+    /// GetRecords polling.
+    Polling(PollingConfig),
+    /// SubscribeToShard through the registered consumer.
+    FanOut {
+        /// The registered stream consumer.
+        consumer_arn: String,
+        /// Read-ahead and shard end check.
+        config: FanOutConfig,
+    },
+}
 
 /// How a shard consumer finished.
 #[derive(Debug)]
@@ -38,7 +54,7 @@ pub(crate) struct ShardConsumer {
     pub processor: Box<dyn RecordProcessor>,
     pub client: aws_sdk_kinesis::Client,
     pub stream: String,
-    pub polling: PollingConfig,
+    pub retrieval: Retrieval,
     pub initial_timestamp: Option<SystemTime>,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -143,13 +159,26 @@ impl ShardConsumer {
             }
         };
         let mut tasks = JoinSet::new();
-        let mut batches = PollingFetcher::new(
-            self.client.clone(),
-            self.stream.clone(),
-            shard_id.clone(),
-            self.polling.clone(),
-        )
-        .spawn(start, &mut tasks);
+        let mut batches = match &self.retrieval {
+            Retrieval::Polling(config) => PollingFetcher::new(
+                self.client.clone(),
+                self.stream.clone(),
+                shard_id.clone(),
+                config.clone(),
+            )
+            .spawn(start, &mut tasks),
+            Retrieval::FanOut {
+                consumer_arn,
+                config,
+            } => FanOutFetcher::new(
+                self.client.clone(),
+                self.stream.clone(),
+                consumer_arn.clone(),
+                shard_id.clone(),
+                config.clone(),
+            )
+            .spawn(start, &mut tasks),
+        };
         let mut lost = self.held.lost_signal();
         let mut skip = skip;
         let range = hash_range(&lease);

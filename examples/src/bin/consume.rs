@@ -62,7 +62,8 @@ struct Args {
     /// Read with GetRecords polling (the default).
     #[arg(long, conflicts_with = "fan_out")]
     polling: bool,
-    /// Read with enhanced fan-out (SubscribeToShard).
+    /// Read with enhanced fan-out (SubscribeToShard), through a stream consumer named after
+    /// `--app` (registered if missing, kept at exit).
     #[arg(long)]
     fan_out: bool,
     /// Where to start on shards without a checkpoint.
@@ -71,7 +72,8 @@ struct Args {
     /// Lease failover time in milliseconds (Java KCL default 10,000).
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     failover_ms: u64,
-    /// Pause between GetRecords calls per shard in milliseconds (Java KCL default 1,500).
+    /// Pause between GetRecords calls per shard in milliseconds (Java KCL default 1,500;
+    /// polling only).
     #[arg(long, value_name = "MS", default_value_t = 1_500)]
     idle_between_reads_ms: u64,
 }
@@ -158,9 +160,6 @@ impl RecordProcessor for JsonLines {
 }
 
 async fn run(args: Args) -> Result<(), Error> {
-    if args.fan_out {
-        return Err("--fan-out: enhanced fan-out retrieval is not available in kinesis-consumer yet; use --polling".into());
-    }
     let config = aws_config::load_from_env().await;
     let output: Output = match &args.output {
         Some(path) => Arc::new(Mutex::new(Box::new(BufWriter::new(File::create(path)?)))),
@@ -190,6 +189,11 @@ async fn run(args: Args) -> Result<(), Error> {
         .processor_factory(factory);
     if let Some(id) = &args.worker_id {
         builder = builder.worker_id(id);
+    }
+    if args.fan_out {
+        // The stream consumer is named after the application, registered if missing and
+        // kept at exit.
+        builder = builder.fan_out();
     }
     let scheduler = builder.build().await?;
     eprintln!(

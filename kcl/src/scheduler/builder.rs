@@ -10,7 +10,8 @@ use tokio::sync::watch;
 use super::{InitialPosition, Scheduler, SchedulerError};
 use crate::leases::{DynamoDbLeaseStore, LeaseCoordinator, LeaseCoordinatorConfig, LeaseStore};
 use crate::processor::ProcessorFactory;
-use crate::retrieval::PollingConfig;
+use crate::retrieval::{register_consumer, FanOutConfig, RetrievalMode};
+use crate::shard_consumer::Retrieval;
 
 /// Tuning knobs, with the Java KCL's defaults unless noted.
 #[derive(Clone, Debug)]
@@ -36,8 +37,8 @@ pub struct SchedulerConfig {
     /// How often held leases waiting for their parents are checked (Java
     /// `parentShardPollIntervalMillis`, 10 s).
     pub parent_shard_poll_interval: Duration,
-    /// Polling retrieval settings.
-    pub polling: PollingConfig,
+    /// How records are read: polling (default) or enhanced fan-out.
+    pub retrieval: RetrievalMode,
     /// How long a graceful shutdown waits for processors to finish (30 s).
     pub shutdown_timeout: Duration,
 }
@@ -53,7 +54,7 @@ impl Default for SchedulerConfig {
             max_leases_to_steal_at_once: 1,
             shard_sync_interval: Duration::from_secs(60),
             parent_shard_poll_interval: Duration::from_secs(10),
-            polling: PollingConfig::default(),
+            retrieval: RetrievalMode::default(),
             shutdown_timeout: Duration::from_secs(30),
         }
     }
@@ -182,21 +183,61 @@ impl SchedulerBuilder {
         self
     }
 
-    /// Most records per GetRecords call (default 10,000).
-    pub fn max_records(mut self, max: i32) -> Self {
-        self.config.polling.max_records = max.clamp(1, 10_000);
+    /// How records are read (default [`RetrievalMode::Polling`] with
+    /// [`PollingConfig::default()`](crate::retrieval::PollingConfig)).
+    ///
+    /// [`RetrievalMode::FanOut`] is enhanced fan-out, the Java KCL's default
+    /// (`RetrievalConfig.retrievalSpecificConfig(new FanOutConfig(kinesisClient)
+    /// .consumerName(...))`; polling there is `new PollingConfig(streamName, kinesisClient)`).
+    /// With fan-out, [`build`](Self::build) finds the stream consumer named
+    /// [`FanOutConfig::consumer_name`] (default: the application name), registers it if it
+    /// does not exist (a race with other workers registering it is fine) and waits until
+    /// it is ACTIVE. Shutting down never deregisters it: other workers and the next run use
+    /// it. Deregister it yourself (DeregisterStreamConsumer) when the application is
+    /// retired.
+    ///
+    /// The polling setters ([`max_records`](Self::max_records),
+    /// [`idle_time_between_reads`](Self::idle_time_between_reads)) change the polling mode
+    /// only; [`prefetch_batches`](Self::prefetch_batches) applies to both.
+    pub fn retrieval_mode(mut self, mode: RetrievalMode) -> Self {
+        self.config.retrieval = mode;
         self
     }
 
-    /// Pause after each GetRecords call (default 1,500 ms).
+    /// Enhanced fan-out with the consumer named after the application (shorthand for
+    /// [`retrieval_mode`](Self::retrieval_mode)`(RetrievalMode::FanOut(..))`, keeping the
+    /// prefetch setting).
+    pub fn fan_out(mut self) -> Self {
+        self.config.retrieval = RetrievalMode::FanOut(FanOutConfig {
+            prefetch_batches: self.config.retrieval.prefetch_batches(),
+            ..FanOutConfig::default()
+        });
+        self
+    }
+
+    /// Most records per GetRecords call (default 10,000; polling only).
+    pub fn max_records(mut self, max: i32) -> Self {
+        if let RetrievalMode::Polling(polling) = &mut self.config.retrieval {
+            polling.max_records = max.clamp(1, 10_000);
+        }
+        self
+    }
+
+    /// Pause after each GetRecords call (default 1,500 ms; polling only).
     pub fn idle_time_between_reads(mut self, idle: Duration) -> Self {
-        self.config.polling.idle_time_between_reads = idle;
+        if let RetrievalMode::Polling(polling) = &mut self.config.retrieval {
+            polling.idle_time_between_reads = idle;
+        }
         self
     }
 
     /// Batches read ahead per shard (default 3).
     pub fn prefetch_batches(mut self, batches: usize) -> Self {
-        self.config.polling.prefetch_batches = batches.max(1);
+        let batches = batches.max(1);
+        match &mut self.config.retrieval {
+            RetrievalMode::Polling(polling) => polling.prefetch_batches = batches,
+            RetrievalMode::FanOut(fan_out) => fan_out.prefetch_batches = batches,
+        }
         self
     }
 
@@ -225,8 +266,9 @@ impl SchedulerBuilder {
         self
     }
 
-    /// Checks the settings, creates the lease table if missing and checks that the stream
-    /// exists.
+    /// Checks the settings, creates the lease table if missing, checks that the stream
+    /// exists and, with enhanced fan-out, registers the stream consumer if missing and waits
+    /// until it is ACTIVE.
     pub async fn build(self) -> Result<Scheduler, SchedulerError> {
         let stream = self
             .stream
@@ -263,12 +305,32 @@ impl SchedulerBuilder {
             .unwrap_or_else(|| aws_sdk_kinesis::Client::new(&self.sdk_config));
 
         store.create_table_if_missing().await?;
-        kinesis
+        let summary = kinesis
             .describe_stream_summary()
             .stream_name(&stream)
             .send()
             .await
             .map_err(|e| SchedulerError::Kinesis(DisplayErrorContext(&e).to_string()))?;
+        let retrieval = match &config.retrieval {
+            RetrievalMode::Polling(polling) => Retrieval::Polling(polling.clone()),
+            RetrievalMode::FanOut(fan_out) => {
+                let stream_arn = summary
+                    .stream_description_summary()
+                    .map(|s| s.stream_arn().to_owned())
+                    .ok_or_else(|| {
+                        SchedulerError::Kinesis("DescribeStreamSummary returned no stream".into())
+                    })?;
+                let name = fan_out.consumer_name.as_deref().unwrap_or(&application);
+                let consumer_arn =
+                    register_consumer(&kinesis, &stream_arn, name, fan_out.registration_timeout)
+                        .await?;
+                tracing::info!(consumer = %name, arn = %consumer_arn, "reading with enhanced fan-out");
+                Retrieval::FanOut {
+                    consumer_arn,
+                    config: fan_out.clone(),
+                }
+            }
+        };
 
         let coordinator = Arc::new(LeaseCoordinator::new(
             store.clone(),
@@ -287,6 +349,7 @@ impl SchedulerBuilder {
             config,
             store,
             kinesis,
+            retrieval,
             coordinator,
             shutdown: Arc::new(watch::channel(false).0),
         })
