@@ -301,21 +301,7 @@ impl FanOutFetcher {
             .get_shard_iterator()
             .stream_name(&self.stream)
             .shard_id(&self.shard_id);
-        let request = match position {
-            StartingPosition::TrimHorizon => {
-                request.shard_iterator_type(ShardIteratorType::TrimHorizon)
-            }
-            StartingPosition::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
-            StartingPosition::AtTimestamp(time) => request
-                .shard_iterator_type(ShardIteratorType::AtTimestamp)
-                .timestamp(DateTime::from(*time)),
-            StartingPosition::AtSequenceNumber(seq) => request
-                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
-                .starting_sequence_number(seq),
-            StartingPosition::AfterSequenceNumber(seq) => request
-                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-                .starting_sequence_number(seq),
-        };
+        let request = position.shard_iterator_request(request);
         let iterator = match request.send().await {
             Ok(out) => out.shard_iterator?,
             Err(error) => {

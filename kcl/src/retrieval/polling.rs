@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::operation::get_shard_iterator::builders::GetShardIteratorFluentBuilder;
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::{ChildShard, Record, ShardIteratorType};
 use aws_sdk_kinesis::Client;
@@ -48,6 +49,30 @@ pub enum StartingPosition {
     AtSequenceNumber(String),
     /// Right after a record.
     AfterSequenceNumber(String),
+}
+
+impl StartingPosition {
+    /// Sets this position on a GetShardIterator request.
+    pub(crate) fn shard_iterator_request(
+        &self,
+        request: GetShardIteratorFluentBuilder,
+    ) -> GetShardIteratorFluentBuilder {
+        match self {
+            StartingPosition::TrimHorizon => {
+                request.shard_iterator_type(ShardIteratorType::TrimHorizon)
+            }
+            StartingPosition::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
+            StartingPosition::AtTimestamp(time) => request
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(DateTime::from(*time)),
+            StartingPosition::AtSequenceNumber(seq) => request
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .starting_sequence_number(seq),
+            StartingPosition::AfterSequenceNumber(seq) => request
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq),
+        }
+    }
 }
 
 /// One GetRecords result.
@@ -134,21 +159,7 @@ impl PollingFetcher {
                 .get_shard_iterator()
                 .stream_name(&self.stream)
                 .shard_id(&self.shard_id);
-            let request = match &position {
-                StartingPosition::TrimHorizon => {
-                    request.shard_iterator_type(ShardIteratorType::TrimHorizon)
-                }
-                StartingPosition::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
-                StartingPosition::AtTimestamp(time) => request
-                    .shard_iterator_type(ShardIteratorType::AtTimestamp)
-                    .timestamp(DateTime::from(*time)),
-                StartingPosition::AtSequenceNumber(seq) => request
-                    .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
-                    .starting_sequence_number(seq),
-                StartingPosition::AfterSequenceNumber(seq) => request
-                    .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-                    .starting_sequence_number(seq),
-            };
+            let request = position.shard_iterator_request(request);
             match request.send().await {
                 Ok(out) => {
                     if let Some(iterator) = out.shard_iterator {
