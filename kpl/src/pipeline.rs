@@ -50,11 +50,12 @@ struct PutDone {
     result: Result<Vec<PutRecordsResultEntry>, AttemptError>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RefreshState {
     running: bool,
     wanted: bool,
-    last: Option<Instant>,
+    /// When the last refresh (or the initial load) finished.
+    last: Instant,
     failures: u32,
 }
 
@@ -104,9 +105,10 @@ impl Pipeline {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (map_tx, map_rx) = mpsc::unbounded_channel();
         let refresh = RefreshState {
+            running: false,
             wanted: map.is_empty(),
-            last: Some(now),
-            ..RefreshState::default()
+            last: now,
+            failures: 0,
         };
         Pipeline {
             metrics: Metrics::new(stream.as_str()),
@@ -114,7 +116,11 @@ impl Pipeline {
             limiter: Limiter::new(config.rate_limit),
             collector: Collector::new(config.collection_max_count, config.collection_max_size),
             backoff: Backoff::new(config.min_backoff, config.max_backoff),
-            spreader: config.hot_key_spread.clone().map(|s| Spreader::new(s, now)),
+            spreader: config.hot_key_spread.clone().map(|s| {
+                let mut spreader = Spreader::new(s, now);
+                spreader.set_map(&map);
+                spreader
+            }),
             retries: RetryQueue::default(),
             staged: Vec::new(),
             rerouted: Vec::new(),
@@ -213,8 +219,7 @@ impl Pipeline {
         record.id = self.tracker.add(record.arrived);
         if record.explicit_hash_key.is_none() {
             if let Some(spreader) = &mut self.spreader {
-                record.explicit_hash_key =
-                    spreader.route(&record.partition_key, &self.map, record.arrived);
+                record.explicit_hash_key = spreader.route(&record.partition_key, record.arrived);
             }
         }
         self.route(record);
@@ -383,7 +388,12 @@ impl Pipeline {
                     let sequence = entry.as_ref().and_then(|e| e.sequence_number());
                     match (entry.as_ref().and_then(|e| e.error_code()), shard, sequence) {
                         (None, Some(shard), Some(sequence)) => {
-                            let (shard, sequence) = (Arc::from(shard), sequence.to_owned());
+                            // Reuse the shard map's id when the prediction held.
+                            let shard = match &record.shard {
+                                Some(predicted) if &**predicted == shard => predicted.clone(),
+                                _ => Arc::from(shard),
+                            };
+                            let sequence = Arc::from(sequence);
                             self.succeeded(record, shard, sequence, done.duration, now)
                         }
                         (code, _, _) => {
@@ -408,7 +418,7 @@ impl Pipeline {
         &mut self,
         mut record: Outgoing,
         shard: Arc<str>,
-        sequence: String,
+        sequence: Arc<str>,
         duration: Duration,
         now: Instant,
     ) {
@@ -514,9 +524,7 @@ impl Pipeline {
         let wait = min
             .saturating_mul(1 << self.refresh.failures.min(16))
             .min(MAX_REFRESH_BACKOFF.max(min));
-        self.refresh
-            .last
-            .map_or_else(Instant::now, |last| last + wait)
+        self.refresh.last + wait
     }
 
     fn maybe_refresh(&mut self, now: Instant) {
@@ -535,7 +543,7 @@ impl Pipeline {
 
     fn on_shard_map(&mut self, result: Result<ShardMap, ShardMapError>) {
         self.refresh.running = false;
-        self.refresh.last = Some(Instant::now());
+        self.refresh.last = Instant::now();
         match result {
             Ok(map) => {
                 self.refresh.failures = 0;
@@ -550,6 +558,9 @@ impl Pipeline {
                     shards = map.shards().len(),
                     "shard map updated"
                 );
+                if let Some(spreader) = &mut self.spreader {
+                    spreader.set_map(&map);
+                }
                 self.map = map;
                 // Buffered records were predicted with the old map: predict them again.
                 let mut records = self.aggregator.drain_records();

@@ -14,8 +14,9 @@ use tokio::sync::oneshot;
 pub struct RecordResult {
     /// Shard the record landed on.
     pub shard_id: Arc<str>,
-    /// Sequence number of the Kinesis record that carries it.
-    pub sequence_number: String,
+    /// Sequence number of the Kinesis record that carries it (shared by the user records
+    /// of one aggregate).
+    pub sequence_number: Arc<str>,
     /// Position of the user record inside an aggregate (0 when sent alone). Consumers
     /// that deaggregate see it as the sub-sequence number.
     pub sub_sequence_number: u64,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::limiter::SHARD_RECORDS_PER_SECOND;
-use crate::shard_map::ShardMap;
+use crate::shard_map::{ShardMap, ShardRange};
 use crate::HashKey;
 
 /// When and how to spread hot partition keys (see [`ProducerBuilder::hot_key_spread`](crate::ProducerBuilder::hot_key_spread)).
@@ -77,6 +77,8 @@ pub(crate) struct Spreader {
     counts: HashMap<String, u32>,
     /// Keys hot in the previous window, with a round-robin counter.
     hot: HashMap<String, usize>,
+    /// The open shards hot keys may go to, by hash range.
+    eligible: Vec<ShardRange>,
 }
 
 impl Spreader {
@@ -88,7 +90,19 @@ impl Spreader {
             window_start: now,
             counts: HashMap::new(),
             hot: HashMap::new(),
+            eligible: Vec::new(),
         }
+    }
+
+    /// Takes the shards of a new shard map.
+    pub fn set_map(&mut self, map: &ShardMap) {
+        let allowed = self.config.eligible_shards.as_ref();
+        self.eligible = map
+            .shards()
+            .iter()
+            .filter(|s| allowed.is_none_or(|set| set.contains(&*s.id)))
+            .cloned()
+            .collect();
     }
 
     fn roll_window(&mut self, now: Instant) {
@@ -111,7 +125,7 @@ impl Spreader {
 
     /// The hash key to send a record of `partition_key` with, or `None` to route it by
     /// its own hash.
-    pub fn route(&mut self, partition_key: &str, map: &ShardMap, now: Instant) -> Option<HashKey> {
+    pub fn route(&mut self, partition_key: &str, now: Instant) -> Option<HashKey> {
         self.roll_window(now);
         let count = match self.counts.get_mut(partition_key) {
             Some(count) => {
@@ -127,16 +141,7 @@ impl Spreader {
             self.hot.insert(partition_key.to_owned(), 0);
         }
         let turn = self.hot.get_mut(partition_key)?;
-        let eligible: Vec<_> = map
-            .shards()
-            .iter()
-            .filter(|s| {
-                self.config
-                    .eligible_shards
-                    .as_ref()
-                    .is_none_or(|set| set.contains(&*s.id))
-            })
-            .collect();
+        let eligible = &self.eligible;
         if eligible.is_empty() {
             return None;
         }
@@ -146,7 +151,7 @@ impl Spreader {
             .position(|s| s.start <= own && own <= s.end)
             .unwrap_or((own.0 % eligible.len() as u128) as usize);
         let width = self.config.shards_per_key.clamp(1, eligible.len());
-        let target = eligible[(start + *turn % width) % eligible.len()];
+        let target = &eligible[(start + *turn % width) % eligible.len()];
         *turn = turn.wrapping_add(1);
         if target.start <= own && own <= target.end {
             None
@@ -184,11 +189,9 @@ mod tests {
     async fn cold_keys_keep_their_shard() {
         let map = map(4);
         let mut spreader = Spreader::new(HotKeySpread::default(), Instant::now());
+        spreader.set_map(&map);
         for i in 0..10_000 {
-            assert_eq!(
-                spreader.route(&format!("key-{i}"), &map, Instant::now()),
-                None
-            );
+            assert_eq!(spreader.route(&format!("key-{i}"), Instant::now()), None);
         }
     }
 
@@ -196,11 +199,12 @@ mod tests {
     async fn a_hot_key_spreads_over_the_configured_number_of_shards() {
         let map = map(8);
         let mut spreader = Spreader::new(HotKeySpread::default().shards_per_key(4), Instant::now());
+        spreader.set_map(&map);
         let now = Instant::now();
         let mut shards = HashSet::new();
         for _ in 0..2_000 {
             let key = spreader
-                .route("hot", &map, now)
+                .route("hot", now)
                 .unwrap_or_else(|| HashKey::from_partition_key("hot"));
             shards.insert(map.shard_for(key).expect("covered").id.clone());
         }
@@ -214,10 +218,11 @@ mod tests {
             .shards_per_key(8)
             .eligible_shards(["shard-1", "shard-2"]);
         let mut spreader = Spreader::new(spread, Instant::now());
+        spreader.set_map(&map);
         let now = Instant::now();
         let mut shards = HashSet::new();
         for _ in 0..2_000 {
-            if let Some(key) = spreader.route("hot", &map, now) {
+            if let Some(key) = spreader.route("hot", now) {
                 shards.insert(map.shard_for(key).expect("covered").id.to_string());
             }
         }

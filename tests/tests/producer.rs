@@ -81,7 +81,7 @@ fn assert_where_receipts_say(found: &Found, sent: &[(String, bytes::Bytes, Recor
     for (partition_key, data, result) in sent {
         let key = (
             result.shard_id.to_string(),
-            result.sequence_number.clone(),
+            result.sequence_number.to_string(),
             result.sub_sequence_number,
         );
         let stored = found
