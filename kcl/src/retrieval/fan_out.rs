@@ -12,11 +12,10 @@ use aws_sdk_kinesis::types::{
     SubscribeToShardEvent, SubscribeToShardEventStream,
 };
 use aws_sdk_kinesis::Client;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{RecordBatch, StartingPosition};
+use super::{backoff, RecordBatch, StartingPosition};
 
 /// Settings of enhanced fan-out retrieval.
 #[derive(Clone, Debug)]
@@ -80,15 +79,6 @@ pub enum FanOutError {
         /// The last status seen (`none` when it was not found).
         status: String,
     },
-}
-
-fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(min)
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 fn is_throttling(code: Option<&str>) -> bool {
@@ -382,11 +372,7 @@ impl FanOutFetcher {
                     let service = error.as_service_error();
                     match error.code() {
                         _ if service.is_some_and(|e| e.is_invalid_argument_exception())
-                            && matches!(
-                                position,
-                                StartingPosition::AtSequenceNumber(_)
-                                    | StartingPosition::AfterSequenceNumber(_)
-                            ) =>
+                            && position.names_a_record() =>
                         {
                             // The record is gone (older than the retention period): what
                             // follows it and still exists starts at the trim horizon.

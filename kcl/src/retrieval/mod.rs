@@ -4,6 +4,10 @@
 pub mod fan_out;
 pub mod polling;
 
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+
 pub use fan_out::{register_consumer, FanOutConfig, FanOutError, FanOutFetcher};
 pub use polling::{PollingConfig, PollingFetcher, RecordBatch, StartingPosition};
 
@@ -33,4 +37,15 @@ impl RetrievalMode {
             RetrievalMode::FanOut(fan_out) => fan_out.prefetch_batches,
         }
     }
+}
+
+/// Exponential backoff with jitter between `min` and `max`, never giving up: retrieval
+/// retries until the lease is lost or the worker stops.
+pub(crate) fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }

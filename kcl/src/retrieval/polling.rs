@@ -8,7 +8,6 @@ use aws_sdk_kinesis::operation::get_shard_iterator::builders::GetShardIteratorFl
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::{ChildShard, Record, ShardIteratorType};
 use aws_sdk_kinesis::Client;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::mpsc;
 
 /// Settings of polling retrieval.
@@ -52,6 +51,15 @@ pub enum StartingPosition {
 }
 
 impl StartingPosition {
+    /// Whether the position is a sequence number (which Kinesis rejects once the record
+    /// has left the retention period).
+    pub(crate) fn names_a_record(&self) -> bool {
+        matches!(
+            self,
+            StartingPosition::AtSequenceNumber(_) | StartingPosition::AfterSequenceNumber(_)
+        )
+    }
+
     /// Sets this position on a GetShardIterator request.
     pub(crate) fn shard_iterator_request(
         &self,
@@ -118,13 +126,9 @@ where
     }
 }
 
+/// Backoff of GetShardIterator and GetRecords retries.
 fn backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build()
+    super::backoff(Duration::from_millis(100), Duration::from_secs(5))
 }
 
 impl PollingFetcher {
@@ -169,11 +173,7 @@ impl PollingFetcher {
                 }
                 Err(error)
                     if error.code() == Some("InvalidArgumentException")
-                        && matches!(
-                            position,
-                            StartingPosition::AtSequenceNumber(_)
-                                | StartingPosition::AfterSequenceNumber(_)
-                        ) =>
+                        && position.names_a_record() =>
                 {
                     // The checkpointed record is gone (older than the retention period):
                     // every record after it that still exists starts at the trim horizon.
@@ -250,5 +250,81 @@ impl PollingFetcher {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_kinesis::operation::get_records::GetRecordsOutput;
+    use aws_sdk_kinesis::operation::get_shard_iterator::GetShardIteratorOutput;
+    use aws_sdk_kinesis::primitives::Blob;
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_trimmed_checkpoint_falls_back_to_trim_horizon() {
+        // Kinesis rejects a sequence number that left the retention period.
+        let rejected = mock!(Client::get_shard_iterator)
+            .match_requests(|r| r.shard_iterator_type() == Some(&ShardIteratorType::AfterSequenceNumber))
+            .then_http_response(|| {
+                aws_smithy_runtime_api::http::Response::new(
+                    aws_smithy_runtime_api::http::StatusCode::try_from(400).unwrap(),
+                    aws_smithy_types::body::SdkBody::from(
+                        r#"{"__type":"InvalidArgumentException","message":"sequence number trimmed"}"#,
+                    ),
+                )
+            });
+        let trim_horizon = mock!(Client::get_shard_iterator)
+            .match_requests(|r| r.shard_iterator_type() == Some(&ShardIteratorType::TrimHorizon))
+            .then_output(|| {
+                GetShardIteratorOutput::builder()
+                    .shard_iterator("it-1")
+                    .build()
+            });
+        let records = mock!(Client::get_records)
+            .match_requests(|r| r.shard_iterator() == Some("it-1"))
+            .then_output(|| {
+                GetRecordsOutput::builder()
+                    .records(
+                        Record::builder()
+                            .sequence_number("7")
+                            .partition_key("k")
+                            .data(Blob::new("oldest still there"))
+                            .build()
+                            .unwrap(),
+                    )
+                    .millis_behind_latest(0)
+                    .build()
+                    .unwrap()
+            });
+        let client = mock_client!(
+            aws_sdk_kinesis,
+            RuleMode::MatchAny,
+            [&rejected, &trim_horizon, &records]
+        );
+        let fetcher = PollingFetcher::new(
+            client,
+            "stream".into(),
+            "shardId-0".into(),
+            PollingConfig::default(),
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut batches = fetcher.spawn(
+            StartingPosition::AfterSequenceNumber("3".into()),
+            &mut tasks,
+        );
+        let batch = tokio::time::timeout(Duration::from_secs(5), batches.recv())
+            .await
+            .expect("a batch, not endless retries of the rejected position")
+            .unwrap();
+        assert_eq!(batch.records.len(), 1);
+        assert_eq!(batch.records[0].sequence_number(), "7");
+        assert!(
+            batch.shard_end.is_some(),
+            "no next iterator: the shard ended"
+        );
+        assert_eq!(rejected.num_calls(), 1);
+        assert_eq!(trim_horizon.num_calls(), 1);
     }
 }
