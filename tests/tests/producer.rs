@@ -24,6 +24,7 @@ use kinesis_emulator::Emulator;
 use kinesis_producer::aggregation::deaggregate;
 use kinesis_producer::{
     BuildError, HashKey, InvalidRecord, Producer, Record, RecordError, RecordResult, SendError,
+    ShardMap,
 };
 
 /// User records found in the stream, by (shard, sequence number, sub-sequence number).
@@ -176,43 +177,29 @@ async fn resharding_while_producing_loses_nothing() -> TestResult {
     };
 
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let shards = list_shards(&client, &stream).await?;
-    let first = &shards[0];
-    let range = first.hash_key_range().ok_or("range")?;
-    let start: u128 = range.starting_hash_key().parse()?;
-    let end: u128 = range.ending_hash_key().parse()?;
+    let stream_id = kinesis_producer::StreamId::new(&stream);
+    let open = ShardMap::load(&client, &stream_id).await?;
+    let first = open.shards().first().ok_or("no open shard")?;
     client
         .split_shard()
         .stream_name(&stream)
-        .shard_to_split(first.shard_id())
-        .new_starting_hash_key((start + (end - start) / 2).to_string())
+        .shard_to_split(&*first.id)
+        .new_starting_hash_key(first.midpoint().to_string())
         .send()
         .await?;
     integration_tests::wait_stream_active(&client, &stream).await?;
     tokio::time::sleep(Duration::from_millis(700)).await;
 
     // Merge the upper child of the split with its open neighbour.
-    let open: Vec<_> = list_shards(&client, &stream)
-        .await?
-        .into_iter()
-        .filter(|s| {
-            s.sequence_number_range()
-                .and_then(|r| r.ending_sequence_number())
-                .is_none()
-        })
-        .collect();
-    let by_start = |s: &aws_sdk_kinesis::types::Shard| -> u128 {
-        s.hash_key_range()
-            .and_then(|r| r.starting_hash_key().parse().ok())
-            .unwrap_or_default()
+    let open = ShardMap::load(&client, &stream_id).await?;
+    let [_, upper_child, neighbour, ..] = open.shards() else {
+        return Err("expected three open shards after the split".into());
     };
-    let mut open = open;
-    open.sort_by_key(by_start);
     client
         .merge_shards()
         .stream_name(&stream)
-        .shard_to_merge(open[1].shard_id())
-        .adjacent_shard_to_merge(open[2].shard_id())
+        .shard_to_merge(&*upper_child.id)
+        .adjacent_shard_to_merge(&*neighbour.id)
         .send()
         .await?;
     integration_tests::wait_stream_active(&client, &stream).await?;

@@ -28,7 +28,7 @@ use kinesis_consumer::{
     ShutdownRequestedInput,
 };
 use kinesis_emulator::Emulator;
-use kinesis_producer::{Producer, Record};
+use kinesis_producer::{Producer, Record, ShardMap, ShardRange, StreamId};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -174,68 +174,42 @@ async fn produce(
 /// Splits the first open shard in the middle of its range.
 async fn split(client: &aws_sdk_kinesis::Client, stream: &str) -> Result<String, Error> {
     let shards = open_shards(client, stream).await?;
-    let (id, start, end) = shards.first().ok_or("no open shard")?.clone();
+    let first = shards.first().ok_or("no open shard")?;
     client
         .split_shard()
         .stream_name(stream)
-        .shard_to_split(&id)
-        .new_starting_hash_key((start + (end - start) / 2).to_string())
+        .shard_to_split(&*first.id)
+        .new_starting_hash_key(first.midpoint().to_string())
         .send()
         .await?;
     kinesis_emulator::wait_stream_active(client, stream, Duration::from_secs(60)).await?;
-    Ok(id)
+    Ok(first.id.to_string())
 }
 
 /// Merges the last two open shards (adjacent by hash range).
 async fn merge(client: &aws_sdk_kinesis::Client, stream: &str) -> Result<(String, String), Error> {
     let shards = open_shards(client, stream).await?;
-    let [.., (a, _, _), (b, _, _)] = shards.as_slice() else {
+    let [.., a, b] = shards.as_slice() else {
         return Err("fewer than two open shards".into());
     };
     client
         .merge_shards()
         .stream_name(stream)
-        .shard_to_merge(a)
-        .adjacent_shard_to_merge(b)
+        .shard_to_merge(&*a.id)
+        .adjacent_shard_to_merge(&*b.id)
         .send()
         .await?;
     kinesis_emulator::wait_stream_active(client, stream, Duration::from_secs(60)).await?;
-    Ok((a.clone(), b.clone()))
+    Ok((a.id.to_string(), b.id.to_string()))
 }
 
-/// Open shards with their hash ranges, by starting hash key.
+/// The stream's open shards, by hash range (the producer's shard map).
 async fn open_shards(
     client: &aws_sdk_kinesis::Client,
     stream: &str,
-) -> Result<Vec<(String, u128, u128)>, Error> {
-    let mut shards = Vec::new();
-    let mut next: Option<String> = None;
-    loop {
-        let request = match next.take() {
-            Some(token) => client.list_shards().next_token(token),
-            None => client.list_shards().stream_name(stream),
-        };
-        let page = request.send().await?;
-        for shard in page.shards() {
-            let closed = shard
-                .sequence_number_range()
-                .and_then(|r| r.ending_sequence_number())
-                .is_some();
-            if let (false, Some(range)) = (closed, shard.hash_key_range()) {
-                shards.push((
-                    shard.shard_id().to_owned(),
-                    range.starting_hash_key().parse()?,
-                    range.ending_hash_key().parse()?,
-                ));
-            }
-        }
-        next = page.next_token().map(str::to_owned);
-        if next.is_none() {
-            break;
-        }
-    }
-    shards.sort_by_key(|s| s.1);
-    Ok(shards)
+) -> Result<Vec<ShardRange>, Error> {
+    let map = ShardMap::load(client, &StreamId::new(stream)).await?;
+    Ok(map.shards().to_vec())
 }
 
 /// Leases per worker, and the owner of each lease (for counting moves).
