@@ -42,6 +42,8 @@ struct Fake {
     fail_calls: AtomicUsize,
     always_throttle: std::sync::atomic::AtomicBool,
     list_calls: AtomicUsize,
+    /// The next this many ListShards calls fail with HTTP 500.
+    fail_lists: AtomicUsize,
 }
 
 fn even_shards(n: u128) -> Vec<(String, u128, u128)> {
@@ -78,8 +80,16 @@ impl Fake {
 
     fn client(self: &Arc<Self>) -> Client {
         let fake = self.clone();
-        let list = mock!(Client::list_shards).then_compute_output(move |_| {
+        let list = mock!(Client::list_shards).then_compute_response(move |_| {
             fake.list_calls.fetch_add(1, Ordering::SeqCst);
+            if take_one(&fake.fail_lists) {
+                return MockResponse::Http(aws_smithy_runtime_api::http::Response::new(
+                    aws_smithy_runtime_api::http::StatusCode::try_from(500).unwrap(),
+                    aws_smithy_types::body::SdkBody::from(
+                        r#"{"__type":"InternalFailure","message":"injected"}"#,
+                    ),
+                ));
+            }
             let shards = fake
                 .listed
                 .lock()
@@ -105,7 +115,7 @@ impl Fake {
                         .unwrap()
                 })
                 .collect();
-            ListShardsOutput::builder().set_shards(Some(shards)).build()
+            MockResponse::Output(ListShardsOutput::builder().set_shards(Some(shards)).build())
         });
         let fake = self.clone();
         let put = mock!(Client::put_records).then_compute_response(move |request| {
@@ -385,4 +395,41 @@ async fn send_all_pipes_a_stream_in_order() {
     producer.shutdown().await;
     let after = producer.send(Record::new("k", "v")).await;
     assert!(matches!(after, Err(kinesis_producer::SendError::Closed)));
+}
+
+#[tokio::test]
+async fn a_failing_shard_map_refresh_is_retried_until_it_succeeds() {
+    let fake = Fake::new(1);
+    let producer = fake.builder().build().await.unwrap();
+    // The stream is split; the next two ListShards calls fail.
+    *fake.shards.lock().unwrap() = even_shards(2);
+    *fake.listed.lock().unwrap() = even_shards(2);
+    fake.fail_lists.store(2, Ordering::SeqCst);
+    let first = send_many(&producer, 500).await;
+    assert!(
+        first.iter().all(Result::is_ok),
+        "records succeed while the map is stale"
+    );
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while fake.fail_lists.load(Ordering::SeqCst) > 0
+            || fake.list_calls.load(Ordering::SeqCst) < 4
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the refresh was retried after its failures");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // With the refreshed map, predictions are right: no aggregate lands on the wrong
+    // shard and is resent (which would add a `WrongShard` attempt).
+    let second = send_many(&producer, 500).await;
+    for (i, result) in second.iter().enumerate() {
+        let result = result.as_ref().unwrap();
+        let owner = fake.shard_of(HashKey::from_partition_key(&format!("key-{i}")).0);
+        assert_eq!(&*result.shard_id, owner);
+        assert!(
+            result.aggregated && result.attempts.len() == 1,
+            "{result:?}"
+        );
+    }
 }
