@@ -61,6 +61,16 @@ fn even_shards(n: u128) -> Vec<(String, u128, u128)> {
         .collect()
 }
 
+/// The two children of splitting the single shard of `even_shards(1)` in the middle.
+/// Like Kinesis, children get new ids: a shard id never changes its hash range.
+fn split_in_two() -> Vec<(String, u128, u128)> {
+    even_shards(2)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, start, end))| (format!("shardId-{:012}", i + 1), start, end))
+        .collect()
+}
+
 impl Fake {
     fn new(shards: u128) -> Arc<Self> {
         let fake = Fake::default();
@@ -348,9 +358,9 @@ async fn a_reshard_refreshes_the_map_and_resends_misrouted_aggregates() {
     let fake = Fake::new(1);
     let producer = fake.builder().build().await.unwrap();
     // The stream is split in two, but ListShards still shows one shard for a while.
-    *fake.shards.lock().unwrap() = even_shards(2);
+    *fake.shards.lock().unwrap() = split_in_two();
     let first = send_many(&producer, 500).await;
-    *fake.listed.lock().unwrap() = even_shards(2);
+    *fake.listed.lock().unwrap() = split_in_two();
     let second = send_many(&producer, 500).await;
     for (i, result) in first.iter().chain(&second).enumerate() {
         let result = result.as_ref().expect("succeeds");
@@ -402,8 +412,8 @@ async fn a_failing_shard_map_refresh_is_retried_until_it_succeeds() {
     let fake = Fake::new(1);
     let producer = fake.builder().build().await.unwrap();
     // The stream is split; the next two ListShards calls fail.
-    *fake.shards.lock().unwrap() = even_shards(2);
-    *fake.listed.lock().unwrap() = even_shards(2);
+    *fake.shards.lock().unwrap() = split_in_two();
+    *fake.listed.lock().unwrap() = split_in_two();
     fake.fail_lists.store(2, Ordering::SeqCst);
     let first = send_many(&producer, 500).await;
     assert!(
