@@ -14,6 +14,8 @@ struct OpenAggregate {
     builder: AggregateBuilder,
     records: Vec<Pending>,
     deadline: Option<Instant>,
+    /// Lowest id of its records (a flush forces aggregates holding older records).
+    min_id: u64,
 }
 
 /// Packs user records predicted for the same shard into aggregates of at most
@@ -23,6 +25,9 @@ pub(crate) struct Aggregator {
     max_count: usize,
     max_size: usize,
     open: HashMap<Arc<str>, OpenAggregate>,
+    /// User records in open aggregates.
+    records: usize,
+    offsets: Vec<usize>,
 }
 
 impl Aggregator {
@@ -31,6 +36,8 @@ impl Aggregator {
             max_count: max_count.max(1),
             max_size,
             open: HashMap::new(),
+            records: 0,
+            offsets: Vec::new(),
         }
     }
 
@@ -43,73 +50,117 @@ impl Aggregator {
         deadline: Instant,
         out: &mut Vec<Outgoing>,
     ) {
-        let alone_len = AggregateBuilder::new().encoded_len_with(
-            &record.partition_key,
-            record.explicit_hash_key.as_ref(),
-            record.data.len(),
-        );
-        if alone_len > self.max_size {
-            // Too big to share an aggregate: it goes alone, as itself.
-            out.push(Outgoing::single(Some(shard), record, deadline));
-            return;
-        }
-        let open = self.open.entry(shard.clone()).or_default();
+        let open = match self.open.get_mut(&shard) {
+            Some(open) => open,
+            None => self.open.entry(shard.clone()).or_default(),
+        };
         let fits = open.builder.fits(
             &record.partition_key,
             record.explicit_hash_key.as_ref(),
             record.data.len(),
             self.max_size,
         );
-        if !open.records.is_empty() && (!fits || open.records.len() >= self.max_count) {
-            out.extend(Self::finish(shard.clone(), open));
+        if !fits {
+            let alone_len = AggregateBuilder::new().encoded_len_with(
+                &record.partition_key,
+                record.explicit_hash_key.as_ref(),
+                record.data.len(),
+            );
+            if alone_len > self.max_size {
+                // Too big to share an aggregate: it goes alone, as itself.
+                out.push(Outgoing::single(Some(shard), record, deadline));
+                return;
+            }
         }
-        open.builder.push(
+        if (!fits || open.records.len() >= self.max_count) && !open.records.is_empty() {
+            self.records -= open.records.len();
+            out.extend(Self::finish(shard.clone(), open, &mut self.offsets));
+        }
+        open.builder.push_hashed(
             &record.partition_key,
             record.explicit_hash_key,
+            record.hash_key,
             record.data.clone(),
         );
+        if open.records.is_empty() {
+            open.min_id = record.id;
+            open.deadline = Some(deadline);
+        } else {
+            open.min_id = open.min_id.min(record.id);
+            open.deadline = open.deadline.map(|d| d.min(deadline));
+        }
         open.records.push(record);
-        let due = open.deadline.map_or(deadline, |d| d.min(deadline));
-        open.deadline = Some(due);
+        self.records += 1;
         if open.records.len() >= self.max_count {
-            out.extend(Self::finish(shard, open));
+            self.records -= open.records.len();
+            out.extend(Self::finish(shard, open, &mut self.offsets));
         }
     }
 
-    fn finish(shard: Arc<str>, open: &mut OpenAggregate) -> Option<Outgoing> {
-        let records = std::mem::take(&mut open.records);
+    fn finish(
+        shard: Arc<str>,
+        open: &mut OpenAggregate,
+        offsets: &mut Vec<usize>,
+    ) -> Option<Outgoing> {
+        let mut records = std::mem::take(&mut open.records);
         let deadline = open.deadline.take()?;
-        Outgoing::from_builder(Some(shard), &mut open.builder, records, deadline)
+        let encoded = open.builder.finish_with_offsets(offsets)?;
+        if encoded.user_records > 1 {
+            // Hold each payload as a slice of the aggregate: the user's buffer is freed
+            // and the bytes are held once.
+            for (record, &offset) in records.iter_mut().zip(offsets.iter()) {
+                let len = record.data.len();
+                record.data = encoded.data.slice(offset..offset + len);
+            }
+        }
+        Some(Outgoing::new(Some(shard), encoded, records, deadline))
     }
 
-    /// Finishes the aggregates due by `now`, or all of them when `all`.
-    pub fn flush(&mut self, now: Instant, all: bool, out: &mut Vec<Outgoing>) {
+    /// Finishes the aggregates due by `now` or holding a record with an id below
+    /// `force_before`; every one when `all`.
+    pub fn flush(&mut self, now: Instant, force_before: u64, all: bool, out: &mut Vec<Outgoing>) {
+        if self.records == 0 {
+            return;
+        }
         for (shard, open) in &mut self.open {
-            if open.deadline.is_some_and(|d| all || d <= now) {
-                out.extend(Self::finish(shard.clone(), open));
+            let due = open
+                .deadline
+                .is_some_and(|d| all || d <= now || open.min_id < force_before);
+            if due {
+                self.records -= open.records.len();
+                out.extend(Self::finish(shard.clone(), open, &mut self.offsets));
             }
         }
         // Forget shards that went quiet so a resharded stream does not leave garbage.
-        self.open.retain(|_, open| !open.records.is_empty());
+        if self.open.len() > 2 * (self.records.max(1)) + 64 {
+            self.open.retain(|_, open| !open.records.is_empty());
+        }
     }
 
     /// When the next aggregate is due.
     pub fn next_deadline(&self) -> Option<Instant> {
+        if self.records == 0 {
+            return None;
+        }
         self.open.values().filter_map(|o| o.deadline).min()
     }
 
     /// User records waiting in open aggregates.
     pub fn len(&self) -> usize {
-        self.open.values().map(|o| o.records.len()).sum()
+        self.records
     }
 
     /// Takes every user record out of the open aggregates, unsent (after a shard map
     /// change their predictions may be wrong).
     pub fn drain_records(&mut self) -> Vec<Pending> {
+        self.records = 0;
         let mut records: Vec<Pending> = self
             .open
             .drain()
-            .flat_map(|(_, open)| open.records)
+            .flat_map(|(_, mut open)| {
+                open.builder = AggregateBuilder::new();
+                open.records
+            })
             .collect();
         records.sort_by_key(|r| r.id);
         records
@@ -133,6 +184,7 @@ mod tests {
             partition_key: key.to_owned(),
             data: Bytes::from(vec![b'x'; len]),
             explicit_hash_key: None,
+            hash_key: crate::HashKey::from_partition_key(key),
             arrived: now,
             expires: now + Duration::from_secs(30),
             attempts: Vec::new(),
@@ -155,7 +207,7 @@ mod tests {
             aggregator.add(shard(s), pending(i, &format!("k{i}"), 10), now, &mut out);
         }
         assert!(out.is_empty());
-        aggregator.flush(now, true, &mut out);
+        aggregator.flush(now, 0, true, &mut out);
         assert_eq!(out.len(), 2);
         for o in &out {
             let expected_parity = if &**o.shard.as_ref().expect("shard") == "even" {
@@ -187,7 +239,7 @@ mod tests {
         for i in 0..100 {
             aggregator.add(shard("s"), pending(i, "k", 100), now, &mut out);
         }
-        aggregator.flush(now, true, &mut out);
+        aggregator.flush(now, 0, true, &mut out);
         assert!(out.iter().all(|o| o.encoded.data.len() <= 1_000));
         assert_eq!(out.iter().map(|o| o.records.len()).sum::<usize>(), 100);
         let ids: Vec<u64> = out
@@ -219,7 +271,7 @@ mod tests {
         aggregator.add(shard("a"), pending(0, "k", 10), now, &mut out);
         aggregator.add(shard("b"), pending(1, "k", 10), later, &mut out);
         assert_eq!(aggregator.next_deadline(), Some(now));
-        aggregator.flush(now, false, &mut out);
+        aggregator.flush(now, 0, false, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(aggregator.next_deadline(), Some(later));
         let drained = aggregator.drain_records();

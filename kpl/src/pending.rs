@@ -6,7 +6,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use crate::aggregation::{AggregateBuilder, EncodedRecord};
+use crate::aggregation::EncodedRecord;
 use crate::receipt::{Attempt, RecordError, RecordResult};
 use crate::HashKey;
 
@@ -35,22 +35,27 @@ pub(crate) struct Pending {
     /// Position in arrival order, assigned by the pipeline.
     pub id: u64,
     pub partition_key: String,
+    /// The payload. Once packed into an aggregate, a slice of the aggregate's bytes (the
+    /// user's buffer is released, so the payload is held once).
     pub data: Bytes,
     /// The explicit hash key sent to Kinesis, if any (the user's, or one assigned to
     /// spread a hot key).
     pub explicit_hash_key: Option<HashKey>,
+    /// The hash key that places the record on a shard, computed once.
+    pub hash_key: HashKey,
     pub arrived: Instant,
     pub expires: Instant,
+    /// Attempts made while it travelled in earlier Kinesis records (before a resend or
+    /// a re-aggregation); the current Kinesis record holds the later ones.
     pub attempts: Vec<Attempt>,
     pub reply: Option<Reply>,
     pub permit: Option<Permit>,
 }
 
 impl Pending {
-    /// The hash key that places the record on a shard.
-    pub fn hash_key(&self) -> HashKey {
-        self.explicit_hash_key
-            .unwrap_or_else(|| HashKey::from_partition_key(&self.partition_key))
+    /// Bytes it counts for: data plus partition key.
+    pub fn size(&self) -> usize {
+        self.data.len() + self.partition_key.len()
     }
 
     /// Sends the outcome to the waiting receipt and releases the buffer space.
@@ -62,8 +67,12 @@ impl Pending {
         self.permit = None;
     }
 
-    pub fn take_attempts(&mut self) -> Vec<Attempt> {
-        std::mem::take(&mut self.attempts)
+    /// Every attempt: its own earlier ones, then those of the Kinesis record that
+    /// carried it last.
+    pub fn all_attempts(&mut self, carrier: &[Attempt]) -> Vec<Attempt> {
+        let mut attempts = std::mem::take(&mut self.attempts);
+        attempts.extend_from_slice(carrier);
+        attempts
     }
 }
 
@@ -79,8 +88,14 @@ pub(crate) struct Outgoing {
     /// When it must be sent at the latest: its first user record's arrival plus the
     /// maximum buffering time.
     pub deadline: Instant,
+    /// The earliest expiry of its user records.
+    pub expires: Instant,
+    /// The lowest id of its user records (what a flush forces).
+    pub min_id: u64,
     /// Failed attempts so far, for the backoff.
     pub failures: u32,
+    /// Attempts of this Kinesis record (shared history of its user records).
+    pub attempts: Vec<Attempt>,
 }
 
 impl Outgoing {
@@ -95,26 +110,34 @@ impl Outgoing {
         Outgoing {
             shard,
             encoded,
+            expires: record.expires,
+            min_id: record.id,
             records: vec![record],
             deadline,
             failures: 0,
+            attempts: Vec::new(),
         }
     }
 
-    /// An aggregate (or a single raw record) finished by `builder`.
-    pub fn from_builder(
+    /// A Kinesis record carrying `records`, encoded as `encoded`.
+    pub fn new(
         shard: Option<Arc<str>>,
-        builder: &mut AggregateBuilder,
+        encoded: EncodedRecord,
         records: Vec<Pending>,
         deadline: Instant,
-    ) -> Option<Self> {
-        Some(Outgoing {
+    ) -> Self {
+        let expires = records.iter().map(|r| r.expires).min().unwrap_or(deadline);
+        let min_id = records.iter().map(|r| r.id).min().unwrap_or(u64::MAX);
+        Outgoing {
             shard,
-            encoded: builder.finish()?,
+            encoded,
             records,
             deadline,
+            expires,
+            min_id,
             failures: 0,
-        })
+            attempts: Vec::new(),
+        }
     }
 
     /// Bytes it counts for in PutRecords and against shard limits: data plus
@@ -128,8 +151,14 @@ impl Outgoing {
         self.encoded.user_records > 1
     }
 
-    /// The earliest expiry of its user records.
-    pub fn expires(&self) -> Option<Instant> {
-        self.records.iter().map(|r| r.expires).min()
+    /// Its user records, each holding every attempt so far (to be routed again).
+    pub fn into_records(self) -> Vec<Pending> {
+        let mut records = self.records;
+        if !self.attempts.is_empty() {
+            for record in &mut records {
+                record.attempts.extend_from_slice(&self.attempts);
+            }
+        }
+        records
     }
 }

@@ -164,6 +164,14 @@ impl ProducerBuilder {
         fail_if_throttled: bool
     );
     setter!(
+        /// See [`ProducerConfig::retry_permanent_errors`] (default `false`).
+        retry_permanent_errors: bool
+    );
+    setter!(
+        /// See [`ProducerConfig::metrics_granularity`] (default per stream).
+        metrics_granularity: crate::MetricsGranularity
+    );
+    setter!(
         /// See [`ProducerConfig::max_connections`] (default 24).
         max_connections: usize
     );
@@ -206,17 +214,25 @@ impl ProducerBuilder {
     fn validate(&self) -> Result<(), BuildError> {
         let c = &self.config;
         let invalid = |what: &str| Err(BuildError::InvalidConfig(what.to_owned()));
-        if !(64..=MAX_RECORD_SIZE_LIMIT).contains(&c.aggregation_max_size) {
-            return invalid("aggregation_max_size must be within 64 B ..= 10 MiB");
+        if !(1..=MAX_RECORD_SIZE_LIMIT).contains(&c.max_record_size) {
+            return invalid("max_record_size must be within 1 B ..= 10 MiB");
+        }
+        // An aggregate goes out with a one-byte partition key, which counts against the
+        // record limit: a bigger aggregate would make Kinesis refuse the whole call.
+        let aggregation_limit = c
+            .max_record_size
+            .saturating_sub(crate::aggregation::AGGREGATE_PARTITION_KEY.len());
+        if c.aggregation_max_size < 64 || c.aggregation_max_size > aggregation_limit {
+            return Err(BuildError::InvalidConfig(format!(
+                "aggregation_max_size must be within 64 B ..= {aggregation_limit} B \
+                 (max_record_size less the aggregate's 1-byte partition key)"
+            )));
         }
         if !(1..=crate::collector::PUT_RECORDS_MAX_COUNT).contains(&c.collection_max_count) {
             return invalid("collection_max_count must be within 1 ..= 500");
         }
         if !(1..=crate::collector::PUT_RECORDS_MAX_SIZE).contains(&c.collection_max_size) {
             return invalid("collection_max_size must be within 1 B ..= 5 MiB");
-        }
-        if !(1..=MAX_RECORD_SIZE_LIMIT).contains(&c.max_record_size) {
-            return invalid("max_record_size must be within 1 B ..= 10 MiB");
         }
         if c.max_outstanding_records == 0 || c.max_outstanding_bytes < c.max_record_size {
             return invalid(
@@ -423,11 +439,14 @@ impl Producer {
         let (reply, receipt) = oneshot::channel();
         let arrived = Instant::now();
         let (partition_key, data, explicit_hash_key) = record.into_parts();
+        let hash_key =
+            explicit_hash_key.unwrap_or_else(|| crate::HashKey::from_partition_key(&partition_key));
         let pending = Pending {
             id: 0,
             partition_key,
             data,
             explicit_hash_key,
+            hash_key,
             arrived,
             expires: arrived + self.inner.config.record_ttl,
             attempts: Vec::new(),
@@ -436,7 +455,7 @@ impl Producer {
         };
         self.inner
             .commands
-            .send(Command::Record(Box::new(pending)))
+            .send(Command::Record(pending))
             .map_err(|_| SendError::Closed)?;
         Ok(RecordReceipt::new(receipt))
     }
