@@ -245,3 +245,132 @@ async fn a_failing_shard_map_refresh_is_retried_until_it_succeeds() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_aggregate_can_never_exceed_the_record_limit() {
+    // The aggregate's 1-byte partition key counts against the record limit: an
+    // aggregation limit equal to the record limit would let an aggregate overflow it and
+    // make Kinesis refuse the whole call, with up to 499 other records.
+    let fake = Fake::new(1);
+    for (aggregation_max_size, max_record_size) in [
+        (1024 * 1024, 1024 * 1024),
+        (10 * 1024 * 1024, 1024 * 1024),
+        (2_000, 2_000),
+    ] {
+        let built = fake
+            .builder()
+            .aggregation_max_size(aggregation_max_size)
+            .max_record_size(max_record_size)
+            .build()
+            .await;
+        assert!(
+            matches!(built, Err(kinesis_producer::BuildError::InvalidConfig(_))),
+            "aggregation_max_size {aggregation_max_size} with max_record_size {max_record_size} accepted"
+        );
+    }
+    let producer = fake
+        .builder()
+        .aggregation_max_size(1_999)
+        .max_record_size(2_000)
+        .build()
+        .await
+        .unwrap();
+    let mut receipts = Vec::new();
+    for i in 0..200 {
+        let data = vec![b'x'; 90 + i % 50];
+        receipts.push(
+            producer
+                .send(Record::new(format!("k{i}"), data))
+                .await
+                .unwrap(),
+        );
+    }
+    for receipt in receipts {
+        receipt.await.unwrap();
+    }
+    for stored in fake.stored.lock().unwrap().iter() {
+        assert!(stored.data.len() + stored.partition_key.len() <= 2_000);
+    }
+}
+
+#[tokio::test]
+async fn errors_that_retrying_cannot_fix_fail_at_once() {
+    for code in [
+        "ResourceNotFoundException",
+        "AccessDeniedException",
+        "KMSDisabledException",
+        "KMSNotFoundException",
+        "KMSAccessDeniedException",
+        "KMSOptInRequired",
+        "ValidationException",
+    ] {
+        let fake = Fake::new(1);
+        *fake.fail_code.lock().unwrap() = code.to_owned();
+        fake.fail_calls.store(usize::MAX, Ordering::SeqCst);
+        let producer = fake
+            .builder()
+            .record_ttl(Duration::from_secs(20))
+            .build()
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let results = send_many(&producer, 5).await;
+        assert!(started.elapsed() < Duration::from_secs(5), "{code}: not at once");
+        for result in results {
+            let Err(RecordError::Rejected { attempts }) = result else {
+                panic!("{code}: expected a rejection, got {result:?}");
+            };
+            assert_eq!(attempts.len(), 1, "{code}: not retried");
+            assert_eq!(attempts[0].error.as_ref().unwrap().code, code);
+        }
+    }
+}
+
+#[tokio::test]
+async fn retry_permanent_errors_keeps_the_kpl_behaviour() {
+    let fake = Fake::new(1);
+    *fake.fail_code.lock().unwrap() = "ResourceNotFoundException".to_owned();
+    fake.fail_calls.store(usize::MAX, Ordering::SeqCst);
+    let producer = fake
+        .builder()
+        .retry_permanent_errors(true)
+        .record_ttl(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    for result in send_many(&producer, 3).await {
+        let Err(RecordError::Expired { attempts }) = result else {
+            panic!("expected an expiry, got {result:?}");
+        };
+        assert!(attempts.len() > 1, "retried until the TTL");
+    }
+}
+
+#[tokio::test]
+async fn attempts_carry_their_start_and_duration_and_share_their_error() {
+    let fake = Fake::new(1);
+    // The first call's records are all throttled; the aggregate then succeeds.
+    fake.throttle_entries.store(1, Ordering::SeqCst);
+    *fake.latency.lock().unwrap() = Duration::from_millis(20);
+    let before = std::time::SystemTime::now();
+    let producer = fake.builder().build().await.unwrap();
+    let results: Vec<_> = send_many(&producer, 50)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let after = std::time::SystemTime::now();
+    for result in &results {
+        assert_eq!(result.attempts.len(), 2);
+        for attempt in &result.attempts {
+            assert!(attempt.started >= before && attempt.started <= after);
+            assert!(attempt.duration >= Duration::from_millis(20));
+        }
+        assert!(result.attempts[0].started < result.attempts[1].started);
+    }
+    // One failed call: one error, shared by every user record it carried.
+    let first = results[0].attempts[0].error.as_ref().unwrap();
+    assert!(results
+        .iter()
+        .all(|r| std::sync::Arc::ptr_eq(first, r.attempts[0].error.as_ref().unwrap())));
+}
