@@ -185,6 +185,7 @@ mod tests {
             data: Bytes::from(vec![b'x'; len]),
             explicit_hash_key: None,
             hash_key: crate::HashKey::from_partition_key(key),
+            user_hash_key: false,
             arrived: now,
             expires: now + Duration::from_secs(30),
             attempts: Vec::new(),

@@ -43,6 +43,8 @@ pub(crate) struct Pending {
     pub explicit_hash_key: Option<HashKey>,
     /// The hash key that places the record on a shard, computed once.
     pub hash_key: HashKey,
+    /// Whether the user gave the explicit hash key (a hot-key spread never moves it).
+    pub user_hash_key: bool,
     pub arrived: Instant,
     pub expires: Instant,
     /// Attempts made while it travelled in earlier Kinesis records (before a resend or

@@ -254,16 +254,59 @@ impl Pipeline {
     fn accept(&mut self, mut record: Pending) {
         record.id = self.tracker.add(record.arrived);
         self.metrics.received();
-        if record.explicit_hash_key.is_none() {
-            if let Some(spreader) = &mut self.spreader {
+        if let Some(spreader) = &mut self.spreader {
+            if !record.user_hash_key {
                 let size = record.size();
                 if let Some(key) = spreader.route(&record.partition_key, size, record.arrived) {
                     record.explicit_hash_key = Some(key);
                     record.hash_key = key;
                 }
             }
+            let spread = spreader.take_newly_spread();
+            if !spread.is_empty() {
+                self.respread(&spread);
+            }
         }
         self.route(record, false);
+    }
+
+    /// Spreads the buffered records of keys that just started being spread: those
+    /// queued for their hot shard would otherwise keep it over its limits.
+    fn respread(&mut self, keys: &std::collections::HashSet<String>) {
+        let mut records = self.aggregator.drain_records();
+        for queued in self.limiter.drain_all() {
+            records.extend(queued.into_records());
+        }
+        let (spread, kept): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .partition(|r| keys.contains(&r.partition_key));
+        let mut records = self.respread_records(spread);
+        records.extend(kept);
+        records.sort_by_key(|r| r.id);
+        self.rerouted.extend(records);
+    }
+
+    /// Gives the records of spread keys their next target hash key.
+    fn respread_records(&mut self, mut records: Vec<Pending>) -> Vec<Pending> {
+        let Some(spreader) = &mut self.spreader else {
+            return records;
+        };
+        for record in &mut records {
+            if record.user_hash_key || !spreader.is_spread(&record.partition_key) {
+                continue;
+            }
+            match spreader.next_target(&record.partition_key) {
+                Some(key) => {
+                    record.explicit_hash_key = Some(key);
+                    record.hash_key = key;
+                }
+                None => {
+                    record.explicit_hash_key = None;
+                    record.hash_key = HashKey::from_partition_key(&record.partition_key);
+                }
+            }
+        }
+        records
     }
 
     /// Predicts the record's shard and hands it to the aggregator (or, unaggregated, to
@@ -646,9 +689,28 @@ impl Pipeline {
         if throttled && self.config.fail_if_throttled {
             return self.fail(record, |attempts| RecordError::Throttled { attempts });
         }
+        if throttled && self.holds_spread_keys(&record) {
+            // A spread key's records go wherever the spread sends them now rather than
+            // back to the shard that throttled them.
+            let records = record.into_records();
+            let records = self.respread_records(records);
+            self.rerouted.extend(records);
+            return;
+        }
         record.failures += 1;
         let at = (now + self.backoff.delay(record.failures)).min(record.expires);
         self.retries.push(at, record);
+    }
+
+    /// Whether `record` carries records of a key being spread (and not placed by the
+    /// user's own hash key).
+    fn holds_spread_keys(&self, record: &Outgoing) -> bool {
+        self.spreader.as_ref().is_some_and(|spreader| {
+            record
+                .records
+                .iter()
+                .any(|r| !r.user_hash_key && spreader.is_spread(&r.partition_key))
+        })
     }
 
     /// Fails every user record of `record` with the error `make` builds.

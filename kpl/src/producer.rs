@@ -445,6 +445,7 @@ impl Producer {
             id: 0,
             partition_key,
             data,
+            user_hash_key: explicit_hash_key.is_some(),
             explicit_hash_key,
             hash_key,
             arrived,

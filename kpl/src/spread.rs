@@ -139,6 +139,8 @@ pub(crate) struct Spreader {
     /// The open shards hot keys may go to, by hash range.
     eligible: Vec<ShardRange>,
     map: ShardMap,
+    /// Keys spread since the last [`take_newly_spread`](Self::take_newly_spread).
+    newly_spread: HashSet<String>,
 }
 
 impl Spreader {
@@ -154,6 +156,7 @@ impl Spreader {
             spread: HashMap::new(),
             eligible: Vec::new(),
             map: ShardMap::default(),
+            newly_spread: HashSet::new(),
         }
     }
 
@@ -235,6 +238,7 @@ impl Spreader {
             if own_shard.as_ref().is_some_and(|s| self.hot_shards.contains(s)) {
                 let targets = self.targets(own, own_shard.as_ref());
                 if targets.len() > 1 {
+                    self.newly_spread.insert(key.clone());
                     self.spread.insert(key, Spread { targets, turn: 0 });
                 }
             }
@@ -283,6 +287,22 @@ impl Spreader {
                 );
             }
         }
+        self.next_target(partition_key)
+    }
+
+    /// Keys that started being spread since the last call: their records still queued
+    /// for their hot shard should be spread too.
+    pub fn take_newly_spread(&mut self) -> HashSet<String> {
+        std::mem::take(&mut self.newly_spread)
+    }
+
+    /// Whether `partition_key` is being spread.
+    pub fn is_spread(&self, partition_key: &str) -> bool {
+        self.spread.contains_key(partition_key)
+    }
+
+    /// The next hash key of a spread key (`None`: its own), without counting a record.
+    pub fn next_target(&mut self, partition_key: &str) -> Option<HashKey> {
         let spread = self.spread.get_mut(partition_key)?;
         let index = spread.turn % spread.targets.len();
         spread.turn = spread.turn.wrapping_add(1);
