@@ -157,7 +157,8 @@ impl RecordMetrics {
 pub(crate) struct Metrics {
     stream: String,
     granularity: MetricsGranularity,
-    stream_level: RecordMetrics,
+    /// Registered on first use, so shard granularity shows no unlabelled series.
+    stream_level: Option<RecordMetrics>,
     shards: HashMap<Arc<str>, RecordMetrics>,
     errors: HashMap<(Option<Arc<str>>, String), Counter>,
     received: Counter,
@@ -185,7 +186,7 @@ impl Metrics {
         Metrics {
             stream: stream.to_owned(),
             granularity,
-            stream_level: RecordMetrics::new(&labels),
+            stream_level: None,
             shards: HashMap::new(),
             errors: HashMap::new(),
             received: counter!(USER_RECORDS_RECEIVED, &labels),
@@ -211,7 +212,11 @@ impl Metrics {
                 }
                 &self.shards[shard]
             }
-            _ => &self.stream_level,
+            _ => {
+                let stream = &self.stream;
+                self.stream_level
+                    .get_or_insert_with(|| RecordMetrics::new(&[("stream", stream.clone())]))
+            }
         }
     }
 
