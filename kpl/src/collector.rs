@@ -244,7 +244,10 @@ mod tests {
         let mut record = outgoing("a", 1, later);
         record.min_id = 7;
         collector.push(record, now);
-        assert!(!collector.is_due(now, 7), "a flush of ids below 7 does not force id 7");
+        assert!(
+            !collector.is_due(now, 7),
+            "a flush of ids below 7 does not force id 7"
+        );
         assert!(collector.is_due(now, 8));
     }
 }

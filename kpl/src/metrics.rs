@@ -123,7 +123,11 @@ fn describe() {
         Unit::Count,
         "Kinesis records per PutRecords call"
     );
-    describe_histogram!(USER_PER_REQUEST, Unit::Count, "User records per PutRecords call");
+    describe_histogram!(
+        USER_PER_REQUEST,
+        Unit::Count,
+        "User records per PutRecords call"
+    );
 }
 
 /// Handles of the per-record metrics for one label set.

@@ -235,7 +235,10 @@ impl Spreader {
             }
             let own = HashKey::from_partition_key(&key);
             let own_shard = self.map.shard_for(own).map(|s| s.id.clone());
-            if own_shard.as_ref().is_some_and(|s| self.hot_shards.contains(s)) {
+            if own_shard
+                .as_ref()
+                .is_some_and(|s| self.hot_shards.contains(s))
+            {
                 let targets = self.targets(own, own_shard.as_ref());
                 if targets.len() > 1 {
                     self.newly_spread.insert(key.clone());
@@ -254,7 +257,11 @@ impl Spreader {
             .filter(|s| Some(&s.id) != own_shard)
             .collect();
         let load = |s: &ShardRange| {
-            let hot = if self.hot_shards.contains(&s.id) { 1.0 } else { 0.0 };
+            let hot = if self.hot_shards.contains(&s.id) {
+                1.0
+            } else {
+                0.0
+            };
             hot + self.last_load.get(&s.id).copied().unwrap_or(0.0)
         };
         others.sort_by(|a, b| load(a).total_cmp(&load(b)));
@@ -340,7 +347,11 @@ mod tests {
         let start = Instant::now();
         let mut spreader = Spreader::new(spread, true, start);
         spreader.set_map(&map);
-        let own = map.shard_for(HashKey::from_partition_key("hot")).expect("covered").id.clone();
+        let own = map
+            .shard_for(HashKey::from_partition_key("hot"))
+            .expect("covered")
+            .id
+            .clone();
         for _ in 0..1_000 {
             assert_eq!(spreader.route("hot", 1_024, start), None);
         }

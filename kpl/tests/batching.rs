@@ -117,7 +117,10 @@ async fn requests_waiting_for_a_connection_merge() {
     let puts = fake.puts.lock().unwrap();
     let records: usize = puts.iter().map(|p| p.records).sum();
     let per_call = records as f64 / puts.len() as f64;
-    eprintln!("{per_call:.1} Kinesis records per call, {} calls", puts.len());
+    eprintln!(
+        "{per_call:.1} Kinesis records per call, {} calls",
+        puts.len()
+    );
     assert!(
         per_call >= 50.0,
         "{per_call:.1} Kinesis records per call over {} calls",
@@ -155,5 +158,8 @@ async fn a_pending_flush_forces_only_what_was_buffered_before_it() {
     settle(second).await;
     // 500 ms of records at a 100 ms buffer time: about 5 requests (each answered a
     // second later), not one per millisecond.
-    assert!(calls_during <= 8, "{calls_during} calls while the flush was pending");
+    assert!(
+        calls_during <= 8,
+        "{calls_during} calls while the flush was pending"
+    );
 }

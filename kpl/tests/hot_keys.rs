@@ -30,10 +30,7 @@ async fn send_key(
     while start.elapsed() < Duration::from_secs(seconds) {
         let second = start.elapsed().as_secs();
         for _ in 0..per_tick {
-            let receipt = producer
-                .send(Record::new(key, data.clone()))
-                .await
-                .unwrap();
+            let receipt = producer.send(Record::new(key, data.clone())).await.unwrap();
             receipts.push((second, receipt));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -70,7 +67,10 @@ async fn a_key_at_three_times_a_shards_byte_limit_is_spread_and_stops_being_thro
     for second in 0..6 {
         let sent: Vec<_> = results.iter().filter(|(s, _)| *s == second).collect();
         let throttled = sent.iter().filter(|(_, r)| throttled(r)).count();
-        eprintln!("second {second}: {} records, {throttled} throttled", sent.len());
+        eprintln!(
+            "second {second}: {} records, {throttled} throttled",
+            sent.len()
+        );
     }
     let last = results.iter().filter(|(s, _)| *s == 5);
     assert_eq!(

@@ -81,7 +81,12 @@ async fn the_kpl_metric_set_after_retries_and_expiries() {
     fake.always_throttle.store(true, Ordering::SeqCst);
     let mut receipts = Vec::new();
     for i in 0..3 {
-        receipts.push(producer.send(Record::new(format!("late-{i}"), "x")).await.unwrap());
+        receipts.push(
+            producer
+                .send(Record::new(format!("late-{i}"), "x"))
+                .await
+                .unwrap(),
+        );
     }
     for receipt in receipts {
         assert!(receipt.await.is_err());
@@ -120,16 +125,32 @@ async fn the_kpl_metric_set_after_retries_and_expiries() {
             let kind = key.kind();
             let name = key.key().name().to_owned();
             assert!(
-                matches!(kind, MetricKind::Counter | MetricKind::Gauge | MetricKind::Histogram),
+                matches!(
+                    kind,
+                    MetricKind::Counter | MetricKind::Gauge | MetricKind::Histogram
+                ),
                 "{name}"
             );
-            (name, Series { labels, unit, value })
+            (
+                name,
+                Series {
+                    labels,
+                    unit,
+                    value,
+                },
+            )
         })
         .collect();
     let stream = "metered";
 
-    assert_eq!(counter(&all, "kinesis_producer_user_records_received", stream), 53);
-    assert_eq!(counter(&all, "kinesis_producer_user_records_put", stream), 50);
+    assert_eq!(
+        counter(&all, "kinesis_producer_user_records_received", stream),
+        53
+    );
+    assert_eq!(
+        counter(&all, "kinesis_producer_user_records_put", stream),
+        50
+    );
     assert_eq!(
         counter(&all, "kinesis_producer_user_records_data_put_bytes", stream),
         user_bytes as u64
@@ -147,18 +168,33 @@ async fn the_kpl_metric_set_after_retries_and_expiries() {
         .map(|s| s.data.len() + s.partition_key.len())
         .sum();
     assert_eq!(
-        counter(&all, "kinesis_producer_kinesis_records_data_put_bytes", stream) as usize,
+        counter(
+            &all,
+            "kinesis_producer_kinesis_records_data_put_bytes",
+            stream
+        ) as usize,
         metered_bytes
     );
-    assert_eq!(counter(&all, "kinesis_producer_user_records_expired", stream), 3);
+    assert_eq!(
+        counter(&all, "kinesis_producer_user_records_expired", stream),
+        3
+    );
 
     // Errors by code, and all of them.
     let errors = series(&all, "kinesis_producer_errors", stream);
     assert!(!errors.is_empty());
-    assert!(errors.iter().all(|(labels, _, _)| labels["code"] == THROTTLED));
+    assert!(errors
+        .iter()
+        .all(|(labels, _, _)| labels["code"] == THROTTLED));
     let by_code = counter(&all, "kinesis_producer_errors", stream);
-    assert!(by_code >= 2 + 3, "{by_code}: two retried, three expired after attempts");
-    assert_eq!(counter(&all, "kinesis_producer_all_errors", stream), by_code);
+    assert!(
+        by_code >= 2 + 3,
+        "{by_code}: two retried, three expired after attempts"
+    );
+    assert_eq!(
+        counter(&all, "kinesis_producer_all_errors", stream),
+        by_code
+    );
 
     // Retries per record: every completed record, expired ones included.
     let retries = histogram(&all, "kinesis_producer_retries_per_record", stream);
@@ -167,9 +203,15 @@ async fn the_kpl_metric_set_after_retries_and_expiries() {
     // Buffering time: arrival to first attempt, once per user record.
     let buffering = histogram(&all, "kinesis_producer_buffering_time_seconds", stream);
     assert_eq!(buffering.len(), 53);
-    assert!(buffering.iter().all(|b| (0.0..1.0).contains(b)), "{buffering:?}");
+    assert!(
+        buffering.iter().all(|b| (0.0..1.0).contains(b)),
+        "{buffering:?}"
+    );
     let calls = producer.stats().put_records_calls as usize;
-    assert_eq!(histogram(&all, "kinesis_producer_request_time_seconds", stream).len(), calls);
+    assert_eq!(
+        histogram(&all, "kinesis_producer_request_time_seconds", stream).len(),
+        calls
+    );
     assert_eq!(
         histogram(&all, "kinesis_producer_kinesis_records_per_request", stream).len(),
         calls
@@ -177,7 +219,11 @@ async fn the_kpl_metric_set_after_retries_and_expiries() {
     let users_per_request = histogram(&all, "kinesis_producer_user_records_per_request", stream);
     assert_eq!(users_per_request.len(), calls);
     assert!(users_per_request.iter().sum::<f64>() >= 53.0);
-    let per_kinesis = histogram(&all, "kinesis_producer_user_records_per_kinesis_record", stream);
+    let per_kinesis = histogram(
+        &all,
+        "kinesis_producer_user_records_per_kinesis_record",
+        stream,
+    );
     assert_eq!(per_kinesis.iter().sum::<f64>(), 50.0);
     let pending = series(&all, "kinesis_producer_user_records_pending", stream);
     assert!(matches!(pending[0].1, DebugValue::Gauge(g) if g.into_inner() == 0.0));
@@ -185,18 +231,39 @@ async fn the_kpl_metric_set_after_retries_and_expiries() {
     // Units, as described.
     let unit = |name: &str| series(&all, name, stream)[0].2;
     assert_eq!(unit("kinesis_producer_user_records_put"), Some(Unit::Count));
-    assert_eq!(unit("kinesis_producer_user_records_data_put_bytes"), Some(Unit::Bytes));
-    assert_eq!(unit("kinesis_producer_kinesis_records_data_put_bytes"), Some(Unit::Bytes));
-    assert_eq!(unit("kinesis_producer_buffering_time_seconds"), Some(Unit::Seconds));
-    assert_eq!(unit("kinesis_producer_request_time_seconds"), Some(Unit::Seconds));
-    assert_eq!(unit("kinesis_producer_user_records_pending"), Some(Unit::Count));
+    assert_eq!(
+        unit("kinesis_producer_user_records_data_put_bytes"),
+        Some(Unit::Bytes)
+    );
+    assert_eq!(
+        unit("kinesis_producer_kinesis_records_data_put_bytes"),
+        Some(Unit::Bytes)
+    );
+    assert_eq!(
+        unit("kinesis_producer_buffering_time_seconds"),
+        Some(Unit::Seconds)
+    );
+    assert_eq!(
+        unit("kinesis_producer_request_time_seconds"),
+        Some(Unit::Seconds)
+    );
+    assert_eq!(
+        unit("kinesis_producer_user_records_pending"),
+        Some(Unit::Count)
+    );
 
     // Per-shard labels with shard granularity; the stream totals are their sum.
     let per_shard = series(&all, "kinesis_producer_user_records_put", "sharded");
-    let shards: Vec<_> = per_shard.iter().map(|(l, _, _)| l.get("shard").cloned()).collect();
+    let shards: Vec<_> = per_shard
+        .iter()
+        .map(|(l, _, _)| l.get("shard").cloned())
+        .collect();
     assert!(shards.iter().all(Option::is_some), "{shards:?}");
     assert_eq!(shards.len(), 2, "both shards");
-    assert_eq!(counter(&all, "kinesis_producer_user_records_put", "sharded"), 20);
+    assert_eq!(
+        counter(&all, "kinesis_producer_user_records_put", "sharded"),
+        20
+    );
     assert!(series(&all, "kinesis_producer_user_records_put", stream)
         .iter()
         .all(|(l, _, _)| !l.contains_key("shard")));

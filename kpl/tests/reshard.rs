@@ -67,7 +67,9 @@ async fn after_a_merge_aggregates_on_the_merged_shard_are_delivered_not_resent()
     let results = send_keys(&producer, &keys).await;
     assert_once(&fake, &results, 1_000);
     assert_eq!(wrong_shard_attempts(&results), 0, "nothing resent");
-    assert!(results.iter().all(|r| &*r.shard_id == "shardId-000000000002"));
+    assert!(results
+        .iter()
+        .all(|r| &*r.shard_id == "shardId-000000000002"));
     assert!(
         results.iter().all(|r| r.aggregated),
         "delivered as aggregated"
@@ -89,7 +91,9 @@ async fn after_a_split_aggregates_inside_one_child_are_delivered_not_resent() {
     let results = send_keys(&producer, &keys).await;
     assert_once(&fake, &results, 300);
     assert_eq!(wrong_shard_attempts(&results), 0, "nothing resent");
-    assert!(results.iter().all(|r| &*r.shard_id == "shardId-000000000001"));
+    assert!(results
+        .iter()
+        .all(|r| &*r.shard_id == "shardId-000000000001"));
 }
 
 #[tokio::test]
@@ -182,7 +186,12 @@ async fn the_shard_map_asks_for_open_shards_only_and_falls_back() {
     let requests = fake.list_requests.lock().unwrap().clone();
     assert_eq!(requests[0].shard_filter.as_deref(), Some("AT_LATEST"));
     assert_eq!(requests[0].max_results, Some(1_000));
-    producer.send(Record::new("k", "v")).await.unwrap().await.unwrap();
+    producer
+        .send(Record::new("k", "v"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 
     // An endpoint that rejects ShardFilter: the map lists every shard, keeps the open.
     let fake = Fake::new(2);
@@ -192,12 +201,15 @@ async fn the_shard_map_asks_for_open_shards_only_and_falls_back() {
     let requests = fake.list_requests.lock().unwrap().clone();
     assert_eq!(requests.len(), 2);
     assert_eq!(requests[1].shard_filter, None);
-    let map = kinesis_producer::ShardMap::load(
-        &fake.client(),
-        &kinesis_producer::StreamId::new("fake"),
-    )
-    .await
-    .unwrap();
+    let map =
+        kinesis_producer::ShardMap::load(&fake.client(), &kinesis_producer::StreamId::new("fake"))
+            .await
+            .unwrap();
     assert_eq!(map.shards().len(), 2, "closed shard left out");
-    producer.send(Record::new("k", "v")).await.unwrap().await.unwrap();
+    producer
+        .send(Record::new("k", "v"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 }
