@@ -3,31 +3,16 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::aggregation::EncodedRecord;
 use crate::receipt::{Attempt, RecordError, RecordResult};
+use crate::stats::Shared;
 use crate::HashKey;
 
 /// Where a user record's result goes once known.
 pub(crate) type Reply = oneshot::Sender<Result<RecordResult, RecordError>>;
-
-/// Buffer space a user record holds until it completes: released on drop.
-#[derive(Debug)]
-pub(crate) struct Permit {
-    _records: OwnedSemaphorePermit,
-    _bytes: OwnedSemaphorePermit,
-}
-
-impl Permit {
-    pub(crate) fn new(records: OwnedSemaphorePermit, bytes: OwnedSemaphorePermit) -> Self {
-        Permit {
-            _records: records,
-            _bytes: bytes,
-        }
-    }
-}
 
 /// A user record accepted by the producer and not yet completed.
 #[derive(Debug)]
@@ -38,11 +23,11 @@ pub(crate) struct Pending {
     /// The payload. Once packed into an aggregate, a slice of the aggregate's bytes (the
     /// user's buffer is released, so the payload is held once).
     pub data: Bytes,
-    /// The explicit hash key sent to Kinesis, if any (the user's, or one assigned to
-    /// spread a hot key).
-    pub explicit_hash_key: Option<HashKey>,
     /// The hash key that places the record on a shard, computed once.
     pub hash_key: HashKey,
+    /// Whether `hash_key` is sent as the explicit hash key (the user's, or one
+    /// assigned to spread a hot key) rather than derived from the partition key.
+    pub explicit: bool,
     /// Whether the user gave the explicit hash key (a hot-key spread never moves it).
     pub user_hash_key: bool,
     pub arrived: Instant,
@@ -50,8 +35,9 @@ pub(crate) struct Pending {
     /// Attempts made while it travelled in earlier Kinesis records (before a resend or
     /// a re-aggregation); the current Kinesis record holds the later ones.
     pub attempts: Vec<Attempt>,
+    /// Where the outcome goes; `None` once completed. While it is set, the record holds
+    /// one permit of the producer's record semaphore and `size()` of its byte semaphore.
     pub reply: Option<Reply>,
-    pub permit: Option<Permit>,
 }
 
 impl Pending {
@@ -60,13 +46,24 @@ impl Pending {
         self.data.len() + self.partition_key.len()
     }
 
+    /// The explicit hash key sent to Kinesis, if any.
+    pub fn explicit_hash_key(&self) -> Option<HashKey> {
+        self.explicit.then_some(self.hash_key)
+    }
+
+    /// Routes the record by `key` (`None`: by its partition key's hash).
+    pub fn set_explicit_hash_key(&mut self, key: Option<HashKey>) {
+        self.explicit = key.is_some();
+        self.hash_key = key.unwrap_or_else(|| HashKey::from_partition_key(&self.partition_key));
+    }
+
     /// Sends the outcome to the waiting receipt and releases the buffer space.
-    pub fn complete(&mut self, outcome: Result<RecordResult, RecordError>) {
+    pub fn complete(&mut self, outcome: Result<RecordResult, RecordError>, shared: &Shared) {
         if let Some(reply) = self.reply.take() {
+            shared.release(self.size());
             // The user may have dropped the receipt: nothing to tell then.
             let _ = reply.send(outcome);
         }
-        self.permit = None;
     }
 
     /// Every attempt: its own earlier ones, then those of the Kinesis record that
@@ -105,7 +102,7 @@ impl Outgoing {
     pub fn single(shard: Option<Arc<str>>, record: Pending, deadline: Instant) -> Self {
         let encoded = EncodedRecord {
             partition_key: record.partition_key.clone(),
-            explicit_hash_key: record.explicit_hash_key.map(|k| k.to_string()),
+            explicit_hash_key: record.explicit_hash_key().map(|k| k.to_string()),
             data: record.data.clone(),
             user_records: 1,
         };

@@ -258,8 +258,7 @@ impl Pipeline {
             if !record.user_hash_key {
                 let size = record.size();
                 if let Some(key) = spreader.route(&record.partition_key, size, record.arrived) {
-                    record.explicit_hash_key = Some(key);
-                    record.hash_key = key;
+                    record.set_explicit_hash_key(Some(key));
                 }
             }
             let spread = spreader.take_newly_spread();
@@ -295,16 +294,8 @@ impl Pipeline {
             if record.user_hash_key || !spreader.is_spread(&record.partition_key) {
                 continue;
             }
-            match spreader.next_target(&record.partition_key) {
-                Some(key) => {
-                    record.explicit_hash_key = Some(key);
-                    record.hash_key = key;
-                }
-                None => {
-                    record.explicit_hash_key = None;
-                    record.hash_key = HashKey::from_partition_key(&record.partition_key);
-                }
-            }
+            let target = spreader.next_target(&record.partition_key);
+            record.set_explicit_hash_key(target);
         }
         records
     }
@@ -436,7 +427,7 @@ impl Pipeline {
             self.metrics
                 .completed(record.shard.as_ref(), attempts.len().saturating_sub(1));
             self.tracker.complete(user.id);
-            user.complete(Err(RecordError::Expired { attempts }));
+            user.complete(Err(RecordError::Expired { attempts }), &self.shared);
         }
         record.records = alive;
         self.rerouted.extend(record.into_records());
@@ -624,7 +615,7 @@ impl Pipeline {
                 aggregated,
                 attempts,
             };
-            user.complete(Ok(result));
+            user.complete(Ok(result), &self.shared);
         }
     }
 
@@ -721,7 +712,7 @@ impl Pipeline {
             let attempts = user.all_attempts(&record.attempts);
             self.metrics
                 .completed(record.shard.as_ref(), attempts.len().saturating_sub(1));
-            user.complete(Err(make(attempts)));
+            user.complete(Err(make(attempts)), &self.shared);
         }
     }
 
@@ -844,10 +835,19 @@ impl Pipeline {
 }
 
 /// Data that PutRecords calls in flight may carry at once. The SDK copies each call's
-/// payloads into its request (and again into the JSON body), so calls in flight cost
-/// memory on top of `max_outstanding_bytes`: a quarter of it bounds that cost.
+/// payloads into its request (and again, base64-encoded, into the JSON body), so calls
+/// in flight cost memory on top of `max_outstanding_bytes`: an eighth of it (at least
+/// one full call) bounds that cost.
 fn max_in_flight_bytes(config: &ProducerConfig) -> usize {
-    (config.max_outstanding_bytes / 4).max(config.collection_max_size)
+    (config.max_outstanding_bytes / 8).max(config.collection_max_size)
+}
+
+impl Drop for Pipeline {
+    /// However the pipeline ends (a panic included), `send` must not wait for buffer
+    /// space that records it drops will never give back.
+    fn drop(&mut self) {
+        self.shared.close();
+    }
 }
 
 async fn sleep_until(wake: Option<Instant>) {

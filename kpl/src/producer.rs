@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, TryAcquireError};
 use tokio::time::Instant;
 
 use crate::config::ProducerConfig;
-use crate::pending::{Pending, Permit};
+use crate::pending::Pending;
 use crate::pipeline::{Command, Pipeline};
 use crate::receipt::{RecordError, RecordReceipt, RecordResult};
 use crate::record::{InvalidRecord, Record, MAX_RECORD_SIZE_LIMIT};
@@ -377,7 +377,9 @@ impl Producer {
             .acquire_many_owned(size)
             .await
             .map_err(|_| SendError::Closed)?;
-        self.enqueue(record, Permit::new(records, bytes))
+        records.forget();
+        bytes.forget();
+        self.enqueue(record)
     }
 
     /// As [`send`](Self::send), but fails with [`SendError::Full`] instead of waiting.
@@ -394,7 +396,9 @@ impl Producer {
             .clone()
             .try_acquire_many_owned(size)
             .map_err(map)?;
-        self.enqueue(record, Permit::new(records, bytes))
+        records.forget();
+        bytes.forget();
+        self.enqueue(record)
     }
 
     /// Sends every record of a stream, admitting them in order with backpressure, and
@@ -435,7 +439,9 @@ impl Producer {
         Ok(u32::try_from(record.size()).unwrap_or(u32::MAX))
     }
 
-    fn enqueue(&self, record: Record, permit: Permit) -> Result<RecordReceipt, SendError> {
+    /// Hands an admitted record (its buffer permits taken and forgotten: the pipeline
+    /// gives them back when it completes) to the pipeline.
+    fn enqueue(&self, record: Record) -> Result<RecordReceipt, SendError> {
         let (reply, receipt) = oneshot::channel();
         let arrived = Instant::now();
         let (partition_key, data, explicit_hash_key) = record.into_parts();
@@ -446,18 +452,18 @@ impl Producer {
             partition_key,
             data,
             user_hash_key: explicit_hash_key.is_some(),
-            explicit_hash_key,
+            explicit: explicit_hash_key.is_some(),
             hash_key,
             arrived,
             expires: arrived + self.inner.config.record_ttl,
             attempts: Vec::new(),
             reply: Some(reply),
-            permit: Some(permit),
         };
-        self.inner
-            .commands
-            .send(Command::Record(pending))
-            .map_err(|_| SendError::Closed)?;
+        let size = pending.size();
+        if self.inner.commands.send(Command::Record(pending)).is_err() {
+            self.inner.shared.release(size);
+            return Err(SendError::Closed);
+        }
         Ok(RecordReceipt::new(receipt))
     }
 
@@ -475,8 +481,7 @@ impl Producer {
     /// TTL), and stops the pipeline. Every receipt resolves before this returns. Other
     /// clones get [`SendError::Closed`] afterwards.
     pub async fn shutdown(&self) {
-        self.inner.shared.records.close();
-        self.inner.shared.bytes.close();
+        self.inner.shared.close();
         let (reply, done) = oneshot::channel();
         if self.inner.commands.send(Command::Shutdown(reply)).is_ok() {
             let _ = done.await;

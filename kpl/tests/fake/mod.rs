@@ -77,7 +77,7 @@ pub struct Fake {
     pub throttle_entries: AtomicUsize,
     /// Every entry is throttled.
     pub always_throttle: AtomicBool,
-    /// Throttle every n-th entry (0: none), e.g. 2 for half of them.
+    /// Throttle one entry in n at random (0: none), e.g. 2 for half of them.
     pub throttle_every: AtomicUsize,
     /// Throttle until this instant (with `throttle_every`).
     pub throttle_until: Mutex<Option<Instant>>,
@@ -128,6 +128,29 @@ pub fn take_one(counter: &AtomicUsize) -> bool {
     counter
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok()
+}
+
+/// The part of a PutRecords request the fake reads.
+#[derive(serde::Deserialize)]
+struct PutRecordsBody<'a> {
+    #[serde(rename = "Records", borrow)]
+    records: Vec<PutRecordsEntry<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct PutRecordsEntry<'a> {
+    #[serde(rename = "Data")]
+    data: &'a str,
+    #[serde(rename = "PartitionKey", borrow)]
+    partition_key: std::borrow::Cow<'a, str>,
+    #[serde(rename = "ExplicitHashKey")]
+    explicit_hash_key: Option<&'a str>,
+}
+
+/// Length of the bytes a (padded) base64 string decodes to.
+fn base64_decoded_len(encoded: &str) -> usize {
+    let padding = encoded.bytes().rev().take_while(|b| *b == b'=').count();
+    encoded.len() / 4 * 3 - padding
 }
 
 fn response(status: u16, body: Value) -> HttpResponse {
@@ -247,7 +270,13 @@ impl Fake {
         if until.is_some_and(|u| now >= u) {
             return false;
         }
-        self.counter.fetch_add(1, Ordering::SeqCst) % every == 0
+        // A fixed pseudo-random sequence (splitmix64): a strict alternation would
+        // throttle a record retried at the same position every time.
+        let n = self.counter.fetch_add(1, Ordering::SeqCst) as u64;
+        let mut z = n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % every as u64 == 0
     }
 
     /// Whether the shard's byte limit lets `bytes` more through in its current window.
@@ -268,29 +297,36 @@ impl Fake {
         true
     }
 
-    fn put_records(&self, body: &Value) -> HttpResponse {
+    fn put_records(&self, body: &[u8]) -> HttpResponse {
         if take_one(&self.fail_calls) {
             let code = self.fail_code.lock().unwrap().clone();
             return error(400, &code, "injected: whole request failed");
         }
         let now = Instant::now();
-        let entries = body["Records"].as_array().cloned().unwrap_or_default();
-        let mut results = Vec::with_capacity(entries.len());
+        // Parsed borrowing the request, so the fake adds little memory of its own.
+        let request: PutRecordsBody<'_> = serde_json::from_slice(body).unwrap();
+        let keep = self.keep.load(Ordering::SeqCst);
+        let mut results = Vec::with_capacity(request.records.len());
         let mut failed = 0;
         let mut call_bytes = 0;
-        for entry in &entries {
-            let partition_key = entry["PartitionKey"].as_str().unwrap().to_owned();
-            let explicit_hash_key = entry["ExplicitHashKey"].as_str().map(str::to_owned);
-            let data = base64::engine::general_purpose::STANDARD
-                .decode(entry["Data"].as_str().unwrap())
-                .unwrap();
-            call_bytes += data.len() + partition_key.len();
+        for entry in &request.records {
+            let partition_key = entry.partition_key.to_string();
+            let explicit_hash_key = entry.explicit_hash_key.map(str::to_owned);
+            let data = if keep {
+                base64::engine::general_purpose::STANDARD
+                    .decode(entry.data)
+                    .unwrap()
+            } else {
+                Vec::new()
+            };
+            let data_len = base64_decoded_len(entry.data);
+            call_bytes += data_len + partition_key.len();
             let key = match &explicit_hash_key {
                 Some(k) => k.parse::<u128>().unwrap(),
                 None => HashKey::from_partition_key(&partition_key).0,
             };
             let shard = self.shard_of(key);
-            let size = data.len() + partition_key.len();
+            let size = data_len + partition_key.len();
             if self.throttle_now(now) || !self.within_shard_limit(&shard, size, now) {
                 failed += 1;
                 results.push(json!({
@@ -301,7 +337,7 @@ impl Fake {
             }
             let sequence = self.next_sequence.fetch_add(1, Ordering::SeqCst);
             self.stored_count.fetch_add(1, Ordering::SeqCst);
-            if self.keep.load(Ordering::SeqCst) {
+            if keep {
                 self.stored.lock().unwrap().push(Stored {
                     shard: shard.clone(),
                     partition_key,
@@ -317,7 +353,7 @@ impl Fake {
         }
         self.puts.lock().unwrap().push(PutCall {
             at: now,
-            records: entries.len(),
+            records: request.records.len(),
             bytes: call_bytes,
         });
         response(
@@ -332,15 +368,11 @@ impl Fake {
             .get("x-amz-target")
             .unwrap_or_default()
             .to_owned();
-        let body: Value = request
-            .body()
-            .bytes()
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .unwrap_or(Value::Null);
+        let body = request.body().bytes().unwrap_or_default();
         if target.ends_with(".ListShards") {
-            self.list_shards(&body)
+            self.list_shards(&serde_json::from_slice(body).unwrap_or(Value::Null))
         } else if target.ends_with(".PutRecords") {
-            self.put_records(&body)
+            self.put_records(body)
         } else {
             error(400, "UnknownOperationException", &target)
         }
