@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::aggregation::EncodedRecord;
 use crate::receipt::{Attempt, RecordError, RecordResult};
-use crate::stats::Shared;
+use crate::stats::Released;
 use crate::HashKey;
 
 /// Where a user record's result goes once known.
@@ -58,9 +58,13 @@ impl Pending {
     }
 
     /// Sends the outcome to the waiting receipt and releases the buffer space.
-    pub fn complete(&mut self, outcome: Result<RecordResult, RecordError>, shared: &Shared) {
+    pub fn complete(
+        &mut self,
+        outcome: Result<RecordResult, RecordError>,
+        released: &mut Released,
+    ) {
         if let Some(reply) = self.reply.take() {
-            shared.release(self.size());
+            released.add(self.size());
             // The user may have dropped the receipt: nothing to tell then.
             let _ = reply.send(outcome);
         }

@@ -24,7 +24,7 @@ use crate::receipt::{Attempt, AttemptError, RecordError, RecordResult};
 use crate::retrier::{is_permanent, request_error, Backoff, RetryQueue, THROTTLED};
 use crate::shard_map::{ShardMap, ShardMapError};
 use crate::spread::Spreader;
-use crate::stats::{LoadTracker, Shared, Tracker};
+use crate::stats::{LoadTracker, Released, Shared, Tracker};
 use crate::{HashKey, StreamId};
 
 /// Longest wait between two shard map refreshes after failures.
@@ -117,6 +117,8 @@ pub(crate) struct Pipeline {
     flushes: Vec<(u64, oneshot::Sender<()>)>,
     shutdowns: Vec<oneshot::Sender<()>>,
     closing: bool,
+    /// Buffer space of completed records, given back in bulk once per round.
+    released: Released,
 }
 
 impl Pipeline {
@@ -171,6 +173,7 @@ impl Pipeline {
             flushes: Vec::new(),
             shutdowns: Vec::new(),
             closing: false,
+            released: Released::default(),
             config,
             client,
             stream,
@@ -365,6 +368,8 @@ impl Pipeline {
         self.dispatch(now, force_before);
         self.maybe_refresh(now);
 
+        // Buffer space first: a flush answered now must find it given back.
+        self.shared.release(&mut self.released);
         let tracker = &self.tracker;
         for (_, flush) in self
             .flushes
@@ -427,7 +432,7 @@ impl Pipeline {
             self.metrics
                 .completed(record.shard.as_ref(), attempts.len().saturating_sub(1));
             self.tracker.complete(user.id);
-            user.complete(Err(RecordError::Expired { attempts }), &self.shared);
+            user.complete(Err(RecordError::Expired { attempts }), &mut self.released);
         }
         record.records = alive;
         self.rerouted.extend(record.into_records());
@@ -604,9 +609,15 @@ impl Pipeline {
         self.metrics
             .kinesis_record_put(&shard, record.records.len(), user_bytes, size);
         self.shared.count_put(record.records.len());
+        // One attempt list for the user records that made every attempt together.
+        let shared: Arc<[Attempt]> = Arc::from(record.attempts.as_slice());
         for (index, mut user) in record.records.drain(..).enumerate() {
             self.tracker.complete(user.id);
-            let attempts = user.all_attempts(&record.attempts);
+            let attempts = if user.attempts.is_empty() {
+                shared.clone()
+            } else {
+                Arc::from(user.all_attempts(&record.attempts))
+            };
             self.metrics.completed(Some(&shard), attempts.len() - 1);
             let result = RecordResult {
                 shard_id: shard.clone(),
@@ -615,7 +626,7 @@ impl Pipeline {
                 aggregated,
                 attempts,
             };
-            user.complete(Ok(result), &self.shared);
+            user.complete(Ok(result), &mut self.released);
         }
     }
 
@@ -712,7 +723,7 @@ impl Pipeline {
             let attempts = user.all_attempts(&record.attempts);
             self.metrics
                 .completed(record.shard.as_ref(), attempts.len().saturating_sub(1));
-            user.complete(Err(make(attempts)), &self.shared);
+            user.complete(Err(make(attempts)), &mut self.released);
         }
     }
 

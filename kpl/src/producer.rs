@@ -367,14 +367,12 @@ impl Producer {
         let shared = &self.inner.shared;
         let records = shared
             .records
-            .clone()
-            .acquire_owned()
+            .acquire()
             .await
             .map_err(|_| SendError::Closed)?;
         let bytes = shared
             .bytes
-            .clone()
-            .acquire_many_owned(size)
+            .acquire_many(size)
             .await
             .map_err(|_| SendError::Closed)?;
         records.forget();
@@ -390,12 +388,8 @@ impl Producer {
             TryAcquireError::Closed => SendError::Closed,
             TryAcquireError::NoPermits => SendError::Full,
         };
-        let records = shared.records.clone().try_acquire_owned().map_err(map)?;
-        let bytes = shared
-            .bytes
-            .clone()
-            .try_acquire_many_owned(size)
-            .map_err(map)?;
+        let records = shared.records.try_acquire().map_err(map)?;
+        let bytes = shared.bytes.try_acquire_many(size).map_err(map)?;
         records.forget();
         bytes.forget();
         self.enqueue(record)
@@ -461,7 +455,9 @@ impl Producer {
         };
         let size = pending.size();
         if self.inner.commands.send(Command::Record(pending)).is_err() {
-            self.inner.shared.release(size);
+            let mut released = crate::stats::Released::default();
+            released.add(size);
+            self.inner.shared.release(&mut released);
             return Err(SendError::Closed);
         }
         Ok(RecordReceipt::new(receipt))

@@ -22,8 +22,9 @@ pub struct RecordResult {
     pub sub_sequence_number: u64,
     /// Whether it was sent inside a KPL aggregate with other user records.
     pub aggregated: bool,
-    /// Every attempt to put it, the successful one last.
-    pub attempts: Vec<Attempt>,
+    /// Every attempt to put it, the successful one last. Shared by the user records
+    /// that travelled together (one list per Kinesis record, not one per user record).
+    pub attempts: Arc<[Attempt]>,
 }
 
 /// One PutRecords attempt that carried a user record (as the KPL's `Attempt`: start,

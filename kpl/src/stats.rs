@@ -51,6 +51,21 @@ pub struct ShardLoad {
     pub throttled_per_second: f64,
 }
 
+/// Buffer space of completed user records not yet given back.
+#[derive(Debug, Default)]
+pub(crate) struct Released {
+    records: usize,
+    bytes: usize,
+}
+
+impl Released {
+    /// A user record of `size` bytes completed.
+    pub fn add(&mut self, size: usize) {
+        self.records += 1;
+        self.bytes += size;
+    }
+}
+
 /// State shared by the producer handles and the pipeline task.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -99,10 +114,13 @@ impl Shared {
         }
     }
 
-    /// Gives back the buffer space of a completed user record of `size` bytes.
-    pub fn release(&self, size: usize) {
-        self.records.add_permits(1);
-        self.bytes.add_permits(size);
+    /// Gives back the buffer space of completed user records.
+    pub fn release(&self, released: &mut Released) {
+        if released.records > 0 {
+            self.records.add_permits(released.records);
+            self.bytes.add_permits(released.bytes);
+            *released = Released::default();
+        }
     }
 
     /// Closes the buffer: `send` fails with `Closed` from now on.

@@ -40,7 +40,7 @@ async fn send_keys(producer: &Producer, keys: &[String]) -> Vec<RecordResult> {
 fn wrong_shard_attempts(results: &[RecordResult]) -> usize {
     results
         .iter()
-        .flat_map(|r| &r.attempts)
+        .flat_map(|r| r.attempts.iter())
         .filter(|a| a.error.as_ref().is_some_and(|e| e.code == "WrongShard"))
         .count()
 }

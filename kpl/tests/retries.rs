@@ -368,7 +368,7 @@ async fn attempts_carry_their_start_and_duration_and_share_their_error() {
     let after = std::time::SystemTime::now();
     for result in &results {
         assert_eq!(result.attempts.len(), 2);
-        for attempt in &result.attempts {
+        for attempt in result.attempts.iter() {
             assert!(attempt.started >= before && attempt.started <= after);
             assert!(attempt.duration >= Duration::from_millis(20));
         }

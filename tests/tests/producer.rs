@@ -226,7 +226,7 @@ async fn resharding_while_producing_loses_nothing() -> TestResult {
     let kept = kept_copies(&client, &stream).await?;
     let wrong_shard = sent
         .iter()
-        .flat_map(|s| &s.2.attempts)
+        .flat_map(|s| s.2.attempts.iter())
         .filter(|a| a.error.as_ref().is_some_and(|e| e.code == "WrongShard"))
         .count();
     let mut duplicates = 0;
