@@ -308,14 +308,14 @@ impl Pipeline {
     /// (`map_refreshed`) it goes out alone, through the limiter's shared queue.
     fn route(&mut self, record: Pending, map_refreshed: bool) {
         let deadline = record.arrived + self.config.record_max_buffered_time;
-        match self.map.shard_for(record.hash_key) {
-            Some(shard) if self.config.aggregation_enabled => {
-                let shard = shard.id.clone();
+        match self.map.position_for(record.hash_key) {
+            Some(slot) if self.config.aggregation_enabled => {
+                let shard = &self.map.shards()[slot].id;
                 self.aggregator
-                    .add(shard, record, deadline, &mut self.staged)
+                    .add(slot, shard, record, deadline, &mut self.staged)
             }
-            Some(shard) => {
-                let shard = shard.id.clone();
+            Some(slot) => {
+                let shard = self.map.shards()[slot].id.clone();
                 self.staged
                     .push(Outgoing::single(Some(shard), record, deadline))
             }

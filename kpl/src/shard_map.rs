@@ -160,6 +160,13 @@ impl ShardMap {
         self.shards.get(i).filter(|s| s.start <= key)
     }
 
+    /// Where in [`shards`](Self::shards) the open shard owning `key` is, if the map
+    /// covers it.
+    pub(crate) fn position_for(&self, key: HashKey) -> Option<usize> {
+        let i = self.shards.partition_point(|s| s.end < key);
+        self.shards.get(i).filter(|s| s.start <= key).map(|_| i)
+    }
+
     /// The shard with this id, if open.
     pub fn get(&self, id: &str) -> Option<&ShardRange> {
         self.shards.iter().find(|s| &*s.id == id)
