@@ -68,14 +68,14 @@ pub struct ProducerConfig {
     /// Most bytes of user records (data plus partition key) accepted and not yet
     /// completed; as `max_outstanding_records`. Default 256 MiB.
     ///
-    /// What else the producer holds: about 200 bytes of bookkeeping per outstanding user
+    /// What else the producer holds: about 300 bytes of bookkeeping per outstanding user
     /// record (its receipt, partition key, attempts), the open aggregates' encoding
     /// buffers (payloads packed into an aggregate are held once, as slices of it), and
     /// the requests of PutRecords calls in flight. The SDK copies each payload into its
     /// request and again, base64-encoded, into the JSON body, so calls in flight cost
     /// about 2.4 times the data they carry; the producer keeps the data in flight under
-    /// a quarter of this limit (at least one call), which bounds that cost at about 0.6
-    /// times it.
+    /// an eighth of this limit (at least one full call), which bounds that cost at about
+    /// 0.3 times it.
     pub max_outstanding_bytes: usize,
     /// Shortest wait before the first retry of a failed record; later retries wait up to
     /// twice as long each time, with full jitter. Default 100 ms.

@@ -165,3 +165,4 @@ impl Outgoing {
         records
     }
 }
+
