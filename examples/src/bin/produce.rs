@@ -20,11 +20,6 @@ use tokio::sync::mpsc;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-// The producer allocates on every record; mimalloc makes that cheaper. A program's
-// choice: the library itself does not pick an allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Puts records into a Kinesis stream and prints a JSON summary.
 #[derive(Parser, Debug)]
 #[command(version, about)]
