@@ -111,7 +111,9 @@ impl OpenAggregate {
     fn hash_key_index(&self, key: HashKey) -> Option<u32> {
         match self.hash_key_lookup.get(&(key.0 as u64)) {
             Some(&i) if self.hash_keys[i as usize] == key => Some(i),
-            Some(_) => (0..self.hash_keys.len() as u32).find(|&i| self.hash_keys[i as usize] == key),
+            Some(_) => {
+                (0..self.hash_keys.len() as u32).find(|&i| self.hash_keys[i as usize] == key)
+            }
             None => None,
         }
     }
@@ -120,12 +122,18 @@ impl OpenAggregate {
     fn encoded_len_with(&self, record: &Pending, bits: u64) -> usize {
         let (key_index, key_added) = match self.key_index(record, bits) {
             Some(i) => (i, 0),
-            None => (self.keys.len() as u32, delimited_len(record.partition_key.len())),
+            None => (
+                self.keys.len() as u32,
+                delimited_len(record.partition_key.len()),
+            ),
         };
         let (hash_index, hash_added) = match record.explicit_hash_key() {
             Some(key) => match self.hash_key_index(key) {
                 Some(i) => (Some(i), 0),
-                None => (Some(self.hash_keys.len() as u32), delimited_len(decimal_len(key))),
+                None => (
+                    Some(self.hash_keys.len() as u32),
+                    delimited_len(decimal_len(key)),
+                ),
             },
             None => (None, 0),
         };
@@ -396,7 +404,13 @@ mod tests {
         for i in 0..10u64 {
             let s = if i % 2 == 0 { "even" } else { "odd" };
             let slot = if s == "even" { 0 } else { 1 };
-            aggregator.add(slot, &shard(s), pending(i, &format!("k{i}"), 10), now, &mut out);
+            aggregator.add(
+                slot,
+                &shard(s),
+                pending(i, &format!("k{i}"), 10),
+                now,
+                &mut out,
+            );
         }
         assert!(out.is_empty());
         aggregator.flush(now, 0, true, &mut out);

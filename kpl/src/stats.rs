@@ -372,7 +372,7 @@ mod tests {
             tracker.complete(id);
         }
         assert!(
-            tracker.slots.len() <= 4 * 1 + 4_096,
+            tracker.slots.len() <= 4 + 4_096,
             "{}",
             tracker.slots.len()
         );

@@ -199,7 +199,8 @@ async fn the_kpl_metric_set_after_retries_and_expiries() {
     // Retries per record: every completed record, expired ones included.
     let retries = histogram(&all, "kinesis_producer_retries_per_record", stream);
     assert_eq!(retries.len(), 53);
-    assert!(retries.iter().filter(|r| **r >= 1.0).count() >= 3 + 1);
+    // Three expired after retries, and the retried ones that were put.
+    assert!(retries.iter().filter(|r| **r >= 1.0).count() >= 4);
     // Buffering time: arrival to first attempt, once per user record.
     let buffering = histogram(&all, "kinesis_producer_buffering_time_seconds", stream);
     assert_eq!(buffering.len(), 53);
