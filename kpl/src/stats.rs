@@ -371,11 +371,7 @@ mod tests {
             let id = tracker.add(t0);
             tracker.complete(id);
         }
-        assert!(
-            tracker.slots.len() <= 4 + 4_096,
-            "{}",
-            tracker.slots.len()
-        );
+        assert!(tracker.slots.len() <= 4 + 4_096, "{}", tracker.slots.len());
         assert_eq!(tracker.len(), 1);
         assert_eq!(tracker.oldest(), Some(t0));
         assert!(!tracker.done_before(straggler + 1));
