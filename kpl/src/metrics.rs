@@ -8,7 +8,7 @@
 //! | `kinesis_producer_user_records_data_put_bytes` | counter, bytes (data + partition key) | UserRecordsDataPut |
 //! | `kinesis_producer_kinesis_records_put` | counter | KinesisRecordsPut |
 //! | `kinesis_producer_kinesis_records_data_put_bytes` | counter, bytes (data + partition key) | KinesisRecordsDataPut |
-//! | `kinesis_producer_errors` (label `code`) | counter, per failed attempt of a Kinesis record or call | ErrorsByCode |
+//! | `kinesis_producer_errors` (label `code`) | counter, per Kinesis record of a failed attempt (a failed call counts each record it carried) | ErrorsByCode |
 //! | `kinesis_producer_all_errors` | counter | AllErrors |
 //! | `kinesis_producer_user_records_expired` | counter | UserRecordExpired |
 //! | `kinesis_producer_user_records_pending` | gauge | UserRecordsPending |
@@ -89,7 +89,7 @@ fn describe() {
     describe_counter!(
         ERRORS,
         Unit::Count,
-        "Failed attempts, by error code (per Kinesis record, or per call for whole-call errors)"
+        "Failed attempts, by error code, per Kinesis record (a failed call counts each record it carried)"
     );
     describe_counter!(ALL_ERRORS, Unit::Count, "Failed attempts, all codes");
     describe_counter!(
@@ -267,7 +267,7 @@ impl Metrics {
         self.request_time.record(duration.as_secs_f64());
     }
 
-    /// An attempt failed with `code` (for each Kinesis record, or once per call).
+    /// An attempt of a Kinesis record failed with `code`.
     pub fn error(&mut self, shard: Option<&Arc<str>>, code: &str) {
         let shard = match self.granularity {
             MetricsGranularity::Shard => shard.cloned(),
