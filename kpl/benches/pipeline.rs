@@ -6,6 +6,14 @@
 //! ```text
 //! cargo bench -p kinesis-producer --bench pipeline
 //! ```
+//!
+//! With `PIPELINE_ONCE=1` it sends the 100,000 records once and exits, for instruction
+//! counts that a busy machine does not blur:
+//!
+//! ```text
+//! cargo bench -p kinesis-producer --bench pipeline --no-run
+//! PIPELINE_ONCE=1 valgrind --tool=callgrind target/release/deps/pipeline-<hash> --bench
+//! ```
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -17,7 +25,7 @@ use aws_sdk_kinesis::operation::put_records::PutRecordsOutput;
 use aws_sdk_kinesis::types::{HashKeyRange, PutRecordsResultEntry, SequenceNumberRange, Shard};
 use aws_sdk_kinesis::Client;
 use aws_smithy_mocks::{mock, mock_client, RuleMode};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use kinesis_producer::{HashKey, Producer, Record};
 
 const SHARDS: u128 = 4;
@@ -80,7 +88,19 @@ fn fake_client() -> Client {
     mock_client!(aws_sdk_kinesis, RuleMode::MatchAny, [&list, &put])
 }
 
-fn pipeline(c: &mut Criterion) {
+/// Sends `RECORDS` records of 100 bytes over 10,000 keys and awaits every receipt.
+async fn send_all(producer: &Producer, keys: &[String], data: &bytes::Bytes) {
+    let mut receipts = Vec::with_capacity(RECORDS);
+    for i in 0..RECORDS {
+        let record = Record::new(keys[i % keys.len()].clone(), data.clone());
+        receipts.push(producer.send(record).await.unwrap());
+    }
+    for receipt in receipts {
+        receipt.await.unwrap();
+    }
+}
+
+fn setup() -> (tokio::runtime::Runtime, Producer, Vec<String>, bytes::Bytes) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -95,26 +115,29 @@ fn pipeline(c: &mut Criterion) {
     });
     let keys: Vec<String> = (0..10_000).map(|i| format!("partition-key-{i}")).collect();
     let data = bytes::Bytes::from(vec![b'x'; 100]);
+    (runtime, producer, keys, data)
+}
+
+fn pipeline(c: &mut Criterion) {
+    let (runtime, producer, keys, data) = setup();
 
     let mut group = c.benchmark_group("pipeline");
     group.sample_size(10);
     group.throughput(Throughput::Elements(RECORDS as u64));
     group.bench_function("100k records of 100 B, one core", |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                let mut receipts = Vec::with_capacity(RECORDS);
-                for i in 0..RECORDS {
-                    let record = Record::new(keys[i % keys.len()].clone(), data.clone());
-                    receipts.push(producer.send(record).await.unwrap());
-                }
-                for receipt in receipts {
-                    receipt.await.unwrap();
-                }
-            })
-        })
+        b.iter(|| runtime.block_on(send_all(&producer, &keys, &data)))
     });
     group.finish();
 }
 
 criterion_group!(benches, pipeline);
-criterion_main!(benches);
+
+fn main() {
+    if std::env::var_os("PIPELINE_ONCE").is_some() {
+        let (runtime, producer, keys, data) = setup();
+        runtime.block_on(send_all(&producer, &keys, &data));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,28 +1,257 @@
 //! The aggregator: one open KPL aggregate per predicted shard, never mixing shards.
+//!
+//! It encodes the aggregation format itself (byte for byte what
+//! [`AggregateBuilder`](crate::aggregation::AggregateBuilder) writes) from the records
+//! it holds, so a user record costs no copy of its partition key: keys are interned by
+//! the MD5 hash the producer already computed to place the record.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+use bytes::{BufMut, BytesMut};
+use md5::{Digest, Md5};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use tokio::time::Instant;
 
-use crate::aggregation::AggregateBuilder;
+use crate::aggregation::{AGGREGATE_PARTITION_KEY, DIGEST_LEN, MAGIC};
 use crate::pending::{Outgoing, Pending};
+use crate::HashKey;
+
+/// Hashes a `u64` that is already uniformly distributed (bits of an MD5) as itself.
+#[derive(Default)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type IdentityMap<V> = HashMap<u64, V, BuildHasherDefault<IdentityHasher>>;
+
+/// Length of a length-delimited protobuf field with a one-byte tag.
+fn delimited_len(len: usize) -> usize {
+    1 + encoded_len_varint(len as u64) + len
+}
+
+/// Length of a varint protobuf field with a one-byte tag.
+fn varint_field_len(value: u64) -> usize {
+    1 + encoded_len_varint(value)
+}
+
+/// Digits of a hash key written in decimal.
+fn decimal_len(key: HashKey) -> usize {
+    key.0.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// Length of a user record's `Record` message.
+fn record_len(key_index: u32, hash_key_index: Option<u32>, data_len: usize) -> usize {
+    varint_field_len(u64::from(key_index))
+        + hash_key_index.map_or(0, |i| varint_field_len(u64::from(i)))
+        + delimited_len(data_len)
+}
 
 /// An aggregate being filled for one shard.
 #[derive(Debug, Default)]
 struct OpenAggregate {
-    builder: AggregateBuilder,
+    shard: Option<Arc<str>>,
     records: Vec<Pending>,
+    /// Per record: its index in the partition key table, and in the explicit hash key
+    /// table if it has one.
+    indexes: Vec<(u32, Option<u32>)>,
+    /// The partition key table: for each distinct key, the first record holding it.
+    keys: Vec<u32>,
+    /// Key table indexes by 64 bits of the key's MD5 (the first key with those bits).
+    key_lookup: IdentityMap<u32>,
+    /// The explicit hash key table, and its indexes by the key's low 64 bits.
+    hash_keys: Vec<HashKey>,
+    hash_key_lookup: IdentityMap<u32>,
+    /// Encoded length of the protobuf message so far.
+    message_len: usize,
     deadline: Option<Instant>,
+    /// Lowest id of its records (a flush forces aggregates holding older records).
+    min_id: u64,
+}
+
+impl OpenAggregate {
+    /// 64 bits identifying the partition key: from the MD5 the record is placed by, or
+    /// computed when it is placed by an explicit hash key.
+    fn key_bits(record: &Pending) -> u64 {
+        if record.explicit {
+            HashKey::from_partition_key(&record.partition_key).0 as u64
+        } else {
+            record.hash_key.0 as u64
+        }
+    }
+
+    /// The partition key table index of `record`'s key, if present.
+    fn key_index(&self, record: &Pending, bits: u64) -> Option<u32> {
+        let same = |i: u32| {
+            self.records[self.keys[i as usize] as usize].partition_key == record.partition_key
+        };
+        match self.key_lookup.get(&bits) {
+            Some(&i) if same(i) => Some(i),
+            // Two keys with the same MD5 bits: rare enough for a scan.
+            Some(_) => (0..self.keys.len() as u32).find(|&i| same(i)),
+            None => None,
+        }
+    }
+
+    fn hash_key_index(&self, key: HashKey) -> Option<u32> {
+        match self.hash_key_lookup.get(&(key.0 as u64)) {
+            Some(&i) if self.hash_keys[i as usize] == key => Some(i),
+            Some(_) => {
+                (0..self.hash_keys.len() as u32).find(|&i| self.hash_keys[i as usize] == key)
+            }
+            None => None,
+        }
+    }
+
+    /// Bytes the aggregate's data would have with `record` added.
+    fn encoded_len_with(&self, record: &Pending, bits: u64) -> usize {
+        let (key_index, key_added) = match self.key_index(record, bits) {
+            Some(i) => (i, 0),
+            None => (
+                self.keys.len() as u32,
+                delimited_len(record.partition_key.len()),
+            ),
+        };
+        let (hash_index, hash_added) = match record.explicit_hash_key() {
+            Some(key) => match self.hash_key_index(key) {
+                Some(i) => (Some(i), 0),
+                None => (
+                    Some(self.hash_keys.len() as u32),
+                    delimited_len(decimal_len(key)),
+                ),
+            },
+            None => (None, 0),
+        };
+        let added = key_added
+            + hash_added
+            + delimited_len(record_len(key_index, hash_index, record.data.len()));
+        MAGIC.len() + self.message_len + added + DIGEST_LEN
+    }
+
+    fn push(&mut self, record: Pending, bits: u64) {
+        let key_index = match self.key_index(&record, bits) {
+            Some(i) => i,
+            None => {
+                let i = self.keys.len() as u32;
+                self.message_len += delimited_len(record.partition_key.len());
+                self.keys.push(self.records.len() as u32);
+                self.key_lookup.entry(bits).or_insert(i);
+                i
+            }
+        };
+        let hash_index = record.explicit_hash_key().map(|key| {
+            self.hash_key_index(key).unwrap_or_else(|| {
+                let i = self.hash_keys.len() as u32;
+                self.message_len += delimited_len(decimal_len(key));
+                self.hash_keys.push(key);
+                self.hash_key_lookup.entry(key.0 as u64).or_insert(i);
+                i
+            })
+        });
+        self.message_len += delimited_len(record_len(key_index, hash_index, record.data.len()));
+        self.indexes.push((key_index, hash_index));
+        self.records.push(record);
+    }
+
+    /// Encodes the held records as one Kinesis record (a single record goes as itself,
+    /// as the KPL sends it) and empties the aggregate.
+    fn finish(&mut self) -> Option<Outgoing> {
+        let deadline = self.deadline.take()?;
+        let shard = self.shard.clone();
+        // The next aggregate of this shard likely holds as many: size its lists once
+        // instead of growing them by doubling (copies, and up to twice the memory).
+        let count = self.records.len();
+        let mut records = std::mem::replace(&mut self.records, Vec::with_capacity(count));
+        let indexes = std::mem::replace(&mut self.indexes, Vec::with_capacity(count));
+        let keys = std::mem::take(&mut self.keys);
+        let hash_keys = std::mem::take(&mut self.hash_keys);
+        self.key_lookup.clear();
+        self.hash_key_lookup.clear();
+        let message_len = std::mem::take(&mut self.message_len);
+        if count == 1 {
+            let record = records.pop()?;
+            return Some(Outgoing::single(shard, record, deadline));
+        }
+        let mut data = BytesMut::with_capacity(MAGIC.len() + message_len + DIGEST_LEN);
+        data.put_slice(&MAGIC);
+        for &first in &keys {
+            let key = &records[first as usize].partition_key;
+            encode_key(1, WireType::LengthDelimited, &mut data);
+            encode_varint(key.len() as u64, &mut data);
+            data.put_slice(key.as_bytes());
+        }
+        for key in &hash_keys {
+            let decimal = key.to_string();
+            encode_key(2, WireType::LengthDelimited, &mut data);
+            encode_varint(decimal.len() as u64, &mut data);
+            data.put_slice(decimal.as_bytes());
+        }
+        let mut offsets = Vec::with_capacity(count);
+        for (record, &(key_index, hash_index)) in records.iter().zip(&indexes) {
+            encode_key(3, WireType::LengthDelimited, &mut data);
+            encode_varint(
+                record_len(key_index, hash_index, record.data.len()) as u64,
+                &mut data,
+            );
+            encode_key(1, WireType::Varint, &mut data);
+            encode_varint(u64::from(key_index), &mut data);
+            if let Some(index) = hash_index {
+                encode_key(2, WireType::Varint, &mut data);
+                encode_varint(u64::from(index), &mut data);
+            }
+            encode_key(3, WireType::LengthDelimited, &mut data);
+            encode_varint(record.data.len() as u64, &mut data);
+            offsets.push(data.len());
+            data.put_slice(&record.data);
+        }
+        debug_assert_eq!(data.len(), MAGIC.len() + message_len);
+        let digest = Md5::digest(&data[MAGIC.len()..]);
+        data.put_slice(&digest);
+        let data = data.freeze();
+        // Hold each payload as a slice of the aggregate: the user's buffer is freed and
+        // the bytes are held once.
+        for (record, offset) in records.iter_mut().zip(offsets) {
+            let len = record.data.len();
+            record.data = data.slice(offset..offset + len);
+        }
+        let first_hash_key = records.first().map(|r| r.hash_key)?;
+        let encoded = crate::aggregation::EncodedRecord {
+            partition_key: AGGREGATE_PARTITION_KEY.to_owned(),
+            explicit_hash_key: Some(first_hash_key.to_string()),
+            data,
+            user_records: count,
+        };
+        Some(Outgoing::new(shard, encoded, records, deadline))
+    }
 }
 
 /// Packs user records predicted for the same shard into aggregates of at most
-/// `max_count` records and `max_size` bytes of data.
+/// `max_count` records and `max_size` bytes of data. Aggregates are kept by the
+/// shard's position in the shard map (the map changes only with the aggregator empty).
 #[derive(Debug)]
 pub(crate) struct Aggregator {
     max_count: usize,
     max_size: usize,
-    open: HashMap<Arc<str>, OpenAggregate>,
+    open: Vec<OpenAggregate>,
+    /// Positions of the aggregates holding records.
+    active: Vec<usize>,
+    /// User records in open aggregates.
+    records: usize,
 }
 
 impl Aggregator {
@@ -30,86 +259,107 @@ impl Aggregator {
         Aggregator {
             max_count: max_count.max(1),
             max_size,
-            open: HashMap::new(),
+            open: Vec::new(),
+            active: Vec::new(),
+            records: 0,
         }
     }
 
-    /// Adds a record predicted for `shard`, due to be sent by `deadline`. Aggregates that
-    /// become full go to `out`.
+    /// Adds a record predicted for `shard`, at position `slot` of the shard map, due to
+    /// be sent by `deadline`. Aggregates that become full go to `out`.
     pub fn add(
         &mut self,
-        shard: Arc<str>,
+        slot: usize,
+        shard: &Arc<str>,
         record: Pending,
         deadline: Instant,
         out: &mut Vec<Outgoing>,
     ) {
-        let alone_len = AggregateBuilder::new().encoded_len_with(
-            &record.partition_key,
-            record.explicit_hash_key.as_ref(),
-            record.data.len(),
-        );
-        if alone_len > self.max_size {
-            // Too big to share an aggregate: it goes alone, as itself.
-            out.push(Outgoing::single(Some(shard), record, deadline));
+        if slot >= self.open.len() {
+            self.open.resize_with(slot + 1, OpenAggregate::default);
+        }
+        let open = &mut self.open[slot];
+        let bits = OpenAggregate::key_bits(&record);
+        if open.encoded_len_with(&record, bits) > self.max_size {
+            let alone = OpenAggregate::default().encoded_len_with(&record, bits);
+            if alone > self.max_size {
+                // Too big to share an aggregate: it goes alone, as itself.
+                out.push(Outgoing::single(Some(shard.clone()), record, deadline));
+                return;
+            }
+            if !open.records.is_empty() {
+                self.records -= open.records.len();
+                out.extend(open.finish());
+            }
+        } else if open.records.len() >= self.max_count {
+            self.records -= open.records.len();
+            out.extend(open.finish());
+        }
+        if open.records.is_empty() {
+            if open.shard.as_ref() != Some(shard) {
+                open.shard = Some(shard.clone());
+            }
+            open.min_id = record.id;
+            open.deadline = Some(deadline);
+            if !self.active.contains(&slot) {
+                self.active.push(slot);
+            }
+        } else {
+            open.min_id = open.min_id.min(record.id);
+            open.deadline = open.deadline.map(|d| d.min(deadline));
+        }
+        open.push(record, bits);
+        self.records += 1;
+        if open.records.len() >= self.max_count {
+            self.records -= open.records.len();
+            out.extend(open.finish());
+        }
+    }
+
+    /// Finishes the aggregates due by `now` or holding a record with an id below
+    /// `force_before`; every one when `all`.
+    pub fn flush(&mut self, now: Instant, force_before: u64, all: bool, out: &mut Vec<Outgoing>) {
+        if self.records == 0 {
+            self.active.clear();
             return;
         }
-        let open = self.open.entry(shard.clone()).or_default();
-        let fits = open.builder.fits(
-            &record.partition_key,
-            record.explicit_hash_key.as_ref(),
-            record.data.len(),
-            self.max_size,
-        );
-        if !open.records.is_empty() && (!fits || open.records.len() >= self.max_count) {
-            out.extend(Self::finish(shard.clone(), open));
-        }
-        open.builder.push(
-            &record.partition_key,
-            record.explicit_hash_key,
-            record.data.clone(),
-        );
-        open.records.push(record);
-        let due = open.deadline.map_or(deadline, |d| d.min(deadline));
-        open.deadline = Some(due);
-        if open.records.len() >= self.max_count {
-            out.extend(Self::finish(shard, open));
-        }
-    }
-
-    fn finish(shard: Arc<str>, open: &mut OpenAggregate) -> Option<Outgoing> {
-        let records = std::mem::take(&mut open.records);
-        let deadline = open.deadline.take()?;
-        Outgoing::from_builder(Some(shard), &mut open.builder, records, deadline)
-    }
-
-    /// Finishes the aggregates due by `now`, or all of them when `all`.
-    pub fn flush(&mut self, now: Instant, all: bool, out: &mut Vec<Outgoing>) {
-        for (shard, open) in &mut self.open {
-            if open.deadline.is_some_and(|d| all || d <= now) {
-                out.extend(Self::finish(shard.clone(), open));
+        let open = &mut self.open;
+        let records = &mut self.records;
+        self.active.retain(|&slot| {
+            let aggregate = &mut open[slot];
+            let due = aggregate
+                .deadline
+                .is_some_and(|d| all || d <= now || aggregate.min_id < force_before);
+            if due {
+                *records -= aggregate.records.len();
+                out.extend(aggregate.finish());
             }
-        }
-        // Forget shards that went quiet so a resharded stream does not leave garbage.
-        self.open.retain(|_, open| !open.records.is_empty());
+            !aggregate.records.is_empty()
+        });
     }
 
     /// When the next aggregate is due.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.open.values().filter_map(|o| o.deadline).min()
+        self.active
+            .iter()
+            .filter_map(|&slot| self.open[slot].deadline)
+            .min()
     }
 
     /// User records waiting in open aggregates.
     pub fn len(&self) -> usize {
-        self.open.values().map(|o| o.records.len()).sum()
+        self.records
     }
 
     /// Takes every user record out of the open aggregates, unsent (after a shard map
-    /// change their predictions may be wrong).
+    /// change their predictions may be wrong). Positions are forgotten: the next map
+    /// may order its shards differently.
     pub fn drain_records(&mut self) -> Vec<Pending> {
-        let mut records: Vec<Pending> = self
-            .open
-            .drain()
-            .flat_map(|(_, open)| open.records)
+        self.records = 0;
+        self.active.clear();
+        let mut records: Vec<Pending> = std::mem::take(&mut self.open)
+            .into_iter()
+            .flat_map(|open| open.records)
             .collect();
         records.sort_by_key(|r| r.id);
         records
@@ -132,12 +382,13 @@ mod tests {
             id,
             partition_key: key.to_owned(),
             data: Bytes::from(vec![b'x'; len]),
-            explicit_hash_key: None,
+            hash_key: crate::HashKey::from_partition_key(key),
+            explicit: false,
+            user_hash_key: false,
             arrived: now,
             expires: now + Duration::from_secs(30),
             attempts: Vec::new(),
             reply: None,
-            permit: None,
         }
     }
 
@@ -152,10 +403,17 @@ mod tests {
         let now = Instant::now();
         for i in 0..10u64 {
             let s = if i % 2 == 0 { "even" } else { "odd" };
-            aggregator.add(shard(s), pending(i, &format!("k{i}"), 10), now, &mut out);
+            let slot = if s == "even" { 0 } else { 1 };
+            aggregator.add(
+                slot,
+                &shard(s),
+                pending(i, &format!("k{i}"), 10),
+                now,
+                &mut out,
+            );
         }
         assert!(out.is_empty());
-        aggregator.flush(now, true, &mut out);
+        aggregator.flush(now, 0, true, &mut out);
         assert_eq!(out.len(), 2);
         for o in &out {
             let expected_parity = if &**o.shard.as_ref().expect("shard") == "even" {
@@ -175,7 +433,7 @@ mod tests {
         let mut out = Vec::new();
         let now = Instant::now();
         for i in 0..7 {
-            aggregator.add(shard("s"), pending(i, "k", 10), now, &mut out);
+            aggregator.add(0, &shard("s"), pending(i, "k", 10), now, &mut out);
         }
         assert_eq!(
             out.iter().map(|o| o.records.len()).collect::<Vec<_>>(),
@@ -185,9 +443,9 @@ mod tests {
         let mut aggregator = Aggregator::new(usize::MAX, 1_000);
         let mut out = Vec::new();
         for i in 0..100 {
-            aggregator.add(shard("s"), pending(i, "k", 100), now, &mut out);
+            aggregator.add(0, &shard("s"), pending(i, "k", 100), now, &mut out);
         }
-        aggregator.flush(now, true, &mut out);
+        aggregator.flush(now, 0, true, &mut out);
         assert!(out.iter().all(|o| o.encoded.data.len() <= 1_000));
         assert_eq!(out.iter().map(|o| o.records.len()).sum::<usize>(), 100);
         let ids: Vec<u64> = out
@@ -202,12 +460,44 @@ mod tests {
         let mut aggregator = Aggregator::new(usize::MAX, 1_000);
         let mut out = Vec::new();
         let now = Instant::now();
-        aggregator.add(shard("s"), pending(0, "k", 10), now, &mut out);
-        aggregator.add(shard("s"), pending(1, "big", 5_000), now, &mut out);
+        aggregator.add(0, &shard("s"), pending(0, "k", 10), now, &mut out);
+        aggregator.add(0, &shard("s"), pending(1, "big", 5_000), now, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].encoded.partition_key, "big");
         assert_eq!(out[0].encoded.data.len(), 5_000);
         assert_eq!(aggregator.len(), 1);
+    }
+
+    proptest::proptest! {
+        /// The aggregator writes the very bytes the public `AggregateBuilder` writes,
+        /// partition keys shared or not, explicit hash keys or not.
+        #[test]
+        fn encodes_exactly_as_the_aggregate_builder(
+            records in proptest::collection::vec(
+                (0usize..20, proptest::option::of(0u128..5), proptest::collection::vec(0u8..255, 0..300)),
+                2..80,
+            )
+        ) {
+            let now = Instant::now();
+            let mut aggregator = Aggregator::new(usize::MAX, 1_000_000);
+            let mut builder = crate::aggregation::AggregateBuilder::new();
+            let mut out = Vec::new();
+            for (i, (key, hash, data)) in records.iter().enumerate() {
+                let key = format!("key-{key}");
+                let mut record = pending(i as u64, &key, 0);
+                record.data = Bytes::from(data.clone());
+                record.set_explicit_hash_key(hash.map(|h| HashKey(h * 1_000_003)));
+                builder.push(&key, record.explicit_hash_key(), record.data.clone());
+                aggregator.add(0, &shard("s"), record, now, &mut out);
+            }
+            aggregator.flush(now, 0, true, &mut out);
+            proptest::prop_assert_eq!(out.len(), 1);
+            let expected = builder.finish().expect("records");
+            proptest::prop_assert_eq!(&out[0].encoded, &expected);
+            for (record, (_, _, data)) in out[0].records.iter().zip(&records) {
+                proptest::prop_assert_eq!(&record.data[..], &data[..], "payload slice");
+            }
+        }
     }
 
     #[tokio::test]
@@ -216,10 +506,10 @@ mod tests {
         let mut out = Vec::new();
         let now = Instant::now();
         let later = now + Duration::from_millis(100);
-        aggregator.add(shard("a"), pending(0, "k", 10), now, &mut out);
-        aggregator.add(shard("b"), pending(1, "k", 10), later, &mut out);
+        aggregator.add(0, &shard("a"), pending(0, "k", 10), now, &mut out);
+        aggregator.add(1, &shard("b"), pending(1, "k", 10), later, &mut out);
         assert_eq!(aggregator.next_deadline(), Some(now));
-        aggregator.flush(now, false, &mut out);
+        aggregator.flush(now, 0, false, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(aggregator.next_deadline(), Some(later));
         let drained = aggregator.drain_records();

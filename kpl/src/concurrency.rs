@@ -3,9 +3,16 @@
 //!
 //! A slow endpoint answers many concurrent calls even more slowly; calls then pass the
 //! request timeout, are retried (and, having often succeeded, duplicated) and their
-//! records expire. Halving the limit on each timed-out call and growing it back by one
-//! per window of successful calls (additive increase, multiplicative decrease) keeps
-//! the producer just under what the endpoint sustains.
+//! records expire. Halving the limit once per window of calls that time out and growing
+//! it back by one per window of answered calls (additive increase, multiplicative
+//! decrease, as TCP does once per round trip) keeps the producer just under what the
+//! endpoint sustains. The window of a decrease is the calls already in flight when it
+//! happened: when a blip makes every call in flight time out, the limit halves once,
+//! not once per call.
+
+/// Identifies a call for [`ConcurrencyLimit`]: the order in which it started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct CallTicket(u64);
 
 /// The current limit on calls in flight.
 #[derive(Debug)]
@@ -13,6 +20,10 @@ pub(crate) struct ConcurrencyLimit {
     max: usize,
     limit: usize,
     successes: usize,
+    next_call: u64,
+    /// Calls started before this were in flight at the last decrease: their timeouts
+    /// were answered by it.
+    window_start: u64,
 }
 
 impl ConcurrencyLimit {
@@ -22,7 +33,15 @@ impl ConcurrencyLimit {
             max,
             limit: max,
             successes: 0,
+            next_call: 0,
+            window_start: 0,
         }
+    }
+
+    /// A call starts.
+    pub fn started(&mut self) -> CallTicket {
+        self.next_call += 1;
+        CallTicket(self.next_call - 1)
     }
 
     /// Calls that may be in flight now.
@@ -43,9 +62,13 @@ impl ConcurrencyLimit {
     }
 
     /// A call timed out.
-    pub fn timed_out(&mut self) {
+    pub fn timed_out(&mut self, call: CallTicket) {
+        if call.0 < self.window_start {
+            return;
+        }
         self.limit = (self.limit / 2).max(1);
         self.successes = 0;
+        self.window_start = self.next_call;
     }
 }
 
@@ -54,13 +77,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn halves_on_timeouts_and_grows_back_one_per_window() {
+    fn halves_once_per_window_of_timeouts_and_grows_back_one_per_window() {
         let mut limit = ConcurrencyLimit::new(24);
         assert_eq!(limit.get(), 24);
-        limit.timed_out();
-        assert_eq!(limit.get(), 12);
+        // One blip: all 24 calls in flight time out.
+        let blip: Vec<_> = (0..24).map(|_| limit.started()).collect();
+        for call in blip {
+            limit.timed_out(call);
+        }
+        assert_eq!(limit.get(), 12, "one halving for one window of calls");
+        // Calls started after the decrease that time out halve it again, once per window.
         for _ in 0..10 {
-            limit.timed_out();
+            let calls: Vec<_> = (0..limit.get()).map(|_| limit.started()).collect();
+            for call in calls {
+                limit.timed_out(call);
+            }
         }
         assert_eq!(limit.get(), 1, "never below one");
         limit.answered();

@@ -18,8 +18,10 @@ pub struct ProducerConfig {
     /// Most user records in one aggregate (KPL `AggregationMaxCount`). Default
     /// 4,294,967,295.
     pub aggregation_max_count: usize,
-    /// Most bytes of data in one aggregate (KPL `AggregationMaxSize`). Default 51,200.
-    /// A user record bigger than this is sent alone.
+    /// Most bytes of data in one aggregate (KPL `AggregationMaxSize`). Default 51,200;
+    /// at least 64, and at most `max_record_size` less the aggregate's one-byte
+    /// partition key, so an aggregate is never refused as too large. A user record
+    /// bigger than this is sent alone.
     pub aggregation_max_size: usize,
     /// Most Kinesis records in one PutRecords call (KPL `CollectionMaxCount`). Default
     /// and maximum 500.
@@ -43,6 +45,11 @@ pub struct ProducerConfig {
     /// [`RecordError::Throttled`](crate::RecordError::Throttled) instead of retrying it
     /// (KPL `FailIfThrottled`). Default `false`.
     pub fail_if_throttled: bool,
+    /// Retry errors that retrying cannot fix (the stream does not exist, access or its
+    /// KMS key is denied or disabled, a validation error) until `record_ttl`, as the KPL
+    /// does. Default `false`: such an error fails the record at once with
+    /// [`RecordError::Rejected`](crate::RecordError::Rejected).
+    pub retry_permanent_errors: bool,
     /// Most PutRecords calls in flight at once (KPL `MaxConnections`). Default 24. While
     /// calls time out, the producer halves its own limit and grows it back by one per
     /// window of answered calls, up to this.
@@ -60,6 +67,15 @@ pub struct ProducerConfig {
     pub max_outstanding_records: usize,
     /// Most bytes of user records (data plus partition key) accepted and not yet
     /// completed; as `max_outstanding_records`. Default 256 MiB.
+    ///
+    /// What else the producer holds: about 300 bytes of bookkeeping per outstanding user
+    /// record (its receipt, partition key, attempts), the open aggregates' encoding
+    /// buffers (payloads packed into an aggregate are held once, as slices of it), and
+    /// the requests of PutRecords calls in flight. The SDK copies each payload into its
+    /// request and again, base64-encoded, into the JSON body, so calls in flight cost
+    /// about 2.4 times the data they carry; the producer keeps the data in flight under
+    /// an eighth of this limit (at least one full call), which bounds that cost at about
+    /// 0.3 times it.
     pub max_outstanding_bytes: usize,
     /// Shortest wait before the first retry of a failed record; later retries wait up to
     /// twice as long each time, with full jitter. Default 100 ms.
@@ -71,6 +87,9 @@ pub struct ProducerConfig {
     /// Spreading of hot partition keys over several shards; `None` (the default) keeps
     /// every key on its own shard.
     pub hot_key_spread: Option<crate::HotKeySpread>,
+    /// Labels of the producer's metrics (KPL `MetricsGranularity`): per stream (the
+    /// default) or also per shard.
+    pub metrics_granularity: crate::MetricsGranularity,
 }
 
 impl Default for ProducerConfig {
@@ -85,6 +104,7 @@ impl Default for ProducerConfig {
             record_ttl: Duration::from_secs(30),
             rate_limit: 150,
             fail_if_throttled: false,
+            retry_permanent_errors: false,
             max_connections: 24,
             request_timeout: Duration::from_secs(6),
             max_record_size: DEFAULT_MAX_RECORD_SIZE,
@@ -94,6 +114,7 @@ impl Default for ProducerConfig {
             max_backoff: Duration::from_secs(5),
             shard_map_min_refresh_interval: Duration::from_secs(1),
             hot_key_spread: None,
+            metrics_granularity: crate::MetricsGranularity::Stream,
         }
     }
 }

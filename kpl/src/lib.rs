@@ -24,6 +24,7 @@ pub use collector::{PUT_RECORDS_MAX_COUNT, PUT_RECORDS_MAX_SIZE};
 pub use config::ProducerConfig;
 pub use hash_key::{HashKey, HashKeyError};
 pub use limiter::{SHARD_BYTES_PER_SECOND, SHARD_RECORDS_PER_SECOND};
+pub use metrics::MetricsGranularity;
 pub use producer::{BuildError, ClientSource, ProduceError, Producer, ProducerBuilder, SendError};
 pub use receipt::{Attempt, AttemptError, RecordError, RecordReceipt, RecordResult};
 pub use record::{

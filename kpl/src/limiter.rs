@@ -68,6 +68,8 @@ pub(crate) struct Limiter {
     bytes_per_second: f64,
     shards: HashMap<Arc<str>, ShardQueue>,
     queued: usize,
+    /// The queue of records the shard map could not place, limited like one shard.
+    unmapped: Arc<str>,
 }
 
 impl Limiter {
@@ -79,22 +81,26 @@ impl Limiter {
             bytes_per_second: SHARD_BYTES_PER_SECOND * factor,
             shards: HashMap::new(),
             queued: 0,
+            unmapped: Arc::from(""),
         }
     }
 
-    /// Queues a record behind its shard's earlier ones; records with no predicted shard
-    /// pass at once. Records allowed now go to `out`.
+    /// Queues a record behind its shard's earlier ones (records with no predicted shard
+    /// share one queue, limited like a shard). Records allowed now go to `out`.
     pub fn push(&mut self, record: Outgoing, now: Instant, out: &mut Vec<Outgoing>) {
-        let Some(shard) = record.shard.clone() else {
-            out.push(record);
-            return;
-        };
+        let shard = record.shard.as_ref().unwrap_or(&self.unmapped);
         let (records_rate, bytes_rate) = (self.records_per_second, self.bytes_per_second);
-        let queue = self.shards.entry(shard).or_insert_with(|| ShardQueue {
-            records: TokenBucket::new(records_rate, now),
-            bytes: TokenBucket::new(bytes_rate, now),
-            queue: VecDeque::new(),
-        });
+        let queue = match self.shards.get_mut(shard) {
+            Some(queue) => queue,
+            None => self
+                .shards
+                .entry(shard.clone())
+                .or_insert_with(|| ShardQueue {
+                    records: TokenBucket::new(records_rate, now),
+                    bytes: TokenBucket::new(bytes_rate, now),
+                    queue: VecDeque::new(),
+                }),
+        };
         queue.queue.push_back(record);
         self.queued += 1;
         self.queued -= Self::drain_queue(queue, now, out);
@@ -166,18 +172,17 @@ mod tests {
     use bytes::Bytes;
 
     fn outgoing(shard: Option<&str>, len: usize) -> Outgoing {
-        Outgoing {
-            shard: shard.map(Arc::from),
-            encoded: EncodedRecord {
+        Outgoing::new(
+            shard.map(Arc::from),
+            EncodedRecord {
                 partition_key: "k".into(),
                 explicit_hash_key: None,
                 data: Bytes::from(vec![0; len]),
                 user_records: 1,
             },
-            records: Vec::new(),
-            deadline: Instant::now(),
-            failures: 0,
-        }
+            Vec::new(),
+            Instant::now(),
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -226,7 +231,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn shards_are_independent_and_unknown_shards_pass() {
+    async fn shards_are_independent_and_unknown_shards_share_one_queue() {
         let mut limiter = Limiter::new(100);
         let mut out = Vec::new();
         let now = Instant::now();
@@ -235,8 +240,8 @@ mod tests {
             limiter.push(outgoing(Some("b"), 1), now, &mut out);
             limiter.push(outgoing(None, 1), now, &mut out);
         }
-        assert_eq!(out.len(), 1_000 + 1_000 + 1_500);
-        assert_eq!(limiter.drain_all().len(), 1_000);
+        assert_eq!(out.len(), 1_000 + 1_000 + 1_000);
+        assert_eq!(limiter.drain_all().len(), 1_500);
         assert_eq!(limiter.next_ready(now), None);
     }
 }

@@ -3,31 +3,16 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::aggregation::{AggregateBuilder, EncodedRecord};
+use crate::aggregation::EncodedRecord;
 use crate::receipt::{Attempt, RecordError, RecordResult};
+use crate::stats::Released;
 use crate::HashKey;
 
 /// Where a user record's result goes once known.
 pub(crate) type Reply = oneshot::Sender<Result<RecordResult, RecordError>>;
-
-/// Buffer space a user record holds until it completes: released on drop.
-#[derive(Debug)]
-pub(crate) struct Permit {
-    _records: OwnedSemaphorePermit,
-    _bytes: OwnedSemaphorePermit,
-}
-
-impl Permit {
-    pub(crate) fn new(records: OwnedSemaphorePermit, bytes: OwnedSemaphorePermit) -> Self {
-        Permit {
-            _records: records,
-            _bytes: bytes,
-        }
-    }
-}
 
 /// A user record accepted by the producer and not yet completed.
 #[derive(Debug)]
@@ -35,35 +20,62 @@ pub(crate) struct Pending {
     /// Position in arrival order, assigned by the pipeline.
     pub id: u64,
     pub partition_key: String,
+    /// The payload. Once packed into an aggregate, a slice of the aggregate's bytes (the
+    /// user's buffer is released, so the payload is held once).
     pub data: Bytes,
-    /// The explicit hash key sent to Kinesis, if any (the user's, or one assigned to
-    /// spread a hot key).
-    pub explicit_hash_key: Option<HashKey>,
+    /// The hash key that places the record on a shard, computed once.
+    pub hash_key: HashKey,
+    /// Whether `hash_key` is sent as the explicit hash key (the user's, or one
+    /// assigned to spread a hot key) rather than derived from the partition key.
+    pub explicit: bool,
+    /// Whether the user gave the explicit hash key (a hot-key spread never moves it).
+    pub user_hash_key: bool,
     pub arrived: Instant,
     pub expires: Instant,
+    /// Attempts made while it travelled in earlier Kinesis records (before a resend or
+    /// a re-aggregation); the current Kinesis record holds the later ones.
     pub attempts: Vec<Attempt>,
+    /// Where the outcome goes; `None` once completed. While it is set, the record holds
+    /// one permit of the producer's record semaphore and `size()` of its byte semaphore.
     pub reply: Option<Reply>,
-    pub permit: Option<Permit>,
 }
 
 impl Pending {
-    /// The hash key that places the record on a shard.
-    pub fn hash_key(&self) -> HashKey {
-        self.explicit_hash_key
-            .unwrap_or_else(|| HashKey::from_partition_key(&self.partition_key))
+    /// Bytes it counts for: data plus partition key.
+    pub fn size(&self) -> usize {
+        self.data.len() + self.partition_key.len()
+    }
+
+    /// The explicit hash key sent to Kinesis, if any.
+    pub fn explicit_hash_key(&self) -> Option<HashKey> {
+        self.explicit.then_some(self.hash_key)
+    }
+
+    /// Routes the record by `key` (`None`: by its partition key's hash).
+    pub fn set_explicit_hash_key(&mut self, key: Option<HashKey>) {
+        self.explicit = key.is_some();
+        self.hash_key = key.unwrap_or_else(|| HashKey::from_partition_key(&self.partition_key));
     }
 
     /// Sends the outcome to the waiting receipt and releases the buffer space.
-    pub fn complete(&mut self, outcome: Result<RecordResult, RecordError>) {
+    pub fn complete(
+        &mut self,
+        outcome: Result<RecordResult, RecordError>,
+        released: &mut Released,
+    ) {
         if let Some(reply) = self.reply.take() {
+            released.add(self.size());
             // The user may have dropped the receipt: nothing to tell then.
             let _ = reply.send(outcome);
         }
-        self.permit = None;
     }
 
-    pub fn take_attempts(&mut self) -> Vec<Attempt> {
-        std::mem::take(&mut self.attempts)
+    /// Every attempt: its own earlier ones, then those of the Kinesis record that
+    /// carried it last.
+    pub fn all_attempts(&mut self, carrier: &[Attempt]) -> Vec<Attempt> {
+        let mut attempts = std::mem::take(&mut self.attempts);
+        attempts.extend_from_slice(carrier);
+        attempts
     }
 }
 
@@ -79,8 +91,14 @@ pub(crate) struct Outgoing {
     /// When it must be sent at the latest: its first user record's arrival plus the
     /// maximum buffering time.
     pub deadline: Instant,
+    /// The earliest expiry of its user records.
+    pub expires: Instant,
+    /// The lowest id of its user records (what a flush forces).
+    pub min_id: u64,
     /// Failed attempts so far, for the backoff.
     pub failures: u32,
+    /// Attempts of this Kinesis record (shared history of its user records).
+    pub attempts: Vec<Attempt>,
 }
 
 impl Outgoing {
@@ -88,33 +106,41 @@ impl Outgoing {
     pub fn single(shard: Option<Arc<str>>, record: Pending, deadline: Instant) -> Self {
         let encoded = EncodedRecord {
             partition_key: record.partition_key.clone(),
-            explicit_hash_key: record.explicit_hash_key.map(|k| k.to_string()),
+            explicit_hash_key: record.explicit_hash_key().map(|k| k.to_string()),
             data: record.data.clone(),
             user_records: 1,
         };
         Outgoing {
             shard,
             encoded,
+            expires: record.expires,
+            min_id: record.id,
             records: vec![record],
             deadline,
             failures: 0,
+            attempts: Vec::new(),
         }
     }
 
-    /// An aggregate (or a single raw record) finished by `builder`.
-    pub fn from_builder(
+    /// A Kinesis record carrying `records`, encoded as `encoded`.
+    pub fn new(
         shard: Option<Arc<str>>,
-        builder: &mut AggregateBuilder,
+        encoded: EncodedRecord,
         records: Vec<Pending>,
         deadline: Instant,
-    ) -> Option<Self> {
-        Some(Outgoing {
+    ) -> Self {
+        let expires = records.iter().map(|r| r.expires).min().unwrap_or(deadline);
+        let min_id = records.iter().map(|r| r.id).min().unwrap_or(u64::MAX);
+        Outgoing {
             shard,
-            encoded: builder.finish()?,
+            encoded,
             records,
             deadline,
+            expires,
+            min_id,
             failures: 0,
-        })
+            attempts: Vec::new(),
+        }
     }
 
     /// Bytes it counts for in PutRecords and against shard limits: data plus
@@ -128,8 +154,14 @@ impl Outgoing {
         self.encoded.user_records > 1
     }
 
-    /// The earliest expiry of its user records.
-    pub fn expires(&self) -> Option<Instant> {
-        self.records.iter().map(|r| r.expires).min()
+    /// Its user records, each holding every attempt so far (to be routed again).
+    pub fn into_records(self) -> Vec<Pending> {
+        let mut records = self.records;
+        if !self.attempts.is_empty() {
+            for record in &mut records {
+                record.attempts.extend_from_slice(&self.attempts);
+            }
+        }
+        records
     }
 }

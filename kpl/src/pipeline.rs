@@ -2,9 +2,9 @@
 //! map) and moves records between them. PutRecords calls and shard map refreshes run as
 //! their own tasks and report back here, so no stage needs a lock.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, PutRecordsResultEntry};
@@ -14,29 +14,32 @@ use tokio::time::Instant;
 use tracing::{debug, warn, Instrument};
 
 use crate::aggregator::Aggregator;
-use crate::collector::Collector;
-use crate::concurrency::ConcurrencyLimit;
+use crate::collector::{Collector, MIN_BUFFER_TIME};
+use crate::concurrency::{CallTicket, ConcurrencyLimit};
 use crate::config::ProducerConfig;
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 use crate::pending::{Outgoing, Pending};
 use crate::receipt::{Attempt, AttemptError, RecordError, RecordResult};
-use crate::retrier::{request_error, Backoff, RetryQueue, THROTTLED};
+use crate::retrier::{is_permanent, request_error, Backoff, RetryQueue, THROTTLED};
 use crate::shard_map::{ShardMap, ShardMapError};
 use crate::spread::Spreader;
-use crate::stats::{LoadTracker, Shared, Tracker};
-use crate::StreamId;
+use crate::stats::{LoadTracker, Released, Shared, Tracker};
+use crate::{HashKey, StreamId};
 
 /// Longest wait between two shard map refreshes after failures.
 const MAX_REFRESH_BACKOFF: Duration = Duration::from_secs(30);
 /// Commands handled before the stages advance, so bursts are processed in bulk.
 const COMMAND_BATCH: usize = 4_096;
+/// Error code of an attempt whose aggregate landed on a shard that does not hold all of
+/// its user records.
+const WRONG_SHARD: &str = "WrongShard";
 
 /// What the producer handles ask of the pipeline.
 #[derive(Debug)]
 pub(crate) enum Command {
     /// A validated user record, holding its buffer permit.
-    Record(Box<Pending>),
+    Record(Pending),
     /// Answer once every record sent before this is complete.
     Flush(oneshot::Sender<()>),
     /// Complete everything, answer, and stop.
@@ -46,8 +49,20 @@ pub(crate) enum Command {
 /// The outcome of one PutRecords call.
 struct PutDone {
     batch: Vec<Outgoing>,
+    ticket: CallTicket,
+    bytes: usize,
+    started: SystemTime,
     duration: Duration,
-    result: Result<Vec<PutRecordsResultEntry>, AttemptError>,
+    result: Result<Vec<PutRecordsResultEntry>, Arc<AttemptError>>,
+}
+
+/// An aggregate that reached a shard the map did not predict and does not know: whether
+/// it is delivered waits for the next map.
+struct Landed {
+    record: Outgoing,
+    shard: Arc<str>,
+    sequence: Arc<str>,
+    attempt: Attempt,
 }
 
 #[derive(Debug)]
@@ -66,6 +81,8 @@ pub(crate) struct Pipeline {
     metrics: Metrics,
     shared: Arc<Shared>,
     map: ShardMap,
+    /// Hash ranges of every shard seen in any map (a shard id never changes its range).
+    known_ranges: HashMap<Arc<str>, (HashKey, HashKey)>,
     aggregator: Aggregator,
     limiter: Limiter,
     collector: Collector,
@@ -75,11 +92,20 @@ pub(crate) struct Pipeline {
     /// Kinesis records leaving the aggregator (or re-entering after a backoff), bound
     /// for the limiter.
     staged: Vec<Outgoing>,
-    /// User records to route again (survivors of a partly expired aggregate).
+    /// User records to route again (survivors of a partly expired aggregate, records
+    /// of an aggregate that landed where they do not belong, buffered records after a
+    /// map change).
     rerouted: Vec<Pending>,
-    /// PutRecords requests waiting for a free connection.
-    ready: VecDeque<Vec<Outgoing>>,
+    /// User records waiting for the next shard map: the map does not cover their hash
+    /// key (no shard given), or their aggregate landed on a shard the map does not hold
+    /// (that shard given: unless the next map holds it, prediction cannot be trusted and
+    /// they go out unaggregated).
+    awaiting_map: Vec<(Pending, Option<Arc<str>>)>,
+    /// Aggregates that landed on a shard the map does not know.
+    landed_unknown: Vec<Landed>,
     in_flight: usize,
+    in_flight_bytes: usize,
+    max_in_flight_bytes: usize,
     connections: ConcurrencyLimit,
     done_tx: mpsc::UnboundedSender<PutDone>,
     done_rx: mpsc::UnboundedReceiver<PutDone>,
@@ -91,6 +117,8 @@ pub(crate) struct Pipeline {
     flushes: Vec<(u64, oneshot::Sender<()>)>,
     shutdowns: Vec<oneshot::Sender<()>>,
     closing: bool,
+    /// Buffer space of completed records, given back in bulk once per round.
+    released: Released,
 }
 
 impl Pipeline {
@@ -110,22 +138,30 @@ impl Pipeline {
             last: now,
             failures: 0,
         };
-        Pipeline {
-            metrics: Metrics::new(stream.as_str()),
+        let min_buffer = MIN_BUFFER_TIME.min(config.record_max_buffered_time / 2);
+        let mut pipeline = Pipeline {
+            metrics: Metrics::new(stream.as_str(), config.metrics_granularity),
             aggregator: Aggregator::new(config.aggregation_max_count, config.aggregation_max_size),
             limiter: Limiter::new(config.rate_limit),
-            collector: Collector::new(config.collection_max_count, config.collection_max_size),
+            collector: Collector::new(
+                config.collection_max_count,
+                config.collection_max_size,
+                min_buffer,
+            ),
             backoff: Backoff::new(config.min_backoff, config.max_backoff),
-            spreader: config.hot_key_spread.clone().map(|s| {
-                let mut spreader = Spreader::new(s, now);
-                spreader.set_map(&map);
-                spreader
-            }),
+            spreader: config
+                .hot_key_spread
+                .clone()
+                .map(|s| Spreader::new(s, config.aggregation_enabled, now)),
             retries: RetryQueue::default(),
+            known_ranges: HashMap::new(),
             staged: Vec::new(),
             rerouted: Vec::new(),
-            ready: VecDeque::new(),
+            awaiting_map: Vec::new(),
+            landed_unknown: Vec::new(),
             in_flight: 0,
+            in_flight_bytes: 0,
+            max_in_flight_bytes: max_in_flight_bytes(&config),
             connections: ConcurrencyLimit::new(config.max_connections),
             done_tx,
             done_rx,
@@ -137,12 +173,15 @@ impl Pipeline {
             flushes: Vec::new(),
             shutdowns: Vec::new(),
             closing: false,
+            released: Released::default(),
             config,
             client,
             stream,
-            map,
+            map: ShardMap::default(),
             shared,
-        }
+        };
+        pipeline.set_map(map);
+        pipeline
     }
 
     /// Runs until shut down (or until every handle is dropped) and everything accepted
@@ -197,7 +236,7 @@ impl Pipeline {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Record(record) => self.accept(*record),
+            Command::Record(record) => self.accept(record),
             Command::Flush(reply) => self.flushes.push((self.tracker.next_id(), reply)),
             Command::Shutdown(reply) => {
                 debug!(
@@ -217,35 +256,97 @@ impl Pipeline {
 
     fn accept(&mut self, mut record: Pending) {
         record.id = self.tracker.add(record.arrived);
-        if record.explicit_hash_key.is_none() {
-            if let Some(spreader) = &mut self.spreader {
-                record.explicit_hash_key = spreader.route(&record.partition_key, record.arrived);
+        self.metrics.received();
+        if let Some(spreader) = &mut self.spreader {
+            if !record.user_hash_key {
+                let size = record.size();
+                if let Some(key) = spreader.route(&record.partition_key, size, record.arrived) {
+                    record.set_explicit_hash_key(Some(key));
+                }
+            }
+            let spread = spreader.take_newly_spread();
+            if !spread.is_empty() {
+                self.respread(&spread);
             }
         }
-        self.route(record);
+        self.route(record, false);
+    }
+
+    /// Spreads the buffered records of keys that just started being spread: those
+    /// queued for their hot shard would otherwise keep it over its limits.
+    fn respread(&mut self, keys: &std::collections::HashSet<String>) {
+        let mut records = self.aggregator.drain_records();
+        for queued in self.limiter.drain_all() {
+            records.extend(queued.into_records());
+        }
+        let (spread, kept): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .partition(|r| keys.contains(&r.partition_key));
+        let mut records = self.respread_records(spread);
+        records.extend(kept);
+        records.sort_by_key(|r| r.id);
+        self.rerouted.extend(records);
+    }
+
+    /// Gives the records of spread keys their next target hash key.
+    fn respread_records(&mut self, mut records: Vec<Pending>) -> Vec<Pending> {
+        let Some(spreader) = &mut self.spreader else {
+            return records;
+        };
+        for record in &mut records {
+            if record.user_hash_key || !spreader.is_spread(&record.partition_key) {
+                continue;
+            }
+            let target = spreader.next_target(&record.partition_key);
+            record.set_explicit_hash_key(target);
+        }
+        records
     }
 
     /// Predicts the record's shard and hands it to the aggregator (or, unaggregated, to
-    /// the limiter).
-    fn route(&mut self, record: Pending) {
+    /// the limiter). A record the map cannot place waits for a fresh map; after one
+    /// (`map_refreshed`) it goes out alone, through the limiter's shared queue.
+    fn route(&mut self, record: Pending, map_refreshed: bool) {
         let deadline = record.arrived + self.config.record_max_buffered_time;
-        let shard = self.map.shard_for(record.hash_key()).map(|s| s.id.clone());
-        match shard {
-            Some(shard) if self.config.aggregation_enabled => {
+        match self.map.position_for(record.hash_key) {
+            Some(slot) if self.config.aggregation_enabled => {
+                let shard = &self.map.shards()[slot].id;
                 self.aggregator
-                    .add(shard, record, deadline, &mut self.staged)
+                    .add(slot, shard, record, deadline, &mut self.staged)
             }
-            shard => self.staged.push(Outgoing::single(shard, record, deadline)),
+            Some(slot) => {
+                let shard = self.map.shards()[slot].id.clone();
+                self.staged
+                    .push(Outgoing::single(Some(shard), record, deadline))
+            }
+            None if map_refreshed => self.staged.push(Outgoing::single(None, record, deadline)),
+            None => {
+                self.want_refresh();
+                self.awaiting_map.push((record, None));
+            }
         }
+    }
+
+    /// Records below this id are forced out by a pending flush (everything when
+    /// closing).
+    fn force_before(&self) -> u64 {
+        if self.closing {
+            return u64::MAX;
+        }
+        self.flushes.iter().map(|(id, _)| *id).max().unwrap_or(0)
     }
 
     /// Moves records through every stage as far as they may go now.
     fn advance(&mut self, now: Instant) {
         for record in std::mem::take(&mut self.rerouted) {
-            self.route(record);
+            self.route(record, false);
         }
-        let flushing = self.closing || !self.flushes.is_empty();
-        self.aggregator.flush(now, flushing, &mut self.staged);
+        let force_before = self.force_before();
+        // When an aggregate's buffering time is up a request goes out: the other open
+        // aggregates ride along instead of each making its own request later.
+        let deadline_hit = self.aggregator.next_deadline().is_some_and(|d| d <= now);
+        self.aggregator
+            .flush(now, force_before, deadline_hit, &mut self.staged);
         let mut retried = Vec::new();
         self.retries.pop_ready(now, &mut retried);
         for record in retried {
@@ -258,15 +359,17 @@ impl Pipeline {
             self.limiter.push(record, now, &mut allowed);
         }
         self.limiter.drain(now, &mut allowed);
-        let mut requests = Vec::new();
         for record in allowed {
-            self.collector.push(record, &mut requests);
+            self.collector.push(record, now);
         }
-        self.collector.flush(now, flushing, &mut requests);
-        self.ready.extend(requests);
-        self.dispatch(now);
+        if deadline_hit {
+            self.collector.send_now();
+        }
+        self.dispatch(now, force_before);
         self.maybe_refresh(now);
 
+        // Buffer space first: a flush answered now must find it given back.
+        self.shared.release(&mut self.released);
         let tracker = &self.tracker;
         for (_, flush) in self
             .flushes
@@ -279,6 +382,11 @@ impl Pipeline {
         self.load.publish(now, &self.shared);
     }
 
+    fn can_dispatch(&self) -> bool {
+        self.in_flight < self.connections.get()
+            && (self.in_flight == 0 || self.in_flight_bytes < self.max_in_flight_bytes)
+    }
+
     /// When the pipeline must look again, absent any message.
     fn next_wake(&self, now: Instant) -> Option<Instant> {
         if !self.rerouted.is_empty() || !self.staged.is_empty() {
@@ -286,9 +394,13 @@ impl Pipeline {
         }
         let refresh = (self.refresh.wanted && !self.refresh.running).then(|| self.next_refresh());
         let load = (self.tracker.len() > 0).then(|| self.load.window_end());
+        let collector = self
+            .can_dispatch()
+            .then(|| self.collector.next_due())
+            .flatten();
         [
             self.aggregator.next_deadline(),
-            self.collector.next_deadline(),
+            collector,
             self.limiter.next_ready(now),
             self.retries.next_ready(),
             refresh,
@@ -302,7 +414,7 @@ impl Pipeline {
     /// Fails the expired user records of `record`; returns it if none expired. Survivors
     /// of a partly expired aggregate are routed again.
     fn expire(&mut self, mut record: Outgoing, now: Instant) -> Option<Outgoing> {
-        if record.expires().is_none_or(|e| e > now) {
+        if record.expires > now {
             return Some(record);
         }
         let (expired, alive): (Vec<_>, Vec<_>) =
@@ -310,33 +422,47 @@ impl Pipeline {
         self.metrics.expired(expired.len());
         self.shared.count_failed(expired.len());
         for mut user in expired {
-            let attempts = user.take_attempts();
+            let attempts = user.all_attempts(&record.attempts);
             warn!(
                 stream = self.stream.as_str(),
                 partition_key = user.partition_key.as_str(),
                 attempts = attempts.len(),
                 "user record expired"
             );
+            self.metrics
+                .completed(record.shard.as_ref(), attempts.len().saturating_sub(1));
             self.tracker.complete(user.id);
-            user.complete(Err(RecordError::Expired { attempts }));
+            user.complete(Err(RecordError::Expired { attempts }), &mut self.released);
         }
-        self.rerouted.extend(alive);
+        record.records = alive;
+        self.rerouted.extend(record.into_records());
         None
     }
 
-    fn dispatch(&mut self, now: Instant) {
-        while self.in_flight < self.connections.get() {
-            let Some(batch) = self.ready.pop_front() else {
-                return;
-            };
-            let batch: Vec<Outgoing> = batch
+    fn dispatch(&mut self, now: Instant, force_before: u64) {
+        while self.can_dispatch() && self.collector.is_due(now, force_before) {
+            let batch: Vec<Outgoing> = self
+                .collector
+                .take()
                 .into_iter()
                 .filter_map(|record| self.expire(record, now))
                 .collect();
             if batch.is_empty() {
                 continue;
             }
+            let mut bytes = 0;
+            for record in &batch {
+                bytes += record.size();
+                if record.attempts.is_empty() {
+                    for user in record.records.iter().filter(|u| u.attempts.is_empty()) {
+                        self.metrics
+                            .first_attempt(now.saturating_duration_since(user.arrived));
+                    }
+                }
+            }
+            let ticket = self.connections.started();
             self.in_flight += 1;
+            self.in_flight_bytes += bytes;
             self.shared.count_call();
             let client = self.client.clone();
             let stream = self.stream.clone();
@@ -348,7 +474,7 @@ impl Pipeline {
             );
             tokio::spawn(
                 async move {
-                    let outcome = put_records(&client, &stream, batch).await;
+                    let outcome = put_records(&client, &stream, batch, ticket, bytes).await;
                     // The pipeline outlives every call it starts.
                     let _ = done.send(outcome);
                 }
@@ -360,11 +486,19 @@ impl Pipeline {
     fn on_put_done(&mut self, done: PutDone) {
         let now = Instant::now();
         self.in_flight -= 1;
-        self.metrics.request(done.batch.len(), done.duration);
+        self.in_flight_bytes -= done.bytes;
+        let user_records = done.batch.iter().map(|r| r.records.len()).sum();
+        self.metrics
+            .request(done.batch.len(), user_records, done.duration);
+        let attempt = |error: Option<Arc<AttemptError>>| Attempt {
+            started: done.started,
+            duration: done.duration,
+            error,
+        };
         match done.result {
             Err(error) => {
                 if error.code == "Timeout" {
-                    self.connections.timed_out();
+                    self.connections.timed_out(done.ticket);
                 }
                 warn!(
                     connections = self.connections.get(),
@@ -374,14 +508,15 @@ impl Pipeline {
                     records = done.batch.len(),
                     "PutRecords failed"
                 );
-                self.metrics.error(&error.code);
                 for record in done.batch {
-                    self.failed(record, error.clone(), done.duration, now);
+                    self.failed(record, attempt(Some(error.clone())), now);
                 }
             }
             Ok(entries) => {
                 self.connections.answered();
                 let mut entries = entries.into_iter();
+                // Records of one call that fail alike share one error.
+                let mut last_error: Option<Arc<AttemptError>> = None;
                 for record in done.batch {
                     let entry = entries.next();
                     let shard = entry.as_ref().and_then(|e| e.shard_id());
@@ -394,19 +529,20 @@ impl Pipeline {
                                 _ => Arc::from(shard),
                             };
                             let sequence = Arc::from(sequence);
-                            self.succeeded(record, shard, sequence, done.duration, now)
+                            self.succeeded(record, shard, sequence, attempt(None))
                         }
                         (code, _, _) => {
-                            let error = AttemptError {
-                                code: code.unwrap_or("MissingResult").to_owned(),
-                                message: entry
-                                    .as_ref()
-                                    .and_then(|e| e.error_message())
-                                    .unwrap_or("PutRecords returned no result for the record")
-                                    .to_owned(),
+                            let code = code.unwrap_or("MissingResult");
+                            let message = entry
+                                .as_ref()
+                                .and_then(|e| e.error_message())
+                                .unwrap_or("PutRecords returned no result for the record");
+                            let error = match &last_error {
+                                Some(e) if e.code == code && e.message == message => e.clone(),
+                                _ => AttemptError::new(code, message),
                             };
-                            self.metrics.error(&error.code);
-                            self.failed(record, error, done.duration, now);
+                            last_error = Some(error.clone());
+                            self.failed(record, attempt(Some(error)), now);
                         }
                     }
                 }
@@ -414,105 +550,181 @@ impl Pipeline {
         }
     }
 
+    /// Whether every user record of `record` lies in the hash range of `shard`, if the
+    /// range is known.
+    fn all_inside(&self, record: &Outgoing, shard: &str) -> Option<bool> {
+        let (start, end) = *self.known_ranges.get(shard)?;
+        Some(
+            record
+                .records
+                .iter()
+                .all(|r| start <= r.hash_key && r.hash_key <= end),
+        )
+    }
+
     fn succeeded(
         &mut self,
-        mut record: Outgoing,
+        record: Outgoing,
         shard: Arc<str>,
         sequence: Arc<str>,
-        duration: Duration,
-        now: Instant,
+        attempt: Attempt,
     ) {
         if record.shard.as_ref().is_some_and(|p| *p != shard) {
             self.want_refresh();
             if record.is_aggregate() {
-                // The aggregate went where its first record belongs; the others may not,
-                // and consumers drop aggregates that span shards. Send its user records
-                // again, alone, where Kinesis routes them.
-                warn!(
-                    stream = self.stream.as_str(),
-                    predicted = record.shard.as_deref().unwrap_or(""),
-                    actual = &*shard,
-                    "aggregate landed on an unexpected shard; resending its records"
-                );
-                let error = AttemptError {
-                    code: "WrongShard".to_owned(),
-                    message: format!(
-                        "aggregate predicted for {} landed on {shard} ({sequence})",
-                        record.shard.as_deref().unwrap_or("")
-                    ),
-                };
-                self.metrics.error(&error.code);
-                for mut user in record.records.drain(..) {
-                    user.attempts.push(Attempt {
-                        duration,
-                        error: Some(error.clone()),
-                    });
-                    let deadline = now;
-                    self.staged.push(Outgoing::single(None, user, deadline));
+                match self.all_inside(&record, &shard) {
+                    Some(true) => {}
+                    Some(false) => return self.resend(record, &shard, &sequence, attempt),
+                    None => {
+                        self.landed_unknown.push(Landed {
+                            record,
+                            shard,
+                            sequence,
+                            attempt,
+                        });
+                        return;
+                    }
                 }
-                return;
             }
         }
+        self.deliver(record, shard, sequence, attempt);
+    }
+
+    /// Completes the user records of a Kinesis record that reached `shard`.
+    fn deliver(
+        &mut self,
+        mut record: Outgoing,
+        shard: Arc<str>,
+        sequence: Arc<str>,
+        attempt: Attempt,
+    ) {
+        record.attempts.push(attempt);
         let aggregated = record.is_aggregate();
-        self.load.put(&shard, record.records.len(), record.size());
-        self.metrics.kinesis_record_put(record.records.len());
+        let size = record.size();
+        let user_bytes = record.records.iter().map(Pending::size).sum();
+        self.load.put(&shard, record.records.len(), size);
+        if let Some(spreader) = &mut self.spreader {
+            spreader.put(&shard, size);
+        }
+        self.metrics
+            .kinesis_record_put(&shard, record.records.len(), user_bytes, size);
         self.shared.count_put(record.records.len());
+        // One attempt list for the user records that made every attempt together.
+        let shared: Arc<[Attempt]> = Arc::from(record.attempts.as_slice());
         for (index, mut user) in record.records.drain(..).enumerate() {
-            user.attempts.push(Attempt {
-                duration,
-                error: None,
-            });
-            self.metrics.user_record_put(
-                now.saturating_duration_since(user.arrived),
-                user.attempts.len() - 1,
-            );
             self.tracker.complete(user.id);
+            let attempts = if user.attempts.is_empty() {
+                shared.clone()
+            } else {
+                Arc::from(user.all_attempts(&record.attempts))
+            };
+            self.metrics.completed(Some(&shard), attempts.len() - 1);
             let result = RecordResult {
                 shard_id: shard.clone(),
                 sequence_number: sequence.clone(),
                 sub_sequence_number: if aggregated { index as u64 } else { 0 },
                 aggregated,
-                attempts: user.take_attempts(),
+                attempts,
             };
-            user.complete(Ok(result));
+            user.complete(Ok(result), &mut self.released);
         }
     }
 
-    fn failed(
-        &mut self,
-        mut record: Outgoing,
-        error: AttemptError,
-        duration: Duration,
-        now: Instant,
-    ) {
+    /// An aggregate landed on `shard`, which does not hold all its user records:
+    /// consumers drop it whole, so every user record of it is sent again, predicted,
+    /// aggregated and rate limited like a new one.
+    fn resend(&mut self, mut record: Outgoing, shard: &Arc<str>, sequence: &str, attempt: Attempt) {
+        warn!(
+            stream = self.stream.as_str(),
+            predicted = record.shard.as_deref().unwrap_or(""),
+            actual = &**shard,
+            "aggregate landed on a shard that does not hold all its records; resending them"
+        );
+        let error = AttemptError::new(
+            WRONG_SHARD,
+            format!(
+                "aggregate predicted for {} landed on {shard} ({sequence}), whose hash range \
+                 does not hold all its user records: consumers drop it",
+                record.shard.as_deref().unwrap_or("")
+            ),
+        );
+        self.metrics.error(Some(shard), WRONG_SHARD);
         self.shared.count_failed_attempt();
+        record.attempts.push(Attempt {
+            error: Some(error),
+            ..attempt
+        });
+        self.reroute_after_wrong_shard(record.into_records(), shard);
+    }
+
+    /// Routes again the records of an aggregate that landed on `shard`: at once when the
+    /// map holds that shard (it is up to date), else after the next map.
+    fn reroute_after_wrong_shard(&mut self, records: Vec<Pending>, shard: &Arc<str>) {
+        if self.map.get(shard).is_some() {
+            self.rerouted.extend(records);
+        } else {
+            self.want_refresh();
+            self.awaiting_map
+                .extend(records.into_iter().map(|r| (r, Some(shard.clone()))));
+        }
+    }
+
+    fn failed(&mut self, mut record: Outgoing, attempt: Attempt, now: Instant) {
+        let Some(error) = attempt.error.clone() else {
+            return;
+        };
+        self.shared.count_failed_attempt();
+        self.metrics.error(record.shard.as_ref(), &error.code);
         let throttled = error.code == THROTTLED;
         if throttled {
             if let Some(shard) = &record.shard {
                 self.load.throttled(shard);
+                if let Some(spreader) = &mut self.spreader {
+                    spreader.throttled(shard);
+                }
             }
         }
-        for user in &mut record.records {
-            user.attempts.push(Attempt {
-                duration,
-                error: Some(error.clone()),
-            });
+        record.attempts.push(attempt);
+        if is_permanent(&error.code) && !self.config.retry_permanent_errors {
+            return self.fail(record, |attempts| RecordError::Rejected { attempts });
         }
         if throttled && self.config.fail_if_throttled {
-            self.shared.count_failed(record.records.len());
-            for mut user in record.records {
-                self.tracker.complete(user.id);
-                let attempts = user.take_attempts();
-                user.complete(Err(RecordError::Throttled { attempts }));
-            }
+            return self.fail(record, |attempts| RecordError::Throttled { attempts });
+        }
+        if throttled && self.holds_spread_keys(&record) {
+            // A spread key's records go wherever the spread sends them now rather than
+            // back to the shard that throttled them.
+            let records = record.into_records();
+            let records = self.respread_records(records);
+            self.rerouted.extend(records);
             return;
         }
         record.failures += 1;
-        let mut at = now + self.backoff.delay(record.failures);
-        if let Some(expires) = record.expires() {
-            at = at.min(expires);
-        }
+        let at = (now + self.backoff.delay(record.failures)).min(record.expires);
         self.retries.push(at, record);
+    }
+
+    /// Whether `record` carries records of a key being spread (and not placed by the
+    /// user's own hash key).
+    fn holds_spread_keys(&self, record: &Outgoing) -> bool {
+        self.spreader.as_ref().is_some_and(|spreader| {
+            record
+                .records
+                .iter()
+                .any(|r| !r.user_hash_key && spreader.is_spread(&r.partition_key))
+        })
+    }
+
+    /// Fails every user record of `record` with the error `make` builds.
+    fn fail(&mut self, mut record: Outgoing, make: impl Fn(Vec<Attempt>) -> RecordError) {
+        self.shared.count_failed(record.records.len());
+        for mut user in record.records.drain(..) {
+            self.tracker.complete(user.id);
+            let attempts = user.all_attempts(&record.attempts);
+            self.metrics
+                .completed(record.shard.as_ref(), attempts.len().saturating_sub(1));
+            user.complete(Err(make(attempts)), &mut self.released);
+        }
     }
 
     fn want_refresh(&mut self) {
@@ -541,6 +753,23 @@ impl Pipeline {
         });
     }
 
+    /// Adopts a map; returns whether it differs from the current one.
+    fn set_map(&mut self, map: ShardMap) -> bool {
+        for shard in map.shards() {
+            self.known_ranges
+                .entry(shard.id.clone())
+                .or_insert((shard.start, shard.end));
+        }
+        if map == self.map {
+            return false;
+        }
+        if let Some(spreader) = &mut self.spreader {
+            spreader.set_map(&map);
+        }
+        self.map = map;
+        true
+    }
+
     fn on_shard_map(&mut self, result: Result<ShardMap, ShardMapError>) {
         self.refresh.running = false;
         self.refresh.last = Instant::now();
@@ -550,25 +779,20 @@ impl Pipeline {
                 if map.is_empty() {
                     self.refresh.wanted = true;
                 }
-                if map == self.map {
-                    return;
+                if self.set_map(map) {
+                    debug!(
+                        stream = self.stream.as_str(),
+                        shards = self.map.shards().len(),
+                        "shard map updated"
+                    );
+                    // Buffered records were predicted with the old map: predict them again.
+                    let mut records = self.aggregator.drain_records();
+                    for queued in self.limiter.drain_all() {
+                        records.extend(queued.into_records());
+                    }
+                    records.sort_by_key(|r| r.id);
+                    self.rerouted.extend(records);
                 }
-                debug!(
-                    stream = self.stream.as_str(),
-                    shards = map.shards().len(),
-                    "shard map updated"
-                );
-                if let Some(spreader) = &mut self.spreader {
-                    spreader.set_map(&map);
-                }
-                self.map = map;
-                // Buffered records were predicted with the old map: predict them again.
-                let mut records = self.aggregator.drain_records();
-                for queued in self.limiter.drain_all() {
-                    records.extend(queued.records);
-                }
-                records.sort_by_key(|r| r.id);
-                self.rerouted.extend(records);
             }
             Err(error) => {
                 self.refresh.failures += 1;
@@ -576,6 +800,64 @@ impl Pipeline {
                 warn!(stream = self.stream.as_str(), %error, "shard map refresh failed");
             }
         }
+        // Aggregates that landed on a shard unknown before: delivered if the shard holds
+        // all their records, resent otherwise (also when the shard is still unknown).
+        for landed in std::mem::take(&mut self.landed_unknown) {
+            let Landed {
+                mut record,
+                shard,
+                sequence,
+                attempt,
+            } = landed;
+            if self.all_inside(&record, &shard) == Some(true) {
+                self.deliver(record, shard, sequence, attempt);
+                continue;
+            }
+            let error = AttemptError::new(
+                WRONG_SHARD,
+                format!(
+                    "aggregate landed on {shard} ({sequence}), a shard whose hash range is \
+                     unknown or does not hold all its user records: consumers drop it"
+                ),
+            );
+            self.metrics.error(Some(&shard), WRONG_SHARD);
+            self.shared.count_failed_attempt();
+            record.attempts.push(Attempt {
+                error: Some(error),
+                ..attempt
+            });
+            for user in record.into_records() {
+                self.awaiting_map.push((user, Some(shard.clone())));
+            }
+        }
+        for (record, landed) in std::mem::take(&mut self.awaiting_map) {
+            match landed {
+                None => self.route(record, true),
+                Some(shard) if self.map.get(&shard).is_some() => self.route(record, false),
+                // The map still does not know the shard the stream put them on: send them
+                // alone, where Kinesis routes each by its own hash key.
+                Some(_) => {
+                    let deadline = record.arrived + self.config.record_max_buffered_time;
+                    self.staged.push(Outgoing::single(None, record, deadline));
+                }
+            }
+        }
+    }
+}
+
+/// Data that PutRecords calls in flight may carry at once. The SDK copies each call's
+/// payloads into its request (and again, base64-encoded, into the JSON body), so calls
+/// in flight cost memory on top of `max_outstanding_bytes`: an eighth of it (at least
+/// one full call) bounds that cost.
+fn max_in_flight_bytes(config: &ProducerConfig) -> usize {
+    (config.max_outstanding_bytes / 8).max(config.collection_max_size)
+}
+
+impl Drop for Pipeline {
+    /// However the pipeline ends (a panic included), `send` must not wait for buffer
+    /// space that records it drops will never give back.
+    fn drop(&mut self) {
+        self.shared.close();
     }
 }
 
@@ -586,14 +868,22 @@ async fn sleep_until(wake: Option<Instant>) {
     }
 }
 
-async fn put_records(client: &Client, stream: &StreamId, batch: Vec<Outgoing>) -> PutDone {
-    let started = Instant::now();
+async fn put_records(
+    client: &Client,
+    stream: &StreamId,
+    batch: Vec<Outgoing>,
+    ticket: CallTicket,
+    bytes: usize,
+) -> PutDone {
+    let started = SystemTime::now();
+    let clock = Instant::now();
     let entries: Result<Vec<_>, _> = batch
         .iter()
         .map(|record| {
             PutRecordsRequestEntry::builder()
                 .partition_key(&record.encoded.partition_key)
                 .set_explicit_hash_key(record.encoded.explicit_hash_key.clone())
+                // The SDK's Blob owns a Vec: one copy per attempt, for the call's length.
                 .data(Blob::new(record.encoded.data.to_vec()))
                 .build()
         })
@@ -606,14 +896,14 @@ async fn put_records(client: &Client, stream: &StreamId, batch: Vec<Outgoing>) -
             .await
             .map(|output| output.records)
             .map_err(|e| request_error(&e)),
-        Err(e) => Err(AttemptError {
-            code: "Construction".to_owned(),
-            message: e.to_string(),
-        }),
+        Err(e) => Err(AttemptError::new("Construction", e.to_string())),
     };
     PutDone {
         batch,
-        duration: started.elapsed(),
+        ticket,
+        bytes,
+        started,
+        duration: clock.elapsed(),
         result,
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, TryAcquireError};
 use tokio::time::Instant;
 
 use crate::config::ProducerConfig;
-use crate::pending::{Pending, Permit};
+use crate::pending::Pending;
 use crate::pipeline::{Command, Pipeline};
 use crate::receipt::{RecordError, RecordReceipt, RecordResult};
 use crate::record::{InvalidRecord, Record, MAX_RECORD_SIZE_LIMIT};
@@ -164,6 +164,14 @@ impl ProducerBuilder {
         fail_if_throttled: bool
     );
     setter!(
+        /// See [`ProducerConfig::retry_permanent_errors`] (default `false`).
+        retry_permanent_errors: bool
+    );
+    setter!(
+        /// See [`ProducerConfig::metrics_granularity`] (default per stream).
+        metrics_granularity: crate::MetricsGranularity
+    );
+    setter!(
         /// See [`ProducerConfig::max_connections`] (default 24).
         max_connections: usize
     );
@@ -206,17 +214,25 @@ impl ProducerBuilder {
     fn validate(&self) -> Result<(), BuildError> {
         let c = &self.config;
         let invalid = |what: &str| Err(BuildError::InvalidConfig(what.to_owned()));
-        if !(64..=MAX_RECORD_SIZE_LIMIT).contains(&c.aggregation_max_size) {
-            return invalid("aggregation_max_size must be within 64 B ..= 10 MiB");
+        if !(1..=MAX_RECORD_SIZE_LIMIT).contains(&c.max_record_size) {
+            return invalid("max_record_size must be within 1 B ..= 10 MiB");
+        }
+        // An aggregate goes out with a one-byte partition key, which counts against the
+        // record limit: a bigger aggregate would make Kinesis refuse the whole call.
+        let aggregation_limit = c
+            .max_record_size
+            .saturating_sub(crate::aggregation::AGGREGATE_PARTITION_KEY.len());
+        if c.aggregation_max_size < 64 || c.aggregation_max_size > aggregation_limit {
+            return Err(BuildError::InvalidConfig(format!(
+                "aggregation_max_size must be within 64 B ..= {aggregation_limit} B \
+                 (max_record_size less the aggregate's 1-byte partition key)"
+            )));
         }
         if !(1..=crate::collector::PUT_RECORDS_MAX_COUNT).contains(&c.collection_max_count) {
             return invalid("collection_max_count must be within 1 ..= 500");
         }
         if !(1..=crate::collector::PUT_RECORDS_MAX_SIZE).contains(&c.collection_max_size) {
             return invalid("collection_max_size must be within 1 B ..= 5 MiB");
-        }
-        if !(1..=MAX_RECORD_SIZE_LIMIT).contains(&c.max_record_size) {
-            return invalid("max_record_size must be within 1 B ..= 10 MiB");
         }
         if c.max_outstanding_records == 0 || c.max_outstanding_bytes < c.max_record_size {
             return invalid(
@@ -351,17 +367,17 @@ impl Producer {
         let shared = &self.inner.shared;
         let records = shared
             .records
-            .clone()
-            .acquire_owned()
+            .acquire()
             .await
             .map_err(|_| SendError::Closed)?;
         let bytes = shared
             .bytes
-            .clone()
-            .acquire_many_owned(size)
+            .acquire_many(size)
             .await
             .map_err(|_| SendError::Closed)?;
-        self.enqueue(record, Permit::new(records, bytes))
+        records.forget();
+        bytes.forget();
+        self.enqueue(record)
     }
 
     /// As [`send`](Self::send), but fails with [`SendError::Full`] instead of waiting.
@@ -372,13 +388,11 @@ impl Producer {
             TryAcquireError::Closed => SendError::Closed,
             TryAcquireError::NoPermits => SendError::Full,
         };
-        let records = shared.records.clone().try_acquire_owned().map_err(map)?;
-        let bytes = shared
-            .bytes
-            .clone()
-            .try_acquire_many_owned(size)
-            .map_err(map)?;
-        self.enqueue(record, Permit::new(records, bytes))
+        let records = shared.records.try_acquire().map_err(map)?;
+        let bytes = shared.bytes.try_acquire_many(size).map_err(map)?;
+        records.forget();
+        bytes.forget();
+        self.enqueue(record)
     }
 
     /// Sends every record of a stream, admitting them in order with backpressure, and
@@ -419,25 +433,33 @@ impl Producer {
         Ok(u32::try_from(record.size()).unwrap_or(u32::MAX))
     }
 
-    fn enqueue(&self, record: Record, permit: Permit) -> Result<RecordReceipt, SendError> {
+    /// Hands an admitted record (its buffer permits taken and forgotten: the pipeline
+    /// gives them back when it completes) to the pipeline.
+    fn enqueue(&self, record: Record) -> Result<RecordReceipt, SendError> {
         let (reply, receipt) = oneshot::channel();
         let arrived = Instant::now();
         let (partition_key, data, explicit_hash_key) = record.into_parts();
+        let hash_key =
+            explicit_hash_key.unwrap_or_else(|| crate::HashKey::from_partition_key(&partition_key));
         let pending = Pending {
             id: 0,
             partition_key,
             data,
-            explicit_hash_key,
+            user_hash_key: explicit_hash_key.is_some(),
+            explicit: explicit_hash_key.is_some(),
+            hash_key,
             arrived,
             expires: arrived + self.inner.config.record_ttl,
             attempts: Vec::new(),
             reply: Some(reply),
-            permit: Some(permit),
         };
-        self.inner
-            .commands
-            .send(Command::Record(Box::new(pending)))
-            .map_err(|_| SendError::Closed)?;
+        let size = pending.size();
+        if self.inner.commands.send(Command::Record(pending)).is_err() {
+            let mut released = crate::stats::Released::default();
+            released.add(size);
+            self.inner.shared.release(&mut released);
+            return Err(SendError::Closed);
+        }
         Ok(RecordReceipt::new(receipt))
     }
 
@@ -455,8 +477,7 @@ impl Producer {
     /// TTL), and stops the pipeline. Every receipt resolves before this returns. Other
     /// clones get [`SendError::Closed`] afterwards.
     pub async fn shutdown(&self) {
-        self.inner.shared.records.close();
-        self.inner.shared.bytes.close();
+        self.inner.shared.close();
         let (reply, done) = oneshot::channel();
         if self.inner.commands.send(Command::Shutdown(reply)).is_ok() {
             let _ = done.await;

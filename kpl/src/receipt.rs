@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
 
@@ -22,28 +22,49 @@ pub struct RecordResult {
     pub sub_sequence_number: u64,
     /// Whether it was sent inside a KPL aggregate with other user records.
     pub aggregated: bool,
-    /// Every attempt to put it, the successful one last.
-    pub attempts: Vec<Attempt>,
+    /// Every attempt to put it, the successful one last. Shared by the user records
+    /// that travelled together (one list per Kinesis record, not one per user record).
+    pub attempts: Arc<[Attempt]>,
 }
 
-/// One PutRecords attempt that carried a user record.
+/// One PutRecords attempt that carried a user record (as the KPL's `Attempt`: start,
+/// duration, outcome).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attempt {
+    /// When the PutRecords call started (wall clock).
+    pub started: SystemTime,
     /// How long the PutRecords call took.
     pub duration: Duration,
-    /// Why the attempt failed; `None` if it succeeded.
-    pub error: Option<AttemptError>,
+    /// Why the attempt failed; `None` if it succeeded. Shared by every user record the
+    /// failed call carried, so a failure costs one allocation, not one per record.
+    pub error: Option<Arc<AttemptError>>,
+}
+
+impl Attempt {
+    /// Whether the attempt succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.error.is_none()
+    }
 }
 
 /// Why an attempt failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttemptError {
     /// Error code: Kinesis's (`ProvisionedThroughputExceededException`,
-    /// `InternalFailure`, ...), or the producer's own (`Timeout`, `Dispatch`,
-    /// `WrongShard`).
+    /// `InternalFailure`, `ResourceNotFoundException`, ...), or the producer's own
+    /// (`Timeout`, `Dispatch`, `WrongShard`, `MissingResult`).
     pub code: String,
     /// Human-readable detail.
     pub message: String,
+}
+
+impl AttemptError {
+    pub(crate) fn new(code: impl Into<String>, message: impl Into<String>) -> Arc<Self> {
+        Arc::new(AttemptError {
+            code: code.into(),
+            message: message.into(),
+        })
+    }
 }
 
 /// Why a user record did not reach the stream.
@@ -61,6 +82,14 @@ pub enum RecordError {
         /// Every attempt made, with its error.
         attempts: Vec<Attempt>,
     },
+    /// Kinesis refused it with an error that retrying cannot fix (the stream does not
+    /// exist, access or its KMS key is denied, the request is invalid): it fails at once
+    /// unless the producer is configured with `retry_permanent_errors`.
+    #[error("record rejected{}", last_error(.attempts))]
+    Rejected {
+        /// Every attempt made, the rejected one last.
+        attempts: Vec<Attempt>,
+    },
     /// The producer's pipeline stopped before the record completed (a bug, or a panic
     /// in the runtime).
     #[error("the producer stopped before the record completed")]
@@ -71,7 +100,9 @@ impl RecordError {
     /// Every attempt made for the record.
     pub fn attempts(&self) -> &[Attempt] {
         match self {
-            RecordError::Expired { attempts } | RecordError::Throttled { attempts } => attempts,
+            RecordError::Expired { attempts }
+            | RecordError::Throttled { attempts }
+            | RecordError::Rejected { attempts } => attempts,
             RecordError::Abandoned => &[],
         }
     }

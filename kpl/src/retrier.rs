@@ -1,6 +1,7 @@
 //! The retrier: what a failed attempt means, and when a record is tried again.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
@@ -13,6 +14,27 @@ use crate::receipt::AttemptError;
 
 /// Kinesis's error code for a shard over its write limits.
 pub const THROTTLED: &str = "ProvisionedThroughputExceededException";
+
+/// Error codes that retrying cannot fix: the stream is gone, access or its KMS key is
+/// denied, or the request itself is invalid (and the producer's own `Construction`).
+const PERMANENT: &[&str] = &[
+    "ResourceNotFoundException",
+    "AccessDeniedException",
+    "UnrecognizedClientException",
+    "KMSDisabledException",
+    "KMSNotFoundException",
+    "KMSAccessDeniedException",
+    "KMSOptInRequired",
+    "KMSInvalidStateException",
+    "ValidationException",
+    "InvalidArgumentException",
+    "Construction",
+];
+
+/// Whether an attempt that failed with `code` cannot succeed by retrying.
+pub(crate) fn is_permanent(code: &str) -> bool {
+    PERMANENT.contains(&code)
+}
 
 /// Exponential backoff with full jitter: the n-th retry waits a uniformly random time
 /// in `0..=min(max, min * 2^n)`. The exponential schedule comes from `backon`; full
@@ -84,7 +106,7 @@ impl RetryQueue {
 }
 
 /// The attempt error for a PutRecords call that failed as a whole.
-pub(crate) fn request_error<E, R>(error: &SdkError<E, R>) -> AttemptError
+pub(crate) fn request_error<E, R>(error: &SdkError<E, R>) -> Arc<AttemptError>
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
@@ -97,10 +119,7 @@ where
         SdkError::ServiceError(e) => e.err().code().unwrap_or("ServiceError").to_owned(),
         _ => "Unknown".to_owned(),
     };
-    AttemptError {
-        code,
-        message: crate::error_text(error),
-    }
+    AttemptError::new(code, crate::error_text(error))
 }
 
 #[cfg(test)]
@@ -134,17 +153,18 @@ mod tests {
     async fn retry_queue_releases_in_time_order() {
         use crate::aggregation::EncodedRecord;
         let now = Instant::now();
-        let record = |n: usize| Outgoing {
-            shard: None,
-            encoded: EncodedRecord {
-                partition_key: n.to_string(),
-                explicit_hash_key: None,
-                data: bytes::Bytes::new(),
-                user_records: 1,
-            },
-            records: Vec::new(),
-            deadline: now,
-            failures: 1,
+        let record = |n: usize| {
+            Outgoing::new(
+                None,
+                EncodedRecord {
+                    partition_key: n.to_string(),
+                    explicit_hash_key: None,
+                    data: bytes::Bytes::new(),
+                    user_records: 1,
+                },
+                Vec::new(),
+                now,
+            )
         };
         let mut queue = RetryQueue::default();
         queue.push(now + Duration::from_millis(20), record(2));

@@ -3,7 +3,20 @@
 use std::sync::Arc;
 
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
+use aws_sdk_kinesis::types::{ShardFilter, ShardFilterType};
 use aws_sdk_kinesis::Client;
+
+/// Shards asked for per ListShards page (the service's maximum).
+const LIST_SHARDS_PAGE: i32 = 1_000;
+
+/// Whether a ListShards error means the endpoint does not take `ShardFilter` (older
+/// emulators and compatible services answer with a validation error).
+fn filter_rejected(code: &str) -> bool {
+    matches!(
+        code,
+        "InvalidArgumentException" | "ValidationException" | "SerializationException"
+    )
+}
 
 use crate::{HashKey, StreamId};
 
@@ -73,16 +86,43 @@ impl ShardMap {
         ShardMap { shards }
     }
 
-    /// Loads the open shards of a stream with ListShards, following pagination.
+    /// Loads the open shards of a stream with ListShards, following pagination. It asks
+    /// only for the open shards (`ShardFilter` `AT_LATEST`, 1,000 per page) so a refresh
+    /// does not page through every closed shard still in retention; where the endpoint
+    /// rejects the filter, it lists every shard and keeps the open ones.
     pub async fn load(client: &Client, stream: &StreamId) -> Result<Self, ShardMapError> {
+        match Self::load_pages(client, stream, true).await {
+            Err(ShardMapError::ListShards {
+                code: Some(code), ..
+            }) if filter_rejected(&code) => Self::load_pages(client, stream, false).await,
+            loaded => loaded,
+        }
+    }
+
+    async fn load_pages(
+        client: &Client,
+        stream: &StreamId,
+        open_only: bool,
+    ) -> Result<Self, ShardMapError> {
         let mut shards = Vec::new();
         let mut next_token: Option<String> = None;
         loop {
+            // A continuation names neither the stream nor the filter: the token does.
             let request = match next_token.take() {
                 Some(token) => client.list_shards().next_token(token),
+                None if open_only => stream.list_shards(client).shard_filter(
+                    ShardFilter::builder()
+                        .r#type(ShardFilterType::AtLatest)
+                        .build()
+                        .map_err(|e| ShardMapError::ListShards {
+                            code: None,
+                            message: e.to_string(),
+                        })?,
+                ),
                 None => stream.list_shards(client),
             };
             let page = request
+                .max_results(LIST_SHARDS_PAGE)
                 .send()
                 .await
                 .map_err(|e| ShardMapError::ListShards {
@@ -118,6 +158,13 @@ impl ShardMap {
     pub fn shard_for(&self, key: HashKey) -> Option<&ShardRange> {
         let i = self.shards.partition_point(|s| s.end < key);
         self.shards.get(i).filter(|s| s.start <= key)
+    }
+
+    /// Where in [`shards`](Self::shards) the open shard owning `key` is, if the map
+    /// covers it.
+    pub(crate) fn position_for(&self, key: HashKey) -> Option<usize> {
+        let i = self.shards.partition_point(|s| s.end < key);
+        self.shards.get(i).filter(|s| s.start <= key).map(|_| i)
     }
 
     /// The shard with this id, if open.

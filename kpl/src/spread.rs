@@ -1,32 +1,51 @@
-//! Hot-key spreading: when one partition key sends more than a share of a shard's
-//! record limit, its records are spread over several shards through explicit hash keys.
+//! Hot-key spreading: when a shard runs near its write limits (or is throttled) and one
+//! partition key carries a large share of that load, the key's records are spread over
+//! several shards through explicit hash keys.
+//!
+//! Load is measured as Kinesis counts it, after aggregation: Kinesis records per second
+//! against 1,000 and bytes per second against 1 MiB per shard. A busy key on a shard with
+//! room to spare is left alone.
 //!
 //! This trades per-key ordering for throughput: records of a spread key land on
 //! different shards and consumers may see them out of order. It is off by default.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::limiter::SHARD_RECORDS_PER_SECOND;
+use crate::limiter::{SHARD_BYTES_PER_SECOND, SHARD_RECORDS_PER_SECOND};
 use crate::shard_map::{ShardMap, ShardRange};
 use crate::HashKey;
 
 /// When and how to spread hot partition keys (see [`ProducerBuilder::hot_key_spread`](crate::ProducerBuilder::hot_key_spread)).
 ///
+/// Each second the producer measures, per shard, the Kinesis records and bytes it put
+/// (after aggregation) and the throttling it was answered; and, per partition key, the
+/// bytes and records it was given. A key is spread when its own shard is hot (its load
+/// reached `threshold` of the shard's limits, or it was throttled) and the key alone
+/// carries at least `key_share` of a shard's limits. It stays spread while it carries
+/// that much, wherever its records land. Its records then go round-robin to its own
+/// shard and the `shards_per_key - 1` least loaded eligible shards.
+///
 /// ```
 /// use kinesis_producer::HotKeySpread;
-/// let spread = HotKeySpread::default().threshold(0.25).shards_per_key(8);
+/// let spread = HotKeySpread::default().threshold(0.9).key_share(0.2).shards_per_key(8);
 /// assert_eq!(spread.shards_per_key, 8);
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct HotKeySpread {
-    /// Share of a shard's record limit (1,000 records/s) one key may use, measured over
-    /// one-second windows, before its records are spread. Default 0.5.
+    /// Share of a shard's write limits (1,000 Kinesis records/s or 1 MiB/s, whichever is
+    /// closer) at which the shard counts as hot. Default 0.8. A shard that was throttled
+    /// in the last second is hot whatever its load.
     pub threshold: f64,
-    /// How many shards a hot key is spread over, starting with its own. Default 4.
+    /// Share of a shard's write limits one key must carry to be spread off a hot shard.
+    /// Default 0.1: many small keys on a hot shard are left alone, since spreading them
+    /// would give up their ordering for little relief.
+    pub key_share: f64,
+    /// How many shards a hot key is spread over, its own included. Default 4.
     pub shards_per_key: usize,
     /// The shards hot keys may be spread to; `None` (the default) means every open shard.
     pub eligible_shards: Option<HashSet<String>>,
@@ -35,7 +54,8 @@ pub struct HotKeySpread {
 impl Default for HotKeySpread {
     fn default() -> Self {
         HotKeySpread {
-            threshold: 0.5,
+            threshold: 0.8,
+            key_share: 0.1,
             shards_per_key: 4,
             eligible_shards: None,
         }
@@ -46,6 +66,12 @@ impl HotKeySpread {
     /// Sets [`threshold`](Self::threshold).
     pub fn threshold(mut self, share: f64) -> Self {
         self.threshold = share;
+        self
+    }
+
+    /// Sets [`key_share`](Self::key_share).
+    pub fn key_share(mut self, share: f64) -> Self {
+        self.key_share = share;
         self
     }
 
@@ -68,29 +94,69 @@ impl HotKeySpread {
 
 const WINDOW: Duration = Duration::from_secs(1);
 
-/// Counts records per partition key and picks hash keys for hot ones.
+#[derive(Debug, Default, Clone, Copy)]
+struct ShardCounts {
+    kinesis_records: u64,
+    bytes: u64,
+    throttled: u64,
+}
+
+impl ShardCounts {
+    /// Share of the shard's limits used, the closer of the two.
+    fn load(&self, seconds: f64) -> f64 {
+        (self.kinesis_records as f64 / SHARD_RECORDS_PER_SECOND)
+            .max(self.bytes as f64 / SHARD_BYTES_PER_SECOND)
+            / seconds
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyCounts {
+    records: u64,
+    bytes: u64,
+}
+
+/// A spread key: where its records go, and whose turn it is.
+#[derive(Debug)]
+struct Spread {
+    targets: Vec<HashKey>,
+    turn: usize,
+}
+
+/// Measures shard and key load and picks hash keys for hot keys.
 #[derive(Debug)]
 pub(crate) struct Spreader {
     config: HotKeySpread,
-    limit: u32,
+    aggregation: bool,
     window_start: Instant,
-    counts: HashMap<String, u32>,
-    /// Keys hot in the previous window, with a round-robin counter.
-    hot: HashMap<String, usize>,
+    shards: HashMap<Arc<str>, ShardCounts>,
+    keys: HashMap<String, KeyCounts>,
+    /// Load of each shard in the last finished window.
+    last_load: HashMap<Arc<str>, f64>,
+    /// Shards hot in the last finished window.
+    hot_shards: HashSet<Arc<str>>,
+    spread: HashMap<String, Spread>,
     /// The open shards hot keys may go to, by hash range.
     eligible: Vec<ShardRange>,
+    map: ShardMap,
+    /// Keys spread since the last [`take_newly_spread`](Self::take_newly_spread).
+    newly_spread: HashSet<String>,
 }
 
 impl Spreader {
-    pub fn new(config: HotKeySpread, now: Instant) -> Self {
-        let limit = (SHARD_RECORDS_PER_SECOND * config.threshold.max(0.0)).ceil() as u32;
+    pub fn new(config: HotKeySpread, aggregation: bool, now: Instant) -> Self {
         Spreader {
             config,
-            limit,
+            aggregation,
             window_start: now,
-            counts: HashMap::new(),
-            hot: HashMap::new(),
+            shards: HashMap::new(),
+            keys: HashMap::new(),
+            last_load: HashMap::new(),
+            hot_shards: HashSet::new(),
+            spread: HashMap::new(),
             eligible: Vec::new(),
+            map: ShardMap::default(),
+            newly_spread: HashSet::new(),
         }
     }
 
@@ -103,70 +169,158 @@ impl Spreader {
             .filter(|s| allowed.is_none_or(|set| set.contains(&*s.id)))
             .cloned()
             .collect();
+        self.map = map.clone();
+        self.spread.clear();
+    }
+
+    /// A Kinesis record of `bytes` was put on `shard`.
+    pub fn put(&mut self, shard: &Arc<str>, bytes: usize) {
+        let counts = self.shard_counts(shard);
+        counts.kinesis_records += 1;
+        counts.bytes += bytes as u64;
+    }
+
+    /// A Kinesis record predicted for `shard` was throttled.
+    pub fn throttled(&mut self, shard: &Arc<str>) {
+        self.shard_counts(shard).throttled += 1;
+    }
+
+    fn shard_counts(&mut self, shard: &Arc<str>) -> &mut ShardCounts {
+        if !self.shards.contains_key(shard) {
+            self.shards.insert(shard.clone(), ShardCounts::default());
+        }
+        self.shards.entry(shard.clone()).or_default()
+    }
+
+    /// A key's share of a shard's limits, as Kinesis will count it: with aggregation its
+    /// records share Kinesis records, so bytes decide.
+    fn key_load(&self, counts: &KeyCounts, seconds: f64) -> f64 {
+        let bytes = counts.bytes as f64 / SHARD_BYTES_PER_SECOND;
+        let records = if self.aggregation {
+            0.0
+        } else {
+            counts.records as f64 / SHARD_RECORDS_PER_SECOND
+        };
+        bytes.max(records) / seconds
     }
 
     fn roll_window(&mut self, now: Instant) {
-        if now.saturating_duration_since(self.window_start) < WINDOW {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed < WINDOW {
             return;
         }
-        let limit = self.limit;
-        let previous = std::mem::take(&mut self.hot);
-        self.hot = self
-            .counts
-            .drain()
-            .filter(|(_, count)| *count > limit)
-            .map(|(key, _)| {
-                let turn = previous.get(&key).copied().unwrap_or(0);
-                (key, turn)
-            })
+        let seconds = elapsed.as_secs_f64();
+        let threshold = self.config.threshold;
+        self.last_load = self
+            .shards
+            .iter()
+            .map(|(shard, c)| (shard.clone(), c.load(seconds)))
             .collect();
+        self.hot_shards = self
+            .shards
+            .drain()
+            .filter(|(_, c)| c.throttled > 0 || c.load(seconds) >= threshold)
+            .map(|(shard, _)| shard)
+            .collect();
+        let keys = std::mem::take(&mut self.keys);
+        let mut spread = std::mem::take(&mut self.spread);
+        for (key, counts) in keys {
+            let heavy = self.key_load(&counts, seconds) >= self.config.key_share;
+            if !heavy {
+                continue;
+            }
+            if let Some(existing) = spread.remove(&key) {
+                self.spread.insert(key, existing);
+                continue;
+            }
+            let own = HashKey::from_partition_key(&key);
+            let own_shard = self.map.shard_for(own).map(|s| s.id.clone());
+            if own_shard
+                .as_ref()
+                .is_some_and(|s| self.hot_shards.contains(s))
+            {
+                let targets = self.targets(own, own_shard.as_ref());
+                if targets.len() > 1 {
+                    self.newly_spread.insert(key.clone());
+                    self.spread.insert(key, Spread { targets, turn: 0 });
+                }
+            }
+        }
         self.window_start = now;
     }
 
-    /// The hash key to send a record of `partition_key` with, or `None` to route it by
-    /// its own hash.
-    pub fn route(&mut self, partition_key: &str, now: Instant) -> Option<HashKey> {
+    /// The key's own hash key, then the least loaded eligible shards' midpoints.
+    fn targets(&self, own: HashKey, own_shard: Option<&Arc<str>>) -> Vec<HashKey> {
+        let mut others: Vec<&ShardRange> = self
+            .eligible
+            .iter()
+            .filter(|s| Some(&s.id) != own_shard)
+            .collect();
+        let load = |s: &ShardRange| {
+            let hot = if self.hot_shards.contains(&s.id) {
+                1.0
+            } else {
+                0.0
+            };
+            hot + self.last_load.get(&s.id).copied().unwrap_or(0.0)
+        };
+        others.sort_by(|a, b| load(a).total_cmp(&load(b)));
+        std::iter::once(own)
+            .chain(
+                others
+                    .into_iter()
+                    .take(self.config.shards_per_key.saturating_sub(1))
+                    .map(ShardRange::midpoint),
+            )
+            .collect()
+    }
+
+    /// The hash key to send a record of `partition_key` and `size` bytes with, or
+    /// `None` to route it by its own hash.
+    pub fn route(&mut self, partition_key: &str, size: usize, now: Instant) -> Option<HashKey> {
         self.roll_window(now);
-        let count = match self.counts.get_mut(partition_key) {
-            Some(count) => {
-                *count += 1;
-                *count
+        match self.keys.get_mut(partition_key) {
+            Some(counts) => {
+                counts.records += 1;
+                counts.bytes += size as u64;
             }
             None => {
-                self.counts.insert(partition_key.to_owned(), 1);
-                1
+                self.keys.insert(
+                    partition_key.to_owned(),
+                    KeyCounts {
+                        records: 1,
+                        bytes: size as u64,
+                    },
+                );
             }
-        };
-        if count > self.limit && !self.hot.contains_key(partition_key) {
-            self.hot.insert(partition_key.to_owned(), 0);
         }
-        let turn = self.hot.get_mut(partition_key)?;
-        let eligible = &self.eligible;
-        if eligible.is_empty() {
-            return None;
-        }
-        let own = HashKey::from_partition_key(partition_key);
-        let start = eligible
-            .iter()
-            .position(|s| s.start <= own && own <= s.end)
-            .unwrap_or((own.0 % eligible.len() as u128) as usize);
-        let width = self.config.shards_per_key.clamp(1, eligible.len());
-        let target = &eligible[(start + *turn % width) % eligible.len()];
-        *turn = turn.wrapping_add(1);
-        if target.start <= own && own <= target.end {
-            None
-        } else {
-            Some(target.midpoint())
-        }
+        self.next_target(partition_key)
+    }
+
+    /// Keys that started being spread since the last call: their records still queued
+    /// for their hot shard should be spread too.
+    pub fn take_newly_spread(&mut self) -> HashSet<String> {
+        std::mem::take(&mut self.newly_spread)
+    }
+
+    /// Whether `partition_key` is being spread.
+    pub fn is_spread(&self, partition_key: &str) -> bool {
+        self.spread.contains_key(partition_key)
+    }
+
+    /// The next hash key of a spread key (`None`: its own), without counting a record.
+    pub fn next_target(&mut self, partition_key: &str) -> Option<HashKey> {
+        let spread = self.spread.get_mut(partition_key)?;
+        let index = spread.turn % spread.targets.len();
+        spread.turn = spread.turn.wrapping_add(1);
+        // Index 0 is the key's own hash key: route it as usual.
+        (index != 0).then(|| spread.targets[index])
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::shard_map::ShardRange;
 
     fn map(shards: u128) -> ShardMap {
         let width = u128::MAX / shards;
@@ -185,51 +339,82 @@ mod tests {
         )
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn cold_keys_keep_their_shard() {
-        let map = map(4);
-        let mut spreader = Spreader::new(HotKeySpread::default(), Instant::now());
+    /// Sends `records` of `size` bytes of `key` over one window, with the key's shard
+    /// put at `shard_bytes` and throttled `throttles` times; returns the shards used in
+    /// the next window.
+    fn run(spread: HotKeySpread, shard_bytes: usize, throttles: usize) -> HashSet<Arc<str>> {
+        let map = map(8);
+        let start = Instant::now();
+        let mut spreader = Spreader::new(spread, true, start);
         spreader.set_map(&map);
-        for i in 0..10_000 {
-            assert_eq!(spreader.route(&format!("key-{i}"), Instant::now()), None);
+        let own = map
+            .shard_for(HashKey::from_partition_key("hot"))
+            .expect("covered")
+            .id
+            .clone();
+        for _ in 0..1_000 {
+            assert_eq!(spreader.route("hot", 1_024, start), None);
         }
+        for _ in 0..shard_bytes / 50_000 {
+            spreader.put(&own, 50_000);
+        }
+        for _ in 0..throttles {
+            spreader.throttled(&own);
+        }
+        let next = start + WINDOW;
+        (0..1_000)
+            .map(|_| {
+                let key = spreader
+                    .route("hot", 1_024, next)
+                    .unwrap_or_else(|| HashKey::from_partition_key("hot"));
+                map.shard_for(key).expect("covered").id.clone()
+            })
+            .collect()
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_hot_key_spreads_over_the_configured_number_of_shards() {
-        let map = map(8);
-        let mut spreader = Spreader::new(HotKeySpread::default().shards_per_key(4), Instant::now());
-        spreader.set_map(&map);
-        let now = Instant::now();
-        let mut shards = HashSet::new();
-        for _ in 0..2_000 {
-            let key = spreader
-                .route("hot", now)
-                .unwrap_or_else(|| HashKey::from_partition_key("hot"));
-            shards.insert(map.shard_for(key).expect("covered").id.clone());
-        }
+    async fn a_heavy_key_on_a_throttled_shard_spreads_over_the_configured_shards() {
+        let shards = run(HotKeySpread::default().shards_per_key(4), 1_000_000, 10);
         assert_eq!(shards.len(), 4);
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_heavy_key_on_a_shard_near_its_byte_limit_spreads() {
+        let shards = run(HotKeySpread::default(), 900_000, 0);
+        assert_eq!(shards.len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_key_on_an_idle_shard_is_not_spread() {
+        // 1,000 records/s of 1 KiB: a user-record count far above any share of 1,000
+        // records/s, yet one aggregated shard takes it easily.
+        let shards = run(HotKeySpread::default(), 1_024_000 / 2, 0);
+        assert_eq!(shards.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn small_keys_on_a_hot_shard_are_not_spread() {
+        let shards = run(HotKeySpread::default().key_share(2.0), 1_000_000, 10);
+        assert_eq!(shards.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn only_eligible_shards_receive_spread_records() {
-        let map = map(8);
         let spread = HotKeySpread::default()
             .shards_per_key(8)
             .eligible_shards(["shard-1", "shard-2"]);
-        let mut spreader = Spreader::new(spread, Instant::now());
-        spreader.set_map(&map);
-        let now = Instant::now();
-        let mut shards = HashSet::new();
-        for _ in 0..2_000 {
-            if let Some(key) = spreader.route("hot", now) {
-                shards.insert(map.shard_for(key).expect("covered").id.to_string());
-            }
-        }
-        assert!(!shards.is_empty());
+        let shards = run(spread, 1_000_000, 10);
+        let own = map(8)
+            .shard_for(HashKey::from_partition_key("hot"))
+            .expect("covered")
+            .id
+            .clone();
         assert!(
-            shards.iter().all(|s| s == "shard-1" || s == "shard-2"),
+            shards
+                .iter()
+                .all(|s| s == &own || &**s == "shard-1" || &**s == "shard-2"),
             "{shards:?}"
         );
+        assert!(shards.len() >= 2);
     }
 }

@@ -51,6 +51,21 @@ pub struct ShardLoad {
     pub throttled_per_second: f64,
 }
 
+/// Buffer space of completed user records not yet given back.
+#[derive(Debug, Default)]
+pub(crate) struct Released {
+    records: usize,
+    bytes: usize,
+}
+
+impl Released {
+    /// A user record of `size` bytes completed.
+    pub fn add(&mut self, size: usize) {
+        self.records += 1;
+        self.bytes += size;
+    }
+}
+
 /// State shared by the producer handles and the pipeline task.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -97,6 +112,21 @@ impl Shared {
                 Instant::now().saturating_duration_since(self.epoch + Duration::from_nanos(oldest))
             }),
         }
+    }
+
+    /// Gives back the buffer space of completed user records.
+    pub fn release(&self, released: &mut Released) {
+        if released.records > 0 {
+            self.records.add_permits(released.records);
+            self.bytes.add_permits(released.bytes);
+            *released = Released::default();
+        }
+    }
+
+    /// Closes the buffer: `send` fails with `Closed` from now on.
+    pub fn close(&self) {
+        self.records.close();
+        self.bytes.close();
     }
 
     pub fn set_oldest(&self, arrived: Option<Instant>) {
@@ -214,10 +244,16 @@ impl LoadTracker {
 
 /// Arrival times of outstanding user records, by arrival order, to answer "how old is
 /// the oldest?" and "has everything accepted before X completed?" in constant time.
+///
+/// A window of slots from the oldest outstanding id on; a record that keeps the window
+/// long while newer ones complete (one in a long backoff) moves to a side map, so the
+/// memory follows the records outstanding, not the span of their ids.
 #[derive(Debug, Default)]
 pub(crate) struct Tracker {
     first: u64,
     slots: std::collections::VecDeque<Option<Instant>>,
+    /// Outstanding records moved out of the window, by id.
+    stragglers: std::collections::BTreeMap<u64, Instant>,
     count: usize,
 }
 
@@ -226,7 +262,31 @@ impl Tracker {
     pub fn add(&mut self, arrived: Instant) -> u64 {
         self.slots.push_back(Some(arrived));
         self.count += 1;
+        if self.slots.len() > 4 * self.count + 4_096 {
+            self.shrink();
+        }
         self.first + self.slots.len() as u64 - 1
+    }
+
+    /// Moves outstanding records at the front of a long window to the side map.
+    fn shrink(&mut self) {
+        while self.slots.len() > 2 * self.count + 1_024 {
+            let Some(front) = self.slots.pop_front() else {
+                break;
+            };
+            if let Some(arrived) = front {
+                self.stragglers.insert(self.first, arrived);
+            }
+            self.first += 1;
+        }
+        self.pop_completed();
+    }
+
+    fn pop_completed(&mut self) {
+        while matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+            self.first += 1;
+        }
     }
 
     /// The id the next record will get.
@@ -236,6 +296,9 @@ impl Tracker {
 
     pub fn complete(&mut self, id: u64) {
         let Some(index) = id.checked_sub(self.first) else {
+            if self.stragglers.remove(&id).is_some() {
+                self.count -= 1;
+            }
             return;
         };
         if let Some(slot) = self.slots.get_mut(index as usize) {
@@ -243,19 +306,26 @@ impl Tracker {
                 self.count -= 1;
             }
         }
-        while matches!(self.slots.front(), Some(None)) {
-            self.slots.pop_front();
-            self.first += 1;
-        }
+        self.pop_completed();
     }
 
     /// Whether every record with an id below `id` has completed.
     pub fn done_before(&self, id: u64) -> bool {
-        self.first >= id || self.count == 0
+        if self.count == 0 {
+            return true;
+        }
+        let oldest = match self.stragglers.first_key_value() {
+            Some((&straggler, _)) => straggler,
+            None => self.first,
+        };
+        oldest >= id
     }
 
     pub fn oldest(&self) -> Option<Instant> {
-        self.slots.front().copied().flatten()
+        match self.stragglers.first_key_value() {
+            Some((_, &arrived)) => Some(arrived),
+            None => self.slots.front().copied().flatten(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -290,6 +360,25 @@ mod tests {
         assert!(tracker.done_before(5));
         assert_eq!(tracker.next_id(), 5);
         assert_eq!(tracker.oldest(), None);
+    }
+
+    #[tokio::test]
+    async fn a_straggler_does_not_keep_a_slot_per_later_record() {
+        let mut tracker = Tracker::default();
+        let t0 = Instant::now();
+        let straggler = tracker.add(t0);
+        for _ in 0..1_000_000 {
+            let id = tracker.add(t0);
+            tracker.complete(id);
+        }
+        assert!(tracker.slots.len() <= 4 + 4_096, "{}", tracker.slots.len());
+        assert_eq!(tracker.len(), 1);
+        assert_eq!(tracker.oldest(), Some(t0));
+        assert!(!tracker.done_before(straggler + 1));
+        assert!(tracker.done_before(straggler));
+        tracker.complete(straggler);
+        assert_eq!(tracker.len(), 0);
+        assert!(tracker.done_before(tracker.next_id()));
     }
 
     #[tokio::test]

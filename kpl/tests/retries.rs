@@ -1,218 +1,20 @@
 #![allow(clippy::unwrap_used)] // A panic is how a test reports failure.
-//! The producer's retry, expiry, throttling and shard-map logic against canned Kinesis
-//! responses (no network): a fake Kinesis routes records by hash key like the service
-//! and can be told to throttle or fail.
+//! The producer's retry, expiry, throttling and shard-map logic against a fake Kinesis
+//! behind the SDK's HTTP layer (no network): it routes records by hash key like the
+//! service and can be told to throttle or fail.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use aws_sdk_kinesis::operation::list_shards::ListShardsOutput;
-use aws_sdk_kinesis::operation::put_records::{PutRecordsError, PutRecordsOutput};
-use aws_sdk_kinesis::types::error::ProvisionedThroughputExceededException;
-use aws_sdk_kinesis::types::{HashKeyRange, PutRecordsResultEntry, SequenceNumberRange, Shard};
-use aws_sdk_kinesis::Client;
-use aws_smithy_mocks::{mock, mock_client, MockResponse, RuleMode};
-use bytes::Bytes;
-use kinesis_producer::aggregation::deaggregate;
-use kinesis_producer::{HashKey, Producer, ProducerBuilder, Record, RecordError};
+use kinesis_producer::{HashKey, Producer, Record, RecordError};
 
-const THROTTLED: &str = "ProvisionedThroughputExceededException";
+mod fake;
 
-#[derive(Clone, Debug)]
-struct Stored {
-    shard: String,
-    partition_key: String,
-    explicit_hash_key: Option<String>,
-    data: Bytes,
-}
-
-/// A fake Kinesis stream: shards by hash range, stored records, injectable faults.
-#[derive(Default)]
-struct Fake {
-    /// Where records really go.
-    shards: Mutex<Vec<(String, u128, u128)>>,
-    /// What ListShards says (may lag behind `shards` to simulate a reshard).
-    listed: Mutex<Vec<(String, u128, u128)>>,
-    stored: Mutex<Vec<Stored>>,
-    next_sequence: AtomicU64,
-    /// The next this many entries are throttled.
-    throttle_entries: AtomicUsize,
-    /// The next this many calls fail as a whole.
-    fail_calls: AtomicUsize,
-    always_throttle: std::sync::atomic::AtomicBool,
-    list_calls: AtomicUsize,
-    /// The next this many ListShards calls fail with HTTP 500.
-    fail_lists: AtomicUsize,
-}
-
-fn even_shards(n: u128) -> Vec<(String, u128, u128)> {
-    let width = u128::MAX / n;
-    (0..n)
-        .map(|i| {
-            let start = if i == 0 { 0 } else { i * width + 1 };
-            let end = if i + 1 == n {
-                u128::MAX
-            } else {
-                (i + 1) * width
-            };
-            (format!("shardId-{i:012}"), start, end)
-        })
-        .collect()
-}
+use fake::{even_shards, renumbered, Fake, THROTTLED};
 
 /// The two children of splitting the single shard of `even_shards(1)` in the middle.
-/// Like Kinesis, children get new ids: a shard id never changes its hash range.
-fn split_in_two() -> Vec<(String, u128, u128)> {
-    even_shards(2)
-        .into_iter()
-        .enumerate()
-        .map(|(i, (_, start, end))| (format!("shardId-{:012}", i + 1), start, end))
-        .collect()
-}
-
-impl Fake {
-    fn new(shards: u128) -> Arc<Self> {
-        let fake = Fake::default();
-        *fake.shards.lock().unwrap() = even_shards(shards);
-        *fake.listed.lock().unwrap() = even_shards(shards);
-        Arc::new(fake)
-    }
-
-    fn shard_of(&self, key: u128) -> String {
-        let shards = self.shards.lock().unwrap();
-        shards
-            .iter()
-            .find(|(_, start, end)| *start <= key && key <= *end)
-            .map(|(id, _, _)| id.clone())
-            .expect("shards cover the hash key space")
-    }
-
-    fn client(self: &Arc<Self>) -> Client {
-        let fake = self.clone();
-        let list = mock!(Client::list_shards).then_compute_response(move |_| {
-            fake.list_calls.fetch_add(1, Ordering::SeqCst);
-            if take_one(&fake.fail_lists) {
-                return MockResponse::Http(aws_smithy_runtime_api::http::Response::new(
-                    aws_smithy_runtime_api::http::StatusCode::try_from(500).unwrap(),
-                    aws_smithy_types::body::SdkBody::from(
-                        r#"{"__type":"InternalFailure","message":"injected"}"#,
-                    ),
-                ));
-            }
-            let shards = fake
-                .listed
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(id, start, end)| {
-                    Shard::builder()
-                        .shard_id(id)
-                        .hash_key_range(
-                            HashKeyRange::builder()
-                                .starting_hash_key(start.to_string())
-                                .ending_hash_key(end.to_string())
-                                .build()
-                                .unwrap(),
-                        )
-                        .sequence_number_range(
-                            SequenceNumberRange::builder()
-                                .starting_sequence_number("0")
-                                .build()
-                                .unwrap(),
-                        )
-                        .build()
-                        .unwrap()
-                })
-                .collect();
-            MockResponse::Output(ListShardsOutput::builder().set_shards(Some(shards)).build())
-        });
-        let fake = self.clone();
-        let put = mock!(Client::put_records).then_compute_response(move |request| {
-            if take_one(&fake.fail_calls) {
-                return MockResponse::Error(
-                    PutRecordsError::ProvisionedThroughputExceededException(
-                        ProvisionedThroughputExceededException::builder()
-                            .message("injected: whole request throttled")
-                            .build(),
-                    ),
-                );
-            }
-            let mut results = Vec::new();
-            let mut failed = 0;
-            for entry in request.records() {
-                if fake.always_throttle.load(Ordering::SeqCst) || take_one(&fake.throttle_entries) {
-                    failed += 1;
-                    results.push(
-                        PutRecordsResultEntry::builder()
-                            .error_code(THROTTLED)
-                            .error_message("injected: rate exceeded for shard")
-                            .build(),
-                    );
-                    continue;
-                }
-                let key = match entry.explicit_hash_key() {
-                    Some(k) => k.parse::<u128>().unwrap(),
-                    None => HashKey::from_partition_key(entry.partition_key().unwrap()).0,
-                };
-                let shard = fake.shard_of(key);
-                let sequence = fake.next_sequence.fetch_add(1, Ordering::SeqCst);
-                fake.stored.lock().unwrap().push(Stored {
-                    shard: shard.clone(),
-                    partition_key: entry.partition_key().unwrap().to_owned(),
-                    explicit_hash_key: entry.explicit_hash_key().map(str::to_owned),
-                    data: Bytes::copy_from_slice(entry.data().as_ref()),
-                });
-                results.push(
-                    PutRecordsResultEntry::builder()
-                        .shard_id(shard)
-                        .sequence_number(format!("{sequence:056}"))
-                        .build(),
-                );
-            }
-            MockResponse::Output(
-                PutRecordsOutput::builder()
-                    .failed_record_count(failed)
-                    .set_records(Some(results))
-                    .build()
-                    .unwrap(),
-            )
-        });
-        mock_client!(aws_sdk_kinesis, RuleMode::MatchAny, [&list, &put])
-    }
-
-    fn builder(self: &Arc<Self>) -> ProducerBuilder {
-        Producer::builder(self.client())
-            .stream("fake")
-            .min_backoff(Duration::from_millis(5))
-            .max_backoff(Duration::from_millis(50))
-            .record_max_buffered_time(Duration::from_millis(10))
-            .shard_map_min_refresh_interval(Duration::from_millis(10))
-    }
-
-    /// Every user record stored, deaggregated, with the shard it is stored on.
-    fn user_records(&self) -> Vec<(String, String, Bytes)> {
-        self.stored
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|s| {
-                deaggregate(
-                    &s.partition_key,
-                    s.explicit_hash_key.as_deref(),
-                    s.data.clone(),
-                )
-                .into_iter()
-                .map(|u| (s.shard.clone(), u.partition_key, u.data))
-            })
-            .collect()
-    }
-}
-
-fn take_one(counter: &AtomicUsize) -> bool {
-    counter
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
+fn split_in_two() -> Vec<fake::Range> {
+    renumbered(even_shards(2), 1)
 }
 
 async fn send_many(
@@ -368,7 +170,7 @@ async fn a_reshard_refreshes_the_map_and_resends_misrouted_aggregates() {
         assert_eq!(&*result.shard_id, owner);
     }
     assert!(
-        fake.list_calls.load(Ordering::SeqCst) >= 2,
+        fake.list_requests.lock().unwrap().len() >= 2,
         "the map was refreshed"
     );
     // Every user record is stored where it belongs (a misrouted aggregate also stays
@@ -422,7 +224,7 @@ async fn a_failing_shard_map_refresh_is_retried_until_it_succeeds() {
     );
     tokio::time::timeout(Duration::from_secs(5), async {
         while fake.fail_lists.load(Ordering::SeqCst) > 0
-            || fake.list_calls.load(Ordering::SeqCst) < 4
+            || fake.list_requests.lock().unwrap().len() < 4
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -442,4 +244,139 @@ async fn a_failing_shard_map_refresh_is_retried_until_it_succeeds() {
             "{result:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn an_aggregate_can_never_exceed_the_record_limit() {
+    // The aggregate's 1-byte partition key counts against the record limit: an
+    // aggregation limit equal to the record limit would let an aggregate overflow it and
+    // make Kinesis refuse the whole call, with up to 499 other records.
+    let fake = Fake::new(1);
+    for (aggregation_max_size, max_record_size) in [
+        (1024 * 1024, 1024 * 1024),
+        (10 * 1024 * 1024, 1024 * 1024),
+        (2_000, 2_000),
+    ] {
+        let built = fake
+            .builder()
+            .aggregation_max_size(aggregation_max_size)
+            .max_record_size(max_record_size)
+            .build()
+            .await;
+        assert!(
+            matches!(built, Err(kinesis_producer::BuildError::InvalidConfig(_))),
+            "aggregation_max_size {aggregation_max_size} with max_record_size {max_record_size} accepted"
+        );
+    }
+    let producer = fake
+        .builder()
+        .aggregation_max_size(1_999)
+        .max_record_size(2_000)
+        .build()
+        .await
+        .unwrap();
+    let mut receipts = Vec::new();
+    for i in 0..200 {
+        let data = vec![b'x'; 90 + i % 50];
+        receipts.push(
+            producer
+                .send(Record::new(format!("k{i}"), data))
+                .await
+                .unwrap(),
+        );
+    }
+    for receipt in receipts {
+        receipt.await.unwrap();
+    }
+    for stored in fake.stored.lock().unwrap().iter() {
+        assert!(stored.data.len() + stored.partition_key.len() <= 2_000);
+    }
+}
+
+#[tokio::test]
+async fn errors_that_retrying_cannot_fix_fail_at_once() {
+    for code in [
+        "ResourceNotFoundException",
+        "AccessDeniedException",
+        "KMSDisabledException",
+        "KMSNotFoundException",
+        "KMSAccessDeniedException",
+        "KMSOptInRequired",
+        "ValidationException",
+    ] {
+        let fake = Fake::new(1);
+        *fake.fail_code.lock().unwrap() = code.to_owned();
+        fake.fail_calls.store(usize::MAX, Ordering::SeqCst);
+        let producer = fake
+            .builder()
+            .record_ttl(Duration::from_secs(3))
+            .build()
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let results = send_many(&producer, 5).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{code}: not at once"
+        );
+        for result in results {
+            let error = result.expect_err("rejected");
+            assert!(
+                error.to_string().starts_with("record rejected"),
+                "{code}: {error}"
+            );
+            let attempts = error.attempts();
+            assert_eq!(attempts.len(), 1, "{code}: not retried");
+            assert_eq!(attempts[0].error.as_ref().unwrap().code, code);
+        }
+    }
+}
+
+#[tokio::test]
+async fn retry_permanent_errors_keeps_the_kpl_behaviour() {
+    let fake = Fake::new(1);
+    *fake.fail_code.lock().unwrap() = "ResourceNotFoundException".to_owned();
+    fake.fail_calls.store(usize::MAX, Ordering::SeqCst);
+    let producer = fake
+        .builder()
+        .retry_permanent_errors(true)
+        .record_ttl(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    for result in send_many(&producer, 3).await {
+        let Err(RecordError::Expired { attempts }) = result else {
+            panic!("expected an expiry, got {result:?}");
+        };
+        assert!(attempts.len() > 1, "retried until the TTL");
+    }
+}
+
+#[tokio::test]
+async fn attempts_carry_their_start_and_duration_and_share_their_error() {
+    let fake = Fake::new(1);
+    // The first call's records are all throttled; the aggregate then succeeds.
+    fake.throttle_entries.store(1, Ordering::SeqCst);
+    *fake.latency.lock().unwrap() = Duration::from_millis(20);
+    let before = std::time::SystemTime::now();
+    let producer = fake.builder().build().await.unwrap();
+    let results: Vec<_> = send_many(&producer, 50)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let after = std::time::SystemTime::now();
+    for result in &results {
+        assert_eq!(result.attempts.len(), 2);
+        for attempt in result.attempts.iter() {
+            assert!(attempt.started >= before && attempt.started <= after);
+            assert!(attempt.duration >= Duration::from_millis(20));
+        }
+        assert!(result.attempts[0].started < result.attempts[1].started);
+    }
+    // One failed call: one error, shared by every user record it carried.
+    let first = results[0].attempts[0].error.as_ref().unwrap();
+    assert!(results
+        .iter()
+        .all(|r| std::sync::Arc::ptr_eq(first, r.attempts[0].error.as_ref().unwrap())));
 }

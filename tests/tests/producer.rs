@@ -33,7 +33,7 @@ type Found = HashMap<(String, String, u64), (String, bytes::Bytes)>;
 /// Reads the whole stream back and deaggregates it. Also returns how many user records
 /// sit in an aggregate stored on a shard whose hash range does not hold them (which
 /// happens only when a reshard made the producer's shard map stale: the producer then
-/// sends those records again, alone, and consumers drop the misplaced copies).
+/// sends every record of that aggregate again, and consumers drop the misplaced copy).
 async fn read_back(client: &aws_sdk_kinesis::Client, stream: &str) -> TestResult<(Found, usize)> {
     let ranges: HashMap<String, (u128, u128)> = list_shards(client, stream)
         .await?
@@ -218,7 +218,85 @@ async fn resharding_while_producing_loses_nothing() -> TestResult {
     );
     let (found, _misplaced) = read_back(&client, &stream).await?;
     assert_where_receipts_say(&found, &sent);
+
+    // What a consumer keeps (AWS's KCL and ours drop a whole aggregate holding a record
+    // outside its shard): every record exactly once. A copy may be kept twice only if
+    // a call that failed without an answer (a timeout) may have stored it before its
+    // retry; an aggregate that landed on an unexpected shard never makes a duplicate.
+    let kept = kept_copies(&client, &stream).await?;
+    let wrong_shard = sent
+        .iter()
+        .flat_map(|s| s.2.attempts.iter())
+        .filter(|a| a.error.as_ref().is_some_and(|e| e.code == "WrongShard"))
+        .count();
+    let mut duplicates = 0;
+    for (key, data, result) in &sent {
+        let copies = kept.get(&(key.clone(), data.clone())).copied().unwrap_or(0);
+        assert!(copies >= 1, "{key}: not kept by a consumer");
+        let unanswered = result.attempts.iter().any(|a| {
+            a.error.as_ref().is_some_and(|e| {
+                e.code != "WrongShard" && e.code != "ProvisionedThroughputExceededException"
+            })
+        });
+        if copies > 1 && !unanswered {
+            duplicates += 1;
+        }
+    }
+    eprintln!(
+        "reshard: {} records, {wrong_shard} wrong-shard attempts, {duplicates} producer duplicates",
+        sent.len()
+    );
+    assert_eq!(
+        duplicates, 0,
+        "producer duplicates through a split and a merge"
+    );
     Ok(())
+}
+
+/// How many times each (partition key, data) is in the stream where a consumer keeps
+/// it: an aggregate holding any user record outside its shard's hash range is dropped
+/// whole, as AWS's KCL and `kinesis-consumer` do.
+async fn kept_copies(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> TestResult<HashMap<(String, bytes::Bytes), usize>> {
+    let ranges: HashMap<String, (u128, u128)> = list_shards(client, stream)
+        .await?
+        .iter()
+        .map(|s| {
+            let range = s.hash_key_range().expect("range");
+            let start = range.starting_hash_key().parse().expect("start");
+            let end = range.ending_hash_key().parse().expect("end");
+            (s.shard_id().to_owned(), (start, end))
+        })
+        .collect();
+    let mut kept = HashMap::new();
+    for (shard, record) in read_stream(client, stream).await? {
+        let (start, end) = ranges[&shard];
+        let users = deaggregate(
+            record.partition_key().unwrap_or_default(),
+            None,
+            bytes::Bytes::copy_from_slice(record.data().as_ref()),
+        );
+        let mut keys = Vec::with_capacity(users.len());
+        for user in &users {
+            keys.push(match &user.explicit_hash_key {
+                Some(k) => k.parse::<HashKey>()?,
+                None => HashKey::from_partition_key(&user.partition_key),
+            });
+        }
+        let misplaced = users
+            .iter()
+            .zip(&keys)
+            .any(|(u, k)| u.aggregated && !(start <= k.0 && k.0 <= end));
+        if misplaced {
+            continue;
+        }
+        for user in users {
+            *kept.entry((user.partition_key, user.data)).or_insert(0) += 1;
+        }
+    }
+    Ok(kept)
 }
 
 #[tokio::test]
@@ -549,9 +627,12 @@ async fn a_hot_key_is_spread_when_asked_and_shard_load_shows_it() -> TestResult 
     create_stream(&client, &stream, 4).await?;
     let producer = Producer::builder(&config)
         .stream(&stream)
+        // The emulator never throttles: thresholds low enough that this test's few
+        // KB/s make the key's shard hot and the key heavy.
         .hot_key_spread(
             kinesis_producer::HotKeySpread::default()
-                .threshold(0.1)
+                .threshold(0.01)
+                .key_share(0.01)
                 .shards_per_key(4),
         )
         .build()

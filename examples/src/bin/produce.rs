@@ -48,6 +48,10 @@ struct Args {
     /// Timeout of one PutRecords call, in milliseconds (the producer's `request_timeout`).
     #[arg(long, value_name = "MS", default_value_t = 6_000)]
     request_timeout_ms: u64,
+    /// User records accepted and not yet completed, at most (the producer's
+    /// `max_outstanding_records`; its default when not given).
+    #[arg(long, value_name = "N")]
+    max_outstanding_records: Option<usize>,
 }
 
 /// The JSON data of record `id`, padded with dots to `size` bytes when it is shorter.
@@ -63,12 +67,14 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
         let client = aws_sdk_kinesis::Client::new(&config);
         kinesis_emulator::create_stream(&client, &args.stream, shards).await?;
     }
-    let producer = Producer::builder(&config)
+    let mut builder = Producer::builder(&config)
         .stream(&args.stream)
         .max_connections(args.max_connections)
-        .request_timeout(Duration::from_millis(args.request_timeout_ms))
-        .build()
-        .await?;
+        .request_timeout(Duration::from_millis(args.request_timeout_ms));
+    if let Some(records) = args.max_outstanding_records {
+        builder = builder.max_outstanding_records(records);
+    }
+    let producer = builder.build().await?;
 
     // Receipts complete roughly in order: one task awaits them while records go in.
     let (receipts, mut completed) = mpsc::unbounded_channel::<kinesis_producer::RecordReceipt>();

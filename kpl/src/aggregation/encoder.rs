@@ -4,10 +4,8 @@ use std::collections::HashMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use md5::{Digest, Md5};
-use prost::encoding::encoded_len_varint;
-use prost::Message;
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 
-use super::proto;
 use super::{DIGEST_LEN, MAGIC};
 use crate::HashKey;
 
@@ -56,19 +54,37 @@ impl KeyTable {
         }
     }
 
-    fn insert(&mut self, key: &str) -> u64 {
+    /// Index of `key`, added if new, and the bytes it added to the encoding.
+    fn insert(&mut self, key: &str) -> (u64, usize) {
         if let Some(&i) = self.index.get(key) {
-            return i;
+            return (i, 0);
         }
         let i = self.keys.len() as u64;
         self.keys.push(key.to_owned());
         self.index.insert(key.to_owned(), i);
-        i
+        (i, delimited_len(key.len()))
     }
 
     fn take(&mut self) -> Vec<String> {
         self.index.clear();
         std::mem::take(&mut self.keys)
+    }
+}
+
+/// A user record inside a builder, before encoding.
+#[derive(Debug)]
+struct Entry {
+    partition_key_index: u64,
+    explicit_hash_key_index: Option<u64>,
+    data: Bytes,
+}
+
+impl Entry {
+    /// Length of its `Record` message.
+    fn message_len(&self) -> usize {
+        varint_field_len(self.partition_key_index)
+            + self.explicit_hash_key_index.map_or(0, varint_field_len)
+            + delimited_len(self.data.len())
     }
 }
 
@@ -93,7 +109,7 @@ impl KeyTable {
 pub struct AggregateBuilder {
     partition_keys: KeyTable,
     explicit_hash_keys: KeyTable,
-    records: Vec<proto::Record>,
+    records: Vec<Entry>,
     /// Encoded length of the protobuf message so far.
     message_len: usize,
     /// Hash key of the first record: where the aggregate is routed.
@@ -171,23 +187,37 @@ impl AggregateBuilder {
 
     /// Appends a user record. Its sub-sequence number is its position in the aggregate.
     pub fn push(&mut self, partition_key: &str, explicit_hash_key: Option<HashKey>, data: Bytes) {
-        self.message_len += self
-            .added_len(partition_key, explicit_hash_key.as_ref(), data.len())
-            .1;
+        let hash_key =
+            explicit_hash_key.unwrap_or_else(|| HashKey::from_partition_key(partition_key));
+        self.push_hashed(partition_key, explicit_hash_key, hash_key, data);
+    }
+
+    /// As [`push`](Self::push), with the record's hash key already computed.
+    pub(crate) fn push_hashed(
+        &mut self,
+        partition_key: &str,
+        explicit_hash_key: Option<HashKey>,
+        hash_key: HashKey,
+        data: Bytes,
+    ) {
         if self.first_hash_key.is_none() {
-            self.first_hash_key = Some(
-                explicit_hash_key.unwrap_or_else(|| HashKey::from_partition_key(partition_key)),
-            );
+            self.first_hash_key = Some(hash_key);
         }
-        let partition_key_index = self.partition_keys.insert(partition_key);
-        let explicit_hash_key_index =
-            explicit_hash_key.map(|key| self.explicit_hash_keys.insert(&key.to_string()));
-        self.records.push(proto::Record {
-            partition_key_index: Some(partition_key_index),
+        let (partition_key_index, pk_added) = self.partition_keys.insert(partition_key);
+        let (explicit_hash_key_index, ehk_added) = match explicit_hash_key {
+            Some(key) => {
+                let (i, added) = self.explicit_hash_keys.insert(&key.to_string());
+                (Some(i), added)
+            }
+            None => (None, 0),
+        };
+        let entry = Entry {
+            partition_key_index,
             explicit_hash_key_index,
-            data: Some(data),
-            tags: Vec::new(),
-        });
+            data,
+        };
+        self.message_len += pk_added + ehk_added + delimited_len(entry.message_len());
+        self.records.push(entry);
     }
 
     /// Takes the pending user records as one Kinesis record and leaves the builder empty.
@@ -197,6 +227,17 @@ impl AggregateBuilder {
     /// [`AGGREGATE_PARTITION_KEY`] and, as explicit hash key, the hash key of the first
     /// user record, so the aggregate lands on that record's shard.
     pub fn finish(&mut self) -> Option<EncodedRecord> {
+        self.finish_with_offsets(&mut Vec::new())
+    }
+
+    /// As [`finish`](Self::finish); also fills `offsets` with where each user record's
+    /// data starts in the returned data (in push order), so callers can keep slices of
+    /// the aggregate instead of their own copies.
+    pub(crate) fn finish_with_offsets(
+        &mut self,
+        offsets: &mut Vec<usize>,
+    ) -> Option<EncodedRecord> {
+        offsets.clear();
         let first_hash_key = self.first_hash_key.take()?;
         let message_len = std::mem::take(&mut self.message_len);
         let partition_keys = self.partition_keys.take();
@@ -208,24 +249,37 @@ impl AggregateBuilder {
             let explicit_hash_key = record
                 .explicit_hash_key_index
                 .and_then(|i| explicit_hash_keys.into_iter().nth(i as usize));
+            offsets.push(0);
             return Some(EncodedRecord {
                 partition_key: partition_keys.into_iter().next()?,
                 explicit_hash_key,
-                data: record.data?,
+                data: record.data,
                 user_records: 1,
             });
         }
 
         let user_records = records.len();
-        let message = proto::AggregatedRecord {
-            partition_key_table: partition_keys,
-            explicit_hash_key_table: explicit_hash_keys,
-            records,
-        };
-        debug_assert_eq!(message.encoded_len(), message_len);
         let mut data = BytesMut::with_capacity(MAGIC.len() + message_len + DIGEST_LEN);
         data.put_slice(&MAGIC);
-        message.encode_raw(&mut data);
+        for key in &partition_keys {
+            prost::encoding::string::encode(1, key, &mut data);
+        }
+        for key in &explicit_hash_keys {
+            prost::encoding::string::encode(2, key, &mut data);
+        }
+        for record in &records {
+            encode_key(3, WireType::LengthDelimited, &mut data);
+            encode_varint(record.message_len() as u64, &mut data);
+            prost::encoding::uint64::encode(1, &record.partition_key_index, &mut data);
+            if let Some(index) = &record.explicit_hash_key_index {
+                prost::encoding::uint64::encode(2, index, &mut data);
+            }
+            encode_key(3, WireType::LengthDelimited, &mut data);
+            encode_varint(record.data.len() as u64, &mut data);
+            offsets.push(data.len());
+            data.put_slice(&record.data);
+        }
+        debug_assert_eq!(data.len(), MAGIC.len() + message_len);
         let digest = Md5::digest(&data[MAGIC.len()..]);
         data.put_slice(&digest);
         Some(EncodedRecord {
