@@ -132,6 +132,8 @@ pub struct Verdict {
     pub in_stream: u64,
     /// Ids present more than once in the stream (producer retries: at least once).
     pub producer_duplicates: u64,
+    /// The first few ids present more than once, with where each copy is.
+    pub producer_duplicate_examples: Vec<String>,
     /// Distinct ids delivered.
     pub delivered_distinct: u64,
     /// Deliveries in total.
@@ -199,12 +201,28 @@ pub fn verdict(run: &RunData<'_>) -> Verdict {
 }
 
 fn check_loss(run: &RunData<'_>, verdict: &mut Verdict) {
-    let mut in_stream: HashSet<u64> = HashSet::new();
+    let mut in_stream: HashMap<u64, &StreamRecord> = HashMap::new();
     for record in run.stream {
-        if !in_stream.insert(record.id) {
+        if let Some(first) = in_stream.get(&record.id) {
             verdict.producer_duplicates += 1;
+            if verdict.producer_duplicate_examples.len() < 5 {
+                verdict.producer_duplicate_examples.push(format!(
+                    "id {} (key {}) at {} {}/{} and at {} {}/{}",
+                    record.id,
+                    record.key,
+                    first.shard,
+                    first.sequence_number,
+                    first.sub_sequence_number,
+                    record.shard,
+                    record.sequence_number,
+                    record.sub_sequence_number
+                ));
+            }
+        } else {
+            in_stream.insert(record.id, record);
         }
     }
+    let in_stream: HashSet<u64> = in_stream.into_keys().collect();
     verdict.in_stream = in_stream.len() as u64;
     let delivered: HashSet<u64> = run.deliveries.iter().map(|d| d.id).collect();
     verdict.delivered_distinct = delivered.len() as u64;
@@ -299,6 +317,9 @@ fn check_duplicates(run: &RunData<'_>, verdict: &mut Verdict) {
         else {
             continue;
         };
+        if checkpoint.sequence_number().is_none() && !checkpoint.is_shard_end() {
+            continue; // TRIM_HORIZON, LATEST: nothing processed yet
+        }
         let at = ExtendedSequenceNumber::new(
             delivery.sequence_number.clone(),
             delivery.sub_sequence_number,

@@ -79,6 +79,9 @@ struct Args {
     /// times).
     #[arg(long)]
     pause: Option<f64>,
+    /// Pauses (SIGSTOP .. SIGCONT), each of a different running worker.
+    #[arg(long, default_value_t = 2)]
+    pauses: usize,
     /// Reshards (alternately a split and a merge of two adjacent shards).
     #[arg(long, default_value_t = 4)]
     reshards: usize,
@@ -136,10 +139,13 @@ fn plan(args: &Args, rng: &mut StdRng) -> Vec<(Duration, Action)> {
         let length = args
             .pause
             .unwrap_or(4.0 * args.failover_ms as f64 / 1000.0);
-        plan.push((
-            duration * rng.random_range(0.4..0.5),
-            Action::Pause(Duration::from_secs_f64(length)),
-        ));
+        for i in 0..args.pauses {
+            let (from, to) = (0.3 + 0.5 * i as f64 / args.pauses as f64, 0.3 + 0.5 * (i as f64 + 0.5) / args.pauses as f64);
+            plan.push((
+                duration * rng.random_range(from..to),
+                Action::Pause(Duration::from_secs_f64(length)),
+            ));
+        }
     }
     if enabled("sigterm") {
         plan.push((duration * rng.random_range(0.6..0.7), Action::Terminate));
@@ -664,6 +670,7 @@ async fn run(args: Args) -> Result<bool, Error> {
         "producer_retries": summary["retries"],
         "in_stream_distinct": verdict.in_stream,
         "producer_duplicates": verdict.producer_duplicates,
+        "producer_duplicate_examples": verdict.producer_duplicate_examples,
         "delivered_distinct": verdict.delivered_distinct,
         "deliveries": verdict.deliveries,
         "lost": verdict.lost,
@@ -716,6 +723,40 @@ async fn run(args: Args) -> Result<bool, Error> {
             .collect::<String>(),
     )?;
     std::fs::write(out_dir.join("summary.json"), summary.to_string())?;
+    let lines: String = collected
+        .deliveries
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {:.3} #{} {} {} {} {} {}\n",
+                d.n,
+                d.at.as_secs_f64(),
+                d.worker,
+                d.shard,
+                d.sequence_number,
+                d.sub_sequence_number,
+                d.key,
+                d.id
+            )
+        })
+        .collect();
+    std::fs::write(out_dir.join("deliveries.log"), lines)?;
+    let snapshot_lines: String = snapshots
+        .iter()
+        .flat_map(|s| {
+            s.leases.iter().map(move |l| {
+                format!(
+                    "{:.3} {} {} owner={:?} checkpoint={}\n",
+                    s.at.as_secs_f64(),
+                    s.reason,
+                    l.shard,
+                    l.owner,
+                    l.checkpoint
+                )
+            })
+        })
+        .collect();
+    std::fs::write(out_dir.join("leases.log"), snapshot_lines)?;
     if !verdict.passed() {
         eprintln!(
             "chaos: FAILED; repeat the schedule with: cargo run -p examples --bin chaos -- --seed {} --records {} --duration {} --shards {} --workers {} --failover-ms {} --faults {}",
