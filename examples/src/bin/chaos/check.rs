@@ -99,8 +99,9 @@ pub struct RunData<'a> {
 /// One broken guarantee, with what is needed to look at it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
-    /// Which guarantee: `lost`, `producer-lost`, `duplicate-behind-checkpoint`, `order`,
-    /// `stale-delivery`.
+    /// Which guarantee: `lost`, `producer-failed`, `producer-lost`,
+    /// `duplicate-behind-checkpoint`, `order`, `stale-delivery` (and, from the run itself,
+    /// `not-graceful`, `worker-crashed`, `unparsable-output`).
     pub kind: &'static str,
     /// What happened.
     pub detail: String,
@@ -237,6 +238,16 @@ fn check_loss(run: &RunData<'_>, verdict: &mut Verdict) {
                 r.key, r.shard, r.sequence_number, r.sub_sequence_number
             ),
             None => format!("id {id} never delivered"),
+        });
+    }
+    if run.producer_failed > 0 {
+        // Nothing stands between the producer and Kinesis in a chaos run: every record
+        // should make it within its TTL.
+        verdict.violate("producer-failed", || {
+            format!(
+                "the producer gave up on {} of {} records (see produce.stderr for the first error)",
+                run.producer_failed, run.requested
+            )
         });
     }
     let missing = run
@@ -647,6 +658,7 @@ mod tests {
         assert_eq!(verdict.lost, 1);
         assert_eq!(verdict.violation_counts.get("lost"), Some(&1));
         assert_eq!(verdict.violation_counts.get("producer-lost"), Some(&1));
+        assert_eq!(verdict.violation_counts.get("producer-failed"), Some(&1));
     }
 
     #[test]
