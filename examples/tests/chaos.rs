@@ -12,12 +12,20 @@ use std::process::Command;
 fn chaos(faults: &str, pauses: &str) -> serde_json::Value {
     let seed = std::env::var("CHAOS_SEED").unwrap_or_else(|_| "20261123".into());
     let bins = Path::new(env!("CARGO_BIN_EXE_consume")).parent().unwrap();
-    let out = std::env::temp_dir().join(format!("chaos-test-{faults}-{seed}-{}", std::process::id()));
+    let out =
+        std::env::temp_dir().join(format!("chaos-test-{faults}-{seed}-{}", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_chaos"))
         .args(["--seed", &seed, "--records", "8000", "--duration", "50"])
         .args(["--workers", "3", "--shards", "8", "--failover-ms", "3000"])
         .args(["--kill-min", "5", "--kill-max", "12", "--reshards", "2"])
-        .args(["--pauses", pauses, "--faults", faults, "--drain-timeout", "90"])
+        .args([
+            "--pauses",
+            pauses,
+            "--faults",
+            faults,
+            "--drain-timeout",
+            "90",
+        ])
         .arg("--bin-dir")
         .arg(bins)
         .arg("--out-dir")
@@ -75,6 +83,10 @@ fn kills_and_an_added_worker_lose_nothing() {
 fn the_full_schedule_keeps_every_guarantee() {
     let summary = chaos("kill,pause,sigterm,add,reshard", "2");
     assert_eq!(summary["sigterms"], 1, "{summary}");
-    assert_eq!(summary["graceful_stops"], summary["worker_processes"].as_u64().unwrap() - summary["kills"].as_u64().unwrap(), "{summary}");
+    assert_eq!(
+        summary["graceful_stops"],
+        summary["worker_processes"].as_u64().unwrap() - summary["kills"].as_u64().unwrap(),
+        "{summary}"
+    );
     assert!(summary["pauses"].as_u64().unwrap() >= 1, "{summary}");
 }

@@ -214,10 +214,7 @@ impl State {
     fn pick(&self, target: &str) -> Option<Fault> {
         let now = Instant::now();
         let operation = target.rsplit('.').next().unwrap_or(target).to_owned();
-        *Self::lock(&self.stats)
-            .calls
-            .entry(operation)
-            .or_default() += 1;
+        *Self::lock(&self.stats).calls.entry(operation).or_default() += 1;
         let mut rules = Self::lock(&self.rules);
         let mut rng = Self::lock(&self.rng);
         for armed in rules.iter_mut() {
@@ -399,7 +396,11 @@ fn parse_endpoint(endpoint: &str) -> std::io::Result<SocketAddr> {
     };
     let (host, port) = rest.rsplit_once(':').ok_or_else(invalid)?;
     let port: u16 = port.parse().map_err(|_| invalid())?;
-    let host = if host == "localhost" { "127.0.0.1" } else { host };
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
     format!("{host}:{port}").parse().map_err(|_| invalid())
 }
 
@@ -435,9 +436,7 @@ async fn handle(
             400,
             "ProvisionedThroughputExceededException",
         )),
-        Some(Fault::ThrottlingException) => {
-            Ok(error_response(&target, 400, "ThrottlingException"))
-        }
+        Some(Fault::ThrottlingException) => Ok(error_response(&target, 400, "ThrottlingException")),
         Some(Fault::Status(status)) => {
             let code = match (status, is_dynamodb(&target)) {
                 (503, _) => "ServiceUnavailable",
@@ -544,10 +543,8 @@ mod tests {
     #[test]
     fn windows_and_counts_limit_a_rule() {
         let now = Instant::now();
-        let later = FaultRule::new(Fault::Reset).window(
-            now + Duration::from_secs(5),
-            now + Duration::from_secs(6),
-        );
+        let later = FaultRule::new(Fault::Reset)
+            .window(now + Duration::from_secs(5), now + Duration::from_secs(6));
         assert!(!later.matches("x", now));
         assert!(later.matches("x", now + Duration::from_millis(5500)));
         assert!(!later.matches("x", now + Duration::from_secs(6)));
@@ -569,7 +566,10 @@ mod tests {
             kinesis.headers()[hyper::header::CONTENT_TYPE],
             "application/x-amz-json-1.1"
         );
-        assert_eq!(parse_endpoint("http://localhost:4567").ok(), "127.0.0.1:4567".parse().ok());
+        assert_eq!(
+            parse_endpoint("http://localhost:4567").ok(),
+            "127.0.0.1:4567".parse().ok()
+        );
         assert!(parse_endpoint("http://nowhere").is_err());
     }
 }

@@ -85,7 +85,11 @@ async fn partition_keys_are_counted_in_unicode_characters() -> TestResult {
         .await?
         .await?;
     assert!(stored.attempts.iter().all(|a| a.error.is_none()));
-    assert_eq!(producer.outstanding().records, 0, "nothing refused was counted");
+    assert_eq!(
+        producer.outstanding().records,
+        0,
+        "nothing refused was counted"
+    );
     producer.shutdown().await;
     Ok(())
 }
@@ -119,7 +123,11 @@ async fn a_record_kinesis_refuses_as_invalid_fails_at_once() -> TestResult {
     let started = std::time::Instant::now();
     let outcome = producer.send(Record::new("k", "v")).await?.await;
     producer.shutdown().await;
-    let attempts = outcome.err().ok_or("the record cannot succeed")?.attempts().len();
+    let attempts = outcome
+        .err()
+        .ok_or("the record cannot succeed")?
+        .attempts()
+        .len();
     assert_eq!(attempts, 1, "retried {attempts} times");
     assert!(started.elapsed() < Duration::from_secs(5));
     Ok(())
@@ -340,7 +348,11 @@ async fn missing_permissions_are_typed_errors() -> TestResult {
 
     // Producer: kinesis:ListShards denied.
     let rule = kinesis_proxy.add(denied("ListShards"));
-    match Producer::builder(through.clone()).stream(&stream).build().await {
+    match Producer::builder(through.clone())
+        .stream(&stream)
+        .build()
+        .await
+    {
         Err(BuildError::ShardMap(e)) => {
             assert!(e.is_permanent(), "{e}");
             assert!(
@@ -403,9 +415,10 @@ async fn missing_permissions_are_typed_errors() -> TestResult {
     Ok(())
 }
 
-fn lease_table(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> TestResult<
-    aws_sdk_dynamodb::operation::create_table::builders::CreateTableFluentBuilder,
-> {
+fn lease_table(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> TestResult<aws_sdk_dynamodb::operation::create_table::builders::CreateTableFluentBuilder> {
     Ok(dynamodb
         .create_table()
         .table_name(table)
@@ -485,7 +498,10 @@ async fn lease_attributes_of_a_future_kcl_are_kept_untouched() -> TestResult {
 
     let extra: HashMap<String, AttributeValue> = HashMap::from([
         ("throughputKBps".into(), AttributeValue::N("12.5".into())),
-        ("checkpointOwner".into(), AttributeValue::S("kcl3-worker".into())),
+        (
+            "checkpointOwner".into(),
+            AttributeValue::S("kcl3-worker".into()),
+        ),
         (
             "futureSettings".into(),
             AttributeValue::M(HashMap::from([(
@@ -498,7 +514,10 @@ async fn lease_attributes_of_a_future_kcl_are_kept_untouched() -> TestResult {
         .await?
         .pop()
         .ok_or("one lease expected")?;
-    let key = HashMap::from([("leaseKey".to_owned(), AttributeValue::S(lease.lease_key.clone()))]);
+    let key = HashMap::from([(
+        "leaseKey".to_owned(),
+        AttributeValue::S(lease.lease_key.clone()),
+    )]);
     for (name, value) in &extra {
         dynamodb
             .update_item()
@@ -541,7 +560,10 @@ async fn lease_attributes_of_a_future_kcl_are_kept_untouched() -> TestResult {
         assert_eq!(item.get(name), Some(value), "{name}");
     }
     let after = leases(&config, &app).await?;
-    assert!(after[0].lease_counter > lease.lease_counter, "it was written to");
+    assert!(
+        after[0].lease_counter > lease.lease_counter,
+        "it was written to"
+    );
     assert_ne!(after[0].checkpoint, lease.checkpoint, "it was checkpointed");
     Ok(())
 }
@@ -609,9 +631,11 @@ async fn a_malformed_lease_item_does_not_stop_the_other_shards() -> TestResult {
         Behaviour::default(),
     )
     .await?;
-    let delivered = wait_for("records despite the bad item", Duration::from_secs(20), || async {
-        Ok((log.distinct_payloads() >= records.len()).then_some(()))
-    })
+    let delivered = wait_for(
+        "records despite the bad item",
+        Duration::from_secs(20),
+        || async { Ok((log.distinct_payloads() >= records.len()).then_some(())) },
+    )
     .await;
     worker.stop().await?;
     delivered
@@ -626,7 +650,10 @@ async fn a_stale_owners_checkpoint_is_refused() -> TestResult {
     let config = sdk_config().await?;
     let table = table_with(&config, Vec::new()).await?;
     let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&config), &table);
-    let lease = Lease::new("shardId-000000000000", ExtendedSequenceNumber::trim_horizon());
+    let lease = Lease::new(
+        "shardId-000000000000",
+        ExtendedSequenceNumber::trim_horizon(),
+    );
     assert!(store.create_lease_if_absent(&lease).await?);
     let held_by_a = store.take_lease(&lease, "a").await?;
     let held_by_b = store.take_lease(&held_by_a, "b").await?;
@@ -640,7 +667,10 @@ async fn a_stale_owners_checkpoint_is_refused() -> TestResult {
         Err(LeaseStoreError::ConditionFailed(key)) => assert_eq!(key, lease.lease_key),
         other => panic!("expected ConditionFailed, got {other:?}"),
     }
-    let stored = store.get_lease(&lease.lease_key).await?.ok_or("lease gone")?;
+    let stored = store
+        .get_lease(&lease.lease_key)
+        .await?
+        .ok_or("lease gone")?;
     assert_eq!(stored.checkpoint, ExtendedSequenceNumber::new("200", 0));
     assert_eq!(stored.lease_owner.as_deref(), Some("b"));
     Ok(())

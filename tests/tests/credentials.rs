@@ -91,9 +91,16 @@ async fn no_credential_is_ever_logged_at_trace_level() -> TestResult {
     let text = captured.text();
     // The capture really saw the SDK at work, signing included.
     for expected in ["PutRecords", "GetRecords", "UpdateItem", ACCESS_KEY_ID] {
-        assert!(text.contains(expected), "{expected} not in the trace output");
+        assert!(
+            text.contains(expected),
+            "{expected} not in the trace output"
+        );
     }
-    assert!(text.len() > 100_000, "only {} bytes of trace output", text.len());
+    assert!(
+        text.len() > 100_000,
+        "only {} bytes of trace output",
+        text.len()
+    );
     for secret in [SECRET, SESSION_TOKEN] {
         if let Some(at) = text.find(secret) {
             let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);

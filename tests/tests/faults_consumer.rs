@@ -12,8 +12,8 @@ use bytes::Bytes;
 use integration_tests::kcl::{fast_builder, keyed_records, leases, put_records};
 use integration_tests::{create_stream, sdk_config, unique_name, wait_for, TestResult};
 use kinesis_consumer::{
-    ExtendedSequenceNumber, InitializeInput, LeaseLostInput, ProcessRecordsInput,
-    RecordProcessor, SchedulerBuilder, SchedulerError, ShardEndedInput, ShutdownRequestedInput,
+    ExtendedSequenceNumber, InitializeInput, LeaseLostInput, ProcessRecordsInput, RecordProcessor,
+    SchedulerBuilder, SchedulerError, ShardEndedInput, ShutdownRequestedInput,
 };
 use kinesis_emulator::fault_proxy::{Fault, FaultProxy, FaultRule};
 use kinesis_emulator::{Emulator, EmulatorProcess};
@@ -281,7 +281,10 @@ fn assert_one_owner_at_a_time(timeline: &Timeline) {
             }
             Entry::Ended { worker, shard } => {
                 // The owner stopped: nobody may deliver the shard until someone takes it.
-                if owner.get(&shard).is_some_and(|(current, _)| *current == worker) {
+                if owner
+                    .get(&shard)
+                    .is_some_and(|(current, _)| *current == worker)
+                {
                     owner.insert(shard, (String::new(), Instant::now()));
                 }
             }
@@ -312,13 +315,17 @@ async fn scenario(name: &str, shards: i32) -> TestResult<Scenario> {
 }
 
 async fn wait_delivered(timeline: &Timeline, records: &[(String, Bytes)], secs: u64) -> TestResult {
-    wait_for("every record delivered", Duration::from_secs(secs), || async {
-        let delivered = timeline.delivered();
-        Ok(records
-            .iter()
-            .all(|(_, data)| delivered.contains(data))
-            .then_some(()))
-    })
+    wait_for(
+        "every record delivered",
+        Duration::from_secs(secs),
+        || async {
+            let delivered = timeline.delivered();
+            Ok(records
+                .iter()
+                .all(|(_, data)| delivered.contains(data))
+                .then_some(()))
+        },
+    )
     .await
 }
 
@@ -498,8 +505,8 @@ async fn failing_lease_scans_lose_nothing() -> TestResult {
 /// lease. From then on the stalled owner must not deliver that shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs issue 9: a worker whose lease renewal hangs keeps delivering after its failover time (no lease deadline), while another worker owns the shard"]
-async fn a_worker_whose_lease_table_stalls_stops_delivering_before_another_takes_over(
-) -> TestResult {
+async fn a_worker_whose_lease_table_stalls_stops_delivering_before_another_takes_over() -> TestResult
+{
     let s = scenario("fault-lease-stall", 1).await?;
     let proxy = FaultProxy::start(&upstream("dynamodb").await?, 5).await?;
     let records = keyed_records("stall", 40, 4);
@@ -533,9 +540,11 @@ async fn a_worker_whose_lease_table_stalls_stops_delivering_before_another_takes
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     wait_delivered(&s.timeline, &all, 60).await?;
-    let took_over = s.timeline.entries().iter().any(|e| {
-        matches!(e, Entry::Initialized { worker, .. } if worker == "healthy")
-    });
+    let took_over = s
+        .timeline
+        .entries()
+        .iter()
+        .any(|e| matches!(e, Entry::Initialized { worker, .. } if worker == "healthy"));
     assert!(took_over, "the healthy worker took the expired lease");
     healthy.stop().await?;
     stalled.stop().await?;

@@ -192,7 +192,12 @@ async fn internal_failures_lose_nothing() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unavailable_service_loses_nothing() -> TestResult {
-    survives("fault-put-503", Fault::Status(503), Some("ServiceUnavailable")).await
+    survives(
+        "fault-put-503",
+        Fault::Status(503),
+        Some("ServiceUnavailable"),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,8 +36,15 @@ fn a_legitimate_aggregate_unpacks_proportionately() {
     let input = amplifying_aggregate(256, 4_000);
     let out = deaggregate("a", None, input.clone());
     assert_eq!(out.len(), 4_000);
-    let unpacked: usize = out.iter().map(|u| u.partition_key.len() + u.data.len()).sum();
-    assert!(unpacked <= 64 * input.len(), "{unpacked} bytes from {}", input.len());
+    let unpacked: usize = out
+        .iter()
+        .map(|u| u.partition_key.len() + u.data.len())
+        .sum();
+    assert!(
+        unpacked <= 64 * input.len(),
+        "{unpacked} bytes from {}",
+        input.len()
+    );
 }
 
 /// A 16 KiB partition key referenced 4,000 times: 40 KiB of record, 64 MiB of user
@@ -48,7 +55,10 @@ fn a_legitimate_aggregate_unpacks_proportionately() {
 fn a_crafted_aggregate_cannot_unpack_quadratically() {
     let input = amplifying_aggregate(16 * 1024, 4_000);
     let out = deaggregate("a", None, input.clone());
-    let unpacked: usize = out.iter().map(|u| u.partition_key.len() + u.data.len()).sum();
+    let unpacked: usize = out
+        .iter()
+        .map(|u| u.partition_key.len() + u.data.len())
+        .sum();
     assert!(
         unpacked <= 64 * input.len(),
         "{unpacked} bytes unpacked from a {}-byte record",

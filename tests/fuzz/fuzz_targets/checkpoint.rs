@@ -38,8 +38,8 @@ fuzz_target!(|input: Input| {
         if let Some(position) = position {
             assert_eq!(position.as_str(), text.as_str(), "round trip");
         } else {
-            let sentinel = ["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP", "SHARD_END"]
-                .contains(&text.as_str());
+            let sentinel =
+                ["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP", "SHARD_END"].contains(&text.as_str());
             let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
             assert!(!sentinel && !digits, "{text:?} refused");
         }

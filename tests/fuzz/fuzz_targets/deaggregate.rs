@@ -81,10 +81,11 @@ fuzz_target!(|input: Input| {
         } => {
             let well_formed = !records.is_empty()
                 && records.iter().all(|r| {
-                    r.partition_key_index
-                        .is_some_and(|i| (i as usize) < partition_keys.len() && i < usize::MAX as u64)
-                        && r.explicit_hash_key_index
-                            .is_none_or(|i| (i as usize) < explicit_hash_keys.len())
+                    r.partition_key_index.is_some_and(|i| {
+                        (i as usize) < partition_keys.len() && i < usize::MAX as u64
+                    }) && r
+                        .explicit_hash_key_index
+                        .is_none_or(|i| (i as usize) < explicit_hash_keys.len())
                         && r.data.is_some()
                         && r.tags.iter().all(|t| t.0.is_some())
                 });
@@ -109,7 +110,10 @@ fuzz_target!(|input: Input| {
                     .collect(),
             };
             let out = check(frame(&message.encode_to_vec()));
-            assert_eq!(out[0].aggregated, well_formed, "well-formed aggregates decode");
+            assert_eq!(
+                out[0].aggregated, well_formed,
+                "well-formed aggregates decode"
+            );
             if well_formed {
                 assert_eq!(out.len(), records.len());
                 for (user, record) in out.iter().zip(&records) {

@@ -77,11 +77,9 @@ impl Value {
             Value::Bool(b) => AttributeValue::Bool(*b),
             Value::Null(b) => AttributeValue::Null(*b),
             Value::L(v) => AttributeValue::L(v.iter().map(Value::attribute).collect()),
-            Value::M(v) => AttributeValue::M(
-                v.iter()
-                    .map(|(k, v)| (k.clone(), v.attribute()))
-                    .collect(),
-            ),
+            Value::M(v) => {
+                AttributeValue::M(v.iter().map(|(k, v)| (k.clone(), v.attribute())).collect())
+            }
         }
     }
 }

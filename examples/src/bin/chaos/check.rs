@@ -385,17 +385,18 @@ fn check_order(run: &RunData<'_>, verdict: &mut Verdict) {
             .collect();
         let got: Vec<u64> = first
             .get(*key)
-            .map(|ids| ids.iter().copied().filter(|id| placed.contains(id)).collect())
+            .map(|ids| {
+                ids.iter()
+                    .copied()
+                    .filter(|id| placed.contains(id))
+                    .collect()
+            })
             .unwrap_or_default();
         if want == got {
             continue;
         }
         verdict.keys_out_of_order += 1;
-        let at = want
-            .iter()
-            .zip(&got)
-            .position(|(a, b)| a != b)
-            .unwrap_or(0);
+        let at = want.iter().zip(&got).position(|(a, b)| a != b).unwrap_or(0);
         let describe = |id: u64| match first_at.get(&id) {
             Some(d) => format!(
                 "id {id} ({} {}/{}, worker #{} at {:.3}s)",
@@ -428,10 +429,12 @@ struct Episode<'a> {
 
 /// The owner of `shard` in the first snapshot taken after `at`, if any snapshot was.
 fn owner_after(snapshots: &[Snapshot], shard: &str, at: Duration) -> Option<Option<usize>> {
-    snapshots
-        .iter()
-        .find(|s| s.at > at)
-        .map(|s| s.leases.iter().find(|l| l.shard == shard).and_then(|l| l.owner))
+    snapshots.iter().find(|s| s.at > at).map(|s| {
+        s.leases
+            .iter()
+            .find(|l| l.shard == shard)
+            .and_then(|l| l.owner)
+    })
 }
 
 /// Stretches where a worker delivered a shard after another worker had started
@@ -485,9 +488,7 @@ fn stale_episodes<'a>(run: &'a RunData<'a>) -> Vec<Episode<'a>> {
     // worker's previous delivery.
     for episode in &mut episodes {
         if let Some(first) = run.deliveries.iter().find(|d| {
-            d.shard == episode.shard
-                && d.worker == episode.new_worker
-                && d.n > episode.previous.n
+            d.shard == episode.shard && d.worker == episode.new_worker && d.n > episode.previous.n
         }) {
             episode.new_first = first;
         }
@@ -508,9 +509,8 @@ fn check_stale_deliveries(run: &RunData<'_>, verdict: &mut Verdict) {
         // A SIGSTOP that landed while the worker was writing a batch of this shard: the
         // rest of that batch comes after SIGCONT and is allowed; it cannot be told apart
         // from a next batch, so such a pause proves nothing either way.
-        let mid_batch = pause.is_some_and(|p| {
-            p.stopped_at.saturating_sub(episode.previous.at) < MID_BATCH
-        });
+        let mid_batch =
+            pause.is_some_and(|p| p.stopped_at.saturating_sub(episode.previous.at) < MID_BATCH);
         verdict.overlaps.push(Overlap {
             shard: episode.shard.to_owned(),
             stale_worker: episode.stale_worker,
@@ -633,7 +633,10 @@ mod tests {
         d.add(5000, 1, &stream[1])
             .add(5001, 1, &stream[2])
             .add(5002, 1, &stream[3]);
-        let snapshots = [snapshot(200, "s0", Some(0), 10), snapshot(4000, "s0", None, 10)];
+        let snapshots = [
+            snapshot(200, "s0", Some(0), 10),
+            snapshot(4000, "s0", None, 10),
+        ];
         let verdict = run(&stream, &d.0, &snapshots, &[]);
         assert!(verdict.passed(), "{:?}", verdict.violations);
         assert_eq!(verdict.consumer_duplicates, 1);
@@ -667,7 +670,9 @@ mod tests {
         let mut d = Deliveries(Vec::new());
         d.add(100, 0, &stream[0]).add(110, 0, &stream[1]);
         // Worker 0 checkpointed 11, yet worker 1 starts at 10.
-        d.add(5000, 1, &stream[0]).add(5001, 1, &stream[1]).add(5002, 1, &stream[2]);
+        d.add(5000, 1, &stream[0])
+            .add(5001, 1, &stream[1])
+            .add(5002, 1, &stream[2]);
         let snapshots = [snapshot(300, "s0", Some(0), 11)];
         let verdict = run(&stream, &d.0, &snapshots, &[]);
         assert_eq!(
@@ -685,13 +690,17 @@ mod tests {
         ];
         let mut d = Deliveries(Vec::new());
         // The child's record of key k is delivered before the parent's.
-        d.add(1, 0, &stream[2]).add(2, 1, &stream[0]).add(3, 1, &stream[1]);
+        d.add(1, 0, &stream[2])
+            .add(2, 1, &stream[0])
+            .add(3, 1, &stream[1]);
         let verdict = run(&stream, &d.0, &[], &[]);
         assert_eq!(verdict.keys_out_of_order, 1);
         assert_eq!(verdict.violation_counts.get("order"), Some(&1));
         // Redelivering an earlier record later is not an order violation.
         let mut d = Deliveries(Vec::new());
-        d.add(1, 0, &stream[0]).add(2, 0, &stream[2]).add(3, 1, &stream[0]);
+        d.add(1, 0, &stream[0])
+            .add(2, 0, &stream[2])
+            .add(3, 1, &stream[0]);
         d.add(4, 1, &stream[1]);
         assert!(run(&stream, &d.0, &[], &[]).passed());
     }
@@ -705,7 +714,9 @@ mod tests {
         d.add(8000, 1, &stream[1]).add(8001, 1, &stream[2]);
         // Worker 0 resumes and delivers a prefetched batch.
         d.add(14_010, 0, &stream[1]).add(14_011, 0, &stream[2]);
-        d.add(15_000, 1, &stream[3]).add(15_001, 1, &stream[4]).add(15_002, 1, &stream[5]);
+        d.add(15_000, 1, &stream[3])
+            .add(15_001, 1, &stream[4])
+            .add(15_002, 1, &stream[5]);
         let snapshots = [
             snapshot(500, "s0", Some(0), 10),
             snapshot(9000, "s0", Some(1), 11),
@@ -722,7 +733,10 @@ mod tests {
         assert!(verdict.overlaps[0].paused);
         assert_eq!(verdict.overlaps[0].stale_deliveries, 2);
         // Not counted again as duplicates behind a checkpoint.
-        assert_eq!(verdict.violation_counts.get("duplicate-behind-checkpoint"), None);
+        assert_eq!(
+            verdict.violation_counts.get("duplicate-behind-checkpoint"),
+            None
+        );
 
         // A stop that landed mid-batch is inconclusive, not a violation.
         let pauses = [Pause {
@@ -740,16 +754,23 @@ mod tests {
         let stream: Vec<_> = (0..4).map(|i| record("s0", 10 + i, "k", i)).collect();
         // Worker 0 delivers, worker 1 steals, worker 0 finishes its batch 500 ms later.
         let mut d = Deliveries(Vec::new());
-        d.add(100, 0, &stream[0]).add(1000, 1, &stream[1]).add(1500, 0, &stream[1]);
+        d.add(100, 0, &stream[0])
+            .add(1000, 1, &stream[1])
+            .add(1500, 0, &stream[1]);
         d.add(2000, 1, &stream[2]).add(2001, 1, &stream[3]);
-        let snapshots = [snapshot(1200, "s0", Some(1), 10), snapshot(1700, "s0", Some(1), 11)];
+        let snapshots = [
+            snapshot(1200, "s0", Some(1), 10),
+            snapshot(1700, "s0", Some(1), 11),
+        ];
         let verdict = run(&stream, &d.0, &snapshots, &[]);
         assert!(verdict.passed(), "{:?}", verdict.violations);
         assert_eq!(verdict.overlaps.len(), 1);
 
         // The table shows worker 0 owning it again after: a legitimate retake.
         let mut d = Deliveries(Vec::new());
-        d.add(100, 0, &stream[0]).add(1000, 1, &stream[1]).add(9000, 0, &stream[2]);
+        d.add(100, 0, &stream[0])
+            .add(1000, 1, &stream[1])
+            .add(9000, 0, &stream[2]);
         d.add(9001, 0, &stream[3]);
         let snapshots = [snapshot(9500, "s0", Some(0), 12)];
         let verdict = run(&stream, &d.0, &snapshots, &[]);

@@ -117,7 +117,13 @@ impl Fleet {
         let mut command = Command::new(&self.config.consume);
         command
             .args(["--stream", &self.config.stream, "--app", &self.config.app])
-            .args(["--worker-id", &id, "--polling", "--initial-position", "trim-horizon"])
+            .args([
+                "--worker-id",
+                &id,
+                "--polling",
+                "--initial-position",
+                "trim-horizon",
+            ])
             .args([
                 "--failover-ms",
                 &self.config.failover.as_millis().to_string(),

@@ -86,7 +86,11 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     reshards: usize,
     /// Faults to inject, comma-separated, among kill, pause, sigterm, add, reshard.
-    #[arg(long, value_delimiter = ',', default_value = "kill,pause,sigterm,add,reshard")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kill,pause,sigterm,add,reshard"
+    )]
     faults: Vec<String>,
     /// Give up waiting for the workers to catch up this many seconds after the producer
     /// finished.
@@ -118,7 +122,10 @@ fn plan(args: &Args, rng: &mut StdRng) -> Vec<(Duration, Action)> {
     let enabled = |fault: &str| args.faults.iter().any(|f| f == fault);
     let mut plan = Vec::new();
     if enabled("kill") {
-        let (min, max) = (args.kill_min.max(0.5), args.kill_max.max(args.kill_min.max(0.5)));
+        let (min, max) = (
+            args.kill_min.max(0.5),
+            args.kill_max.max(args.kill_min.max(0.5)),
+        );
         let mut at = rng.random_range(min..=max);
         while at < duration {
             plan.push((at, Action::Kill));
@@ -129,18 +136,26 @@ fn plan(args: &Args, rng: &mut StdRng) -> Vec<(Duration, Action)> {
         let step = duration * 0.7 / args.reshards as f64;
         for i in 0..args.reshards {
             let at = duration * 0.1 + step * (i as f64 + rng.random_range(0.0..0.5));
-            plan.push((at, if i % 2 == 0 { Action::Split } else { Action::Merge }));
+            plan.push((
+                at,
+                if i % 2 == 0 {
+                    Action::Split
+                } else {
+                    Action::Merge
+                },
+            ));
         }
     }
     if enabled("add") {
         plan.push((duration * rng.random_range(0.2..0.3), Action::AddWorker));
     }
     if enabled("pause") {
-        let length = args
-            .pause
-            .unwrap_or(4.0 * args.failover_ms as f64 / 1000.0);
+        let length = args.pause.unwrap_or(4.0 * args.failover_ms as f64 / 1000.0);
         for i in 0..args.pauses {
-            let (from, to) = (0.3 + 0.5 * i as f64 / args.pauses as f64, 0.3 + 0.5 * (i as f64 + 0.5) / args.pauses as f64);
+            let (from, to) = (
+                0.3 + 0.5 * i as f64 / args.pauses as f64,
+                0.3 + 0.5 * (i as f64 + 0.5) / args.pauses as f64,
+            );
             plan.push((
                 duration * rng.random_range(from..to),
                 Action::Pause(Duration::from_secs_f64(length)),
@@ -238,7 +253,11 @@ impl Run {
         Some(running[self.rng.random_range(0..running.len())])
     }
 
-    async fn act(&mut self, action: Action, plan: &mut Vec<(Duration, Action)>) -> Result<(), Error> {
+    async fn act(
+        &mut self,
+        action: Action,
+        plan: &mut Vec<(Duration, Action)>,
+    ) -> Result<(), Error> {
         match action {
             Action::Kill => {
                 if self.fleet.running().len() < 2 {
@@ -440,7 +459,10 @@ fn bin_dir(args: &Args) -> Result<PathBuf, Error> {
         return Ok(dir.clone());
     }
     let exe = std::env::current_exe()?;
-    Ok(exe.parent().ok_or("no folder for this program")?.to_path_buf())
+    Ok(exe
+        .parent()
+        .ok_or("no folder for this program")?
+        .to_path_buf())
 }
 
 async fn run(args: Args) -> Result<bool, Error> {
@@ -532,8 +554,18 @@ async fn run(args: Args) -> Result<bool, Error> {
     run.count("workers_started");
 
     let mut producer = Command::new(&produce)
-        .args(["--stream", &stream, "--records", &run.args.records.to_string()])
-        .args(["--keys", &run.args.keys.to_string(), "--size", &run.args.size.to_string()])
+        .args([
+            "--stream",
+            &stream,
+            "--records",
+            &run.args.records.to_string(),
+        ])
+        .args([
+            "--keys",
+            &run.args.keys.to_string(),
+            "--size",
+            &run.args.size.to_string(),
+        ])
         .args(["--rate", &rate.to_string()])
         .envs(env.iter().cloned())
         .stdin(Stdio::null())
@@ -572,13 +604,16 @@ async fn run(args: Args) -> Result<bool, Error> {
                 detail: format!("worker #{index} exited by itself: {status}"),
             });
             let replacement = run.fleet.spawn()?;
-            run.log(format!("worker #{index} exited by itself ({status}); restarted as #{replacement}"));
+            run.log(format!(
+                "worker #{index} exited by itself ({status}); restarted as #{replacement}"
+            ));
         }
     }
     // Every pause ends; the fleet is back to its starting size.
     for pause in run.pauses.clone() {
         if pause.resumed_at == Duration::MAX {
-            run.act(Action::Resume(pause.worker), &mut Vec::new()).await?;
+            run.act(Action::Resume(pause.worker), &mut Vec::new())
+                .await?;
         }
     }
     while run.fleet.running().len() < run.args.workers {
@@ -647,8 +682,10 @@ async fn run(args: Args) -> Result<bool, Error> {
         verdict.violations.push(violation);
     }
     if !collected.unparsable.is_empty() {
-        *verdict.violation_counts.entry("unparsable-output").or_default() +=
-            collected.unparsable.len() as u64;
+        *verdict
+            .violation_counts
+            .entry("unparsable-output")
+            .or_default() += collected.unparsable.len() as u64;
         verdict.violations.push(Violation {
             kind: "unparsable-output",
             detail: format!("first: {:?}", collected.unparsable[0]),
@@ -807,7 +844,9 @@ mod tests {
         assert_eq!(a, b);
         let kills = a.iter().filter(|(_, x)| *x == Action::Kill).count();
         assert!((7..=24).contains(&kills), "{kills} kills in 120 s");
-        assert!(a.iter().any(|(_, x)| matches!(x, Action::Pause(d) if *d == Duration::from_secs(12))));
+        assert!(a
+            .iter()
+            .any(|(_, x)| matches!(x, Action::Pause(d) if *d == Duration::from_secs(12))));
         assert_eq!(a.iter().filter(|(_, x)| *x == Action::Split).count(), 2);
         assert_eq!(a.iter().filter(|(_, x)| *x == Action::Merge).count(), 2);
         assert!(a.windows(2).all(|w| w[0].0 <= w[1].0));
