@@ -98,7 +98,7 @@ impl RecordProcessor for TimedProcessor {
             });
         }
         self.batches += 1;
-        if self.batches % self.checkpoint_every == 0 {
+        if self.batches.is_multiple_of(self.checkpoint_every) {
             let _ = input.checkpointer.checkpoint().await;
         }
     }

@@ -184,7 +184,6 @@ struct Run {
     args: Args,
     seed: u64,
     started: Instant,
-    config: aws_config::SdkConfig,
     kinesis: aws_sdk_kinesis::Client,
     stream: String,
     store: DynamoDbLeaseStore,
@@ -535,7 +534,6 @@ async fn run(args: Args) -> Result<bool, Error> {
     let mut run = Run {
         seed,
         started,
-        config,
         kinesis,
         stream: stream.clone(),
         store,
@@ -807,7 +805,6 @@ async fn run(args: Args) -> Result<bool, Error> {
         );
     }
     println!("{summary}");
-    let _ = &run.config;
     drop(run);
     drop(emulator);
     Ok(verdict.passed())
