@@ -189,9 +189,8 @@ pub struct ProxyStats {
     /// Faults injected, per kind (`throttle`, `status`, `error`, `stall`, `delay`,
     /// `drop-response`, `reset`, ...).
     pub injected: HashMap<&'static str, u64>,
-    /// Connections refused while [`FaultProxy::refuse_connections`] was in force are not
-    /// counted here (the operating system refuses them); this counts connections that
-    /// were open and were cut when refusing began.
+    /// Open connections cut by [`FaultProxy::refuse_connections`] (connections refused
+    /// afterwards are refused by the operating system and not counted).
     pub connections_cut: u64,
 }
 
@@ -541,7 +540,7 @@ mod tests {
     }
 
     #[test]
-    fn windows_and_counts_limit_a_rule() {
+    fn windows_limit_a_rule() {
         let now = Instant::now();
         let later = FaultRule::new(Fault::Reset)
             .window(now + Duration::from_secs(5), now + Duration::from_secs(6));
