@@ -161,7 +161,10 @@ async fn survives(name: &str, fault: Fault, code: Option<&str>) -> TestResult {
     let outcomes = send_in_bursts(&setup.producer, 300, |_| None).await?;
     setup.producer.shutdown().await;
     let injected = setup.proxy.injected(rule);
-    assert!((1..=6).contains(&injected), "{injected} faults injected (at most 6)");
+    assert!(
+        (1..=6).contains(&injected),
+        "{injected} faults injected (at most 6)"
+    );
     let failed = assert_nothing_lost(&setup, &outcomes).await?;
     let reported: usize = failed.values().sum();
     assert!(
