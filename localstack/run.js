@@ -1,7 +1,8 @@
 // Runs one local emulator in the foreground, bound to 127.0.0.1:
 //
 //   node localstack/run.js kinesis  PORT [TLS_PORT]   kinesis-mock (npm kinesis-local), plain HTTP on PORT
-//   node localstack/run.js dynamodb PORT              dynalite, HTTP on PORT
+//   node localstack/run.js dynamodb PORT [DATA_DIR]   dynalite, HTTP on PORT (in memory, or
+//                                                     persisted in DATA_DIR across restarts)
 //
 // Used by localstack/start and by the kinesis-emulator crate, so both start the emulators
 // the same way. Expects `npm ci` to have run in this folder.
@@ -35,9 +36,9 @@ if (parent > 0) {
   }, 500).unref();
 }
 
-const [service, port, tlsPort] = process.argv.slice(2);
+const [service, port, third] = process.argv.slice(2);
 if (!/^\d+$/.test(port || '')) {
-  console.error('usage: node run.js kinesis|dynamodb PORT [TLS_PORT]');
+  console.error('usage: node run.js kinesis PORT [TLS_PORT] | dynamodb PORT [DATA_DIR]');
   process.exit(2);
 }
 const modules = path.join(__dirname, 'node_modules');
@@ -61,13 +62,15 @@ if (service === 'kinesis') {
     if (!process.env[k]) process.env[k] = v;
   }
   process.env.KINESIS_MOCK_PLAIN_PORT = port;
-  process.env.KINESIS_MOCK_TLS_PORT = tlsPort || String(Number(port) + 1);
+  process.env.KINESIS_MOCK_TLS_PORT = third || String(Number(port) + 1);
   process.env.KINESIS_MOCK_CERT_PATH = path.join(pkg, 'server.json');
   process.chdir(pkg);
   require(path.join(pkg, 'main.js'));
 } else if (service === 'dynamodb') {
   const dynalite = require(path.join(modules, 'dynalite'));
-  const server = dynalite({ createTableMs: 50, deleteTableMs: 50, updateTableMs: 50 });
+  const options = { createTableMs: 50, deleteTableMs: 50, updateTableMs: 50 };
+  if (third) options.path = third; // LevelDB folder: tables and items survive a restart
+  const server = dynalite(options);
   server.listen(Number(port), '127.0.0.1', () => {
     console.log(`dynalite listening on http://127.0.0.1:${port}`);
   });

@@ -24,6 +24,7 @@
 //! # let _ = kinesis; Ok(()) }
 //! ```
 
+pub mod fault_proxy;
 mod install;
 mod process;
 mod service_config;

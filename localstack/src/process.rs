@@ -33,7 +33,7 @@ impl EmulatorProcess {
     ) -> Result<Self, EmulatorError> {
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
-            let mut process = Self::spawn(service)?;
+            let mut process = Self::spawn(service, free_port()?, None)?;
             match process.wait_until_answering(timeout).await {
                 Ok(()) => return Ok(process),
                 Err(e) => last_error = Some(e),
@@ -42,8 +42,43 @@ impl EmulatorProcess {
         Err(last_error.unwrap_or_else(|| unreachable_error(service)))
     }
 
-    fn spawn(service: &'static str) -> Result<Self, EmulatorError> {
-        let port = free_port()?;
+    /// Starts dynalite persisting its tables in `data_dir` (created if missing), on
+    /// `port` or a free one, and waits until it answers. Stopping it and starting it
+    /// again on the same port and folder is a DynamoDB restart that keeps every item.
+    pub async fn start_dynamodb_persistent(
+        data_dir: &std::path::Path,
+        port: Option<u16>,
+    ) -> Result<Self, EmulatorError> {
+        crate::install::ensure_installed().await?;
+        std::fs::create_dir_all(data_dir).map_err(EmulatorError::io(format!(
+            "creating {}",
+            data_dir.display()
+        )))?;
+        let port = match port {
+            Some(port) => port,
+            None => free_port()?,
+        };
+        let mut process = Self::spawn("dynamodb", port, Some(data_dir))?;
+        process.wait_until_answering(super::START_TIMEOUT).await?;
+        Ok(process)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the emulator (SIGKILL) and waits until it is gone: a crash, not a shutdown.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn spawn(
+        service: &'static str,
+        port: u16,
+        data_dir: Option<&std::path::Path>,
+    ) -> Result<Self, EmulatorError> {
         let dir = emulator_dir();
         let log_path = std::env::temp_dir().join(format!(
             "kinesis-emulator-{}-{}-{}.log",
@@ -72,6 +107,8 @@ impl EmulatorProcess {
             .stderr(log_err);
         if service == "kinesis" {
             command.arg(free_port()?.to_string());
+        } else if let Some(data_dir) = data_dir {
+            command.arg(data_dir);
         }
         let child = command.spawn().map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => EmulatorError::NodeNotFound,

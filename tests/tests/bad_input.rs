@@ -1,0 +1,677 @@
+//! The bad-input table of `docs/bad-input.md`: each invalid input gets its exact typed
+//! error, against the emulators (and the fault proxy where only a real account would
+//! answer, as for a missing permission). Tests marked `#[ignore = "finding: ..."]` state
+//! the behaviour the table asks for and fail today; the table lists them as findings.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use integration_tests::kcl::{
+    fast_builder, keyed_records, leases, put_records, start_worker, Behaviour, Log,
+};
+use integration_tests::{
+    create_stream, sdk_config, unique_name, wait_for, wait_table_active, TestResult,
+};
+use kinesis_consumer::leases::{CheckpointUpdate, DynamoDbLeaseStore, LeaseStore, LeaseStoreError};
+use kinesis_consumer::{ExtendedSequenceNumber, Lease, SchedulerError};
+use kinesis_emulator::fault_proxy::{Fault, FaultProxy, FaultRule};
+use kinesis_emulator::Emulator;
+use kinesis_producer::{
+    BuildError, HashKeyError, InvalidRecord, Producer, Record, RecordError, SendError,
+    ShardMapError,
+};
+
+struct NoOp;
+
+#[async_trait::async_trait]
+impl kinesis_consumer::RecordProcessor for NoOp {
+    async fn process_records(&mut self, _input: kinesis_consumer::ProcessRecordsInput) {}
+
+    async fn shard_ended(&mut self, input: kinesis_consumer::ShardEndedInput) {
+        let _ = input.checkpointer.checkpoint().await;
+    }
+}
+
+async fn upstream(service: &str) -> TestResult<String> {
+    let emulator = Emulator::shared().await?;
+    let local = if service == "kinesis" {
+        emulator.kinesis_endpoint()
+    } else {
+        emulator.dynamodb_endpoint()
+    };
+    local.ok_or_else(|| "these tests need the local emulators".into())
+}
+
+fn denied(operation: &str) -> FaultRule {
+    FaultRule::new(Fault::Error {
+        status: 400,
+        code: "AccessDeniedException".into(),
+    })
+    .target(operation)
+}
+
+#[tokio::test]
+async fn partition_keys_are_counted_in_unicode_characters() -> TestResult {
+    let config = sdk_config().await?;
+    let client = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("bad-input-keys");
+    create_stream(&client, &stream, 1).await?;
+    let producer = Producer::builder(&config).stream(&stream).build().await?;
+    assert_eq!(
+        producer.send(Record::new("", "x")).await.err(),
+        Some(SendError::Invalid(InvalidRecord::EmptyPartitionKey))
+    );
+    for ch in ["k", "é", "🦀"] {
+        assert_eq!(
+            producer.send(Record::new(ch.repeat(257), "x")).await.err(),
+            Some(SendError::Invalid(InvalidRecord::PartitionKeyTooLong {
+                chars: 257
+            })),
+            "{ch}"
+        );
+        // 256 characters are admitted however many bytes they take (Kinesis counts
+        // characters; kinesis-mock counts bytes, so only the ASCII one is sent here).
+        assert_eq!(
+            Record::new(ch.repeat(256), "x").validate(kinesis_producer::DEFAULT_MAX_RECORD_SIZE),
+            Ok(())
+        );
+    }
+    let stored = producer
+        .send(Record::new("k".repeat(256), "x"))
+        .await?
+        .await?;
+    assert!(stored.attempts.iter().all(|a| a.error.is_none()));
+    assert_eq!(
+        producer.outstanding().records,
+        0,
+        "nothing refused was counted"
+    );
+    producer.shutdown().await;
+    Ok(())
+}
+
+/// A request Kinesis refuses as invalid (HTTP 400 InvalidArgumentException, e.g. a
+/// partition key Kinesis counts differently) can never succeed: the record should fail
+/// at once, naming the code, rather than be retried until its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: records refused with InvalidArgumentException are retried until record_ttl (30 s by default) before failing as Expired"]
+async fn a_record_kinesis_refuses_as_invalid_fails_at_once() -> TestResult {
+    let config = sdk_config().await?;
+    let client = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("bad-input-invalid");
+    create_stream(&client, &stream, 1).await?;
+    let proxy = FaultProxy::start(&upstream("kinesis").await?, 1).await?;
+    let producer = Producer::builder(aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::config::Builder::from(&config)
+            .endpoint_url(proxy.endpoint())
+            .build(),
+    ))
+    .stream(&stream)
+    .build()
+    .await?;
+    proxy.add(
+        FaultRule::new(Fault::Error {
+            status: 400,
+            code: "InvalidArgumentException".into(),
+        })
+        .target("PutRecords"),
+    );
+    let started = std::time::Instant::now();
+    let outcome = producer.send(Record::new("k", "v")).await?.await;
+    producer.shutdown().await;
+    let attempts = outcome
+        .err()
+        .ok_or("the record cannot succeed")?
+        .attempts()
+        .len();
+    assert_eq!(attempts, 1, "retried {attempts} times");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    Ok(())
+}
+
+#[test]
+fn bad_explicit_hash_keys_get_their_typed_error() {
+    let cases = [
+        ("", HashKeyError::Empty),
+        ("12a", HashKeyError::NotDecimal("12a".into())),
+        ("-1", HashKeyError::NotDecimal("-1".into())),
+        ("007", HashKeyError::LeadingZero("007".into())),
+        (
+            "340282366920938463463374607431768211456",
+            HashKeyError::OutOfRange("340282366920938463463374607431768211456".into()),
+        ),
+    ];
+    for (input, error) in cases {
+        assert_eq!(
+            Record::new("k", "v").with_explicit_hash_key(input).err(),
+            Some(InvalidRecord::ExplicitHashKey(error)),
+            "{input:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_record_over_the_size_limit_is_refused() -> TestResult {
+    let config = sdk_config().await?;
+    let client = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("bad-input-size");
+    create_stream(&client, &stream, 1).await?;
+    let producer = Producer::builder(&config).stream(&stream).build().await?;
+    // Data plus partition key, 1 MiB + 1.
+    assert_eq!(
+        producer
+            .send(Record::new("k", vec![0u8; 1024 * 1024]))
+            .await
+            .err(),
+        Some(SendError::Invalid(InvalidRecord::TooLarge {
+            size: 1024 * 1024 + 1,
+            limit: 1024 * 1024
+        }))
+    );
+    assert!(matches!(
+        Producer::builder(&config)
+            .stream(&stream)
+            .max_record_size(11 * 1024 * 1024)
+            .build()
+            .await,
+        Err(BuildError::InvalidConfig(_))
+    ));
+    producer.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_aggregate_size_limit_out_of_range_is_refused() -> TestResult {
+    let config = sdk_config().await?;
+    for size in [10, 11 * 1024 * 1024] {
+        assert!(matches!(
+            Producer::builder(&config)
+                .stream("any")
+                .aggregation_max_size(size)
+                .build()
+                .await,
+            Err(BuildError::InvalidConfig(_))
+        ));
+    }
+    Ok(())
+}
+
+/// An aggregate limit above what the stream accepts per record (1 MiB here): either the
+/// build refuses it, or the producer never builds an aggregate Kinesis will reject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: aggregation_max_size above max_record_size is accepted; aggregates over 1 MiB are rejected by Kinesis and the records expire after their TTL instead of a typed error at build"]
+async fn an_aggregate_larger_than_the_stream_accepts_never_leaves_the_producer() -> TestResult {
+    let config = sdk_config().await?;
+    let client = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("bad-input-aggregate");
+    create_stream(&client, &stream, 1).await?;
+    let built = Producer::builder(&config)
+        .stream(&stream)
+        .aggregation_max_size(4 * 1024 * 1024)
+        .record_ttl(Duration::from_secs(5))
+        .build()
+        .await;
+    let producer = match built {
+        Err(BuildError::InvalidConfig(_)) => return Ok(()),
+        Err(other) => return Err(other.into()),
+        Ok(producer) => producer,
+    };
+    let mut receipts = Vec::new();
+    for i in 0..100 {
+        receipts.push(
+            producer
+                .send(Record::new("one-key", vec![b'x'; 30_000 + i]))
+                .await?,
+        );
+    }
+    for receipt in receipts {
+        receipt.await?;
+    }
+    producer.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unknown_stream_is_a_typed_error() -> TestResult {
+    let config = sdk_config().await?;
+    let missing = unique_name("no-such-stream");
+    match Producer::builder(&config).stream(&missing).build().await {
+        Err(BuildError::ShardMap(e @ ShardMapError::ListShards { .. })) => {
+            assert!(e.is_permanent(), "{e}");
+            assert!(
+                matches!(&e, ShardMapError::ListShards { code: Some(code), .. } if code == "ResourceNotFoundException"),
+                "{e:?}"
+            );
+        }
+        other => panic!("expected ShardMap(ListShards), got {other:?}"),
+    }
+    let built = fast_builder(&config, &missing, &unique_name("bad-input-app"), "w")
+        .processor_factory(|| NoOp)
+        .build()
+        .await;
+    match built {
+        Err(SchedulerError::Kinesis(message)) => {
+            assert!(message.contains("ResourceNotFoundException"), "{message}")
+        }
+        other => panic!("expected SchedulerError::Kinesis, got {other:?}"),
+    }
+    Ok(())
+}
+
+/// A stream deleted under a running producer: PutRecords answers
+/// ResourceNotFoundException; the records fail with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_for_a_deleted_stream_fail_with_resource_not_found() -> TestResult {
+    let config = sdk_config().await?;
+    let client = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("bad-input-deleted");
+    create_stream(&client, &stream, 1).await?;
+    let producer = Producer::builder(&config)
+        .stream(&stream)
+        .record_ttl(Duration::from_secs(3))
+        .build()
+        .await?;
+    client
+        .delete_stream()
+        .stream_name(&stream)
+        .enforce_consumer_deletion(true)
+        .send()
+        .await?;
+    let started = std::time::Instant::now();
+    match producer.send(Record::new("k", "v")).await?.await {
+        Err(RecordError::Expired { attempts }) => {
+            let codes: Vec<&str> = attempts
+                .iter()
+                .filter_map(|a| a.error.as_ref().map(|e| e.code.as_str()))
+                .collect();
+            assert!(
+                codes.contains(&"ResourceNotFoundException"),
+                "attempts: {codes:?}"
+            );
+        }
+        other => panic!("expected a failure naming ResourceNotFoundException, got {other:?}"),
+    }
+    producer.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(20));
+    Ok(())
+}
+
+/// A stream deleted under a running worker: the worker should stop with a typed error
+/// rather than retry reads of a stream that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: a worker whose stream was deleted retries GetRecords/ListShards forever with warnings; Scheduler::run never returns an error"]
+async fn a_worker_whose_stream_is_deleted_stops_with_a_typed_error() -> TestResult {
+    let config = sdk_config().await?;
+    let client = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("bad-input-deleted-consumer");
+    let app = unique_name("bad-input-deleted-app");
+    create_stream(&client, &stream, 1).await?;
+    let scheduler = fast_builder(&config, &stream, &app, "w")
+        .processor_factory(|| NoOp)
+        .build()
+        .await?;
+    let run = tokio::spawn(scheduler.run());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    client
+        .delete_stream()
+        .stream_name(&stream)
+        .enforce_consumer_deletion(true)
+        .send()
+        .await?;
+    match tokio::time::timeout(Duration::from_secs(30), run).await {
+        Ok(Ok(Err(SchedulerError::Kinesis(message)))) => {
+            assert!(message.contains("ResourceNotFoundException"), "{message}");
+            Ok(())
+        }
+        other => panic!("expected run() to end with SchedulerError::Kinesis, got {other:?}"),
+    }
+}
+
+/// Missing permissions, as a real account answers them (HTTP 400
+/// AccessDeniedException), injected by the fault proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_permissions_are_typed_errors() -> TestResult {
+    let config = sdk_config().await?;
+    let client = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("bad-input-denied");
+    create_stream(&client, &stream, 1).await?;
+    let kinesis_proxy = FaultProxy::start(&upstream("kinesis").await?, 1).await?;
+    let through = aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::config::Builder::from(&config)
+            .endpoint_url(kinesis_proxy.endpoint())
+            .build(),
+    );
+
+    // Producer: kinesis:ListShards denied.
+    let rule = kinesis_proxy.add(denied("ListShards"));
+    match Producer::builder(through.clone())
+        .stream(&stream)
+        .build()
+        .await
+    {
+        Err(BuildError::ShardMap(e)) => {
+            assert!(e.is_permanent(), "{e}");
+            assert!(
+                matches!(&e, ShardMapError::ListShards { code: Some(code), .. } if code == "AccessDeniedException"),
+                "{e:?}"
+            );
+        }
+        other => panic!("expected ShardMap, got {other:?}"),
+    }
+    kinesis_proxy.remove(rule);
+
+    // Producer: kinesis:PutRecords denied: the record fails naming the code.
+    let producer = Producer::builder(through.clone())
+        .stream(&stream)
+        .record_ttl(Duration::from_secs(2))
+        .build()
+        .await?;
+    kinesis_proxy.add(denied("PutRecords"));
+    match producer.send(Record::new("k", "v")).await?.await {
+        Err(RecordError::Expired { attempts }) => {
+            let code = &attempts[0].error.as_ref().ok_or("failed attempt")?.code;
+            assert_eq!(code, "AccessDeniedException");
+        }
+        other => panic!("expected expiry, got {other:?}"),
+    }
+    producer.shutdown().await;
+
+    // Consumer: kinesis:DescribeStreamSummary denied.
+    kinesis_proxy.add(denied("DescribeStreamSummary"));
+    let built = fast_builder(&config, &stream, &unique_name("bad-input-denied-app"), "w")
+        .kinesis_client(through)
+        .processor_factory(|| NoOp)
+        .build()
+        .await;
+    match built {
+        Err(SchedulerError::Kinesis(message)) => {
+            assert!(message.contains("AccessDeniedException"), "{message}")
+        }
+        other => panic!("expected SchedulerError::Kinesis, got {other:?}"),
+    }
+
+    // Consumer: dynamodb:DescribeTable denied.
+    let dynamodb_proxy = FaultProxy::start(&upstream("dynamodb").await?, 1).await?;
+    dynamodb_proxy.add(denied("DescribeTable"));
+    let built = fast_builder(&config, &stream, &unique_name("bad-input-denied-app"), "w")
+        .dynamodb_client(aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&config)
+                .endpoint_url(dynamodb_proxy.endpoint())
+                .build(),
+        ))
+        .processor_factory(|| NoOp)
+        .build()
+        .await;
+    match built {
+        Err(SchedulerError::LeaseTable(LeaseStoreError::Other(message))) => {
+            assert!(message.contains("AccessDeniedException"), "{message}")
+        }
+        other => panic!("expected SchedulerError::LeaseTable(Other), got {other:?}"),
+    }
+    Ok(())
+}
+
+fn lease_table(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> TestResult<aws_sdk_dynamodb::operation::create_table::builders::CreateTableFluentBuilder> {
+    Ok(dynamodb
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("leaseKey")
+                .attribute_type(ScalarAttributeType::S)
+                .build()?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("leaseKey")
+                .key_type(KeyType::Hash)
+                .build()?,
+        ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_lease_table_is_created_and_one_being_created_is_waited_for() -> TestResult {
+    let config = sdk_config().await?;
+    let kinesis = aws_sdk_kinesis::Client::new(&config);
+    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    let stream = unique_name("bad-input-table");
+    create_stream(&kinesis, &stream, 1).await?;
+
+    let missing = unique_name("bad-input-table-missing");
+    fast_builder(&config, &stream, &missing, "w")
+        .processor_factory(|| NoOp)
+        .build()
+        .await?;
+    wait_table_active(&dynamodb, &missing).await?;
+
+    // Created by someone else a moment ago, still CREATING: build waits until ACTIVE.
+    let creating = unique_name("bad-input-table-creating");
+    lease_table(&dynamodb, &creating)?.send().await?;
+    fast_builder(&config, &stream, &creating, "w")
+        .processor_factory(|| NoOp)
+        .build()
+        .await?;
+    let status = dynamodb
+        .describe_table()
+        .table_name(&creating)
+        .send()
+        .await?
+        .table()
+        .and_then(|t| t.table_status().cloned());
+    assert_eq!(status, Some(aws_sdk_dynamodb::types::TableStatus::Active));
+    Ok(())
+}
+
+/// Attributes a later KCL writes (KCL 3: throughputKBps, checkpointOwner, ...) survive
+/// every write this library makes: renewals, takes, checkpoints, releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_attributes_of_a_future_kcl_are_kept_untouched() -> TestResult {
+    let config = sdk_config().await?;
+    let kinesis = aws_sdk_kinesis::Client::new(&config);
+    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    let stream = unique_name("bad-input-future");
+    let app = unique_name("bad-input-future-app");
+    create_stream(&kinesis, &stream, 1).await?;
+    let first = keyed_records("first", 20, 2);
+    put_records(&kinesis, &stream, &first).await?;
+    let log = Log::default();
+    let worker = start_worker(
+        fast_builder(&config, &stream, &app, "w"),
+        "w",
+        &log,
+        Behaviour::default(),
+    )
+    .await?;
+    wait_for("first records", Duration::from_secs(30), || async {
+        Ok((log.distinct_payloads() >= first.len()).then_some(()))
+    })
+    .await?;
+    worker.stop().await?;
+
+    let extra: HashMap<String, AttributeValue> = HashMap::from([
+        ("throughputKBps".into(), AttributeValue::N("12.5".into())),
+        (
+            "checkpointOwner".into(),
+            AttributeValue::S("kcl3-worker".into()),
+        ),
+        (
+            "futureSettings".into(),
+            AttributeValue::M(HashMap::from([(
+                "mode".into(),
+                AttributeValue::L(vec![AttributeValue::Bool(true), AttributeValue::Null(true)]),
+            )])),
+        ),
+    ]);
+    let lease = leases(&config, &app)
+        .await?
+        .pop()
+        .ok_or("one lease expected")?;
+    let key = HashMap::from([(
+        "leaseKey".to_owned(),
+        AttributeValue::S(lease.lease_key.clone()),
+    )]);
+    for (name, value) in &extra {
+        dynamodb
+            .update_item()
+            .table_name(&app)
+            .set_key(Some(key.clone()))
+            .update_expression("SET #n = :v")
+            .expression_attribute_names("#n", name)
+            .expression_attribute_values(":v", value.clone())
+            .send()
+            .await?;
+    }
+
+    // Another run: takes, renews, checkpoints, releases.
+    let second = keyed_records("second", 20, 2);
+    put_records(&kinesis, &stream, &second).await?;
+    let worker = start_worker(
+        fast_builder(&config, &stream, &app, "w2"),
+        "w2",
+        &log,
+        Behaviour::default(),
+    )
+    .await?;
+    wait_for("second records", Duration::from_secs(30), || async {
+        Ok((log.distinct_payloads() >= first.len() + second.len()).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await; // a few renewals
+    worker.stop().await?;
+
+    let item = dynamodb
+        .get_item()
+        .table_name(&app)
+        .set_key(Some(key))
+        .consistent_read(true)
+        .send()
+        .await?
+        .item
+        .ok_or("lease item gone")?;
+    for (name, value) in &extra {
+        assert_eq!(item.get(name), Some(value), "{name}");
+    }
+    let after = leases(&config, &app).await?;
+    assert!(
+        after[0].lease_counter > lease.lease_counter,
+        "it was written to"
+    );
+    assert_ne!(after[0].checkpoint, lease.checkpoint, "it was checkpointed");
+    Ok(())
+}
+
+async fn table_with(
+    config: &aws_config::SdkConfig,
+    items: Vec<HashMap<String, AttributeValue>>,
+) -> TestResult<String> {
+    let dynamodb = aws_sdk_dynamodb::Client::new(config);
+    let table = unique_name("bad-input-malformed");
+    lease_table(&dynamodb, &table)?.send().await?;
+    wait_table_active(&dynamodb, &table).await?;
+    for item in items {
+        dynamodb
+            .put_item()
+            .table_name(&table)
+            .set_item(Some(item))
+            .send()
+            .await?;
+    }
+    Ok(table)
+}
+
+fn malformed_item() -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        (
+            "leaseKey".to_owned(),
+            AttributeValue::S("shardId-000000000099".into()),
+        ),
+        ("leaseCounter".to_owned(), AttributeValue::S("seven".into())),
+    ])
+}
+
+#[tokio::test]
+async fn a_malformed_lease_item_is_a_typed_error() -> TestResult {
+    let config = sdk_config().await?;
+    let table = table_with(&config, vec![malformed_item()]).await?;
+    let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&config), &table);
+    match store.list_leases().await {
+        Err(LeaseStoreError::Malformed(message)) => {
+            assert!(message.contains("leaseCounter"), "{message}")
+        }
+        other => panic!("expected Malformed, got {other:?}"),
+    }
+    Ok(())
+}
+
+/// One bad item (another application's, or a hand edit) must not stop a worker from
+/// taking the leases that are fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding: one malformed item fails every lease table scan (LeaseStoreError::Malformed), so a worker takes no lease at all and consumes nothing"]
+async fn a_malformed_lease_item_does_not_stop_the_other_shards() -> TestResult {
+    let config = sdk_config().await?;
+    let kinesis = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("bad-input-malformed-stream");
+    create_stream(&kinesis, &stream, 1).await?;
+    let records = keyed_records("malformed", 20, 2);
+    put_records(&kinesis, &stream, &records).await?;
+    let table = table_with(&config, vec![malformed_item()]).await?;
+    let log = Log::default();
+    let worker = start_worker(
+        fast_builder(&config, &stream, &table, "w"),
+        "w",
+        &log,
+        Behaviour::default(),
+    )
+    .await?;
+    let delivered = wait_for(
+        "records despite the bad item",
+        Duration::from_secs(20),
+        || async { Ok((log.distinct_payloads() >= records.len()).then_some(())) },
+    )
+    .await;
+    worker.stop().await?;
+    delivered
+}
+
+/// A previous owner's checkpoint after another worker took the lease: the conditional
+/// write fails (`ConditionFailed`, which the `Checkpointer` reports as
+/// `CheckpointError::LeaseLost`, see kcl's `a_lost_lease_refuses_checkpoints`), and the
+/// stored checkpoint is the new owner's.
+#[tokio::test]
+async fn a_stale_owners_checkpoint_is_refused() -> TestResult {
+    let config = sdk_config().await?;
+    let table = table_with(&config, Vec::new()).await?;
+    let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&config), &table);
+    let lease = Lease::new(
+        "shardId-000000000000",
+        ExtendedSequenceNumber::trim_horizon(),
+    );
+    assert!(store.create_lease_if_absent(&lease).await?);
+    let held_by_a = store.take_lease(&lease, "a").await?;
+    let held_by_b = store.take_lease(&held_by_a, "b").await?;
+    let update = |seq: &str| CheckpointUpdate {
+        checkpoint: ExtendedSequenceNumber::new(seq, 0),
+        pending_checkpoint: None,
+        pending_checkpoint_state: None,
+    };
+    store.update_checkpoint(&held_by_b, &update("200")).await?;
+    match store.update_checkpoint(&held_by_a, &update("100")).await {
+        Err(LeaseStoreError::ConditionFailed(key)) => assert_eq!(key, lease.lease_key),
+        other => panic!("expected ConditionFailed, got {other:?}"),
+    }
+    let stored = store
+        .get_lease(&lease.lease_key)
+        .await?
+        .ok_or("lease gone")?;
+    assert_eq!(stored.checkpoint, ExtendedSequenceNumber::new("200", 0));
+    assert_eq!(stored.lease_owner.as_deref(), Some("b"));
+    Ok(())
+}
