@@ -139,7 +139,7 @@ async fn assert_nothing_lost(
             result.attempts.last().is_some_and(|a| a.error.is_none()),
             "the last attempt succeeded"
         );
-        for attempt in &result.attempts {
+        for attempt in result.attempts.iter() {
             if let Some(error) = &attempt.error {
                 *failed_attempts.entry(error.code.clone()).or_insert(0) += 1;
             }
