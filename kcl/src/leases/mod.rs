@@ -3,6 +3,7 @@
 
 pub mod coordinator;
 pub mod dynamodb;
+mod held;
 pub mod memory;
 pub mod store;
 
@@ -10,3 +11,4 @@ pub use coordinator::{HeldLease, LeaseCoordinator, LeaseCoordinatorConfig, TakeR
 pub use dynamodb::DynamoDbLeaseStore;
 pub use memory::MemoryLeaseStore;
 pub use store::{CheckpointUpdate, LeaseStore, LeaseStoreError};
+pub(crate) use held::timed;
