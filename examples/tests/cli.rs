@@ -257,7 +257,10 @@ async fn consume_stops_at_a_write_error_without_checkpointing() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "exit 0 after write errors: {stderr}");
+    assert!(
+        !output.status.success(),
+        "exit 0 after write errors: {stderr}"
+    );
     assert!(
         started.elapsed() < std::time::Duration::from_secs(25),
         "stopped at once, not after the idle time: {stderr}"
@@ -294,7 +297,10 @@ async fn consume_ends_when_stdout_closes_and_checkpoints_only_what_it_wrote() {
     let mut written_to = None;
     for _ in 0..100 {
         let leases = lease_lines(&app).await;
-        if let Some(seq) = leases[0]["checkpoint"].as_str().filter(|c| c.starts_with(char::is_numeric)) {
+        if let Some(seq) = leases[0]["checkpoint"]
+            .as_str()
+            .filter(|c| c.starts_with(char::is_numeric))
+        {
             written_to = Some(seq.to_owned());
             break;
         }
@@ -321,4 +327,59 @@ async fn consume_ends_when_stdout_closes_and_checkpoints_only_what_it_wrote() {
     let leases = lease_lines(&app).await;
     assert_eq!(leases[0]["checkpoint"], written_to.as_str(), "{stderr}");
     assert!(leases[0]["owner"].is_null(), "released: {stderr}");
+}
+
+/// Item 3: `--exit-after-idle` means caught up (every held shard read to its tip), not
+/// "no record for N s": reads one Kinesis record per call, 1.5 s apart, and stops only
+/// after the last one, with everything written.
+#[tokio::test]
+async fn consume_exit_after_idle_waits_until_caught_up() {
+    let stream = unique("cli-caught-up");
+    let app = unique("cli-caught-up-app");
+    // 1 KB records: about five 50 KB aggregates on the one shard.
+    let output = command(env!("CARGO_BIN_EXE_produce"))
+        .await
+        .args([
+            "--stream",
+            &stream,
+            "--create-shards",
+            "1",
+            "--records",
+            "250",
+        ])
+        .args(["--size", "1000", "--keys", "10"])
+        .output()
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(check(&output).trim()).unwrap();
+    assert!(
+        summary["kinesis_records"].as_u64().unwrap() >= 3,
+        "{summary}"
+    );
+    let dir = std::env::temp_dir().join(unique("cli-caught-up-out"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("out.jsonl");
+    let output = command(env!("CARGO_BIN_EXE_consume"))
+        .await
+        .args(["--stream", &stream, "--app", &app])
+        .args(["--output", path.to_str().unwrap(), "--exit-after-idle", "1"])
+        .args(["--max-records", "1", "--idle-between-reads-ms", "1500"])
+        .args(["--failover-ms", "10000"])
+        .output()
+        .unwrap();
+    check(&output);
+    let ids: BTreeSet<u64> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            let data: serde_json::Value =
+                serde_json::from_str(line["data"].as_str().unwrap().trim_end_matches('.')).unwrap();
+            data["id"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        (0..250).collect::<BTreeSet<_>>(),
+        "stopped before caught up"
+    );
 }

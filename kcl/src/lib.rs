@@ -25,5 +25,6 @@ pub use retrieval::{
     FanOutConfig, FanOutError, FetchError, PollingConfig, RetrievalMode, TrimmedCheckpoint,
 };
 pub use scheduler::{
-    InitialPosition, Scheduler, SchedulerBuilder, SchedulerConfig, SchedulerError, ShutdownHandle,
+    HeldShards, InitialPosition, Scheduler, SchedulerBuilder, SchedulerConfig, SchedulerError,
+    ShutdownHandle,
 };

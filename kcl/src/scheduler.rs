@@ -87,6 +87,23 @@ impl ShutdownHandle {
     }
 }
 
+/// Tells which shards a running [`Scheduler`] holds leases for. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct HeldShards(Arc<LeaseCoordinator>);
+
+impl HeldShards {
+    /// The shard ids whose leases this worker holds now (including leases whose processor
+    /// has not started yet, such as a child waiting for its parents).
+    pub fn shard_ids(&self) -> Vec<String> {
+        self.0
+            .held_leases()
+            .iter()
+            .filter(|held| !held.is_lost())
+            .map(|held| held.key().to_owned())
+            .collect()
+    }
+}
+
 /// A KCL worker. Build it with [`Scheduler::builder`], then [`run`](Scheduler::run) it.
 ///
 /// ```no_run
@@ -195,6 +212,11 @@ impl Scheduler {
     /// The settings in effect.
     pub fn config(&self) -> &SchedulerConfig {
         &self.config
+    }
+
+    /// A handle that tells which shards this worker holds while it runs.
+    pub fn held_shards(&self) -> HeldShards {
+        HeldShards(self.coordinator.clone())
     }
 
     /// A handle that stops [`run`](Scheduler::run) gracefully.
@@ -338,7 +360,9 @@ impl Scheduler {
                 Ok((id, outcome)) => (id, Some(outcome)),
                 Err(error) => (error.id(), None),
             };
-            let Some(key) = consumers.keys.remove(&id) else { continue };
+            let Some(key) = consumers.keys.remove(&id) else {
+                continue;
+            };
             consumers.running.remove(&key);
             match outcome {
                 Some(ShardOutcome::Ended(children)) => {
@@ -529,7 +553,10 @@ impl Scheduler {
                     }
                 }
             }
-            if shards.as_ref().is_some_and(|list| list.ids.contains(parent)) {
+            if shards
+                .as_ref()
+                .is_some_and(|list| list.ids.contains(parent))
+            {
                 tracing::warn!(shard = %lease.lease_key, %parent, "parent shard has no lease: waiting for shard sync to create it");
                 *sync_needed = true;
                 return false;
@@ -555,7 +582,9 @@ impl Scheduler {
             .iter()
             .map(|h| h.key().to_owned())
             .collect();
-        consumers.parents_checked.retain(|k, _| held_keys.contains(k));
+        consumers
+            .parents_checked
+            .retain(|k, _| held_keys.contains(k));
         for held in self.coordinator.held_leases() {
             let key = held.key().to_owned();
             if consumers.running.contains_key(&key)
@@ -582,7 +611,9 @@ impl Scheduler {
                 {
                     continue;
                 }
-                consumers.parents_checked.insert(key.clone(), Instant::now());
+                consumers
+                    .parents_checked
+                    .insert(key.clone(), Instant::now());
                 if !self.parents_done(&lease, shards, sync_needed).await {
                     continue;
                 }

@@ -248,7 +248,9 @@ impl ShardConsumer {
             if let Some(last) = records.last() {
                 checkpointer.delivered(last.position());
             }
-            if !records.is_empty() || (self.options.deliver_empty_batches && batch.shard_end.is_none()) {
+            if !records.is_empty()
+                || (self.options.deliver_empty_batches && batch.shard_end.is_none())
+            {
                 self.processor
                     .process_records(ProcessRecordsInput {
                         records,

@@ -63,7 +63,12 @@ pub(crate) fn plan_shard_sync(
     let listed_parents = |id: &str| -> Vec<String> {
         by_id
             .get(id)
-            .map(|s| parents(s).into_iter().filter(|p| by_id.contains_key(p.as_str())).collect())
+            .map(|s| {
+                parents(s)
+                    .into_iter()
+                    .filter(|p| by_id.contains_key(p.as_str()))
+                    .collect()
+            })
             .unwrap_or_default()
     };
 
@@ -92,7 +97,10 @@ pub(crate) fn plan_shard_sync(
     let mut reads = |id: &str| reads(id, initial, &by_key, &listed_parents, &mut memo, 0);
 
     let shard_lease = |shard: &Shard, checkpoint: SequencePosition| {
-        let mut lease = Lease::new(shard.shard_id(), ExtendedSequenceNumber::sentinel(checkpoint));
+        let mut lease = Lease::new(
+            shard.shard_id(),
+            ExtendedSequenceNumber::sentinel(checkpoint),
+        );
         lease.parent_shard_ids = parents(shard);
         lease.hash_key_range = shard.hash_key_range().map(|r| {
             (
@@ -157,10 +165,16 @@ pub(crate) fn plan_shard_sync(
                 continue;
             };
             if reads(&parent) {
-                planned.insert(parent.clone(), shard_lease(shard, descendant_checkpoint.clone()));
+                planned.insert(
+                    parent.clone(),
+                    shard_lease(shard, descendant_checkpoint.clone()),
+                );
                 waiting.push(parent);
             } else {
-                planned.insert(parent.clone(), shard_lease(shard, SequencePosition::ShardEnd));
+                planned.insert(
+                    parent.clone(),
+                    shard_lease(shard, SequencePosition::ShardEnd),
+                );
             }
         }
     }
@@ -205,7 +219,8 @@ pub(crate) fn plan_shard_sync(
                 )
             })
         };
-        let gone = |kid: &String| !by_key.contains_key(kid.as_str()) && !by_id.contains_key(kid.as_str());
+        let gone =
+            |kid: &String| !by_key.contains_key(kid.as_str()) && !by_id.contains_key(kid.as_str());
         let listed = by_id.contains_key(lease.lease_key.as_str());
         let delete = if kids.is_empty() {
             !listed
@@ -275,8 +290,14 @@ mod tests {
         // parents get SHARD_END leases (so it is not blocked); grandparents need none.
         let plan = plan_shard_sync(&shards, &[], InitialPosition::Latest);
         assert_eq!(keys(&plan.create), vec!["s1", "s2", "s3"]);
-        assert_eq!(plan.create[0].checkpoint, ExtendedSequenceNumber::shard_end());
-        assert_eq!(plan.create[1].checkpoint, ExtendedSequenceNumber::shard_end());
+        assert_eq!(
+            plan.create[0].checkpoint,
+            ExtendedSequenceNumber::shard_end()
+        );
+        assert_eq!(
+            plan.create[1].checkpoint,
+            ExtendedSequenceNumber::shard_end()
+        );
         assert_eq!(plan.create[2].checkpoint.position, SequencePosition::Latest);
     }
 
@@ -339,7 +360,10 @@ mod tests {
                 initial,
             );
             assert_eq!(keys(&plan.create), vec!["s2"]);
-            assert_eq!(plan.create[0].checkpoint, ExtendedSequenceNumber::trim_horizon());
+            assert_eq!(
+                plan.create[0].checkpoint,
+                ExtendedSequenceNumber::trim_horizon()
+            );
             assert!(plan.delete.is_empty(), "s0 stays until s2 has started");
         }
         // Once the child has started, a parent without a lease was cleaned up: not
@@ -360,7 +384,12 @@ mod tests {
         let unfinished = Lease::new("s6", ExtendedSequenceNumber::trim_horizon());
         let plan = plan_shard_sync(
             &shards,
-            &[gone, gone_parent, unfinished, Lease::new("s5", ExtendedSequenceNumber::trim_horizon())],
+            &[
+                gone,
+                gone_parent,
+                unfinished,
+                Lease::new("s5", ExtendedSequenceNumber::trim_horizon()),
+            ],
             InitialPosition::TrimHorizon,
         );
         assert_eq!(keys(&plan.delete), vec!["s9", "s8"]);

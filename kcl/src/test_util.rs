@@ -273,8 +273,10 @@ impl FaultyLeaseStore {
 #[async_trait]
 impl LeaseStore for FaultyLeaseStore {
     async fn create_table_if_missing(&self) -> Result<(), LeaseStoreError> {
-        self.call(Operation::CreateTable, || self.inner.create_table_if_missing())
-            .await
+        self.call(Operation::CreateTable, || {
+            self.inner.create_table_if_missing()
+        })
+        .await
     }
 
     async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError> {
@@ -409,7 +411,11 @@ impl metrics::Recorder for CountingRecorder {
     ) {
     }
 
-    fn register_counter(&self, key: &metrics::Key, _metadata: &metrics::Metadata<'_>) -> metrics::Counter {
+    fn register_counter(
+        &self,
+        key: &metrics::Key,
+        _metadata: &metrics::Metadata<'_>,
+    ) -> metrics::Counter {
         let value = self
             .counters
             .lock()
@@ -420,7 +426,11 @@ impl metrics::Recorder for CountingRecorder {
         metrics::Counter::from_arc(Arc::new(SharedCounter(value)))
     }
 
-    fn register_gauge(&self, _key: &metrics::Key, _metadata: &metrics::Metadata<'_>) -> metrics::Gauge {
+    fn register_gauge(
+        &self,
+        _key: &metrics::Key,
+        _metadata: &metrics::Metadata<'_>,
+    ) -> metrics::Gauge {
         metrics::Gauge::noop()
     }
 

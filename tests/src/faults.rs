@@ -181,8 +181,8 @@ impl FaultyHttpClient {
         let State { rules, rng, .. } = &mut *state;
         let mut hit = None;
         for rule in rules.iter_mut() {
-            let matches = rule.operations.is_empty()
-                || rule.operations.iter().any(|o| o == operation);
+            let matches =
+                rule.operations.is_empty() || rule.operations.iter().any(|o| o == operation);
             let in_window = rule.from.is_none_or(|from| now >= from)
                 && rule.until.is_none_or(|until| now < until);
             if !matches || !in_window || rule.remaining == Some(0) {
@@ -223,7 +223,10 @@ struct FaultyConnector {
     client: FaultyHttpClient,
 }
 
-fn error_response(status: u16, code: &str) -> aws_smithy_runtime_api::client::orchestrator::HttpResponse {
+fn error_response(
+    status: u16,
+    code: &str,
+) -> aws_smithy_runtime_api::client::orchestrator::HttpResponse {
     let body = format!(r#"{{"__type":"{code}","message":"injected fault"}}"#);
     // Both statuses used here are valid.
     let status = StatusCode::try_from(status).expect("a valid HTTP status");
@@ -231,7 +234,9 @@ fn error_response(status: u16, code: &str) -> aws_smithy_runtime_api::client::or
     response
         .headers_mut()
         .insert("content-type", "application/x-amz-json-1.1");
-    response.headers_mut().insert("x-amzn-errortype", code.to_owned());
+    response
+        .headers_mut()
+        .insert("x-amzn-errortype", code.to_owned());
     response
 }
 
@@ -259,9 +264,10 @@ impl HttpConnector for FaultyConnector {
                         format!("injected: the answer to {operation} was lost").into(),
                     ))
                 }
-                Some(HttpFault::Throttle) => {
-                    Ok(error_response(400, "ProvisionedThroughputExceededException"))
-                }
+                Some(HttpFault::Throttle) => Ok(error_response(
+                    400,
+                    "ProvisionedThroughputExceededException",
+                )),
                 Some(HttpFault::LimitExceeded) => Ok(error_response(400, "LimitExceededException")),
                 Some(HttpFault::ServerError) => Ok(error_response(500, "InternalFailure")),
                 Some(HttpFault::StallBodyAfter(after)) => {

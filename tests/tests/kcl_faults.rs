@@ -83,7 +83,11 @@ async fn a_worker_whose_lease_calls_hang_stops_before_another_takes_over() -> Te
     )
     .await?;
     wait_for("a delivers", Duration::from_secs(30), || async {
-        Ok(log.delivered().iter().any(|d| d.worker == "a").then_some(()))
+        Ok(log
+            .delivered()
+            .iter()
+            .any(|d| d.worker == "a")
+            .then_some(()))
     })
     .await?;
     let b = start_worker(
@@ -97,7 +101,11 @@ async fn a_worker_whose_lease_calls_hang_stops_before_another_takes_over() -> Te
     faulty.inject(FaultRule::all(Fault::Hang));
     let hung = Instant::now();
     wait_for("b delivers", Duration::from_secs(30), || async {
-        Ok(log.delivered().iter().any(|d| d.worker == "b").then_some(()))
+        Ok(log
+            .delivered()
+            .iter()
+            .any(|d| d.worker == "b")
+            .then_some(()))
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -170,7 +178,11 @@ async fn lost_answers_to_renewals_and_checkpoints_keep_the_lease() -> TestResult
     })
     .await?;
     worker.stop().await?;
-    assert!(faulty.injected() >= 5, "faults injected: {}", faulty.injected());
+    assert!(
+        faulty.injected() >= 5,
+        "faults injected: {}",
+        faulty.injected()
+    );
     let lost: Vec<Event> = log
         .events()
         .into_iter()
@@ -252,7 +264,10 @@ async fn a_hung_processor_is_aborted_at_the_shutdown_timeout() -> TestResult {
     tokio::time::timeout(Duration::from_secs(10), worker.stop()).await??;
     assert!(stopping.elapsed() < Duration::from_secs(5));
     let table = leases(&config, &app).await?;
-    assert_eq!(table[0].lease_owner, None, "released once the task was gone");
+    assert_eq!(
+        table[0].lease_owner, None,
+        "released once the task was gone"
+    );
     Ok(())
 }
 
@@ -305,7 +320,9 @@ async fn a_merge_with_a_missing_parent_lease_loses_nothing() -> TestResult {
     let stream = unique_name("kcl-missing-parent");
     let app = unique_name("kcl-missing-parent-app");
     create_stream(&kinesis, &stream, 1).await?;
-    let s = list_shards(&kinesis, &stream).await?[0].shard_id().to_owned();
+    let s = list_shards(&kinesis, &stream).await?[0]
+        .shard_id()
+        .to_owned();
     kinesis
         .split_shard()
         .stream_name(&stream)
@@ -538,26 +555,34 @@ async fn a_stalled_subscription_is_replaced() -> TestResult {
     put_records(&kinesis, &stream, &before).await?;
     let faults = FaultyHttpClient::new();
     faults.inject(
-        HttpFaultRule::new(&["SubscribeToShard"], HttpFault::StallBodyAfter(Duration::from_secs(2)))
-            .times(1),
+        HttpFaultRule::new(
+            &["SubscribeToShard"],
+            HttpFault::StallBodyAfter(Duration::from_secs(2)),
+        )
+        .times(1),
     );
     let log = Log::default();
     let builder = fast_builder(&config, &stream, &app, "w")
         .kinesis_client(faults.kinesis_client(&config))
         .retrieval_mode(RetrievalMode::FanOut(FanOutConfig {
+            stall_timeout: Some(Duration::from_secs(4)),
             ..FanOutConfig::default()
         }));
     let worker = start_worker(builder, "w", &log, Behaviour::default()).await?;
-    wait_for("records before the stall", Duration::from_secs(30), || async {
-        Ok((log.distinct_payloads() >= before.len()).then_some(()))
-    })
+    wait_for(
+        "records before the stall",
+        Duration::from_secs(30),
+        || async { Ok((log.distinct_payloads() >= before.len()).then_some(())) },
+    )
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = keyed_records("after", 20, 4);
     put_records(&kinesis, &stream, &after).await?;
-    let done = wait_for("records after the stall", Duration::from_secs(25), || async {
-        Ok((log.distinct_payloads() >= before.len() + after.len()).then_some(()))
-    })
+    let done = wait_for(
+        "records after the stall",
+        Duration::from_secs(25),
+        || async { Ok((log.distinct_payloads() >= before.len() + after.len()).then_some(())) },
+    )
     .await;
     worker.stop().await?;
     assert_eq!(faults.injected().get("SubscribeToShard"), Some(&1));

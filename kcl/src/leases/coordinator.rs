@@ -304,11 +304,20 @@ impl LeaseCoordinator {
                     let changed_at = observed
                         .get(&lease.lease_key)
                         .map_or(now, |seen| seen.changed_at);
-                    changed_at + self.config.failover_time.saturating_sub(self.config.safety_margin())
+                    changed_at
+                        + self
+                            .config
+                            .failover_time
+                            .saturating_sub(self.config.safety_margin())
                 }
             };
             let sent = Instant::now();
-            match timed(self.config.request_timeout(), self.store.take_lease(&lease, me)).await {
+            match timed(
+                self.config.request_timeout(),
+                self.store.take_lease(&lease, me),
+            )
+            .await
+            {
                 Ok(taken) => {
                     tracing::info!(shard = %taken.lease_key, worker = %me, previous_owner = ?lease.lease_owner, stolen = stealing, "took lease");
                     let key = taken.lease_key.clone();

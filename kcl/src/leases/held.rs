@@ -238,10 +238,11 @@ impl HeldLease {
             state.lease = lease;
             state.unconfirmed.clear();
         }
-        let deadline = sent + self
-            .timing
-            .failover_time
-            .saturating_sub(self.timing.safety_margin);
+        let deadline = sent
+            + self
+                .timing
+                .failover_time
+                .saturating_sub(self.timing.safety_margin);
         if deadline > state.deadline {
             state.deadline = deadline;
         }
@@ -262,9 +263,8 @@ impl HeldLease {
         let written = Written::of(&item);
         let mut state = self.lock();
         let applied = applied.is_some_and(|a| *a == written);
-        let ours = applied
-            || Written::of(&state.lease) == written
-            || state.unconfirmed.contains(&written);
+        let ours =
+            applied || Written::of(&state.lease) == written || state.unconfirmed.contains(&written);
         if !ours {
             tracing::warn!(shard = %self.key, checkpoint = %item.checkpoint, "lease lost: its checkpoint was changed by someone else (a reset?)");
             return Ok(Resolution::Lost);
@@ -362,7 +362,8 @@ impl HeldLease {
                     self.written(written, sent);
                     return Ok(());
                 }
-                Err(LeaseStoreError::ConditionFailed(_)) => match self.resolve(Some(target)).await? {
+                Err(LeaseStoreError::ConditionFailed(_)) => match self.resolve(Some(target)).await?
+                {
                     Resolution::Applied => return Ok(()),
                     Resolution::Ours => continue,
                     Resolution::Lost => {

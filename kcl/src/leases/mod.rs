@@ -9,6 +9,6 @@ pub mod store;
 
 pub use coordinator::{HeldLease, LeaseCoordinator, LeaseCoordinatorConfig, TakeRound};
 pub use dynamodb::DynamoDbLeaseStore;
+pub(crate) use held::timed;
 pub use memory::MemoryLeaseStore;
 pub use store::{CheckpointUpdate, LeaseStore, LeaseStoreError};
-pub(crate) use held::timed;

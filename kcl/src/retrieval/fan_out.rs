@@ -333,7 +333,11 @@ impl FanOutFetcher {
 
     /// Starts reading at `start`; returns the receiving end of the prefetch queue. The
     /// reading task stops when the receiver is dropped or the shard ended.
-    pub fn spawn(self, start: StartingPosition, tasks: &mut tokio::task::JoinSet<()>) -> Prefetched {
+    pub fn spawn(
+        self,
+        start: StartingPosition,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> Prefetched {
         let (tx, rx) = prefetch_queue(self.config.prefetch_batches, self.options.prefetch_bytes);
         tasks.spawn(async move { self.run(start, tx).await });
         rx

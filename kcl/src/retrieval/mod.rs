@@ -15,7 +15,6 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 pub use fan_out::{register_consumer, FanOutConfig, FanOutError, FanOutFetcher};
 pub use polling::{PollingConfig, PollingFetcher, RecordBatch, StartingPosition};
 
-
 /// How a worker reads its shards; see [`SchedulerBuilder::retrieval_mode`](crate::SchedulerBuilder::retrieval_mode).
 #[derive(Clone, Debug)]
 pub enum RetrievalMode {
@@ -62,7 +61,9 @@ pub enum TrimmedCheckpoint {
 pub enum FetchError {
     /// The checkpointed sequence number was rejected and [`TrimmedCheckpoint::Fail`] is
     /// set.
-    #[error("the checkpointed position {0} was rejected (trimmed?); not falling back to TRIM_HORIZON")]
+    #[error(
+        "the checkpointed position {0} was rejected (trimmed?); not falling back to TRIM_HORIZON"
+    )]
     CheckpointRejected(String),
 }
 
@@ -93,7 +94,10 @@ impl Default for FetchOptions {
     }
 }
 
-type Item = (Result<RecordBatch, FetchError>, Option<OwnedSemaphorePermit>);
+type Item = (
+    Result<RecordBatch, FetchError>,
+    Option<OwnedSemaphorePermit>,
+);
 
 /// The receiving end of a shard's read-ahead queue, bounded in batches and in bytes.
 #[derive(Debug)]
@@ -153,7 +157,10 @@ impl PrefetchSender {
             permit = self.bytes.clone().acquire_many_owned(size) => permit.map_err(|_| Closed)?,
             _ = self.tx.closed() => return Err(Closed),
         };
-        self.tx.send((Ok(batch), Some(permit))).await.map_err(|_| Closed)
+        self.tx
+            .send((Ok(batch), Some(permit)))
+            .await
+            .map_err(|_| Closed)
     }
 
     pub(crate) async fn fail(&self, error: FetchError) {

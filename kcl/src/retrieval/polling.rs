@@ -169,7 +169,11 @@ impl PollingFetcher {
 
     /// Starts reading at `start`; returns the receiving end of the read-ahead queue. The
     /// reading task stops when the receiver is dropped or the shard ended.
-    pub fn spawn(self, start: StartingPosition, tasks: &mut tokio::task::JoinSet<()>) -> Prefetched {
+    pub fn spawn(
+        self,
+        start: StartingPosition,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> Prefetched {
         let (tx, rx) = prefetch_queue(self.config.prefetch_batches, self.options.prefetch_bytes);
         tasks.spawn(async move { self.run(start, tx).await });
         rx
@@ -370,8 +374,11 @@ mod tests {
     /// the fetcher holds a fifth.
     #[tokio::test]
     async fn prefetch_is_bounded_by_bytes() {
-        let iterator = mock!(Client::get_shard_iterator)
-            .then_output(|| GetShardIteratorOutput::builder().shard_iterator("it").build());
+        let iterator = mock!(Client::get_shard_iterator).then_output(|| {
+            GetShardIteratorOutput::builder()
+                .shard_iterator("it")
+                .build()
+        });
         let records = mock!(Client::get_records).then_output(|| {
             GetRecordsOutput::builder()
                 .set_records(Some(

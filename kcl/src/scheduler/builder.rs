@@ -411,7 +411,10 @@ impl SchedulerBuilder {
         store.create_table_if_missing().await?;
         let summary = tokio::time::timeout(
             config.kinesis_request_timeout,
-            kinesis.describe_stream_summary().stream_name(&stream).send(),
+            kinesis
+                .describe_stream_summary()
+                .stream_name(&stream)
+                .send(),
         )
         .await
         .map_err(|_| SchedulerError::Kinesis("DescribeStreamSummary timed out".into()))?

@@ -352,14 +352,20 @@ async fn a_hung_renewal_stops_the_old_holder_before_the_new_holder_starts() {
             for held in worker.held_leases() {
                 if !held.is_lost() && now >= held.not_before() {
                     last_valid.insert((held.key().to_owned(), name), now);
-                    first_valid.entry((held.key().to_owned(), name)).or_insert(now);
+                    first_valid
+                        .entry((held.key().to_owned(), name))
+                        .or_insert(now);
                 }
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     loops.abort_all();
-    assert_eq!(new.held_leases().len(), 4, "the new worker took every lease");
+    assert_eq!(
+        new.held_leases().len(),
+        4,
+        "the new worker took every lease"
+    );
     for i in 0..4 {
         let key = format!("shard-{i}");
         let old_last = last_valid[&(key.clone(), "old")];
@@ -392,7 +398,10 @@ async fn a_renewal_whose_answer_was_lost_keeps_the_lease() {
         tokio::time::advance(TICK).await;
         assert!(worker.renew_leases().await.is_empty(), "{fault:?}");
         tokio::time::advance(TICK).await;
-        assert!(worker.renew_leases().await.is_empty(), "{fault:?}: next renewal");
+        assert!(
+            worker.renew_leases().await.is_empty(),
+            "{fault:?}: next renewal"
+        );
         let held = worker.held_lease("shard-0").expect("still held");
         assert!(!held.is_lost());
         let table = memory.snapshot().remove(0);
