@@ -20,7 +20,9 @@ use integration_tests::{
 };
 use kinesis_consumer::leases::{DynamoDbLeaseStore, LeaseStore};
 use kinesis_consumer::test_util::{Fault, FaultRule, FaultyLeaseStore, Operation};
-use kinesis_consumer::{ExtendedSequenceNumber, FanOutConfig, Lease, RetrievalMode};
+use kinesis_consumer::{
+    ExtendedSequenceNumber, FanOutConfig, InitialPosition, Lease, RetrievalMode,
+};
 
 fn dynamodb_store(config: &aws_config::SdkConfig, app: &str) -> Arc<dyn LeaseStore> {
     Arc::new(DynamoDbLeaseStore::new(
@@ -587,4 +589,144 @@ async fn a_stalled_subscription_is_replaced() -> TestResult {
     worker.stop().await?;
     assert_eq!(faults.injected().get("SubscribeToShard"), Some(&1));
     done
+}
+
+/// Item 12: a lease still at LATEST (nothing checkpointed) restarts at LATEST after a
+/// failover, as in the Java KCL: what was written while nobody read the shard is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_at_latest_restarts_at_latest_after_a_failover() -> TestResult {
+    let config = sdk_config().await?;
+    let kinesis = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("kcl-latest-failover");
+    let app = unique_name("kcl-latest-failover-app");
+    create_stream(&kinesis, &stream, 1).await?;
+    let log = Log::default();
+    let no_checkpoint = Behaviour {
+        checkpoint_every_batch: false,
+        checkpoint_on_shutdown: false,
+        ..Behaviour::default()
+    };
+    let a = start_worker(
+        fast_builder(&config, &stream, &app, "a").initial_position(InitialPosition::Latest),
+        "a",
+        &log,
+        no_checkpoint,
+    )
+    .await?;
+    wait_for("a started", Duration::from_secs(30), || async {
+        Ok((!log.events().is_empty()).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let first = keyed_records("first", 10, 2);
+    put_records(&kinesis, &stream, &first).await?;
+    wait_for("a delivers", Duration::from_secs(30), || async {
+        Ok((log.distinct_payloads() >= first.len()).then_some(()))
+    })
+    .await?;
+    // Crash a: the lease is still at LATEST.
+    a.task.abort();
+    let _ = a.task.await;
+    assert_eq!(
+        leases(&config, &app).await?[0].checkpoint.position,
+        kinesis_consumer::SequencePosition::Latest
+    );
+    let unread = keyed_records("unread", 10, 2);
+    put_records(&kinesis, &stream, &unread).await?;
+    let b = start_worker(
+        fast_builder(&config, &stream, &app, "b").initial_position(InitialPosition::Latest),
+        "b",
+        &log,
+        Behaviour::default(),
+    )
+    .await?;
+    wait_for("b started", Duration::from_secs(30), || async {
+        Ok(log
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::Initialized { worker, .. } if worker == "b"))
+            .then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = keyed_records("after", 10, 2);
+    put_records(&kinesis, &stream, &after).await?;
+    wait_for("b delivers", Duration::from_secs(30), || async {
+        Ok(log
+            .delivered()
+            .iter()
+            .filter(|d| d.worker == "b")
+            .count()
+            .ge(&after.len())
+            .then_some(()))
+    })
+    .await?;
+    b.stop().await?;
+    let by_b: BTreeSet<Bytes> = log
+        .delivered()
+        .into_iter()
+        .filter(|d| d.worker == "b")
+        .map(|d| d.data)
+        .collect();
+    let want: BTreeSet<Bytes> = after.iter().map(|(_, d)| d.clone()).collect();
+    assert_eq!(by_b, want, "b restarted at LATEST: the unread records are skipped");
+    Ok(())
+}
+
+/// Item 12: `leases --reset-to` while a worker holds the lease: the worker's next write
+/// sees a checkpoint it did not write and loses the lease; the shard is then read again
+/// from the reset position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_reset_while_running_takes_the_lease_away() -> TestResult {
+    use kinesis_consumer::leases::CheckpointUpdate;
+
+    let config = sdk_config().await?;
+    let kinesis = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("kcl-reset");
+    let app = unique_name("kcl-reset-app");
+    create_stream(&kinesis, &stream, 1).await?;
+    let records = keyed_records("reset", 20, 2);
+    put_records(&kinesis, &stream, &records).await?;
+    let log = Log::default();
+    let worker = start_worker(
+        fast_builder(&config, &stream, &app, "w"),
+        "w",
+        &log,
+        Behaviour::default(),
+    )
+    .await?;
+    let store = dynamodb_store(&config, &app);
+    wait_for("checkpointed", Duration::from_secs(30), || async {
+        let lease = store.get_lease(list_shards(&kinesis, &stream).await?[0].shard_id()).await?;
+        Ok(lease
+            .filter(|l| l.checkpoint.sequence_number().is_some())
+            .map(|_| ()))
+    })
+    .await?;
+    // What `leases --reset-to trim_horizon --yes` does.
+    let lease = leases(&config, &app).await?.remove(0);
+    store
+        .update_checkpoint(
+            &lease,
+            &CheckpointUpdate {
+                checkpoint: ExtendedSequenceNumber::trim_horizon(),
+                pending_checkpoint: None,
+                pending_checkpoint_state: None,
+            },
+        )
+        .await?;
+    wait_for("the lease lost", Duration::from_secs(10), || async {
+        Ok(log
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::LeaseLost { .. }))
+            .then_some(()))
+    })
+    .await?;
+    wait_for("read again from the reset", Duration::from_secs(30), || async {
+        Ok((log.delivered().len() >= 2 * records.len()).then_some(()))
+    })
+    .await?;
+    worker.stop().await?;
+    Ok(())
 }

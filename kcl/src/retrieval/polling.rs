@@ -419,6 +419,52 @@ mod tests {
         drop(batches);
     }
 
+    /// With `TrimmedCheckpoint::Fail`, a rejected checkpoint is reported, not read past:
+    /// no TRIM_HORIZON iterator is asked for.
+    #[tokio::test]
+    async fn a_trimmed_checkpoint_fails_when_asked_to() {
+        let rejected = mock!(Client::get_shard_iterator)
+            .match_requests(|r| r.shard_iterator_type() == Some(&ShardIteratorType::AtSequenceNumber))
+            .then_http_response(|| {
+                aws_smithy_runtime_api::http::Response::new(
+                    aws_smithy_runtime_api::http::StatusCode::try_from(400).unwrap(),
+                    aws_smithy_types::body::SdkBody::from(
+                        r#"{"__type":"InvalidArgumentException","message":"sequence number trimmed"}"#,
+                    ),
+                )
+            });
+        let trim_horizon = mock!(Client::get_shard_iterator)
+            .match_requests(|r| r.shard_iterator_type() == Some(&ShardIteratorType::TrimHorizon))
+            .then_output(|| GetShardIteratorOutput::builder().shard_iterator("it").build());
+        let client = mock_client!(
+            aws_sdk_kinesis,
+            RuleMode::MatchAny,
+            [&rejected, &trim_horizon]
+        );
+        let fetcher = PollingFetcher::new(
+            client,
+            "stream".into(),
+            "shardId-0".into(),
+            PollingConfig::default(),
+            FetchOptions {
+                on_trimmed_checkpoint: TrimmedCheckpoint::Fail,
+                ..FetchOptions::default()
+            },
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut batches = fetcher.spawn(StartingPosition::AtSequenceNumber("3".into()), &mut tasks);
+        let result = tokio::time::timeout(Duration::from_secs(5), batches.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(result, Err(FetchError::CheckpointRejected(_))),
+            "{result:?}"
+        );
+        assert_eq!(rejected.num_calls(), 1);
+        assert_eq!(trim_horizon.num_calls(), 0);
+    }
+
     /// The fallback to TRIM_HORIZON is counted in `CheckpointTrimHorizonFallbacks`.
     #[test]
     fn the_fallback_to_trim_horizon_is_counted() {
