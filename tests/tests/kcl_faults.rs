@@ -669,7 +669,10 @@ async fn a_lease_at_latest_restarts_at_latest_after_a_failover() -> TestResult {
         .map(|d| d.data)
         .collect();
     let want: BTreeSet<Bytes> = after.iter().map(|(_, d)| d.clone()).collect();
-    assert_eq!(by_b, want, "b restarted at LATEST: the unread records are skipped");
+    assert_eq!(
+        by_b, want,
+        "b restarted at LATEST: the unread records are skipped"
+    );
     Ok(())
 }
 
@@ -697,7 +700,9 @@ async fn a_checkpoint_reset_while_running_takes_the_lease_away() -> TestResult {
     .await?;
     let store = dynamodb_store(&config, &app);
     wait_for("checkpointed", Duration::from_secs(30), || async {
-        let lease = store.get_lease(list_shards(&kinesis, &stream).await?[0].shard_id()).await?;
+        let lease = store
+            .get_lease(list_shards(&kinesis, &stream).await?[0].shard_id())
+            .await?;
         Ok(lease
             .filter(|l| l.checkpoint.sequence_number().is_some())
             .map(|_| ()))
@@ -723,9 +728,11 @@ async fn a_checkpoint_reset_while_running_takes_the_lease_away() -> TestResult {
             .then_some(()))
     })
     .await?;
-    wait_for("read again from the reset", Duration::from_secs(30), || async {
-        Ok((log.delivered().len() >= 2 * records.len()).then_some(()))
-    })
+    wait_for(
+        "read again from the reset",
+        Duration::from_secs(30),
+        || async { Ok((log.delivered().len() >= 2 * records.len()).then_some(())) },
+    )
     .await?;
     worker.stop().await?;
     Ok(())

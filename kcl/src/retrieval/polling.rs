@@ -435,7 +435,11 @@ mod tests {
             });
         let trim_horizon = mock!(Client::get_shard_iterator)
             .match_requests(|r| r.shard_iterator_type() == Some(&ShardIteratorType::TrimHorizon))
-            .then_output(|| GetShardIteratorOutput::builder().shard_iterator("it").build());
+            .then_output(|| {
+                GetShardIteratorOutput::builder()
+                    .shard_iterator("it")
+                    .build()
+            });
         let client = mock_client!(
             aws_sdk_kinesis,
             RuleMode::MatchAny,
