@@ -270,7 +270,16 @@ impl Scheduler {
                 _ = take_tick.tick() => {
                     self.take(&mut leader).await;
                 }
-                _ = parent_tick.tick() => {}
+                _ = parent_tick.tick() => {
+                    // A hole (a parent without a lease, a failed child create) is repaired
+                    // without waiting for the periodic sync.
+                    if sync_needed {
+                        match self.sync_shards(&mut shards).await {
+                            Ok(()) => sync_needed = false,
+                            Err(error) => tracing::warn!(%error, "shard sync failed"),
+                        }
+                    }
+                }
                 _ = sync_tick.tick() => {
                     // Shard sync by one worker at a time: the one whose id sorts first
                     // among the owners in the last taker round (every worker when nobody

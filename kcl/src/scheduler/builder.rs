@@ -8,9 +8,13 @@ use aws_sdk_kinesis::error::DisplayErrorContext;
 use tokio::sync::watch;
 
 use super::{InitialPosition, Scheduler, SchedulerError};
-use crate::leases::{DynamoDbLeaseStore, LeaseCoordinator, LeaseCoordinatorConfig, LeaseStore};
+use crate::leases::{
+    DynamoDbLeaseStore, LeaseCoordinator, LeaseCoordinatorConfig, LeaseStore, LeaseStoreError,
+};
 use crate::processor::ProcessorFactory;
-use crate::retrieval::{register_consumer, FanOutConfig, RetrievalMode, TrimmedCheckpoint};
+use crate::retrieval::{
+    register_consumer, FanOutConfig, FanOutError, RetrievalMode, TrimmedCheckpoint,
+};
 use crate::shard_consumer::Retrieval;
 
 /// Tuning knobs, with the Java KCL's defaults unless noted.
@@ -408,7 +412,10 @@ impl SchedulerBuilder {
             .kinesis_client
             .unwrap_or_else(|| aws_sdk_kinesis::Client::new(&self.sdk_config));
 
-        store.create_table_if_missing().await?;
+        // It waits up to 2 minutes for a new table to become ACTIVE; bound hung calls too.
+        tokio::time::timeout(Duration::from_secs(180), store.create_table_if_missing())
+            .await
+            .map_err(|_| LeaseStoreError::Timeout(Duration::from_secs(180)))??;
         let summary = tokio::time::timeout(
             config.kinesis_request_timeout,
             kinesis
@@ -429,9 +436,17 @@ impl SchedulerBuilder {
                         SchedulerError::Kinesis("DescribeStreamSummary returned no stream".into())
                     })?;
                 let name = fan_out.consumer_name.as_deref().unwrap_or(&application);
-                let consumer_arn =
-                    register_consumer(&kinesis, &stream_arn, name, fan_out.registration_timeout)
-                        .await?;
+                let waited = fan_out.registration_timeout + config.kinesis_request_timeout;
+                let consumer_arn = tokio::time::timeout(
+                    waited,
+                    register_consumer(&kinesis, &stream_arn, name, fan_out.registration_timeout),
+                )
+                .await
+                .map_err(|_| FanOutError::NotActive {
+                    consumer: name.to_owned(),
+                    waited,
+                    status: "a call did not answer".into(),
+                })??;
                 tracing::info!(consumer = %name, arn = %consumer_arn, "reading with enhanced fan-out");
                 Retrieval::FanOut {
                     consumer_arn,
