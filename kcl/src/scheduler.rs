@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::lease::{ExtendedSequenceNumber, Lease};
+use crate::lease::{ExtendedSequenceNumber, Lease, SequencePosition};
 use crate::leases::{timed, LeaseCoordinator, LeaseStore, LeaseStoreError};
 use crate::processor::ProcessorFactory;
 use crate::retrieval::{list_shards, FanOutError, FetchOptions};
@@ -611,7 +611,16 @@ impl Scheduler {
                 self.shard_ended(&key, Vec::new(), sync_needed).await;
                 continue;
             }
-            if !lease.parent_shard_ids.is_empty() {
+            // A lease that has checkpointed a record started after its parents were done
+            // (and since then their leases may have been cleaned up): only a lease still at
+            // its initial position waits for its parents.
+            let not_started = matches!(
+                lease.checkpoint.position,
+                SequencePosition::TrimHorizon
+                    | SequencePosition::Latest
+                    | SequencePosition::AtTimestamp
+            );
+            if not_started && !lease.parent_shard_ids.is_empty() {
                 // Parents are read (one GetItem each) at most once per poll interval.
                 if consumers
                     .parents_checked

@@ -737,3 +737,55 @@ async fn a_checkpoint_reset_while_running_takes_the_lease_away() -> TestResult {
     worker.stop().await?;
     Ok(())
 }
+
+/// A merged shard that had started (checkpointed a record) after its parents finished,
+/// and whose parents' leases were then cleaned up, is resumed at once by the next holder
+/// (after a crash): it does not wait for parents that will never get a lease again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_child_whose_parents_were_cleaned_up_resumes() -> TestResult {
+    let config = sdk_config().await?;
+    let kinesis = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("kcl-cleaned-parents");
+    let app = unique_name("kcl-cleaned-parents-app");
+    create_stream(&kinesis, &stream, 2).await?;
+    let shards = list_shards(&kinesis, &stream).await?;
+    kinesis
+        .merge_shards()
+        .stream_name(&stream)
+        .shard_to_merge(shards[0].shard_id())
+        .adjacent_shard_to_merge(shards[1].shard_id())
+        .send()
+        .await?;
+    wait_stream_active(&kinesis, &stream).await?;
+    let records = keyed_records("merged", 40, 4);
+    put_records(&kinesis, &stream, &records).await?;
+    let merged = list_shards(&kinesis, &stream)
+        .await?
+        .into_iter()
+        .find(|s| s.adjacent_parent_shard_id().is_some())
+        .ok_or("no merged shard")?;
+    let (read, _) = integration_tests::read_shard(&kinesis, &stream, merged.shard_id()).await?;
+    // The child checkpointed its first record; its parents' leases are gone.
+    let mut child = Lease::new(
+        merged.shard_id(),
+        ExtendedSequenceNumber::new(read[0].sequence_number(), 0),
+    );
+    child.parent_shard_ids = shards.iter().map(|s| s.shard_id().to_owned()).collect();
+    let store = dynamodb_store(&config, &app);
+    store.create_table_if_missing().await?;
+    store.create_lease_if_absent(&child).await?;
+    let log = Log::default();
+    let worker = start_worker(
+        fast_builder(&config, &stream, &app, "w"),
+        "w",
+        &log,
+        Behaviour::default(),
+    )
+    .await?;
+    let done = wait_for("the rest of the child", Duration::from_secs(20), || async {
+        Ok((log.distinct_payloads() >= records.len() - 1).then_some(()))
+    })
+    .await;
+    worker.stop().await?;
+    done
+}
