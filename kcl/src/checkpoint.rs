@@ -4,7 +4,7 @@ use std::cmp::Ordering;
 use std::sync::{Arc, Mutex};
 
 use crate::lease::{ExtendedSequenceNumber, Lease};
-use crate::leases::{CheckpointUpdate, HeldLease, LeaseStore, LeaseStoreError};
+use crate::leases::{CheckpointUpdate, HeldLease, LeaseStoreError};
 
 /// Why a checkpoint was not written.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,6 @@ struct Progress {
 #[derive(Clone)]
 pub struct Checkpointer {
     held: Arc<HeldLease>,
-    store: Arc<dyn LeaseStore>,
     progress: Arc<Mutex<Progress>>,
 }
 
@@ -89,10 +88,9 @@ impl PreparedCheckpoint {
 }
 
 impl Checkpointer {
-    pub(crate) fn new(held: Arc<HeldLease>, store: Arc<dyn LeaseStore>) -> Self {
+    pub(crate) fn new(held: Arc<HeldLease>) -> Self {
         Checkpointer {
             held,
-            store,
             progress: Arc::new(Mutex::new(Progress::default())),
         }
     }
@@ -121,7 +119,7 @@ impl Checkpointer {
 
     /// The checkpoint stored in the lease now.
     pub async fn current(&self) -> ExtendedSequenceNumber {
-        self.held.snapshot().await.checkpoint
+        self.held.copy().checkpoint
     }
 
     /// Checkpoints everything delivered so far. In
@@ -208,56 +206,60 @@ impl Checkpointer {
     }
 
     async fn write(&self, write: Write) -> Result<(), CheckpointError> {
-        let mut lease = self.held.lock().await;
-        if self.held.is_lost() {
-            return Err(CheckpointError::LeaseLost(self.held.key().to_owned()));
-        }
-        let update = match write {
-            Write::Commit(position) => {
-                self.validate(&position, &lease.checkpoint)?;
-                CheckpointUpdate {
-                    checkpoint: position,
-                    pending_checkpoint: None,
-                    pending_checkpoint_state: None,
-                }
-            }
-            Write::ShardEnd => CheckpointUpdate {
-                checkpoint: ExtendedSequenceNumber::shard_end(),
-                pending_checkpoint: None,
-                pending_checkpoint_state: None,
-            },
-            Write::Prepare(position, state) => {
-                self.validate(&position, &lease.checkpoint)?;
-                CheckpointUpdate {
-                    checkpoint: lease.checkpoint.clone(),
-                    pending_checkpoint: Some(position),
-                    pending_checkpoint_state: state,
-                }
-            }
-        };
-        match self.store.update_checkpoint(&lease, &update).await {
-            Ok(written) => {
-                *lease = written;
-                Ok(())
-            }
-            Err(LeaseStoreError::ConditionFailed(_)) => {
-                self.held.mark_lost();
-                Err(CheckpointError::LeaseLost(self.held.key().to_owned()))
-            }
+        let shard = self.held.key().to_owned();
+        let written = self
+            .held
+            .write_checkpoint(|lease: &Lease| {
+                Ok::<_, CheckpointError>(match write {
+                    Write::Commit(position) => {
+                        self.validate(&position, &lease.checkpoint)?;
+                        CheckpointUpdate {
+                            checkpoint: position,
+                            pending_checkpoint: None,
+                            pending_checkpoint_state: None,
+                        }
+                    }
+                    Write::ShardEnd => CheckpointUpdate {
+                        checkpoint: ExtendedSequenceNumber::shard_end(),
+                        pending_checkpoint: None,
+                        pending_checkpoint_state: None,
+                    },
+                    Write::Prepare(position, state) => {
+                        self.validate(&position, &lease.checkpoint)?;
+                        CheckpointUpdate {
+                            checkpoint: lease.checkpoint.clone(),
+                            pending_checkpoint: Some(position),
+                            pending_checkpoint_state: state,
+                        }
+                    }
+                })
+            })
+            .await?;
+        match written {
+            Ok(()) => Ok(()),
+            Err(LeaseStoreError::ConditionFailed(_)) => Err(CheckpointError::LeaseLost(shard)),
             Err(LeaseStoreError::Throttled(message)) => Err(CheckpointError::Throttled(message)),
             Err(other) => Err(other.into()),
         }
     }
 
-    pub(crate) async fn lease(&self) -> Lease {
-        self.held.snapshot().await
+    /// Whether this worker still holds the shard's lease: `false` once it was lost or its
+    /// local deadline passed (then checkpoints fail with [`CheckpointError::LeaseLost`]
+    /// without any call). A processor about to make a side effect it cannot undo may check
+    /// it first.
+    pub fn is_lease_held(&self) -> bool {
+        !self.held.is_lost()
+    }
+
+    pub(crate) fn lease(&self) -> Lease {
+        self.held.copy()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::leases::{LeaseCoordinator, LeaseCoordinatorConfig, MemoryLeaseStore};
+    use crate::leases::{LeaseCoordinator, LeaseCoordinatorConfig, LeaseStore, MemoryLeaseStore};
 
     async fn setup() -> (Arc<MemoryLeaseStore>, LeaseCoordinator, Checkpointer) {
         let store = Arc::new(MemoryLeaseStore::new());
@@ -273,7 +275,7 @@ mod tests {
             LeaseCoordinator::new(dyn_store.clone(), LeaseCoordinatorConfig::new("w"));
         coordinator.take_leases().await.unwrap();
         let held = coordinator.held_lease("shard-0").unwrap();
-        (store, coordinator, Checkpointer::new(held, dyn_store))
+        (store, coordinator, Checkpointer::new(held))
     }
 
     fn stored(store: &MemoryLeaseStore) -> Lease {
@@ -350,6 +352,46 @@ mod tests {
             stored(&store).checkpoint,
             ExtendedSequenceNumber::new("60", 0)
         );
+    }
+
+    /// A checkpoint the table applied but whose answer was lost, retried by the SDK (the
+    /// retry's condition fails), succeeded: the lease is kept and the checkpoint stored.
+    #[tokio::test]
+    async fn a_checkpoint_whose_answer_was_lost_succeeded() {
+        use crate::test_util::{Fault, FaultRule, FaultyLeaseStore, Operation};
+
+        let memory = Arc::new(MemoryLeaseStore::new());
+        memory
+            .create_lease_if_absent(&Lease::new(
+                "shard-0",
+                ExtendedSequenceNumber::trim_horizon(),
+            ))
+            .await
+            .unwrap();
+        let faulty = Arc::new(FaultyLeaseStore::new(memory.clone()));
+        let store: Arc<dyn LeaseStore> = faulty.clone();
+        let coordinator = LeaseCoordinator::new(store.clone(), LeaseCoordinatorConfig::new("w"));
+        coordinator.take_leases().await.unwrap();
+        let held = coordinator.held_lease("shard-0").unwrap();
+        let checkpointer = Checkpointer::new(held.clone());
+        checkpointer.delivered(ExtendedSequenceNumber::new("42", 0));
+        faulty.inject(
+            FaultRule::new([Operation::UpdateCheckpoint], Fault::LoseAnswerThenRetry).times(1),
+        );
+        checkpointer.checkpoint().await.unwrap();
+        assert_eq!(
+            stored(&memory).checkpoint,
+            ExtendedSequenceNumber::new("42", 0)
+        );
+        assert!(!held.is_lost());
+        // The lease's counter was adopted: the next write goes through.
+        checkpointer.delivered(ExtendedSequenceNumber::new("43", 0));
+        checkpointer.checkpoint().await.unwrap();
+        assert_eq!(
+            stored(&memory).checkpoint,
+            ExtendedSequenceNumber::new("43", 0)
+        );
+        assert!(coordinator.renew_leases().await.is_empty());
     }
 
     #[tokio::test]

@@ -11,6 +11,8 @@ pub mod retrieval;
 pub mod scheduler;
 mod shard_consumer;
 mod shard_sync;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 
 pub use checkpoint::{CheckpointError, Checkpointer, PreparedCheckpoint};
 pub use kinesis_producer::aggregation::{deaggregate, UserRecord};
@@ -19,7 +21,10 @@ pub use processor::{
     InitializeInput, KinesisClientRecord, LeaseLostInput, ProcessRecordsInput, ProcessorFactory,
     RecordProcessor, ShardEndedInput, ShutdownRequestedInput,
 };
-pub use retrieval::{FanOutConfig, FanOutError, PollingConfig, RetrievalMode};
+pub use retrieval::{
+    FanOutConfig, FanOutError, FetchError, PollingConfig, RetrievalMode, TrimmedCheckpoint,
+};
 pub use scheduler::{
-    InitialPosition, Scheduler, SchedulerBuilder, SchedulerConfig, SchedulerError, ShutdownHandle,
+    HeldShards, InitialPosition, Scheduler, SchedulerBuilder, SchedulerConfig, SchedulerError,
+    ShutdownHandle,
 };

@@ -54,7 +54,9 @@ pub struct InitializeInput {
 pub struct ProcessRecordsInput {
     /// The records, deaggregated, in shard order.
     pub records: Vec<KinesisClientRecord>,
-    /// How far behind the tip of the shard the last read was, in milliseconds.
+    /// How far behind the tip of the shard the last read was, in milliseconds. With
+    /// [`call_process_records_even_for_empty_list`](crate::SchedulerBuilder::call_process_records_even_for_empty_list),
+    /// an empty batch with `Some(0)` means the shard is read to its tip.
     pub millis_behind_latest: Option<i64>,
     /// Checkpoints progress on this shard.
     pub checkpointer: Checkpointer,
@@ -90,6 +92,18 @@ pub struct ShutdownRequestedInput {
 ///
 /// Delivery is at least once: after a failover or a restart, the records after the last
 /// checkpoint are delivered again.
+///
+/// **Do not block the runtime.** The methods run as tasks on the Tokio runtime that also
+/// renews the leases. A processor that blocks a thread (synchronous I/O, heavy CPU work,
+/// `std::thread::sleep`) can starve renewals; the lease then expires locally (the worker
+/// stops delivering and checkpoints fail with `LeaseLost`) rather than ever being held by
+/// two workers, but the shard moves. Offload blocking work with
+/// `tokio::task::spawn_blocking(..).await` (or `tokio::task::block_in_place` on a
+/// multi-thread runtime). A late renewal is logged ("lease renewal ran late").
+///
+/// A panic in any method is caught by the scheduler: the shard is retried after a backoff
+/// (see [`SchedulerConfig::failure_backoff_min`](crate::SchedulerConfig::failure_backoff_min)),
+/// counted in the metric `RecordProcessorFailures`.
 #[async_trait]
 pub trait RecordProcessor: Send {
     /// Called once before any records.
@@ -101,8 +115,9 @@ pub trait RecordProcessor: Send {
     /// often as the application can afford to redo work.
     async fn process_records(&mut self, input: ProcessRecordsInput);
 
-    /// The lease was taken by another worker or could not be renewed: stop; checkpoints
-    /// are no longer possible.
+    /// The lease was taken by another worker, or its local deadline passed (it could not be
+    /// renewed in time): stop; checkpoints are no longer possible. No batch is handed to
+    /// the processor after the deadline.
     async fn lease_lost(&mut self, input: LeaseLostInput) {
         let _ = input;
     }

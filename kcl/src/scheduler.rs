@@ -1,29 +1,50 @@
 //! The worker: holds its share of the leases, runs one shard consumer per held lease,
 //! keeps the lease table in step with the stream's shards, and shuts down gracefully.
 
-use std::collections::{BTreeSet, HashMap};
-use std::panic::AssertUnwindSafe;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aws_config::SdkConfig;
-use aws_sdk_kinesis::error::DisplayErrorContext;
 use aws_sdk_kinesis::types::{ChildShard, Shard};
-use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::lease::{ExtendedSequenceNumber, Lease};
-use crate::leases::{LeaseCoordinator, LeaseStore, LeaseStoreError};
+use crate::lease::{ExtendedSequenceNumber, Lease, SequencePosition};
+use crate::leases::{timed, LeaseCoordinator, LeaseStore, LeaseStoreError};
 use crate::processor::ProcessorFactory;
-use crate::retrieval::FanOutError;
+use crate::retrieval::{list_shards, FanOutError, FetchOptions};
 use crate::shard_consumer::{Retrieval, ShardConsumer, ShardOutcome};
 use crate::shard_sync::plan_shard_sync;
 
 mod builder;
 
 pub use builder::{SchedulerBuilder, SchedulerConfig};
+
+/// Renews the held leases every `interval` on this task, apart from the scheduler's loop:
+/// each round runs on its own (a hung call never delays the next round; a lease whose
+/// renewal is still running is skipped), and a round that starts late says so, since it
+/// means the runtime is starved (a record processor blocking a thread).
+async fn renew_forever(coordinator: Arc<LeaseCoordinator>, interval: Duration) {
+    let mut rounds = JoinSet::new();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut expected = Instant::now();
+    loop {
+        tick.tick().await;
+        let late = expected.elapsed();
+        if late > interval / 2 {
+            tracing::warn!(?late, "lease renewal ran late: the runtime is starved (does a record processor block a thread? offload blocking work with tokio::task::spawn_blocking)");
+        }
+        expected = Instant::now() + interval;
+        while rounds.try_join_next().is_some() {}
+        let coordinator = coordinator.clone();
+        rounds.spawn(async move {
+            coordinator.renew_leases().await;
+        });
+    }
+}
 
 /// Where a new application starts reading shards that have no lease yet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,6 +84,23 @@ impl ShutdownHandle {
     /// lease is released. [`Scheduler::run`] returns when that is done.
     pub fn shutdown(&self) {
         self.0.send_replace(true);
+    }
+}
+
+/// Tells which shards a running [`Scheduler`] holds leases for. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct HeldShards(Arc<LeaseCoordinator>);
+
+impl HeldShards {
+    /// The shard ids whose leases this worker holds now (including leases whose processor
+    /// has not started yet, such as a child waiting for its parents).
+    pub fn shard_ids(&self) -> Vec<String> {
+        self.0
+            .held_leases()
+            .iter()
+            .filter(|held| !held.is_lost())
+            .map(|held| held.key().to_owned())
+            .collect()
     }
 }
 
@@ -135,6 +173,29 @@ impl std::fmt::Debug for Scheduler {
 
 struct Running {
     shutdown: watch::Sender<bool>,
+    /// The checkpoint when the consumer started: a failure after progress starts the
+    /// backoff afresh.
+    started_at: ExtendedSequenceNumber,
+}
+
+/// The state of the main loop.
+#[derive(Default)]
+struct Consumers {
+    tasks: JoinSet<ShardOutcome>,
+    keys: HashMap<tokio::task::Id, String>,
+    running: HashMap<String, Running>,
+    /// Shards not to start before this time (backoff after a failure).
+    retry_after: HashMap<String, Instant>,
+    /// Consecutive failures per shard.
+    failures: HashMap<String, u32>,
+    /// When the parents of a waiting lease were last checked.
+    parents_checked: HashMap<String, Instant>,
+}
+
+/// The shards ListShards showed, and when.
+struct ShardList {
+    at: Instant,
+    ids: HashSet<String>,
 }
 
 impl Scheduler {
@@ -153,38 +214,39 @@ impl Scheduler {
         &self.config
     }
 
+    /// A handle that tells which shards this worker holds while it runs.
+    pub fn held_shards(&self) -> HeldShards {
+        HeldShards(self.coordinator.clone())
+    }
+
     /// A handle that stops [`run`](Scheduler::run) gracefully.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(self.shutdown.clone())
     }
 
     /// Runs the worker until a shutdown is requested through a [`ShutdownHandle`]. Then
-    /// every processor gets `shutdown_requested` (and may checkpoint), and every lease is
-    /// released so other workers take them at once.
+    /// every processor gets `shutdown_requested` (and may checkpoint), and each lease is
+    /// released once its processor's task is gone. A processor still running after the
+    /// shutdown timeout is aborted; one that cannot be aborted (it blocks its thread) keeps
+    /// its lease unreleased, so that nobody else starts on the shard while it may still run:
+    /// the lease expires for the others after the failover time.
     ///
     /// Dropping or aborting the future stops everything at once without releasing leases
     /// (like a crash): other workers take them after the failover time.
     pub async fn run(self) -> Result<(), SchedulerError> {
         let mut background = JoinSet::new();
-        {
-            let coordinator = self.coordinator.clone();
-            let interval = self.config.lease_renewal_interval;
-            background.spawn(async move {
-                let mut tick = tokio::time::interval(interval);
-                tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    coordinator.renew_leases().await;
-                }
-            });
-        }
+        background.spawn(renew_forever(
+            self.coordinator.clone(),
+            self.config.lease_renewal_interval,
+        ));
 
-        let mut consumers: JoinSet<(String, ShardOutcome)> = JoinSet::new();
-        let mut running: HashMap<String, Running> = HashMap::new();
-        let mut retry_after: HashMap<String, Instant> = HashMap::new();
+        let mut consumers = Consumers::default();
         let mut shutdown = self.shutdown.subscribe();
+        let mut shards: Option<ShardList> = None;
+        let mut sync_needed = false;
+        let mut leader = true;
 
-        if let Err(error) = self.sync_shards().await {
+        if let Err(error) = self.sync_shards(&mut shards).await {
             tracing::warn!(%error, "initial shard sync failed; retrying at the next interval");
         }
         let mut take_tick = tokio::time::interval(self.config.lease_taker_interval);
@@ -195,75 +257,149 @@ impl Scheduler {
         }
         sync_tick.tick().await;
 
+        let mut wake: Option<Instant> = None;
         loop {
-            let leases = tokio::select! {
+            tokio::select! {
                 _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
-                _ = take_tick.tick() => match self.coordinator.take_leases().await {
-                    Ok(round) => Some(round.leases),
-                    Err(error) => {
-                        tracing::warn!(%error, "lease taking failed");
-                        None
+                _ = async {
+                    match wake {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
                     }
-                },
-                _ = parent_tick.tick() => self.list_leases_logged().await,
-                _ = sync_tick.tick() => {
-                    if let Err(error) = self.sync_shards().await {
-                        tracing::warn!(%error, "shard sync failed");
-                    }
-                    self.list_leases_logged().await
+                } => {}
+                _ = take_tick.tick() => {
+                    self.take(&mut leader).await;
                 }
-                Some(done) = consumers.join_next() => {
-                    let ended = match done {
-                        Ok((key, outcome)) => {
-                            running.remove(&key);
-                            self.finished(&key, outcome, &mut retry_after).await
+                _ = parent_tick.tick() => {
+                    // A hole (a parent without a lease, a failed child create) is repaired
+                    // without waiting for the periodic sync.
+                    if sync_needed {
+                        match self.sync_shards(&mut shards).await {
+                            Ok(()) => sync_needed = false,
+                            Err(error) => tracing::warn!(%error, "shard sync failed"),
+                        }
+                    }
+                }
+                _ = sync_tick.tick() => {
+                    // Shard sync by one worker at a time: the one whose id sorts first
+                    // among the owners in the last taker round (every worker when nobody
+                    // owns anything yet), or any worker that saw a hole.
+                    if leader || sync_needed {
+                        match self.sync_shards(&mut shards).await {
+                            Ok(()) => sync_needed = false,
+                            Err(error) => tracing::warn!(%error, "shard sync failed"),
+                        }
+                    }
+                }
+                Some(done) = consumers.tasks.join_next_with_id() => {
+                    let (id, outcome) = match done {
+                        Ok((id, outcome)) => (id, Ok(outcome)),
+                        Err(error) => (error.id(), Err(error)),
+                    };
+                    let Some(key) = consumers.keys.remove(&id) else { continue };
+                    let running = consumers.running.remove(&key);
+                    let ended = match outcome {
+                        Ok(outcome) => {
+                            self.finished(&key, outcome, running, &mut consumers, &mut sync_needed)
+                                .await
                         }
                         Err(error) => {
-                            tracing::error!(%error, "shard consumer task failed");
+                            let reason = if error.is_panic() { "panic" } else { "cancelled" };
+                            self.failed(&key, reason, running, &mut consumers);
                             false
                         }
                     };
                     if ended {
                         // The children's leases were just created: take them now rather
                         // than at the next taker round.
-                        match self.coordinator.take_leases().await {
-                            Ok(round) => Some(round.leases),
-                            Err(error) => {
-                                tracing::warn!(%error, "lease taking failed");
-                                None
-                            }
-                        }
-                    } else {
-                        self.list_leases_logged().await
+                        self.take(&mut leader).await;
                     }
                 }
-            };
-            if let Some(leases) = leases {
-                self.start_ready(&leases, &mut consumers, &mut running, &mut retry_after)
-                    .await;
             }
+            wake = self
+                .start_ready(&mut consumers, &mut shards, &mut sync_needed)
+                .await;
         }
 
         tracing::info!(worker = %self.worker_id, "shutting down");
-        for consumer in running.values() {
+        for consumer in consumers.running.values() {
             consumer.shutdown.send_replace(true);
         }
-        let drained = tokio::time::timeout(self.config.shutdown_timeout, async {
-            while let Some(done) = consumers.join_next().await {
-                if let Ok((key, ShardOutcome::Ended(children))) = done {
-                    self.shard_ended(&key, children).await;
-                }
-            }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!("processors did not finish within the shutdown timeout");
-            consumers.abort_all();
+        let deadline = Instant::now() + self.config.shutdown_timeout;
+        self.drain(&mut consumers, deadline, &mut sync_needed).await;
+        if !consumers.tasks.is_empty() {
+            tracing::warn!(
+                remaining = consumers.tasks.len(),
+                "processors did not finish within the shutdown timeout; aborting them"
+            );
+            consumers.tasks.abort_all();
+            // Aborted tasks end at their next await; one blocking its thread does not.
+            let grace = Instant::now() + self.config.failover_time;
+            self.drain(&mut consumers, grace, &mut sync_needed).await;
+        }
+        for key in consumers.running.keys() {
+            tracing::error!(shard = %key, "a record processor is still running (blocking its thread?): its lease is not released and expires for other workers after the failover time");
+            self.coordinator.abandon(key);
         }
         background.abort_all();
-        self.coordinator.release_all().await?;
+        let mut first_error = None;
+        for held in self.coordinator.held_leases() {
+            if let Err(error) = self.coordinator.release_lease(held.key()).await {
+                tracing::warn!(shard = %held.key(), %error, "releasing lease failed");
+                first_error.get_or_insert(error);
+            }
+        }
         tracing::info!(worker = %self.worker_id, "shut down; leases released");
-        Ok(())
+        match first_error {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for consumer tasks until `until`, handling each as it ends (releasing its
+    /// lease: its task is gone).
+    async fn drain(&self, consumers: &mut Consumers, until: Instant, sync_needed: &mut bool) {
+        loop {
+            let done = tokio::select! {
+                done = consumers.tasks.join_next_with_id() => done,
+                _ = tokio::time::sleep_until(until) => return,
+            };
+            let Some(done) = done else { return };
+            let (id, outcome) = match done {
+                Ok((id, outcome)) => (id, Some(outcome)),
+                Err(error) => (error.id(), None),
+            };
+            let Some(key) = consumers.keys.remove(&id) else {
+                continue;
+            };
+            consumers.running.remove(&key);
+            match outcome {
+                Some(ShardOutcome::Ended(children)) => {
+                    self.shard_ended(&key, children, sync_needed).await
+                }
+                _ => {
+                    if let Err(error) = self.coordinator.release_lease(&key).await {
+                        tracing::warn!(shard = %key, %error, "releasing lease failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One taker round; updates whether this worker leads shard syncs.
+    async fn take(&self, leader: &mut bool) {
+        match self.coordinator.take_leases().await {
+            Ok(round) => {
+                let first_owner = round
+                    .leases
+                    .iter()
+                    .filter(|l| !l.is_finished())
+                    .filter_map(|l| l.lease_owner.as_deref())
+                    .min();
+                *leader = first_owner.is_none_or(|first| first >= self.worker_id.as_str());
+            }
+            Err(error) => tracing::warn!(%error, "lease taking failed"),
+        }
     }
 
     /// [`run`](Scheduler::run) until `signal` completes (for example
@@ -282,43 +418,76 @@ impl Scheduler {
         run.await
     }
 
-    async fn list_leases_logged(&self) -> Option<Vec<Lease>> {
-        match self.store.list_leases().await {
-            Ok(leases) => Some(leases),
-            Err(error) => {
-                tracing::warn!(%error, "listing leases failed");
-                None
-            }
-        }
-    }
-
     /// Acts on how a shard consumer finished; returns whether its shard ended.
     async fn finished(
         &self,
         key: &str,
         outcome: ShardOutcome,
-        retry_after: &mut HashMap<String, Instant>,
+        running: Option<Running>,
+        consumers: &mut Consumers,
+        sync_needed: &mut bool,
     ) -> bool {
         match outcome {
             ShardOutcome::Ended(children) => {
-                self.shard_ended(key, children).await;
+                consumers.failures.remove(key);
+                self.shard_ended(key, children, sync_needed).await;
                 true
             }
             ShardOutcome::EndNotCheckpointed => {
-                retry_after.insert(
-                    key.to_owned(),
-                    Instant::now() + self.config.parent_shard_poll_interval,
-                );
+                self.failed(key, "shard_end_not_checkpointed", running, consumers);
                 false
             }
-            ShardOutcome::LeaseLost | ShardOutcome::Shutdown => false,
+            ShardOutcome::ReadFailed(error) => {
+                tracing::error!(shard = %key, %error, "the shard cannot be read");
+                self.failed(key, "read_failed", running, consumers);
+                false
+            }
+            ShardOutcome::LeaseLost => {
+                self.coordinator.drop_if_lost(key);
+                false
+            }
+            ShardOutcome::Shutdown => false,
         }
+    }
+
+    /// A shard consumer failed (processor panic, no `SHARD_END` checkpoint, unreadable
+    /// shard): retry it after an exponential backoff, reset when it had made progress.
+    fn failed(
+        &self,
+        key: &str,
+        reason: &'static str,
+        running: Option<Running>,
+        consumers: &mut Consumers,
+    ) {
+        let progressed = match (running, self.coordinator.held_lease(key)) {
+            (Some(running), Some(held)) => held.copy().checkpoint != running.started_at,
+            _ => false,
+        };
+        let failures = consumers.failures.entry(key.to_owned()).or_default();
+        if progressed {
+            *failures = 0;
+        }
+        *failures += 1;
+        let exponent = (*failures - 1).min(20);
+        let delay = self
+            .config
+            .failure_backoff_min
+            .saturating_mul(1 << exponent)
+            .min(self.config.failure_backoff_max);
+        consumers
+            .retry_after
+            .insert(key.to_owned(), Instant::now() + delay);
+        metrics::counter!("RecordProcessorFailures", "ShardId" => key.to_owned(), "Reason" => reason)
+            .increment(1);
+        tracing::error!(shard = %key, reason, failures = *failures, retry_in = ?delay, "shard consumer failed; retrying after a backoff");
+        self.coordinator.drop_if_lost(key);
     }
 
     /// A shard was processed to its end: create the children's leases, record them on the
     /// parent, and release the parent's lease (finished leases are neither counted nor
-    /// taken).
-    async fn shard_ended(&self, key: &str, children: Vec<ChildShard>) {
+    /// taken). A child lease that could not be created is left to shard sync, which runs
+    /// soon: its parent stays until every child has started, so nothing is skipped.
+    async fn shard_ended(&self, key: &str, children: Vec<ChildShard>, sync_needed: &mut bool) {
         let Some(held) = self.coordinator.held_lease(key) else {
             return;
         };
@@ -331,16 +500,20 @@ impl Scheduler {
                     r.ending_hash_key().to_owned(),
                 )
             });
-            if let Err(error) = self.store.create_lease_if_absent(&lease).await {
+            let created = timed(
+                self.coordinator.config().request_timeout(),
+                self.store.create_lease_if_absent(&lease),
+            )
+            .await;
+            if let Err(error) = created {
                 tracing::warn!(shard = %child.shard_id(), %error, "creating child lease failed; shard sync will");
+                *sync_needed = true;
             }
         }
         let ids: BTreeSet<String> = children.iter().map(|c| c.shard_id().to_owned()).collect();
         if !ids.is_empty() {
-            let mut lease = held.lock().await;
-            match self.store.update_child_shards(&lease, &ids).await {
-                Ok(written) => *lease = written,
-                Err(error) => tracing::warn!(shard = %key, %error, "recording child shards failed"),
+            if let Err(error) = held.set_child_shards(&ids).await {
+                tracing::warn!(shard = %key, %error, "recording child shards failed");
             }
         }
         tracing::info!(shard = %key, children = ?ids, "shard finished");
@@ -349,44 +522,128 @@ impl Scheduler {
         }
     }
 
+    /// Whether every parent of `lease` is finished: its lease is at `SHARD_END`, or it has
+    /// no lease and ListShards (fresh) no longer lists it. A parent without a lease that is
+    /// still in the stream is a hole: the shard waits and shard sync repairs it.
+    async fn parents_done(
+        &self,
+        lease: &Lease,
+        shards: &mut Option<ShardList>,
+        sync_needed: &mut bool,
+    ) -> bool {
+        for parent in &lease.parent_shard_ids {
+            let timeout = self.coordinator.config().request_timeout();
+            match timed(timeout, self.store.get_lease(parent)).await {
+                Ok(Some(parent_lease)) if parent_lease.is_finished() => continue,
+                Ok(Some(_)) => {
+                    tracing::debug!(shard = %lease.lease_key, %parent, "waiting for parent shard");
+                    return false;
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(shard = %lease.lease_key, %parent, %error, "reading parent lease failed");
+                    return false;
+                }
+            }
+            let fresh = shards
+                .as_ref()
+                .is_some_and(|list| list.at.elapsed() < self.config.parent_shard_poll_interval);
+            if !fresh {
+                match self.list_all_shards().await {
+                    Ok(list) => {
+                        *shards = Some(ShardList {
+                            at: Instant::now(),
+                            ids: list.iter().map(|s| s.shard_id().to_owned()).collect(),
+                        })
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "ListShards failed while checking parents");
+                        return false;
+                    }
+                }
+            }
+            if shards
+                .as_ref()
+                .is_some_and(|list| list.ids.contains(parent))
+            {
+                tracing::warn!(shard = %lease.lease_key, %parent, "parent shard has no lease: waiting for shard sync to create it");
+                *sync_needed = true;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Starts a consumer for each held lease that is ready; returns when to look again
+    /// for leases that will be ready later (after a backoff, or a stolen lease's wait).
     async fn start_ready(
         &self,
-        leases: &[Lease],
-        consumers: &mut JoinSet<(String, ShardOutcome)>,
-        running: &mut HashMap<String, Running>,
-        retry_after: &mut HashMap<String, Instant>,
-    ) {
-        let table: HashMap<&str, &Lease> =
-            leases.iter().map(|l| (l.lease_key.as_str(), l)).collect();
+        consumers: &mut Consumers,
+        shards: &mut Option<ShardList>,
+        sync_needed: &mut bool,
+    ) -> Option<Instant> {
+        let mut wake: Option<Instant> = consumers.retry_after.values().min().copied();
         let now = Instant::now();
-        retry_after.retain(|_, at| *at > now);
+        consumers.retry_after.retain(|_, at| *at > now);
+        let held_keys: HashSet<String> = self
+            .coordinator
+            .held_leases()
+            .iter()
+            .map(|h| h.key().to_owned())
+            .collect();
+        consumers
+            .parents_checked
+            .retain(|k, _| held_keys.contains(k));
         for held in self.coordinator.held_leases() {
             let key = held.key().to_owned();
-            if running.contains_key(&key) || retry_after.contains_key(&key) || held.is_lost() {
+            if consumers.running.contains_key(&key)
+                || consumers.retry_after.contains_key(&key)
+                || held.is_lost()
+            {
                 continue;
             }
-            let lease = held.snapshot().await;
+            if held.not_before() > now {
+                wake = Some(wake.map_or(held.not_before(), |w| w.min(held.not_before())));
+                continue;
+            }
+            let lease = held.copy();
             if lease.is_finished() {
-                self.shard_ended(&key, Vec::new()).await;
+                self.shard_ended(&key, Vec::new(), sync_needed).await;
                 continue;
             }
-            let waiting: Vec<&String> = lease
-                .parent_shard_ids
-                .iter()
-                .filter(|p| table.get(p.as_str()).is_some_and(|l| !l.is_finished()))
-                .collect();
-            if !waiting.is_empty() {
-                tracing::debug!(shard = %key, parents = ?waiting, "waiting for parent shards");
-                continue;
+            // A lease that has checkpointed a record started after its parents were done
+            // (and since then their leases may have been cleaned up): only a lease still at
+            // its initial position waits for its parents.
+            let not_started = matches!(
+                lease.checkpoint.position,
+                SequencePosition::TrimHorizon
+                    | SequencePosition::Latest
+                    | SequencePosition::AtTimestamp
+            );
+            if not_started && !lease.parent_shard_ids.is_empty() {
+                // Parents are read (one GetItem each) at most once per poll interval.
+                if consumers
+                    .parents_checked
+                    .get(&key)
+                    .is_some_and(|at| at.elapsed() < self.config.parent_shard_poll_interval)
+                {
+                    continue;
+                }
+                consumers
+                    .parents_checked
+                    .insert(key.clone(), Instant::now());
+                if !self.parents_done(&lease, shards, sync_needed).await {
+                    continue;
+                }
             }
             let (stop, stop_rx) = watch::channel(false);
             let consumer = ShardConsumer {
                 held: held.clone(),
-                store: self.store.clone(),
                 processor: self.factory.create_processor(),
                 client: self.kinesis.clone(),
                 stream: self.stream.clone(),
                 retrieval: self.retrieval.clone(),
+                options: self.fetch_options(),
                 initial_timestamp: match self.initial_position {
                     InitialPosition::AtTimestamp(t) => Some(t),
                     _ => None,
@@ -394,54 +651,58 @@ impl Scheduler {
                 shutdown: stop_rx,
             };
             tracing::info!(shard = %key, worker = %self.worker_id, checkpoint = %lease.checkpoint, "starting shard consumer");
-            consumers.spawn({
-                let key = key.clone();
-                async move {
-                    let outcome = AssertUnwindSafe(consumer.run()).catch_unwind().await;
-                    let outcome = outcome.unwrap_or_else(|_| {
-                        tracing::error!(shard = %key, "record processor panicked; the shard is retried");
-                        ShardOutcome::EndNotCheckpointed
-                    });
-                    (key, outcome)
-                }
-            });
-            running.insert(key, Running { shutdown: stop });
+            let task = consumers.tasks.spawn(consumer.run());
+            consumers.keys.insert(task.id(), key.clone());
+            consumers.running.insert(
+                key,
+                Running {
+                    shutdown: stop,
+                    started_at: lease.checkpoint,
+                },
+            );
+        }
+        wake
+    }
+
+    fn fetch_options(&self) -> FetchOptions {
+        FetchOptions {
+            request_timeout: self.config.kinesis_request_timeout,
+            on_trimmed_checkpoint: self.config.on_trimmed_checkpoint,
+            prefetch_bytes: self.config.prefetch_bytes,
+            deliver_empty_batches: self.config.call_process_records_even_for_empty_list,
         }
     }
 
     async fn list_all_shards(&self) -> Result<Vec<Shard>, SchedulerError> {
-        let mut shards = Vec::new();
-        let mut next: Option<String> = None;
-        loop {
-            let request = match &next {
-                Some(token) => self.kinesis.list_shards().next_token(token),
-                None => self.kinesis.list_shards().stream_name(&self.stream),
-            };
-            let page = request
-                .send()
-                .await
-                .map_err(|e| SchedulerError::Kinesis(DisplayErrorContext(&e).to_string()))?;
-            shards.extend(page.shards().iter().cloned());
-            next = page.next_token().map(str::to_owned);
-            if next.is_none() {
-                return Ok(shards);
-            }
-        }
+        tokio::time::timeout(
+            self.config.kinesis_request_timeout,
+            list_shards(&self.kinesis, &self.stream),
+        )
+        .await
+        .map_err(|_| SchedulerError::Kinesis("ListShards timed out".into()))?
+        .map_err(SchedulerError::Kinesis)
     }
 
-    /// Creates leases for shards that have none (parents before children) and deletes
-    /// finished leases whose children have all started.
-    async fn sync_shards(&self) -> Result<(), SchedulerError> {
-        let shards = self.list_all_shards().await?;
-        let leases = self.store.list_leases().await?;
-        let plan = plan_shard_sync(&shards, &leases, self.initial_position);
+    /// Creates missing leases (parents first, holes repaired) and deletes finished leases
+    /// whose children have all started or that left the stream.
+    async fn sync_shards(&self, shards: &mut Option<ShardList>) -> Result<(), SchedulerError> {
+        let timeout = self.coordinator.config().request_timeout();
+        // Leases first: every lease read existed before the listing, so a lease whose
+        // shard is not listed is of a shard that left the stream.
+        let leases = timed(timeout, self.store.list_leases()).await?;
+        let listed = self.list_all_shards().await?;
+        *shards = Some(ShardList {
+            at: Instant::now(),
+            ids: listed.iter().map(|s| s.shard_id().to_owned()).collect(),
+        });
+        let plan = plan_shard_sync(&listed, &leases, self.initial_position);
         for lease in plan.create {
-            if self.store.create_lease_if_absent(&lease).await? {
+            if timed(timeout, self.store.create_lease_if_absent(&lease)).await? {
                 tracing::info!(shard = %lease.lease_key, checkpoint = %lease.checkpoint, "created lease");
             }
         }
         for lease in plan.delete {
-            match self.store.delete_lease(&lease).await {
+            match timed(timeout, self.store.delete_lease(&lease)).await {
                 Ok(()) => tracing::info!(shard = %lease.lease_key, "deleted finished lease"),
                 Err(LeaseStoreError::ConditionFailed(_)) => {}
                 Err(error) => {

@@ -11,13 +11,14 @@ use tokio::task::JoinSet;
 
 use crate::checkpoint::Checkpointer;
 use crate::lease::{ExtendedSequenceNumber, SequencePosition};
-use crate::leases::{HeldLease, LeaseStore};
+use crate::leases::HeldLease;
 use crate::processor::{
     InitializeInput, KinesisClientRecord, LeaseLostInput, ProcessRecordsInput, RecordProcessor,
     ShardEndedInput, ShutdownRequestedInput,
 };
 use crate::retrieval::{
-    FanOutConfig, FanOutFetcher, PollingConfig, PollingFetcher, StartingPosition,
+    FanOutConfig, FanOutFetcher, FetchError, FetchOptions, PollingConfig, PollingFetcher,
+    StartingPosition,
 };
 use kinesis_producer::HashKey;
 
@@ -42,6 +43,8 @@ pub(crate) enum ShardOutcome {
     Ended(Vec<ChildShard>),
     /// The shard ended but the processor did not checkpoint `SHARD_END`.
     EndNotCheckpointed,
+    /// The shard cannot be read (see [`FetchError`]).
+    ReadFailed(FetchError),
     /// The lease was lost.
     LeaseLost,
     /// Graceful shutdown finished.
@@ -50,11 +53,11 @@ pub(crate) enum ShardOutcome {
 
 pub(crate) struct ShardConsumer {
     pub held: Arc<HeldLease>,
-    pub store: Arc<dyn LeaseStore>,
     pub processor: Box<dyn RecordProcessor>,
     pub client: aws_sdk_kinesis::Client,
     pub stream: String,
     pub retrieval: Retrieval,
+    pub options: FetchOptions,
     pub initial_timestamp: Option<SystemTime>,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -68,9 +71,15 @@ fn hash_range(lease: &crate::lease::Lease) -> Option<(HashKey, HashKey)> {
 /// Turns Kinesis records into user records, skipping those at or before `skip` (a
 /// checkpoint inside an aggregate).
 ///
-/// User records of an aggregate whose hash key lies outside the shard's `range` are
-/// dropped, as AWS's KCL does: a producer whose shard map was stale during a reshard put
-/// them on the wrong shard, and a KPL-style producer sends them again to the right one.
+/// A KPL aggregate any of whose user records hashes outside the shard's `range` is dropped
+/// whole, with a warning and the metric `AggregatesDropped`, as AWS's KCL does: a producer
+/// whose shard map was stale during a reshard put it on a shard that does not own all of
+/// its records, and a KPL-style producer (AWS's, or `kinesis-producer`) sends every record
+/// of such an aggregate again, each to its right shard. Delivering the records that do
+/// belong here would duplicate them. An aggregate whose records all lie inside the range
+/// is delivered, and the producers count it as delivered, so the pair loses nothing and
+/// duplicates nothing. Plain records are never dropped: Kinesis put them where their key
+/// belongs.
 pub(crate) fn user_records(
     records: Vec<Record>,
     skip: Option<&ExtendedSequenceNumber>,
@@ -84,26 +93,36 @@ pub(crate) fn user_records(
         let sequence_number = record.sequence_number().to_owned();
         let partition_key = record.partition_key().unwrap_or_default().to_owned();
         let data = Bytes::from(record.data.into_inner());
-        for user in kinesis_producer::aggregation::deaggregate(&partition_key, None, data) {
+        let users = kinesis_producer::aggregation::deaggregate(&partition_key, None, data);
+        if let Some((start, end)) = range {
+            let outside = users
+                .iter()
+                .filter(|user| user.aggregated)
+                .filter(|user| {
+                    let key = match user.explicit_hash_key.as_deref().map(str::parse::<HashKey>) {
+                        Some(Ok(key)) => key,
+                        _ => HashKey::from_partition_key(&user.partition_key),
+                    };
+                    key < start || key > end
+                })
+                .count();
+            if outside > 0 {
+                tracing::warn!(
+                    sequence_number = %sequence_number,
+                    user_records = users.len(),
+                    outside,
+                    "dropping a KPL aggregate with user records outside this shard's hash range \
+                     (its producer sends them again to the right shards)"
+                );
+                metrics::counter!("AggregatesDropped").increment(1);
+                continue;
+            }
+        }
+        for user in users {
             if let Some(skip) = skip {
                 if skip.sequence_number() == Some(sequence_number.as_str())
                     && user.sub_sequence_number <= skip.sub_sequence_number
                 {
-                    continue;
-                }
-            }
-            if let (true, Some((start, end))) = (user.aggregated, range) {
-                let key = match user.explicit_hash_key.as_deref().map(str::parse::<HashKey>) {
-                    Some(Ok(key)) => key,
-                    _ => HashKey::from_partition_key(&user.partition_key),
-                };
-                if key < start || key > end {
-                    tracing::warn!(
-                        sequence_number = %sequence_number,
-                        sub_sequence_number = user.sub_sequence_number,
-                        partition_key = %user.partition_key,
-                        "dropping a user record of an aggregate that does not belong to this shard"
-                    );
                     continue;
                 }
             }
@@ -122,13 +141,19 @@ pub(crate) fn user_records(
 }
 
 impl ShardConsumer {
+    /// Runs the processor until the shard ends, the lease is lost or a shutdown is
+    /// requested. A processor panic unwinds out of here (the scheduler sees the task
+    /// fail).
     pub(crate) async fn run(mut self) -> ShardOutcome {
         let shard_id = self.held.key().to_owned();
-        let lease = self.held.snapshot().await;
+        let lease = self.held.copy();
         if lease.is_finished() {
             return ShardOutcome::Ended(Vec::new());
         }
-        let checkpointer = Checkpointer::new(self.held.clone(), self.store.clone());
+        if self.held.is_lost() {
+            return ShardOutcome::LeaseLost;
+        }
+        let checkpointer = Checkpointer::new(self.held.clone());
         self.processor
             .initialize(InitializeInput {
                 shard_id: shard_id.clone(),
@@ -165,6 +190,7 @@ impl ShardConsumer {
                 self.stream.clone(),
                 shard_id.clone(),
                 config.clone(),
+                self.options.clone(),
             )
             .spawn(start, &mut tasks),
             Retrieval::FanOut {
@@ -176,20 +202,18 @@ impl ShardConsumer {
                 consumer_arn.clone(),
                 shard_id.clone(),
                 config.clone(),
+                self.options.clone(),
             )
             .spawn(start, &mut tasks),
         };
-        let mut lost = self.held.lost_signal();
         let mut skip = skip;
         let range = hash_range(&lease);
+        let held = self.held.clone();
 
         loop {
-            tokio::select! {
+            let batch = tokio::select! {
                 biased;
-                _ = async { lost.wait_for(|lost| *lost).await.map(|_| ()) } => {
-                    self.processor.lease_lost(LeaseLostInput { shard_id }).await;
-                    return ShardOutcome::LeaseLost;
-                }
+                _ = held.lost() => None,
                 _ = async { self.shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => {
                     self.processor
                         .shutdown_requested(ShutdownRequestedInput {
@@ -199,49 +223,66 @@ impl ShardConsumer {
                         .await;
                     return ShardOutcome::Shutdown;
                 }
-                batch = batches.recv() => {
-                    let Some(batch) = batch else {
-                        tracing::error!(shard = %shard_id, "record fetcher stopped unexpectedly");
-                        return ShardOutcome::EndNotCheckpointed;
-                    };
-                    let records = user_records(batch.records, skip.as_ref(), range);
-                    skip = None;
-                    if let Some(last) = records.last() {
-                        checkpointer.delivered(last.position());
-                        self.processor
-                            .process_records(ProcessRecordsInput {
-                                records,
-                                millis_behind_latest: batch.millis_behind_latest,
-                                checkpointer: checkpointer.clone(),
-                            })
-                            .await;
-                    }
-                    if let Some(children) = batch.shard_end {
-                        if self.held.is_lost() {
-                            continue;
-                        }
-                        checkpointer.set_shard_ended();
-                        self.processor
-                            .shard_ended(ShardEndedInput {
-                                shard_id: shard_id.clone(),
-                                checkpointer: checkpointer.clone(),
-                            })
-                            .await;
-                        if checkpointer.lease().await.is_finished() {
-                            return ShardOutcome::Ended(children);
-                        }
-                        if self.held.is_lost() {
-                            continue;
-                        }
-                        tracing::error!(
-                            shard = %shard_id,
-                            "the record processor did not checkpoint in shard_ended: the shard is \
-                             not finished, its children cannot start, and it will be consumed \
-                             again from its last checkpoint"
-                        );
-                        return ShardOutcome::EndNotCheckpointed;
-                    }
+                batch = batches.recv() => Some(batch),
+            };
+            // Past the lease's local deadline nothing more reaches the processor, even a
+            // batch that was already waiting.
+            let batch = match batch {
+                Some(_) | None if held.is_lost() => {
+                    self.processor.lease_lost(LeaseLostInput { shard_id }).await;
+                    return ShardOutcome::LeaseLost;
                 }
+                None => continue,
+                Some(batch) => batch,
+            };
+            let batch = match batch {
+                None => {
+                    tracing::error!(shard = %shard_id, "record fetcher stopped unexpectedly");
+                    return ShardOutcome::EndNotCheckpointed;
+                }
+                Some(Err(error)) => return ShardOutcome::ReadFailed(error),
+                Some(Ok(batch)) => batch,
+            };
+            let records = user_records(batch.records, skip.as_ref(), range);
+            skip = None;
+            if let Some(last) = records.last() {
+                checkpointer.delivered(last.position());
+            }
+            if !records.is_empty()
+                || (self.options.deliver_empty_batches && batch.shard_end.is_none())
+            {
+                self.processor
+                    .process_records(ProcessRecordsInput {
+                        records,
+                        millis_behind_latest: batch.millis_behind_latest,
+                        checkpointer: checkpointer.clone(),
+                    })
+                    .await;
+            }
+            if let Some(children) = batch.shard_end {
+                if held.is_lost() {
+                    continue;
+                }
+                checkpointer.set_shard_ended();
+                self.processor
+                    .shard_ended(ShardEndedInput {
+                        shard_id: shard_id.clone(),
+                        checkpointer: checkpointer.clone(),
+                    })
+                    .await;
+                if checkpointer.lease().is_finished() {
+                    return ShardOutcome::Ended(children);
+                }
+                if held.is_lost() {
+                    continue;
+                }
+                tracing::error!(
+                    shard = %shard_id,
+                    "the record processor did not checkpoint in shard_ended: the shard is \
+                     not finished, its children cannot start, and it will be consumed \
+                     again from its last checkpoint"
+                );
+                return ShardOutcome::EndNotCheckpointed;
             }
         }
     }
@@ -320,29 +361,43 @@ mod tests {
         assert_eq!(out[0].data, Bytes::from(data));
     }
 
+    /// As AWS's KCL: an aggregate with any user record outside the shard's hash range is
+    /// dropped whole (the producer sends all of its records again), with a metric; an
+    /// aggregate entirely inside is delivered; a plain record is never dropped.
     #[test]
-    fn aggregate_records_outside_the_shard_are_dropped() {
-        let keys: Vec<String> = (0..50).map(|i| format!("key-{i}")).collect();
-        let mut builder = AggregateBuilder::new();
-        for key in &keys {
-            builder.push(key, None, Bytes::from_static(b"x"));
-        }
-        let aggregate = builder.finish().unwrap();
+    fn an_aggregate_with_a_record_outside_the_shard_is_dropped_whole() {
         let lower_half = (HashKey(0), HashKey(u128::MAX / 2));
-        let records = vec![
-            record("1", &aggregate.partition_key, aggregate.data.clone()),
-            // A plain record is never dropped: Kinesis put it where its key belongs.
-            record("2", "plain", Bytes::from_static(b"p")),
-        ];
-        let kept = user_records(records, None, Some(lower_half));
-        let expected: Vec<&str> = keys
+        let keys: Vec<String> = (0..50).map(|i| format!("key-{i}")).collect();
+        let (inside, outside): (Vec<&String>, Vec<&String>) = keys
             .iter()
-            .filter(|k| HashKey::from_partition_key(k) <= lower_half.1)
-            .map(String::as_str)
-            .chain(["plain"])
+            .partition(|k| HashKey::from_partition_key(k) <= lower_half.1);
+        assert!(inside.len() > 5 && outside.len() > 5);
+        let aggregate = |keys: &[&String]| {
+            let mut builder = AggregateBuilder::new();
+            for key in keys {
+                builder.push(key, None, Bytes::from_static(b"x"));
+            }
+            builder.finish().unwrap()
+        };
+        let mixed = aggregate(&keys.iter().collect::<Vec<_>>());
+        let all_inside = aggregate(&inside);
+        let records = vec![
+            record("1", &mixed.partition_key, mixed.data.clone()),
+            record("2", "plain", Bytes::from_static(b"p")),
+            record("3", &all_inside.partition_key, all_inside.data.clone()),
+        ];
+        let recorder = crate::test_util::CountingRecorder::new();
+        let kept = metrics::with_local_recorder(&recorder, || {
+            user_records(records, None, Some(lower_half))
+        });
+        let delivered: Vec<(&str, &str)> = kept
+            .iter()
+            .map(|r| (r.sequence_number.as_str(), r.partition_key.as_str()))
             .collect();
-        assert!(expected.len() > 10 && expected.len() < 45);
-        let delivered: Vec<&str> = kept.iter().map(|r| r.partition_key.as_str()).collect();
+        let expected: Vec<(&str, &str)> = std::iter::once(("2", "plain"))
+            .chain(inside.iter().map(|k| ("3", k.as_str())))
+            .collect();
         assert_eq!(delivered, expected);
+        assert_eq!(recorder.counter("AggregatesDropped", &[]), 1);
     }
 }

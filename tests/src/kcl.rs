@@ -41,6 +41,8 @@ pub struct Delivered {
     pub arrival: Option<std::time::SystemTime>,
     /// The batch's `millis_behind_latest`.
     pub millis_behind_latest: Option<i64>,
+    /// When the processor got it.
+    pub at: std::time::Instant,
 }
 
 /// Something a processor was told, in order.
@@ -75,6 +77,16 @@ pub enum Event {
         worker: String,
         /// Shard.
         shard: String,
+    },
+    /// A processor method returned after blocking its thread
+    /// ([`Behaviour::block_in_shutdown`]).
+    Unblocked {
+        /// Worker.
+        worker: String,
+        /// Shard.
+        shard: String,
+        /// When.
+        at: std::time::Instant,
     },
 }
 
@@ -132,6 +144,13 @@ pub struct Behaviour {
     pub checkpoint_on_shutdown: bool,
     /// Checkpoint in `shard_ended` (a correct processor does).
     pub checkpoint_on_shard_end: bool,
+    /// Panic in `process_records` (after logging the batch).
+    pub panic_on_batch: bool,
+    /// Block the thread (not just the task) this long in `shutdown_requested`, as a
+    /// processor calling blocking code does; an abort cannot stop it.
+    pub block_in_shutdown: Option<Duration>,
+    /// Never return from `shutdown_requested` (an async hang: an abort ends it).
+    pub hang_in_shutdown: bool,
 }
 
 impl Default for Behaviour {
@@ -140,6 +159,9 @@ impl Default for Behaviour {
             checkpoint_every_batch: true,
             checkpoint_on_shutdown: true,
             checkpoint_on_shard_end: true,
+            panic_on_batch: false,
+            block_in_shutdown: None,
+            hang_in_shutdown: false,
         }
     }
 }
@@ -177,8 +199,12 @@ impl RecordProcessor for LoggingProcessor {
                     aggregated: r.aggregated,
                     arrival: r.approximate_arrival_timestamp,
                     millis_behind_latest: input.millis_behind_latest,
+                    at: std::time::Instant::now(),
                 });
             }
+        }
+        if self.behaviour.panic_on_batch && !input.records.is_empty() {
+            panic!("{} {}: injected processor panic", self.worker, self.shard);
         }
         if self.behaviour.checkpoint_every_batch {
             if let Err(e) = input.checkpointer.checkpoint().await {
@@ -217,6 +243,17 @@ impl RecordProcessor for LoggingProcessor {
             worker: self.worker.clone(),
             shard: input.shard_id,
         });
+        if let Some(block) = self.behaviour.block_in_shutdown {
+            std::thread::sleep(block);
+            self.log.lock().events.push(Event::Unblocked {
+                worker: self.worker.clone(),
+                shard: self.shard.clone(),
+                at: std::time::Instant::now(),
+            });
+        }
+        if self.behaviour.hang_in_shutdown {
+            std::future::pending::<()>().await;
+        }
         if self.behaviour.checkpoint_on_shutdown {
             if let Err(e) = input.checkpointer.checkpoint().await {
                 note(&format!(

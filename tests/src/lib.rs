@@ -2,6 +2,7 @@
 //! Helpers shared by the integration tests: the shared emulator, unique names, waiting
 //! for streams and tables to become active, and AWS's Python aggregation library.
 
+pub mod faults;
 pub mod kcl;
 pub mod python;
 

@@ -109,6 +109,11 @@ async fn a_crashed_workers_shards_are_taken_over_without_loss() -> TestResult {
     })
     .await?;
 
+    // A lease stolen for balancing is processed only once its previous holder's deadline
+    // has passed (at most the failover time): let the thief start, and redeliver what the
+    // previous holder had not checkpointed, before the crash.
+    tokio::time::sleep(FAILOVER + Duration::from_secs(1)).await;
+
     // Crash w1: no shutdown, no release.
     w1.task.abort();
     let _ = w1.task.await;

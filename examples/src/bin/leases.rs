@@ -11,8 +11,13 @@
 //! leases --app indexer --shard shardId-000000000001 --reset-to trim_horizon --yes
 //! ```
 //!
-//! Reset a checkpoint only while the application is stopped: a running worker holding the
-//! lease keeps its own position and checkpoints over the reset.
+//! A reset while the application runs takes effect: the worker holding the lease sees,
+//! at its next renewal or checkpoint (within a third of the failover time), that the
+//! checkpoint was changed by someone else and loses the lease (its processor gets
+//! `lease_lost`, its checkpoints fail); the lease is then taken after the failover time, by
+//! any worker, from the reset position. Records that worker processed in between are
+//! delivered again or skipped, as the reset says. Stopping the application first avoids
+//! even that.
 
 use std::process::ExitCode;
 

@@ -14,9 +14,10 @@ use futures::future::join_all;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use super::held::HeldLease;
+use super::held::{timed, LeaseTiming, Renewal};
 use super::store::{LeaseStore, LeaseStoreError};
 use crate::lease::Lease;
 
@@ -29,6 +30,12 @@ pub struct LeaseCoordinatorConfig {
     /// (Java KCL `failoverTimeMillis`, default 10 s). Held leases are renewed every third
     /// of it.
     pub failover_time: Duration,
+    /// How long before others may take a lease this worker stops acting on it (see
+    /// [`HeldLease`]); `None`: a fifth of the failover time.
+    pub safety_margin: Option<Duration>,
+    /// Timeout of one lease table call; `None`: a quarter of the failover time, so that a
+    /// hung renewal ends before the next one is due and one hung call never costs a lease.
+    pub request_timeout: Option<Duration>,
     /// The most leases this worker holds (Java KCL `maxLeasesForWorker`, default
     /// unlimited).
     pub max_leases_per_worker: usize,
@@ -43,70 +50,29 @@ impl LeaseCoordinatorConfig {
         LeaseCoordinatorConfig {
             worker_id: worker_id.into(),
             failover_time: Duration::from_secs(10),
+            safety_margin: None,
+            request_timeout: None,
             max_leases_per_worker: usize::MAX,
             max_leases_to_steal_at_once: 1,
         }
     }
-}
 
-/// A lease this worker holds: the authoritative copy (every write to the lease goes
-/// through it, so the fencing counter stays right) and a flag raised when it is lost.
-#[derive(Debug)]
-pub struct HeldLease {
-    key: String,
-    lease: tokio::sync::Mutex<Lease>,
-    lost: watch::Sender<bool>,
-    last_renewed: Mutex<Instant>,
-}
+    /// The safety margin in effect.
+    pub fn safety_margin(&self) -> Duration {
+        self.safety_margin.unwrap_or(self.failover_time / 5)
+    }
 
-impl HeldLease {
-    fn new(lease: Lease, taken_at: Instant) -> Self {
-        HeldLease {
-            key: lease.lease_key.clone(),
-            lease: tokio::sync::Mutex::new(lease),
-            lost: watch::channel(false).0,
-            last_renewed: Mutex::new(taken_at),
+    /// The request timeout in effect.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout.unwrap_or(self.failover_time / 4)
+    }
+
+    pub(crate) fn timing(&self) -> LeaseTiming {
+        LeaseTiming {
+            failover_time: self.failover_time,
+            safety_margin: self.safety_margin(),
+            request_timeout: self.request_timeout(),
         }
-    }
-
-    /// The shard id.
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// A copy of the lease as last written.
-    pub async fn snapshot(&self) -> Lease {
-        self.lease.lock().await.clone()
-    }
-
-    /// Exclusive access for a conditional write; the caller stores the written lease back.
-    pub(crate) async fn lock(&self) -> tokio::sync::MutexGuard<'_, Lease> {
-        self.lease.lock().await
-    }
-
-    /// Whether the lease was lost (taken by another worker, or not renewed in time).
-    pub fn is_lost(&self) -> bool {
-        *self.lost.borrow()
-    }
-
-    /// A receiver that sees `true` once the lease is lost.
-    pub fn lost_signal(&self) -> watch::Receiver<bool> {
-        self.lost.subscribe()
-    }
-
-    pub(crate) fn mark_lost(&self) {
-        self.lost.send_replace(true);
-    }
-
-    fn renewed(&self, at: Instant) {
-        *self.last_renewed.lock().unwrap_or_else(|e| e.into_inner()) = at;
-    }
-
-    fn since_renewed(&self) -> Duration {
-        self.last_renewed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
     }
 }
 
@@ -188,43 +154,28 @@ impl LeaseCoordinator {
         }
     }
 
-    /// Renews every held lease once. Leases whose renewal's condition failed (another
-    /// worker took them), or that could not be renewed for the failover time, are marked
-    /// lost and dropped. Returns the keys of the leases lost.
+    /// Renews every held lease once, each on its own (a slow renewal of one lease never
+    /// delays another's, and never waits for a checkpoint); every call is bounded by the
+    /// request timeout. Leases whose renewal found them taken, and leases past their local
+    /// deadline, are marked lost and dropped. Returns the keys of the leases lost.
     pub async fn renew_leases(&self) -> Vec<String> {
         let held = self.held_leases();
         let results = join_all(held.iter().map(|held| async move {
-            if held.is_lost() {
-                return true;
-            }
-            let mut lease = held.lock().await;
-            // The time the write was sent, not when it was acknowledged: other workers
-            // date the counter change no earlier than the write itself, so the local view
-            // of the lease never outlives theirs.
-            let sent = Instant::now();
-            match self.store.renew_lease(&lease).await {
-                Ok(renewed) => {
-                    *lease = renewed;
-                    held.renewed(sent);
-                    false
-                }
-                Err(LeaseStoreError::ConditionFailed(_)) => {
-                    tracing::info!(shard = %held.key, worker = %self.config.worker_id, "lease lost: taken by another worker");
-                    true
-                }
-                Err(error) => {
-                    let expired = held.since_renewed() >= self.config.failover_time;
-                    tracing::warn!(shard = %held.key, %error, expired, "lease renewal failed");
-                    expired
+            match held.renew().await {
+                Renewal::Renewed => false,
+                Renewal::Lost => true,
+                Renewal::Failed(error) => {
+                    tracing::warn!(shard = %held.key(), %error, deadline_in = ?held.deadline().saturating_duration_since(Instant::now()), "lease renewal failed");
+                    held.is_lost()
                 }
             }
         }))
         .await;
         let mut lost = Vec::new();
         for (held, is_lost) in held.iter().zip(results) {
-            if is_lost {
-                self.forget(&held.key);
-                lost.push(held.key.clone());
+            if is_lost || held.is_lost() {
+                self.forget(held.key());
+                lost.push(held.key().to_owned());
             }
         }
         lost
@@ -237,9 +188,18 @@ impl LeaseCoordinator {
     /// one, so the spread ends within one lease and never oscillates. Finished leases (checkpoint `SHARD_END`) are neither
     /// counted nor taken.
     pub async fn take_leases(&self) -> Result<TakeRound, LeaseStoreError> {
-        let leases = self.store.list_leases().await?;
+        let leases = timed(self.config.request_timeout(), self.store.list_leases()).await?;
         let now = Instant::now();
         let me = self.config.worker_id.as_str();
+        // A held lease the table shows with another owner and a higher counter was taken.
+        for lease in &leases {
+            if let Some(held) = self.held_lease(&lease.lease_key) {
+                if !lease.is_owned_by(me) && lease.lease_counter > held.copy().lease_counter {
+                    tracing::info!(shard = %lease.lease_key, owner = ?lease.lease_owner, "lease lost: the table shows another owner");
+                    self.forget(&lease.lease_key);
+                }
+            }
+        }
         let held_keys: HashSet<String> = self.held_map().keys().cloned().collect();
 
         let expired: HashSet<String> = {
@@ -334,13 +294,42 @@ impl LeaseCoordinator {
         }
 
         for lease in to_take {
+            // A previous holder that may be alive acts on the lease until at most its last
+            // counter change (which we saw at `changed_at` or later) plus the failover time
+            // minus the margin: wait for that before processing (see HeldLease::not_before).
+            let not_before = match lease.lease_owner {
+                None => Instant::now(),
+                Some(_) => {
+                    let observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+                    let changed_at = observed
+                        .get(&lease.lease_key)
+                        .map_or(now, |seen| seen.changed_at);
+                    changed_at
+                        + self
+                            .config
+                            .failover_time
+                            .saturating_sub(self.config.safety_margin())
+                }
+            };
             let sent = Instant::now();
-            match self.store.take_lease(&lease, me).await {
+            match timed(
+                self.config.request_timeout(),
+                self.store.take_lease(&lease, me),
+            )
+            .await
+            {
                 Ok(taken) => {
                     tracing::info!(shard = %taken.lease_key, worker = %me, previous_owner = ?lease.lease_owner, stolen = stealing, "took lease");
                     let key = taken.lease_key.clone();
-                    self.held_map()
-                        .insert(key.clone(), Arc::new(HeldLease::new(taken, sent)));
+                    let held = HeldLease::new(
+                        taken,
+                        sent,
+                        not_before,
+                        me.to_owned(),
+                        self.store.clone(),
+                        self.timing(),
+                    );
+                    self.held_map().insert(key.clone(), Arc::new(held));
                     round.taken.push(key);
                     if stealing {
                         round.stolen += 1;
@@ -359,25 +348,18 @@ impl LeaseCoordinator {
     }
 
     /// Gives up a held lease: removes the owner so another worker can take it at once,
-    /// and marks it lost locally.
+    /// and marks it lost locally. Call it only once nothing acts on the lease any more.
     pub async fn release_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
         let Some(held) = self.held_lease(key) else {
             return Ok(());
         };
-        let result = {
-            let mut lease = held.lock().await;
-            match self.store.evict_lease(&lease).await {
-                Ok(released) => {
-                    *lease = released;
-                    Ok(())
-                }
-                // Someone else holds it now: nothing to release.
-                Err(LeaseStoreError::ConditionFailed(_)) => Ok(()),
-                Err(e) => Err(e),
-            }
-        };
+        let result = held.release().await;
         self.forget(key);
         result
+    }
+
+    fn timing(&self) -> LeaseTiming {
+        self.config.timing()
     }
 
     /// Releases every held lease; returns the first error after trying them all.
@@ -385,6 +367,19 @@ impl LeaseCoordinator {
         let keys: Vec<String> = self.held_map().keys().cloned().collect();
         let results = join_all(keys.iter().map(|k| self.release_lease(k))).await;
         results.into_iter().collect()
+    }
+
+    /// Stops holding a lease without writing anything: it expires for other workers after
+    /// the failover time (used when its processor could not be stopped).
+    pub fn abandon(&self, key: &str) {
+        self.forget(key);
+    }
+
+    /// Drops a lease that is lost (taken, or past its local deadline).
+    pub(crate) fn drop_if_lost(&self, key: &str) {
+        if self.held_lease(key).is_some_and(|held| held.is_lost()) {
+            self.forget(key);
+        }
     }
 
     /// Stops holding every lease without writing anything (they expire for others after

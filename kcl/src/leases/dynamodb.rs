@@ -373,7 +373,19 @@ impl LeaseStore for DynamoDbLeaseStore {
                 .await
                 .map_err(|e| classify(&self.table, e))?;
             for item in page.items() {
-                leases.push(lease_from_item(item)?);
+                // One bad item must not stop taking, syncing and parent checks for the
+                // whole fleet: skip it, loudly.
+                match lease_from_item(item) {
+                    Ok(lease) => leases.push(lease),
+                    Err(error) => {
+                        let key = match item.get(LEASE_KEY) {
+                            Some(AttributeValue::S(key)) => key.clone(),
+                            _ => String::from("?"),
+                        };
+                        tracing::error!(table = %self.table, lease_key = %key, %error, "skipping a malformed lease item");
+                        metrics::counter!("LeaseItemsMalformed").increment(1);
+                    }
+                }
             }
             start = page.last_evaluated_key().cloned();
             if start.is_none() {

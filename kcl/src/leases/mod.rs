@@ -3,10 +3,12 @@
 
 pub mod coordinator;
 pub mod dynamodb;
+mod held;
 pub mod memory;
 pub mod store;
 
 pub use coordinator::{HeldLease, LeaseCoordinator, LeaseCoordinatorConfig, TakeRound};
 pub use dynamodb::DynamoDbLeaseStore;
+pub(crate) use held::timed;
 pub use memory::MemoryLeaseStore;
 pub use store::{CheckpointUpdate, LeaseStore, LeaseStoreError};

@@ -18,6 +18,9 @@ pub enum LeaseStoreError {
     /// An item in the table does not have the expected attributes.
     #[error("malformed lease item: {0}")]
     Malformed(String),
+    /// The call did not answer within its timeout: whether a write was applied is unknown.
+    #[error("lease table call timed out after {0:?}")]
+    Timeout(std::time::Duration),
     /// Any other failure (network, permissions, table missing).
     #[error("lease table error: {0}")]
     Other(String),
@@ -44,7 +47,8 @@ pub trait LeaseStore: Send + Sync {
     /// Creates the table when it does not exist and waits until it can be used.
     async fn create_table_if_missing(&self) -> Result<(), LeaseStoreError>;
 
-    /// Every lease in the table.
+    /// Every lease in the table. Items that cannot be read as leases are skipped (with an
+    /// error log and the metric `LeaseItemsMalformed`), never failing the whole list.
     async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError>;
 
     /// One lease, if it exists.

@@ -12,10 +12,12 @@ use aws_sdk_kinesis::types::{
     SubscribeToShardEvent, SubscribeToShardEventStream,
 };
 use aws_sdk_kinesis::Client;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{backoff, RecordBatch, StartingPosition};
+use super::{
+    backoff, confirm_shard_gone, prefetch_queue, FetchError, FetchOptions, PrefetchSender,
+    Prefetched, RecordBatch, StartingPosition, TrimmedCheckpoint,
+};
 
 /// Settings of enhanced fan-out retrieval.
 #[derive(Clone, Debug)]
@@ -36,6 +38,12 @@ pub struct FanOutConfig {
     /// through the subscription, but kinesis-mock never does (a closed shard keeps
     /// sending empty events), and a missed end would keep the children waiting forever.
     pub shard_end_check: Option<Duration>,
+    /// A subscription that delivers no event at all (not even an empty one) for this long
+    /// while the read-ahead queue has room is considered stalled and replaced by a new one
+    /// from the last position (default 35 s; `None` disables it). Kinesis sends an event at
+    /// least every few seconds on an open shard, so only a stuck connection is silent that
+    /// long; the Java KCL has no such check and such subscriptions stall its shards.
+    pub stall_timeout: Option<Duration>,
 }
 
 impl Default for FanOutConfig {
@@ -45,6 +53,7 @@ impl Default for FanOutConfig {
             prefetch_batches: 3,
             registration_timeout: Duration::from_secs(120),
             shard_end_check: Some(Duration::from_secs(30)),
+            stall_timeout: Some(Duration::from_secs(35)),
         }
     }
 }
@@ -204,6 +213,7 @@ pub async fn register_consumer(
 pub(crate) fn apply_event(
     event: SubscribeToShardEvent,
     position: &mut StartingPosition,
+    deliver_empty: bool,
 ) -> Option<RecordBatch> {
     let SubscribeToShardEvent {
         records,
@@ -218,7 +228,7 @@ pub(crate) fn apply_event(
     } else if !ended {
         *position = StartingPosition::AfterSequenceNumber(continuation_sequence_number);
     }
-    if records.is_empty() && !ended {
+    if records.is_empty() && !ended && !deliver_empty {
         return None;
     }
     Some(RecordBatch {
@@ -258,6 +268,7 @@ pub struct FanOutFetcher {
     consumer_arn: String,
     shard_id: String,
     config: FanOutConfig,
+    options: FetchOptions,
 }
 
 /// SubscribeToShard allows one call per second per consumer and shard.
@@ -273,6 +284,7 @@ impl FanOutFetcher {
         consumer_arn: String,
         shard_id: String,
         config: FanOutConfig,
+        options: FetchOptions,
     ) -> Self {
         FanOutFetcher {
             client,
@@ -280,6 +292,7 @@ impl FanOutFetcher {
             consumer_arn,
             shard_id,
             config,
+            options,
         }
     }
 
@@ -292,21 +305,21 @@ impl FanOutFetcher {
             .stream_name(&self.stream)
             .shard_id(&self.shard_id);
         let request = position.shard_iterator_request(request);
-        let iterator = match request.send().await {
+        let timeout = self.options.request_timeout;
+        let iterator = match tokio::time::timeout(timeout, request.send()).await.ok()? {
             Ok(out) => out.shard_iterator?,
             Err(error) => {
                 tracing::debug!(shard = %self.shard_id, error = %DisplayErrorContext(&error), "shard end check: GetShardIterator failed");
                 return None;
             }
         };
-        match self
+        let records = self
             .client
             .get_records()
             .shard_iterator(iterator)
             .limit(1)
-            .send()
-            .await
-        {
+            .send();
+        match tokio::time::timeout(timeout, records).await.ok()? {
             Ok(out) if out.records().is_empty() && out.next_shard_iterator().is_none() => {
                 Some(out.child_shards.unwrap_or_default())
             }
@@ -324,13 +337,13 @@ impl FanOutFetcher {
         self,
         start: StartingPosition,
         tasks: &mut tokio::task::JoinSet<()>,
-    ) -> mpsc::Receiver<RecordBatch> {
-        let (tx, rx) = mpsc::channel(self.config.prefetch_batches.max(1));
+    ) -> Prefetched {
+        let (tx, rx) = prefetch_queue(self.config.prefetch_batches, self.options.prefetch_bytes);
         tasks.spawn(async move { self.run(start, tx).await });
         rx
     }
 
-    async fn run(self, start: StartingPosition, tx: mpsc::Sender<RecordBatch>) {
+    async fn run(self, start: StartingPosition, tx: PrefetchSender) {
         let new_backoff = || backoff(Duration::from_millis(200), Duration::from_secs(5));
         let mut position = start;
         let mut delays = new_backoff();
@@ -355,15 +368,20 @@ impl FanOutFetcher {
                     return;
                 }
             };
+            let subscribe = self
+                .client
+                .subscribe_to_shard()
+                .consumer_arn(&self.consumer_arn)
+                .shard_id(&self.shard_id)
+                .starting_position(starting_position)
+                .send();
             let subscribed = tokio::select! {
-                result = self
-                    .client
-                    .subscribe_to_shard()
-                    .consumer_arn(&self.consumer_arn)
-                    .shard_id(&self.shard_id)
-                    .starting_position(starting_position)
-                    .send() => result,
+                result = tokio::time::timeout(self.options.request_timeout, subscribe) => result,
                 _ = tx.closed() => return,
+            };
+            let Ok(subscribed) = subscribed else {
+                tracing::warn!(shard = %self.shard_id, timeout = ?self.options.request_timeout, "SubscribeToShard timed out; subscribing again");
+                continue;
             };
             let mut events = match subscribed {
                 Ok(out) => out.event_stream,
@@ -374,11 +392,39 @@ impl FanOutFetcher {
                         _ if service.is_some_and(|e| e.is_invalid_argument_exception())
                             && position.names_a_record() =>
                         {
+                            metrics::counter!("CheckpointTrimHorizonFallbacks", "ShardId" => self.shard_id.clone())
+                                .increment(1);
+                            if self.options.on_trimmed_checkpoint == TrimmedCheckpoint::Fail {
+                                tracing::error!(shard = %self.shard_id, ?position, error = %DisplayErrorContext(&error), "sequence number rejected (trimmed?); not reading the shard (TrimmedCheckpoint::Fail)");
+                                tx.fail(FetchError::CheckpointRejected(format!("{position:?}")))
+                                    .await;
+                                return;
+                            }
                             // The record is gone (older than the retention period): what
                             // follows it and still exists starts at the trim horizon.
-                            tracing::warn!(shard = %self.shard_id, ?position, error = %DisplayErrorContext(&error), "sequence number rejected; subscribing from TRIM_HORIZON");
+                            tracing::error!(shard = %self.shard_id, ?position, error = %DisplayErrorContext(&error), "sequence number rejected (trimmed?); subscribing from TRIM_HORIZON: records between the checkpoint and the oldest record still in the shard are not delivered");
                             position = StartingPosition::TrimHorizon;
                             continue;
+                        }
+                        _ if service.is_some_and(|e| e.is_resource_not_found_exception()) => {
+                            if let Some(children) = confirm_shard_gone(
+                                &self.client,
+                                &self.stream,
+                                &self.shard_id,
+                                self.options.request_timeout,
+                            )
+                            .await
+                            {
+                                let _ = tx
+                                    .send(RecordBatch {
+                                        records: Vec::new(),
+                                        millis_behind_latest: None,
+                                        shard_end: Some(children),
+                                    })
+                                    .await;
+                                return;
+                            }
+                            tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), "SubscribeToShard: not found, but the shard is still listed; retrying");
                         }
                         // Subscribed again too soon, or a subscription of another worker
                         // is still being taken over; or throttled.
@@ -403,14 +449,27 @@ impl FanOutFetcher {
             };
             tracing::debug!(shard = %self.shard_id, ?position, "subscribed");
             let mut last_records = Instant::now();
+            let mut last_event = Instant::now();
             loop {
                 let check_at = self
                     .config
                     .shard_end_check
                     .map(|every| last_records + every);
+                let stall_at = self.config.stall_timeout.map(|after| last_event + after);
                 let next = tokio::select! {
                     next = events.recv() => next,
                     _ = tx.closed() => return,
+                    _ = async {
+                        match stall_at {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        tracing::warn!(shard = %self.shard_id, silent = ?self.config.stall_timeout, "subscription stalled (no event); subscribing again");
+                        metrics::counter!("SubscriptionStalls", "ShardId" => self.shard_id.clone())
+                            .increment(1);
+                        break;
+                    }
                     _ = async {
                         match check_at {
                             Some(at) => tokio::time::sleep_until(at).await,
@@ -434,14 +493,22 @@ impl FanOutFetcher {
                 match next {
                     Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event))) => {
                         delays = new_backoff();
-                        let Some(batch) = apply_event(event, &mut position) else {
+                        last_event = Instant::now();
+                        let had_records = !event.records.is_empty();
+                        let Some(batch) =
+                            apply_event(event, &mut position, self.options.deliver_empty_batches)
+                        else {
                             continue;
                         };
-                        last_records = Instant::now();
+                        if had_records {
+                            last_records = Instant::now();
+                        }
                         let ended = batch.shard_end.is_some();
                         if tx.send(batch).await.is_err() || ended {
                             return;
                         }
+                        // Waiting for room in the queue is not a stall.
+                        last_event = Instant::now();
                     }
                     Ok(Some(other)) => {
                         tracing::debug!(shard = %self.shard_id, event = ?other, "ignoring an unknown event");
@@ -521,7 +588,7 @@ mod tests {
     #[test]
     fn records_become_a_batch_and_move_the_position_after_the_last_record() {
         let mut position = StartingPosition::AtSequenceNumber("1".into());
-        let batch = apply_event(event(&["1", "2", "3"], "3", None), &mut position).unwrap();
+        let batch = apply_event(event(&["1", "2", "3"], "3", None), &mut position, false).unwrap();
         let seqs: Vec<&str> = batch.records.iter().map(|r| r.sequence_number()).collect();
         assert_eq!(seqs, ["1", "2", "3"]);
         assert_eq!(batch.millis_behind_latest, Some(42));
@@ -532,7 +599,7 @@ mod tests {
     #[test]
     fn an_empty_event_delivers_nothing_but_keeps_the_continuation() {
         let mut position = StartingPosition::TrimHorizon;
-        assert!(apply_event(event(&[], "7", None), &mut position).is_none());
+        assert!(apply_event(event(&[], "7", None), &mut position, false).is_none());
         assert_eq!(position, StartingPosition::AfterSequenceNumber("7".into()));
     }
 
@@ -542,6 +609,7 @@ mod tests {
         let batch = apply_event(
             event(&["6"], "", Some(vec![child("c1"), child("c2")])),
             &mut position,
+            false,
         )
         .unwrap();
         assert_eq!(batch.records.len(), 1);
@@ -557,7 +625,7 @@ mod tests {
 
         // With no records and no children listed, it still ends the shard.
         let mut position = StartingPosition::AfterSequenceNumber("6".into());
-        let batch = apply_event(event(&[], "", None), &mut position).unwrap();
+        let batch = apply_event(event(&[], "", None), &mut position, false).unwrap();
         assert!(batch.records.is_empty());
         assert_eq!(batch.shard_end.as_deref().map(<[_]>::len), Some(0));
         assert_eq!(position, StartingPosition::AfterSequenceNumber("6".into()));

@@ -4,9 +4,13 @@
 pub mod fan_out;
 pub mod polling;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_kinesis::error::DisplayErrorContext;
+use aws_sdk_kinesis::types::{ChildShard, HashKeyRange};
 use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 pub use fan_out::{register_consumer, FanOutConfig, FanOutError, FanOutFetcher};
 pub use polling::{PollingConfig, PollingFetcher, RecordBatch, StartingPosition};
@@ -35,6 +39,214 @@ impl RetrievalMode {
         match self {
             RetrievalMode::Polling(polling) => polling.prefetch_batches,
             RetrievalMode::FanOut(fan_out) => fan_out.prefetch_batches,
+        }
+    }
+}
+
+/// What to do when Kinesis rejects the checkpointed sequence number (the record left the
+/// retention period, or the checkpoint is not of this shard).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrimmedCheckpoint {
+    /// Read from `TRIM_HORIZON`, the oldest record still there (the Java KCL's behaviour),
+    /// with an error log and the metric `CheckpointTrimHorizonFallbacks`.
+    #[default]
+    ReadFromTrimHorizon,
+    /// Do not read the shard: the shard consumer fails (error log, same metric) and is
+    /// retried with backoff, until an operator resets the checkpoint (`leases --reset-to`).
+    Fail,
+}
+
+/// Why a shard cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// The checkpointed sequence number was rejected and [`TrimmedCheckpoint::Fail`] is
+    /// set.
+    #[error(
+        "the checkpointed position {0} was rejected (trimmed?); not falling back to TRIM_HORIZON"
+    )]
+    CheckpointRejected(String),
+}
+
+/// Settings every fetcher shares, from the scheduler's configuration.
+#[derive(Clone, Debug)]
+pub struct FetchOptions {
+    /// Timeout of one Kinesis call (GetShardIterator, GetRecords, ListShards, the start of
+    /// SubscribeToShard).
+    pub request_timeout: Duration,
+    /// What a rejected checkpoint does.
+    pub on_trimmed_checkpoint: TrimmedCheckpoint,
+    /// Most bytes (record data and partition keys) read ahead and not yet taken by the
+    /// processor.
+    pub prefetch_bytes: usize,
+    /// Deliver batches without records too (so the processor sees `millis_behind_latest`
+    /// at the tip).
+    pub deliver_empty_batches: bool,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            request_timeout: Duration::from_secs(30),
+            on_trimmed_checkpoint: TrimmedCheckpoint::default(),
+            prefetch_bytes: 8 * 1024 * 1024,
+            deliver_empty_batches: false,
+        }
+    }
+}
+
+type Item = (
+    Result<RecordBatch, FetchError>,
+    Option<OwnedSemaphorePermit>,
+);
+
+/// The receiving end of a shard's read-ahead queue, bounded in batches and in bytes.
+#[derive(Debug)]
+pub struct Prefetched {
+    rx: mpsc::Receiver<Item>,
+}
+
+impl Prefetched {
+    /// The next batch, or why the shard cannot be read; `None` when the fetcher stopped.
+    /// Taking a batch frees its bytes for read-ahead.
+    pub async fn recv(&mut self) -> Option<Result<RecordBatch, FetchError>> {
+        let (item, _bytes) = self.rx.recv().await?;
+        Some(item)
+    }
+}
+
+/// The sending end of a read-ahead queue.
+#[derive(Debug)]
+pub(crate) struct PrefetchSender {
+    tx: mpsc::Sender<Item>,
+    bytes: Arc<Semaphore>,
+    max_bytes: usize,
+}
+
+pub(crate) fn prefetch_queue(batches: usize, max_bytes: usize) -> (PrefetchSender, Prefetched) {
+    let (tx, rx) = mpsc::channel(batches.max(1));
+    let max_bytes = max_bytes.clamp(1, Semaphore::MAX_PERMITS);
+    (
+        PrefetchSender {
+            tx,
+            bytes: Arc::new(Semaphore::new(max_bytes)),
+            max_bytes,
+        },
+        Prefetched { rx },
+    )
+}
+
+/// Bytes a batch holds: record data and partition keys.
+pub(crate) fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .records
+        .iter()
+        .map(|r| r.data().as_ref().len() + r.partition_key().map_or(0, str::len))
+        .sum()
+}
+
+/// The receiver is gone.
+#[derive(Debug)]
+pub(crate) struct Closed;
+
+impl PrefetchSender {
+    /// Queues a batch once its bytes fit (a batch larger than the whole budget waits for
+    /// an empty queue).
+    pub(crate) async fn send(&self, batch: RecordBatch) -> Result<(), Closed> {
+        let size = batch_bytes(&batch).clamp(1, self.max_bytes) as u32;
+        let permit = tokio::select! {
+            permit = self.bytes.clone().acquire_many_owned(size) => permit.map_err(|_| Closed)?,
+            _ = self.tx.closed() => return Err(Closed),
+        };
+        self.tx
+            .send((Ok(batch), Some(permit)))
+            .await
+            .map_err(|_| Closed)
+    }
+
+    pub(crate) async fn fail(&self, error: FetchError) {
+        let _ = self.tx.send((Err(error), None)).await;
+    }
+
+    pub(crate) async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
+
+/// After a ResourceNotFoundException for `shard_id`: lists the stream's shards and, when
+/// the shard is not among them (it aged out of the retention period), returns its children
+/// as ListShards shows them. `None` when the shard is still listed or the listing failed.
+pub(crate) async fn confirm_shard_gone(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    shard_id: &str,
+    timeout: Duration,
+) -> Option<Vec<ChildShard>> {
+    let shards = match tokio::time::timeout(timeout, list_shards(client, stream)).await {
+        Ok(Ok(shards)) => shards,
+        Ok(Err(error)) => {
+            tracing::warn!(shard = %shard_id, %error, "ListShards failed while checking whether the shard left the stream");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(shard = %shard_id, "ListShards timed out while checking whether the shard left the stream");
+            return None;
+        }
+    };
+    if shards.iter().any(|s| s.shard_id() == shard_id) {
+        return None;
+    }
+    let children = shards
+        .iter()
+        .filter(|s| {
+            s.parent_shard_id() == Some(shard_id) || s.adjacent_parent_shard_id() == Some(shard_id)
+        })
+        .filter_map(|s| {
+            let range = s.hash_key_range()?;
+            ChildShard::builder()
+                .shard_id(s.shard_id())
+                .set_parent_shards(Some(
+                    s.parent_shard_id()
+                        .into_iter()
+                        .chain(s.adjacent_parent_shard_id())
+                        .map(str::to_owned)
+                        .collect(),
+                ))
+                .hash_key_range(
+                    HashKeyRange::builder()
+                        .starting_hash_key(range.starting_hash_key())
+                        .ending_hash_key(range.ending_hash_key())
+                        .build()
+                        .ok()?,
+                )
+                .build()
+                .ok()
+        })
+        .collect();
+    metrics::counter!("ShardsGoneFromStream", "ShardId" => shard_id.to_owned()).increment(1);
+    tracing::warn!(shard = %shard_id, "the shard is no longer in the stream (retention): treating it as ended");
+    Some(children)
+}
+
+/// Every shard of the stream, following pagination.
+pub(crate) async fn list_shards(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> Result<Vec<aws_sdk_kinesis::types::Shard>, String> {
+    let mut shards = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let request = match &next {
+            Some(token) => client.list_shards().next_token(token),
+            None => client.list_shards().stream_name(stream),
+        };
+        let page = request
+            .send()
+            .await
+            .map_err(|e| DisplayErrorContext(&e).to_string())?;
+        shards.extend(page.shards().iter().cloned());
+        next = page.next_token().map(str::to_owned);
+        if next.is_none() {
+            return Ok(shards);
         }
     }
 }

@@ -8,7 +8,11 @@ use aws_sdk_kinesis::operation::get_shard_iterator::builders::GetShardIteratorFl
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::{ChildShard, Record, ShardIteratorType};
 use aws_sdk_kinesis::Client;
-use tokio::sync::mpsc;
+
+use super::{
+    confirm_shard_gone, prefetch_queue, FetchError, FetchOptions, PrefetchSender, Prefetched,
+    TrimmedCheckpoint,
+};
 
 /// Settings of polling retrieval.
 #[derive(Clone, Debug)]
@@ -94,20 +98,23 @@ pub struct RecordBatch {
     pub shard_end: Option<Vec<ChildShard>>,
 }
 
-/// Reads one shard into a bounded channel until the shard ends or the receiver is
-/// dropped.
+/// Reads one shard into a bounded read-ahead queue until the shard ends or the receiver
+/// is dropped.
 #[derive(Clone, Debug)]
 pub struct PollingFetcher {
     client: Client,
     stream: String,
     shard_id: String,
     config: PollingConfig,
+    options: FetchOptions,
 }
 
 enum Failure {
     /// The iterator expired or is bad: get a new one from the last delivered record.
     Iterator,
     Throttled,
+    /// The shard is not in the stream (or the stream is gone).
+    NotFound,
     Other,
 }
 
@@ -120,6 +127,7 @@ where
         Some("ProvisionedThroughputExceededException" | "LimitExceededException")
         | Some("KMSThrottlingException") => Failure::Throttled,
         Some("InvalidArgumentException") => Failure::Iterator,
+        Some("ResourceNotFoundException") => Failure::NotFound,
         // kinesis-mock answers a bad iterator with HTTP 500 and an empty body.
         None if matches!(error, SdkError::ServiceError(_)) => Failure::Iterator,
         _ => Failure::Other,
@@ -131,30 +139,58 @@ fn backoff() -> impl Iterator<Item = Duration> {
     super::backoff(Duration::from_millis(100), Duration::from_secs(5))
 }
 
+/// Why reading stops.
+enum Stop {
+    /// The receiver is gone.
+    Closed,
+    /// The shard left the stream: its end, with the children ListShards shows.
+    Gone(Vec<ChildShard>),
+    /// The shard cannot be read.
+    Failed(FetchError),
+}
+
 impl PollingFetcher {
     /// A fetcher for one shard.
-    pub fn new(client: Client, stream: String, shard_id: String, config: PollingConfig) -> Self {
+    pub fn new(
+        client: Client,
+        stream: String,
+        shard_id: String,
+        config: PollingConfig,
+        options: FetchOptions,
+    ) -> Self {
         PollingFetcher {
             client,
             stream,
             shard_id,
             config,
+            options,
         }
     }
 
-    /// Starts reading at `start`; returns the receiving end of the prefetch queue. The
+    /// Starts reading at `start`; returns the receiving end of the read-ahead queue. The
     /// reading task stops when the receiver is dropped or the shard ended.
     pub fn spawn(
         self,
         start: StartingPosition,
         tasks: &mut tokio::task::JoinSet<()>,
-    ) -> mpsc::Receiver<RecordBatch> {
-        let (tx, rx) = mpsc::channel(self.config.prefetch_batches.max(1));
+    ) -> Prefetched {
+        let (tx, rx) = prefetch_queue(self.config.prefetch_batches, self.options.prefetch_bytes);
         tasks.spawn(async move { self.run(start, tx).await });
         rx
     }
 
-    async fn shard_iterator(&self, position: &StartingPosition) -> String {
+    async fn pause(&self, delay: Duration, tx: &PrefetchSender) -> Result<(), Stop> {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Ok(()),
+            _ = tx.closed() => Err(Stop::Closed),
+        }
+    }
+
+    async fn shard_iterator(
+        &self,
+        position: &StartingPosition,
+        tx: &PrefetchSender,
+    ) -> Result<String, Stop> {
         let mut delays = backoff();
         let mut position = position.clone();
         loop {
@@ -164,43 +200,101 @@ impl PollingFetcher {
                 .stream_name(&self.stream)
                 .shard_id(&self.shard_id);
             let request = position.shard_iterator_request(request);
-            match request.send().await {
-                Ok(out) => {
+            let sent = tokio::select! {
+                sent = tokio::time::timeout(self.options.request_timeout, request.send()) => sent,
+                _ = tx.closed() => return Err(Stop::Closed),
+            };
+            match sent {
+                Ok(Ok(out)) => {
                     if let Some(iterator) = out.shard_iterator {
-                        return iterator;
+                        return Ok(iterator);
                     }
                     tracing::warn!(shard = %self.shard_id, "GetShardIterator returned no iterator");
                 }
-                Err(error)
+                Ok(Err(error))
                     if error.code() == Some("InvalidArgumentException")
                         && position.names_a_record() =>
                 {
+                    metrics::counter!("CheckpointTrimHorizonFallbacks", "ShardId" => self.shard_id.clone())
+                        .increment(1);
+                    if self.options.on_trimmed_checkpoint == TrimmedCheckpoint::Fail {
+                        tracing::error!(shard = %self.shard_id, ?position, error = %DisplayErrorContext(&error), "sequence number rejected (trimmed?); not reading the shard (TrimmedCheckpoint::Fail)");
+                        return Err(Stop::Failed(FetchError::CheckpointRejected(format!(
+                            "{position:?}"
+                        ))));
+                    }
                     // The checkpointed record is gone (older than the retention period):
                     // every record after it that still exists starts at the trim horizon.
-                    tracing::warn!(shard = %self.shard_id, ?position, error = %DisplayErrorContext(&error), "sequence number rejected; reading from TRIM_HORIZON");
+                    // Records between the checkpoint and the trim horizon are lost: say so.
+                    tracing::error!(shard = %self.shard_id, ?position, error = %DisplayErrorContext(&error), "sequence number rejected (trimmed?); reading from TRIM_HORIZON: records between the checkpoint and the oldest record still in the shard are not delivered");
                     position = StartingPosition::TrimHorizon;
                     continue;
                 }
-                Err(error) => {
+                Ok(Err(error)) if error.code() == Some("ResourceNotFoundException") => {
+                    if let Some(children) = confirm_shard_gone(
+                        &self.client,
+                        &self.stream,
+                        &self.shard_id,
+                        self.options.request_timeout,
+                    )
+                    .await
+                    {
+                        return Err(Stop::Gone(children));
+                    }
+                    tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), "GetShardIterator: not found, but the shard is still listed; retrying");
+                }
+                Ok(Err(error)) => {
                     tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), "GetShardIterator failed; retrying");
                 }
+                Err(_) => {
+                    tracing::warn!(shard = %self.shard_id, timeout = ?self.options.request_timeout, "GetShardIterator timed out; retrying");
+                }
             }
-            tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+            self.pause(delays.next().unwrap_or(Duration::from_secs(5)), tx)
+                .await?;
         }
     }
 
-    async fn run(self, start: StartingPosition, tx: mpsc::Sender<RecordBatch>) {
-        let mut iterator = self.shard_iterator(&start).await;
+    async fn run(self, start: StartingPosition, tx: PrefetchSender) {
+        match self.read(start, &tx).await {
+            Ok(()) | Err(Stop::Closed) => {}
+            Err(Stop::Gone(children)) => {
+                let _ = tx
+                    .send(RecordBatch {
+                        records: Vec::new(),
+                        millis_behind_latest: None,
+                        shard_end: Some(children),
+                    })
+                    .await;
+            }
+            Err(Stop::Failed(error)) => tx.fail(error).await,
+        }
+    }
+
+    async fn read(&self, start: StartingPosition, tx: &PrefetchSender) -> Result<(), Stop> {
+        let mut iterator = self.shard_iterator(&start, tx).await?;
         let mut last_sequence: Option<String> = None;
         let mut delays = backoff();
         loop {
-            let result = self
+            let request = self
                 .client
                 .get_records()
                 .shard_iterator(&iterator)
                 .limit(self.config.max_records)
-                .send()
-                .await;
+                .send();
+            let result = tokio::select! {
+                result = tokio::time::timeout(self.options.request_timeout, request) => result,
+                _ = tx.closed() => return Err(Stop::Closed),
+            };
+            let result = match result {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(shard = %self.shard_id, timeout = ?self.options.request_timeout, "GetRecords timed out; retrying");
+                    self.pause(delays.next().unwrap_or(Duration::from_secs(5)), tx)
+                        .await?;
+                    continue;
+                }
+            };
             match result {
                 Ok(out) => {
                     delays = backoff();
@@ -214,37 +308,50 @@ impl PollingFetcher {
                         records: out.records,
                     };
                     let ended = batch.shard_end.is_some();
-                    if (!batch.records.is_empty() || ended) && tx.send(batch).await.is_err() {
-                        return;
+                    if (!batch.records.is_empty() || ended || self.options.deliver_empty_batches)
+                        && tx.send(batch).await.is_err()
+                    {
+                        return Err(Stop::Closed);
                     }
                     match next {
                         Some(next) if !ended => iterator = next,
-                        _ => return,
+                        _ => return Ok(()),
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(self.config.idle_time_between_reads) => {}
-                        _ = tx.closed() => return,
-                    }
+                    self.pause(self.config.idle_time_between_reads, tx).await?;
                 }
                 Err(error) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(5));
                     match classify(&error) {
                         Failure::Iterator => {
-                            tokio::time::sleep(delay).await;
+                            self.pause(delay, tx).await?;
                             tracing::info!(shard = %self.shard_id, error = %DisplayErrorContext(&error), "shard iterator expired or invalid; renewing it");
                             let position = match &last_sequence {
                                 Some(seq) => StartingPosition::AfterSequenceNumber(seq.clone()),
                                 None => start.clone(),
                             };
-                            iterator = self.shard_iterator(&position).await;
+                            iterator = self.shard_iterator(&position, tx).await?;
+                        }
+                        Failure::NotFound => {
+                            if let Some(children) = confirm_shard_gone(
+                                &self.client,
+                                &self.stream,
+                                &self.shard_id,
+                                self.options.request_timeout,
+                            )
+                            .await
+                            {
+                                return Err(Stop::Gone(children));
+                            }
+                            tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), ?delay, "GetRecords: not found, but the shard is still listed; retrying");
+                            self.pause(delay, tx).await?;
                         }
                         Failure::Throttled => {
                             tracing::debug!(shard = %self.shard_id, ?delay, "GetRecords throttled; backing off");
-                            tokio::time::sleep(delay).await;
+                            self.pause(delay, tx).await?;
                         }
                         Failure::Other => {
                             tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), ?delay, "GetRecords failed; retrying");
-                            tokio::time::sleep(delay).await;
+                            self.pause(delay, tx).await?;
                         }
                     }
                 }
@@ -262,8 +369,132 @@ mod tests {
 
     use super::*;
 
+    /// Read-ahead stops at `prefetch_bytes` even when many more batches would be allowed:
+    /// with 2 MiB per GetRecords and the 8 MiB default, four batches wait in the queue and
+    /// the fetcher holds a fifth.
+    #[tokio::test]
+    async fn prefetch_is_bounded_by_bytes() {
+        let iterator = mock!(Client::get_shard_iterator).then_output(|| {
+            GetShardIteratorOutput::builder()
+                .shard_iterator("it")
+                .build()
+        });
+        let records = mock!(Client::get_records).then_output(|| {
+            GetRecordsOutput::builder()
+                .set_records(Some(
+                    (0..2)
+                        .map(|i| {
+                            Record::builder()
+                                .sequence_number(i.to_string())
+                                .partition_key("k")
+                                .data(Blob::new(vec![0u8; 1 << 20]))
+                                .build()
+                                .unwrap()
+                        })
+                        .collect(),
+                ))
+                .next_shard_iterator("it")
+                .millis_behind_latest(1_000)
+                .build()
+                .unwrap()
+        });
+        let client = mock_client!(aws_sdk_kinesis, RuleMode::MatchAny, [&iterator, &records]);
+        let config = PollingConfig {
+            prefetch_batches: 100,
+            idle_time_between_reads: Duration::ZERO,
+            ..PollingConfig::default()
+        };
+        let fetcher = PollingFetcher::new(
+            client,
+            "stream".into(),
+            "shardId-0".into(),
+            config,
+            FetchOptions::default(),
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        let batches = fetcher.spawn(StartingPosition::TrimHorizon, &mut tasks);
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let calls = records.num_calls();
+        assert!(calls <= 5, "{calls} GetRecords calls of 2 MiB read ahead");
+        drop(batches);
+    }
+
+    /// With `TrimmedCheckpoint::Fail`, a rejected checkpoint is reported, not read past:
+    /// no TRIM_HORIZON iterator is asked for.
+    #[tokio::test]
+    async fn a_trimmed_checkpoint_fails_when_asked_to() {
+        let rejected = mock!(Client::get_shard_iterator)
+            .match_requests(|r| r.shard_iterator_type() == Some(&ShardIteratorType::AtSequenceNumber))
+            .then_http_response(|| {
+                aws_smithy_runtime_api::http::Response::new(
+                    aws_smithy_runtime_api::http::StatusCode::try_from(400).unwrap(),
+                    aws_smithy_types::body::SdkBody::from(
+                        r#"{"__type":"InvalidArgumentException","message":"sequence number trimmed"}"#,
+                    ),
+                )
+            });
+        let trim_horizon = mock!(Client::get_shard_iterator)
+            .match_requests(|r| r.shard_iterator_type() == Some(&ShardIteratorType::TrimHorizon))
+            .then_output(|| {
+                GetShardIteratorOutput::builder()
+                    .shard_iterator("it")
+                    .build()
+            });
+        let client = mock_client!(
+            aws_sdk_kinesis,
+            RuleMode::MatchAny,
+            [&rejected, &trim_horizon]
+        );
+        let fetcher = PollingFetcher::new(
+            client,
+            "stream".into(),
+            "shardId-0".into(),
+            PollingConfig::default(),
+            FetchOptions {
+                on_trimmed_checkpoint: TrimmedCheckpoint::Fail,
+                ..FetchOptions::default()
+            },
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut batches = fetcher.spawn(StartingPosition::AtSequenceNumber("3".into()), &mut tasks);
+        let result = tokio::time::timeout(Duration::from_secs(5), batches.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(result, Err(FetchError::CheckpointRejected(_))),
+            "{result:?}"
+        );
+        assert_eq!(rejected.num_calls(), 1);
+        assert_eq!(trim_horizon.num_calls(), 0);
+    }
+
+    /// The fallback to TRIM_HORIZON is counted in `CheckpointTrimHorizonFallbacks`.
+    #[test]
+    fn the_fallback_to_trim_horizon_is_counted() {
+        let recorder = crate::test_util::CountingRecorder::new();
+        metrics::with_local_recorder(&recorder, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(a_trimmed_checkpoint_falls_back_to_trim_horizon_body())
+        });
+        assert_eq!(
+            recorder.counter(
+                "CheckpointTrimHorizonFallbacks",
+                &[("ShardId", "shardId-0")]
+            ),
+            1
+        );
+    }
+
     #[tokio::test]
     async fn a_trimmed_checkpoint_falls_back_to_trim_horizon() {
+        a_trimmed_checkpoint_falls_back_to_trim_horizon_body().await;
+    }
+
+    async fn a_trimmed_checkpoint_falls_back_to_trim_horizon_body() {
         // Kinesis rejects a sequence number that left the retention period.
         let rejected = mock!(Client::get_shard_iterator)
             .match_requests(|r| r.shard_iterator_type() == Some(&ShardIteratorType::AfterSequenceNumber))
@@ -308,6 +539,7 @@ mod tests {
             "stream".into(),
             "shardId-0".into(),
             PollingConfig::default(),
+            FetchOptions::default(),
         );
         let mut tasks = tokio::task::JoinSet::new();
         let mut batches = fetcher.spawn(
@@ -317,6 +549,7 @@ mod tests {
         let batch = tokio::time::timeout(Duration::from_secs(5), batches.recv())
             .await
             .expect("a batch, not endless retries of the rejected position")
+            .unwrap()
             .unwrap();
         assert_eq!(batch.records.len(), 1);
         assert_eq!(batch.records[0].sequence_number(), "7");

@@ -8,9 +8,13 @@ use aws_sdk_kinesis::error::DisplayErrorContext;
 use tokio::sync::watch;
 
 use super::{InitialPosition, Scheduler, SchedulerError};
-use crate::leases::{DynamoDbLeaseStore, LeaseCoordinator, LeaseCoordinatorConfig, LeaseStore};
+use crate::leases::{
+    DynamoDbLeaseStore, LeaseCoordinator, LeaseCoordinatorConfig, LeaseStore, LeaseStoreError,
+};
 use crate::processor::ProcessorFactory;
-use crate::retrieval::{register_consumer, FanOutConfig, RetrievalMode};
+use crate::retrieval::{
+    register_consumer, FanOutConfig, FanOutError, RetrievalMode, TrimmedCheckpoint,
+};
 use crate::shard_consumer::Retrieval;
 
 /// Tuning knobs, with the Java KCL's defaults unless noted.
@@ -41,6 +45,39 @@ pub struct SchedulerConfig {
     pub retrieval: RetrievalMode,
     /// How long a graceful shutdown waits for processors to finish (30 s).
     pub shutdown_timeout: Duration,
+    /// How long before other workers may take a lease this worker stops acting on it
+    /// (default a fifth of the failover time, 2 s). A held lease's local deadline is the
+    /// send time of its last successful renewal (or take, or checkpoint) plus the failover
+    /// time minus this margin: past it the processor gets `lease_lost` and checkpoints fail
+    /// without any call. It bounds how long a batch handed to the processor just before the
+    /// deadline may run before another worker can start on the shard.
+    pub lease_safety_margin: Duration,
+    /// Timeout of each lease table (DynamoDB) call (default a quarter of the failover time,
+    /// 2.5 s): a hung renewal ends before the next one is due, so one hung call never costs
+    /// a lease.
+    pub dynamodb_request_timeout: Duration,
+    /// Timeout of each Kinesis call: GetShardIterator, GetRecords, ListShards, the start of
+    /// SubscribeToShard (default 30 s, the Java KCL's `kinesisRequestTimeout`). A hung read
+    /// never costs the lease: renewals do not depend on it.
+    pub kinesis_request_timeout: Duration,
+    /// Most bytes (data and partition keys) read ahead per shard and not yet given to the
+    /// processor (default 8 MiB, the Java KCL's `maxByteSize` of its prefetch cache), on top
+    /// of [`RetrievalMode::prefetch_batches`].
+    pub prefetch_bytes: usize,
+    /// What a checkpoint that Kinesis rejects (trimmed) does (default: read from
+    /// `TRIM_HORIZON`, with an error log and the metric `CheckpointTrimHorizonFallbacks`).
+    pub on_trimmed_checkpoint: TrimmedCheckpoint,
+    /// Give the processor batches without records too, with their `millis_behind_latest`
+    /// (Java KCL `callProcessRecordsEvenForEmptyRecordList`, default false): an empty batch
+    /// with `millis_behind_latest == Some(0)` says the shard is read to its tip.
+    pub call_process_records_even_for_empty_list: bool,
+    /// First retry delay of a shard whose consumer failed: the processor panicked, did
+    /// not checkpoint at shard end, or the shard could not be read (default 1 s). It
+    /// doubles on each consecutive failure, up to `failure_backoff_max`, and starts over
+    /// after progress (a checkpoint).
+    pub failure_backoff_min: Duration,
+    /// Longest retry delay of a failing shard consumer (default 5 minutes).
+    pub failure_backoff_max: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -56,6 +93,14 @@ impl Default for SchedulerConfig {
             parent_shard_poll_interval: Duration::from_secs(10),
             retrieval: RetrievalMode::default(),
             shutdown_timeout: Duration::from_secs(30),
+            lease_safety_margin: failover_time / 5,
+            dynamodb_request_timeout: failover_time / 4,
+            kinesis_request_timeout: Duration::from_secs(30),
+            prefetch_bytes: 8 * 1024 * 1024,
+            on_trimmed_checkpoint: TrimmedCheckpoint::default(),
+            call_process_records_even_for_empty_list: false,
+            failure_backoff_min: Duration::from_secs(1),
+            failure_backoff_max: Duration::from_secs(300),
         }
     }
 }
@@ -71,6 +116,8 @@ pub struct SchedulerBuilder {
     config: SchedulerConfig,
     renewal_set: bool,
     taker_set: bool,
+    margin_set: bool,
+    dynamodb_timeout_set: bool,
     kinesis_client: Option<aws_sdk_kinesis::Client>,
     dynamodb_client: Option<aws_sdk_dynamodb::Client>,
     lease_store: Option<Arc<dyn LeaseStore>>,
@@ -99,6 +146,8 @@ impl SchedulerBuilder {
             config: SchedulerConfig::default(),
             renewal_set: false,
             taker_set: false,
+            margin_set: false,
+            dynamodb_timeout_set: false,
             kinesis_client: None,
             dynamodb_client: None,
             lease_store: None,
@@ -247,6 +296,53 @@ impl SchedulerBuilder {
         self
     }
 
+    /// Safety margin of the lease deadline (default a fifth of the failover time); see
+    /// [`SchedulerConfig::lease_safety_margin`].
+    pub fn lease_safety_margin(mut self, margin: Duration) -> Self {
+        self.config.lease_safety_margin = margin;
+        self.margin_set = true;
+        self
+    }
+
+    /// Timeout of each lease table call (default a quarter of the failover time).
+    pub fn dynamodb_request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.dynamodb_request_timeout = timeout;
+        self.dynamodb_timeout_set = true;
+        self
+    }
+
+    /// Timeout of each Kinesis call (default 30 s).
+    pub fn kinesis_request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.kinesis_request_timeout = timeout;
+        self
+    }
+
+    /// Most bytes read ahead per shard (default 8 MiB).
+    pub fn prefetch_bytes(mut self, bytes: usize) -> Self {
+        self.config.prefetch_bytes = bytes.max(1);
+        self
+    }
+
+    /// What a rejected (trimmed) checkpoint does (default: read from `TRIM_HORIZON`).
+    pub fn on_trimmed_checkpoint(mut self, action: TrimmedCheckpoint) -> Self {
+        self.config.on_trimmed_checkpoint = action;
+        self
+    }
+
+    /// Also give the processor batches without records (default false); see
+    /// [`SchedulerConfig::call_process_records_even_for_empty_list`].
+    pub fn call_process_records_even_for_empty_list(mut self, call: bool) -> Self {
+        self.config.call_process_records_even_for_empty_list = call;
+        self
+    }
+
+    /// Retry delays of a failing shard consumer (default 1 s doubling up to 5 minutes).
+    pub fn failure_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.config.failure_backoff_min = min;
+        self.config.failure_backoff_max = max.max(min);
+        self
+    }
+
     /// Uses this Kinesis client instead of one made from the SDK configuration.
     pub fn kinesis_client(mut self, client: aws_sdk_kinesis::Client) -> Self {
         self.kinesis_client = Some(client);
@@ -286,9 +382,21 @@ impl SchedulerBuilder {
         if !self.taker_set {
             config.lease_taker_interval = config.failover_time;
         }
+        if !self.margin_set {
+            config.lease_safety_margin = config.failover_time / 5;
+        }
+        if !self.dynamodb_timeout_set {
+            config.dynamodb_request_timeout = config.failover_time / 4;
+        }
         if config.lease_renewal_interval >= config.failover_time {
             return Err(SchedulerError::Config(
                 "lease_renewal_interval must be shorter than failover_time",
+            ));
+        }
+        if config.lease_safety_margin + config.lease_renewal_interval >= config.failover_time {
+            return Err(SchedulerError::Config(
+                "lease_safety_margin + lease_renewal_interval must be shorter than failover_time \
+                 (a lease would expire locally before its next renewal)",
             ));
         }
         let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
@@ -304,13 +412,20 @@ impl SchedulerBuilder {
             .kinesis_client
             .unwrap_or_else(|| aws_sdk_kinesis::Client::new(&self.sdk_config));
 
-        store.create_table_if_missing().await?;
-        let summary = kinesis
-            .describe_stream_summary()
-            .stream_name(&stream)
-            .send()
+        // It waits up to 2 minutes for a new table to become ACTIVE; bound hung calls too.
+        tokio::time::timeout(Duration::from_secs(180), store.create_table_if_missing())
             .await
-            .map_err(|e| SchedulerError::Kinesis(DisplayErrorContext(&e).to_string()))?;
+            .map_err(|_| LeaseStoreError::Timeout(Duration::from_secs(180)))??;
+        let summary = tokio::time::timeout(
+            config.kinesis_request_timeout,
+            kinesis
+                .describe_stream_summary()
+                .stream_name(&stream)
+                .send(),
+        )
+        .await
+        .map_err(|_| SchedulerError::Kinesis("DescribeStreamSummary timed out".into()))?
+        .map_err(|e| SchedulerError::Kinesis(DisplayErrorContext(&e).to_string()))?;
         let retrieval = match &config.retrieval {
             RetrievalMode::Polling(polling) => Retrieval::Polling(polling.clone()),
             RetrievalMode::FanOut(fan_out) => {
@@ -321,9 +436,17 @@ impl SchedulerBuilder {
                         SchedulerError::Kinesis("DescribeStreamSummary returned no stream".into())
                     })?;
                 let name = fan_out.consumer_name.as_deref().unwrap_or(&application);
-                let consumer_arn =
-                    register_consumer(&kinesis, &stream_arn, name, fan_out.registration_timeout)
-                        .await?;
+                let waited = fan_out.registration_timeout + config.kinesis_request_timeout;
+                let consumer_arn = tokio::time::timeout(
+                    waited,
+                    register_consumer(&kinesis, &stream_arn, name, fan_out.registration_timeout),
+                )
+                .await
+                .map_err(|_| FanOutError::NotActive {
+                    consumer: name.to_owned(),
+                    waited,
+                    status: "a call did not answer".into(),
+                })??;
                 tracing::info!(consumer = %name, arn = %consumer_arn, "reading with enhanced fan-out");
                 Retrieval::FanOut {
                     consumer_arn,
@@ -337,6 +460,8 @@ impl SchedulerBuilder {
             LeaseCoordinatorConfig {
                 worker_id: worker_id.clone(),
                 failover_time: config.failover_time,
+                safety_margin: Some(config.lease_safety_margin),
+                request_timeout: Some(config.dynamodb_request_timeout),
                 max_leases_per_worker: config.max_leases_per_worker,
                 max_leases_to_steal_at_once: config.max_leases_to_steal_at_once,
             },

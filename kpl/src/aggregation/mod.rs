@@ -14,8 +14,12 @@
 //! - [`deaggregate`] unpacks a Kinesis record into user records; anything that is not a
 //!   valid aggregate comes back as one plain record, never as an error.
 //!
-//! All user records in one aggregate must hash into the same shard: AWS's KCL drops a
-//! whole aggregate when one of its records lies outside the shard's hash range.
+//! All user records in one aggregate must hash into the same shard: AWS's KCL, and
+//! `kinesis-consumer`, drop a whole aggregate when any of its records lies outside the
+//! hash range of the shard it landed on (a stale shard map during a reshard). The producer
+//! therefore counts an aggregate whose records all lie inside the shard it landed on as
+//! delivered, and sends every record of any other aggregate again: the pair loses nothing
+//! and duplicates nothing, and either side still pairs with AWS's library.
 
 mod decoder;
 mod encoder;

@@ -80,8 +80,15 @@ impl Sim {
             .map(|l| (l.lease_key.clone(), l))
             .collect();
         let mut holders: HashMap<String, Vec<(String, Lease)>> = HashMap::new();
+        let mut valid_holders: HashMap<String, Vec<String>> = HashMap::new();
         for worker in self.workers.iter().flatten() {
             for held in worker.held_leases() {
+                if !held.is_lost() && Instant::now() >= held.not_before() {
+                    valid_holders
+                        .entry(held.key().to_owned())
+                        .or_default()
+                        .push(worker.config().worker_id.clone());
+                }
                 holders
                     .entry(held.key().to_owned())
                     .or_default()
@@ -97,7 +104,12 @@ impl Sim {
                 })
                 .map(|(me, _)| me)
                 .collect();
-            assert!(writable.len() <= 1, "{key} writable by {writable:?}");
+            // At this instant at most one worker may act on the lease: every other holder's
+            // local deadline has passed or its start time has not come. (Unlike "one owner
+            // in the table", which holds by construction, this fails when a stale holder
+            // keeps processing, or a thief starts before its victim stopped.)
+            let valid: Vec<&String> = valid_holders.get(&key).into_iter().flatten().collect();
+            assert!(valid.len() <= 1, "{key} valid at once for {valid:?}");
             if strict {
                 assert_eq!(copies.len(), 1, "{key} held by {copies:?}");
                 assert_eq!(
@@ -281,6 +293,122 @@ async fn renewal_failures_shorter_than_failover_keep_the_lease() {
     tokio::time::advance(FAILOVER).await;
     assert_eq!(worker.renew_leases().await.len(), 2);
     assert!(worker.held_leases().is_empty());
+}
+
+/// A worker whose lease calls all hang (its network to DynamoDB is gone, or the process
+/// is paused) must stop acting on its leases before another worker can start on them:
+/// for every lease, the old holder's last instant of validity comes before the new
+/// holder's first.
+#[tokio::test(start_paused = true)]
+async fn a_hung_renewal_stops_the_old_holder_before_the_new_holder_starts() {
+    use crate::test_util::{Fault, FaultRule, FaultyLeaseStore};
+
+    let memory = Arc::new(MemoryLeaseStore::new());
+    for i in 0..4 {
+        let lease = Lease::new(format!("shard-{i}"), ExtendedSequenceNumber::trim_horizon());
+        memory.create_lease_if_absent(&lease).await.unwrap();
+    }
+    let faulty = Arc::new(FaultyLeaseStore::new(memory.clone()));
+    let config = |id: &str| {
+        let mut config = LeaseCoordinatorConfig::new(id);
+        config.failover_time = FAILOVER;
+        config
+    };
+    let old = Arc::new(LeaseCoordinator::new(faulty.clone(), config("old")));
+    let new = Arc::new(LeaseCoordinator::new(memory.clone(), config("new")));
+    old.take_leases().await.unwrap();
+    assert_eq!(old.held_leases().len(), 4);
+    // Each worker renews every TICK on its own task; the new one also takes leases.
+    let mut loops = tokio::task::JoinSet::new();
+    for (worker, takes) in [(old.clone(), false), (new.clone(), true)] {
+        loops.spawn(async move {
+            loop {
+                tokio::time::sleep(TICK).await;
+                tokio::spawn({
+                    let worker = worker.clone();
+                    async move { worker.renew_leases().await }
+                });
+                if takes {
+                    let _ = worker.take_leases().await;
+                }
+            }
+        });
+    }
+    let started = Instant::now();
+    let hung_at = started + Duration::from_secs(5);
+    let mut hung = false;
+
+    // Sample every 10 ms who may act on each lease (from the start: a lease may also be
+    // stolen for balancing before the hang).
+    let mut last_valid: HashMap<(String, &str), Instant> = HashMap::new();
+    let mut first_valid: HashMap<(String, &str), Instant> = HashMap::new();
+    while started.elapsed() < Duration::from_secs(5) + 4 * FAILOVER {
+        let now = Instant::now();
+        if !hung && now >= hung_at {
+            faulty.inject(FaultRule::all(Fault::Hang));
+            hung = true;
+        }
+        for (name, worker) in [("old", &old), ("new", &new)] {
+            for held in worker.held_leases() {
+                if !held.is_lost() && now >= held.not_before() {
+                    last_valid.insert((held.key().to_owned(), name), now);
+                    first_valid
+                        .entry((held.key().to_owned(), name))
+                        .or_insert(now);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    loops.abort_all();
+    assert_eq!(
+        new.held_leases().len(),
+        4,
+        "the new worker took every lease"
+    );
+    for i in 0..4 {
+        let key = format!("shard-{i}");
+        let old_last = last_valid[&(key.clone(), "old")];
+        let new_first = first_valid[&(key.clone(), "new")];
+        assert!(
+            old_last < new_first,
+            "{key}: the old holder acted until {:?}, the new one from {:?}",
+            old_last - started,
+            new_first - started
+        );
+    }
+}
+
+/// A renewal applied by the table whose answer was lost (the SDK then retries, and the
+/// retry's condition fails) is a spurious failure: the lease is still ours.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_whose_answer_was_lost_keeps_the_lease() {
+    use crate::test_util::{Fault, FaultRule, FaultyLeaseStore, Operation};
+
+    let memory = Arc::new(MemoryLeaseStore::new());
+    let lease = Lease::new("shard-0", ExtendedSequenceNumber::trim_horizon());
+    memory.create_lease_if_absent(&lease).await.unwrap();
+    let faulty = Arc::new(FaultyLeaseStore::new(memory.clone()));
+    let mut config = LeaseCoordinatorConfig::new("w");
+    config.failover_time = FAILOVER;
+    let worker = LeaseCoordinator::new(faulty.clone(), config);
+    worker.take_leases().await.unwrap();
+    for fault in [Fault::LoseAnswerThenRetry, Fault::LoseAnswer] {
+        faulty.inject(FaultRule::new([Operation::RenewLease], fault).times(1));
+        tokio::time::advance(TICK).await;
+        assert!(worker.renew_leases().await.is_empty(), "{fault:?}");
+        tokio::time::advance(TICK).await;
+        assert!(
+            worker.renew_leases().await.is_empty(),
+            "{fault:?}: next renewal"
+        );
+        let held = worker.held_lease("shard-0").expect("still held");
+        assert!(!held.is_lost());
+        let table = memory.snapshot().remove(0);
+        assert!(table.is_owned_by("w"));
+        assert_eq!(held.snapshot().await.lease_counter, table.lease_counter);
+    }
+    assert_eq!(faulty.injected(), 2);
 }
 
 mod properties {

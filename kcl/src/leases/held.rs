@@ -1,0 +1,455 @@
+//! A lease this worker holds: its local deadline, and the conditional writes made under
+//! it (renewals, checkpoints, child shards, release), each independent of the others.
+//!
+//! # The deadline
+//!
+//! Another worker dates a change of the lease counter no earlier than when its table scan
+//! shows it, which is after the write that made it was sent. It takes the lease only when
+//! it has seen no change for the failover time. So after `S + failover_time`, where `S` is
+//! the send time of our last successful counter-bumping write (renewal, take, checkpoint,
+//! child shards), the lease may be taken. The holder stops acting on the lease at its
+//! *deadline* `S + failover_time - safety_margin`: the shard consumer hands no batch to
+//! the processor past it and checkpoints fail with `LeaseLost` without any call, even
+//! while a renewal hangs. The margin is what a batch handed to the processor just before
+//! the deadline has to finish before another worker can start on the shard.
+//!
+//! # Independent writes
+//!
+//! Renewals and checkpoints are separate conditional writes on the same counter: no lock is
+//! held across a call, so a slow checkpoint never delays a renewal (checkpoints are
+//! serialized among themselves only). When one write's condition fails because the other
+//! bumped the counter, or because an earlier attempt of the same write was applied and its
+//! answer lost (the SDK then retries, and the retry's condition fails: what the Java KCL
+//! calls a spurious renewal failure), the item is read again: if we still own it and its
+//! checkpoint is one we wrote or are writing, the lease is still ours and its counter is
+//! adopted; anything else (another owner, no owner, no item, a checkpoint someone else
+//! wrote) means the lease is lost.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::store::{CheckpointUpdate, LeaseStore, LeaseStoreError};
+use crate::lease::{ExtendedSequenceNumber, Lease};
+
+/// How long a held lease is trusted, and how long a lease table call may take.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LeaseTiming {
+    pub failover_time: Duration,
+    pub safety_margin: Duration,
+    pub request_timeout: Duration,
+}
+
+/// Runs one lease table call with the request timeout.
+pub(crate) async fn timed<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, LeaseStoreError>>,
+) -> Result<T, LeaseStoreError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or(Err(LeaseStoreError::Timeout(timeout)))
+}
+
+/// The checkpoint fields a write of ours may have left in the item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Written {
+    checkpoint: ExtendedSequenceNumber,
+    pending_checkpoint: Option<ExtendedSequenceNumber>,
+}
+
+impl Written {
+    fn of(lease: &Lease) -> Self {
+        Written {
+            checkpoint: lease.checkpoint.clone(),
+            pending_checkpoint: lease.pending_checkpoint.clone(),
+        }
+    }
+
+    fn of_update(update: &CheckpointUpdate) -> Self {
+        Written {
+            checkpoint: update.checkpoint.clone(),
+            pending_checkpoint: update.pending_checkpoint.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    /// The lease as our last confirmed write or read left it.
+    lease: Lease,
+    deadline: Instant,
+    /// Checkpoint writes sent whose outcome is not known yet.
+    unconfirmed: Vec<Written>,
+}
+
+/// What re-reading the item after a failed condition showed.
+enum Resolution {
+    /// Still ours; the counter was adopted.
+    Ours,
+    /// Ours, and the checkpoint write being resolved was applied.
+    Applied,
+    /// Taken, released, deleted or overwritten by someone else.
+    Lost,
+}
+
+/// How a renewal ended.
+#[derive(Debug)]
+pub(crate) enum Renewal {
+    Renewed,
+    Lost,
+    Failed(LeaseStoreError),
+}
+
+/// A lease this worker holds: the authoritative local copy, its local deadline, and a flag
+/// raised when it is lost.
+pub struct HeldLease {
+    key: String,
+    worker_id: String,
+    store: Arc<dyn LeaseStore>,
+    timing: LeaseTiming,
+    state: Mutex<State>,
+    lost: watch::Sender<bool>,
+    /// Checkpoint writes go one at a time (renewals never wait on it).
+    checkpoint_lock: tokio::sync::Mutex<()>,
+    renewing: AtomicBool,
+    not_before: Instant,
+}
+
+impl std::fmt::Debug for HeldLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldLease")
+            .field("key", &self.key)
+            .field("state", &self.lock())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeldLease {
+    pub(crate) fn new(
+        lease: Lease,
+        sent: Instant,
+        not_before: Instant,
+        worker_id: String,
+        store: Arc<dyn LeaseStore>,
+        timing: LeaseTiming,
+    ) -> Self {
+        HeldLease {
+            key: lease.lease_key.clone(),
+            worker_id,
+            store,
+            state: Mutex::new(State {
+                lease,
+                deadline: sent + timing.failover_time.saturating_sub(timing.safety_margin),
+                unconfirmed: Vec::new(),
+            }),
+            timing,
+            lost: watch::channel(false).0,
+            checkpoint_lock: tokio::sync::Mutex::new(()),
+            renewing: AtomicBool::new(false),
+            not_before,
+        }
+    }
+
+    /// When processing may start: a lease taken from a worker that may still be alive
+    /// (stolen while balancing, or taken from a process with the same worker id) is not
+    /// processed before that worker's deadline has passed for sure: the time this worker
+    /// first saw the counter it took the lease at, plus the failover time, minus the
+    /// safety margin. Then the previous holder has stopped even if it never learnt that
+    /// the lease moved (its calls hang).
+    pub fn not_before(&self) -> Instant {
+        self.not_before
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The shard id.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// A copy of the lease as last written or read by this worker.
+    pub async fn snapshot(&self) -> Lease {
+        self.copy()
+    }
+
+    pub(crate) fn copy(&self) -> Lease {
+        self.lock().lease.clone()
+    }
+
+    /// The instant after which this worker no longer acts on the lease unless a renewal
+    /// (or another write) moved it.
+    pub fn deadline(&self) -> Instant {
+        self.lock().deadline
+    }
+
+    /// Whether the lease was lost: taken by another worker, released, or past its local
+    /// deadline.
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow() || Instant::now() >= self.deadline()
+    }
+
+    /// A receiver that sees `true` once the lease is marked lost (past the deadline, it is
+    /// marked lost by whoever notices first; [`lost`](Self::lost) notices by itself).
+    pub fn lost_signal(&self) -> watch::Receiver<bool> {
+        self.lost.subscribe()
+    }
+
+    /// Completes when the lease is lost, at the latest at its deadline.
+    pub async fn lost(&self) {
+        let mut signal = self.lost.subscribe();
+        loop {
+            if *signal.borrow_and_update() {
+                return;
+            }
+            let deadline = self.deadline();
+            if Instant::now() >= deadline {
+                self.expired();
+                return;
+            }
+            tokio::select! {
+                changed = signal.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    fn expired(&self) {
+        if !*self.lost.borrow() {
+            tracing::warn!(shard = %self.key, worker = %self.worker_id, "lease expired locally: not renewed within the failover time minus the safety margin");
+            metrics::counter!("LeasesExpiredLocally", "ShardId" => self.key.clone()).increment(1);
+            self.mark_lost();
+        }
+    }
+
+    pub(crate) fn mark_lost(&self) {
+        self.lost.send_replace(true);
+    }
+
+    /// Records a successful write sent at `sent`.
+    fn written(&self, lease: Lease, sent: Instant) {
+        let mut state = self.lock();
+        if lease.lease_counter >= state.lease.lease_counter {
+            state.lease = lease;
+            state.unconfirmed.clear();
+        }
+        let deadline = sent
+            + self
+                .timing
+                .failover_time
+                .saturating_sub(self.timing.safety_margin);
+        if deadline > state.deadline {
+            state.deadline = deadline;
+        }
+    }
+
+    /// After a failed condition: reads the item and decides whether it is still ours.
+    /// `applied` is the checkpoint write being resolved, if any.
+    async fn resolve(&self, applied: Option<&Written>) -> Result<Resolution, LeaseStoreError> {
+        let item = timed(self.timing.request_timeout, self.store.get_lease(&self.key)).await?;
+        let Some(item) = item else {
+            tracing::info!(shard = %self.key, "lease lost: its item was deleted");
+            return Ok(Resolution::Lost);
+        };
+        if !item.is_owned_by(&self.worker_id) {
+            tracing::info!(shard = %self.key, owner = ?item.lease_owner, "lease lost: taken by another worker or released");
+            return Ok(Resolution::Lost);
+        }
+        let written = Written::of(&item);
+        let mut state = self.lock();
+        let applied = applied.is_some_and(|a| *a == written);
+        let ours =
+            applied || Written::of(&state.lease) == written || state.unconfirmed.contains(&written);
+        if !ours {
+            tracing::warn!(shard = %self.key, checkpoint = %item.checkpoint, "lease lost: its checkpoint was changed by someone else (a reset?)");
+            return Ok(Resolution::Lost);
+        }
+        if item.lease_counter > state.lease.lease_counter {
+            state.lease = item;
+            state.unconfirmed.clear();
+        }
+        tracing::debug!(shard = %self.key, "condition failed on a lease that is still ours (spurious failure): counter adopted");
+        Ok(if applied {
+            Resolution::Applied
+        } else {
+            Resolution::Ours
+        })
+    }
+
+    /// Bumps the counter, moving the deadline. Never waits for a checkpoint; one renewal
+    /// at a time (a call for a lease whose renewal is still running returns at once).
+    pub(crate) async fn renew(&self) -> Renewal {
+        if self.renewing.swap(true, Ordering::SeqCst) {
+            return Renewal::Renewed;
+        }
+        let result = self.renew_once().await;
+        self.renewing.store(false, Ordering::SeqCst);
+        result
+    }
+
+    async fn renew_once(&self) -> Renewal {
+        for _ in 0..3 {
+            if self.is_lost() {
+                self.expired();
+                return Renewal::Lost;
+            }
+            let lease = self.copy();
+            let sent = Instant::now();
+            match timed(self.timing.request_timeout, self.store.renew_lease(&lease)).await {
+                Ok(renewed) => {
+                    self.written(renewed, sent);
+                    return Renewal::Renewed;
+                }
+                Err(LeaseStoreError::ConditionFailed(_)) => match self.resolve(None).await {
+                    Ok(Resolution::Ours | Resolution::Applied) => continue,
+                    Ok(Resolution::Lost) => {
+                        self.mark_lost();
+                        return Renewal::Lost;
+                    }
+                    Err(error) => return Renewal::Failed(error),
+                },
+                Err(error) => return Renewal::Failed(error),
+            }
+        }
+        Renewal::Failed(LeaseStoreError::ConditionFailed(self.key.clone()))
+    }
+
+    /// Writes a checkpoint. `make` builds the update from the lease as it stands (and may
+    /// refuse it); checkpoint writes are serialized, renewals are not blocked.
+    pub(crate) async fn write_checkpoint<E>(
+        &self,
+        make: impl FnOnce(&Lease) -> Result<CheckpointUpdate, E>,
+    ) -> Result<Result<(), LeaseStoreError>, E> {
+        let _one_at_a_time = self.checkpoint_lock.lock().await;
+        if self.is_lost() {
+            return Ok(Err(LeaseStoreError::ConditionFailed(self.key.clone())));
+        }
+        let update = make(&self.copy())?;
+        let target = Written::of_update(&update);
+        Ok(self.write_checkpoint_update(&update, &target).await)
+    }
+
+    async fn write_checkpoint_update(
+        &self,
+        update: &CheckpointUpdate,
+        target: &Written,
+    ) -> Result<(), LeaseStoreError> {
+        for _ in 0..3 {
+            if self.is_lost() {
+                self.expired();
+                return Err(LeaseStoreError::ConditionFailed(self.key.clone()));
+            }
+            let lease = {
+                let mut state = self.lock();
+                if !state.unconfirmed.contains(target) {
+                    state.unconfirmed.push(target.clone());
+                }
+                state.lease.clone()
+            };
+            let sent = Instant::now();
+            let result = timed(
+                self.timing.request_timeout,
+                self.store.update_checkpoint(&lease, update),
+            )
+            .await;
+            match result {
+                Ok(written) => {
+                    self.written(written, sent);
+                    return Ok(());
+                }
+                Err(LeaseStoreError::ConditionFailed(_)) => match self.resolve(Some(target)).await?
+                {
+                    Resolution::Applied => return Ok(()),
+                    Resolution::Ours => continue,
+                    Resolution::Lost => {
+                        self.mark_lost();
+                        return Err(LeaseStoreError::ConditionFailed(self.key.clone()));
+                    }
+                },
+                Err(LeaseStoreError::Throttled(message)) => {
+                    // Throttled requests are not applied.
+                    self.lock().unconfirmed.retain(|w| w != target);
+                    return Err(LeaseStoreError::Throttled(message));
+                }
+                Err(error) => {
+                    // Unknown outcome: find out now if the table can tell; otherwise the
+                    // target stays among the writes that may be ours.
+                    return match self.resolve(Some(target)).await {
+                        Ok(Resolution::Applied) => Ok(()),
+                        Ok(Resolution::Lost) => {
+                            self.mark_lost();
+                            Err(LeaseStoreError::ConditionFailed(self.key.clone()))
+                        }
+                        Ok(Resolution::Ours) | Err(_) => Err(error),
+                    };
+                }
+            }
+        }
+        Err(LeaseStoreError::Other(format!(
+            "lease {}: the counter kept changing under the checkpoint write",
+            self.key
+        )))
+    }
+
+    /// Records the child shards on the lease (after shard end).
+    pub(crate) async fn set_child_shards(
+        &self,
+        children: &BTreeSet<String>,
+    ) -> Result<(), LeaseStoreError> {
+        for _ in 0..3 {
+            if self.is_lost() {
+                return Err(LeaseStoreError::ConditionFailed(self.key.clone()));
+            }
+            let lease = self.copy();
+            let sent = Instant::now();
+            match timed(
+                self.timing.request_timeout,
+                self.store.update_child_shards(&lease, children),
+            )
+            .await
+            {
+                Ok(written) => {
+                    self.written(written, sent);
+                    return Ok(());
+                }
+                Err(LeaseStoreError::ConditionFailed(_)) => match self.resolve(None).await? {
+                    Resolution::Ours | Resolution::Applied => continue,
+                    Resolution::Lost => {
+                        self.mark_lost();
+                        return Err(LeaseStoreError::ConditionFailed(self.key.clone()));
+                    }
+                },
+                Err(error) => return Err(error),
+            }
+        }
+        Err(LeaseStoreError::ConditionFailed(self.key.clone()))
+    }
+
+    /// Removes the owner so another worker may take the lease at once; the lease is lost
+    /// locally whatever the outcome.
+    pub(crate) async fn release(&self) -> Result<(), LeaseStoreError> {
+        let result = async {
+            for _ in 0..3 {
+                let lease = self.copy();
+                match timed(self.timing.request_timeout, self.store.evict_lease(&lease)).await {
+                    Ok(_) => return Ok(()),
+                    Err(LeaseStoreError::ConditionFailed(_)) => match self.resolve(None).await? {
+                        Resolution::Ours | Resolution::Applied => continue,
+                        // Someone else holds it now: nothing to release.
+                        Resolution::Lost => return Ok(()),
+                    },
+                    Err(error) => return Err(error),
+                }
+            }
+            Ok(())
+        }
+        .await;
+        self.mark_lost();
+        result
+    }
+}
