@@ -504,7 +504,6 @@ async fn failing_lease_scans_lose_nothing() -> TestResult {
 /// reach DynamoDB late, while its Kinesis reads go on: the other worker takes the expired
 /// lease. From then on the stalled owner must not deliver that shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs issue 9: a worker whose lease renewal hangs keeps delivering after its failover time (no lease deadline), while another worker owns the shard"]
 async fn a_worker_whose_lease_table_stalls_stops_delivering_before_another_takes_over() -> TestResult
 {
     let s = scenario("fault-lease-stall", 1).await?;
