@@ -391,7 +391,7 @@ impl Fake {
                     s.data.clone(),
                 )
                 .into_iter()
-                .map(|u| (s.shard.clone(), u.partition_key, u.data))
+                .map(|u| (s.shard.clone(), u.partition_key.to_string(), u.data))
             })
             .collect()
     }
@@ -427,7 +427,9 @@ impl Fake {
                 continue;
             }
             for user in users {
-                *copies.entry((user.partition_key, user.data)).or_insert(0) += 1;
+                *copies
+                    .entry((user.partition_key.to_string(), user.data))
+                    .or_insert(0) += 1;
             }
         }
         copies
