@@ -388,7 +388,7 @@ mod tests {
             arrived: now,
             expires: now + Duration::from_secs(30),
             attempts: Vec::new(),
-            reply: None,
+            completion: None,
         }
     }
 

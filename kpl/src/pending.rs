@@ -3,16 +3,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::aggregation::EncodedRecord;
-use crate::receipt::{Attempt, RecordError, RecordResult};
+use crate::receipt::{Attempt, Completion, RecordError, RecordResult};
 use crate::stats::Released;
 use crate::HashKey;
-
-/// Where a user record's result goes once known.
-pub(crate) type Reply = oneshot::Sender<Result<RecordResult, RecordError>>;
 
 /// A user record accepted by the producer and not yet completed.
 #[derive(Debug)]
@@ -30,6 +26,7 @@ pub(crate) struct Pending {
     pub explicit: bool,
     /// Whether the user gave the explicit hash key (a hot-key spread never moves it).
     pub user_hash_key: bool,
+    /// When the pipeline accepted it (set then).
     pub arrived: Instant,
     pub expires: Instant,
     /// Attempts made while it travelled in earlier Kinesis records (before a resend or
@@ -37,7 +34,7 @@ pub(crate) struct Pending {
     pub attempts: Vec<Attempt>,
     /// Where the outcome goes; `None` once completed. While it is set, the record holds
     /// one permit of the producer's record semaphore and `size()` of its byte semaphore.
-    pub reply: Option<Reply>,
+    pub completion: Option<Completion>,
 }
 
 impl Pending {
@@ -63,10 +60,9 @@ impl Pending {
         outcome: Result<RecordResult, RecordError>,
         released: &mut Released,
     ) {
-        if let Some(reply) = self.reply.take() {
+        if let Some(completion) = self.completion.take() {
             released.add(self.size());
-            // The user may have dropped the receipt: nothing to tell then.
-            let _ = reply.send(outcome);
+            completion.complete(outcome);
         }
     }
 
