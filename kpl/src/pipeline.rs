@@ -19,8 +19,8 @@ use crate::config::ProducerConfig;
 use crate::inbox::{Command, Inbox};
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
-use crate::pending::{Outgoing, Pending};
-use crate::receipt::{Attempt, AttemptError, RecordError, RecordResult};
+use crate::pending::{Carried, Outgoing, Pending};
+use crate::receipt::{Attempt, AttemptError, Delivered, Outcome, RecordError};
 use crate::retrier::{is_permanent, request_error, Backoff, RetryQueue, THROTTLED};
 use crate::shard_map::{ShardMap, ShardMapError};
 use crate::spread::Spreader;
@@ -252,7 +252,6 @@ impl Pipeline {
 
     fn accept(&mut self, mut record: Pending, now: Instant) {
         record.arrived = now;
-        record.expires = now + self.config.record_ttl;
         record.id = self.tracker.add(now);
         self.metrics.received();
         if let Some(spreader) = &mut self.spreader {
@@ -412,25 +411,30 @@ impl Pipeline {
     /// Fails the expired user records of `record`; returns it if none expired. Survivors
     /// of a partly expired aggregate are routed again.
     fn expire(&mut self, mut record: Outgoing, now: Instant) -> Option<Outgoing> {
-        if record.expires > now {
+        let ttl = self.config.record_ttl;
+        if record.oldest + ttl > now {
             return Some(record);
         }
-        let (expired, alive): (Vec<_>, Vec<_>) =
-            record.records.drain(..).partition(|r| r.expires <= now);
+        let (expired, alive): (Vec<_>, Vec<_>) = std::mem::take(&mut record.records)
+            .into_iter()
+            .partition(|r| r.arrived + ttl <= now);
         self.metrics.expired(expired.len());
         self.shared.count_failed(expired.len());
         for mut user in expired {
             let attempts = user.all_attempts(&record.attempts);
             warn!(
                 stream = self.stream.as_str(),
-                partition_key = user.partition_key.as_str(),
+                partition_key = record.key_of(&user),
                 attempts = attempts.len(),
                 "user record expired"
             );
             self.metrics
                 .completed(record.shard.as_ref(), attempts.len().saturating_sub(1));
             self.tracker.complete(user.id);
-            user.complete(Err(RecordError::Expired { attempts }), &mut self.released);
+            user.complete(
+                Outcome::Failed(RecordError::Expired { attempts }),
+                &mut self.released,
+            );
         }
         record.records = alive;
         self.rerouted.extend(record.into_records());
@@ -452,7 +456,7 @@ impl Pipeline {
             for record in &batch {
                 bytes += record.size();
                 if record.attempts.is_empty() {
-                    for user in record.records.iter().filter(|u| u.attempts.is_empty()) {
+                    for user in record.records.iter().filter(|u| u.is_fresh()) {
                         self.metrics
                             .first_attempt(now.saturating_duration_since(user.arrived));
                     }
@@ -556,7 +560,7 @@ impl Pipeline {
             record
                 .records
                 .iter()
-                .all(|r| start <= r.hash_key && r.hash_key <= end),
+                .all(|r| (start..=end).contains(&r.hash_key())),
         )
     }
 
@@ -599,7 +603,7 @@ impl Pipeline {
         record.attempts.push(attempt);
         let aggregated = record.is_aggregate();
         let size = record.size();
-        let user_bytes = record.records.iter().map(Pending::size).sum();
+        let user_bytes = record.records.iter().map(Carried::size).sum();
         self.load.put(&shard, record.records.len(), size);
         if let Some(spreader) = &mut self.spreader {
             spreader.put(&shard, size);
@@ -607,24 +611,35 @@ impl Pipeline {
         self.metrics
             .kinesis_record_put(&shard, record.records.len(), user_bytes, size);
         self.shared.count_put(record.records.len());
-        // One attempt list for the user records that made every attempt together.
-        let shared: Arc<[Attempt]> = Arc::from(record.attempts.as_slice());
+        // One outcome for the user records that made every attempt together.
+        let delivered = Arc::new(Delivered {
+            shard_id: shard.clone(),
+            sequence_number: sequence,
+            aggregated,
+            attempts: Arc::from(record.attempts.as_slice()),
+        });
+        let retries = record.attempts.len() - 1;
         for (index, mut user) in record.records.drain(..).enumerate() {
             self.tracker.complete(user.id);
-            let attempts = if user.attempts.is_empty() {
-                shared.clone()
+            // Below 2^32: an aggregate is at most 10 MiB.
+            let sub_sequence_number = if aggregated { index as u32 } else { 0 };
+            let delivered = if user.is_fresh() {
+                self.metrics.completed(Some(&shard), retries);
+                delivered.clone()
             } else {
-                Arc::from(user.all_attempts(&record.attempts))
+                let attempts = user.all_attempts(&record.attempts);
+                self.metrics.completed(Some(&shard), attempts.len() - 1);
+                Arc::new(Delivered {
+                    shard_id: delivered.shard_id.clone(),
+                    sequence_number: delivered.sequence_number.clone(),
+                    aggregated,
+                    attempts: Arc::from(attempts),
+                })
             };
-            self.metrics.completed(Some(&shard), attempts.len() - 1);
-            let result = RecordResult {
-                shard_id: shard.clone(),
-                sequence_number: sequence.clone(),
-                sub_sequence_number: if aggregated { index as u64 } else { 0 },
-                aggregated,
-                attempts,
-            };
-            user.complete(Ok(result), &mut self.released);
+            user.complete(
+                Outcome::Delivered(delivered, sub_sequence_number),
+                &mut self.released,
+            );
         }
     }
 
@@ -698,7 +713,8 @@ impl Pipeline {
             return;
         }
         record.failures += 1;
-        let at = (now + self.backoff.delay(record.failures)).min(record.expires);
+        let expires = record.oldest + self.config.record_ttl;
+        let at = (now + self.backoff.delay(record.failures)).min(expires);
         self.retries.push(at, record);
     }
 
@@ -709,7 +725,7 @@ impl Pipeline {
             record
                 .records
                 .iter()
-                .any(|r| !r.user_hash_key && spreader.is_spread(&r.partition_key))
+                .any(|r| !r.user_hash_key && spreader.is_spread(record.key_of(r)))
         })
     }
 
@@ -721,7 +737,7 @@ impl Pipeline {
             let attempts = user.all_attempts(&record.attempts);
             self.metrics
                 .completed(record.shard.as_ref(), attempts.len().saturating_sub(1));
-            user.complete(Err(make(attempts)), &mut self.released);
+            user.complete(Outcome::Failed(make(attempts)), &mut self.released);
         }
     }
 

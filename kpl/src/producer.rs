@@ -479,8 +479,7 @@ impl Producer {
             explicit: explicit_hash_key.is_some(),
             hash_key,
             arrived: self.inner.built,
-            expires: self.inner.built,
-            attempts: Vec::new(),
+            attempts: None,
             completion: None,
         };
         self.inner.inbox.push_record(pending).map_err(|size| {

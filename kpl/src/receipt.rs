@@ -113,15 +113,56 @@ fn last_error(attempts: &[Attempt]) -> String {
     }
 }
 
-/// What a user record's receipt waits for.
+/// Where the user records of one Kinesis record landed, shared by their receipts (a
+/// record with attempts of its own, made in earlier Kinesis records, gets its own).
+#[derive(Debug)]
+pub(crate) struct Delivered {
+    pub shard_id: Arc<str>,
+    pub sequence_number: Arc<str>,
+    pub aggregated: bool,
+    pub attempts: Arc<[Attempt]>,
+}
+
+/// How a user record completed.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// It reached the stream at this sub-sequence number of a Kinesis record.
+    Delivered(Arc<Delivered>, u32),
+    Failed(RecordError),
+}
+
+/// What a user record's receipt waits for (24 bytes: a receipt's share of the memory
+/// of an outstanding record is small).
 #[derive(Debug)]
 enum Slot {
     /// Not completed yet; the waker of the receipt's last poll.
     Waiting(Option<Waker>),
-    /// Completed, and not taken by the receipt yet.
-    Done(Result<RecordResult, RecordError>),
+    /// Completed, not taken by the receipt yet.
+    Delivered(Arc<Delivered>, u32),
+    Failed(Box<RecordError>),
     /// Taken by the receipt, or the receipt was dropped: nobody will read it.
     Closed,
+}
+
+impl Slot {
+    /// The outcome of a completed slot, as the receipt gives it.
+    fn take(&mut self) -> Option<Result<RecordResult, RecordError>> {
+        match std::mem::replace(self, Slot::Closed) {
+            Slot::Delivered(landed, sub_sequence_number) => Some(Ok(RecordResult {
+                shard_id: landed.shard_id.clone(),
+                sequence_number: landed.sequence_number.clone(),
+                sub_sequence_number: u64::from(sub_sequence_number),
+                aggregated: landed.aggregated,
+                attempts: landed.attempts.clone(),
+            })),
+            Slot::Failed(error) => Some(Err(*error)),
+            Slot::Closed => Some(Err(RecordError::Abandoned)),
+            waiting @ Slot::Waiting(_) => {
+                *self = waiting;
+                None
+            }
+        }
+    }
 }
 
 /// Receipts allocated together: [`SLOTS_PER_CHUNK`] consecutive records share one
@@ -183,8 +224,9 @@ impl ReceiptSlots {
                 index,
             },
             Completion {
-                chunk: Some(self.chunk.clone()),
+                chunk: self.chunk.clone(),
                 index,
+                done: false,
             },
         )
     }
@@ -195,28 +237,34 @@ impl ReceiptSlots {
 /// [`RecordError::Abandoned`].
 #[derive(Debug)]
 pub(crate) struct Completion {
-    chunk: Option<Arc<ReceiptChunk>>,
+    chunk: Arc<ReceiptChunk>,
     index: u8,
+    done: bool,
 }
 
 impl Completion {
     /// Hands the outcome to the receipt (dropped if the receipt is gone).
-    pub fn complete(mut self, outcome: Result<RecordResult, RecordError>) {
-        if let Some(chunk) = self.chunk.take() {
-            Self::store(&chunk, self.index, outcome);
-        }
+    pub fn complete(mut self, outcome: Outcome) {
+        Self::store(&self.chunk, self.index, outcome);
+        self.done = true;
     }
 
-    fn store(chunk: &ReceiptChunk, index: u8, outcome: Result<RecordResult, RecordError>) {
+    fn store(chunk: &ReceiptChunk, index: u8, outcome: Outcome) {
         let waker = {
             let mut slot = chunk.slot(index);
             match std::mem::replace(&mut *slot, Slot::Closed) {
                 Slot::Waiting(waker) => {
-                    *slot = Slot::Done(outcome);
+                    *slot = match outcome {
+                        Outcome::Delivered(landed, sub) => Slot::Delivered(landed, sub),
+                        Outcome::Failed(error) => Slot::Failed(Box::new(error)),
+                    };
                     waker
                 }
                 // The receipt was dropped (or, impossibly, completed twice).
-                Slot::Done(_) | Slot::Closed => None,
+                done => {
+                    *slot = done;
+                    None
+                }
             }
         };
         if let Some(waker) = waker {
@@ -227,8 +275,12 @@ impl Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        if let Some(chunk) = self.chunk.take() {
-            Self::store(&chunk, self.index, Err(RecordError::Abandoned));
+        if !self.done {
+            Self::store(
+                &self.chunk,
+                self.index,
+                Outcome::Failed(RecordError::Abandoned),
+            );
         }
     }
 }
@@ -246,7 +298,7 @@ impl std::fmt::Debug for RecordReceipt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &*self.chunk.slot(self.index) {
             Slot::Waiting(_) => "waiting",
-            Slot::Done(_) => "done",
+            Slot::Delivered(..) | Slot::Failed(_) => "done",
             Slot::Closed => "taken",
         };
         f.debug_struct("RecordReceipt")
@@ -260,21 +312,16 @@ impl Future for RecordReceipt {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut slot = self.chunk.slot(self.index);
-        match &mut *slot {
-            Slot::Waiting(waker) => {
-                match waker {
-                    Some(waker) if waker.will_wake(cx.waker()) => {}
-                    _ => *waker = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
-            Slot::Done(_) => match std::mem::replace(&mut *slot, Slot::Closed) {
-                Slot::Done(outcome) => Poll::Ready(outcome),
-                _ => Poll::Ready(Err(RecordError::Abandoned)),
-            },
-            // Polled again after it resolved.
-            Slot::Closed => Poll::Ready(Err(RecordError::Abandoned)),
+        if let Some(outcome) = slot.take() {
+            return Poll::Ready(outcome);
         }
+        if let Slot::Waiting(waker) = &mut *slot {
+            match waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                _ => *waker = Some(cx.waker().clone()),
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -289,14 +336,26 @@ impl Drop for RecordReceipt {
 mod tests {
     use super::*;
 
-    fn ok(sub_sequence_number: u64) -> Result<RecordResult, RecordError> {
-        Ok(RecordResult {
+    fn delivered() -> Arc<Delivered> {
+        Arc::new(Delivered {
             shard_id: Arc::from("shardId-000000000000"),
             sequence_number: Arc::from("1"),
-            sub_sequence_number,
             aggregated: true,
             attempts: Arc::from(Vec::new()),
         })
+    }
+
+    fn ok(sub_sequence_number: u32) -> Outcome {
+        Outcome::Delivered(delivered(), sub_sequence_number)
+    }
+
+    #[test]
+    fn a_slot_is_small() {
+        assert!(
+            std::mem::size_of::<Slot>() <= 24,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
     }
 
     #[tokio::test]
@@ -313,7 +372,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         for (i, completion) in completions.into_iter().enumerate().rev() {
-            completion.complete(ok(i as u64));
+            completion.complete(ok(i as u32));
         }
         let subs = waiting.await.expect("task");
         assert_eq!(subs, (0..3 * SLOTS_PER_CHUNK as u64).collect::<Vec<_>>());
@@ -331,15 +390,11 @@ mod tests {
     async fn a_dropped_receipt_frees_its_outcome() {
         let mut slots = ReceiptSlots::default();
         let (receipt, completion) = slots.next();
-        let result = ok(0);
-        let attempts = match &result {
-            Ok(r) => r.attempts.clone(),
-            Err(_) => unreachable!(),
-        };
-        completion.complete(result);
-        assert_eq!(Arc::strong_count(&attempts), 2, "held by the slot");
+        let landed = delivered();
+        completion.complete(Outcome::Delivered(landed.clone(), 0));
+        assert_eq!(Arc::strong_count(&landed), 2, "held by the slot");
         drop(receipt);
-        assert_eq!(Arc::strong_count(&attempts), 1, "freed with the receipt");
+        assert_eq!(Arc::strong_count(&landed), 1, "freed with the receipt");
         // Completing after the receipt is gone keeps nothing either.
         let (receipt, completion) = slots.next();
         drop(receipt);
