@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::{oneshot, Notify};
 
-use crate::pending::Pending;
+use crate::pending::Admitted;
 use crate::receipt::{ReceiptSlots, RecordReceipt};
 
 /// Commands kept in a drained inbox's buffer for the next batch; above this the buffer
@@ -17,7 +17,7 @@ const KEPT_CAPACITY: usize = 4_096;
 #[derive(Debug)]
 pub(crate) enum Command {
     /// A validated user record, holding its buffer permits.
-    Record(Pending),
+    Record(Admitted),
     /// Answer once every record sent before this is complete.
     Flush(oneshot::Sender<()>),
     /// Complete everything, answer, and stop.
@@ -58,7 +58,7 @@ impl Inbox {
 
     /// Queues a record and gives its receipt; if the pipeline stopped, drops the record
     /// and gives its size back (for the buffer space it held).
-    pub fn push_record(&self, mut record: Pending) -> Result<RecordReceipt, usize> {
+    pub fn push_record(&self, mut record: Admitted) -> Result<RecordReceipt, usize> {
         let (receipt, was_empty) = {
             let mut state = self.state();
             if state.closed {

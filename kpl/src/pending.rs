@@ -29,7 +29,55 @@ fn all_attempts(earlier: &mut EarlierAttempts, carrier: &[Attempt]) -> Vec<Attem
     attempts
 }
 
-/// A user record accepted by the producer and not yet packed into a Kinesis record.
+/// A user record admitted by a producer handle, on its way to the pipeline, which gives
+/// it its id and arrival time.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    pub partition_key: String,
+    pub data: Bytes,
+    /// The hash key that places it (two words rather than a `u128`, whose alignment
+    /// would pad the struct): the MD5 of its partition key, computed by the handle, or
+    /// the user's explicit hash key.
+    hash_key: [u64; 2],
+    pub user_hash_key: bool,
+    pub completion: Option<Completion>,
+}
+
+impl Admitted {
+    pub fn new(partition_key: String, data: Bytes, explicit_hash_key: Option<HashKey>) -> Self {
+        let hash_key =
+            explicit_hash_key.unwrap_or_else(|| HashKey::from_partition_key(&partition_key));
+        Admitted {
+            partition_key,
+            data,
+            hash_key: [(hash_key.0 >> 64) as u64, hash_key.0 as u64],
+            user_hash_key: explicit_hash_key.is_some(),
+            completion: None,
+        }
+    }
+
+    /// Bytes it counts for: data plus partition key.
+    pub fn size(&self) -> usize {
+        self.data.len() + self.partition_key.len()
+    }
+
+    /// The record as the pipeline accepts it: `id` in arrival order, `arrived` now.
+    pub fn accept(self, id: u64, arrived: Instant) -> Pending {
+        Pending {
+            id,
+            partition_key: self.partition_key,
+            data: self.data,
+            hash_key: HashKey((u128::from(self.hash_key[0]) << 64) | u128::from(self.hash_key[1])),
+            explicit: self.user_hash_key,
+            user_hash_key: self.user_hash_key,
+            arrived,
+            attempts: None,
+            completion: self.completion,
+        }
+    }
+}
+
+/// A user record accepted by the pipeline and not yet packed into a Kinesis record.
 #[derive(Debug)]
 pub(crate) struct Pending {
     /// Position in arrival order, assigned by the pipeline.
@@ -43,7 +91,7 @@ pub(crate) struct Pending {
     pub explicit: bool,
     /// Whether the user gave the explicit hash key (a hot-key spread never moves it).
     pub user_hash_key: bool,
-    /// When the pipeline accepted it (set then).
+    /// When the pipeline accepted it.
     pub arrived: Instant,
     pub attempts: EarlierAttempts,
     /// Where the outcome goes. While it is set, the record holds one permit of the

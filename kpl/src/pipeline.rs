@@ -19,7 +19,7 @@ use crate::config::ProducerConfig;
 use crate::inbox::{Command, Inbox};
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
-use crate::pending::{Carried, Outgoing, Pending};
+use crate::pending::{Admitted, Carried, Outgoing, Pending};
 use crate::receipt::{Attempt, AttemptError, Delivered, Outcome, RecordError};
 use crate::retrier::{is_permanent, request_error, Backoff, RetryQueue, THROTTLED};
 use crate::shard_map::{ShardMap, ShardMapError};
@@ -250,9 +250,8 @@ impl Pipeline {
         }
     }
 
-    fn accept(&mut self, mut record: Pending, now: Instant) {
-        record.arrived = now;
-        record.id = self.tracker.add(now);
+    fn accept(&mut self, record: Admitted, now: Instant) {
+        let mut record = record.accept(self.tracker.add(now), now);
         self.metrics.received();
         if let Some(spreader) = &mut self.spreader {
             if !record.user_hash_key {

@@ -9,11 +9,10 @@ use aws_sdk_kinesis::Client;
 use backon::{ExponentialBuilder, Retryable};
 use futures::{Stream, StreamExt};
 use tokio::sync::{oneshot, TryAcquireError};
-use tokio::time::Instant;
 
 use crate::config::ProducerConfig;
 use crate::inbox::{Command, Inbox};
-use crate::pending::Pending;
+use crate::pending::Admitted;
 use crate::pipeline::Pipeline;
 use crate::receipt::{RecordError, RecordReceipt, RecordResult};
 use crate::record::{InvalidRecord, Record, MAX_RECORD_SIZE_LIMIT};
@@ -306,7 +305,6 @@ impl ProducerBuilder {
                 shared,
                 config,
                 stream,
-                built: Instant::now(),
             }),
         })
     }
@@ -318,8 +316,6 @@ struct Inner {
     shared: Arc<Shared>,
     config: ProducerConfig,
     stream: StreamId,
-    /// When the producer was built: a record's arrival until the pipeline sets it.
-    built: Instant,
 }
 
 impl Drop for Inner {
@@ -469,20 +465,8 @@ impl Producer {
     /// gives them back when it completes) to the pipeline.
     fn enqueue(&self, record: Record) -> Result<RecordReceipt, SendError> {
         let (partition_key, data, explicit_hash_key) = record.into_parts();
-        let hash_key =
-            explicit_hash_key.unwrap_or_else(|| crate::HashKey::from_partition_key(&partition_key));
-        let pending = Pending {
-            id: 0,
-            partition_key,
-            data,
-            user_hash_key: explicit_hash_key.is_some(),
-            explicit: explicit_hash_key.is_some(),
-            hash_key,
-            arrived: self.inner.built,
-            attempts: None,
-            completion: None,
-        };
-        self.inner.inbox.push_record(pending).map_err(|size| {
+        let admitted = Admitted::new(partition_key, data, explicit_hash_key);
+        self.inner.inbox.push_record(admitted).map_err(|size| {
             let mut released = crate::stats::Released::default();
             released.add(size);
             self.inner.shared.release(&mut released);
