@@ -129,8 +129,8 @@ pub(crate) fn user_records(
             out.push(KinesisClientRecord {
                 sequence_number: sequence_number.clone(),
                 sub_sequence_number: user.sub_sequence_number,
-                partition_key: user.partition_key,
-                explicit_hash_key: user.explicit_hash_key,
+                partition_key: user.partition_key.to_string(),
+                explicit_hash_key: user.explicit_hash_key.as_deref().map(str::to_owned),
                 approximate_arrival_timestamp: arrival,
                 data: user.data,
                 aggregated: user.aggregated,

@@ -15,7 +15,7 @@ use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use tokio::time::Instant;
 
 use crate::aggregation::{AGGREGATE_PARTITION_KEY, DIGEST_LEN, MAGIC};
-use crate::pending::{Outgoing, Pending};
+use crate::pending::{Carried, Outgoing, Pending};
 use crate::HashKey;
 
 /// Hashes a `u64` that is already uniformly distributed (bits of an MD5) as itself.
@@ -173,36 +173,60 @@ impl OpenAggregate {
     fn finish(&mut self) -> Option<Outgoing> {
         let deadline = self.deadline.take()?;
         let shard = self.shard.clone();
-        // The next aggregate of this shard likely holds as many: size its lists once
-        // instead of growing them by doubling (copies, and up to twice the memory).
         let count = self.records.len();
-        let mut records = std::mem::replace(&mut self.records, Vec::with_capacity(count));
-        let indexes = std::mem::replace(&mut self.indexes, Vec::with_capacity(count));
-        let keys = std::mem::take(&mut self.keys);
-        let hash_keys = std::mem::take(&mut self.hash_keys);
+        let keys = self.keys.len();
+        let hash_keys = self.hash_keys.len();
         self.key_lookup.clear();
         self.hash_key_lookup.clear();
         let message_len = std::mem::take(&mut self.message_len);
-        if count == 1 {
-            let record = records.pop()?;
-            return Some(Outgoing::single(shard, record, deadline));
+        let outgoing = if count == 1 {
+            let record = self.records.pop()?;
+            Outgoing::single(shard, record, deadline)
+        } else {
+            let (encoded, carried) = self.encode(message_len)?;
+            Outgoing::new(shard, encoded, carried, deadline)
+        };
+        // The lists keep room for about as many records as this aggregate held: the
+        // next one of a busy shard fills without regrowing them by doubling, an idle
+        // shard's hold little.
+        fn reset<T>(list: &mut Vec<T>, used: usize) {
+            list.clear();
+            if list.capacity() > 2 * used + 8 {
+                list.shrink_to(used);
+            }
         }
+        reset(&mut self.records, count);
+        reset(&mut self.indexes, count);
+        reset(&mut self.keys, keys);
+        reset(&mut self.hash_keys, hash_keys);
+        Some(outgoing)
+    }
+
+    /// The aggregate of the held records (at least two), and each record as it is
+    /// carried in it: its key and data are read from the aggregate from now on, and
+    /// the user's own buffers are freed.
+    fn encode(
+        &mut self,
+        message_len: usize,
+    ) -> Option<(crate::aggregation::EncodedRecord, Vec<Carried>)> {
         let mut data = BytesMut::with_capacity(MAGIC.len() + message_len + DIGEST_LEN);
         data.put_slice(&MAGIC);
-        for &first in &keys {
-            let key = &records[first as usize].partition_key;
+        let mut key_offsets = Vec::with_capacity(self.keys.len());
+        for &first in &self.keys {
+            let key = &self.records[first as usize].partition_key;
             encode_key(1, WireType::LengthDelimited, &mut data);
             encode_varint(key.len() as u64, &mut data);
+            key_offsets.push(data.len() as u32);
             data.put_slice(key.as_bytes());
         }
-        for key in &hash_keys {
+        for key in &self.hash_keys {
             let decimal = key.to_string();
             encode_key(2, WireType::LengthDelimited, &mut data);
             encode_varint(decimal.len() as u64, &mut data);
             data.put_slice(decimal.as_bytes());
         }
-        let mut offsets = Vec::with_capacity(count);
-        for (record, &(key_index, hash_index)) in records.iter().zip(&indexes) {
+        let mut data_offsets = Vec::with_capacity(self.records.len());
+        for (record, &(key_index, hash_index)) in self.records.iter().zip(&self.indexes) {
             encode_key(3, WireType::LengthDelimited, &mut data);
             encode_varint(
                 record_len(key_index, hash_index, record.data.len()) as u64,
@@ -216,27 +240,30 @@ impl OpenAggregate {
             }
             encode_key(3, WireType::LengthDelimited, &mut data);
             encode_varint(record.data.len() as u64, &mut data);
-            offsets.push(data.len());
+            // An aggregate is at most 10 MiB (checked at build).
+            data_offsets.push(data.len() as u32);
             data.put_slice(&record.data);
         }
         debug_assert_eq!(data.len(), MAGIC.len() + message_len);
         let digest = Md5::digest(&data[MAGIC.len()..]);
         data.put_slice(&digest);
-        let data = data.freeze();
-        // Hold each payload as a slice of the aggregate: the user's buffer is freed and
-        // the bytes are held once.
-        for (record, offset) in records.iter_mut().zip(offsets) {
-            let len = record.data.len();
-            record.data = data.slice(offset..offset + len);
-        }
-        let first_hash_key = records.first().map(|r| r.hash_key)?;
+        let first_hash_key = self.records.first().map(|r| r.hash_key)?;
+        let carried = self
+            .records
+            .drain(..)
+            .zip(&self.indexes)
+            .zip(data_offsets)
+            .map(|((mut record, &(key_index, _)), data_at)| {
+                record.carried(key_offsets[key_index as usize], data_at)
+            })
+            .collect();
         let encoded = crate::aggregation::EncodedRecord {
             partition_key: AGGREGATE_PARTITION_KEY.to_owned(),
             explicit_hash_key: Some(first_hash_key.to_string()),
-            data,
-            user_records: count,
+            data: data.freeze(),
+            user_records: self.indexes.len(),
         };
-        Some(Outgoing::new(shard, encoded, records, deadline))
+        Some((encoded, carried))
     }
 }
 
@@ -386,9 +413,8 @@ mod tests {
             explicit: false,
             user_hash_key: false,
             arrived: now,
-            expires: now + Duration::from_secs(30),
-            attempts: Vec::new(),
-            reply: None,
+            attempts: None,
+            completion: None,
         }
     }
 
@@ -494,8 +520,9 @@ mod tests {
             proptest::prop_assert_eq!(out.len(), 1);
             let expected = builder.finish().expect("records");
             proptest::prop_assert_eq!(&out[0].encoded, &expected);
-            for (record, (_, _, data)) in out[0].records.iter().zip(&records) {
-                proptest::prop_assert_eq!(&record.data[..], &data[..], "payload slice");
+            for (record, (key, _, data)) in out[0].records.iter().zip(&records) {
+                proptest::prop_assert_eq!(&out[0].data_of(record)[..], &data[..], "payload slice");
+                proptest::prop_assert_eq!(out[0].key_of(record), format!("key-{key}"));
             }
         }
     }

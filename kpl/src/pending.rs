@@ -1,27 +1,88 @@
 //! User records and Kinesis records while they move through the pipeline.
+//!
+//! A user record is a [`Pending`] until it is packed into a Kinesis record, then a
+//! [`Carried`]: what completing it or sending it again needs, its partition key and
+//! data read from the Kinesis record's own bytes. Most outstanding records wait inside
+//! Kinesis records (collected, rate limited, in flight, backing off), so this is what
+//! the producer holds per outstanding record: 80 bytes, and no copy of its key or data.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::aggregation::EncodedRecord;
-use crate::receipt::{Attempt, RecordError, RecordResult};
+use crate::receipt::{Attempt, Completion, Outcome};
 use crate::stats::Released;
 use crate::HashKey;
 
-/// Where a user record's result goes once known.
-pub(crate) type Reply = oneshot::Sender<Result<RecordResult, RecordError>>;
+/// Attempts a user record made in earlier Kinesis records (before a resend or a
+/// re-aggregation), `None` for most records; the current Kinesis record holds the later
+/// ones.
+pub(crate) type EarlierAttempts = Option<Box<Vec<Attempt>>>;
 
-/// A user record accepted by the producer and not yet completed.
+/// Every attempt: the record's earlier ones, then those of the Kinesis record that
+/// carried it last.
+fn all_attempts(earlier: &mut EarlierAttempts, carrier: &[Attempt]) -> Vec<Attempt> {
+    let mut attempts = earlier.take().map(|a| *a).unwrap_or_default();
+    attempts.extend_from_slice(carrier);
+    attempts
+}
+
+/// A user record admitted by a producer handle, on its way to the pipeline, which gives
+/// it its id and arrival time.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    pub partition_key: String,
+    pub data: Bytes,
+    /// The hash key that places it (two words rather than a `u128`, whose alignment
+    /// would pad the struct): the MD5 of its partition key, computed by the handle, or
+    /// the user's explicit hash key.
+    hash_key: [u64; 2],
+    pub user_hash_key: bool,
+    pub completion: Option<Completion>,
+}
+
+impl Admitted {
+    pub fn new(partition_key: String, data: Bytes, explicit_hash_key: Option<HashKey>) -> Self {
+        let hash_key =
+            explicit_hash_key.unwrap_or_else(|| HashKey::from_partition_key(&partition_key));
+        Admitted {
+            partition_key,
+            data,
+            hash_key: [(hash_key.0 >> 64) as u64, hash_key.0 as u64],
+            user_hash_key: explicit_hash_key.is_some(),
+            completion: None,
+        }
+    }
+
+    /// Bytes it counts for: data plus partition key.
+    pub fn size(&self) -> usize {
+        self.data.len() + self.partition_key.len()
+    }
+
+    /// The record as the pipeline accepts it: `id` in arrival order, `arrived` now.
+    pub fn accept(self, id: u64, arrived: Instant) -> Pending {
+        Pending {
+            id,
+            partition_key: self.partition_key,
+            data: self.data,
+            hash_key: HashKey((u128::from(self.hash_key[0]) << 64) | u128::from(self.hash_key[1])),
+            explicit: self.user_hash_key,
+            user_hash_key: self.user_hash_key,
+            arrived,
+            attempts: None,
+            completion: self.completion,
+        }
+    }
+}
+
+/// A user record accepted by the pipeline and not yet packed into a Kinesis record.
 #[derive(Debug)]
 pub(crate) struct Pending {
     /// Position in arrival order, assigned by the pipeline.
     pub id: u64,
     pub partition_key: String,
-    /// The payload. Once packed into an aggregate, a slice of the aggregate's bytes (the
-    /// user's buffer is released, so the payload is held once).
     pub data: Bytes,
     /// The hash key that places the record on a shard, computed once.
     pub hash_key: HashKey,
@@ -30,14 +91,12 @@ pub(crate) struct Pending {
     pub explicit: bool,
     /// Whether the user gave the explicit hash key (a hot-key spread never moves it).
     pub user_hash_key: bool,
+    /// When the pipeline accepted it.
     pub arrived: Instant,
-    pub expires: Instant,
-    /// Attempts made while it travelled in earlier Kinesis records (before a resend or
-    /// a re-aggregation); the current Kinesis record holds the later ones.
-    pub attempts: Vec<Attempt>,
-    /// Where the outcome goes; `None` once completed. While it is set, the record holds
-    /// one permit of the producer's record semaphore and `size()` of its byte semaphore.
-    pub reply: Option<Reply>,
+    pub attempts: EarlierAttempts,
+    /// Where the outcome goes. While it is set, the record holds one permit of the
+    /// producer's record semaphore and `size()` of its byte semaphore.
+    pub completion: Option<Completion>,
 }
 
 impl Pending {
@@ -57,25 +116,79 @@ impl Pending {
         self.hash_key = key.unwrap_or_else(|| HashKey::from_partition_key(&self.partition_key));
     }
 
-    /// Sends the outcome to the waiting receipt and releases the buffer space.
-    pub fn complete(
-        &mut self,
-        outcome: Result<RecordResult, RecordError>,
-        released: &mut Released,
-    ) {
-        if let Some(reply) = self.reply.take() {
-            released.add(self.size());
-            // The user may have dropped the receipt: nothing to tell then.
-            let _ = reply.send(outcome);
+    /// The record as carried at `data_at` of its Kinesis record's data, its partition
+    /// key at `key_at` ([`OWN_KEY`]: the Kinesis record's own partition key). Its
+    /// completion and attempts move to it; its key and data stay for the caller to drop
+    /// or move into the Kinesis record.
+    pub fn carried(&mut self, key_at: u32, data_at: u32) -> Carried {
+        Carried {
+            id: self.id,
+            hash_key: [(self.hash_key.0 >> 64) as u64, self.hash_key.0 as u64],
+            arrived: self.arrived,
+            completion: self.completion.take(),
+            attempts: self.attempts.take(),
+            key_at,
+            // Kinesis partition keys have at most 256 characters (1,024 bytes), and
+            // records at most 10 MiB: both were checked when the record was accepted.
+            key_len: self.partition_key.len() as u16,
+            data_at,
+            data_len: self.data.len() as u32,
+            explicit: self.explicit,
+            user_hash_key: self.user_hash_key,
         }
+    }
+}
+
+/// `key_at` of a user record sent as its own Kinesis record.
+pub(crate) const OWN_KEY: u32 = u32::MAX;
+
+/// A user record inside a Kinesis record (see the module's documentation).
+#[derive(Debug)]
+pub(crate) struct Carried {
+    pub id: u64,
+    /// The hash key's high and low halves (two words rather than a `u128`, whose
+    /// 16-byte alignment would pad the struct).
+    hash_key: [u64; 2],
+    pub arrived: Instant,
+    /// Where the outcome goes; `None` once completed (see [`Pending::completion`]).
+    pub completion: Option<Completion>,
+    pub attempts: EarlierAttempts,
+    key_at: u32,
+    key_len: u16,
+    data_at: u32,
+    data_len: u32,
+    pub explicit: bool,
+    pub user_hash_key: bool,
+}
+
+impl Carried {
+    /// The hash key that places it.
+    pub fn hash_key(&self) -> HashKey {
+        HashKey((u128::from(self.hash_key[0]) << 64) | u128::from(self.hash_key[1]))
+    }
+
+    /// Bytes it counts for: data plus partition key.
+    pub fn size(&self) -> usize {
+        self.data_len as usize + usize::from(self.key_len)
+    }
+
+    /// Whether it made no attempt before its current Kinesis record.
+    pub fn is_fresh(&self) -> bool {
+        self.attempts.is_none()
     }
 
     /// Every attempt: its own earlier ones, then those of the Kinesis record that
     /// carried it last.
     pub fn all_attempts(&mut self, carrier: &[Attempt]) -> Vec<Attempt> {
-        let mut attempts = std::mem::take(&mut self.attempts);
-        attempts.extend_from_slice(carrier);
-        attempts
+        all_attempts(&mut self.attempts, carrier)
+    }
+
+    /// Sends the outcome to the waiting receipt and releases the buffer space.
+    pub fn complete(&mut self, outcome: Outcome, released: &mut Released) {
+        if let Some(completion) = self.completion.take() {
+            released.add(self.size());
+            completion.complete(outcome);
+        }
     }
 }
 
@@ -87,12 +200,12 @@ pub(crate) struct Outgoing {
     pub shard: Option<Arc<str>>,
     pub encoded: EncodedRecord,
     /// The user records it carries, in sub-sequence order.
-    pub records: Vec<Pending>,
+    pub records: Vec<Carried>,
     /// When it must be sent at the latest: its first user record's arrival plus the
     /// maximum buffering time.
     pub deadline: Instant,
-    /// The earliest expiry of its user records.
-    pub expires: Instant,
+    /// The earliest arrival of its user records (the first to expire).
+    pub oldest: Instant,
     /// The lowest id of its user records (what a flush forces).
     pub min_id: u64,
     /// Failed attempts so far, for the backoff.
@@ -103,40 +216,32 @@ pub(crate) struct Outgoing {
 
 impl Outgoing {
     /// One user record sent as it is.
-    pub fn single(shard: Option<Arc<str>>, record: Pending, deadline: Instant) -> Self {
+    pub fn single(shard: Option<Arc<str>>, mut record: Pending, deadline: Instant) -> Self {
+        let carried = record.carried(OWN_KEY, 0);
         let encoded = EncodedRecord {
-            partition_key: record.partition_key.clone(),
             explicit_hash_key: record.explicit_hash_key().map(|k| k.to_string()),
-            data: record.data.clone(),
+            partition_key: record.partition_key,
+            data: record.data,
             user_records: 1,
         };
-        Outgoing {
-            shard,
-            encoded,
-            expires: record.expires,
-            min_id: record.id,
-            records: vec![record],
-            deadline,
-            failures: 0,
-            attempts: Vec::new(),
-        }
+        Outgoing::new(shard, encoded, vec![carried], deadline)
     }
 
     /// A Kinesis record carrying `records`, encoded as `encoded`.
     pub fn new(
         shard: Option<Arc<str>>,
         encoded: EncodedRecord,
-        records: Vec<Pending>,
+        records: Vec<Carried>,
         deadline: Instant,
     ) -> Self {
-        let expires = records.iter().map(|r| r.expires).min().unwrap_or(deadline);
+        let oldest = records.iter().map(|r| r.arrived).min().unwrap_or(deadline);
         let min_id = records.iter().map(|r| r.id).min().unwrap_or(u64::MAX);
         Outgoing {
             shard,
             encoded,
             records,
             deadline,
-            expires,
+            oldest,
             min_id,
             failures: 0,
             attempts: Vec::new(),
@@ -154,14 +259,65 @@ impl Outgoing {
         self.encoded.user_records > 1
     }
 
-    /// Its user records, each holding every attempt so far (to be routed again).
-    pub fn into_records(self) -> Vec<Pending> {
-        let mut records = self.records;
-        if !self.attempts.is_empty() {
-            for record in &mut records {
-                record.attempts.extend_from_slice(&self.attempts);
-            }
+    /// The partition key of `record`, one of its user records.
+    pub fn key_of(&self, record: &Carried) -> &str {
+        if record.key_at == OWN_KEY {
+            return &self.encoded.partition_key;
         }
-        records
+        let at = record.key_at as usize;
+        self.encoded
+            .data
+            .get(at..at + usize::from(record.key_len))
+            .and_then(|key| std::str::from_utf8(key).ok())
+            .unwrap_or_default()
+    }
+
+    /// The data of `record`, one of its user records (a slice of its own data).
+    pub fn data_of(&self, record: &Carried) -> Bytes {
+        let at = record.data_at as usize;
+        self.encoded.data.slice(at..at + record.data_len as usize)
+    }
+
+    /// Its user records, unpacked, each holding every attempt so far (to be routed
+    /// again).
+    pub fn into_records(mut self) -> Vec<Pending> {
+        let carried = std::mem::take(&mut self.records);
+        carried
+            .into_iter()
+            .map(|mut record| {
+                let mut attempts = record.attempts.take();
+                if !self.attempts.is_empty() {
+                    attempts
+                        .get_or_insert_with(Box::default)
+                        .extend_from_slice(&self.attempts);
+                }
+                Pending {
+                    id: record.id,
+                    partition_key: self.key_of(&record).to_owned(),
+                    data: self.data_of(&record),
+                    hash_key: record.hash_key(),
+                    explicit: record.explicit,
+                    user_hash_key: record.user_hash_key,
+                    arrived: record.arrived,
+                    attempts,
+                    completion: record.completion.take(),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_carried_record_is_small() {
+        // What the producer holds per outstanding user record besides its receipt.
+        assert!(
+            std::mem::size_of::<Carried>() <= 80,
+            "{}",
+            std::mem::size_of::<Carried>()
+        );
     }
 }

@@ -6,8 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::{PutRecordsRequestEntry, PutRecordsResultEntry};
+use aws_sdk_kinesis::types::PutRecordsResultEntry;
 use aws_sdk_kinesis::Client;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -17,10 +16,11 @@ use crate::aggregator::Aggregator;
 use crate::collector::{Collector, MIN_BUFFER_TIME};
 use crate::concurrency::{CallTicket, ConcurrencyLimit};
 use crate::config::ProducerConfig;
+use crate::inbox::{Command, Inbox};
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
-use crate::pending::{Outgoing, Pending};
-use crate::receipt::{Attempt, AttemptError, RecordError, RecordResult};
+use crate::pending::{Admitted, Carried, Outgoing, Pending};
+use crate::receipt::{Attempt, AttemptError, Delivered, Outcome, RecordError};
 use crate::retrier::{is_permanent, request_error, Backoff, RetryQueue, THROTTLED};
 use crate::shard_map::{ShardMap, ShardMapError};
 use crate::spread::Spreader;
@@ -29,22 +29,9 @@ use crate::{HashKey, StreamId};
 
 /// Longest wait between two shard map refreshes after failures.
 const MAX_REFRESH_BACKOFF: Duration = Duration::from_secs(30);
-/// Commands handled before the stages advance, so bursts are processed in bulk.
-const COMMAND_BATCH: usize = 4_096;
 /// Error code of an attempt whose aggregate landed on a shard that does not hold all of
 /// its user records.
 const WRONG_SHARD: &str = "WrongShard";
-
-/// What the producer handles ask of the pipeline.
-#[derive(Debug)]
-pub(crate) enum Command {
-    /// A validated user record, holding its buffer permit.
-    Record(Pending),
-    /// Answer once every record sent before this is complete.
-    Flush(oneshot::Sender<()>),
-    /// Complete everything, answer, and stop.
-    Shutdown(oneshot::Sender<()>),
-}
 
 /// The outcome of one PutRecords call.
 struct PutDone {
@@ -119,6 +106,7 @@ pub(crate) struct Pipeline {
     closing: bool,
     /// Buffer space of completed records, given back in bulk once per round.
     released: Released,
+    inbox: Arc<Inbox>,
 }
 
 impl Pipeline {
@@ -128,6 +116,7 @@ impl Pipeline {
         stream: StreamId,
         map: ShardMap,
         shared: Arc<Shared>,
+        inbox: Arc<Inbox>,
     ) -> Self {
         let now = Instant::now();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -179,6 +168,7 @@ impl Pipeline {
             stream,
             map: ShardMap::default(),
             shared,
+            inbox,
         };
         pipeline.set_map(map);
         pipeline
@@ -186,34 +176,28 @@ impl Pipeline {
 
     /// Runs until shut down (or until every handle is dropped) and everything accepted
     /// has completed.
-    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let mut commands_open = true;
+    pub async fn run(mut self) {
+        let mut handles_gone = false;
+        let mut commands = Vec::new();
         loop {
             let now = Instant::now();
             self.advance(now);
-            if (self.closing || !commands_open) && self.is_idle() {
-                match commands.try_recv() {
-                    Ok(command) => {
-                        self.handle(command);
-                        continue;
-                    }
-                    Err(_) => break,
+            if (self.closing || handles_gone) && self.is_idle() {
+                if self.take_commands(&mut commands, now) {
+                    continue;
                 }
+                break;
             }
             let wake = self.next_wake(now);
+            let inbox = self.inbox.clone();
             tokio::select! {
-                command = commands.recv(), if commands_open => match command {
-                    Some(command) => {
-                        self.handle(command);
-                        for _ in 0..COMMAND_BATCH {
-                            match commands.try_recv() {
-                                Ok(command) => self.handle(command),
-                                Err(_) => break,
-                            }
-                        }
+                () = inbox.wait(), if !handles_gone => {
+                    handles_gone = self.inbox.take(&mut commands).handles_gone;
+                    let now = Instant::now();
+                    for command in commands.drain(..) {
+                        self.handle(command, now);
                     }
-                    None => commands_open = false,
-                },
+                }
                 Some(done) = self.done_rx.recv() => self.on_put_done(done),
                 Some(map) = self.map_rx.recv() => self.on_shard_map(map),
                 () = sleep_until(wake) => {}
@@ -234,9 +218,21 @@ impl Pipeline {
         self.tracker.len() == 0 && self.in_flight == 0
     }
 
-    fn handle(&mut self, command: Command) {
+    /// Handles whatever the inbox holds; whether it held anything.
+    fn take_commands(&mut self, commands: &mut Vec<Command>, now: Instant) -> bool {
+        self.inbox.take(commands);
+        let any = !commands.is_empty();
+        for command in commands.drain(..) {
+            self.handle(command, now);
+        }
+        any
+    }
+
+    /// `now`: when the batch holding the command was taken from the inbox, the arrival
+    /// time of its records (one clock read per batch, not per record).
+    fn handle(&mut self, command: Command, now: Instant) {
         match command {
-            Command::Record(record) => self.accept(record),
+            Command::Record(record) => self.accept(record, now),
             Command::Flush(reply) => self.flushes.push((self.tracker.next_id(), reply)),
             Command::Shutdown(reply) => {
                 debug!(
@@ -254,8 +250,8 @@ impl Pipeline {
         }
     }
 
-    fn accept(&mut self, mut record: Pending) {
-        record.id = self.tracker.add(record.arrived);
+    fn accept(&mut self, record: Admitted, now: Instant) {
+        let mut record = record.accept(self.tracker.add(now), now);
         self.metrics.received();
         if let Some(spreader) = &mut self.spreader {
             if !record.user_hash_key {
@@ -414,25 +410,30 @@ impl Pipeline {
     /// Fails the expired user records of `record`; returns it if none expired. Survivors
     /// of a partly expired aggregate are routed again.
     fn expire(&mut self, mut record: Outgoing, now: Instant) -> Option<Outgoing> {
-        if record.expires > now {
+        let ttl = self.config.record_ttl;
+        if record.oldest + ttl > now {
             return Some(record);
         }
-        let (expired, alive): (Vec<_>, Vec<_>) =
-            record.records.drain(..).partition(|r| r.expires <= now);
+        let (expired, alive): (Vec<_>, Vec<_>) = std::mem::take(&mut record.records)
+            .into_iter()
+            .partition(|r| r.arrived + ttl <= now);
         self.metrics.expired(expired.len());
         self.shared.count_failed(expired.len());
         for mut user in expired {
             let attempts = user.all_attempts(&record.attempts);
             warn!(
                 stream = self.stream.as_str(),
-                partition_key = user.partition_key.as_str(),
+                partition_key = record.key_of(&user),
                 attempts = attempts.len(),
                 "user record expired"
             );
             self.metrics
                 .completed(record.shard.as_ref(), attempts.len().saturating_sub(1));
             self.tracker.complete(user.id);
-            user.complete(Err(RecordError::Expired { attempts }), &mut self.released);
+            user.complete(
+                Outcome::Failed(RecordError::Expired { attempts }),
+                &mut self.released,
+            );
         }
         record.records = alive;
         self.rerouted.extend(record.into_records());
@@ -454,7 +455,7 @@ impl Pipeline {
             for record in &batch {
                 bytes += record.size();
                 if record.attempts.is_empty() {
-                    for user in record.records.iter().filter(|u| u.attempts.is_empty()) {
+                    for user in record.records.iter().filter(|u| u.is_fresh()) {
                         self.metrics
                             .first_attempt(now.saturating_duration_since(user.arrived));
                     }
@@ -558,7 +559,7 @@ impl Pipeline {
             record
                 .records
                 .iter()
-                .all(|r| start <= r.hash_key && r.hash_key <= end),
+                .all(|r| (start..=end).contains(&r.hash_key())),
         )
     }
 
@@ -601,7 +602,7 @@ impl Pipeline {
         record.attempts.push(attempt);
         let aggregated = record.is_aggregate();
         let size = record.size();
-        let user_bytes = record.records.iter().map(Pending::size).sum();
+        let user_bytes = record.records.iter().map(Carried::size).sum();
         self.load.put(&shard, record.records.len(), size);
         if let Some(spreader) = &mut self.spreader {
             spreader.put(&shard, size);
@@ -609,24 +610,35 @@ impl Pipeline {
         self.metrics
             .kinesis_record_put(&shard, record.records.len(), user_bytes, size);
         self.shared.count_put(record.records.len());
-        // One attempt list for the user records that made every attempt together.
-        let shared: Arc<[Attempt]> = Arc::from(record.attempts.as_slice());
+        // One outcome for the user records that made every attempt together.
+        let delivered = Arc::new(Delivered {
+            shard_id: shard.clone(),
+            sequence_number: sequence,
+            aggregated,
+            attempts: Arc::from(record.attempts.as_slice()),
+        });
+        let retries = record.attempts.len() - 1;
         for (index, mut user) in record.records.drain(..).enumerate() {
             self.tracker.complete(user.id);
-            let attempts = if user.attempts.is_empty() {
-                shared.clone()
+            // Below 2^32: an aggregate is at most 10 MiB.
+            let sub_sequence_number = if aggregated { index as u32 } else { 0 };
+            let delivered = if user.is_fresh() {
+                self.metrics.completed(Some(&shard), retries);
+                delivered.clone()
             } else {
-                Arc::from(user.all_attempts(&record.attempts))
+                let attempts = user.all_attempts(&record.attempts);
+                self.metrics.completed(Some(&shard), attempts.len() - 1);
+                Arc::new(Delivered {
+                    shard_id: delivered.shard_id.clone(),
+                    sequence_number: delivered.sequence_number.clone(),
+                    aggregated,
+                    attempts: Arc::from(attempts),
+                })
             };
-            self.metrics.completed(Some(&shard), attempts.len() - 1);
-            let result = RecordResult {
-                shard_id: shard.clone(),
-                sequence_number: sequence.clone(),
-                sub_sequence_number: if aggregated { index as u64 } else { 0 },
-                aggregated,
-                attempts,
-            };
-            user.complete(Ok(result), &mut self.released);
+            user.complete(
+                Outcome::Delivered(delivered, sub_sequence_number),
+                &mut self.released,
+            );
         }
     }
 
@@ -700,7 +712,8 @@ impl Pipeline {
             return;
         }
         record.failures += 1;
-        let at = (now + self.backoff.delay(record.failures)).min(record.expires);
+        let expires = record.oldest + self.config.record_ttl;
+        let at = (now + self.backoff.delay(record.failures)).min(expires);
         self.retries.push(at, record);
     }
 
@@ -711,7 +724,7 @@ impl Pipeline {
             record
                 .records
                 .iter()
-                .any(|r| !r.user_hash_key && spreader.is_spread(&r.partition_key))
+                .any(|r| !r.user_hash_key && spreader.is_spread(record.key_of(r)))
         })
     }
 
@@ -723,7 +736,7 @@ impl Pipeline {
             let attempts = user.all_attempts(&record.attempts);
             self.metrics
                 .completed(record.shard.as_ref(), attempts.len().saturating_sub(1));
-            user.complete(Err(make(attempts)), &mut self.released);
+            user.complete(Outcome::Failed(make(attempts)), &mut self.released);
         }
     }
 
@@ -855,9 +868,11 @@ fn max_in_flight_bytes(config: &ProducerConfig) -> usize {
 
 impl Drop for Pipeline {
     /// However the pipeline ends (a panic included), `send` must not wait for buffer
-    /// space that records it drops will never give back.
+    /// space that records it drops will never give back, and records left in the inbox
+    /// are abandoned.
     fn drop(&mut self) {
         self.shared.close();
+        self.inbox.close();
     }
 }
 
@@ -877,27 +892,18 @@ async fn put_records(
 ) -> PutDone {
     let started = SystemTime::now();
     let clock = Instant::now();
-    let entries: Result<Vec<_>, _> = batch
-        .iter()
-        .map(|record| {
-            PutRecordsRequestEntry::builder()
-                .partition_key(&record.encoded.partition_key)
-                .set_explicit_hash_key(record.encoded.explicit_hash_key.clone())
-                // The SDK's Blob owns a Vec: one copy per attempt, for the call's length.
-                .data(Blob::new(record.encoded.data.to_vec()))
-                .build()
-        })
-        .collect();
-    let result = match entries {
-        Ok(entries) => stream
-            .put_records(client)
-            .set_records(Some(entries))
-            .send()
-            .await
-            .map(|output| output.records)
-            .map_err(|e| request_error(&e)),
-        Err(e) => Err(AttemptError::new("Construction", e.to_string())),
-    };
+    let body = crate::request::PutRecordsBody::new(stream, &batch);
+    // The SDK serializes an empty record list; the producer's body replaces it before
+    // signing (see `request`).
+    let result = stream
+        .put_records(client)
+        .set_records(Some(Vec::new()))
+        .customize()
+        .interceptor(crate::request::UseBody::new(body))
+        .send()
+        .await
+        .map(|output| output.records)
+        .map_err(|e| request_error(&e));
     PutDone {
         batch,
         ticket,

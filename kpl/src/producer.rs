@@ -8,12 +8,12 @@ use aws_sdk_kinesis::config::timeout::TimeoutConfig;
 use aws_sdk_kinesis::Client;
 use backon::{ExponentialBuilder, Retryable};
 use futures::{Stream, StreamExt};
-use tokio::sync::{mpsc, oneshot, TryAcquireError};
-use tokio::time::Instant;
+use tokio::sync::{oneshot, TryAcquireError};
 
 use crate::config::ProducerConfig;
-use crate::pending::Pending;
-use crate::pipeline::{Command, Pipeline};
+use crate::inbox::{Command, Inbox};
+use crate::pending::Admitted;
+use crate::pipeline::Pipeline;
 use crate::receipt::{RecordError, RecordReceipt, RecordResult};
 use crate::record::{InvalidRecord, Record, MAX_RECORD_SIZE_LIMIT};
 use crate::shard_map::{ShardMap, ShardMapError};
@@ -289,12 +289,19 @@ impl ProducerBuilder {
             config.max_outstanding_records,
             config.max_outstanding_bytes,
         ));
-        let (commands, receiver) = mpsc::unbounded_channel();
-        let pipeline = Pipeline::new(config.clone(), client, stream.clone(), map, shared.clone());
-        tokio::spawn(pipeline.run(receiver));
+        let inbox = Arc::new(Inbox::default());
+        let pipeline = Pipeline::new(
+            config.clone(),
+            client,
+            stream.clone(),
+            map,
+            shared.clone(),
+            inbox.clone(),
+        );
+        tokio::spawn(pipeline.run());
         Ok(Producer {
             inner: Arc::new(Inner {
-                commands,
+                inbox,
                 shared,
                 config,
                 stream,
@@ -305,10 +312,17 @@ impl ProducerBuilder {
 
 #[derive(Debug)]
 struct Inner {
-    commands: mpsc::UnboundedSender<Command>,
+    inbox: Arc<Inbox>,
     shared: Arc<Shared>,
     config: ProducerConfig,
     stream: StreamId,
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: the pipeline sends what it holds and stops.
+    fn drop(&mut self) {
+        self.inbox.handles_gone();
+    }
 }
 
 /// An async Kinesis producer: aggregation, batching, per-shard rate limiting and retries,
@@ -364,7 +378,21 @@ impl Producer {
     /// resolves once the record reached the stream or failed.
     pub async fn send(&self, record: Record) -> Result<RecordReceipt, SendError> {
         let size = self.check(&record)?;
+        // A loop of sends that never has to wait still yields now and then (Tokio's
+        // cooperative budget), so the pipeline runs alongside it on a single thread.
+        tokio::task::coop::consume_budget().await;
         let shared = &self.inner.shared;
+        // Room in the buffer is the common case: take it without the waiting machinery.
+        if let Ok(records) = shared.records.try_acquire() {
+            match shared.bytes.try_acquire_many(size) {
+                Ok(bytes) => {
+                    records.forget();
+                    bytes.forget();
+                    return self.enqueue(record);
+                }
+                Err(_) => drop(records),
+            }
+        }
         let records = shared
             .records
             .acquire()
@@ -436,31 +464,14 @@ impl Producer {
     /// Hands an admitted record (its buffer permits taken and forgotten: the pipeline
     /// gives them back when it completes) to the pipeline.
     fn enqueue(&self, record: Record) -> Result<RecordReceipt, SendError> {
-        let (reply, receipt) = oneshot::channel();
-        let arrived = Instant::now();
         let (partition_key, data, explicit_hash_key) = record.into_parts();
-        let hash_key =
-            explicit_hash_key.unwrap_or_else(|| crate::HashKey::from_partition_key(&partition_key));
-        let pending = Pending {
-            id: 0,
-            partition_key,
-            data,
-            user_hash_key: explicit_hash_key.is_some(),
-            explicit: explicit_hash_key.is_some(),
-            hash_key,
-            arrived,
-            expires: arrived + self.inner.config.record_ttl,
-            attempts: Vec::new(),
-            reply: Some(reply),
-        };
-        let size = pending.size();
-        if self.inner.commands.send(Command::Record(pending)).is_err() {
+        let admitted = Admitted::new(partition_key, data, explicit_hash_key);
+        self.inner.inbox.push_record(admitted).map_err(|size| {
             let mut released = crate::stats::Released::default();
             released.add(size);
             self.inner.shared.release(&mut released);
-            return Err(SendError::Closed);
-        }
-        Ok(RecordReceipt::new(receipt))
+            SendError::Closed
+        })
     }
 
     /// Waits until every record accepted before this call has reached the stream or
@@ -468,7 +479,7 @@ impl Producer {
     /// time; the rate limiter still applies.
     pub async fn flush(&self) {
         let (reply, done) = oneshot::channel();
-        if self.inner.commands.send(Command::Flush(reply)).is_ok() {
+        if self.inner.inbox.push(Command::Flush(reply)) {
             let _ = done.await;
         }
     }
@@ -479,7 +490,7 @@ impl Producer {
     pub async fn shutdown(&self) {
         self.inner.shared.close();
         let (reply, done) = oneshot::channel();
-        if self.inner.commands.send(Command::Shutdown(reply)).is_ok() {
+        if self.inner.inbox.push(Command::Shutdown(reply)) {
             let _ = done.await;
         }
     }

@@ -3,11 +3,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
-
-use tokio::sync::oneshot;
 
 /// A user record that reached the stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,27 +113,292 @@ fn last_error(attempts: &[Attempt]) -> String {
     }
 }
 
+/// Where the user records of one Kinesis record landed, shared by their receipts (a
+/// record with attempts of its own, made in earlier Kinesis records, gets its own).
+#[derive(Debug)]
+pub(crate) struct Delivered {
+    pub shard_id: Arc<str>,
+    pub sequence_number: Arc<str>,
+    pub aggregated: bool,
+    pub attempts: Arc<[Attempt]>,
+}
+
+/// How a user record completed.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// It reached the stream at this sub-sequence number of a Kinesis record.
+    Delivered(Arc<Delivered>, u32),
+    Failed(RecordError),
+}
+
+/// What a user record's receipt waits for (24 bytes: a receipt's share of the memory
+/// of an outstanding record is small).
+#[derive(Debug)]
+enum Slot {
+    /// Not completed yet; the waker of the receipt's last poll.
+    Waiting(Option<Waker>),
+    /// Completed, not taken by the receipt yet.
+    Delivered(Arc<Delivered>, u32),
+    Failed(Box<RecordError>),
+    /// Taken by the receipt, or the receipt was dropped: nobody will read it.
+    Closed,
+}
+
+impl Slot {
+    /// The outcome of a completed slot, as the receipt gives it.
+    fn take(&mut self) -> Option<Result<RecordResult, RecordError>> {
+        match std::mem::replace(self, Slot::Closed) {
+            Slot::Delivered(landed, sub_sequence_number) => Some(Ok(RecordResult {
+                shard_id: landed.shard_id.clone(),
+                sequence_number: landed.sequence_number.clone(),
+                sub_sequence_number: u64::from(sub_sequence_number),
+                aggregated: landed.aggregated,
+                attempts: landed.attempts.clone(),
+            })),
+            Slot::Failed(error) => Some(Err(*error)),
+            Slot::Closed => Some(Err(RecordError::Abandoned)),
+            waiting @ Slot::Waiting(_) => {
+                *self = waiting;
+                None
+            }
+        }
+    }
+}
+
+/// Receipts allocated together: [`SLOTS_PER_CHUNK`] consecutive records share one
+/// allocation instead of a channel each. A chunk is freed once every receipt and every
+/// record of it is gone.
+#[derive(Debug)]
+pub(crate) struct ReceiptChunk {
+    slots: [Mutex<Slot>; SLOTS_PER_CHUNK],
+}
+
+/// Records whose receipts share one allocation.
+pub(crate) const SLOTS_PER_CHUNK: usize = 64;
+
+impl ReceiptChunk {
+    fn new() -> Arc<Self> {
+        Arc::new(ReceiptChunk {
+            slots: std::array::from_fn(|_| Mutex::new(Slot::Waiting(None))),
+        })
+    }
+
+    fn slot(&self, index: u8) -> MutexGuard<'_, Slot> {
+        // A panic while a slot is locked cannot leave it half-written: every write is
+        // one assignment.
+        self.slots[usize::from(index)]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Hands out receipt slots, a chunk at a time.
+#[derive(Debug)]
+pub(crate) struct ReceiptSlots {
+    chunk: Arc<ReceiptChunk>,
+    next: usize,
+}
+
+impl Default for ReceiptSlots {
+    fn default() -> Self {
+        ReceiptSlots {
+            chunk: ReceiptChunk::new(),
+            next: 0,
+        }
+    }
+}
+
+impl ReceiptSlots {
+    /// A new record's receipt, and where its outcome goes.
+    pub fn next(&mut self) -> (RecordReceipt, Completion) {
+        if self.next == SLOTS_PER_CHUNK {
+            self.chunk = ReceiptChunk::new();
+            self.next = 0;
+        }
+        // Below SLOTS_PER_CHUNK (64).
+        let index = self.next as u8;
+        self.next += 1;
+        (
+            RecordReceipt {
+                chunk: self.chunk.clone(),
+                index,
+            },
+            Completion {
+                chunk: self.chunk.clone(),
+                index,
+                done: false,
+            },
+        )
+    }
+}
+
+/// Where a user record's outcome goes: its receipt's slot. Dropped without
+/// [`complete`](Self::complete) (the pipeline stopped), the receipt resolves to
+/// [`RecordError::Abandoned`].
+#[derive(Debug)]
+pub(crate) struct Completion {
+    chunk: Arc<ReceiptChunk>,
+    index: u8,
+    done: bool,
+}
+
+impl Completion {
+    /// Hands the outcome to the receipt (dropped if the receipt is gone).
+    pub fn complete(mut self, outcome: Outcome) {
+        Self::store(&self.chunk, self.index, outcome);
+        self.done = true;
+    }
+
+    fn store(chunk: &ReceiptChunk, index: u8, outcome: Outcome) {
+        let waker = {
+            let mut slot = chunk.slot(index);
+            match std::mem::replace(&mut *slot, Slot::Closed) {
+                Slot::Waiting(waker) => {
+                    *slot = match outcome {
+                        Outcome::Delivered(landed, sub) => Slot::Delivered(landed, sub),
+                        Outcome::Failed(error) => Slot::Failed(Box::new(error)),
+                    };
+                    waker
+                }
+                // The receipt was dropped (or, impossibly, completed twice).
+                done => {
+                    *slot = done;
+                    None
+                }
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if !self.done {
+            Self::store(
+                &self.chunk,
+                self.index,
+                Outcome::Failed(RecordError::Abandoned),
+            );
+        }
+    }
+}
+
 /// A future that resolves when a user record has reached the stream or failed.
 ///
 /// Dropping it does not cancel the record: the producer still sends it.
-#[derive(Debug)]
 #[must_use = "a receipt tells whether the record reached the stream"]
 pub struct RecordReceipt {
-    rx: oneshot::Receiver<Result<RecordResult, RecordError>>,
+    chunk: Arc<ReceiptChunk>,
+    index: u8,
 }
 
-impl RecordReceipt {
-    pub(crate) fn new(rx: oneshot::Receiver<Result<RecordResult, RecordError>>) -> Self {
-        RecordReceipt { rx }
+impl std::fmt::Debug for RecordReceipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &*self.chunk.slot(self.index) {
+            Slot::Waiting(_) => "waiting",
+            Slot::Delivered(..) | Slot::Failed(_) => "done",
+            Slot::Closed => "taken",
+        };
+        f.debug_struct("RecordReceipt")
+            .field("state", &state)
+            .finish()
     }
 }
 
 impl Future for RecordReceipt {
     type Output = Result<RecordResult, RecordError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(RecordError::Abandoned)))
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut slot = self.chunk.slot(self.index);
+        if let Some(outcome) = slot.take() {
+            return Poll::Ready(outcome);
+        }
+        if let Slot::Waiting(waker) = &mut *slot {
+            match waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                _ => *waker = Some(cx.waker().clone()),
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for RecordReceipt {
+    /// Frees the outcome early: nobody will read it.
+    fn drop(&mut self) {
+        *self.chunk.slot(self.index) = Slot::Closed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivered() -> Arc<Delivered> {
+        Arc::new(Delivered {
+            shard_id: Arc::from("shardId-000000000000"),
+            sequence_number: Arc::from("1"),
+            aggregated: true,
+            attempts: Arc::from(Vec::new()),
+        })
+    }
+
+    fn ok(sub_sequence_number: u32) -> Outcome {
+        Outcome::Delivered(delivered(), sub_sequence_number)
+    }
+
+    #[test]
+    fn a_slot_is_small() {
+        assert!(
+            std::mem::size_of::<Slot>() <= 24,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
+    }
+
+    #[tokio::test]
+    async fn receipts_resolve_with_their_own_outcome() {
+        let mut slots = ReceiptSlots::default();
+        let pairs: Vec<_> = (0..3 * SLOTS_PER_CHUNK).map(|_| slots.next()).collect();
+        let (receipts, completions): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+        let waiting = tokio::spawn(async move {
+            let mut subs = Vec::new();
+            for receipt in receipts {
+                subs.push(receipt.await.expect("completed").sub_sequence_number);
+            }
+            subs
+        });
+        tokio::task::yield_now().await;
+        for (i, completion) in completions.into_iter().enumerate().rev() {
+            completion.complete(ok(i as u32));
+        }
+        let subs = waiting.await.expect("task");
+        assert_eq!(subs, (0..3 * SLOTS_PER_CHUNK as u64).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_record_dropped_unfinished_abandons_its_receipt() {
+        let mut slots = ReceiptSlots::default();
+        let (receipt, completion) = slots.next();
+        drop(completion);
+        assert_eq!(receipt.await, Err(RecordError::Abandoned));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_receipt_frees_its_outcome() {
+        let mut slots = ReceiptSlots::default();
+        let (receipt, completion) = slots.next();
+        let landed = delivered();
+        completion.complete(Outcome::Delivered(landed.clone(), 0));
+        assert_eq!(Arc::strong_count(&landed), 2, "held by the slot");
+        drop(receipt);
+        assert_eq!(Arc::strong_count(&landed), 1, "freed with the receipt");
+        // Completing after the receipt is gone keeps nothing either.
+        let (receipt, completion) = slots.next();
+        drop(receipt);
+        completion.complete(ok(1));
+        assert!(matches!(*slots.chunk.slot(1), Slot::Closed));
     }
 }

@@ -88,9 +88,12 @@ impl Record {
         if self.partition_key.is_empty() {
             return Err(InvalidRecord::EmptyPartitionKey);
         }
-        let chars = self.partition_key.chars().count();
-        if chars > MAX_PARTITION_KEY_CHARS {
-            return Err(InvalidRecord::PartitionKeyTooLong { chars });
+        // A character takes at least one byte: a key of at most 256 bytes needs no count.
+        if self.partition_key.len() > MAX_PARTITION_KEY_CHARS {
+            let chars = self.partition_key.chars().count();
+            if chars > MAX_PARTITION_KEY_CHARS {
+                return Err(InvalidRecord::PartitionKeyTooLong { chars });
+            }
         }
         if self.size() > max_size {
             return Err(InvalidRecord::TooLarge {

@@ -137,8 +137,8 @@ fn we_deaggregate_python_aggregates() -> TestResult {
         let got: Vec<Input> = users
             .iter()
             .map(|u| Input {
-                partition_key: u.partition_key.clone(),
-                explicit_hash_key: u.explicit_hash_key.clone(),
+                partition_key: u.partition_key.to_string(),
+                explicit_hash_key: u.explicit_hash_key.as_deref().map(str::to_owned),
                 data: BASE64.encode(&u.data),
             })
             .collect();

@@ -95,10 +95,10 @@ async fn partition_keys_are_counted_in_unicode_characters() -> TestResult {
 }
 
 /// A request Kinesis refuses as invalid (HTTP 400 InvalidArgumentException, e.g. a
-/// partition key Kinesis counts differently) can never succeed: the record should fail
-/// at once, naming the code, rather than be retried until its TTL.
+/// partition key Kinesis counts differently) can never succeed: the record fails at
+/// once with `RecordError::Rejected`, naming the code, rather than being retried until
+/// its TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding: records refused with InvalidArgumentException are retried until record_ttl (30 s by default) before failing as Expired"]
 async fn a_record_kinesis_refuses_as_invalid_fails_at_once() -> TestResult {
     let config = sdk_config().await?;
     let client = aws_sdk_kinesis::Client::new(&config);
@@ -123,12 +123,14 @@ async fn a_record_kinesis_refuses_as_invalid_fails_at_once() -> TestResult {
     let started = std::time::Instant::now();
     let outcome = producer.send(Record::new("k", "v")).await?.await;
     producer.shutdown().await;
-    let attempts = outcome
-        .err()
-        .ok_or("the record cannot succeed")?
-        .attempts()
-        .len();
-    assert_eq!(attempts, 1, "retried {attempts} times");
+    match outcome {
+        Err(RecordError::Rejected { attempts }) => {
+            assert_eq!(attempts.len(), 1, "retried: {attempts:?}");
+            let error = attempts[0].error.as_ref().ok_or("a failed attempt")?;
+            assert_eq!(error.code, "InvalidArgumentException");
+        }
+        other => panic!("expected Rejected after one attempt, got {other:?}"),
+    }
     assert!(started.elapsed() < Duration::from_secs(5));
     Ok(())
 }
@@ -200,26 +202,41 @@ async fn an_aggregate_size_limit_out_of_range_is_refused() -> TestResult {
     Ok(())
 }
 
-/// An aggregate limit above what the stream accepts per record (1 MiB here): either the
-/// build refuses it, or the producer never builds an aggregate Kinesis will reject.
+/// An aggregate limit above what the stream accepts per record (`max_record_size`, 1 MiB
+/// here, counting the aggregate's one-byte partition key) is refused at build with a
+/// typed error, so the producer never builds an aggregate Kinesis will reject; the
+/// largest limit it accepts makes aggregates the stream takes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding: aggregation_max_size above max_record_size is accepted; aggregates over 1 MiB are rejected by Kinesis and the records expire after their TTL instead of a typed error at build"]
 async fn an_aggregate_larger_than_the_stream_accepts_never_leaves_the_producer() -> TestResult {
     let config = sdk_config().await?;
     let client = aws_sdk_kinesis::Client::new(&config);
     let stream = unique_name("bad-input-aggregate");
     create_stream(&client, &stream, 1).await?;
-    let built = Producer::builder(&config)
+    const MIB: usize = 1024 * 1024;
+    for (aggregation_max_size, max_record_size) in [(4 * MIB, MIB), (MIB, MIB), (2 * MIB, 2 * MIB)]
+    {
+        match Producer::builder(&config)
+            .stream(&stream)
+            .max_record_size(max_record_size)
+            .aggregation_max_size(aggregation_max_size)
+            .build()
+            .await
+        {
+            Err(BuildError::InvalidConfig(message)) => {
+                assert!(message.contains("aggregation_max_size"), "{message}")
+            }
+            other => panic!(
+                "aggregation_max_size {aggregation_max_size} with max_record_size \
+                 {max_record_size}: expected InvalidConfig, got {other:?}"
+            ),
+        }
+    }
+    let producer = Producer::builder(&config)
         .stream(&stream)
-        .aggregation_max_size(4 * 1024 * 1024)
-        .record_ttl(Duration::from_secs(5))
+        .aggregation_max_size(MIB - 1)
+        .record_ttl(Duration::from_secs(20))
         .build()
-        .await;
-    let producer = match built {
-        Err(BuildError::InvalidConfig(_)) => return Ok(()),
-        Err(other) => return Err(other.into()),
-        Ok(producer) => producer,
-    };
+        .await?;
     let mut receipts = Vec::new();
     for i in 0..100 {
         receipts.push(
@@ -229,9 +246,17 @@ async fn an_aggregate_larger_than_the_stream_accepts_never_leaves_the_producer()
         );
     }
     for receipt in receipts {
-        receipt.await?;
+        let result = receipt.await?;
+        assert!(result.aggregated);
     }
+    let stats = producer.stats();
     producer.shutdown().await;
+    assert_eq!(stats.user_records_put, 100);
+    assert!(
+        stats.kinesis_records_put <= 4,
+        "aggregates of up to 1 MiB - 1: {} Kinesis records",
+        stats.kinesis_records_put
+    );
     Ok(())
 }
 
@@ -263,7 +288,8 @@ async fn an_unknown_stream_is_a_typed_error() -> TestResult {
 }
 
 /// A stream deleted under a running producer: PutRecords answers
-/// ResourceNotFoundException; the records fail with it.
+/// ResourceNotFoundException; the records fail with it at once (`Rejected`), not after
+/// their TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_for_a_deleted_stream_fail_with_resource_not_found() -> TestResult {
     let config = sdk_config().await?;
@@ -281,22 +307,29 @@ async fn records_for_a_deleted_stream_fail_with_resource_not_found() -> TestResu
         .enforce_consumer_deletion(true)
         .send()
         .await?;
+    wait_for("the stream to be gone", Duration::from_secs(20), || async {
+        let summary = client
+            .describe_stream_summary()
+            .stream_name(&stream)
+            .send()
+            .await;
+        Ok(summary.is_err().then_some(()))
+    })
+    .await?;
     let started = std::time::Instant::now();
     match producer.send(Record::new("k", "v")).await?.await {
-        Err(RecordError::Expired { attempts }) => {
-            let codes: Vec<&str> = attempts
-                .iter()
-                .filter_map(|a| a.error.as_ref().map(|e| e.code.as_str()))
-                .collect();
-            assert!(
-                codes.contains(&"ResourceNotFoundException"),
-                "attempts: {codes:?}"
-            );
+        Err(RecordError::Rejected { attempts }) => {
+            assert_eq!(attempts.len(), 1, "retried: {attempts:?}");
+            let error = attempts[0].error.as_ref().ok_or("a failed attempt")?;
+            assert_eq!(error.code, "ResourceNotFoundException");
         }
-        other => panic!("expected a failure naming ResourceNotFoundException, got {other:?}"),
+        other => panic!("expected Rejected naming ResourceNotFoundException, got {other:?}"),
     }
     producer.shutdown().await;
-    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "failed before its TTL"
+    );
     Ok(())
 }
 
@@ -364,7 +397,7 @@ async fn missing_permissions_are_typed_errors() -> TestResult {
     }
     kinesis_proxy.remove(rule);
 
-    // Producer: kinesis:PutRecords denied: the record fails naming the code.
+    // Producer: kinesis:PutRecords denied: the record fails at once naming the code.
     let producer = Producer::builder(through.clone())
         .stream(&stream)
         .record_ttl(Duration::from_secs(2))
@@ -372,11 +405,12 @@ async fn missing_permissions_are_typed_errors() -> TestResult {
         .await?;
     kinesis_proxy.add(denied("PutRecords"));
     match producer.send(Record::new("k", "v")).await?.await {
-        Err(RecordError::Expired { attempts }) => {
+        Err(RecordError::Rejected { attempts }) => {
+            assert_eq!(attempts.len(), 1, "retried: {attempts:?}");
             let code = &attempts[0].error.as_ref().ok_or("failed attempt")?.code;
             assert_eq!(code, "AccessDeniedException");
         }
-        other => panic!("expected expiry, got {other:?}"),
+        other => panic!("expected Rejected, got {other:?}"),
     }
     producer.shutdown().await;
 

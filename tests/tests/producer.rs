@@ -70,7 +70,7 @@ async fn read_back(client: &aws_sdk_kinesis::Client, stream: &str) -> TestResult
                     record.sequence_number().to_owned(),
                     user.sub_sequence_number,
                 ),
-                (user.partition_key, user.data),
+                (user.partition_key.to_string(), user.data),
             );
         }
     }
@@ -293,7 +293,9 @@ async fn kept_copies(
             continue;
         }
         for user in users {
-            *kept.entry((user.partition_key, user.data)).or_insert(0) += 1;
+            *kept
+                .entry((user.partition_key.to_string(), user.data))
+                .or_insert(0) += 1;
         }
     }
     Ok(kept)

@@ -54,11 +54,18 @@ struct Args {
     max_outstanding_records: Option<usize>,
 }
 
-/// The JSON data of record `id`, padded with dots to `size` bytes when it is shorter.
+/// The JSON data of record `id`, padded with dots to `size` bytes when it is shorter
+/// (written once, into a buffer of its final size).
 fn payload(id: u64, key: &str, size: usize) -> String {
-    let bare = format!(r#"{{"id":{id},"key":"{key}","pad":""}}"#);
-    let pad = ".".repeat(size.saturating_sub(bare.len()));
-    format!(r#"{{"id":{id},"key":"{key}","pad":"{pad}"}}"#)
+    use std::fmt::Write;
+    let digits = id.checked_ilog10().map_or(1, |d| d as usize + 1);
+    let bare = r#"{"id":,"key":"","pad":""}"#.len() + digits + key.len();
+    let mut out = String::with_capacity(size.max(bare));
+    // Writing into a String cannot fail.
+    let _ = write!(out, r#"{{"id":{id},"key":"{key}","pad":""#);
+    out.extend(std::iter::repeat_n('.', size.saturating_sub(bare)));
+    out.push_str(r#""}"#);
+    out
 }
 
 async fn run(args: Args) -> Result<serde_json::Value, Error> {
@@ -153,5 +160,16 @@ mod tests {
         assert_eq!(value["id"], 42);
         assert_eq!(value["key"], "key-7");
         assert!(payload(1, "k", 5).len() > 5, "never truncated");
+        for (id, size) in [(0, 0), (9, 31), (10, 100), (123_456, 1000)] {
+            let data = payload(id, "key-1", size);
+            assert_eq!(data.len(), size.max(data.len()));
+            let value: serde_json::Value = serde_json::from_str(&data).expect("valid JSON");
+            assert_eq!(value["id"], id);
+            assert_eq!(
+                data.capacity(),
+                data.len(),
+                "one allocation of the final size"
+            );
+        }
     }
 }

@@ -102,7 +102,7 @@ impl Entry {
 /// assert_eq!(encoded.user_records, 2);
 ///
 /// let records = deaggregate(&encoded.partition_key, None, encoded.data);
-/// assert_eq!(records[1].partition_key, "user-2");
+/// assert_eq!(&*records[1].partition_key, "user-2");
 /// assert_eq!(records[1].sub_sequence_number, 1);
 /// ```
 #[derive(Debug, Default)]

@@ -81,7 +81,7 @@ fn the_builder_is_reusable_after_finish() {
         let encoded = builder.finish().expect("records");
         let records = deaggregate("a", None, encoded.data);
         assert_eq!(records.len(), 2);
-        assert_eq!(records[1].partition_key, "y");
+        assert_eq!(&*records[1].partition_key, "y");
         assert_eq!(records[1].data, Bytes::from(format!("{round}-1")));
     }
 }
@@ -160,6 +160,73 @@ fn missing_required_fields_are_plain_records() {
     assert_plain(seal(&[0x0a, 0x01, b'k', 0x1a, 0x03, 0x1a, 0x01, b'x']));
 }
 
+/// An aggregate of `records` user records, each with partition key `key` and, if given,
+/// explicit hash key `hash_key` (tables of one entry each).
+fn aggregate_with(key: &str, hash_key: Option<&str>, records: usize) -> Bytes {
+    use prost::Message;
+    let message = proto::AggregatedRecord {
+        partition_key_table: vec![key.to_owned()],
+        explicit_hash_key_table: hash_key.map(str::to_owned).into_iter().collect(),
+        records: (0..records)
+            .map(|i| proto::Record {
+                partition_key_index: Some(0),
+                explicit_hash_key_index: hash_key.map(|_| 0),
+                data: Some(Bytes::from(format!("record {i}"))),
+                tags: Vec::new(),
+            })
+            .collect(),
+    };
+    seal(&message.encode_to_vec())
+}
+
+#[test]
+fn a_partition_key_over_256_characters_is_not_an_aggregate() {
+    for ch in ["k", "é", "🦀"] {
+        let records = deaggregate("a", None, aggregate_with(&ch.repeat(256), None, 3));
+        assert_eq!(records.len(), 3, "256 x {ch:?} is a valid key");
+        assert!(records.iter().all(|r| r.aggregated));
+        assert_plain(aggregate_with(&ch.repeat(257), None, 3));
+    }
+}
+
+#[test]
+fn an_explicit_hash_key_that_is_not_a_decimal_u128_is_not_an_aggregate() {
+    for bad in [
+        "",
+        "abc",
+        "-1",
+        "+1",
+        "1.5",
+        " 1",
+        "0x10",
+        "340282366920938463463374607431768211456",
+    ] {
+        assert_plain(aggregate_with("k", Some(bad), 2));
+    }
+    for good in ["0", "007", "340282366920938463463374607431768211455"] {
+        let records = deaggregate("a", None, aggregate_with("k", Some(good), 2));
+        assert!(records[0].aggregated, "{good:?}");
+        assert_eq!(records[1].explicit_hash_key.as_deref(), Some(good));
+    }
+}
+
+#[test]
+fn user_records_share_their_aggregates_keys() {
+    let records = deaggregate("a", None, aggregate_with("shared", Some("12345"), 100));
+    assert_eq!(records.len(), 100);
+    for record in &records {
+        assert!(std::sync::Arc::ptr_eq(
+            &record.partition_key,
+            &records[0].partition_key
+        ));
+        let (Some(key), Some(first)) = (&record.explicit_hash_key, &records[0].explicit_hash_key)
+        else {
+            panic!("explicit hash keys expected");
+        };
+        assert!(std::sync::Arc::ptr_eq(key, first));
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Input {
     partition_key: String,
@@ -199,8 +266,8 @@ proptest! {
         prop_assert_eq!(records.len(), inputs.len());
         for (i, (input, record)) in inputs.iter().zip(&records).enumerate() {
             prop_assert_eq!(record.sub_sequence_number, i as u64);
-            prop_assert_eq!(&record.partition_key, &input.partition_key);
-            prop_assert_eq!(record.explicit_hash_key.clone(), input.explicit_hash_key.map(|k| k.to_string()));
+            prop_assert_eq!(&*record.partition_key, input.partition_key.as_str());
+            prop_assert_eq!(record.explicit_hash_key.as_deref().map(str::to_owned), input.explicit_hash_key.map(|k| k.to_string()));
             prop_assert_eq!(&record.data[..], &input.data[..]);
             prop_assert!(record.aggregated);
         }

@@ -362,13 +362,12 @@ impl Fake {
         )
     }
 
-    fn answer(&self, request: &HttpRequest) -> HttpResponse {
+    fn answer(&self, request: &HttpRequest, body: &[u8]) -> HttpResponse {
         let target = request
             .headers()
             .get("x-amz-target")
             .unwrap_or_default()
             .to_owned();
-        let body = request.body().bytes().unwrap_or_default();
         if target.ends_with(".ListShards") {
             self.list_shards(&serde_json::from_slice(body).unwrap_or(Value::Null))
         } else if target.ends_with(".PutRecords") {
@@ -391,7 +390,7 @@ impl Fake {
                     s.data.clone(),
                 )
                 .into_iter()
-                .map(|u| (s.shard.clone(), u.partition_key, u.data))
+                .map(|u| (s.shard.clone(), u.partition_key.to_string(), u.data))
             })
             .collect()
     }
@@ -427,7 +426,9 @@ impl Fake {
                 continue;
             }
             for user in users {
-                *copies.entry((user.partition_key, user.data)).or_insert(0) += 1;
+                *copies
+                    .entry((user.partition_key.to_string(), user.data))
+                    .or_insert(0) += 1;
             }
         }
         copies
@@ -444,7 +445,7 @@ impl std::fmt::Debug for FakeHttp {
 }
 
 impl HttpConnector for FakeHttp {
-    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+    fn call(&self, mut request: HttpRequest) -> HttpConnectorFuture {
         let fake = self.0.clone();
         HttpConnectorFuture::new(async move {
             let latency = *fake.latency.lock().unwrap();
@@ -452,10 +453,15 @@ impl HttpConnector for FakeHttp {
                 .headers()
                 .get("x-amz-target")
                 .is_some_and(|t| t.ends_with(".PutRecords"));
+            // The producer streams its PutRecords bodies: read them as a server does.
+            let body = http_body_util::BodyExt::collect(request.take_body())
+                .await
+                .unwrap()
+                .to_bytes();
             if is_put && !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
-            Ok(fake.answer(&request))
+            Ok(fake.answer(&request, &body))
         })
     }
 }

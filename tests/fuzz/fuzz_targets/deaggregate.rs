@@ -2,7 +2,8 @@
 //!
 //! Properties: no panic; at least one user record; a record that is not a valid aggregate
 //! comes back whole; an aggregate's user records are numbered 0..n-1; a well-formed
-//! aggregate (every index in range, every data present) is decoded record for record;
+//! aggregate (every index in range, every data present, keys Kinesis would take) is
+//! decoded record for record;
 //! the encoder's size prediction is exact and what it encodes decodes to what went in.
 #![no_main]
 
@@ -46,6 +47,16 @@ fn frame(body: &[u8]) -> Bytes {
     Bytes::from(data)
 }
 
+/// A partition key an aggregate may hold: at most 256 Unicode characters.
+fn valid_partition_key(key: &str) -> bool {
+    key.chars().count() <= 256
+}
+
+/// An explicit hash key an aggregate may hold: decimal digits of a value below 2^128.
+fn valid_explicit_hash_key(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) && key.parse::<u128>().is_ok()
+}
+
 /// Checks what every decode must satisfy; returns the user records.
 fn check(data: Bytes) -> Vec<kinesis_producer::aggregation::UserRecord> {
     let out = deaggregate("pk", Some("42"), data.clone());
@@ -59,7 +70,7 @@ fn check(data: Bytes) -> Vec<kinesis_producer::aggregation::UserRecord> {
     } else {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].data, data, "a plain record comes back whole");
-        assert_eq!(out[0].partition_key, "pk");
+        assert_eq!(&*out[0].partition_key, "pk");
         assert_eq!(out[0].explicit_hash_key.as_deref(), Some("42"));
         assert_eq!(out[0].sub_sequence_number, 0);
     }
@@ -80,6 +91,8 @@ fuzz_target!(|input: Input| {
             records,
         } => {
             let well_formed = !records.is_empty()
+                && partition_keys.iter().all(|k| valid_partition_key(k))
+                && explicit_hash_keys.iter().all(|k| valid_explicit_hash_key(k))
                 && records.iter().all(|r| {
                     r.partition_key_index.is_some_and(|i| {
                         (i as usize) < partition_keys.len() && i < usize::MAX as u64
@@ -118,7 +131,7 @@ fuzz_target!(|input: Input| {
                 assert_eq!(out.len(), records.len());
                 for (user, record) in out.iter().zip(&records) {
                     let pk = record.partition_key_index.unwrap_or_default() as usize;
-                    assert_eq!(user.partition_key, partition_keys[pk]);
+                    assert_eq!(&*user.partition_key, partition_keys[pk].as_str());
                     assert_eq!(
                         user.explicit_hash_key.as_deref(),
                         record
@@ -142,6 +155,12 @@ fuzz_target!(|input: Input| {
                 assert!(records.is_empty());
                 return;
             };
+            if records.len() > 1 && !records.iter().all(|(key, _, _)| valid_partition_key(key)) {
+                // A key Kinesis would refuse: not a valid aggregate, handed through raw.
+                let out = check(encoded.data.clone());
+                assert!(!out[0].aggregated);
+                return;
+            }
             assert_eq!(encoded.user_records, records.len());
             if records.len() == 1 {
                 // Sent alone, as the KPL does; a payload that is itself a valid aggregate
@@ -159,8 +178,11 @@ fuzz_target!(|input: Input| {
             );
             assert_eq!(out.len(), records.len());
             for (user, (key, hash_key, data)) in out.iter().zip(&records) {
-                assert_eq!(&user.partition_key, key);
-                assert_eq!(user.explicit_hash_key, hash_key.map(|h| h.to_string()));
+                assert_eq!(&*user.partition_key, key.as_str());
+                assert_eq!(
+                    user.explicit_hash_key.as_deref().map(str::to_owned),
+                    hash_key.map(|h| h.to_string())
+                );
                 assert_eq!(&user.data[..], &data[..]);
             }
         }

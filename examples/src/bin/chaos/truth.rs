@@ -90,7 +90,7 @@ fn user_records(
                 shard: shard.to_owned(),
                 sequence_number: record.sequence_number().to_owned(),
                 sub_sequence_number: user.sub_sequence_number,
-                key: user.partition_key,
+                key: user.partition_key.to_string(),
                 id,
             }),
             None => *unreadable += 1,
