@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_config::SdkConfig;
+use aws_types::SdkConfig;
 use aws_sdk_kinesis::error::DisplayErrorContext;
 use tokio::sync::watch;
 

@@ -13,9 +13,14 @@ use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use cap::Cap;
-use kinesis_producer::aggregation::{deaggregate, proto, UserRecord, MAGIC};
+use kinesis_aggregation::{deaggregate, UserRecord, MAGIC};
 use md5::{Digest, Md5};
 use prost::Message;
+
+/// The crate's own protobuf messages (crate-private), to write aggregates no encoder would.
+#[path = "../src/proto.rs"]
+#[allow(dead_code)]
+mod proto;
 
 #[global_allocator]
 static ALLOCATOR: Cap<System> = Cap::new(System, usize::MAX);
