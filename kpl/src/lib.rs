@@ -31,9 +31,7 @@ pub use limiter::{SHARD_BYTES_PER_SECOND, SHARD_RECORDS_PER_SECOND};
 pub use metrics::MetricsGranularity;
 pub use producer::{BuildError, ClientSource, ProduceError, Producer, ProducerBuilder, SendError};
 pub use receipt::{Attempt, AttemptError, RecordError, RecordReceipt, RecordResult};
-pub use record::{
-    InvalidRecord, Record, DEFAULT_MAX_RECORD_SIZE, MAX_RECORD_SIZE_LIMIT,
-};
+pub use record::{InvalidRecord, Record, DEFAULT_MAX_RECORD_SIZE, MAX_RECORD_SIZE_LIMIT};
 pub use shard_map::{ShardMap, ShardMapError, ShardRange};
 pub use spread::HotKeySpread;
 pub use stats::{Outstanding, ProducerStats, ShardLoad};
