@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use aws_sdk_kinesis::types::{ChildShard, Record};
 use bytes::Bytes;
+use kinesis_aggregation::HashKey;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -20,7 +21,6 @@ use crate::retrieval::{
     FanOutConfig, FanOutFetcher, FetchError, FetchOptions, PollingConfig, PollingFetcher,
     StartingPosition,
 };
-use kinesis_aggregation::HashKey;
 
 /// How a shard consumer reads its shard, resolved when the scheduler was built.
 #[derive(Clone, Debug)]
