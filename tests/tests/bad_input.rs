@@ -639,7 +639,10 @@ async fn a_malformed_lease_item_is_a_typed_error() -> TestResult {
     // Listing skips the bad item (one bad item must not stop the fleet, see the next
     // test); reading it by key names what is wrong with it.
     let listed = store.list_leases().await?;
-    assert!(listed.is_empty(), "the malformed item was listed: {listed:?}");
+    assert!(
+        listed.is_empty(),
+        "the malformed item was listed: {listed:?}"
+    );
     match store.get_lease("shardId-000000000099").await {
         Err(LeaseStoreError::Malformed(message)) => {
             assert!(message.contains("leaseCounter"), "{message}")
