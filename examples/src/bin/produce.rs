@@ -52,6 +52,14 @@ struct Args {
     /// `max_outstanding_records`; its default when not given).
     #[arg(long, value_name = "N")]
     max_outstanding_records: Option<usize>,
+    /// How long a record may wait to be aggregated and batched, in milliseconds (the
+    /// producer's `record_max_buffered_time`; default: the KPL's 100 ms).
+    #[arg(long, value_name = "MS")]
+    buffer_time_ms: Option<u64>,
+    /// How long a record may be retried before it fails, in milliseconds (the producer's
+    /// `record_ttl`; default: the KPL's 30 s).
+    #[arg(long, value_name = "MS")]
+    record_ttl_ms: Option<u64>,
 }
 
 /// The JSON data of record `id`, padded with dots to `size` bytes when it is shorter
@@ -80,6 +88,12 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
         .request_timeout(Duration::from_millis(args.request_timeout_ms));
     if let Some(records) = args.max_outstanding_records {
         builder = builder.max_outstanding_records(records);
+    }
+    if let Some(ms) = args.buffer_time_ms {
+        builder = builder.record_max_buffered_time(Duration::from_millis(ms));
+    }
+    if let Some(ms) = args.record_ttl_ms {
+        builder = builder.record_ttl(Duration::from_millis(ms));
     }
     let producer = builder.build().await?;
 

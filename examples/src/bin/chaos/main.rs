@@ -96,6 +96,10 @@ struct Args {
     /// finished.
     #[arg(long, default_value_t = 180)]
     drain_timeout: u64,
+    /// An extra argument for `produce` (repeat it), e.g. `--produce-arg=--buffer-time-ms=1000`
+    /// for fewer, bigger aggregates on a long run (kinesis-mock slows as shards fill).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    produce_arg: Vec<String>,
     /// Folder of the `consume` and `produce` binaries (default: this program's folder).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -565,6 +569,7 @@ async fn run(args: Args) -> Result<bool, Error> {
             &run.args.size.to_string(),
         ])
         .args(["--rate", &rate.to_string()])
+        .args(&run.args.produce_arg)
         .envs(env.iter().cloned())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
