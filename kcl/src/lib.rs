@@ -15,7 +15,7 @@ mod shard_sync;
 pub mod test_util;
 
 pub use checkpoint::{CheckpointError, Checkpointer, PreparedCheckpoint};
-pub use kinesis_producer::aggregation::{deaggregate, UserRecord};
+pub use kinesis_aggregation::{deaggregate, UserRecord};
 pub use lease::{ExtendedSequenceNumber, Lease, SequencePosition};
 pub use processor::{
     InitializeInput, KinesisClientRecord, LeaseLostInput, ProcessRecordsInput, ProcessorFactory,

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use aws_sdk_kinesis::types::{ChildShard, Record};
 use bytes::Bytes;
+use kinesis_aggregation::HashKey;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -20,7 +21,6 @@ use crate::retrieval::{
     FanOutConfig, FanOutFetcher, FetchError, FetchOptions, PollingConfig, PollingFetcher,
     StartingPosition,
 };
-use kinesis_producer::HashKey;
 
 /// How a shard consumer reads its shard, resolved when the scheduler was built.
 #[derive(Clone, Debug)]
@@ -93,7 +93,7 @@ pub(crate) fn user_records(
         let sequence_number = record.sequence_number().to_owned();
         let partition_key = record.partition_key().unwrap_or_default().to_owned();
         let data = Bytes::from(record.data.into_inner());
-        let users = kinesis_producer::aggregation::deaggregate(&partition_key, None, data);
+        let users = kinesis_aggregation::deaggregate(&partition_key, None, data);
         if let Some((start, end)) = range {
             let outside = users
                 .iter()
@@ -292,7 +292,7 @@ impl ShardConsumer {
 mod tests {
     use super::*;
     use aws_sdk_kinesis::primitives::Blob;
-    use kinesis_producer::aggregation::AggregateBuilder;
+    use kinesis_aggregation::AggregateBuilder;
 
     fn record(seq: &str, key: &str, data: Bytes) -> Record {
         Record::builder()

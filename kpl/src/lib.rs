@@ -1,12 +1,10 @@
 #![forbid(unsafe_code)]
 #![doc = include_str!("../README.md")]
 
-pub mod aggregation;
 mod aggregator;
 mod collector;
 mod concurrency;
 mod config;
-mod hash_key;
 mod inbox;
 mod limiter;
 pub mod metrics;
@@ -22,16 +20,18 @@ mod spread;
 mod stats;
 mod stream_id;
 
+/// The KPL aggregated-record format (the `kinesis-aggregation` crate): what the producer
+/// writes, for code that builds or unpacks aggregates itself.
+pub use kinesis_aggregation as aggregation;
+pub use kinesis_aggregation::{HashKey, HashKeyError, MAX_PARTITION_KEY_CHARS};
+
 pub use collector::{PUT_RECORDS_MAX_COUNT, PUT_RECORDS_MAX_SIZE};
 pub use config::ProducerConfig;
-pub use hash_key::{HashKey, HashKeyError};
 pub use limiter::{SHARD_BYTES_PER_SECOND, SHARD_RECORDS_PER_SECOND};
 pub use metrics::MetricsGranularity;
 pub use producer::{BuildError, ClientSource, ProduceError, Producer, ProducerBuilder, SendError};
 pub use receipt::{Attempt, AttemptError, RecordError, RecordReceipt, RecordResult};
-pub use record::{
-    InvalidRecord, Record, DEFAULT_MAX_RECORD_SIZE, MAX_PARTITION_KEY_CHARS, MAX_RECORD_SIZE_LIMIT,
-};
+pub use record::{InvalidRecord, Record, DEFAULT_MAX_RECORD_SIZE, MAX_RECORD_SIZE_LIMIT};
 pub use shard_map::{ShardMap, ShardMapError, ShardRange};
 pub use spread::HotKeySpread;
 pub use stats::{Outstanding, ProducerStats, ShardLoad};

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use aws_config::SdkConfig;
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::config::timeout::TimeoutConfig;
 use aws_sdk_kinesis::Client;
+use aws_types::SdkConfig;
 use backon::{ExponentialBuilder, Retryable};
 use futures::{Stream, StreamExt};
 use tokio::sync::{oneshot, TryAcquireError};

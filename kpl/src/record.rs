@@ -2,10 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::{HashKey, HashKeyError};
-
-/// Most Unicode characters Kinesis accepts in a partition key.
-pub const MAX_PARTITION_KEY_CHARS: usize = 256;
+use crate::{HashKey, HashKeyError, MAX_PARTITION_KEY_CHARS};
 
 /// Default limit of a record's data plus partition key, in bytes: 1 MiB, Kinesis's limit.
 pub const DEFAULT_MAX_RECORD_SIZE: usize = 1024 * 1024;

@@ -39,6 +39,14 @@ use tokio::sync::OnceCell;
 pub use process::EmulatorProcess;
 pub use stream::{create_stream, wait_stream_active, StreamSetupError};
 
+/// Installs the bundled emulators if they are not installed yet (`npm ci` against the
+/// lockfile, once, under a file lock) and returns the folder holding them and the
+/// `start` / `stop` scripts.
+pub async fn install() -> Result<PathBuf, EmulatorError> {
+    install::ensure_installed().await?;
+    Ok(install::emulator_dir())
+}
+
 /// How long an emulator may take to answer after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 

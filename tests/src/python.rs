@@ -1,5 +1,5 @@
-//! A Python virtual environment with AWS's `aws-kinesis-agg`, created on first use from
-//! `tests/interop/requirements.txt`.
+//! A Python virtual environment with AWS's `aws-kinesis-agg` and boto3, created on first
+//! use from `tests/interop/requirements.txt`.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -19,7 +19,7 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| tests_dir().join("..").join("target"))
 }
 
-/// Path of a Python interpreter that can import `aws_kinesis_agg`, installing it into
+/// Path of a Python interpreter that can import `aws_kinesis_agg` and `boto3`, installing them into
 /// `target/py-interop` the first time (pinned by `tests/interop/requirements.txt`).
 pub fn interop_python() -> TestResult<PathBuf> {
     let venv = target_dir().join("py-interop");

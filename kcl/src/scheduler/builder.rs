@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_config::SdkConfig;
 use aws_sdk_kinesis::error::DisplayErrorContext;
+use aws_types::SdkConfig;
 use tokio::sync::watch;
 
 use super::{InitialPosition, Scheduler, SchedulerError};

@@ -22,7 +22,7 @@ impl HashKey {
     /// The hash key Kinesis derives from a partition key: MD5, big-endian.
     ///
     /// ```
-    /// use kinesis_producer::HashKey;
+    /// use kinesis_aggregation::HashKey;
     /// let key = HashKey::from_partition_key("a");
     /// assert_eq!(key.to_string(), "16955237001963240173058271559858726497");
     /// ```

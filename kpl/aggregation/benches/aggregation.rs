@@ -1,11 +1,11 @@
 //! Throughput of the aggregation format: packing 100-byte user records into aggregates
 //! of up to 51,200 bytes (the KPL default), and unpacking them.
 //!
-//! `cargo bench -p kinesis-producer --bench aggregation`
+//! `cargo bench -p kinesis-aggregation --bench aggregation`
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use kinesis_producer::aggregation::{deaggregate, AggregateBuilder, EncodedRecord};
+use kinesis_aggregation::{deaggregate, AggregateBuilder, EncodedRecord};
 
 const RECORDS: usize = 10_000;
 const RECORD_SIZE: usize = 100;

@@ -6,8 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use md5::{Digest, Md5};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 
-use super::{DIGEST_LEN, MAGIC};
-use crate::HashKey;
+use crate::{HashKey, DIGEST_LEN, MAGIC};
 
 /// Partition key of every aggregated Kinesis record. The aggregate's explicit hash key,
 /// not this key, decides its shard; one byte keeps the per-record overhead minimal.
@@ -92,7 +91,7 @@ impl Entry {
 ///
 /// ```
 /// use bytes::Bytes;
-/// use kinesis_producer::aggregation::{deaggregate, AggregateBuilder};
+/// use kinesis_aggregation::{deaggregate, AggregateBuilder};
 ///
 /// let mut builder = AggregateBuilder::new();
 /// builder.push("user-1", None, Bytes::from_static(b"hello"));
@@ -187,21 +186,10 @@ impl AggregateBuilder {
 
     /// Appends a user record. Its sub-sequence number is its position in the aggregate.
     pub fn push(&mut self, partition_key: &str, explicit_hash_key: Option<HashKey>, data: Bytes) {
-        let hash_key =
-            explicit_hash_key.unwrap_or_else(|| HashKey::from_partition_key(partition_key));
-        self.push_hashed(partition_key, explicit_hash_key, hash_key, data);
-    }
-
-    /// As [`push`](Self::push), with the record's hash key already computed.
-    pub(crate) fn push_hashed(
-        &mut self,
-        partition_key: &str,
-        explicit_hash_key: Option<HashKey>,
-        hash_key: HashKey,
-        data: Bytes,
-    ) {
         if self.first_hash_key.is_none() {
-            self.first_hash_key = Some(hash_key);
+            self.first_hash_key = Some(
+                explicit_hash_key.unwrap_or_else(|| HashKey::from_partition_key(partition_key)),
+            );
         }
         let (partition_key_index, pk_added) = self.partition_keys.insert(partition_key);
         let (explicit_hash_key_index, ehk_added) = match explicit_hash_key {
@@ -227,17 +215,6 @@ impl AggregateBuilder {
     /// [`AGGREGATE_PARTITION_KEY`] and, as explicit hash key, the hash key of the first
     /// user record, so the aggregate lands on that record's shard.
     pub fn finish(&mut self) -> Option<EncodedRecord> {
-        self.finish_with_offsets(&mut Vec::new())
-    }
-
-    /// As [`finish`](Self::finish); also fills `offsets` with where each user record's
-    /// data starts in the returned data (in push order), so callers can keep slices of
-    /// the aggregate instead of their own copies.
-    pub(crate) fn finish_with_offsets(
-        &mut self,
-        offsets: &mut Vec<usize>,
-    ) -> Option<EncodedRecord> {
-        offsets.clear();
         let first_hash_key = self.first_hash_key.take()?;
         let message_len = std::mem::take(&mut self.message_len);
         let partition_keys = self.partition_keys.take();
@@ -249,7 +226,6 @@ impl AggregateBuilder {
             let explicit_hash_key = record
                 .explicit_hash_key_index
                 .and_then(|i| explicit_hash_keys.into_iter().nth(i as usize));
-            offsets.push(0);
             return Some(EncodedRecord {
                 partition_key: partition_keys.into_iter().next()?,
                 explicit_hash_key,
@@ -276,7 +252,6 @@ impl AggregateBuilder {
             }
             encode_key(3, WireType::LengthDelimited, &mut data);
             encode_varint(record.data.len() as u64, &mut data);
-            offsets.push(data.len());
             data.put_slice(&record.data);
         }
         debug_assert_eq!(data.len(), MAGIC.len() + message_len);

@@ -3,7 +3,7 @@
 //! long a crashed worker's shards take to be taken over.
 //!
 //! ```sh
-//! cargo run -p kinesis-consumer --example consumer_bench
+//! cargo run -p examples --example consumer_bench
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,9 +6,7 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use prost::Message;
 
-use super::proto;
-use super::{DIGEST_LEN, MAGIC};
-use crate::record::MAX_PARTITION_KEY_CHARS;
+use crate::{proto, DIGEST_LEN, MAGIC, MAX_PARTITION_KEY_CHARS};
 
 /// A user record taken out of a Kinesis record.
 ///
@@ -58,7 +56,7 @@ fn message_bytes(data: &[u8]) -> Option<std::ops::Range<usize>> {
 ///
 /// ```
 /// use bytes::Bytes;
-/// use kinesis_producer::aggregation::deaggregate;
+/// use kinesis_aggregation::deaggregate;
 ///
 /// let plain = deaggregate("key", None, Bytes::from_static(b"not an aggregate"));
 /// assert_eq!(plain.len(), 1);

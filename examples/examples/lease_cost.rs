@@ -8,7 +8,7 @@
 //! No records are written: checkpoints depend on the application, not on the library.
 //!
 //! ```sh
-//! cargo run -p kinesis-consumer --example lease_cost
+//! cargo run -p examples --example lease_cost
 //! ```
 
 use std::collections::BTreeMap;

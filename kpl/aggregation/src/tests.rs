@@ -3,7 +3,6 @@ use md5::{Digest, Md5};
 use proptest::prelude::*;
 
 use super::*;
-use crate::HashKey;
 
 /// An aggregate produced by AWS's Python `aws-kinesis-agg` 1.2.3 for ("pk1", "hello")
 /// and ("pk2", "world", explicit hash key 12345).
