@@ -92,6 +92,8 @@ pub struct RunData<'a> {
     pub snapshots: &'a [Snapshot],
     /// Pauses.
     pub pauses: &'a [Pause],
+    /// Kills (kill -9): the worker process and when it was killed.
+    pub kills: &'a [(usize, Duration)],
     /// The workers' failover time.
     pub failover: Duration,
 }
@@ -446,8 +448,22 @@ fn stale_episodes<'a>(run: &'a RunData<'a>) -> Vec<Episode<'a>> {
     }
     let mut episodes = Vec::new();
     for (shard, deliveries) in by_shard {
-        let given_back = |worker: usize, at: Duration| {
+        // The table gave the lease back to `worker`: seen in the next snapshot, or the
+        // other owner could not renew for a whole failover time before `at` (killed, or
+        // stopped and not yet resumed), so the lease had expired and `worker` may have
+        // taken it between two snapshots (found by a CI run: a worker retook a paused
+        // worker's expired lease and lost it to a third within the same second).
+        let given_back = |worker: usize, other: usize, at: Duration| {
+            let silenced = |since: Duration| since.saturating_add(run.failover) <= at;
             owner_after(run.snapshots, shard, at).is_some_and(|owner| owner == Some(worker))
+                || run
+                    .pauses
+                    .iter()
+                    .any(|p| p.worker == other && silenced(p.stopped_at) && p.resumed_at > at)
+                || run
+                    .kills
+                    .iter()
+                    .any(|&(killed, when)| killed == other && silenced(when))
         };
         // Per worker, its latest delivery outside an episode; the latest such delivery.
         let mut last_of: HashMap<usize, &Delivery> = HashMap::new();
@@ -456,7 +472,9 @@ fn stale_episodes<'a>(run: &'a RunData<'a>) -> Vec<Episode<'a>> {
         for delivery in deliveries {
             let worker = delivery.worker;
             if let Some(episode) = &mut open {
-                if worker == episode.stale_worker && !given_back(worker, delivery.at) {
+                if worker == episode.stale_worker
+                    && !given_back(worker, episode.new_worker, delivery.at)
+                {
                     episode.stale.push(delivery);
                     continue;
                 }
@@ -465,7 +483,7 @@ fn stale_episodes<'a>(run: &'a RunData<'a>) -> Vec<Episode<'a>> {
                 }
             }
             if let (Some(latest), Some(previous)) = (current, last_of.get(&worker).copied()) {
-                if latest.worker != worker && !given_back(worker, delivery.at) {
+                if latest.worker != worker && !given_back(worker, latest.worker, delivery.at) {
                     // `worker` delivers again although `latest.worker` took over.
                     episodes.extend(open.take());
                     open = Some(Episode {
@@ -622,6 +640,60 @@ mod tests {
             deliveries,
             snapshots,
             pauses,
+            kills: &[],
+            failover: ms(3000),
+        })
+    }
+
+    #[test]
+    fn retaking_the_expired_lease_of_a_stopped_owner_is_not_stale() {
+        let stream: Vec<_> = (0..6).map(|i| record("s0", 10 + i, "k", i)).collect();
+        let mut d = Deliveries(Vec::new());
+        // Worker 0 delivers; worker 1 takes over; worker 1 is stopped at 2,000 and its
+        // lease expires at 5,000; worker 0 retakes it at 5,500 and loses it to worker 2
+        // before the next snapshot (6,000) could show it.
+        d.add(100, 0, &stream[0]).add(1000, 1, &stream[1]);
+        d.add(5500, 0, &stream[2]).add(5501, 0, &stream[3]);
+        d.add(9000, 2, &stream[4]).add(9001, 2, &stream[5]);
+        let snapshots = [
+            snapshot(500, "s0", Some(0), 10),
+            snapshot(1500, "s0", Some(1), 11),
+            snapshot(6000, "s0", Some(2), 13),
+        ];
+        let stopped = [Pause {
+            worker: 1,
+            stopped_at: ms(2000),
+            resumed_at: ms(20_000),
+        }];
+        let verdict = run(&stream, &d.0, &snapshots, &stopped);
+        assert!(verdict.passed(), "{:?}", verdict.violations);
+
+        // The same with worker 1 killed instead of stopped.
+        let verdict = verdict_of(&stream, &d.0, &snapshots, &[(1, ms(2000))]);
+        assert!(verdict.passed(), "{:?}", verdict.violations);
+
+        // Before the failover time had passed, the lease was still worker 1's.
+        let mut early = Deliveries(Vec::new());
+        early.add(100, 0, &stream[0]).add(1000, 1, &stream[1]);
+        early.add(4000, 0, &stream[2]).add(4001, 0, &stream[3]);
+        let verdict = run(&stream[..4], &early.0, &snapshots, &stopped);
+        assert_eq!(verdict.violation_counts.get("stale-delivery"), Some(&1));
+    }
+
+    fn verdict_of(
+        stream: &[StreamRecord],
+        deliveries: &[Delivery],
+        snapshots: &[Snapshot],
+        kills: &[(usize, Duration)],
+    ) -> Verdict {
+        verdict(&RunData {
+            requested: stream.len() as u64,
+            producer_failed: 0,
+            stream,
+            deliveries,
+            snapshots,
+            pauses: &[],
+            kills,
             failover: ms(3000),
         })
     }
@@ -658,6 +730,7 @@ mod tests {
             deliveries: &d.0,
             snapshots: &[],
             pauses: &[],
+            kills: &[],
             failover: ms(3000),
         });
         assert_eq!(verdict.lost, 1);

@@ -196,6 +196,8 @@ struct Run {
     events: Vec<Event>,
     snapshots: Arc<Mutex<Vec<Snapshot>>>,
     pauses: Vec<Pause>,
+    /// Workers killed (kill -9), and when.
+    kills: Vec<(usize, Duration)>,
     counts: BTreeMap<&'static str, u64>,
     extra_violations: Vec<Violation>,
 }
@@ -272,6 +274,7 @@ impl Run {
                 };
                 self.snapshot("kill").await;
                 self.fleet.kill(victim)?;
+                self.kills.push((victim, self.started.elapsed()));
                 self.count("kills");
                 let replacement = self.fleet.spawn()?;
                 self.log(format!(
@@ -546,6 +549,7 @@ async fn run(args: Args) -> Result<bool, Error> {
         events: Vec::new(),
         snapshots: Arc::new(Mutex::new(Vec::new())),
         pauses: Vec::new(),
+        kills: Vec::new(),
         counts: BTreeMap::new(),
         extra_violations: Vec::new(),
         args,
@@ -678,6 +682,7 @@ async fn run(args: Args) -> Result<bool, Error> {
         deliveries: &collected.deliveries,
         snapshots: &snapshots,
         pauses: &run.pauses,
+        kills: &run.kills,
         failover,
     });
     for violation in run.extra_violations.drain(..) {
