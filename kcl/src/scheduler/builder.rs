@@ -167,7 +167,7 @@ impl SchedulerBuilder {
         self
     }
 
-    /// This worker's id, unique among the application's workers (default: host name,
+    /// This worker's id, unique among the application's workers (default: the host name the OS reports,
     /// process id and a random suffix).
     pub fn worker_id(mut self, id: impl Into<String>) -> Self {
         self.worker_id = Some(id.into());
@@ -481,11 +481,51 @@ impl SchedulerBuilder {
     }
 }
 
+/// The host name as the operating system reports it (not `$HOSTNAME`, which only
+/// interactive shells set), the process id and a random suffix: stable enough to tell in
+/// the lease table which machine and process hold a lease, unique across restarts.
 fn default_worker_id() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+    let host = gethostname::gethostname()
+        .into_string()
+        .ok()
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "worker".into());
     format!(
         "{host}-{}-{:08x}",
         std::process::id(),
         rand::random::<u32>()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_worker_id;
+
+    #[test]
+    fn the_default_worker_id_is_the_os_host_name_with_a_unique_suffix() {
+        let first = default_worker_id();
+        let second = default_worker_id();
+        assert_ne!(
+            first, second,
+            "two workers of one process get different ids"
+        );
+        let pid = std::process::id().to_string();
+        for id in [&first, &second] {
+            let mut parts = id.rsplitn(3, '-');
+            let suffix = parts.next().unwrap_or_default();
+            assert_eq!(parts.next(), Some(pid.as_str()), "{id}");
+            assert_eq!(suffix.len(), 8, "{id}");
+        }
+        // What the kernel says, whatever the environment says.
+        #[cfg(target_os = "linux")]
+        {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .expect("Linux reports its host name");
+            let host = host.trim();
+            assert!(
+                first.starts_with(&format!("{host}-{pid}-")),
+                "{first} should start with the host name {host}"
+            );
+        }
+    }
 }
