@@ -28,3 +28,19 @@ pub use scheduler::{
     HeldShards, InitialPosition, Scheduler, SchedulerBuilder, SchedulerConfig, SchedulerError,
     ShutdownHandle,
 };
+
+// Public handles move between tasks and threads: a change that loses `Send` or `Sync`
+// must fail to compile here, not in a user's program.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    const fn send<T: Send>() {}
+    send::<Scheduler>();
+    send_sync::<SchedulerBuilder>();
+    send_sync::<ShutdownHandle>();
+    send_sync::<Checkpointer>();
+    send_sync::<HeldShards>();
+    send_sync::<KinesisClientRecord>();
+    send_sync::<SchedulerError>();
+    send_sync::<CheckpointError>();
+    send_sync::<FetchError>();
+};

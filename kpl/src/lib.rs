@@ -42,3 +42,20 @@ pub use stream_id::StreamId;
 pub(crate) fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
     aws_sdk_kinesis::error::DisplayErrorContext(error).to_string()
 }
+
+// Public handles move between tasks and threads: a change that loses `Send` or `Sync`
+// must fail to compile here, not in a user's program.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    const fn send<T: Send>() {}
+    send_sync::<Producer>();
+    send_sync::<ProducerBuilder>();
+    send_sync::<ProducerConfig>();
+    send::<RecordReceipt>();
+    send_sync::<RecordResult>();
+    send_sync::<Record>();
+    send_sync::<SendError>();
+    send_sync::<ProduceError>();
+    send_sync::<RecordError>();
+    send_sync::<BuildError>();
+};

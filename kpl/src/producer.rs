@@ -346,8 +346,13 @@ impl Drop for Inner {
 /// # }
 /// ```
 ///
-/// Dropping every clone without [`shutdown`](Self::shutdown) still sends everything
-/// accepted, in the background.
+/// # Dropping
+///
+/// Dropping every clone without [`shutdown`](Self::shutdown) lets the pipeline, a task on
+/// the Tokio runtime the producer was built in, send what it holds and stop — only while
+/// that runtime keeps running. When the runtime shuts down (for example when `main`
+/// returns), records still buffered or in flight are not sent and their receipts resolve
+/// to [`RecordError::Abandoned`]. Call `shutdown` (and await it) before a program ends.
 #[derive(Clone, Debug)]
 pub struct Producer {
     inner: Arc<Inner>,
@@ -376,6 +381,14 @@ impl Producer {
 
     /// Validates a record and admits it, waiting while the buffer is full. The receipt
     /// resolves once the record reached the stream or failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe in tokio's sense: if the future is dropped before it completes (a
+    /// losing `tokio::select!` branch, a timeout), the record was not admitted and will
+    /// not be sent, and the buffer space it waited for is not taken; the record itself,
+    /// moved into the call, is dropped. Once it returns `Ok`, the record is the
+    /// producer's: dropping the receipt does not withdraw it.
     pub async fn send(&self, record: Record) -> Result<RecordReceipt, SendError> {
         let size = self.check(&record)?;
         // A loop of sends that never has to wait still yields now and then (Tokio's
@@ -477,6 +490,12 @@ impl Producer {
     /// Waits until every record accepted before this call has reached the stream or
     /// failed. Buffered records are sent at once instead of waiting for their buffering
     /// time; the rate limiter still applies.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future stops only the waiting. Once it has been polled,
+    /// the records buffered before the call are sent early whether or not it is awaited
+    /// to the end.
     pub async fn flush(&self) {
         let (reply, done) = oneshot::channel();
         if self.inner.inbox.push(Command::Flush(reply)) {
@@ -487,6 +506,13 @@ impl Producer {
     /// Stops accepting records, sends everything accepted (retrying until each record's
     /// TTL), and stops the pipeline. Every receipt resolves before this returns. Other
     /// clones get [`SendError::Closed`] afterwards.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future stops only the waiting. Once it has been polled,
+    /// the producer accepts no more records and the pipeline goes on sending what it
+    /// holds (see the type's *Dropping* section for what happens when the runtime ends
+    /// first).
     pub async fn shutdown(&self) {
         self.inner.shared.close();
         let (reply, done) = oneshot::channel();
