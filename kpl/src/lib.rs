@@ -16,6 +16,7 @@ mod record;
 mod request;
 mod retrier;
 mod shard_map;
+mod sink;
 mod spread;
 mod stats;
 mod stream_id;
@@ -33,6 +34,7 @@ pub use producer::{BuildError, ClientSource, ProduceError, Producer, ProducerBui
 pub use receipt::{Attempt, AttemptError, RecordError, RecordReceipt, RecordResult};
 pub use record::{InvalidRecord, Record, DEFAULT_MAX_RECORD_SIZE, MAX_RECORD_SIZE_LIMIT};
 pub use shard_map::{ShardMap, ShardMapError, ShardRange};
+pub use sink::ProducerSink;
 pub use spread::HotKeySpread;
 pub use stats::{Outstanding, ProducerStats, ShardLoad};
 pub use stream_id::StreamId;
@@ -58,4 +60,5 @@ const _: () = {
     send_sync::<ProduceError>();
     send_sync::<RecordError>();
     send_sync::<BuildError>();
+    send::<ProducerSink>();
 };

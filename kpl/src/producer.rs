@@ -34,7 +34,7 @@ pub enum SendError {
     Closed,
 }
 
-/// Why a record piped through [`Producer::send_all`] did not reach the stream.
+/// Why a record piped through [`Producer::send_stream`] did not reach the stream.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProduceError {
     /// It was not accepted.
@@ -445,11 +445,11 @@ impl Producer {
     /// use kinesis_producer::Record;
     ///
     /// let records = futures::stream::iter((0..1_000).map(|i| Record::new(format!("k{i}"), "v")));
-    /// let failed = producer.send_all(records).filter(|r| futures::future::ready(r.is_err())).count().await;
+    /// let failed = producer.send_stream(records).filter(|r| futures::future::ready(r.is_err())).count().await;
     /// assert_eq!(failed, 0);
     /// # }
     /// ```
-    pub fn send_all<S>(
+    pub fn send_stream<S>(
         &self,
         records: S,
     ) -> impl Stream<Item = Result<RecordResult, ProduceError>> + '_
@@ -466,6 +466,13 @@ impl Producer {
                 }
             })
             .buffered(window)
+    }
+
+    /// A [`Sink`](futures::Sink) of records into this producer (see [`ProducerSink`]).
+    ///
+    /// [`ProducerSink`]: crate::ProducerSink
+    pub fn sink(&self) -> crate::ProducerSink {
+        crate::ProducerSink::new(self.clone())
     }
 
     fn check(&self, record: &Record) -> Result<u32, SendError> {

@@ -191,7 +191,7 @@ async fn a_reshard_refreshes_the_map_and_resends_misrouted_aggregates() {
 }
 
 #[tokio::test]
-async fn send_all_pipes_a_stream_in_order() {
+async fn send_stream_pipes_a_stream_in_order() {
     use futures::StreamExt;
     let fake = Fake::new(2);
     let producer = fake
@@ -201,12 +201,55 @@ async fn send_all_pipes_a_stream_in_order() {
         .await
         .unwrap();
     let records = futures::stream::iter((0..300).map(|i| Record::new(format!("k{i}"), "v")));
-    let results: Vec<_> = producer.send_all(records).collect().await;
+    let results: Vec<_> = producer.send_stream(records).collect().await;
     assert_eq!(results.len(), 300);
     assert!(results.iter().all(Result::is_ok));
     producer.shutdown().await;
     let after = producer.send(Record::new("k", "v")).await;
     assert!(matches!(after, Err(kinesis_producer::SendError::Closed)));
+}
+
+#[tokio::test]
+async fn the_sink_flushes_when_every_record_landed_and_reports_failures() {
+    use futures::{SinkExt, StreamExt};
+    let fake = Fake::new(2);
+    let producer = fake
+        .builder()
+        .max_outstanding_records(16)
+        .build()
+        .await
+        .unwrap();
+    // Through `SinkExt::send_all`, which flushes at the end: every record has landed
+    // when it returns, with backpressure from a buffer of 16 on the way.
+    let mut sink = producer.sink();
+    let mut records =
+        futures::stream::iter((0..300).map(|i| Ok(Record::new(format!("k{i}"), "v"))));
+    sink.send_all(&mut records).await.unwrap();
+    assert_eq!(producer.stats().user_records_put, 300);
+    assert_eq!(producer.outstanding().records, 0);
+
+    // A record the service rejects comes back as the flush's error, once.
+    *fake.fail_code.lock().unwrap() = "AccessDeniedException".to_owned();
+    fake.fail_calls.store(usize::MAX, Ordering::SeqCst);
+    sink.feed(Record::new("denied", "v")).await.unwrap();
+    let error = sink.flush().await.expect_err("the rejection is reported");
+    assert!(matches!(
+        error,
+        kinesis_producer::ProduceError::Record(kinesis_producer::RecordError::Rejected { .. })
+    ));
+    sink.flush().await.expect("reported once");
+
+    // After shutdown, records are refused at admission.
+    producer.shutdown().await;
+    let refused = futures::stream::iter([Ok(Record::new("late", "v"))])
+        .forward(producer.sink())
+        .await;
+    assert!(matches!(
+        refused,
+        Err(kinesis_producer::ProduceError::Send(
+            kinesis_producer::SendError::Closed
+        ))
+    ));
 }
 
 #[tokio::test]
