@@ -627,11 +627,21 @@ mod tests {
         }
     }
 
-    fn run<'a>(
-        stream: &'a [StreamRecord],
-        deliveries: &'a [Delivery],
-        snapshots: &'a [Snapshot],
-        pauses: &'a [Pause],
+    fn run(
+        stream: &[StreamRecord],
+        deliveries: &[Delivery],
+        snapshots: &[Snapshot],
+        pauses: &[Pause],
+    ) -> Verdict {
+        run_with_kills(stream, deliveries, snapshots, pauses, &[])
+    }
+
+    fn run_with_kills(
+        stream: &[StreamRecord],
+        deliveries: &[Delivery],
+        snapshots: &[Snapshot],
+        pauses: &[Pause],
+        kills: &[(usize, Duration)],
     ) -> Verdict {
         verdict(&RunData {
             requested: stream.len() as u64,
@@ -640,7 +650,7 @@ mod tests {
             deliveries,
             snapshots,
             pauses,
-            kills: &[],
+            kills,
             failover: ms(3000),
         })
     }
@@ -669,7 +679,7 @@ mod tests {
         assert!(verdict.passed(), "{:?}", verdict.violations);
 
         // The same with worker 1 killed instead of stopped.
-        let verdict = verdict_of(&stream, &d.0, &snapshots, &[(1, ms(2000))]);
+        let verdict = run_with_kills(&stream, &d.0, &snapshots, &[], &[(1, ms(2000))]);
         assert!(verdict.passed(), "{:?}", verdict.violations);
 
         // Before the failover time had passed, the lease was still worker 1's.
@@ -678,24 +688,6 @@ mod tests {
         early.add(4000, 0, &stream[2]).add(4001, 0, &stream[3]);
         let verdict = run(&stream[..4], &early.0, &snapshots, &stopped);
         assert_eq!(verdict.violation_counts.get("stale-delivery"), Some(&1));
-    }
-
-    fn verdict_of(
-        stream: &[StreamRecord],
-        deliveries: &[Delivery],
-        snapshots: &[Snapshot],
-        kills: &[(usize, Duration)],
-    ) -> Verdict {
-        verdict(&RunData {
-            requested: stream.len() as u64,
-            producer_failed: 0,
-            stream,
-            deliveries,
-            snapshots,
-            pauses: &[],
-            kills,
-            failover: ms(3000),
-        })
     }
 
     #[test]
