@@ -70,7 +70,7 @@ async fn put(
 }
 
 fn builder(config: &SdkConfig, stream: &str, app: &str, worker: &str) -> SchedulerBuilder {
-    Scheduler::builder(config.clone())
+    Scheduler::builder(config)
         .stream(stream)
         .application_name(app)
         .worker_id(worker)

@@ -100,7 +100,7 @@ async fn main() -> Result<(), Error> {
                 .interceptor(count.clone())
                 .build(),
         );
-        let scheduler = Scheduler::builder(config.clone())
+        let scheduler = Scheduler::builder(&config)
             .stream(&stream)
             .application_name(&app)
             .worker_id(format!("worker-{w}"))

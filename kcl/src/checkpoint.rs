@@ -3,19 +3,21 @@
 use std::cmp::Ordering;
 use std::sync::{Arc, Mutex};
 
+use crate::error::ServiceError;
 use crate::lease::{ExtendedSequenceNumber, Lease};
 use crate::leases::{CheckpointUpdate, HeldLease, LeaseStoreError};
 
 /// Why a checkpoint was not written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CheckpointError {
     /// This worker no longer holds the shard's lease; another worker continues from the
     /// last checkpoint. Stop processing this shard.
     #[error("lease for shard {0} is no longer held by this worker")]
     LeaseLost(String),
-    /// The lease table throttled the write; try again later.
+    /// The lease table throttled the write (it was not applied); try again later.
     #[error("checkpoint throttled: {0}")]
-    Throttled(String),
+    Throttled(#[source] ServiceError),
     /// The position is behind the stored checkpoint, or beyond the last record delivered
     /// to the processor.
     #[error("invalid checkpoint {requested}: {reason}")]
@@ -238,7 +240,7 @@ impl Checkpointer {
         match written {
             Ok(()) => Ok(()),
             Err(LeaseStoreError::ConditionFailed(_)) => Err(CheckpointError::LeaseLost(shard)),
-            Err(LeaseStoreError::Throttled(message)) => Err(CheckpointError::Throttled(message)),
+            Err(LeaseStoreError::Throttled(error)) => Err(CheckpointError::Throttled(error)),
             Err(other) => Err(other.into()),
         }
     }

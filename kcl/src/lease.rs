@@ -126,6 +126,7 @@ pub fn compare_sequence_numbers(a: &str, b: &str) -> Ordering {
 /// One shard's lease: who holds it, its fencing counter and its checkpoint. Field names
 /// follow the Java KCL 2.x lease table attributes.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Lease {
     /// `leaseKey`: the shard id.
     pub lease_key: String,

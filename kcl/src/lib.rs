@@ -3,18 +3,21 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![doc = include_str!("../README.md")]
 
-pub mod checkpoint;
-pub mod lease;
+mod checkpoint;
+mod error;
+mod lease;
 pub mod leases;
-pub mod processor;
-pub mod retrieval;
-pub mod scheduler;
+mod processor;
+mod retrieval;
+mod scheduler;
 mod shard_consumer;
 mod shard_sync;
+mod stream;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 
 pub use checkpoint::{CheckpointError, Checkpointer, PreparedCheckpoint};
+pub use error::{ErrorKind, ServiceError};
 pub use kinesis_aggregation::{deaggregate, UserRecord};
 pub use lease::{ExtendedSequenceNumber, Lease, SequencePosition};
 pub use processor::{

@@ -11,6 +11,7 @@ use crate::lease::ExtendedSequenceNumber;
 
 /// One user record: a plain Kinesis record, or one record out of a KPL aggregate.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KinesisClientRecord {
     /// The Kinesis record's sequence number (shared by all user records of an aggregate).
     pub sequence_number: String,
@@ -30,6 +31,24 @@ pub struct KinesisClientRecord {
 }
 
 impl KinesisClientRecord {
+    /// A plain (not aggregated) record, for tests of record processors; set the other
+    /// fields after.
+    pub fn new(
+        sequence_number: impl Into<String>,
+        partition_key: impl Into<String>,
+        data: impl Into<Bytes>,
+    ) -> Self {
+        KinesisClientRecord {
+            sequence_number: sequence_number.into(),
+            sub_sequence_number: 0,
+            partition_key: partition_key.into(),
+            explicit_hash_key: None,
+            approximate_arrival_timestamp: None,
+            data: data.into(),
+            aggregated: false,
+        }
+    }
+
     /// The checkpoint position of this record.
     pub fn position(&self) -> ExtendedSequenceNumber {
         ExtendedSequenceNumber::new(self.sequence_number.clone(), self.sub_sequence_number)
@@ -38,6 +57,7 @@ impl KinesisClientRecord {
 
 /// Given to [`RecordProcessor::initialize`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct InitializeInput {
     /// The shard this processor consumes.
     pub shard_id: String,
@@ -51,6 +71,7 @@ pub struct InitializeInput {
 
 /// Given to [`RecordProcessor::process_records`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct ProcessRecordsInput {
     /// The records, deaggregated, in shard order.
     pub records: Vec<KinesisClientRecord>,
@@ -64,6 +85,7 @@ pub struct ProcessRecordsInput {
 
 /// Given to [`RecordProcessor::lease_lost`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct LeaseLostInput {
     /// The shard whose lease was lost.
     pub shard_id: String,
@@ -71,6 +93,7 @@ pub struct LeaseLostInput {
 
 /// Given to [`RecordProcessor::shard_ended`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct ShardEndedInput {
     /// The shard that ended.
     pub shard_id: String,
@@ -80,6 +103,7 @@ pub struct ShardEndedInput {
 
 /// Given to [`RecordProcessor::shutdown_requested`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct ShutdownRequestedInput {
     /// The shard being shut down.
     pub shard_id: String,

@@ -11,12 +11,14 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::error::{ErrorKind, ServiceError};
 use crate::lease::{ExtendedSequenceNumber, Lease, SequencePosition};
 use crate::leases::{timed, LeaseCoordinator, LeaseStore, LeaseStoreError};
 use crate::processor::ProcessorFactory;
-use crate::retrieval::{list_shards, FanOutError, FetchOptions};
+use crate::retrieval::{list_shards, FanOutError, FetchError, FetchOptions};
 use crate::shard_consumer::{Retrieval, ShardConsumer, ShardOutcome};
 use crate::shard_sync::plan_shard_sync;
+use crate::stream::StreamRef;
 
 mod builder;
 
@@ -60,19 +62,55 @@ pub enum InitialPosition {
 
 /// Why a scheduler could not be built or stopped with an error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SchedulerError {
     /// A required builder setting is missing.
-    #[error("scheduler configuration: {0}")]
-    Config(&'static str),
+    #[error("scheduler configuration: {0} is required")]
+    MissingSetting(&'static str),
+    /// A builder setting is out of range or does not apply to the chosen retrieval mode.
+    #[error("scheduler configuration: {setting}: {reason}")]
+    InvalidConfig {
+        /// The setting, as the builder method that sets it is named.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The lease table could not be created or read.
     #[error("lease table: {0}")]
     LeaseTable(#[from] LeaseStoreError),
-    /// Kinesis could not be reached or the stream does not exist.
+    /// The stream does not exist (when building), or no longer exists (when running: a
+    /// read found its shard missing and ListShards the stream; `run` then shuts down
+    /// gracefully and returns this).
+    #[error("stream {stream} not found: {error}")]
+    StreamNotFound {
+        /// The stream, as given to the builder.
+        stream: String,
+        /// The call that said so.
+        #[source]
+        error: ServiceError,
+    },
+    /// Any other failed Kinesis call; [`ServiceError::kind`] tells missing permissions
+    /// from throttling or an unreachable endpoint.
     #[error("kinesis: {0}")]
-    Kinesis(String),
+    Kinesis(#[source] ServiceError),
     /// The enhanced fan-out stream consumer could not be found or registered.
     #[error("enhanced fan-out: {0}")]
     FanOut(#[from] FanOutError),
+}
+
+impl SchedulerError {
+    /// A failed Kinesis call about `stream`: [`StreamNotFound`](Self::StreamNotFound) when
+    /// the service said the stream does not exist.
+    pub(crate) fn kinesis(stream: &StreamRef, error: ServiceError) -> Self {
+        if error.kind() == ErrorKind::NotFound {
+            SchedulerError::StreamNotFound {
+                stream: stream.to_string(),
+                error,
+            }
+        } else {
+            SchedulerError::Kinesis(error)
+        }
+    }
 }
 
 /// Requests a graceful shutdown of a running [`Scheduler`]. Cheap to clone.
@@ -133,7 +171,7 @@ impl HeldShards {
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-/// let scheduler = Scheduler::builder(config)
+/// let scheduler = Scheduler::builder(&config)
 ///     .stream("orders")
 ///     .application_name("order-indexer")
 ///     .initial_position(InitialPosition::TrimHorizon)
@@ -149,7 +187,7 @@ impl HeldShards {
 /// # Ok(()) }
 /// ```
 pub struct Scheduler {
-    stream: String,
+    stream: StreamRef,
     worker_id: String,
     initial_position: InitialPosition,
     factory: Arc<dyn ProcessorFactory>,
@@ -199,9 +237,12 @@ struct ShardList {
 }
 
 impl Scheduler {
-    /// A builder using `sdk_config` for the Kinesis and DynamoDB clients.
-    pub fn builder(sdk_config: SdkConfig) -> SchedulerBuilder {
-        SchedulerBuilder::new(sdk_config)
+    /// A builder using `sdk_config` (region, credentials, endpoints) for the Kinesis and
+    /// DynamoDB clients, as [`Producer::builder`] takes it.
+    ///
+    /// [`Producer::builder`]: https://docs.rs/kinesis-producer/latest/kinesis_producer/struct.Producer.html#method.builder
+    pub fn builder(sdk_config: &SdkConfig) -> SchedulerBuilder {
+        SchedulerBuilder::new(sdk_config.clone())
     }
 
     /// This worker's id.
@@ -246,8 +287,13 @@ impl Scheduler {
         let mut sync_needed = false;
         let mut leader = true;
 
-        if let Err(error) = self.sync_shards(&mut shards).await {
-            tracing::warn!(%error, "initial shard sync failed; retrying at the next interval");
+        let mut stopped_by: Option<SchedulerError> = None;
+        match self.sync_shards(&mut shards).await {
+            Ok(()) => {}
+            Err(error @ SchedulerError::StreamNotFound { .. }) => stopped_by = Some(error),
+            Err(error) => {
+                tracing::warn!(%error, "initial shard sync failed; retrying at the next interval")
+            }
         }
         let mut take_tick = tokio::time::interval(self.config.lease_taker_interval);
         let mut sync_tick = tokio::time::interval(self.config.shard_sync_interval);
@@ -258,7 +304,7 @@ impl Scheduler {
         sync_tick.tick().await;
 
         let mut wake: Option<Instant> = None;
-        loop {
+        while stopped_by.is_none() {
             tokio::select! {
                 _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
                 _ = async {
@@ -276,6 +322,10 @@ impl Scheduler {
                     if sync_needed {
                         match self.sync_shards(&mut shards).await {
                             Ok(()) => sync_needed = false,
+                            Err(error @ SchedulerError::StreamNotFound { .. }) => {
+                                stopped_by = Some(error);
+                                continue;
+                            }
                             Err(error) => tracing::warn!(%error, "shard sync failed"),
                         }
                     }
@@ -287,6 +337,10 @@ impl Scheduler {
                     if leader || sync_needed {
                         match self.sync_shards(&mut shards).await {
                             Ok(()) => sync_needed = false,
+                            Err(error @ SchedulerError::StreamNotFound { .. }) => {
+                                stopped_by = Some(error);
+                                continue;
+                            }
                             Err(error) => tracing::warn!(%error, "shard sync failed"),
                         }
                     }
@@ -300,8 +354,16 @@ impl Scheduler {
                     let running = consumers.running.remove(&key);
                     let ended = match outcome {
                         Ok(outcome) => {
-                            self.finished(&key, outcome, running, &mut consumers, &mut sync_needed)
+                            match self
+                                .finished(&key, outcome, running, &mut consumers, &mut sync_needed)
                                 .await
+                            {
+                                Ok(ended) => ended,
+                                Err(error) => {
+                                    stopped_by = Some(error);
+                                    break;
+                                }
+                            }
                         }
                         Err(error) => {
                             let reason = if error.is_panic() { "panic" } else { "cancelled" };
@@ -321,7 +383,10 @@ impl Scheduler {
                 .await;
         }
 
-        tracing::info!(worker = %self.worker_id, "shutting down");
+        match &stopped_by {
+            Some(error) => tracing::error!(worker = %self.worker_id, %error, "shutting down"),
+            None => tracing::info!(worker = %self.worker_id, "shutting down"),
+        }
         for consumer in consumers.running.values() {
             consumer.shutdown.send_replace(true);
         }
@@ -350,9 +415,10 @@ impl Scheduler {
             }
         }
         tracing::info!(worker = %self.worker_id, "shut down; leases released");
-        match first_error {
-            Some(error) => Err(error.into()),
-            None => Ok(()),
+        match (stopped_by, first_error) {
+            (Some(error), _) => Err(error),
+            (None, Some(error)) => Err(error.into()),
+            (None, None) => Ok(()),
         }
     }
 
@@ -426,8 +492,8 @@ impl Scheduler {
         running: Option<Running>,
         consumers: &mut Consumers,
         sync_needed: &mut bool,
-    ) -> bool {
-        match outcome {
+    ) -> Result<bool, SchedulerError> {
+        Ok(match outcome {
             ShardOutcome::Ended(children) => {
                 consumers.failures.remove(key);
                 self.shard_ended(key, children, sync_needed).await;
@@ -436,6 +502,10 @@ impl Scheduler {
             ShardOutcome::EndNotCheckpointed => {
                 self.failed(key, "shard_end_not_checkpointed", running, consumers);
                 false
+            }
+            ShardOutcome::ReadFailed(FetchError::StreamNotFound(error)) => {
+                // The lease is released at shutdown, with every other one.
+                return Err(SchedulerError::kinesis(&self.stream, error));
             }
             ShardOutcome::ReadFailed(error) => {
                 tracing::error!(shard = %key, %error, "the shard cannot be read");
@@ -447,7 +517,7 @@ impl Scheduler {
                 false
             }
             ShardOutcome::Shutdown => false,
-        }
+        })
     }
 
     /// A shard consumer failed (processor panic, no `SHARD_END` checkpoint, unreadable
@@ -674,13 +744,11 @@ impl Scheduler {
     }
 
     async fn list_all_shards(&self) -> Result<Vec<Shard>, SchedulerError> {
-        tokio::time::timeout(
-            self.config.kinesis_request_timeout,
-            list_shards(&self.kinesis, &self.stream),
-        )
-        .await
-        .map_err(|_| SchedulerError::Kinesis("ListShards timed out".into()))?
-        .map_err(SchedulerError::Kinesis)
+        let timeout = self.config.kinesis_request_timeout;
+        tokio::time::timeout(timeout, list_shards(&self.kinesis, &self.stream))
+            .await
+            .map_err(|_| SchedulerError::Kinesis(ServiceError::timed_out("ListShards", timeout)))?
+            .map_err(|error| SchedulerError::kinesis(&self.stream, error))
     }
 
     /// Creates missing leases (parents first, holes repaired) and deletes finished leases

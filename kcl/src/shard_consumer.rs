@@ -55,7 +55,7 @@ pub(crate) struct ShardConsumer {
     pub held: Arc<HeldLease>,
     pub processor: Box<dyn RecordProcessor>,
     pub client: aws_sdk_kinesis::Client,
-    pub stream: String,
+    pub stream: crate::stream::StreamRef,
     pub retrieval: Retrieval,
     pub options: FetchOptions,
     pub initial_timestamp: Option<SystemTime>,

@@ -16,8 +16,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
+use crate::error::{ErrorKind, ServiceError};
 use crate::lease::Lease;
 use crate::leases::{CheckpointUpdate, LeaseStore, LeaseStoreError};
+
+/// Orders two Kinesis sequence numbers (decimal strings of up to 128 bits).
+pub use crate::lease::compare_sequence_numbers;
+/// The lease item (de)serializers of the DynamoDB store and its attribute names, for
+/// fuzzing and for tests that write items by hand.
+pub use crate::leases::dynamodb::{attributes, lease_from_item, lease_to_item};
 
 /// One [`LeaseStore`] operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -59,6 +66,22 @@ impl Operation {
         Operation::DeleteLease,
     ];
 
+    /// The operation's name, as errors name the failed call.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::CreateTable => "create_table_if_missing",
+            Operation::ListLeases => "list_leases",
+            Operation::GetLease => "get_lease",
+            Operation::CreateLease => "create_lease_if_absent",
+            Operation::RenewLease => "renew_lease",
+            Operation::TakeLease => "take_lease",
+            Operation::EvictLease => "evict_lease",
+            Operation::UpdateCheckpoint => "update_checkpoint",
+            Operation::UpdateChildShards => "update_child_shards",
+            Operation::DeleteLease => "delete_lease",
+        }
+    }
+
     /// Whether the operation changes the table.
     pub fn is_write(self) -> bool {
         !matches!(
@@ -75,8 +98,8 @@ pub enum Fault {
     Delay(Duration),
     /// Never answers (the caller's timeout, if any, is what ends it).
     Hang,
-    /// Makes the call, then loses the answer: the caller gets
-    /// [`LeaseStoreError::Other`] although the write was applied.
+    /// Makes the call, then loses the answer: the caller gets a timed-out
+    /// [`LeaseStoreError::Service`] although the write was applied.
     LoseAnswer,
     /// Makes the call, loses the answer and sends the same request again, as an SDK's
     /// retry does; the caller gets the second answer (for a conditional write: the
@@ -84,7 +107,7 @@ pub enum Fault {
     LoseAnswerThenRetry,
     /// Answers [`LeaseStoreError::Throttled`] without making the call.
     Throttle,
-    /// Answers [`LeaseStoreError::Other`] (a 5xx) without making the call.
+    /// Answers [`LeaseStoreError::Service`] (a 5xx) without making the call.
     ServerError,
 }
 
@@ -252,19 +275,23 @@ impl FaultyLeaseStore {
             Some(Fault::Hang) => std::future::pending().await,
             Some(Fault::LoseAnswer) => {
                 let _ = call().await;
-                Err(LeaseStoreError::Other(
-                    "injected: the answer was lost (timeout)".into(),
-                ))
+                Err(LeaseStoreError::Service(ServiceError::new(
+                    operation.name(),
+                    ErrorKind::TimedOut,
+                    "injected: the answer was lost",
+                )))
             }
             Some(Fault::LoseAnswerThenRetry) => {
                 let _ = call().await;
                 call().await
             }
             Some(Fault::Throttle) => Err(LeaseStoreError::Throttled(
-                "injected: ProvisionedThroughputExceededException".into(),
+                ServiceError::new(operation.name(), ErrorKind::Throttled, "injected")
+                    .with_code("ProvisionedThroughputExceededException"),
             )),
-            Some(Fault::ServerError) => Err(LeaseStoreError::Other(
-                "injected: HTTP 500 InternalServerError".into(),
+            Some(Fault::ServerError) => Err(LeaseStoreError::Service(
+                ServiceError::new(operation.name(), ErrorKind::Other, "injected: HTTP 500")
+                    .with_code("InternalServerError"),
             )),
         }
     }

@@ -257,12 +257,12 @@ impl OpenAggregate {
                 record.carried(key_offsets[key_index as usize], data_at)
             })
             .collect();
-        let encoded = crate::aggregation::EncodedRecord {
-            partition_key: AGGREGATE_PARTITION_KEY.to_owned(),
-            explicit_hash_key: Some(first_hash_key.to_string()),
-            data: data.freeze(),
-            user_records: self.indexes.len(),
-        };
+        let encoded = crate::aggregation::EncodedRecord::new(
+            AGGREGATE_PARTITION_KEY,
+            Some(first_hash_key.to_string()),
+            data.freeze(),
+            self.indexes.len(),
+        );
         Some((encoded, carried))
     }
 }

@@ -167,12 +167,7 @@ mod tests {
     fn outgoing(shard: &str, len: usize, deadline: Instant) -> Outgoing {
         Outgoing::new(
             Some(Arc::from(shard)),
-            EncodedRecord {
-                partition_key: "k".into(),
-                explicit_hash_key: None,
-                data: Bytes::from(vec![0; len]),
-                user_records: 1,
-            },
+            EncodedRecord::new("k", None, Bytes::from(vec![0; len]), 1),
             Vec::new(),
             deadline,
         )

@@ -174,12 +174,7 @@ mod tests {
     fn outgoing(shard: Option<&str>, len: usize) -> Outgoing {
         Outgoing::new(
             shard.map(Arc::from),
-            EncodedRecord {
-                partition_key: "k".into(),
-                explicit_hash_key: None,
-                data: Bytes::from(vec![0; len]),
-                user_records: 1,
-            },
+            EncodedRecord::new("k", None, Bytes::from(vec![0; len]), 1),
             Vec::new(),
             Instant::now(),
         )

@@ -218,12 +218,8 @@ impl Outgoing {
     /// One user record sent as it is.
     pub fn single(shard: Option<Arc<str>>, mut record: Pending, deadline: Instant) -> Self {
         let carried = record.carried(OWN_KEY, 0);
-        let encoded = EncodedRecord {
-            explicit_hash_key: record.explicit_hash_key().map(|k| k.to_string()),
-            partition_key: record.partition_key,
-            data: record.data,
-            user_records: 1,
-        };
+        let explicit_hash_key = record.explicit_hash_key().map(|k| k.to_string());
+        let encoded = EncodedRecord::new(record.partition_key, explicit_hash_key, record.data, 1);
         Outgoing::new(shard, encoded, vec![carried], deadline)
     }
 

@@ -22,6 +22,7 @@ use crate::{HotKeySpread, StreamId};
 
 /// Why a record was not accepted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// The record breaks Kinesis's rules.
     #[error("invalid record: {0}")]
@@ -36,6 +37,7 @@ pub enum SendError {
 
 /// Why a record piped through [`Producer::send_stream`] did not reach the stream.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProduceError {
     /// It was not accepted.
     #[error(transparent)]
@@ -47,13 +49,19 @@ pub enum ProduceError {
 
 /// Why a producer could not be built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BuildError {
     /// No stream was named.
     #[error("no stream given: call ProducerBuilder::stream")]
     MissingStream,
-    /// A setting is out of range.
-    #[error("invalid setting: {0}")]
-    InvalidConfig(String),
+    /// A setting is out of range or inconsistent with another.
+    #[error("invalid setting {setting}: {reason}")]
+    InvalidConfig {
+        /// The setting, named as its [`ProducerConfig`] field and builder method.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The stream's shards could not be listed (the stream does not exist, the
     /// credentials lack `kinesis:ListShards`, or the endpoint cannot be reached).
     #[error("cannot list the stream's shards: {0}")]
@@ -62,6 +70,7 @@ pub enum BuildError {
 
 /// Where the producer gets its Kinesis client.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum ClientSource {
     /// Build a client from this SDK configuration.
     Config(Box<SdkConfig>),
@@ -213,9 +222,14 @@ impl ProducerBuilder {
 
     fn validate(&self) -> Result<(), BuildError> {
         let c = &self.config;
-        let invalid = |what: &str| Err(BuildError::InvalidConfig(what.to_owned()));
+        let invalid = |setting: &'static str, reason: &str| {
+            Err(BuildError::InvalidConfig {
+                setting,
+                reason: reason.to_owned(),
+            })
+        };
         if !(1..=MAX_RECORD_SIZE_LIMIT).contains(&c.max_record_size) {
-            return invalid("max_record_size must be within 1 B ..= 10 MiB");
+            return invalid("max_record_size", "must be within 1 B ..= 10 MiB");
         }
         // An aggregate goes out with a one-byte partition key, which counts against the
         // record limit: a bigger aggregate would make Kinesis refuse the whole call.
@@ -223,32 +237,50 @@ impl ProducerBuilder {
             .max_record_size
             .saturating_sub(crate::aggregation::AGGREGATE_PARTITION_KEY.len());
         if c.aggregation_max_size < 64 || c.aggregation_max_size > aggregation_limit {
-            return Err(BuildError::InvalidConfig(format!(
-                "aggregation_max_size must be within 64 B ..= {aggregation_limit} B \
-                 (max_record_size less the aggregate's 1-byte partition key)"
-            )));
-        }
-        if !(1..=crate::collector::PUT_RECORDS_MAX_COUNT).contains(&c.collection_max_count) {
-            return invalid("collection_max_count must be within 1 ..= 500");
-        }
-        if !(1..=crate::collector::PUT_RECORDS_MAX_SIZE).contains(&c.collection_max_size) {
-            return invalid("collection_max_size must be within 1 B ..= 5 MiB");
-        }
-        if c.max_outstanding_records == 0 || c.max_outstanding_bytes < c.max_record_size {
             return invalid(
-                "max_outstanding_records must be positive and max_outstanding_bytes at least max_record_size",
+                "aggregation_max_size",
+                &format!(
+                    "must be within 64 B ..= {aggregation_limit} B \
+                     (max_record_size less the aggregate's 1-byte partition key)"
+                ),
             );
         }
-        if c.max_outstanding_bytes > u32::MAX as usize
+        if c.aggregation_max_count == 0 {
+            return invalid("aggregation_max_count", "must be at least 1");
+        }
+        if !(1..=crate::collector::PUT_RECORDS_MAX_COUNT).contains(&c.collection_max_count) {
+            return invalid("collection_max_count", "must be within 1 ..= 500");
+        }
+        if !(1..=crate::collector::PUT_RECORDS_MAX_SIZE).contains(&c.collection_max_size) {
+            return invalid("collection_max_size", "must be within 1 B ..= 5 MiB");
+        }
+        if c.max_outstanding_records == 0
             || c.max_outstanding_records > tokio::sync::Semaphore::MAX_PERMITS
         {
-            return invalid("max_outstanding_bytes must be below 4 GiB");
+            return invalid("max_outstanding_records", "must be positive");
         }
-        if c.max_connections == 0 || c.rate_limit == 0 {
-            return invalid("max_connections and rate_limit must be positive");
+        if c.max_outstanding_bytes < c.max_record_size
+            || c.max_outstanding_bytes > u32::MAX as usize
+        {
+            return invalid(
+                "max_outstanding_bytes",
+                "must be at least max_record_size and below 4 GiB",
+            );
+        }
+        if c.max_connections == 0 {
+            return invalid("max_connections", "must be positive");
+        }
+        if c.rate_limit == 0 {
+            return invalid("rate_limit", "must be positive");
         }
         if c.record_ttl.is_zero() {
-            return invalid("record_ttl must be positive");
+            return invalid("record_ttl", "must be positive");
+        }
+        if c.request_timeout.is_zero() {
+            return invalid("request_timeout", "must be positive");
+        }
+        if c.min_backoff.is_zero() || c.min_backoff > c.max_backoff {
+            return invalid("min_backoff", "must be positive and at most max_backoff");
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 /// A user record that reached the stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RecordResult {
     /// Shard the record landed on.
     pub shard_id: Arc<str>,
@@ -28,6 +29,7 @@ pub struct RecordResult {
 /// One PutRecords attempt that carried a user record (as the KPL's `Attempt`: start,
 /// duration, outcome).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Attempt {
     /// When the PutRecords call started (wall clock).
     pub started: SystemTime,
@@ -47,6 +49,7 @@ impl Attempt {
 
 /// Why an attempt failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AttemptError {
     /// Error code: Kinesis's (`ProvisionedThroughputExceededException`,
     /// `InternalFailure`, `ResourceNotFoundException`, ...), or the producer's own
@@ -67,6 +70,7 @@ impl AttemptError {
 
 /// Why a user record did not reach the stream.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecordError {
     /// Its time to live (`record_ttl`) passed before any attempt succeeded.
     #[error("record expired after {} attempt(s){}", .attempts.len(), last_error(.attempts))]

@@ -108,6 +108,7 @@ impl Record {
 
 /// Why a record was refused before it entered the producer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvalidRecord {
     /// The partition key is empty.
     #[error("partition key is empty")]

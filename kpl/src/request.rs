@@ -360,12 +360,12 @@ mod tests {
     fn outgoing(partition_key: &str, explicit_hash_key: Option<&str>, data: &[u8]) -> Outgoing {
         Outgoing::new(
             None,
-            EncodedRecord {
-                partition_key: partition_key.to_owned(),
-                explicit_hash_key: explicit_hash_key.map(str::to_owned),
-                data: Bytes::copy_from_slice(data),
-                user_records: 1,
-            },
+            EncodedRecord::new(
+                partition_key.to_owned(),
+                explicit_hash_key.map(str::to_owned),
+                Bytes::copy_from_slice(data),
+                1,
+            ),
             Vec::new(),
             Instant::now(),
         )

@@ -156,12 +156,7 @@ mod tests {
         let record = |n: usize| {
             Outgoing::new(
                 None,
-                EncodedRecord {
-                    partition_key: n.to_string(),
-                    explicit_hash_key: None,
-                    data: bytes::Bytes::new(),
-                    user_records: 1,
-                },
+                EncodedRecord::new(n.to_string(), None, bytes::Bytes::new(), 1),
                 Vec::new(),
                 now,
             )

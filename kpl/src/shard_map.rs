@@ -22,6 +22,7 @@ use crate::{HashKey, StreamId};
 
 /// An open shard and the hash keys it owns, `start..=end`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ShardRange {
     /// Shard id, e.g. `shardId-000000000000`.
     pub id: Arc<str>,
@@ -46,14 +47,20 @@ pub struct ShardMap {
 
 /// Why the shard map could not be loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ShardMapError {
-    /// ListShards failed.
+    /// ListShards failed. Match on `code` (`ResourceNotFoundException`,
+    /// `AccessDeniedException`, ...) to tell why; `source` is the SDK's error.
     #[error("ListShards failed: {message}")]
+    #[non_exhaustive]
     ListShards {
         /// The service's error code, if the service answered.
         code: Option<String>,
-        /// What went wrong.
+        /// What went wrong, with its causes.
         message: String,
+        /// The SDK's error, when there was one.
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     },
     /// A shard's hash key range could not be read.
     #[error("shard {shard} has an invalid hash key range")]
@@ -117,6 +124,7 @@ impl ShardMap {
                         .map_err(|e| ShardMapError::ListShards {
                             code: None,
                             message: e.to_string(),
+                            source: Some(Arc::new(e)),
                         })?,
                 ),
                 None => stream.list_shards(client),
@@ -128,6 +136,7 @@ impl ShardMap {
                 .map_err(|e| ShardMapError::ListShards {
                     code: e.code().map(str::to_owned),
                     message: crate::error_text(&e),
+                    source: Some(Arc::new(e)),
                 })?;
             for shard in page.shards() {
                 let closed = shard

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 /// User records accepted and not yet completed (see
 /// [`Producer::outstanding`](crate::Producer::outstanding)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Outstanding {
     /// How many.
     pub records: usize,
@@ -23,6 +24,7 @@ pub struct Outstanding {
 
 /// Totals since the producer started (see [`Producer::stats`](crate::Producer::stats)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProducerStats {
     /// User records that reached the stream.
     pub user_records_put: u64,
@@ -38,6 +40,7 @@ pub struct ProducerStats {
 
 /// The load the producer put on one shard over the last second.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ShardLoad {
     /// The shard.
     pub shard_id: Arc<str>,

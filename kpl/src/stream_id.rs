@@ -6,6 +6,7 @@ use aws_sdk_kinesis::Client;
 
 /// A stream, by name or by ARN (`arn:aws:kinesis:region:account:stream/name`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum StreamId {
     /// The stream's name, in the client's account and region.
     Name(String),

@@ -307,7 +307,7 @@ async fn an_aggregate_can_never_exceed_the_record_limit() {
             .build()
             .await;
         assert!(
-            matches!(built, Err(kinesis_producer::BuildError::InvalidConfig(_))),
+            matches!(built, Err(kinesis_producer::BuildError::InvalidConfig { .. })),
             "aggregation_max_size {aggregation_max_size} with max_record_size {max_record_size} accepted"
         );
     }

@@ -280,7 +280,7 @@ pub fn fast_builder(
     application: &str,
     worker: &str,
 ) -> SchedulerBuilder {
-    Scheduler::builder(config.clone())
+    Scheduler::builder(config)
         .stream(stream)
         .application_name(application)
         .worker_id(worker)

@@ -229,9 +229,10 @@ async fn two_workers_share_one_consumer_through_a_split() -> TestResult {
     // shard's end through SubscribeToShard (a closed shard keeps sending empty events):
     // the fetcher's shard end check (GetRecords after 1 s without records) finds it.
     let fan_out = || {
-        RetrievalMode::FanOut(FanOutConfig {
-            shard_end_check: Some(Duration::from_secs(1)),
-            ..FanOutConfig::default()
+        RetrievalMode::FanOut({
+            let mut fan_out = FanOutConfig::default();
+            fan_out.shard_end_check = Some(Duration::from_secs(1));
+            fan_out
         })
     };
     let log = Log::default();

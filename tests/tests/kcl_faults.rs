@@ -566,9 +566,10 @@ async fn a_stalled_subscription_is_replaced() -> TestResult {
     let log = Log::default();
     let builder = fast_builder(&config, &stream, &app, "w")
         .kinesis_client(faults.kinesis_client(&config))
-        .retrieval_mode(RetrievalMode::FanOut(FanOutConfig {
-            stall_timeout: Some(Duration::from_secs(4)),
-            ..FanOutConfig::default()
+        .retrieval_mode(RetrievalMode::FanOut({
+            let mut fan_out = FanOutConfig::default();
+            fan_out.stall_timeout = Some(Duration::from_secs(4));
+            fan_out
         }));
     let worker = start_worker(builder, "w", &log, Behaviour::default()).await?;
     wait_for(
@@ -713,11 +714,7 @@ async fn a_checkpoint_reset_while_running_takes_the_lease_away() -> TestResult {
     store
         .update_checkpoint(
             &lease,
-            &CheckpointUpdate {
-                checkpoint: ExtendedSequenceNumber::trim_horizon(),
-                pending_checkpoint: None,
-                pending_checkpoint_state: None,
-            },
+            &CheckpointUpdate::commit(ExtendedSequenceNumber::trim_horizon()),
         )
         .await?;
     wait_for("the lease lost", Duration::from_secs(10), || async {

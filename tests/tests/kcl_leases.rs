@@ -433,17 +433,17 @@ async fn every_dynamodb_lease_write_is_conditional() -> TestResult {
     // The holder renews; its old copy and other owners are fenced off.
     let renewed = store.renew_lease(&held).await?;
     assert_eq!(renewed.lease_counter, 2);
-    let update = CheckpointUpdate {
-        checkpoint: ExtendedSequenceNumber::new(
+    let update = CheckpointUpdate::prepare(
+        ExtendedSequenceNumber::new(
             "49590338271490256608559692538361571095921575989136588898",
             2,
         ),
-        pending_checkpoint: Some(ExtendedSequenceNumber::new(
+        ExtendedSequenceNumber::new(
             "49590338271490256608559692538361571095921575989136588899",
             0,
-        )),
-        pending_checkpoint_state: Some(b"state".to_vec()),
-    };
+        ),
+        Some(b"state".to_vec()),
+    );
     assert!(matches!(
         store.update_checkpoint(&held, &update).await,
         Err(LeaseStoreError::ConditionFailed(_))

@@ -10,7 +10,7 @@ use integration_tests::kcl::{
     Behaviour, Event, Log, FAILOVER,
 };
 use integration_tests::{create_stream, sdk_config, unique_name, wait_for, TestResult};
-use kinesis_consumer::lease::compare_sequence_numbers;
+use kinesis_consumer::test_util::compare_sequence_numbers;
 
 async fn wait_all_delivered(log: &Log, expected: usize) -> TestResult {
     wait_for(

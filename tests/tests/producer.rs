@@ -397,7 +397,7 @@ async fn bad_input_gets_typed_errors() -> TestResult {
             .aggregation_max_size(10)
             .build()
             .await,
-        Err(BuildError::InvalidConfig(_))
+        Err(BuildError::InvalidConfig { .. })
     ));
     match Producer::builder(&config)
         .stream("no-such-stream")

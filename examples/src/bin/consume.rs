@@ -280,7 +280,7 @@ async fn run(args: Args) -> Result<(), Error> {
         None => Arc::new(Mutex::new(Box::new(BufWriter::new(std::io::stdout())))),
     };
     let failover = Duration::from_millis(args.failover_ms);
-    let mut builder = Scheduler::builder(config)
+    let mut builder = Scheduler::builder(&config)
         .stream(&args.stream)
         .application_name(&args.app)
         .initial_position(match args.initial_position {
@@ -406,15 +406,10 @@ mod tests {
     use super::*;
 
     fn record(data: &'static [u8]) -> KinesisClientRecord {
-        KinesisClientRecord {
-            sequence_number: "42".into(),
-            sub_sequence_number: 3,
-            partition_key: "k".into(),
-            explicit_hash_key: None,
-            approximate_arrival_timestamp: None,
-            data: bytes::Bytes::from_static(data),
-            aggregated: true,
-        }
+        let mut record = KinesisClientRecord::new("42", "k", bytes::Bytes::from_static(data));
+        record.sub_sequence_number = 3;
+        record.aggregated = true;
+        record
     }
 
     #[test]

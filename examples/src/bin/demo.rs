@@ -121,7 +121,7 @@ fn worker(
     seen: &Arc<Seen>,
 ) -> kinesis_consumer::SchedulerBuilder {
     let seen = seen.clone();
-    Scheduler::builder(config.clone())
+    Scheduler::builder(config)
         .stream(stream)
         .application_name(app)
         .worker_id(id)

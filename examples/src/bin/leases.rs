@@ -186,11 +186,7 @@ async fn reset(
             println!("nothing changed: add --yes to reset (stop the application first)");
             return Ok(false);
         }
-        let update = CheckpointUpdate {
-            checkpoint: checkpoint.clone(),
-            pending_checkpoint: None,
-            pending_checkpoint_state: None,
-        };
+        let update = CheckpointUpdate::commit(checkpoint.clone());
         match store.update_checkpoint(&lease, &update).await {
             Ok(_) => {
                 println!("{shard}: checkpoint reset");

@@ -46,6 +46,7 @@ pub struct LeaseCoordinatorConfig {
 
 impl LeaseCoordinatorConfig {
     /// Java KCL defaults for `worker_id`.
+    #[cfg(test)]
     pub fn new(worker_id: impl Into<String>) -> Self {
         LeaseCoordinatorConfig {
             worker_id: worker_id.into(),
@@ -127,11 +128,6 @@ impl LeaseCoordinator {
     /// The settings.
     pub fn config(&self) -> &LeaseCoordinatorConfig {
         &self.config
-    }
-
-    /// The lease store.
-    pub fn store(&self) -> &Arc<dyn LeaseStore> {
-        &self.store
     }
 
     fn held_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<HeldLease>>> {
@@ -362,13 +358,6 @@ impl LeaseCoordinator {
         self.config.timing()
     }
 
-    /// Releases every held lease; returns the first error after trying them all.
-    pub async fn release_all(&self) -> Result<(), LeaseStoreError> {
-        let keys: Vec<String> = self.held_map().keys().cloned().collect();
-        let results = join_all(keys.iter().map(|k| self.release_lease(k))).await;
-        results.into_iter().collect()
-    }
-
     /// Stops holding a lease without writing anything: it expires for other workers after
     /// the failover time (used when its processor could not be stopped).
     pub fn abandon(&self, key: &str) {
@@ -379,15 +368,6 @@ impl LeaseCoordinator {
     pub(crate) fn drop_if_lost(&self, key: &str) {
         if self.held_lease(key).is_some_and(|held| held.is_lost()) {
             self.forget(key);
-        }
-    }
-
-    /// Stops holding every lease without writing anything (they expire for others after
-    /// the failover time). What a crashed worker amounts to.
-    pub fn abandon_all(&self) {
-        let keys: Vec<String> = self.held_map().keys().cloned().collect();
-        for key in keys {
-            self.forget(&key);
         }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
@@ -14,6 +14,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 
 use super::store::{CheckpointUpdate, LeaseStore, LeaseStoreError};
+use crate::error::{ErrorKind, ServiceError};
 use crate::lease::{ExtendedSequenceNumber, Lease, SequencePosition};
 
 /// Attribute names of the Java KCL 2.x lease table.
@@ -82,7 +83,7 @@ impl DynamoDbLeaseStore {
         {
             Ok(out) => Ok(out.table().and_then(|t| t.table_status()).cloned()),
             Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(None),
-            Err(e) => Err(classify(&self.table, e)),
+            Err(e) => Err(classify("DescribeTable", &self.table, e)),
         }
     }
 
@@ -144,7 +145,7 @@ impl DynamoDbLeaseStore {
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
             .send()
             .await
-            .map_err(|e| classify(&lease.lease_key, e))?;
+            .map_err(|e| classify("UpdateItem", &lease.lease_key, e))?;
         let item = result
             .attributes()
             .ok_or_else(|| LeaseStoreError::Malformed("update returned no item".into()))?;
@@ -152,19 +153,18 @@ impl DynamoDbLeaseStore {
     }
 }
 
-fn classify<E, R>(key: &str, error: SdkError<E, R>) -> LeaseStoreError
+fn classify<E, R>(operation: &'static str, key: &str, error: SdkError<E, R>) -> LeaseStoreError
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
-    match error.code() {
-        Some("ConditionalCheckFailedException") => LeaseStoreError::ConditionFailed(key.into()),
-        Some(
-            "ProvisionedThroughputExceededException"
-            | "RequestLimitExceeded"
-            | "ThrottlingException",
-        ) => LeaseStoreError::Throttled(DisplayErrorContext(&error).to_string()),
-        _ => LeaseStoreError::Other(DisplayErrorContext(&error).to_string()),
+    if error.code() == Some("ConditionalCheckFailedException") {
+        return LeaseStoreError::ConditionFailed(key.into());
+    }
+    let error = ServiceError::from_sdk(operation, error);
+    match error.kind() {
+        ErrorKind::Throttled => LeaseStoreError::Throttled(error),
+        _ => LeaseStoreError::Service(error),
     }
 }
 
@@ -326,14 +326,32 @@ impl LeaseStore for DynamoDbLeaseStore {
                         .attribute_name(LEASE_KEY)
                         .attribute_type(ScalarAttributeType::S)
                         .build()
-                        .map_err(|e| LeaseStoreError::Other(e.to_string()))?,
+                        .map_err(|e| {
+                            LeaseStoreError::Service(
+                                ServiceError::new(
+                                    "CreateTable",
+                                    ErrorKind::InvalidRequest,
+                                    e.to_string(),
+                                )
+                                .with_source(e),
+                            )
+                        })?,
                 )
                 .key_schema(
                     KeySchemaElement::builder()
                         .attribute_name(LEASE_KEY)
                         .key_type(KeyType::Hash)
                         .build()
-                        .map_err(|e| LeaseStoreError::Other(e.to_string()))?,
+                        .map_err(|e| {
+                            LeaseStoreError::Service(
+                                ServiceError::new(
+                                    "CreateTable",
+                                    ErrorKind::InvalidRequest,
+                                    e.to_string(),
+                                )
+                                .with_source(e),
+                            )
+                        })?,
                 )
                 .send()
                 .await;
@@ -341,7 +359,7 @@ impl LeaseStore for DynamoDbLeaseStore {
                 Ok(_) => tracing::info!(table = %self.table, "created lease table"),
                 // Another worker created it at the same time.
                 Err(e) if e.code() == Some("ResourceInUseException") => {}
-                Err(e) => return Err(classify(&self.table, e)),
+                Err(e) => return Err(classify("CreateTable", &self.table, e)),
             }
         }
         let deadline = tokio::time::Instant::now() + TABLE_ACTIVE_TIMEOUT;
@@ -350,10 +368,10 @@ impl LeaseStore for DynamoDbLeaseStore {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(LeaseStoreError::Other(format!(
-                    "lease table {} not ACTIVE after {TABLE_ACTIVE_TIMEOUT:?}",
-                    self.table
-                )));
+                return Err(LeaseStoreError::NotActive {
+                    table: self.table.clone(),
+                    waited: TABLE_ACTIVE_TIMEOUT,
+                });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -371,7 +389,7 @@ impl LeaseStore for DynamoDbLeaseStore {
                 .set_exclusive_start_key(start)
                 .send()
                 .await
-                .map_err(|e| classify(&self.table, e))?;
+                .map_err(|e| classify("Scan", &self.table, e))?;
             for item in page.items() {
                 // One bad item must not stop taking, syncing and parent checks for the
                 // whole fleet: skip it, loudly.
@@ -403,7 +421,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| classify(lease_key, e))?;
+            .map_err(|e| classify("GetItem", lease_key, e))?;
         out.item().map(lease_from_item).transpose()
     }
 
@@ -419,7 +437,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(e) => match classify(&lease.lease_key, e) {
+            Err(e) => match classify("PutItem", &lease.lease_key, e) {
                 LeaseStoreError::ConditionFailed(_) => Ok(false),
                 other => Err(other),
             },
@@ -539,7 +557,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             )
             .send()
             .await
-            .map_err(|e| classify(&lease.lease_key, e))?;
+            .map_err(|e| classify("DeleteItem", &lease.lease_key, e))?;
         Ok(())
     }
 }

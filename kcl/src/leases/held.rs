@@ -174,6 +174,7 @@ impl HeldLease {
     }
 
     /// A copy of the lease as last written or read by this worker.
+    #[cfg(test)]
     pub async fn snapshot(&self) -> Lease {
         self.copy()
     }
@@ -192,12 +193,6 @@ impl HeldLease {
     /// deadline.
     pub fn is_lost(&self) -> bool {
         *self.lost.borrow() || Instant::now() >= self.deadline()
-    }
-
-    /// A receiver that sees `true` once the lease is marked lost (past the deadline, it is
-    /// marked lost by whoever notices first; [`lost`](Self::lost) notices by itself).
-    pub fn lost_signal(&self) -> watch::Receiver<bool> {
-        self.lost.subscribe()
     }
 
     /// Completes when the lease is lost, at the latest at its deadline.
@@ -371,10 +366,10 @@ impl HeldLease {
                         return Err(LeaseStoreError::ConditionFailed(self.key.clone()));
                     }
                 },
-                Err(LeaseStoreError::Throttled(message)) => {
+                Err(LeaseStoreError::Throttled(error)) => {
                     // Throttled requests are not applied.
                     self.lock().unconfirmed.retain(|w| w != target);
-                    return Err(LeaseStoreError::Throttled(message));
+                    return Err(LeaseStoreError::Throttled(error));
                 }
                 Err(error) => {
                     // Unknown outcome: find out now if the table can tell; otherwise the
@@ -390,10 +385,7 @@ impl HeldLease {
                 }
             }
         }
-        Err(LeaseStoreError::Other(format!(
-            "lease {}: the counter kept changing under the checkpoint write",
-            self.key
-        )))
+        Err(LeaseStoreError::Contended(self.key.clone()))
     }
 
     /// Records the child shards on the lease (after shard end).

@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::store::{CheckpointUpdate, LeaseStore, LeaseStoreError};
+use crate::error::{ErrorKind, ServiceError};
 use crate::lease::Lease;
 
 /// An in-memory [`LeaseStore`].
@@ -46,16 +47,19 @@ impl MemoryLeaseStore {
         }
     }
 
-    /// Fails each later request with [`LeaseStoreError::Other`] with probability `rate`,
-    /// drawn from a generator seeded with `seed` (deterministic).
-    pub fn set_failure_rate(&self, rate: f64, seed: u64) {
+    /// Fails each later request with a server error with probability `rate`, drawn from a
+    /// generator seeded with `seed` (deterministic). For this crate's tests; applications
+    /// inject faults with `test_util::FaultyLeaseStore`.
+    #[cfg(test)]
+    pub(crate) fn set_failure_rate(&self, rate: f64, seed: u64) {
         let mut inner = self.lock();
         inner.failure_rate = rate;
         inner.rng = StdRng::seed_from_u64(seed);
     }
 
-    /// Fails the next `n` requests with [`LeaseStoreError::Other`].
-    pub fn fail_next(&self, n: u32) {
+    /// Fails the next `n` requests with a server error.
+    #[cfg(test)]
+    pub(crate) fn fail_next(&self, n: u32) {
         self.lock().fail_next = n;
     }
 
@@ -82,12 +86,12 @@ impl MemoryLeaseStore {
         let mut inner = self.lock();
         if inner.fail_next > 0 {
             inner.fail_next -= 1;
-            return Err(LeaseStoreError::Other("injected failure".into()));
+            return Err(injected());
         }
         if inner.failure_rate > 0.0 {
             let rate = inner.failure_rate;
             if inner.rng.random_bool(rate.clamp(0.0, 1.0)) {
-                return Err(LeaseStoreError::Other("injected failure".into()));
+                return Err(injected());
             }
         }
         let result = f(&mut inner.leases);
@@ -192,4 +196,12 @@ impl LeaseStore for MemoryLeaseStore {
             Ok(())
         })
     }
+}
+
+fn injected() -> LeaseStoreError {
+    LeaseStoreError::Service(ServiceError::new(
+        "MemoryLeaseStore",
+        ErrorKind::Other,
+        "injected failure",
+    ))
 }

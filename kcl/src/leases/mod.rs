@@ -1,13 +1,14 @@
-//! Leases: the table interface, its DynamoDB and in-memory implementations, and the
-//! algorithm that renews, takes and balances them.
+//! Leases: the table interface and its DynamoDB and in-memory implementations (public, for
+//! lease tools and stores of your own), and the algorithm that renews, takes and balances
+//! them (internal).
 
-pub mod coordinator;
-pub mod dynamodb;
+pub(crate) mod coordinator;
+pub(crate) mod dynamodb;
 mod held;
-pub mod memory;
-pub mod store;
+mod memory;
+mod store;
 
-pub use coordinator::{HeldLease, LeaseCoordinator, LeaseCoordinatorConfig, TakeRound};
+pub(crate) use coordinator::{HeldLease, LeaseCoordinator, LeaseCoordinatorConfig};
 pub use dynamodb::DynamoDbLeaseStore;
 pub(crate) use held::timed;
 pub use memory::MemoryLeaseStore;

@@ -3,31 +3,58 @@
 
 use async_trait::async_trait;
 
+use crate::error::ServiceError;
 use crate::lease::{ExtendedSequenceNumber, Lease};
 
 /// Why a lease table operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LeaseStoreError {
     /// The write's condition failed: the lease changed (another worker took it, or it was
     /// renewed, updated or deleted) since it was read.
     #[error("lease {0} changed since it was read (condition failed)")]
     ConditionFailed(String),
-    /// The table throttled the request.
+    /// The table throttled the request (it was not applied).
     #[error("lease table throttled the request: {0}")]
-    Throttled(String),
+    Throttled(#[source] ServiceError),
     /// An item in the table does not have the expected attributes.
     #[error("malformed lease item: {0}")]
     Malformed(String),
     /// The call did not answer within its timeout: whether a write was applied is unknown.
     #[error("lease table call timed out after {0:?}")]
     Timeout(std::time::Duration),
-    /// Any other failure (network, permissions, table missing).
-    #[error("lease table error: {0}")]
-    Other(String),
+    /// The lease kept changing under a write that was retried (another writer of the
+    /// same lease, such as a checkpoint racing a renewal, won every time).
+    #[error("lease {0} kept changing under the write")]
+    Contended(String),
+    /// The table did not become ACTIVE in time after it was created.
+    #[error("lease table {table} not ACTIVE after {waited:?}")]
+    NotActive {
+        /// The table.
+        table: String,
+        /// How long was waited.
+        waited: std::time::Duration,
+    },
+    /// Any other failure of the table's service: [`ServiceError::kind`] tells a missing
+    /// table ([`ErrorKind::NotFound`](crate::ErrorKind::NotFound)) from missing permissions
+    /// or an unreachable endpoint; the SDK's error is its source.
+    #[error("lease table: {0}")]
+    Service(#[source] ServiceError),
+}
+
+impl LeaseStoreError {
+    /// The failed service call behind it, if any.
+    pub fn service_error(&self) -> Option<&ServiceError> {
+        match self {
+            LeaseStoreError::Throttled(error) | LeaseStoreError::Service(error) => Some(error),
+            _ => None,
+        }
+    }
 }
 
 /// What a checkpoint write sets on a lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CheckpointUpdate {
     /// The new committed checkpoint.
     pub checkpoint: ExtendedSequenceNumber,
@@ -35,6 +62,31 @@ pub struct CheckpointUpdate {
     pub pending_checkpoint: Option<ExtendedSequenceNumber>,
     /// Application state stored with the pending checkpoint.
     pub pending_checkpoint_state: Option<Vec<u8>>,
+}
+
+impl CheckpointUpdate {
+    /// Commits `checkpoint` and clears any pending checkpoint.
+    pub fn commit(checkpoint: ExtendedSequenceNumber) -> Self {
+        CheckpointUpdate {
+            checkpoint,
+            pending_checkpoint: None,
+            pending_checkpoint_state: None,
+        }
+    }
+
+    /// Keeps `checkpoint` and stores `pending` (with application `state`) as prepared but
+    /// not committed (the Java KCL's two-phase checkpoint).
+    pub fn prepare(
+        checkpoint: ExtendedSequenceNumber,
+        pending: ExtendedSequenceNumber,
+        state: Option<Vec<u8>>,
+    ) -> Self {
+        CheckpointUpdate {
+            checkpoint,
+            pending_checkpoint: Some(pending),
+            pending_checkpoint_state: state,
+        }
+    }
 }
 
 /// A lease table. Implementations must make every write conditional as documented, so that

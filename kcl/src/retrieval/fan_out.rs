@@ -12,15 +12,20 @@ use aws_sdk_kinesis::types::{
     SubscribeToShardEvent, SubscribeToShardEventStream,
 };
 use aws_sdk_kinesis::Client;
+
+use crate::error::{ErrorKind, ServiceError};
 use tokio::time::Instant;
+
+use crate::stream::StreamRef;
 
 use super::{
     backoff, confirm_shard_gone, prefetch_queue, FetchError, FetchOptions, PrefetchSender,
-    Prefetched, RecordBatch, StartingPosition, TrimmedCheckpoint,
+    Prefetched, RecordBatch, ShardCheck, StartingPosition, TrimmedCheckpoint,
 };
 
 /// Settings of enhanced fan-out retrieval.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct FanOutConfig {
     /// The stream consumer's name (Java KCL `consumerName` in `FanOutConfig`); `None`
     /// uses the application name, as the Java KCL does. Every application needs its own
@@ -60,23 +65,26 @@ impl Default for FanOutConfig {
 
 /// Why the stream consumer could not be found or registered.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FanOutError {
     /// DescribeStreamConsumer failed with something other than "not found" or throttling.
-    #[error("describing stream consumer {consumer}: {message}")]
+    #[error("describing stream consumer {consumer}: {error}")]
     Describe {
         /// The consumer name.
         consumer: String,
-        /// The SDK's error.
-        message: String,
+        /// The failed call.
+        #[source]
+        error: ServiceError,
     },
     /// RegisterStreamConsumer failed with something other than "already registered" or
     /// throttling.
-    #[error("registering stream consumer {consumer}: {message}")]
+    #[error("registering stream consumer {consumer}: {error}")]
     Register {
         /// The consumer name.
         consumer: String,
-        /// The SDK's error.
-        message: String,
+        /// The failed call.
+        #[source]
+        error: ServiceError,
     },
     /// The consumer did not become ACTIVE in time.
     #[error("stream consumer {consumer} not ACTIVE after {waited:?} (last status: {status})")]
@@ -133,7 +141,11 @@ pub async fn register_consumer(
                 None => {
                     return Err(FanOutError::Describe {
                         consumer: name.to_owned(),
-                        message: "no consumer description in the answer".into(),
+                        error: ServiceError::new(
+                            "DescribeStreamConsumer",
+                            ErrorKind::Other,
+                            "no consumer description in the answer",
+                        ),
                     })
                 }
             },
@@ -170,7 +182,7 @@ pub async fn register_consumer(
                     Err(error) => {
                         return Err(FanOutError::Register {
                             consumer: name.to_owned(),
-                            message: DisplayErrorContext(&error).to_string(),
+                            error: ServiceError::from_sdk("RegisterStreamConsumer", error),
                         })
                     }
                 }
@@ -186,7 +198,7 @@ pub async fn register_consumer(
             Err(error) => {
                 return Err(FanOutError::Describe {
                     consumer: name.to_owned(),
-                    message: DisplayErrorContext(&error).to_string(),
+                    error: ServiceError::from_sdk("DescribeStreamConsumer", error),
                 })
             }
         }
@@ -264,7 +276,7 @@ fn kinesis_position(
 #[derive(Clone, Debug)]
 pub struct FanOutFetcher {
     client: Client,
-    stream: String,
+    stream: StreamRef,
     consumer_arn: String,
     shard_id: String,
     config: FanOutConfig,
@@ -280,7 +292,7 @@ impl FanOutFetcher {
     /// used here.
     pub fn new(
         client: Client,
-        stream: String,
+        stream: StreamRef,
         consumer_arn: String,
         shard_id: String,
         config: FanOutConfig,
@@ -300,9 +312,8 @@ impl FanOutFetcher {
     /// when so, `None` when it is open, records remain, or the check failed.
     async fn closed_shard_children(&self, position: &StartingPosition) -> Option<Vec<ChildShard>> {
         let request = self
-            .client
-            .get_shard_iterator()
-            .stream_name(&self.stream)
+            .stream
+            .get_shard_iterator(&self.client)
             .shard_id(&self.shard_id);
         let request = position.shard_iterator_request(request);
         let timeout = self.options.request_timeout;
@@ -407,7 +418,7 @@ impl FanOutFetcher {
                             continue;
                         }
                         _ if service.is_some_and(|e| e.is_resource_not_found_exception()) => {
-                            if let Some(children) = confirm_shard_gone(
+                            match confirm_shard_gone(
                                 &self.client,
                                 &self.stream,
                                 &self.shard_id,
@@ -415,14 +426,21 @@ impl FanOutFetcher {
                             )
                             .await
                             {
-                                let _ = tx
-                                    .send(RecordBatch {
-                                        records: Vec::new(),
-                                        millis_behind_latest: None,
-                                        shard_end: Some(children),
-                                    })
-                                    .await;
-                                return;
+                                ShardCheck::Gone(children) => {
+                                    let _ = tx
+                                        .send(RecordBatch {
+                                            records: Vec::new(),
+                                            millis_behind_latest: None,
+                                            shard_end: Some(children),
+                                        })
+                                        .await;
+                                    return;
+                                }
+                                ShardCheck::StreamGone(error) => {
+                                    tx.fail(FetchError::StreamNotFound(error)).await;
+                                    return;
+                                }
+                                ShardCheck::Unconfirmed => {}
                             }
                             tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), "SubscribeToShard: not found, but the shard is still listed; retrying");
                         }

@@ -7,16 +7,19 @@ pub mod polling;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_kinesis::error::DisplayErrorContext;
 use aws_sdk_kinesis::types::{ChildShard, HashKeyRange};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use crate::error::{ErrorKind, ServiceError};
+use crate::stream::StreamRef;
 
 pub use fan_out::{register_consumer, FanOutConfig, FanOutError, FanOutFetcher};
 pub use polling::{PollingConfig, PollingFetcher, RecordBatch, StartingPosition};
 
 /// How a worker reads its shards; see [`SchedulerBuilder::retrieval_mode`](crate::SchedulerBuilder::retrieval_mode).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum RetrievalMode {
     /// GetRecords polling (the default; Java KCL `PollingConfig`). Every consumer of the
     /// stream shares each shard's 2 MiB/s and 5 GetRecords calls/s.
@@ -46,6 +49,7 @@ impl RetrievalMode {
 /// What to do when Kinesis rejects the checkpointed sequence number (the record left the
 /// retention period, or the checkpoint is not of this shard).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TrimmedCheckpoint {
     /// Read from `TRIM_HORIZON`, the oldest record still there (the Java KCL's behaviour),
     /// with an error log and the metric `CheckpointTrimHorizonFallbacks`.
@@ -57,7 +61,8 @@ pub enum TrimmedCheckpoint {
 }
 
 /// Why a shard cannot be read.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FetchError {
     /// The checkpointed sequence number was rejected and [`TrimmedCheckpoint::Fail`] is
     /// set.
@@ -65,6 +70,10 @@ pub enum FetchError {
         "the checkpointed position {0} was rejected (trimmed?); not falling back to TRIM_HORIZON"
     )]
     CheckpointRejected(String),
+    /// The stream does not exist any more (a read said the shard was not found, and
+    /// ListShards said the same of the stream).
+    #[error("the stream is gone: {0}")]
+    StreamNotFound(#[source] ServiceError),
 }
 
 /// Settings every fetcher shares, from the scheduler's configuration.
@@ -172,28 +181,43 @@ impl PrefetchSender {
     }
 }
 
-/// After a ResourceNotFoundException for `shard_id`: lists the stream's shards and, when
-/// the shard is not among them (it aged out of the retention period), returns its children
-/// as ListShards shows them. `None` when the shard is still listed or the listing failed.
+/// What ListShards says of a shard a read did not find.
+#[derive(Debug)]
+pub(crate) enum ShardCheck {
+    /// The shard is still listed, or the listing failed for another reason: retry.
+    Unconfirmed,
+    /// The shard left the stream (it aged out of the retention period); its children as
+    /// ListShards shows them.
+    Gone(Vec<ChildShard>),
+    /// The stream itself is gone.
+    StreamGone(ServiceError),
+}
+
+/// After a ResourceNotFoundException for `shard_id`: lists the stream's shards to tell a
+/// shard that left the stream from a deleted stream from a passing error.
 pub(crate) async fn confirm_shard_gone(
     client: &aws_sdk_kinesis::Client,
-    stream: &str,
+    stream: &StreamRef,
     shard_id: &str,
     timeout: Duration,
-) -> Option<Vec<ChildShard>> {
+) -> ShardCheck {
     let shards = match tokio::time::timeout(timeout, list_shards(client, stream)).await {
         Ok(Ok(shards)) => shards,
+        Ok(Err(error)) if error.kind() == ErrorKind::NotFound => {
+            tracing::error!(shard = %shard_id, %error, "the stream is gone");
+            return ShardCheck::StreamGone(error);
+        }
         Ok(Err(error)) => {
             tracing::warn!(shard = %shard_id, %error, "ListShards failed while checking whether the shard left the stream");
-            return None;
+            return ShardCheck::Unconfirmed;
         }
         Err(_) => {
             tracing::warn!(shard = %shard_id, "ListShards timed out while checking whether the shard left the stream");
-            return None;
+            return ShardCheck::Unconfirmed;
         }
     };
     if shards.iter().any(|s| s.shard_id() == shard_id) {
-        return None;
+        return ShardCheck::Unconfirmed;
     }
     let children = shards
         .iter()
@@ -224,25 +248,25 @@ pub(crate) async fn confirm_shard_gone(
         .collect();
     metrics::counter!("ShardsGoneFromStream", "ShardId" => shard_id.to_owned()).increment(1);
     tracing::warn!(shard = %shard_id, "the shard is no longer in the stream (retention): treating it as ended");
-    Some(children)
+    ShardCheck::Gone(children)
 }
 
 /// Every shard of the stream, following pagination.
 pub(crate) async fn list_shards(
     client: &aws_sdk_kinesis::Client,
-    stream: &str,
-) -> Result<Vec<aws_sdk_kinesis::types::Shard>, String> {
+    stream: &StreamRef,
+) -> Result<Vec<aws_sdk_kinesis::types::Shard>, ServiceError> {
     let mut shards = Vec::new();
     let mut next: Option<String> = None;
     loop {
         let request = match &next {
             Some(token) => client.list_shards().next_token(token),
-            None => client.list_shards().stream_name(stream),
+            None => stream.list_shards(client),
         };
         let page = request
             .send()
             .await
-            .map_err(|e| DisplayErrorContext(&e).to_string())?;
+            .map_err(|e| ServiceError::from_sdk("ListShards", e))?;
         shards.extend(page.shards().iter().cloned());
         next = page.next_token().map(str::to_owned);
         if next.is_none() {

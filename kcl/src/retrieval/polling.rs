@@ -9,13 +9,16 @@ use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::{ChildShard, Record, ShardIteratorType};
 use aws_sdk_kinesis::Client;
 
+use crate::stream::StreamRef;
+
 use super::{
     confirm_shard_gone, prefetch_queue, FetchError, FetchOptions, PrefetchSender, Prefetched,
-    TrimmedCheckpoint,
+    ShardCheck, TrimmedCheckpoint,
 };
 
 /// Settings of polling retrieval.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct PollingConfig {
     /// Most records per GetRecords call (Java KCL `maxRecords`, default 10,000, the
     /// service's maximum).
@@ -103,7 +106,7 @@ pub struct RecordBatch {
 #[derive(Clone, Debug)]
 pub struct PollingFetcher {
     client: Client,
-    stream: String,
+    stream: StreamRef,
     shard_id: String,
     config: PollingConfig,
     options: FetchOptions,
@@ -153,7 +156,7 @@ impl PollingFetcher {
     /// A fetcher for one shard.
     pub fn new(
         client: Client,
-        stream: String,
+        stream: StreamRef,
         shard_id: String,
         config: PollingConfig,
         options: FetchOptions,
@@ -195,9 +198,8 @@ impl PollingFetcher {
         let mut position = position.clone();
         loop {
             let request = self
-                .client
-                .get_shard_iterator()
-                .stream_name(&self.stream)
+                .stream
+                .get_shard_iterator(&self.client)
                 .shard_id(&self.shard_id);
             let request = position.shard_iterator_request(request);
             let sent = tokio::select! {
@@ -231,7 +233,7 @@ impl PollingFetcher {
                     continue;
                 }
                 Ok(Err(error)) if error.code() == Some("ResourceNotFoundException") => {
-                    if let Some(children) = confirm_shard_gone(
+                    match confirm_shard_gone(
                         &self.client,
                         &self.stream,
                         &self.shard_id,
@@ -239,7 +241,11 @@ impl PollingFetcher {
                     )
                     .await
                     {
-                        return Err(Stop::Gone(children));
+                        ShardCheck::Gone(children) => return Err(Stop::Gone(children)),
+                        ShardCheck::StreamGone(error) => {
+                            return Err(Stop::Failed(FetchError::StreamNotFound(error)))
+                        }
+                        ShardCheck::Unconfirmed => {}
                     }
                     tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), "GetShardIterator: not found, but the shard is still listed; retrying");
                 }
@@ -332,7 +338,7 @@ impl PollingFetcher {
                             iterator = self.shard_iterator(&position, tx).await?;
                         }
                         Failure::NotFound => {
-                            if let Some(children) = confirm_shard_gone(
+                            match confirm_shard_gone(
                                 &self.client,
                                 &self.stream,
                                 &self.shard_id,
@@ -340,7 +346,11 @@ impl PollingFetcher {
                             )
                             .await
                             {
-                                return Err(Stop::Gone(children));
+                                ShardCheck::Gone(children) => return Err(Stop::Gone(children)),
+                                ShardCheck::StreamGone(error) => {
+                                    return Err(Stop::Failed(FetchError::StreamNotFound(error)))
+                                }
+                                ShardCheck::Unconfirmed => {}
                             }
                             tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), ?delay, "GetRecords: not found, but the shard is still listed; retrying");
                             self.pause(delay, tx).await?;
@@ -406,7 +416,7 @@ mod tests {
         };
         let fetcher = PollingFetcher::new(
             client,
-            "stream".into(),
+            StreamRef::new("stream"),
             "shardId-0".into(),
             config,
             FetchOptions::default(),
@@ -447,7 +457,7 @@ mod tests {
         );
         let fetcher = PollingFetcher::new(
             client,
-            "stream".into(),
+            StreamRef::new("stream"),
             "shardId-0".into(),
             PollingConfig::default(),
             FetchOptions {
@@ -536,7 +546,7 @@ mod tests {
         );
         let fetcher = PollingFetcher::new(
             client,
-            "stream".into(),
+            StreamRef::new("stream"),
             "shardId-0".into(),
             PollingConfig::default(),
             FetchOptions::default(),

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_kinesis::error::DisplayErrorContext;
 use aws_types::SdkConfig;
 use tokio::sync::watch;
 
 use super::{InitialPosition, Scheduler, SchedulerError};
+use crate::error::{ErrorKind, ServiceError};
 use crate::leases::{
     DynamoDbLeaseStore, LeaseCoordinator, LeaseCoordinatorConfig, LeaseStore, LeaseStoreError,
 };
@@ -16,9 +16,11 @@ use crate::retrieval::{
     register_consumer, FanOutConfig, FanOutError, RetrievalMode, TrimmedCheckpoint,
 };
 use crate::shard_consumer::Retrieval;
+use crate::stream::StreamRef;
 
 /// Tuning knobs, with the Java KCL's defaults unless noted.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct SchedulerConfig {
     /// A lease whose counter did not change for this long is taken over (Java
     /// `failoverTimeMillis`, 10 s).
@@ -108,7 +110,7 @@ impl Default for SchedulerConfig {
 /// Builds a [`Scheduler`]; see [`Scheduler::builder`].
 pub struct SchedulerBuilder {
     sdk_config: SdkConfig,
-    stream: Option<String>,
+    stream: Option<StreamRef>,
     application_name: Option<String>,
     worker_id: Option<String>,
     initial_position: InitialPosition,
@@ -118,6 +120,7 @@ pub struct SchedulerBuilder {
     taker_set: bool,
     margin_set: bool,
     dynamodb_timeout_set: bool,
+    polling: PollingSettings,
     kinesis_client: Option<aws_sdk_kinesis::Client>,
     dynamodb_client: Option<aws_sdk_dynamodb::Client>,
     lease_store: Option<Arc<dyn LeaseStore>>,
@@ -148,15 +151,18 @@ impl SchedulerBuilder {
             taker_set: false,
             margin_set: false,
             dynamodb_timeout_set: false,
+            polling: PollingSettings::default(),
             kinesis_client: None,
             dynamodb_client: None,
             lease_store: None,
         }
     }
 
-    /// The stream to consume (required).
-    pub fn stream(mut self, stream: impl Into<String>) -> Self {
-        self.stream = Some(stream.into());
+    /// The stream to consume (required), by name or by ARN
+    /// (`arn:aws:kinesis:<region>:<account>:stream/<name>`; an ARN of another account reads
+    /// that account's stream, as far as the credentials are allowed).
+    pub fn stream(mut self, name_or_arn: impl Into<String>) -> Self {
+        self.stream = Some(StreamRef::new(name_or_arn));
         self
     }
 
@@ -208,9 +214,9 @@ impl SchedulerBuilder {
         self
     }
 
-    /// Most leases this worker holds (default unlimited).
+    /// Most leases this worker holds (default unlimited; at least 1).
     pub fn max_leases_per_worker(mut self, max: usize) -> Self {
-        self.config.max_leases_per_worker = max.max(1);
+        self.config.max_leases_per_worker = max;
         self
     }
 
@@ -246,47 +252,38 @@ impl SchedulerBuilder {
     /// retired.
     ///
     /// The polling setters ([`max_records`](Self::max_records),
-    /// [`idle_time_between_reads`](Self::idle_time_between_reads)) change the polling mode
-    /// only; [`prefetch_batches`](Self::prefetch_batches) applies to both.
+    /// [`idle_time_between_reads`](Self::idle_time_between_reads)) apply to polling only:
+    /// with fan-out, [`build`](Self::build) rejects them.
+    /// [`prefetch_batches`](Self::prefetch_batches) applies to both. Builder setters win
+    /// over the values in `mode`, whatever the order of the calls.
     pub fn retrieval_mode(mut self, mode: RetrievalMode) -> Self {
         self.config.retrieval = mode;
         self
     }
 
     /// Enhanced fan-out with the consumer named after the application (shorthand for
-    /// [`retrieval_mode`](Self::retrieval_mode)`(RetrievalMode::FanOut(..))`, keeping the
-    /// prefetch setting).
+    /// [`retrieval_mode`](Self::retrieval_mode)`(RetrievalMode::FanOut(FanOutConfig::default()))`).
     pub fn fan_out(mut self) -> Self {
-        self.config.retrieval = RetrievalMode::FanOut(FanOutConfig {
-            prefetch_batches: self.config.retrieval.prefetch_batches(),
-            ..FanOutConfig::default()
-        });
+        self.config.retrieval = RetrievalMode::FanOut(FanOutConfig::default());
         self
     }
 
-    /// Most records per GetRecords call (default 10,000; polling only).
+    /// Most records per GetRecords call (default 10,000, the service's maximum; 1 ..=
+    /// 10,000; polling only).
     pub fn max_records(mut self, max: i32) -> Self {
-        if let RetrievalMode::Polling(polling) = &mut self.config.retrieval {
-            polling.max_records = max.clamp(1, 10_000);
-        }
+        self.polling.max_records = Some(max);
         self
     }
 
     /// Pause after each GetRecords call (default 1,500 ms; polling only).
     pub fn idle_time_between_reads(mut self, idle: Duration) -> Self {
-        if let RetrievalMode::Polling(polling) = &mut self.config.retrieval {
-            polling.idle_time_between_reads = idle;
-        }
+        self.polling.idle_time_between_reads = Some(idle);
         self
     }
 
-    /// Batches read ahead per shard (default 3).
+    /// Batches read ahead per shard (default 3; at least 1).
     pub fn prefetch_batches(mut self, batches: usize) -> Self {
-        let batches = batches.max(1);
-        match &mut self.config.retrieval {
-            RetrievalMode::Polling(polling) => polling.prefetch_batches = batches,
-            RetrievalMode::FanOut(fan_out) => fan_out.prefetch_batches = batches,
-        }
+        self.polling.prefetch_batches = Some(batches);
         self
     }
 
@@ -317,9 +314,9 @@ impl SchedulerBuilder {
         self
     }
 
-    /// Most bytes read ahead per shard (default 8 MiB).
+    /// Most bytes read ahead per shard (default 8 MiB; at least 1).
     pub fn prefetch_bytes(mut self, bytes: usize) -> Self {
-        self.config.prefetch_bytes = bytes.max(1);
+        self.config.prefetch_bytes = bytes;
         self
     }
 
@@ -336,10 +333,11 @@ impl SchedulerBuilder {
         self
     }
 
-    /// Retry delays of a failing shard consumer (default 1 s doubling up to 5 minutes).
+    /// Retry delays of a failing shard consumer (default 1 s doubling up to 5 minutes;
+    /// `min` at most `max`).
     pub fn failure_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.config.failure_backoff_min = min;
-        self.config.failure_backoff_max = max.max(min);
+        self.config.failure_backoff_max = max;
         self
     }
 
@@ -368,14 +366,15 @@ impl SchedulerBuilder {
     pub async fn build(self) -> Result<Scheduler, SchedulerError> {
         let stream = self
             .stream
-            .ok_or(SchedulerError::Config("stream is required"))?;
+            .ok_or(SchedulerError::MissingSetting("stream"))?;
         let application = self
             .application_name
-            .ok_or(SchedulerError::Config("application_name is required"))?;
+            .ok_or(SchedulerError::MissingSetting("application_name"))?;
         let factory = self
             .factory
-            .ok_or(SchedulerError::Config("processor_factory is required"))?;
+            .ok_or(SchedulerError::MissingSetting("processor_factory"))?;
         let mut config = self.config;
+        self.polling.apply(&mut config.retrieval)?;
         if !self.renewal_set {
             config.lease_renewal_interval = config.failover_time / 3;
         }
@@ -388,17 +387,7 @@ impl SchedulerBuilder {
         if !self.dynamodb_timeout_set {
             config.dynamodb_request_timeout = config.failover_time / 4;
         }
-        if config.lease_renewal_interval >= config.failover_time {
-            return Err(SchedulerError::Config(
-                "lease_renewal_interval must be shorter than failover_time",
-            ));
-        }
-        if config.lease_safety_margin + config.lease_renewal_interval >= config.failover_time {
-            return Err(SchedulerError::Config(
-                "lease_safety_margin + lease_renewal_interval must be shorter than failover_time \
-                 (a lease would expire locally before its next renewal)",
-            ));
-        }
+        validate(&config)?;
         let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
         let store: Arc<dyn LeaseStore> = match self.lease_store {
             Some(store) => store,
@@ -416,16 +405,15 @@ impl SchedulerBuilder {
         tokio::time::timeout(Duration::from_secs(180), store.create_table_if_missing())
             .await
             .map_err(|_| LeaseStoreError::Timeout(Duration::from_secs(180)))??;
-        let summary = tokio::time::timeout(
-            config.kinesis_request_timeout,
-            kinesis
-                .describe_stream_summary()
-                .stream_name(&stream)
-                .send(),
-        )
-        .await
-        .map_err(|_| SchedulerError::Kinesis("DescribeStreamSummary timed out".into()))?
-        .map_err(|e| SchedulerError::Kinesis(DisplayErrorContext(&e).to_string()))?;
+        let timeout = config.kinesis_request_timeout;
+        let summary = tokio::time::timeout(timeout, stream.describe_summary(&kinesis).send())
+            .await
+            .map_err(|_| {
+                SchedulerError::Kinesis(ServiceError::timed_out("DescribeStreamSummary", timeout))
+            })?
+            .map_err(|e| {
+                SchedulerError::kinesis(&stream, ServiceError::from_sdk("DescribeStreamSummary", e))
+            })?;
         let retrieval = match &config.retrieval {
             RetrievalMode::Polling(polling) => Retrieval::Polling(polling.clone()),
             RetrievalMode::FanOut(fan_out) => {
@@ -433,7 +421,11 @@ impl SchedulerBuilder {
                     .stream_description_summary()
                     .map(|s| s.stream_arn().to_owned())
                     .ok_or_else(|| {
-                        SchedulerError::Kinesis("DescribeStreamSummary returned no stream".into())
+                        SchedulerError::Kinesis(ServiceError::new(
+                            "DescribeStreamSummary",
+                            ErrorKind::Other,
+                            "the answer has no stream description",
+                        ))
                     })?;
                 let name = fan_out.consumer_name.as_deref().unwrap_or(&application);
                 let waited = fan_out.registration_timeout + config.kinesis_request_timeout;
@@ -481,6 +473,124 @@ impl SchedulerBuilder {
     }
 }
 
+/// Polling settings made through the builder's own setters: applied over the retrieval
+/// mode at build time, so the order of the calls does not matter.
+#[derive(Clone, Debug, Default)]
+struct PollingSettings {
+    max_records: Option<i32>,
+    idle_time_between_reads: Option<Duration>,
+    prefetch_batches: Option<usize>,
+}
+
+impl PollingSettings {
+    fn apply(&self, mode: &mut RetrievalMode) -> Result<(), SchedulerError> {
+        match mode {
+            RetrievalMode::Polling(polling) => {
+                if let Some(max) = self.max_records {
+                    polling.max_records = max;
+                }
+                if let Some(idle) = self.idle_time_between_reads {
+                    polling.idle_time_between_reads = idle;
+                }
+                if let Some(batches) = self.prefetch_batches {
+                    polling.prefetch_batches = batches;
+                }
+            }
+            RetrievalMode::FanOut(fan_out) => {
+                let polling_only = [
+                    ("max_records", self.max_records.is_some()),
+                    (
+                        "idle_time_between_reads",
+                        self.idle_time_between_reads.is_some(),
+                    ),
+                ];
+                if let Some((setting, _)) = polling_only.into_iter().find(|(_, set)| *set) {
+                    return Err(SchedulerError::InvalidConfig {
+                        setting,
+                        reason: "applies to polling only, and the retrieval mode is enhanced \
+                                 fan-out (records are pushed: there are no GetRecords calls)"
+                            .into(),
+                    });
+                }
+                if let Some(batches) = self.prefetch_batches {
+                    fan_out.prefetch_batches = batches;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every setting in range and consistent with the others; nothing is clamped.
+fn validate(config: &SchedulerConfig) -> Result<(), SchedulerError> {
+    let invalid = |setting: &'static str, reason: &str| {
+        Err(SchedulerError::InvalidConfig {
+            setting,
+            reason: reason.to_owned(),
+        })
+    };
+    if config.failover_time.is_zero() {
+        return invalid("failover_time", "must be positive");
+    }
+    if config.lease_renewal_interval.is_zero()
+        || config.lease_renewal_interval >= config.failover_time
+    {
+        return invalid(
+            "lease_renewal_interval",
+            "must be positive and shorter than failover_time",
+        );
+    }
+    if config.lease_safety_margin + config.lease_renewal_interval >= config.failover_time {
+        return invalid(
+            "lease_safety_margin",
+            "lease_safety_margin + lease_renewal_interval must be shorter than failover_time \
+             (a lease would expire locally before its next renewal)",
+        );
+    }
+    for (setting, interval) in [
+        ("lease_taker_interval", config.lease_taker_interval),
+        ("shard_sync_interval", config.shard_sync_interval),
+        (
+            "parent_shard_poll_interval",
+            config.parent_shard_poll_interval,
+        ),
+        ("dynamodb_request_timeout", config.dynamodb_request_timeout),
+        ("kinesis_request_timeout", config.kinesis_request_timeout),
+    ] {
+        if interval.is_zero() {
+            return invalid(setting, "must be positive");
+        }
+    }
+    if config.max_leases_per_worker == 0 {
+        return invalid("max_leases_per_worker", "must be at least 1");
+    }
+    if config.prefetch_bytes == 0 {
+        return invalid("prefetch_bytes", "must be at least 1 byte");
+    }
+    if config.failure_backoff_min > config.failure_backoff_max {
+        return invalid("failure_backoff", "min must not exceed max");
+    }
+    match &config.retrieval {
+        RetrievalMode::Polling(polling) => {
+            if !(1..=10_000).contains(&polling.max_records) {
+                return invalid(
+                    "max_records",
+                    "must be within 1 ..= 10,000 (GetRecords' limit)",
+                );
+            }
+            if polling.prefetch_batches == 0 {
+                return invalid("prefetch_batches", "must be at least 1");
+            }
+        }
+        RetrievalMode::FanOut(fan_out) => {
+            if fan_out.prefetch_batches == 0 {
+                return invalid("prefetch_batches", "must be at least 1");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The host name as the operating system reports it (not `$HOSTNAME`, which only
 /// interactive shells set), the process id and a random suffix: stable enough to tell in
 /// the lease table which machine and process hold a lease, unique across restarts.
@@ -499,7 +609,100 @@ fn default_worker_id() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use aws_types::SdkConfig;
+
     use super::default_worker_id;
+    use crate::processor::{ProcessRecordsInput, RecordProcessor, ShardEndedInput};
+    use crate::{RetrievalMode, Scheduler, SchedulerBuilder, SchedulerError};
+
+    struct NoOp;
+
+    #[async_trait::async_trait]
+    impl RecordProcessor for NoOp {
+        async fn process_records(&mut self, _input: ProcessRecordsInput) {}
+        async fn shard_ended(&mut self, _input: ShardEndedInput) {}
+    }
+
+    /// A builder whose clients point nowhere: settings are checked before any call.
+    fn builder() -> SchedulerBuilder {
+        let config = SdkConfig::builder().build();
+        Scheduler::builder(&config)
+            .stream("s")
+            .application_name("a")
+            .processor_factory(|| NoOp)
+    }
+
+    async fn rejected(builder: SchedulerBuilder) -> (&'static str, String) {
+        match builder.build().await {
+            Err(SchedulerError::InvalidConfig { setting, reason }) => (setting, reason),
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn out_of_range_settings_are_errors_not_clamped() {
+        for (builder, expected) in [
+            (builder().max_records(0), "max_records"),
+            (builder().max_records(10_001), "max_records"),
+            (builder().prefetch_batches(0), "prefetch_batches"),
+            (builder().prefetch_bytes(0), "prefetch_bytes"),
+            (builder().max_leases_per_worker(0), "max_leases_per_worker"),
+            (
+                builder().failure_backoff(Duration::from_secs(10), Duration::from_secs(1)),
+                "failure_backoff",
+            ),
+            (
+                builder().lease_renewal_interval(Duration::from_secs(10)),
+                "lease_renewal_interval",
+            ),
+            (
+                builder().shard_sync_interval(Duration::ZERO),
+                "shard_sync_interval",
+            ),
+        ] {
+            assert_eq!(rejected(builder).await.0, expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn polling_settings_with_fan_out_are_rejected_in_either_order() {
+        for builder in [
+            builder().max_records(100).fan_out(),
+            builder().fan_out().max_records(100),
+            builder()
+                .idle_time_between_reads(Duration::from_millis(200))
+                .retrieval_mode(RetrievalMode::FanOut(Default::default())),
+        ] {
+            let (setting, reason) = rejected(builder).await;
+            assert!(
+                setting == "max_records" || setting == "idle_time_between_reads",
+                "{setting}"
+            );
+            assert!(reason.contains("fan-out"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn builder_polling_settings_win_over_the_mode_whatever_the_order() {
+        let mut mode = RetrievalMode::default();
+        super::PollingSettings {
+            max_records: Some(7),
+            idle_time_between_reads: None,
+            prefetch_batches: Some(2),
+        }
+        .apply(&mut mode)
+        .unwrap();
+        match mode {
+            RetrievalMode::Polling(polling) => {
+                assert_eq!(polling.max_records, 7);
+                assert_eq!(polling.prefetch_batches, 2);
+                assert_eq!(polling.idle_time_between_reads, Duration::from_millis(1500));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn the_default_worker_id_is_the_os_host_name_with_a_unique_suffix() {

@@ -14,6 +14,7 @@ use crate::{proto, DIGEST_LEN, MAGIC, MAX_PARTITION_KEY_CHARS};
 /// partition key (or explicit hash key) hold the same string, so what an aggregate
 /// unpacks into grows with its size, not with its size times its key lengths.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct UserRecord {
     /// Position in its aggregate (0 for a record that was not aggregated).
     pub sub_sequence_number: u64,

@@ -25,6 +25,7 @@ fn varint_field_len(value: u64) -> usize {
 /// A Kinesis record ready for PutRecords: either one user record sent as is, or an
 /// aggregate of several.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EncodedRecord {
     /// Partition key to send.
     pub partition_key: String,
@@ -34,6 +35,23 @@ pub struct EncodedRecord {
     pub data: Bytes,
     /// How many user records this Kinesis record carries.
     pub user_records: usize,
+}
+
+impl EncodedRecord {
+    /// A Kinesis record carrying `user_records` user records (1 for a record sent as is).
+    pub fn new(
+        partition_key: impl Into<String>,
+        explicit_hash_key: Option<String>,
+        data: Bytes,
+        user_records: usize,
+    ) -> Self {
+        EncodedRecord {
+            partition_key: partition_key.into(),
+            explicit_hash_key,
+            data,
+            user_records,
+        }
+    }
 }
 
 /// A table of distinct strings referenced by index (the partition key and explicit hash

@@ -34,6 +34,7 @@ impl HashKey {
 
 /// Why a string is not a valid explicit hash key.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HashKeyError {
     /// The string is empty.
     #[error("explicit hash key is empty")]

@@ -9,7 +9,7 @@
 use std::cmp::Ordering;
 
 use arbitrary::Arbitrary;
-use kinesis_consumer::lease::compare_sequence_numbers;
+use kinesis_consumer::test_util::compare_sequence_numbers;
 use kinesis_consumer::{ExtendedSequenceNumber, SequencePosition};
 use libfuzzer_sys::fuzz_target;
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use arbitrary::Arbitrary;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
-use kinesis_consumer::leases::dynamodb::{attributes, lease_from_item, lease_to_item};
+use kinesis_consumer::test_util::{attributes, lease_from_item, lease_to_item};
 use libfuzzer_sys::fuzz_target;
 
 const NAMES: &[&str] = &[
