@@ -12,9 +12,9 @@ use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use bytes::Bytes;
 use kinesis_consumer::leases::{DynamoDbLeaseStore, LeaseStore};
 use kinesis_consumer::{
-    ExtendedSequenceNumber, InitialPosition, InitializeInput, Lease, LeaseLostInput,
-    ProcessRecordsInput, RecordProcessor, Scheduler, SchedulerBuilder, SchedulerError,
-    ShardEndedInput, ShutdownHandle, ShutdownRequestedInput,
+    ExtendedSequenceNumber, InitialPosition, InitializeInput, Lease, LeaseLostInput, PollingConfig,
+    ProcessRecordsInput, RecordProcessor, RetrievalMode, Scheduler, SchedulerBuilder,
+    SchedulerError, ShardEndedInput, ShutdownHandle, ShutdownRequestedInput,
 };
 use tokio::task::JoinHandle;
 
@@ -289,9 +289,17 @@ pub fn fast_builder(
         .lease_taker_interval(Duration::from_secs(1))
         .shard_sync_interval(Duration::from_secs(2))
         .parent_shard_poll_interval(Duration::from_millis(500))
-        .idle_time_between_reads(Duration::from_millis(100))
-        .max_records(1_000)
+        .retrieval_mode(RetrievalMode::Polling(fast_polling()))
         .shutdown_timeout(Duration::from_secs(10))
+}
+
+/// Polling every 100 ms, 1,000 records per read (as a retrieval mode, so that a test may
+/// switch to enhanced fan-out with `fan_out()`).
+pub fn fast_polling() -> PollingConfig {
+    let mut polling = PollingConfig::default();
+    polling.idle_time_between_reads = Duration::from_millis(100);
+    polling.max_records = 1_000;
+    polling
 }
 
 /// A running worker.

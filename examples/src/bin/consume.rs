@@ -288,18 +288,20 @@ async fn run(args: Args) -> Result<(), Error> {
             Start::Latest => InitialPosition::Latest,
         })
         .failover_time(failover)
-        .idle_time_between_reads(Duration::from_millis(args.idle_between_reads_ms))
-        .max_records(args.max_records)
         // Empty reads tell when a shard is read to its tip (--exit-after-idle).
         .call_process_records_even_for_empty_list(true);
     if let Some(id) = &args.worker_id {
         builder = builder.worker_id(id);
     }
-    if args.fan_out {
+    builder = if args.fan_out {
         // The stream consumer is named after the application, registered if missing and
         // kept at exit.
-        builder = builder.fan_out();
-    }
+        builder.fan_out()
+    } else {
+        builder
+            .idle_time_between_reads(Duration::from_millis(args.idle_between_reads_ms))
+            .max_records(args.max_records)
+    };
     // The processors need the shutdown handle, which exists once the scheduler is built:
     // the factory reads it from here.
     let shared_slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::new(Mutex::new(None));
