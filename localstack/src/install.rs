@@ -9,9 +9,43 @@ use crate::EmulatorError;
 /// Oldest Node.js major version the emulators run on.
 const MIN_NODE_MAJOR: u32 = 18;
 
-/// The `localstack/` folder: package.json, package-lock.json, run.js.
+/// The npm project of the emulators (package.json, package-lock.json, run.js): the
+/// `localstack/` folder when this crate is built from the repository (its `start` script
+/// shares the installed packages), else a per-user cache folder holding the copies of
+/// those files built into this crate (when it comes from crates.io, for example in
+/// `cargo install kinesis-cli`).
 pub(crate) fn emulator_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if source.join("start").is_file() {
+        return source;
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache
+        .join("kinesis-emulator")
+        .join(env!("CARGO_PKG_VERSION"))
+}
+
+/// The files of the npm project, built into the crate.
+const PROJECT_FILES: [(&str, &str); 3] = [
+    ("package.json", include_str!("../package.json")),
+    ("package-lock.json", include_str!("../package-lock.json")),
+    ("run.js", include_str!("../run.js")),
+];
+
+/// Writes the npm project's files into `dir` where they are missing or differ.
+fn write_project(dir: &Path) -> Result<(), EmulatorError> {
+    for (name, contents) in PROJECT_FILES {
+        let path = dir.join(name);
+        if fs::read_to_string(&path).ok().as_deref() != Some(contents) {
+            fs::write(&path, contents)
+                .map_err(EmulatorError::io(format!("writing {}", path.display())))?;
+        }
+    }
+    Ok(())
 }
 
 /// Checks Node.js and runs `npm ci` unless the lockfile's packages are installed.
@@ -39,6 +73,7 @@ fn install(dir: &Path) -> Result<(), EmulatorError> {
         "locking {}",
         lock_path.display()
     )))?;
+    write_project(dir)?;
 
     let lockfile = dir.join("package-lock.json");
     let wanted = fs::read(&lockfile)
@@ -92,6 +127,28 @@ fn check_node(program: &str) -> Result<(), EmulatorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_built_in_project_matches_the_folder_and_can_be_written_elsewhere() {
+        let source = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(
+            emulator_dir(),
+            source,
+            "in the repository, the folder itself"
+        );
+        let elsewhere =
+            std::env::temp_dir().join(format!("kinesis-emulator-test-{}", std::process::id()));
+        fs::create_dir_all(&elsewhere).expect("a temporary folder");
+        write_project(&elsewhere).expect("the files are written");
+        for (name, _) in PROJECT_FILES {
+            assert_eq!(
+                fs::read(elsewhere.join(name)).expect("written"),
+                fs::read(source.join(name)).expect("in the repository"),
+                "{name}"
+            );
+        }
+        fs::remove_dir_all(&elsewhere).expect("removed");
+    }
 
     #[test]
     fn a_missing_node_is_a_clear_error() {

@@ -228,7 +228,16 @@ impl LeaseCoordinator {
                 }
             }
         }
-        let mine = held_keys.len();
+        // Leases the table assigns to this worker that it does not hold: an operator moved
+        // them here (`kinesis leases move`), or this worker stopped acting on them (a local
+        // deadline passed) while the table still names it. Taken now, whatever the
+        // balance, and started only after the previous holder's deadline (`not_before`).
+        let assigned: Vec<Lease> = active
+            .iter()
+            .filter(|l| l.is_owned_by(me) && !held_keys.contains(&l.lease_key))
+            .map(|l| (*l).clone())
+            .collect();
+        let mine = held_keys.len() + assigned.len();
         let workers = counts.len() + 1;
         let target = active
             .len()
@@ -250,7 +259,7 @@ impl LeaseCoordinator {
                 );
             }
         }
-        if needed == 0 {
+        if needed == 0 && assigned.is_empty() {
             round.leases = leases;
             return Ok(round);
         }
@@ -258,7 +267,11 @@ impl LeaseCoordinator {
         let mut available: Vec<&Lease> = active
             .iter()
             .copied()
-            .filter(|l| !held_keys.contains(&l.lease_key) && expired.contains(&l.lease_key))
+            .filter(|l| {
+                !held_keys.contains(&l.lease_key)
+                    && expired.contains(&l.lease_key)
+                    && !l.is_owned_by(me)
+            })
             .collect();
         let mut to_take: Vec<Lease>;
         let mut stealing = false;
@@ -289,7 +302,14 @@ impl LeaseCoordinator {
             }
         }
 
-        for lease in to_take {
+        if needed == 0 {
+            to_take.clear();
+        }
+        let to_take = assigned
+            .into_iter()
+            .map(|lease| (lease, false))
+            .chain(to_take.into_iter().map(|lease| (lease, stealing)));
+        for (lease, stealing) in to_take {
             // A previous holder that may be alive acts on the lease until at most its last
             // counter change (which we saw at `changed_at` or later) plus the failover time
             // minus the margin: wait for that before processing (see HeldLease::not_before).

@@ -155,6 +155,60 @@ async fn leases_spread_evenly_with_one_holder_each() {
     assert_eq!(sim.moves, moves, "leases kept moving: {:?}", sim.counts());
 }
 
+/// `kinesis leases move`: an operator writes another owner into the table. The holder
+/// drops the lease at its next renewal; the named worker takes it at its next round, not
+/// another worker, and acts on it only once the previous holder's deadline has passed (the
+/// round's invariant check fails if two workers may act at once).
+#[tokio::test(start_paused = true)]
+async fn a_lease_moved_to_a_named_worker_is_taken_by_it() {
+    // 5 leases on 3 workers: 2, 2 and 1. Moving one from a worker with 2 to the one with 1
+    // keeps the balance, so no worker steals it back.
+    let mut sim = Sim::new(5, 3).await;
+    for _ in 0..30 {
+        sim.round().await;
+    }
+    let counts = sim.counts();
+    let to = counts.iter().find(|(_, n)| **n == 1).unwrap().0.clone();
+    let from = sim
+        .workers
+        .iter()
+        .flatten()
+        .find(|w| w.held_leases().len() == 2)
+        .unwrap();
+    let key = from.held_leases()[0].key().to_owned();
+    let lease = sim.store.get_lease(&key).await.unwrap().unwrap();
+    let moved = sim.store.take_lease(&lease, &to).await.unwrap();
+    assert!(moved.is_owned_by(&to));
+
+    sim.round().await;
+    let holders: Vec<String> = sim
+        .workers
+        .iter()
+        .flatten()
+        .filter(|w| w.held_lease(&key).is_some())
+        .map(|w| w.config().worker_id.clone())
+        .collect();
+    assert_eq!(holders, vec![to.clone()]);
+    let held = sim
+        .workers
+        .iter()
+        .flatten()
+        .find(|w| w.config().worker_id == to)
+        .unwrap()
+        .held_lease(&key)
+        .unwrap();
+    assert!(
+        held.not_before() > Instant::now(),
+        "it must wait for the previous holder's deadline"
+    );
+    for _ in 0..3 {
+        sim.round().await;
+    }
+    let table = sim.store.get_lease(&key).await.unwrap().unwrap();
+    assert!(table.is_owned_by(&to), "{table:?}");
+    assert!(sim.spread() <= 1, "{:?}", sim.counts());
+}
+
 #[tokio::test(start_paused = true)]
 async fn many_workers_with_random_store_failures() {
     let mut sim = Sim::new(64, 7).await;
