@@ -117,18 +117,12 @@ impl Fleet {
         let mut command = Command::new(&self.config.consume);
         command
             .args(["--stream", &self.config.stream, "--app", &self.config.app])
+            .args(["--worker-id", &id, "--polling", "--from", "trim-horizon"])
             .args([
-                "--worker-id",
-                &id,
-                "--polling",
-                "--initial-position",
-                "trim-horizon",
-            ])
-            .args([
-                "--failover-ms",
-                &self.config.failover.as_millis().to_string(),
-                "--idle-between-reads-ms",
-                "200",
+                "--failover",
+                &format!("{}ms", self.config.failover.as_millis()),
+                "--idle-between-reads",
+                "200ms",
             ])
             .envs(self.config.env.iter().cloned())
             .stdin(Stdio::null())

@@ -96,7 +96,7 @@ struct Args {
     /// finished.
     #[arg(long, default_value_t = 180)]
     drain_timeout: u64,
-    /// An extra argument for `produce` (repeat it), e.g. `--produce-arg=--buffer-time-ms=1000`
+    /// An extra argument for `produce` (repeat it), e.g. `--produce-arg=--buffer-time=1s`
     /// for fewer, bigger aggregates on a long run (kinesis-mock slows as shards fill).
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     produce_arg: Vec<String>,

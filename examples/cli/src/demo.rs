@@ -1,27 +1,26 @@
-//! The end-to-end demo: producer and consumer fleet through resharding and a crash.
+//! `kinesis demo`: producer and consumer fleet through resharding and a crash.
 //!
 //! Starts the local emulators (unless the standard AWS configuration names endpoints),
 //! creates a 4-shard stream, produces records with `kinesis-producer` from several
 //! tasks, consumes them with two `kinesis-consumer` workers sharing a lease table, splits
 //! one shard and merges two others mid-run, kills one worker without a graceful
-//! shutdown, and shows a live progress line. It ends with a report and exits non-zero
-//! if any record was lost.
+//! shutdown, and shows progress on standard error (a live line on a terminal, a line every
+//! 5 seconds otherwise). It ends with a report on standard error and a JSON summary on
+//! standard output, and exits non-zero if any record was lost.
 //!
 //! ```text
-//! cargo run -p examples --bin demo
-//! cargo run -p examples --bin demo -- --records 50000 --producers 8
+//! cargo run -p kinesis-cli -- demo
+//! cargo run -p kinesis-cli -- demo --records 50000 --producers 8
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
-use clap::Parser;
+use clap::Args as ClapArgs;
 use kinesis_consumer::leases::{DynamoDbLeaseStore, LeaseStore};
 use kinesis_consumer::{
     InitialPosition, ProcessRecordsInput, RecordProcessor, Scheduler, ShardEndedInput,
@@ -30,27 +29,26 @@ use kinesis_consumer::{
 use kinesis_emulator::Emulator;
 use kinesis_producer::{Producer, Record, ShardMap, ShardRange, StreamId};
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+use crate::Error;
 
 /// Produces and consumes a stream through a split, a merge and a worker crash.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
+#[derive(ClapArgs, Debug, Clone)]
+pub struct Args {
     /// Records to produce.
     #[arg(long, default_value_t = 20_000)]
-    records: u64,
+    pub records: u64,
     /// Producer tasks.
     #[arg(long, default_value_t = 4)]
-    producers: u64,
+    pub producers: u64,
     /// Distinct partition keys.
     #[arg(long, default_value_t = 200)]
-    keys: u64,
+    pub keys: u64,
     /// Records per second over all producer tasks.
     #[arg(long, default_value_t = 1_000.0)]
-    rate: f64,
-    /// Give up waiting for the consumers after this many seconds past the last record.
-    #[arg(long, default_value_t = 120)]
-    timeout: u64,
+    pub rate: f64,
+    /// Give up waiting for the consumers this long after the last record was produced.
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "120s")]
+    pub timeout: Duration,
 }
 
 /// What the consumers saw, shared by every processor.
@@ -265,7 +263,8 @@ fn counts(seen: &Seen) -> (u64, u64) {
     (deliveries.len() as u64, duplicates)
 }
 
-async fn run(args: Args) -> Result<bool, Error> {
+/// Runs the demo; returns its JSON summary (`lost` is 0 when every record was consumed).
+pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
     let args = Arc::new(args);
     let emulator = Emulator::start().await?;
     let config = emulator.sdk_config().await;
@@ -275,10 +274,12 @@ async fn run(args: Args) -> Result<bool, Error> {
         .as_secs();
     let stream = format!("demo-{suffix}");
     let app = format!("demo-app-{suffix}");
-    println!(
+    eprintln!(
         "demo: stream {stream} (4 shards), application {app}, {} records",
         args.records
     );
+    let live = crate::progress_enabled();
+    let mut last_line = Instant::now();
     kinesis_emulator::create_stream(&kinesis, &stream, 4).await?;
 
     let seen = Arc::new(Seen::default());
@@ -343,29 +344,30 @@ async fn run(args: Args) -> Result<bool, Error> {
             })
             .count() as u64;
         owners = now_owners;
-        print!(
-            "\r{:<150}",
-            progress_line(done_producing, &seen, &owners, &events)
-        );
-        std::io::stdout().flush()?;
+        let line = progress_line(done_producing, &seen, &owners, &events);
+        if live {
+            crate::progress(format_args!("{line}"));
+        } else if last_line.elapsed() >= Duration::from_secs(5) {
+            eprintln!("{line}");
+            last_line = Instant::now();
+        }
 
         if producers.is_empty() || done_producing >= args.records {
             while let Some(result) = producers.try_join_next() {
                 let failed = result??;
                 if failed > 0 {
-                    println!("\ndemo: {failed} records failed to reach the stream");
+                    eprintln!("\ndemo: {failed} records failed to reach the stream");
                 }
             }
         }
         if done_producing >= args.records && producers.is_empty() {
-            let deadline =
-                *deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(args.timeout));
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + args.timeout);
             if counts(&seen).0 >= args.records || Instant::now() > deadline {
                 break;
             }
         }
     }
-    println!();
+    crate::progress_done();
     producer.shutdown().await;
     stop_a.shutdown();
     worker_a.await??;
@@ -374,18 +376,18 @@ async fn run(args: Args) -> Result<bool, Error> {
     let (consumed, duplicates) = counts(&seen);
     let lost = args.records.saturating_sub(consumed);
     let stats = producer.stats();
-    println!("demo: report");
-    println!(
+    eprintln!("demo: report");
+    eprintln!(
         "  produced       {} user records in {} Kinesis records",
         stats.user_records_put, stats.kinesis_records_put
     );
-    println!("  consumed       {consumed} distinct");
-    println!("  lost           {lost}");
-    println!(
+    eprintln!("  consumed       {consumed} distinct");
+    eprintln!("  lost           {lost}");
+    eprintln!(
         "  duplicates     {duplicates} (redelivered after the crash, from the last checkpoint)"
     );
-    println!("  lease moves    {lease_moves}");
-    println!(
+    eprintln!("  lease moves    {lease_moves}");
+    eprintln!(
         "  worker crash   {}",
         if crashed {
             "worker-b, taken over by worker-a"
@@ -393,33 +395,21 @@ async fn run(args: Args) -> Result<bool, Error> {
             "did not happen"
         }
     );
-    println!("  elapsed        {elapsed:.1} s");
-    println!(
+    eprintln!("  elapsed        {elapsed:.1} s");
+    eprintln!(
         "  throughput     {:.0} records/s end to end",
         consumed as f64 / elapsed
     );
     drop(emulator);
-    Ok(lost == 0)
-}
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Args::parse()).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("demo: records were lost");
-            ExitCode::FAILURE
-        }
-        Err(error) => {
-            eprintln!("\ndemo: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    Ok(serde_json::json!({
+        "stream": stream,
+        "produced": stats.user_records_put,
+        "kinesis_records": stats.kinesis_records_put,
+        "consumed": consumed,
+        "lost": lost,
+        "duplicates": duplicates,
+        "lease_moves": lease_moves,
+        "worker_crashed": crashed,
+        "seconds": (elapsed * 10.0).round() / 10.0,
+    }))
 }

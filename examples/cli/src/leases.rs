@@ -1,55 +1,82 @@
-//! Operator's view of a consumer application's lease table, and checkpoint resets.
+//! `kinesis leases`: an operator's view of a consumer application's lease table,
+//! checkpoint resets and lease moves.
 //!
 //! Works on lease tables written by `kinesis-consumer` and by AWS's Java KCL 2.x (same
-//! item schema). Endpoint, region and credentials come from the standard AWS
-//! configuration.
+//! item schema).
 //!
-//! ```text
-//! leases --app indexer                      # one line per shard lease
-//! leases --app indexer --stream orders      # plus how far each shard's checkpoint is behind
-//! leases --app indexer --json               # one JSON object per lease
-//! leases --app indexer --shard shardId-000000000001 --reset-to trim_horizon --yes
-//! ```
+//! A reset while the application runs takes effect: the worker holding the lease sees, at
+//! its next renewal or checkpoint (within a third of the failover time), that the lease was
+//! changed by someone else and loses it (its processor gets `lease_lost`, its checkpoints
+//! fail); the lease is then taken after the failover time, by any worker, from the reset
+//! position. Records that worker processed in between are delivered again or skipped, as
+//! the reset says. Stopping the application first avoids even that.
 //!
-//! A reset while the application runs takes effect: the worker holding the lease sees,
-//! at its next renewal or checkpoint (within a third of the failover time), that the
-//! checkpoint was changed by someone else and loses the lease (its processor gets
-//! `lease_lost`, its checkpoints fail); the lease is then taken after the failover time, by
-//! any worker, from the reset position. Records that worker processed in between are
-//! delivered again or skipped, as the reset says. Stopping the application first avoids
-//! even that.
-
-use std::process::ExitCode;
+//! A move names the new owner in the table: the holder drops the lease at its next renewal,
+//! and the named `kinesis-consumer` worker takes it at its next taker round and starts
+//! once the previous holder's lease deadline has passed (at most the failover time). The
+//! balancer may move it again if the move left the workers uneven. (Java KCL workers do
+//! not pick up a lease assigned to them: they take it when it expires.)
 
 use aws_sdk_kinesis::types::ShardIteratorType;
-use clap::Parser;
+use clap::{Args as ClapArgs, Subcommand};
 use kinesis_consumer::leases::{CheckpointUpdate, DynamoDbLeaseStore, LeaseStore, LeaseStoreError};
 use kinesis_consumer::{ExtendedSequenceNumber, Lease, SequencePosition};
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+use crate::Error;
 
-/// Shows a consumer application's lease table, or resets one shard's checkpoint.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
-    /// Application name (the lease table's name).
-    #[arg(long)]
-    app: String,
-    /// The stream, to show how far behind each checkpoint is.
-    #[arg(long)]
-    stream: Option<String>,
-    /// One JSON object per lease instead of a table.
-    #[arg(long)]
-    json: bool,
-    /// Set the checkpoint of `--shard` to `trim_horizon`, `latest` or a sequence number.
-    #[arg(long, value_name = "POSITION", requires = "shard")]
-    reset_to: Option<String>,
-    /// The shard whose checkpoint `--reset-to` sets.
-    #[arg(long, value_name = "ID", requires = "reset_to")]
-    shard: Option<String>,
-    /// Confirms `--reset-to` (without it, the reset is only described).
-    #[arg(long)]
-    yes: bool,
+/// Shows, resets or moves the leases of a consumer application.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct Args {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A `kinesis leases` subcommand.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// One line (or JSON object) per shard lease.
+    Show {
+        /// Application name (the lease table's name).
+        #[arg(long)]
+        app: String,
+        /// The stream, to show how far behind each checkpoint is.
+        #[arg(long)]
+        stream: Option<String>,
+        /// One JSON object per lease instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sets one shard's checkpoint.
+    Reset {
+        /// Application name (the lease table's name).
+        #[arg(long)]
+        app: String,
+        /// The shard.
+        #[arg(long, value_name = "SHARD_ID")]
+        shard: String,
+        /// `trim_horizon`, `latest` or a sequence number.
+        #[arg(long, value_name = "POSITION")]
+        to: String,
+        /// Do it (without it, the change is only described).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Moves one shard's lease to a named worker.
+    Move {
+        /// Application name (the lease table's name).
+        #[arg(long)]
+        app: String,
+        /// The shard.
+        #[arg(long, value_name = "SHARD_ID")]
+        shard: String,
+        /// The worker id of the new owner.
+        #[arg(long, value_name = "WORKER_ID")]
+        to: String,
+        /// Do it (without it, the move is only described).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 fn position(checkpoint: &ExtendedSequenceNumber) -> String {
@@ -67,7 +94,7 @@ fn parse_position(value: &str) -> Result<ExtendedSequenceNumber, Error> {
             Some(p @ SequencePosition::Sequence(_)) => p,
             _ => {
                 return Err(format!(
-                    "--reset-to {value:?}: expected trim_horizon, latest or a sequence number"
+                    "--to {value:?}: expected trim_horizon, latest or a sequence number"
                 )
                 .into())
             }
@@ -78,10 +105,12 @@ fn parse_position(value: &str) -> Result<ExtendedSequenceNumber, Error> {
 
 /// Milliseconds the shard's tip is ahead of the checkpoint, when Kinesis can tell.
 async fn lag(client: &aws_sdk_kinesis::Client, stream: &str, lease: &Lease) -> Option<i64> {
-    let request = client
-        .get_shard_iterator()
-        .stream_name(stream)
-        .shard_id(&lease.lease_key);
+    let request = client.get_shard_iterator().shard_id(&lease.lease_key);
+    let request = if stream.starts_with("arn:") {
+        request.stream_arn(stream)
+    } else {
+        request.stream_name(stream)
+    };
     let request = match &lease.checkpoint.position {
         SequencePosition::Sequence(seq) => request
             .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
@@ -112,24 +141,25 @@ fn set(values: &std::collections::BTreeSet<String>) -> String {
 }
 
 async fn show(
-    args: &Args,
     store: &DynamoDbLeaseStore,
     kinesis: &aws_sdk_kinesis::Client,
+    stream: Option<&str>,
+    json: bool,
 ) -> Result<(), Error> {
     let mut leases = store.list_leases().await?;
     leases.sort_by(|a, b| a.lease_key.cmp(&b.lease_key));
-    if !args.json {
+    if !json {
         println!(
             "{:<24} {:<28} {:>8} {:<60} {:<24} {:<40} {:>9}",
             "shard", "owner", "counter", "checkpoint", "parents", "children", "lag ms"
         );
     }
     for lease in &leases {
-        let lag = match &args.stream {
+        let lag = match stream {
             Some(stream) => lag(kinesis, stream, lease).await,
             None => None,
         };
-        if args.json {
+        if json {
             println!(
                 "{}",
                 serde_json::json!({
@@ -158,7 +188,7 @@ async fn show(
             );
         }
     }
-    if !args.json {
+    if !json {
         println!("{} leases in table {}", leases.len(), store.table());
     }
     Ok(())
@@ -169,7 +199,7 @@ async fn reset(
     shard: &str,
     to: &str,
     confirmed: bool,
-) -> Result<bool, Error> {
+) -> Result<(), Error> {
     let checkpoint = parse_position(to)?;
     for _ in 0..5 {
         let lease = store
@@ -183,14 +213,14 @@ async fn reset(
             position(&checkpoint)
         );
         if !confirmed {
-            println!("nothing changed: add --yes to reset (stop the application first)");
-            return Ok(false);
+            println!("nothing changed: add --yes to reset");
+            return Ok(());
         }
         let update = CheckpointUpdate::commit(checkpoint.clone());
         match store.update_checkpoint(&lease, &update).await {
             Ok(_) => {
                 println!("{shard}: checkpoint reset");
-                return Ok(true);
+                return Ok(());
             }
             // A worker renewed the lease in between: read it again.
             Err(LeaseStoreError::ConditionFailed(_)) => continue,
@@ -200,27 +230,61 @@ async fn reset(
     Err(format!("{shard}: the lease kept changing; stop the application and retry").into())
 }
 
-async fn run(args: Args) -> Result<bool, Error> {
-    let config = aws_config::load_from_env().await;
-    let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&config), &args.app);
-    match (&args.reset_to, &args.shard) {
-        (Some(to), Some(shard)) => reset(&store, shard, to, args.yes).await,
-        _ => {
-            show(&args, &store, &aws_sdk_kinesis::Client::new(&config)).await?;
-            Ok(true)
+async fn move_lease(
+    store: &DynamoDbLeaseStore,
+    shard: &str,
+    to: &str,
+    confirmed: bool,
+) -> Result<(), Error> {
+    for _ in 0..5 {
+        let lease = store
+            .get_lease(shard)
+            .await?
+            .ok_or_else(|| format!("no lease for {shard} in table {}", store.table()))?;
+        if lease.is_finished() {
+            return Err(format!("{shard} is finished (SHARD_END): nothing to move").into());
+        }
+        let owner = lease.lease_owner.as_deref().unwrap_or("nobody");
+        println!("{shard}: owner {owner} -> {to}");
+        if !confirmed {
+            println!("nothing changed: add --yes to move");
+            return Ok(());
+        }
+        match store.take_lease(&lease, to).await {
+            Ok(_) => {
+                println!("{shard}: moved to {to}");
+                return Ok(());
+            }
+            // A worker renewed the lease in between: read it again.
+            Err(LeaseStoreError::ConditionFailed(_)) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
+    Err(format!("{shard}: the lease kept changing; retry").into())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    match run(Args::parse()).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(2),
-        Err(error) => {
-            eprintln!("leases: {error}");
-            ExitCode::FAILURE
+/// Runs `kinesis leases`.
+pub async fn run(args: Args) -> Result<(), Error> {
+    let config = crate::aws_config().await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    match args.command {
+        Command::Show { app, stream, json } => {
+            let store = DynamoDbLeaseStore::new(dynamodb, app);
+            let kinesis = aws_sdk_kinesis::Client::new(&config);
+            show(&store, &kinesis, stream.as_deref(), json).await
         }
+        Command::Reset {
+            app,
+            shard,
+            to,
+            yes,
+        } => reset(&DynamoDbLeaseStore::new(dynamodb, app), &shard, &to, yes).await,
+        Command::Move {
+            app,
+            shard,
+            to,
+            yes,
+        } => move_lease(&DynamoDbLeaseStore::new(dynamodb, app), &shard, &to, yes).await,
     }
 }
 

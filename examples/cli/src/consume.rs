@@ -1,0 +1,489 @@
+//! `kinesis consume`: one JSON line per user record on standard output (or a file).
+//!
+//! Two modes:
+//!
+//! - **Group** (`--app A`): a `kinesis-consumer` worker; several processes with the same
+//!   `--app` share the stream through the lease table. It checkpoints after writing (and
+//!   flushing) each batch, and only what it wrote:
+//!   - Ctrl-C or SIGTERM: graceful stop: final checkpoints of what was written, leases
+//!     released.
+//!   - A write error (disk full, `/dev/full`): stop at once, no further checkpoint of any
+//!     kind, exit status 1.
+//!   - Standard output closed by its reader (`kinesis consume ... | head -1`): stop at once
+//!     and cleanly (exit 0); the final checkpoints cover what was written before.
+//!   - A batch handed over after the lease's local deadline passed is not written.
+//! - **Standalone** (`--shard S`): reads one shard with GetRecords, no lease table and no
+//!   checkpoints; stops at the shard's end, after `--count` records, or once caught up for
+//!   `--exit-after-idle`.
+//!
+//! Each line: `{"shard_id", "sequence_number", "sub_sequence_number", "partition_key",
+//! "data"}`, with `data` as UTF-8 text when it is valid UTF-8 and otherwise base64 with
+//! `"data_base64": true`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use base64::Engine;
+use clap::Args as ClapArgs;
+use kinesis_consumer::{
+    InitialPosition, KinesisClientRecord, ProcessRecordsInput, RecordProcessor, Scheduler,
+    ShardEndedInput, ShutdownHandle, ShutdownRequestedInput,
+};
+
+use crate::{parse_duration, Error};
+
+/// Where reading starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum From {
+    /// The oldest record in the shard.
+    TrimHorizon,
+    /// Only records written from now on.
+    Latest,
+    /// Records written at or after this time.
+    AtTimestamp(SystemTime),
+    /// At this record (standalone mode only: a sequence number belongs to one shard).
+    Sequence(String),
+}
+
+impl From {
+    /// Parses `trim-horizon`, `latest`, `at-timestamp=<RFC 3339 or epoch seconds>` or
+    /// `sequence=<sequence number>`.
+    pub fn parse(value: &str) -> Result<From, String> {
+        let (kind, argument) = match value.split_once('=') {
+            Some((kind, argument)) => (kind, Some(argument)),
+            None => (value, None),
+        };
+        match (kind.to_ascii_lowercase().replace('_', "-").as_str(), argument) {
+            ("trim-horizon", None) => Ok(From::TrimHorizon),
+            ("latest", None) => Ok(From::Latest),
+            ("at-timestamp", Some(time)) => parse_time(time).map(From::AtTimestamp),
+            ("sequence", Some(seq)) if !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()) => {
+                Ok(From::Sequence(seq.to_owned()))
+            }
+            _ => Err(format!(
+                "{value:?}: expected trim-horizon, latest, at-timestamp=<RFC 3339 or epoch seconds> \
+                 or sequence=<sequence number>"
+            )),
+        }
+    }
+
+    /// The scheduler's initial position (group mode).
+    fn initial_position(&self) -> Result<InitialPosition, Error> {
+        match self {
+            From::TrimHorizon => Ok(InitialPosition::TrimHorizon),
+            From::Latest => Ok(InitialPosition::Latest),
+            From::AtTimestamp(time) => Ok(InitialPosition::AtTimestamp(*time)),
+            From::Sequence(_) => Err(
+                "--from sequence=... needs --shard (a sequence number belongs to one shard)".into(),
+            ),
+        }
+    }
+}
+
+fn parse_time(value: &str) -> Result<SystemTime, String> {
+    if let Ok(seconds) = value.parse::<f64>() {
+        if seconds.is_finite() && seconds >= 0.0 {
+            return Ok(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(seconds));
+        }
+    }
+    humantime::parse_rfc3339_weak(value).map_err(|e| format!("{value:?}: {e}"))
+}
+
+/// Consumes a stream and writes one JSON line per user record.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct Args {
+    /// Stream name or ARN.
+    #[arg(long)]
+    pub stream: String,
+    /// Group mode: the application name (the lease table's name), shared by cooperating
+    /// workers.
+    #[arg(long, required_unless_present = "shard", conflicts_with = "shard")]
+    pub app: Option<String>,
+    /// Standalone mode: read this one shard, without a lease table or checkpoints.
+    #[arg(long, value_name = "SHARD_ID")]
+    pub shard: Option<String>,
+    /// Where to start: `trim-horizon`, `latest`, `at-timestamp=<RFC 3339 or epoch seconds>`,
+    /// `sequence=<number>` (standalone only). In group mode it applies to shards without a
+    /// checkpoint.
+    #[arg(long, value_name = "POSITION", value_parser = From::parse, default_value = "trim-horizon")]
+    pub from: From,
+    /// This worker's id (group mode; default: host name, process id and a random suffix).
+    #[arg(long, conflicts_with = "shard")]
+    pub worker_id: Option<String>,
+    /// Write the JSON lines here instead of standard output.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Stop (gracefully) once caught up for this long: every shard read to its tip (an
+    /// empty read with millis_behind_latest 0) and no record since.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub exit_after_idle: Option<Duration>,
+    /// Standalone mode: stop after this many records.
+    #[arg(long, value_name = "N", requires = "shard")]
+    pub count: Option<u64>,
+    /// Read with GetRecords polling (the default).
+    #[arg(long, conflicts_with = "fan_out")]
+    pub polling: bool,
+    /// Read with enhanced fan-out (SubscribeToShard; group mode), through a stream consumer
+    /// named after `--app` (registered if missing, kept at exit).
+    #[arg(long, conflicts_with = "shard")]
+    pub fan_out: bool,
+    /// Lease failover time (group mode; Java KCL default 10s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub failover: Duration,
+    /// Pause between GetRecords calls per shard (Java KCL default 1500ms; polling only).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1500ms")]
+    pub idle_between_reads: Duration,
+    /// Most records per GetRecords call (Java KCL default 10,000; polling only).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_records: i32,
+}
+
+/// Runs `kinesis consume` until it stops (see the module documentation).
+pub async fn run(args: Args) -> Result<(), Error> {
+    match (&args.app, &args.shard) {
+        (Some(app), _) => {
+            let app = app.clone();
+            run_group(args, app).await
+        }
+        (None, Some(shard)) => {
+            let shard = shard.clone();
+            crate::shard_reader::run(args, shard).await
+        }
+        (None, None) => Err("--app (group mode) or --shard (standalone) is required".into()),
+    }
+}
+
+/// Where the JSON lines go.
+pub(crate) fn output(path: Option<&PathBuf>) -> Result<Output, Error> {
+    Ok(match path {
+        Some(path) => Arc::new(Mutex::new(Box::new(BufWriter::new(File::create(path)?)))),
+        None => Arc::new(Mutex::new(Box::new(BufWriter::new(std::io::stdout())))),
+    })
+}
+
+async fn run_group(args: Args, app: String) -> Result<(), Error> {
+    let config = crate::aws_config().await;
+    let output = output(args.output.as_ref())?;
+    let mut builder = Scheduler::builder(&config)
+        .stream(&args.stream)
+        .application_name(&app)
+        .initial_position(args.from.initial_position()?)
+        .failover_time(args.failover)
+        // Empty reads tell when a shard is read to its tip (--exit-after-idle).
+        .call_process_records_even_for_empty_list(true);
+    if let Some(id) = &args.worker_id {
+        builder = builder.worker_id(id);
+    }
+    builder = if args.fan_out {
+        // The stream consumer is named after the application, registered if missing and
+        // kept at exit.
+        builder.fan_out()
+    } else {
+        builder
+            .idle_time_between_reads(args.idle_between_reads)
+            .max_records(args.max_records)
+    };
+    // The processors need the shutdown handle, which exists once the scheduler is built:
+    // the factory reads it from here.
+    let shared_slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::new(Mutex::new(None));
+    let factory = {
+        let slot = shared_slot.clone();
+        move || JsonLines {
+            shared: slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .expect("set before the scheduler runs"),
+            shard: String::new(),
+            last_written: None,
+            unwritten: false,
+        }
+    };
+    let scheduler = builder.processor_factory(factory).build().await?;
+    let stop = scheduler.shutdown_handle();
+    let shared = Arc::new(Shared {
+        output: output.clone(),
+        stop: stop.clone(),
+        failed: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+        caught_up: Mutex::new(HashMap::new()),
+        last_record: Mutex::new(Instant::now()),
+    });
+    *shared_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared.clone());
+    tracing::info!(
+        worker = scheduler.worker_id(),
+        stream = %args.stream,
+        application = %app,
+        "consuming"
+    );
+
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            crate::signal::stop_signal().await;
+            tracing::info!("signal received, stopping");
+            stop.shutdown();
+        });
+    }
+    if let Some(idle) = args.exit_after_idle {
+        let held = scheduler.held_shards();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut since: Option<Instant> = None;
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                // Caught up: every shard this worker holds was read to its tip (its last
+                // read was empty with millis_behind_latest 0) and nothing came since.
+                let caught_up = {
+                    let map = shared.caught_up();
+                    held.shard_ids()
+                        .iter()
+                        .all(|shard| map.get(shard).copied().unwrap_or(false))
+                };
+                let last_record = *shared.last_record.lock().unwrap_or_else(|e| e.into_inner());
+                if !caught_up {
+                    since = None;
+                    continue;
+                }
+                let since = *since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= idle && last_record.elapsed() >= idle {
+                    tracing::info!(?idle, "caught up, stopping");
+                    stop.shutdown();
+                    return;
+                }
+            }
+        });
+    }
+    scheduler.run().await?;
+    if shared.failed.load(Ordering::SeqCst) {
+        return Err("a write failed: stopped without checkpointing what was not written".into());
+    }
+    let flushed = output.lock().unwrap_or_else(|e| e.into_inner()).flush();
+    match flushed {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// The shared output of every processor.
+pub(crate) type Output = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// What every processor of this worker shares.
+struct Shared {
+    output: Output,
+    stop: ShutdownHandle,
+    /// A write failed: no further checkpoint of any kind, exit non-zero.
+    failed: AtomicBool,
+    /// The reader of standard output went away (EPIPE): stop cleanly.
+    closed: AtomicBool,
+    /// Per started shard: whether its last read was empty at the tip.
+    caught_up: Mutex<HashMap<String, bool>>,
+    /// When the last record was delivered.
+    last_record: Mutex<Instant>,
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        self.failed.load(Ordering::SeqCst) || self.closed.load(Ordering::SeqCst)
+    }
+
+    fn caught_up(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
+        self.caught_up.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct JsonLines {
+    shared: Arc<Shared>,
+    shard: String,
+    /// The last record written (and flushed): the most a checkpoint may cover.
+    last_written: Option<(String, u64)>,
+    /// A delivered batch was not written.
+    unwritten: bool,
+}
+
+/// One output line for a record.
+pub(crate) fn json_line(shard: &str, record: &KinesisClientRecord) -> serde_json::Value {
+    let mut line = serde_json::json!({
+        "shard_id": shard,
+        "sequence_number": record.sequence_number,
+        "sub_sequence_number": record.sub_sequence_number,
+        "partition_key": record.partition_key,
+    });
+    match std::str::from_utf8(&record.data) {
+        Ok(text) => line["data"] = text.into(),
+        Err(_) => {
+            line["data"] = base64::engine::general_purpose::STANDARD
+                .encode(&record.data)
+                .into();
+            line["data_base64"] = true.into();
+        }
+    }
+    line
+}
+
+impl JsonLines {
+    fn write(&self, records: &[KinesisClientRecord]) -> std::io::Result<()> {
+        let mut output = self.shared.output.lock().unwrap_or_else(|e| e.into_inner());
+        for record in records {
+            writeln!(output, "{}", json_line(&self.shard, record))?;
+        }
+        output.flush()
+    }
+}
+
+#[async_trait]
+impl RecordProcessor for JsonLines {
+    async fn initialize(&mut self, input: kinesis_consumer::InitializeInput) {
+        self.shard = input.shard_id;
+        self.shared.caught_up().insert(self.shard.clone(), false);
+    }
+
+    async fn process_records(&mut self, input: ProcessRecordsInput) {
+        if self.shared.stopping() {
+            self.unwritten |= !input.records.is_empty();
+            return;
+        }
+        let Some(last) = input.records.last() else {
+            // An empty read: at the tip when millis_behind_latest is 0.
+            let at_tip = input.millis_behind_latest == Some(0);
+            self.shared.caught_up().insert(self.shard.clone(), at_tip);
+            return;
+        };
+        self.shared.caught_up().insert(self.shard.clone(), false);
+        *self
+            .shared
+            .last_record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        // Past the lease's deadline another worker may have the shard: write nothing.
+        if !input.checkpointer.is_lease_held() {
+            self.unwritten = true;
+            return;
+        }
+        if let Err(error) = self.write(&input.records) {
+            self.unwritten = true;
+            if error.kind() == std::io::ErrorKind::BrokenPipe {
+                eprintln!("kinesis consume: output closed; stopping");
+                self.shared.closed.store(true, Ordering::SeqCst);
+            } else {
+                eprintln!("kinesis consume: cannot write records of {}: {error}; stopping without any further checkpoint", self.shard);
+                self.shared.failed.store(true, Ordering::SeqCst);
+            }
+            self.shared.stop.shutdown();
+            return;
+        }
+        let position = (last.sequence_number.clone(), last.sub_sequence_number);
+        self.last_written = Some(position.clone());
+        // Checkpoint only what is safely written: at least once.
+        if let Err(error) = input
+            .checkpointer
+            .checkpoint_at(&position.0, position.1)
+            .await
+        {
+            eprintln!(
+                "kinesis consume: checkpoint of {} failed: {error}",
+                self.shard
+            );
+        }
+    }
+
+    async fn lease_lost(&mut self, _input: kinesis_consumer::LeaseLostInput) {
+        self.shared.caught_up().remove(&self.shard);
+    }
+
+    async fn shard_ended(&mut self, input: ShardEndedInput) {
+        self.shared.caught_up().remove(&self.shard);
+        // SHARD_END only when every record of the shard was written.
+        if self.shared.stopping() || self.unwritten {
+            return;
+        }
+        if let Err(error) = input.checkpointer.checkpoint().await {
+            eprintln!(
+                "consume: shard-end checkpoint of {} failed: {error}",
+                self.shard
+            );
+        }
+    }
+
+    async fn shutdown_requested(&mut self, input: ShutdownRequestedInput) {
+        self.shared.caught_up().remove(&self.shard);
+        if self.shared.failed.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some((sequence_number, sub)) = &self.last_written else {
+            return;
+        };
+        if let Err(error) = input
+            .checkpointer
+            .checkpoint_at(sequence_number, *sub)
+            .await
+        {
+            eprintln!(
+                "consume: final checkpoint of {} failed: {error}",
+                self.shard
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(data: &'static [u8]) -> KinesisClientRecord {
+        let mut record = KinesisClientRecord::new("42", "k", bytes::Bytes::from_static(data));
+        record.sub_sequence_number = 3;
+        record.aggregated = true;
+        record
+    }
+
+    #[test]
+    fn positions_parse() {
+        assert_eq!(From::parse("trim-horizon"), Ok(From::TrimHorizon));
+        assert_eq!(From::parse("TRIM_HORIZON"), Ok(From::TrimHorizon));
+        assert_eq!(From::parse("latest"), Ok(From::Latest));
+        assert_eq!(
+            From::parse("at-timestamp=1700000000"),
+            Ok(From::AtTimestamp(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+            ))
+        );
+        assert_eq!(
+            From::parse("at-timestamp=2023-11-14T22:13:20Z"),
+            Ok(From::AtTimestamp(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+            ))
+        );
+        assert_eq!(
+            From::parse("sequence=4959"),
+            Ok(From::Sequence("4959".into()))
+        );
+        for bad in [
+            "sequence=",
+            "sequence=abc",
+            "at-timestamp=yesterday",
+            "oldest",
+            "latest=1",
+        ] {
+            assert!(From::parse(bad).is_err(), "{bad}");
+        }
+        assert!(From::Sequence("1".into()).initial_position().is_err());
+    }
+
+    #[test]
+    fn text_stays_text_and_binary_is_base64() {
+        let line = json_line("shardId-1", &record(b"hello"));
+        assert_eq!(line["data"], "hello");
+        assert_eq!(line["sub_sequence_number"], 3);
+        assert!(line.get("data_base64").is_none());
+        let line = json_line("shardId-1", &record(&[0xff, 0x00]));
+        assert_eq!(line["data"], "/wA=");
+        assert_eq!(line["data_base64"], true);
+    }
+}

@@ -1,0 +1,751 @@
+//! `kinesis` as a user runs it: subprocesses against the local emulators, configured only
+//! through the standard AWS environment variables.
+
+#![allow(clippy::unwrap_used, missing_docs)] // A panic is how a test reports failure.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+
+use kinesis_emulator::Emulator;
+
+/// `kinesis <subcommand...>` with the emulators' endpoints in its environment.
+async fn kinesis(subcommand: &[&str]) -> Command {
+    let emulator = Emulator::shared().await.unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kinesis"));
+    command.args(subcommand);
+    if let Some(endpoint) = emulator.kinesis_endpoint() {
+        command.env("AWS_ENDPOINT_URL_KINESIS", endpoint);
+    }
+    if let Some(endpoint) = emulator.dynamodb_endpoint() {
+        command.env("AWS_ENDPOINT_URL_DYNAMODB", endpoint);
+    }
+    if emulator.is_local() {
+        command
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test");
+    }
+    command
+}
+
+fn check(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+#[tokio::test]
+async fn every_subcommand_prints_help_with_the_exit_codes() {
+    for subcommand in [
+        &[][..],
+        &["produce"],
+        &["consume"],
+        &["leases"],
+        &["leases", "move"],
+        &["streams"],
+        &["streams", "reshard"],
+        &["demo"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_kinesis"))
+            .args(subcommand)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = check(&output);
+        assert!(help.contains("Usage:"), "{subcommand:?}");
+        if subcommand.len() < 2 {
+            assert!(
+                help.contains("Exit codes: 0 success"),
+                "{subcommand:?}: {help}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn produce_then_two_consumers_then_leases() {
+    let stream = unique("cli");
+    let app = unique("cli-app");
+
+    // produce: one JSON summary line.
+    let output = kinesis(&["produce"])
+        .await
+        .args([
+            "--stream",
+            &stream,
+            "--create-shards",
+            "2",
+            "--records",
+            "600",
+        ])
+        .args(["--size", "80", "--keys", "20"])
+        .output()
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(check(&output).trim()).unwrap();
+    assert_eq!(summary["user_records"], 600);
+    assert_eq!(summary["failed"], 0);
+    assert!(
+        summary["kinesis_records"].as_u64().unwrap() < 600,
+        "aggregated"
+    );
+    assert!(summary["put_records_calls"].as_u64().unwrap() >= 1);
+
+    // consume: two workers sharing the application.
+    let dir = std::env::temp_dir().join(unique("cli-out"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut workers = Vec::new();
+    for worker in ["w1", "w2"] {
+        let path = dir.join(format!("{worker}.jsonl"));
+        let child = kinesis(&["consume"])
+            .await
+            .args(["--stream", &stream, "--app", &app, "--worker-id", worker])
+            .args([
+                "--output",
+                path.to_str().unwrap(),
+                "--exit-after-idle",
+                "5s",
+                "--polling",
+            ])
+            .args(["--failover", "3000ms", "--idle-between-reads", "200ms"])
+            .spawn()
+            .unwrap();
+        workers.push((path, child));
+    }
+    let mut ids = BTreeSet::new();
+    for (path, mut child) in workers {
+        assert!(child.wait().unwrap().success(), "consume exits cleanly");
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(line["shard_id"].as_str().unwrap().starts_with("shardId-"));
+            assert!(line["sequence_number"].as_str().is_some());
+            assert!(line["sub_sequence_number"].as_u64().is_some());
+            let data: serde_json::Value =
+                serde_json::from_str(line["data"].as_str().unwrap()).unwrap();
+            assert_eq!(line["partition_key"], data["key"]);
+            ids.insert(data["id"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(
+        ids,
+        (0..600).collect::<BTreeSet<_>>(),
+        "every record consumed"
+    );
+
+    // consume --fan-out: another application reads it all again through SubscribeToShard.
+    let path = dir.join("fan-out.jsonl");
+    let fan_out_app = unique("cli-efo-app");
+    let output = kinesis(&["consume"])
+        .await
+        .args(["--stream", &stream, "--app", &fan_out_app, "--fan-out"])
+        .args([
+            "--output",
+            path.to_str().unwrap(),
+            "--exit-after-idle",
+            "3s",
+        ])
+        .args(["--failover", "3000ms"])
+        .output()
+        .unwrap();
+    check(&output);
+    let fan_out_ids: BTreeSet<u64> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            let data: serde_json::Value =
+                serde_json::from_str(line["data"].as_str().unwrap()).unwrap();
+            data["id"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(fan_out_ids, ids, "every record consumed with --fan-out");
+
+    // leases: both shards checkpointed, no owner after the graceful stops.
+    let output = kinesis(&["leases", "show"])
+        .await
+        .args(["--app", &app, "--stream", &stream, "--json"])
+        .output()
+        .unwrap();
+    let leases: Vec<serde_json::Value> = check(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(leases.len(), 2);
+    for lease in &leases {
+        assert!(
+            lease["checkpoint"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .all(|c| c.is_ascii_digit()),
+            "{lease}"
+        );
+        assert!(lease["owner"].is_null(), "released: {lease}");
+    }
+    let table = check(
+        &kinesis(&["leases", "show"])
+            .await
+            .args(["--app", &app])
+            .output()
+            .unwrap(),
+    );
+    assert!(table.contains("2 leases in table"), "{table}");
+
+    // leases --reset-to: described without --yes, done with it.
+    let shard = leases[0]["shard_id"].as_str().unwrap().to_owned();
+    let reset = |confirm: bool| {
+        let (app, shard) = (app.clone(), shard.clone());
+        async move {
+            let mut command = kinesis(&["leases", "reset"]).await;
+            command.args(["--app", &app, "--shard", &shard, "--to", "trim_horizon"]);
+            if confirm {
+                command.arg("--yes");
+            }
+            command.output().unwrap()
+        }
+    };
+    let dry_run = check(&reset(false).await);
+    assert!(dry_run.contains("nothing changed"), "{dry_run}");
+    check(&reset(true).await);
+    let output = kinesis(&["leases", "show"])
+        .await
+        .args(["--app", &app, "--json"])
+        .output()
+        .unwrap();
+    let reset_lease = check(&output)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["shard_id"] == shard.as_str())
+        .unwrap();
+    assert_eq!(reset_lease["checkpoint"], "TRIM_HORIZON");
+}
+
+/// Runs `kinesis produce` for `records` records into `stream` (creating it with `create` shards).
+async fn produce(stream: &str, create: Option<u32>, records: u32) {
+    let mut command = kinesis(&["produce"]).await;
+    command.args(["--stream", stream, "--records", &records.to_string()]);
+    command.args(["--size", "60", "--keys", "10"]);
+    if let Some(shards) = create {
+        command.args(["--create-shards", &shards.to_string()]);
+    }
+    check(&command.output().unwrap());
+}
+
+/// The application's leases as `kinesis leases show --json` prints them.
+async fn lease_lines(app: &str) -> Vec<serde_json::Value> {
+    let output = kinesis(&["leases", "show"])
+        .await
+        .args(["--app", app, "--json"])
+        .output()
+        .unwrap();
+    check(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Item 3: every write to `/dev/full` fails: `consume` stops at once with a non-zero exit
+/// and checkpoints nothing.
+#[tokio::test]
+async fn consume_stops_at_a_write_error_without_checkpointing() {
+    let stream = unique("cli-full");
+    let app = unique("cli-full-app");
+    produce(&stream, Some(1), 50).await;
+    let started = std::time::Instant::now();
+    let output = kinesis(&["consume"])
+        .await
+        .args(["--stream", &stream, "--app", &app, "--output", "/dev/full"])
+        .args(["--exit-after-idle", "30s", "--failover", "3000ms"])
+        .args(["--idle-between-reads", "200ms"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "exit 0 after write errors: {stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(25),
+        "stopped at once, not after the idle time: {stderr}"
+    );
+    let leases = lease_lines(&app).await;
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0]["checkpoint"], "TRIM_HORIZON", "{stderr}");
+}
+
+/// Item 3: stdout closed by its reader (`consume | head -1`): `consume` ends at once and
+/// cleanly, and its checkpoint covers what was written, not the batch that hit EPIPE.
+#[tokio::test]
+async fn consume_ends_when_stdout_closes_and_checkpoints_only_what_it_wrote() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let stream = unique("cli-pipe");
+    let app = unique("cli-pipe-app");
+    produce(&stream, Some(1), 20).await;
+    let mut child = kinesis(&["consume"])
+        .await
+        .args(["--stream", &stream, "--app", &app])
+        .args(["--failover", "3000ms", "--idle-between-reads", "200ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    // The first batch holds all 20 records (they fit in the pipe); wait for its
+    // checkpoint, then close the pipe and write more.
+    let mut written_to = None;
+    for _ in 0..100 {
+        let leases = lease_lines(&app).await;
+        if let Some(seq) = leases[0]["checkpoint"]
+            .as_str()
+            .filter(|c| c.starts_with(char::is_numeric))
+        {
+            written_to = Some(seq.to_owned());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let written_to = written_to.expect("first batch checkpointed");
+    assert!(first["sequence_number"].as_str().is_some());
+    drop(stdout);
+    produce(&stream, None, 20).await;
+    let closed = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if closed.elapsed() > std::time::Duration::from_secs(30) {
+            child.kill().unwrap();
+            panic!("consume kept running after its stdout closed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    let leases = lease_lines(&app).await;
+    assert_eq!(leases[0]["checkpoint"], written_to.as_str(), "{stderr}");
+    assert!(leases[0]["owner"].is_null(), "released: {stderr}");
+}
+
+/// Item 3: `--exit-after-idle` means caught up (every held shard read to its tip), not
+/// "no record for N s": reads one Kinesis record per call, 1.5 s apart, and stops only
+/// after the last one, with everything written.
+#[tokio::test]
+async fn consume_exit_after_idle_waits_until_caught_up() {
+    let stream = unique("cli-caught-up");
+    let app = unique("cli-caught-up-app");
+    // 1 KB records: about five 50 KB aggregates on the one shard.
+    let output = kinesis(&["produce"])
+        .await
+        .args([
+            "--stream",
+            &stream,
+            "--create-shards",
+            "1",
+            "--records",
+            "250",
+        ])
+        .args(["--size", "1000", "--keys", "10"])
+        .output()
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(check(&output).trim()).unwrap();
+    assert!(
+        summary["kinesis_records"].as_u64().unwrap() >= 3,
+        "{summary}"
+    );
+    let dir = std::env::temp_dir().join(unique("cli-caught-up-out"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("out.jsonl");
+    let output = kinesis(&["consume"])
+        .await
+        .args(["--stream", &stream, "--app", &app])
+        .args([
+            "--output",
+            path.to_str().unwrap(),
+            "--exit-after-idle",
+            "1s",
+        ])
+        .args(["--max-records", "1", "--idle-between-reads", "1500ms"])
+        .args(["--failover", "10000ms"])
+        .output()
+        .unwrap();
+    check(&output);
+    let ids: BTreeSet<u64> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            let data: serde_json::Value =
+                serde_json::from_str(line["data"].as_str().unwrap().trim_end_matches('.')).unwrap();
+            data["id"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        (0..250).collect::<BTreeSet<_>>(),
+        "stopped before caught up"
+    );
+}
+
+/// Runs `kinesis` with `stdin` as its standard input; returns its output.
+async fn with_stdin(subcommand: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = kinesis(subcommand)
+        .await
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Every line `kinesis consume --shard` prints, as JSON.
+async fn read_shard(stream: &str, shard: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let output = kinesis(&["consume", "--stream", stream, "--shard", shard])
+        .await
+        .args(["--idle-between-reads", "100ms", "--exit-after-idle", "1s"])
+        .args(extra)
+        .output()
+        .unwrap();
+    check(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn produce_reads_lines_and_json_from_stdin_and_consume_reads_one_shard_from_each_position() {
+    let stream = unique("cli-stdin");
+    check(
+        &kinesis(&["streams", "create", "--stream", &stream, "--shards", "1"])
+            .await
+            .output()
+            .unwrap(),
+    );
+    // Plain lines, random keys; an empty line is skipped.
+    let output = with_stdin(
+        &["produce", "--stream", &stream],
+        "first\nsecond\n\nthird\n",
+    )
+    .await;
+    let summary: serde_json::Value = serde_json::from_str(check(&output).trim()).unwrap();
+    assert_eq!(summary["user_records"], 3, "{summary}");
+    assert_eq!(summary["invalid"], 0);
+    let before_json = std::time::SystemTime::now();
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    // JSON with the key from a nested field; a record without it is invalid: exit 1.
+    let json = "{\"user\":{\"id\":\"u1\"},\"n\":1}\n{\"user\":{\"id\":7},\"n\":2}\n{\"n\":3}\n";
+    let output = with_stdin(
+        &[
+            "produce",
+            "--stream",
+            &stream,
+            "--format",
+            "json",
+            "--key-field",
+            "user.id",
+        ],
+        json,
+    )
+    .await;
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "an invalid record fails the run"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim()).unwrap();
+    assert_eq!(summary["user_records"], 2, "{summary}");
+    assert_eq!(summary["invalid"], 1, "{summary}");
+
+    let shard = "shardId-000000000000";
+    let all = read_shard(&stream, shard, &[]).await;
+    let data: Vec<&str> = all.iter().map(|l| l["data"].as_str().unwrap()).collect();
+    assert_eq!(
+        data,
+        [
+            "first",
+            "second",
+            "third",
+            "{\"user\":{\"id\":\"u1\"},\"n\":1}",
+            "{\"user\":{\"id\":7},\"n\":2}"
+        ]
+    );
+    assert_eq!(all[3]["partition_key"], "u1");
+    assert_eq!(all[4]["partition_key"], "7");
+    assert_ne!(
+        all[0]["partition_key"], all[1]["partition_key"],
+        "random keys"
+    );
+
+    // --from sequence=: at that Kinesis record (the JSON lines went out as one aggregate,
+    // after the aggregate of the plain lines); --count stops early.
+    assert_eq!(all[3]["sequence_number"], all[4]["sequence_number"]);
+    assert_ne!(all[2]["sequence_number"], all[3]["sequence_number"]);
+    let at_json = format!("sequence={}", all[3]["sequence_number"].as_str().unwrap());
+    let from_json = read_shard(&stream, shard, &["--from", &at_json]).await;
+    assert_eq!(from_json, all[3..]);
+    let one = read_shard(&stream, shard, &["--from", &at_json, "--count", "1"]).await;
+    assert_eq!(one, all[3..4]);
+    // --from at-timestamp=: the JSON records only.
+    let epoch = before_json
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let since = read_shard(
+        &stream,
+        shard,
+        &["--from", &format!("at-timestamp={epoch}")],
+    )
+    .await;
+    assert_eq!(since.len(), 2, "{since:?}");
+    // --from latest: nothing written since.
+    assert!(read_shard(&stream, shard, &["--from", "latest"])
+        .await
+        .is_empty());
+    // --from sequence= needs --shard.
+    let output = kinesis(&["consume", "--stream", &stream, "--app", "a"])
+        .await
+        .args(["--from", "sequence=1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("needs --shard"));
+}
+
+#[tokio::test]
+async fn streams_are_listed_described_and_resharded() {
+    let stream = unique("cli-streams");
+    let created: serde_json::Value = serde_json::from_str(
+        check(
+            &kinesis(&["streams", "create", "--stream", &stream, "--shards", "2"])
+                .await
+                .output()
+                .unwrap(),
+        )
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(created["status"], "ACTIVE");
+    assert_eq!(created["open_shards"], 2);
+    let listed: serde_json::Value =
+        serde_json::from_str(check(&kinesis(&["streams", "list"]).await.output().unwrap()).trim())
+            .unwrap();
+    assert!(listed["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s == stream.as_str()));
+
+    let reshard = |args: Vec<String>| {
+        let stream = stream.clone();
+        async move {
+            let output = kinesis(&["streams", "reshard", "--stream", &stream])
+                .await
+                .args(&args)
+                .output()
+                .unwrap();
+            serde_json::from_str::<serde_json::Value>(check(&output).trim()).unwrap()
+        }
+    };
+    let split = reshard(vec!["--split".into(), "shardId-000000000000".into()]).await;
+    assert_eq!(split["open_shards"], 3, "{split}");
+    let children: Vec<String> = split["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["parent_shard_id"] == "shardId-000000000000")
+        .map(|s| s["shard_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(children.len(), 2, "{split}");
+    let merged = reshard(vec![
+        "--merge".into(),
+        children[0].clone(),
+        children[1].clone(),
+    ])
+    .await;
+    assert_eq!(merged["open_shards"], 2, "{merged}");
+    let scaled = reshard(vec!["--shard-count".into(), "4".into()]).await;
+    assert_eq!(scaled["open_shards"], 4, "{scaled}");
+    let described: serde_json::Value = serde_json::from_str(
+        check(
+            &kinesis(&["streams", "describe", "--stream", &stream])
+                .await
+                .output()
+                .unwrap(),
+        )
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(described["open_shards"], 4);
+    assert!(described["arn"].as_str().unwrap().starts_with("arn:"));
+}
+
+#[tokio::test]
+async fn a_lease_is_moved_to_a_named_worker() {
+    let stream = unique("cli-move");
+    let app = unique("cli-move-app");
+    // Three shards on two workers (2 and 1): moving one of the pair to the other worker
+    // keeps the balance, so the balancer leaves the move alone.
+    produce(&stream, Some(3), 60).await;
+    let dir = std::env::temp_dir().join(unique("cli-move-out"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut workers = Vec::new();
+    for worker in ["w1", "w2"] {
+        let child = kinesis(&["consume", "--stream", &stream, "--app", &app])
+            .await
+            .args(["--worker-id", worker, "--failover", "3s"])
+            .args(["--idle-between-reads", "200ms"])
+            .args(["--output", dir.join(worker).to_str().unwrap()])
+            .spawn()
+            .unwrap();
+        workers.push(Killed(child));
+    }
+    // Wait until each worker holds one lease (the first creates the table).
+    let mut leases: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let output = kinesis(&["leases", "show", "--app", &app, "--json"])
+            .await
+            .output()
+            .unwrap();
+        if !output.status.success() {
+            continue;
+        }
+        leases = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let owners: BTreeSet<&str> = leases.iter().filter_map(|l| l["owner"].as_str()).collect();
+        let owned = leases.iter().filter(|l| l["owner"].is_string()).count();
+        if owned == 3 && owners.len() == 2 {
+            break;
+        }
+    }
+    let owner_of = |l: &serde_json::Value| l["owner"].as_str().unwrap_or_default().to_owned();
+    let w1 = leases.iter().filter(|l| owner_of(l) == "w1").count();
+    let (from, to) = if w1 == 2 { ("w1", "w2") } else { ("w2", "w1") };
+    let moving = leases.iter().find(|l| owner_of(l) == from).unwrap();
+    let shard = moving["shard_id"].as_str().unwrap().to_owned();
+    let output = kinesis(&["leases", "move", "--app", &app, "--shard", &shard])
+        .await
+        .args(["--to", to, "--yes"])
+        .output()
+        .unwrap();
+    assert!(check(&output).contains(&format!("moved to {to}")));
+    // The named worker takes it and keeps it (renewed: the counter moves on).
+    let moved_at = moving["counter"].as_u64().unwrap() + 1;
+    let mut taken = false;
+    for _ in 0..100 {
+        let lease = lease_lines(&app)
+            .await
+            .into_iter()
+            .find(|l| l["shard_id"] == shard.as_str())
+            .unwrap();
+        if lease["owner"] == to && lease["counter"].as_u64().unwrap() > moved_at + 2 {
+            taken = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    drop(workers);
+    assert!(taken, "{to} did not take {shard}");
+}
+
+/// A child process killed when the test ends, whether it passes or panics.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn bad_arguments_and_a_missing_stream_get_clear_errors_and_documented_exit_codes() {
+    let output = kinesis(&["consume", "--stream", "s", "--app", "a", "--failover", "10"])
+        .await
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "invalid arguments");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("expected e.g. 10s"));
+    let output = kinesis(&["consume", "--stream", "s"])
+        .await
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "--app or --shard is required"
+    );
+
+    let missing = unique("cli-missing");
+    let output = with_stdin(&["produce", "--stream", &missing], "x\n").await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ResourceNotFoundException"), "{stderr}");
+    let output = kinesis(&["streams", "describe", "--stream", &missing])
+        .await
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let output = kinesis(&[
+        "consume",
+        "--stream",
+        &missing,
+        "--app",
+        &unique("cli-missing-app"),
+    ])
+    .await
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not found"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_demo_loses_nothing_and_prints_a_json_summary() {
+    let output = kinesis(&[
+        "demo",
+        "--records",
+        "2000",
+        "--rate",
+        "2000",
+        "--timeout",
+        "60s",
+    ])
+    .await
+    .output()
+    .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(check(&output).trim()).unwrap();
+    assert_eq!(summary["produced"], 2000, "{summary}");
+    assert_eq!(summary["lost"], 0, "{summary}");
+    assert_eq!(summary["consumed"], 2000, "{summary}");
+}
