@@ -83,6 +83,10 @@ pub struct Args {
     /// default the KPL's 30s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub record_ttl: Option<Duration>,
+    /// Send every record as its own Kinesis record (the producer's `aggregation_enabled`
+    /// off).
+    #[arg(long)]
+    pub no_aggregation: bool,
 }
 
 /// The JSON data of generated record `id`, padded with dots to `size` bytes when it is
@@ -219,6 +223,9 @@ pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
     }
     if let Some(ttl) = args.record_ttl {
         builder = builder.record_ttl(ttl);
+    }
+    if args.no_aggregation {
+        builder = builder.aggregation_enabled(false);
     }
     let producer = builder.build().await?;
 
