@@ -1,4 +1,4 @@
-"""The emulator's ceiling: prebuilt PutRecords calls (500 records of SIZE bytes, random
+"""The emulator's ceiling: prebuilt PutRecords calls (COUNT records of SIZE bytes, random
 keys) sent back to back from 8 threads for 10 seconds by a client doing nothing else."""
 
 import json
@@ -11,8 +11,8 @@ import boto3
 
 
 def main():
-    stream, size = sys.argv[1], int(sys.argv[2])
-    entries = [{"PartitionKey": os.urandom(8).hex(), "Data": b"x" * size} for _ in range(500)]
+    stream, size, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    entries = [{"PartitionKey": os.urandom(8).hex(), "Data": b"x" * size} for _ in range(count)]
     stop = time.time() + 10
     counts = {"calls": 0, "records": 0, "failed": 0}
     lock = threading.Lock()
@@ -23,7 +23,7 @@ def main():
             out = client.put_records(StreamName=stream, Records=entries)
             with lock:
                 counts["calls"] += 1
-                counts["records"] += 500 - out.get("FailedRecordCount", 0)
+                counts["records"] += count - out.get("FailedRecordCount", 0)
                 counts["failed"] += out.get("FailedRecordCount", 0)
 
     started = time.time()
@@ -33,7 +33,7 @@ def main():
     for t in threads:
         t.join()
     seconds = time.time() - started
-    print(json.dumps({"size": size, "records_per_s": round(counts["records"] / seconds),
+    print(json.dumps({"size": size, "records_per_call": count, "records_per_s": round(counts["records"] / seconds),
                       "mb_per_s": round(counts["records"] * size / seconds / 1e6, 2),
                       "calls_per_s": round(counts["calls"] / seconds, 1), "failed": counts["failed"]}))
 

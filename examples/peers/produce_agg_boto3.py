@@ -27,7 +27,9 @@ def main():
     def add(record):
         nonlocal batch, batch_bytes, kinesis_records
         key, ehk, data = record.get_contents()
-        entry = {"PartitionKey": key, "ExplicitHashKey": ehk, "Data": data}
+        entry = {"PartitionKey": key, "Data": data}
+        if ehk:
+            entry["ExplicitHashKey"] = ehk.decode() if isinstance(ehk, bytes) else str(ehk)
         if len(batch) == 500 or batch_bytes + len(data) + len(key) > 5 * 1024 * 1024:
             send(batch)
             batch, batch_bytes = [], 0

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -37,12 +36,27 @@ VENVS = {
 }
 
 PRODUCERS = [
-    # (name, virtualenv or None for ours, script)
+    # (name, virtualenv or None for ours, script or our extra arguments)
     ("kinesis produce (ours)", None, None),
+    # kinesis-mock takes in about 2.4 MB/s (the ceiling below): 100 MB takes longer than the
+    # KPL's 30 s record TTL, and a 5 MiB PutRecords on a filling stream longer than its 6 s
+    # request timeout. The same with both raised.
+    ("kinesis produce (ours, --record-ttl 300s --request-timeout 60s)", None,
+     ["--record-ttl", "300s", "--request-timeout", "60s"]),
     ("aiokpl 0.2.0", "aiokpl", "produce_aiokpl.py"),
     ("async-kinesis 3.0.1 (KPL aggregation)", "async-kinesis", "produce_async_kinesis.py"),
     ("aws-kinesis-agg 1.2.3 + boto3", "agg", "produce_agg_boto3.py"),
     ("boto3 PutRecords loop", "agg", "produce_boto3.py"),
+]
+
+
+CONSUMERS = [
+    # (name, our extra arguments)
+    ("kinesis consume (ours)", []),
+    # async-kinesis below polls every 0.2 s when a shard is idle (its default: 2 s); ours
+    # waits the Java KCL's 1.5 s after every GetRecords: the same with 200 ms.
+    ("kinesis consume (ours, --idle-between-reads 200ms)", ["--idle-between-reads", "200ms"]),
+    ("async-kinesis 3.0.1 (DynamoDB checkpointer)", None),
 ]
 
 
@@ -109,36 +123,49 @@ class Emulators:
 
 def run_measured(command, env, timeout, stdout_lines=None):
     """Runs `command`; returns wall seconds, CPU seconds (user + sys) and peak RSS (MiB) of
-    the process and its children, and its standard output. With `stdout_lines`, each line
-    is handed to it with its arrival time as it comes."""
-    started = time.time()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, cwd=HERE)
-    lines = []
-    deadline = started + timeout
-    if stdout_lines is not None:
+    the process and its children, and its standard output. With `stdout_lines`, each line is
+    handed to it with its arrival time as it comes.
+
+    CPU and peak RSS come from GNU time when it is installed: a child forked straight from
+    this harness would report the harness's own resident size as its peak (Linux records the
+    forked copy's high-water mark at exec), and the harness holds read-back data."""
+    import tempfile
+    import threading
+
+    gnu_time = "/usr/bin/time" if Path("/usr/bin/time").exists() else None
+    with tempfile.TemporaryFile(mode="w+") as stderr, \
+            tempfile.NamedTemporaryFile(mode="r", suffix=".time") as timing:
+        if gnu_time:
+            command = [gnu_time, "-f", "%U %S %M", "-o", timing.name, *command]
+        started = time.time()
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=stderr,
+                                   text=True, cwd=HERE)
+        timer = threading.Timer(timeout, process.kill)
+        timer.start()
+        lines = []
         for line in process.stdout:
-            stdout_lines(line, time.time())
-            if time.time() > deadline:
-                process.kill()
-                break
-    else:
-        try:
-            out, _ = process.communicate(timeout=timeout)
-            lines = out.splitlines()
-        except subprocess.TimeoutExpired:
-            process.kill()
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.time() - started
-    stderr = process.stderr.read() if process.stderr else ""
+            if stdout_lines is not None:
+                stdout_lines(line, time.time())
+            else:
+                lines.append(line.rstrip("\n"))
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        timer.cancel()
+        wall = time.time() - started
+        stderr.seek(0)
+        tail = stderr.read()[-600:]
+        cpu, peak_kib = usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+        measured = timing.read().split() if gnu_time else []
+        if len(measured) >= 3:
+            cpu, peak_kib = float(measured[-3]) + float(measured[-2]), int(measured[-1])
     return {
         "started": started,
         "wall_s": round(wall, 2),
-        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
-        "exit": os.waitstatus_to_exitcode(status),
+        "cpu_s": round(cpu, 2),
+        "peak_rss_mib": round(peak_kib / 1024, 1),
+        "exit": process.returncode,
         "stdout": lines,
-        "stderr_tail": stderr[-600:],
+        "stderr_tail": tail,
     }
 
 
@@ -175,7 +202,7 @@ def producer_row(emulators, name, venv, script, n, size):
     shards = create_stream(env, stream)
     if venv is None:
         command = [str(KINESIS), "produce", "--stream", stream, "--records", str(n),
-                   "--size", str(size), "--keys", "1000"]
+                   "--size", str(size), "--keys", "1000", *(script or [])]
     else:
         command = [venv_python(venv), str(HERE / script), stream, str(n), str(size), "1000"]
     log(f"{name}: {n} x {size} B")
@@ -205,49 +232,59 @@ def producer_row(emulators, name, venv, script, n, size):
     }
 
 
-def ceiling(emulators, size):
-    """The emulator's own ceiling: prebuilt 500-record PutRecords calls of `size`-byte
-    records, sent from 8 threads for 10 seconds by a client doing nothing else."""
+def ceiling(emulators, size, count):
+    """The emulator's own ceiling: prebuilt PutRecords calls of `count` records of `size`
+    bytes into a fresh 4-shard stream, sent from 8 threads for 10 seconds by a client doing
+    nothing else (kinesis-mock's cost per put grows with what the shard holds)."""
     env = emulators.start()
     stream = f"ceiling-{int(time.time() * 1000)}"
     create_stream(env, stream)
     script = HERE / "ceiling.py"
-    run = run_measured([venv_python("agg"), str(script), stream, str(size)], env, timeout=600)
+    run = run_measured([venv_python("agg"), str(script), stream, str(size), str(count)], env,
+                       timeout=600)
     emulators.stop()
     return json.loads(run["stdout"][-1]) if run["stdout"] else {"error": run["stderr_tail"]}
 
 
-def consumer_rows(emulators, n, quick):
+def consumer_rows(emulators, aggregated_n, peer_filter):
     rows = []
     for aggregated in (True, False):
-        for peer in ("kinesis consume (ours)", "async-kinesis 3.0.1 (DynamoDB checkpointer)"):
+        # Unaggregated, every user record is a Kinesis record, and kinesis-mock's cost per
+        # put grows with what the shard holds: 200,000 of them cannot be written to it in
+        # reasonable time (puts time out), so that row reads 20,000.
+        n = aggregated_n if aggregated else min(aggregated_n, 20_000)
+        for peer, extra in CONSUMERS:
+            if peer_filter and not any(p in peer for p in peer_filter):
+                continue
             env = emulators.start()
             stream = f"peers-c-{int(time.time() * 1000)}"
             create_stream(env, stream)
             produce = [str(KINESIS), "produce", "--stream", stream, "--records", str(n),
-                       "--size", "100", "--keys", "1000"]
+                       "--size", "100", "--keys", "1000", "--request-timeout", "60s"]
             if not aggregated:
                 produce.append("--no-aggregation")
             subprocess.run(produce, env=env, capture_output=True, check=True)
             app = f"peers-app-{int(time.time() * 1000)}"
             log(f"{peer}: {n} records, {'aggregated' if aggregated else 'not aggregated'}")
             if peer.startswith("kinesis"):
-                seen, times = set(), []
+                # Lines are only counted as they arrive (parsing them here would make this
+                # reader the bottleneck); ids are checked once the process has ended.
+                lines, times = [], []
 
                 def line(text, at):
-                    record = json.loads(text)
-                    seen.add(json.loads(record["data"])["id"])
+                    lines.append(text)
                     if not times:
                         times.append(at)
-                    if len(seen) == n and len(times) == 1:
+                    if len(lines) == n:
                         times.append(at)
 
                 run = run_measured(
                     [str(KINESIS), "consume", "--stream", stream, "--app", app,
-                     "--exit-after-idle", "3s"],
+                     "--exit-after-idle", "3s", *extra],
                     env, timeout=900, stdout_lines=line)
+                seen = {json.loads(json.loads(l)["data"])["id"] for l in lines}
                 first = times[0] if times else None
-                last = times[1] if len(times) > 1 else None
+                last = times[1] if len(times) > 1 and len(seen) == n else None
                 distinct = len(seen)
             else:
                 table = f"kinesis-checkpoints-{app}"
@@ -313,6 +350,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small counts, to check the harness")
     parser.add_argument("--no-1m", action="store_true", help="skip the 1,000,000-record runs")
     parser.add_argument("--only", choices=["producer", "consumer", "codec"], action="append")
+    parser.add_argument("--peer", action="append",
+                        help="only producer and consumer rows whose name contains this (repeatable)")
     parser.add_argument("--out", default=str(WORK / "results.json"))
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -332,16 +371,25 @@ def main():
             print(f"\nCodec, one core (MD5 of this machine: {md5} MB/s)\n")
             print(table(rows, ["op", "size", "ours_records_per_s", "ours_mb_per_s",
                                "aws_kinesis_agg_records_per_s", "speedup", "share_of_md5"]))
+        if "producer" in only and not args.peer:
+            results["ceiling"] = [ceiling(emulators, size, count)
+                                  for size, count in ((100, 500), (1024, 500), (51_200, 100))]
+            print("\nEmulator ceiling (boto3, 8 threads, prebuilt PutRecords calls, 10 s)\n")
+            print(table(results["ceiling"], ["size", "records_per_call", "records_per_s",
+                                             "mb_per_s", "calls_per_s", "failed"]))
         if "producer" in only:
-            results["ceiling"] = {str(size): ceiling(emulators, size) for size in (100, 1024)}
-            print(f"\nEmulator ceiling (boto3, prebuilt 500-record PutRecords calls): {results['ceiling']}")
             counts = [2_000] if args.quick else ([100_000] if args.no_1m else [100_000, 1_000_000])
             rows = []
             for n in counts:
-                for size in (100, 1024):
+                # 1M records of 1 KiB are 1 GB: at kinesis-mock's ~2.4 MB/s (the ceiling
+                # above) about 7 minutes per peer, all of it the emulator's.
+                for size in (100,) if n >= 1_000_000 else (100, 1024):
                     for name, venv, script in PRODUCERS:
-                        # kinesis-mock slows as shards fill: the plain loop gets a tenth.
-                        count = n if "loop" not in name else max(n // 10, 1_000)
+                        if args.peer and not any(p in name for p in args.peer):
+                            continue
+                        # kinesis-mock's cost per put grows with what the shard holds:
+                        # the unaggregated loop gets at most 10,000 records.
+                        count = n if "loop" not in name else min(n, 10_000)
                         rows.append(producer_row(emulators, name, venv, script, count, size))
                         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             results["producer"] = rows
@@ -350,7 +398,7 @@ def main():
                                "cpu_s", "cpu_us_per_record", "peak_rss_mib",
                                "kinesis_records_in_stream", "put_records_calls", "failed"]))
         if "consumer" in only:
-            rows = consumer_rows(emulators, 2_000 if args.quick else 200_000, args.quick)
+            rows = consumer_rows(emulators, 2_000 if args.quick else 200_000, args.peer)
             results["consumer"] = rows
             print("\nConsumer\n")
             print(table(rows, ["peer", "records", "aggregated", "valid", "first_delivery_s",
