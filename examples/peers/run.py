@@ -57,6 +57,8 @@ CONSUMERS = [
     # waits the Java KCL's 1.5 s after every GetRecords: the same with 200 ms.
     ("kinesis consume (ours, --idle-between-reads 200ms)", ["--idle-between-reads", "200ms"]),
     ("async-kinesis 3.0.1 (DynamoDB checkpointer)", None),
+    # Not a consumer: how fast the emulator hands the same stream out (see read_ceiling.py).
+    ("boto3 GetRecords, no processing (the emulator's read ceiling)", None),
 ]
 
 
@@ -286,6 +288,13 @@ def consumer_rows(emulators, aggregated_n, peer_filter):
                 first = times[0] if times else None
                 last = times[1] if len(times) > 1 and len(seen) == n else None
                 distinct = len(seen)
+            elif peer.startswith("boto3"):
+                run = run_measured([venv_python("agg"), str(HERE / "read_ceiling.py"), stream],
+                                   env, timeout=900)
+                report = json.loads(run["stdout"][-1]) if run["stdout"] else {}
+                # Kinesis records only: deaggregating is a consumer's work, not the emulator's.
+                first, last = report.get("first"), report.get("last")
+                distinct = n if last else 0
             else:
                 table = f"kinesis-checkpoints-{app}"
                 subprocess.run(

@@ -20,6 +20,7 @@ pub use checkpoint::{CheckpointError, Checkpointer, PreparedCheckpoint};
 pub use error::{ErrorKind, ServiceError};
 pub use kinesis_aggregation::{deaggregate, UserRecord};
 pub use lease::{ExtendedSequenceNumber, Lease, SequencePosition};
+pub use leases::{LeaseTableBilling, LeaseTableConfig};
 pub use processor::{
     InitializeInput, KinesisClientRecord, LeaseLostInput, ProcessRecordsInput, ProcessorFactory,
     RecordProcessor, ShardEndedInput, ShutdownRequestedInput,

@@ -105,6 +105,9 @@ pub struct Args {
     /// workers.
     #[arg(long, required_unless_present = "shard", conflicts_with = "shard")]
     pub app: Option<String>,
+    /// Group mode: the lease table's name when it is not the application name.
+    #[arg(long, value_name = "TABLE", requires = "app")]
+    pub lease_table: Option<String>,
     /// Standalone mode: read this one shard, without a lease table or checkpoints.
     #[arg(long, value_name = "SHARD_ID")]
     pub shard: Option<String>,
@@ -179,6 +182,11 @@ async fn run_group(args: Args, app: String) -> Result<(), Error> {
         .call_process_records_even_for_empty_list(true);
     if let Some(id) = &args.worker_id {
         builder = builder.worker_id(id);
+    }
+    if let Some(table) = &args.lease_table {
+        let mut lease_table = kinesis_consumer::LeaseTableConfig::default();
+        lease_table.table_name = Some(table.clone());
+        builder = builder.lease_table(lease_table);
     }
     builder = if args.fan_out {
         // The stream consumer is named after the application, registered if missing and

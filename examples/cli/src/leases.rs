@@ -46,6 +46,11 @@ pub enum Command {
         /// One JSON object per lease instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only the leases this worker holds (found through the table's
+        /// `LeaseOwnerToLeaseKeyIndex` when it has one, as KCL 3 workers do; by a scan
+        /// otherwise).
+        #[arg(long, value_name = "WORKER_ID")]
+        worker: Option<String>,
     },
     /// Sets one shard's checkpoint.
     Reset {
@@ -145,8 +150,25 @@ async fn show(
     kinesis: &aws_sdk_kinesis::Client,
     stream: Option<&str>,
     json: bool,
+    worker: Option<&str>,
 ) -> Result<(), Error> {
-    let mut leases = store.list_leases().await?;
+    let mut leases = match worker {
+        None => store.list_leases().await?,
+        Some(worker) => {
+            store.check_owner_index().await?;
+            let mut leases = Vec::new();
+            for key in store.list_lease_keys_owned_by(worker).await? {
+                // The index is eventually consistent: read each lease and keep it only if
+                // the worker still holds it.
+                if let Some(lease) = store.get_lease(&key).await? {
+                    if lease.lease_owner.as_deref() == Some(worker) {
+                        leases.push(lease);
+                    }
+                }
+            }
+            leases
+        }
+    };
     leases.sort_by(|a, b| a.lease_key.cmp(&b.lease_key));
     if !json {
         println!(
@@ -189,7 +211,19 @@ async fn show(
         }
     }
     if !json {
-        println!("{} leases in table {}", leases.len(), store.table());
+        match worker {
+            None => println!("{} leases in table {}", leases.len(), store.table()),
+            Some(worker) => println!(
+                "{} leases of worker {worker} in table {} (listed by {})",
+                leases.len(),
+                store.table(),
+                if store.uses_owner_index() {
+                    "the owner index"
+                } else {
+                    "a scan"
+                }
+            ),
+        }
     }
     Ok(())
 }
@@ -268,10 +302,15 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let config = crate::aws_config().await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
     match args.command {
-        Command::Show { app, stream, json } => {
+        Command::Show {
+            app,
+            stream,
+            json,
+            worker,
+        } => {
             let store = DynamoDbLeaseStore::new(dynamodb, app);
             let kinesis = aws_sdk_kinesis::Client::new(&config);
-            show(&store, &kinesis, stream.as_deref(), json).await
+            show(&store, &kinesis, stream.as_deref(), json, worker.as_deref()).await
         }
         Command::Reset {
             app,

@@ -675,6 +675,14 @@ async fn a_lease_is_moved_to_a_named_worker() {
     }
     drop(workers);
     assert!(taken, "{to} did not take {shard}");
+    // show --worker lists the new owner's leases through the owner index.
+    let output = kinesis(&["leases", "show", "--app", &app, "--worker", to])
+        .await
+        .output()
+        .unwrap();
+    let table = check(&output);
+    assert!(table.contains(&shard), "{table}");
+    assert!(table.contains("listed by the owner index"), "{table}");
 }
 
 /// A child process killed when the test ends, whether it passes or panics.

@@ -2,18 +2,23 @@
 //! application can move between the two libraries without losing its place.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, TableStatus,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, IndexStatus,
+    KeySchemaElement, KeyType, PointInTimeRecoverySpecification, PointInTimeRecoveryStatus,
+    Projection, ProjectionType, ProvisionedThroughput, ScalarAttributeType, TableDescription,
+    TableStatus, Tag,
 };
 use aws_sdk_dynamodb::Client;
 
-use super::store::{CheckpointUpdate, LeaseStore, LeaseStoreError};
+use super::store::{owned_keys, CheckpointUpdate, LeaseStore, LeaseStoreError};
+use super::table::{LeaseTableBilling, LeaseTableConfig, OWNER_INDEX_NAME};
 use crate::error::{ErrorKind, ServiceError};
 use crate::lease::{ExtendedSequenceNumber, Lease, SequencePosition};
 
@@ -52,19 +57,32 @@ use attributes::*;
 /// How long [`LeaseStore::create_table_if_missing`] waits for a new table to be ACTIVE.
 const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A [`LeaseStore`] backed by a DynamoDB table (on-demand billing, created if missing).
+/// A [`LeaseStore`] backed by a DynamoDB table, created if missing as
+/// [`LeaseTableConfig`] says (default: on-demand, with the owner index).
 #[derive(Clone, Debug)]
 pub struct DynamoDbLeaseStore {
     client: Client,
     table: String,
+    config: LeaseTableConfig,
+    /// Whether the table has an ACTIVE owner index (learnt when the table is checked).
+    owner_index: Arc<AtomicBool>,
 }
 
 impl DynamoDbLeaseStore {
-    /// A store using `table` (by convention the application name).
+    /// A store using `table` (by convention the application name), created with the
+    /// default [`LeaseTableConfig`] if missing.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self::with_config(client, table, LeaseTableConfig::default())
+    }
+
+    /// A store using `table`, created as `config` says if missing (`config.table_name` is
+    /// not consulted: `table` is the name).
+    pub fn with_config(client: Client, table: impl Into<String>, config: LeaseTableConfig) -> Self {
         DynamoDbLeaseStore {
             client,
             table: table.into(),
+            config,
+            owner_index: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -73,7 +91,23 @@ impl DynamoDbLeaseStore {
         &self.table
     }
 
-    async fn table_status(&self) -> Result<Option<TableStatus>, LeaseStoreError> {
+    /// Whether [`LeaseStore::list_lease_keys_owned_by`] queries the owner index (known once
+    /// [`LeaseStore::create_table_if_missing`] has checked the table).
+    pub fn uses_owner_index(&self) -> bool {
+        self.owner_index.load(Ordering::Relaxed)
+    }
+
+    /// Reads the table's description, without creating the table, to learn whether the
+    /// owner index is there and active (for a store that will not call
+    /// [`LeaseStore::create_table_if_missing`], such as an operator's tool). Returns whether
+    /// [`LeaseStore::list_lease_keys_owned_by`] now queries the index.
+    pub async fn check_owner_index(&self) -> Result<bool, LeaseStoreError> {
+        let index = self.describe().await?.is_some_and(|t| has_owner_index(&t));
+        self.owner_index.store(index, Ordering::Relaxed);
+        Ok(index)
+    }
+
+    async fn describe(&self) -> Result<Option<TableDescription>, LeaseStoreError> {
         match self
             .client
             .describe_table()
@@ -81,10 +115,165 @@ impl DynamoDbLeaseStore {
             .send()
             .await
         {
-            Ok(out) => Ok(out.table().and_then(|t| t.table_status()).cloned()),
-            Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(None),
+            Ok(out) => Ok(out.table().cloned()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(classify("DescribeTable", &self.table, e)),
         }
+    }
+
+    async fn create_table(&self) -> Result<(), LeaseStoreError> {
+        let invalid = |e: aws_sdk_dynamodb::error::BuildError| {
+            LeaseStoreError::Service(
+                ServiceError::new("CreateTable", ErrorKind::InvalidRequest, e.to_string())
+                    .with_source(e),
+            )
+        };
+        let attribute = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(invalid)
+        };
+        let key = |name: &str, key_type: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(key_type)
+                .build()
+                .map_err(invalid)
+        };
+        let throughput = match self.config.billing {
+            LeaseTableBilling::OnDemand => None,
+            LeaseTableBilling::Provisioned {
+                read_capacity_units,
+                write_capacity_units,
+            } => Some(
+                ProvisionedThroughput::builder()
+                    .read_capacity_units(read_capacity_units)
+                    .write_capacity_units(write_capacity_units)
+                    .build()
+                    .map_err(invalid)?,
+            ),
+        };
+        let mut request = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .attribute_definitions(attribute(LEASE_KEY)?)
+            .key_schema(key(LEASE_KEY, KeyType::Hash)?)
+            .deletion_protection_enabled(self.config.deletion_protection);
+        request = match &throughput {
+            None => request.billing_mode(BillingMode::PayPerRequest),
+            Some(throughput) => request
+                .billing_mode(BillingMode::Provisioned)
+                .provisioned_throughput(throughput.clone()),
+        };
+        if self.config.owner_index {
+            request = request
+                .attribute_definitions(attribute(LEASE_OWNER)?)
+                .global_secondary_indexes(
+                    GlobalSecondaryIndex::builder()
+                        .index_name(OWNER_INDEX_NAME)
+                        .key_schema(key(LEASE_OWNER, KeyType::Hash)?)
+                        .key_schema(key(LEASE_KEY, KeyType::Range)?)
+                        .projection(
+                            Projection::builder()
+                                .projection_type(ProjectionType::KeysOnly)
+                                .build(),
+                        )
+                        .set_provisioned_throughput(throughput)
+                        .build()
+                        .map_err(invalid)?,
+                );
+        }
+        for (name, value) in &self.config.tags {
+            request = request.tags(
+                Tag::builder()
+                    .key(name)
+                    .value(value)
+                    .build()
+                    .map_err(invalid)?,
+            );
+        }
+        match request.send().await {
+            Ok(_) => {
+                tracing::info!(table = %self.table, "created lease table");
+                Ok(())
+            }
+            // Another worker created it at the same time.
+            Err(e) if e.code() == Some("ResourceInUseException") => Ok(()),
+            Err(e) => Err(classify("CreateTable", &self.table, e)),
+        }
+    }
+
+    /// Puts the configured tags on the table. They were sent with CreateTable; this makes
+    /// sure of them (some emulators drop them there), and DynamoDB lets whoever may tag on
+    /// create also call TagResource.
+    async fn tag_table(&self, arn: &str) -> Result<(), LeaseStoreError> {
+        let tags = self
+            .config
+            .tags
+            .iter()
+            .map(|(name, value)| Tag::builder().key(name).value(value).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                LeaseStoreError::Service(
+                    ServiceError::new("TagResource", ErrorKind::InvalidRequest, e.to_string())
+                        .with_source(e),
+                )
+            })?;
+        self.client
+            .tag_resource()
+            .resource_arn(arn)
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .map_err(|e| classify("TagResource", &self.table, e))?;
+        Ok(())
+    }
+
+    async fn ensure_point_in_time_recovery(&self) -> Result<(), LeaseStoreError> {
+        let described = self
+            .client
+            .describe_continuous_backups()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeContinuousBackups", &self.table, e))?;
+        let status = described
+            .continuous_backups_description()
+            .and_then(|d| d.point_in_time_recovery_description())
+            .and_then(|p| p.point_in_time_recovery_status());
+        if status == Some(&PointInTimeRecoveryStatus::Enabled) {
+            return Ok(());
+        }
+        let specification = PointInTimeRecoverySpecification::builder()
+            .point_in_time_recovery_enabled(true)
+            .build()
+            .map_err(|e| {
+                LeaseStoreError::Service(
+                    ServiceError::new(
+                        "UpdateContinuousBackups",
+                        ErrorKind::InvalidRequest,
+                        e.to_string(),
+                    )
+                    .with_source(e),
+                )
+            })?;
+        self.client
+            .update_continuous_backups()
+            .table_name(&self.table)
+            .point_in_time_recovery_specification(specification)
+            .send()
+            .await
+            .map_err(|e| classify("UpdateContinuousBackups", &self.table, e))?;
+        tracing::info!(table = %self.table, "enabled point-in-time recovery of the lease table");
+        Ok(())
     }
 
     async fn conditional_update(
@@ -315,66 +504,36 @@ pub fn lease_from_item(item: &HashMap<String, AttributeValue>) -> Result<Lease, 
 #[async_trait]
 impl LeaseStore for DynamoDbLeaseStore {
     async fn create_table_if_missing(&self) -> Result<(), LeaseStoreError> {
-        if self.table_status().await?.is_none() {
-            let created = self
-                .client
-                .create_table()
-                .table_name(&self.table)
-                .billing_mode(BillingMode::PayPerRequest)
-                .attribute_definitions(
-                    AttributeDefinition::builder()
-                        .attribute_name(LEASE_KEY)
-                        .attribute_type(ScalarAttributeType::S)
-                        .build()
-                        .map_err(|e| {
-                            LeaseStoreError::Service(
-                                ServiceError::new(
-                                    "CreateTable",
-                                    ErrorKind::InvalidRequest,
-                                    e.to_string(),
-                                )
-                                .with_source(e),
-                            )
-                        })?,
-                )
-                .key_schema(
-                    KeySchemaElement::builder()
-                        .attribute_name(LEASE_KEY)
-                        .key_type(KeyType::Hash)
-                        .build()
-                        .map_err(|e| {
-                            LeaseStoreError::Service(
-                                ServiceError::new(
-                                    "CreateTable",
-                                    ErrorKind::InvalidRequest,
-                                    e.to_string(),
-                                )
-                                .with_source(e),
-                            )
-                        })?,
-                )
-                .send()
-                .await;
-            match created {
-                Ok(_) => tracing::info!(table = %self.table, "created lease table"),
-                // Another worker created it at the same time.
-                Err(e) if e.code() == Some("ResourceInUseException") => {}
-                Err(e) => return Err(classify("CreateTable", &self.table, e)),
-            }
-        }
+        let created = if self.describe().await?.is_none() {
+            self.create_table().await?;
+            true
+        } else {
+            false
+        };
         let deadline = tokio::time::Instant::now() + TABLE_ACTIVE_TIMEOUT;
-        loop {
-            if self.table_status().await? == Some(TableStatus::Active) {
-                return Ok(());
+        let table = loop {
+            match self.describe().await? {
+                Some(table) if table.table_status() == Some(&TableStatus::Active) => break table,
+                _ if tokio::time::Instant::now() > deadline => {
+                    return Err(LeaseStoreError::NotActive {
+                        table: self.table.clone(),
+                        waited: TABLE_ACTIVE_TIMEOUT,
+                    });
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }
-            if tokio::time::Instant::now() > deadline {
-                return Err(LeaseStoreError::NotActive {
-                    table: self.table.clone(),
-                    waited: TABLE_ACTIVE_TIMEOUT,
-                });
+        };
+        self.owner_index
+            .store(has_owner_index(&table), Ordering::Relaxed);
+        if created && !self.config.tags.is_empty() {
+            if let Some(arn) = table.table_arn() {
+                self.tag_table(arn).await?;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        if self.config.point_in_time_recovery {
+            self.ensure_point_in_time_recovery().await?;
+        }
+        Ok(())
     }
 
     async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError> {
@@ -423,6 +582,40 @@ impl LeaseStore for DynamoDbLeaseStore {
             .await
             .map_err(|e| classify("GetItem", lease_key, e))?;
         out.item().map(lease_from_item).transpose()
+    }
+
+    async fn list_lease_keys_owned_by(&self, owner: &str) -> Result<Vec<String>, LeaseStoreError> {
+        if !self.uses_owner_index() {
+            return Ok(owned_keys(self.list_leases().await?, owner));
+        }
+        let mut keys = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(OWNER_INDEX_NAME)
+                .key_condition_expression("#owner = :owner")
+                .expression_attribute_names("#owner", LEASE_OWNER)
+                .expression_attribute_values(":owner", AttributeValue::S(owner.to_owned()))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| classify("Query", &self.table, e))?;
+            keys.extend(
+                page.items()
+                    .iter()
+                    .filter_map(|item| match item.get(LEASE_KEY) {
+                        Some(AttributeValue::S(key)) => Some(key.clone()),
+                        _ => None,
+                    }),
+            );
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() {
+                return Ok(keys);
+            }
+        }
     }
 
     async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseStoreError> {
@@ -562,6 +755,14 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 }
 
+/// Whether the table has the owner index (`LeaseOwnerToLeaseKeyIndex`), active.
+fn has_owner_index(table: &TableDescription) -> bool {
+    table.global_secondary_indexes().iter().any(|index| {
+        index.index_name() == Some(OWNER_INDEX_NAME)
+            && index.index_status() == Some(&IndexStatus::Active)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,5 +798,117 @@ mod tests {
         assert!(!item.contains_key(LEASE_OWNER));
         assert!(!item.contains_key(PARENT_SHARD_ID));
         assert_eq!(lease_from_item(&item).unwrap(), bare);
+    }
+
+    /// The table settings reach CreateTable, the tags are confirmed once the table is
+    /// ACTIVE, point-in-time recovery is switched on, and the owner index is then used.
+    #[tokio::test]
+    async fn a_new_table_is_created_as_configured() {
+        use aws_sdk_dynamodb::operation::describe_continuous_backups::DescribeContinuousBackupsOutput;
+        use aws_sdk_dynamodb::operation::describe_table::DescribeTableOutput;
+        use aws_sdk_dynamodb::operation::query::QueryOutput;
+        use aws_sdk_dynamodb::types::{
+            GlobalSecondaryIndexDescription, IndexStatus, TableDescription,
+        };
+        use aws_sdk_dynamodb::Client;
+        use aws_smithy_mocks::{mock, mock_client, RuleMode};
+
+        let missing = mock!(Client::describe_table).then_error(|| {
+            aws_sdk_dynamodb::operation::describe_table::DescribeTableError::ResourceNotFoundException(
+                aws_sdk_dynamodb::types::error::ResourceNotFoundException::builder().build(),
+            )
+        });
+        let create = mock!(Client::create_table)
+            .match_requests(|r| {
+                let index = &r.global_secondary_indexes()[0];
+                r.table_name() == Some("custom")
+                    && r.billing_mode() == Some(&BillingMode::Provisioned)
+                    && r.provisioned_throughput()
+                        .map(|t| (t.read_capacity_units(), t.write_capacity_units()))
+                        == Some((3, 4))
+                    && r.deletion_protection_enabled() == Some(true)
+                    && r.tags().len() == 1
+                    && r.tags()[0].key() == "team"
+                    && index.index_name() == OWNER_INDEX_NAME
+                    && index.key_schema()[0].attribute_name() == LEASE_OWNER
+                    && index.key_schema()[1].attribute_name() == LEASE_KEY
+                    && index.projection().and_then(|p| p.projection_type())
+                        == Some(&ProjectionType::KeysOnly)
+            })
+            .then_output(|| {
+                aws_sdk_dynamodb::operation::create_table::CreateTableOutput::builder().build()
+            });
+        let active = mock!(Client::describe_table).then_output(|| {
+            DescribeTableOutput::builder()
+                .table(
+                    TableDescription::builder()
+                        .table_name("custom")
+                        .table_arn("arn:aws:dynamodb:us-east-1:123456789012:table/custom")
+                        .table_status(TableStatus::Active)
+                        .global_secondary_indexes(
+                            GlobalSecondaryIndexDescription::builder()
+                                .index_name(OWNER_INDEX_NAME)
+                                .index_status(IndexStatus::Active)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        });
+        let tag = mock!(Client::tag_resource)
+            .match_requests(|r| {
+                r.resource_arn() == Some("arn:aws:dynamodb:us-east-1:123456789012:table/custom")
+                    && r.tags().len() == 1
+            })
+            .then_output(|| {
+                aws_sdk_dynamodb::operation::tag_resource::TagResourceOutput::builder().build()
+            });
+        let backups = mock!(Client::describe_continuous_backups)
+            .then_output(|| DescribeContinuousBackupsOutput::builder().build());
+        let enable = mock!(Client::update_continuous_backups)
+            .match_requests(|r| {
+                r.point_in_time_recovery_specification()
+                    .map(|p| p.point_in_time_recovery_enabled())
+                    == Some(true)
+            })
+            .then_output(|| {
+                aws_sdk_dynamodb::operation::update_continuous_backups::UpdateContinuousBackupsOutput::builder().build()
+            });
+        let query = mock!(Client::query)
+            .match_requests(|r| r.index_name() == Some(OWNER_INDEX_NAME))
+            .then_output(|| {
+                QueryOutput::builder()
+                    .items(HashMap::from([
+                        (LEASE_KEY.to_owned(), AttributeValue::S("shardId-1".into())),
+                        (LEASE_OWNER.to_owned(), AttributeValue::S("w".into())),
+                    ]))
+                    .build()
+            });
+        let client = mock_client!(
+            aws_sdk_dynamodb,
+            RuleMode::Sequential,
+            [&missing, &create, &active, &tag, &backups, &enable, &query]
+        );
+        let config = LeaseTableConfig {
+            table_name: None,
+            billing: LeaseTableBilling::Provisioned {
+                read_capacity_units: 3,
+                write_capacity_units: 4,
+            },
+            tags: vec![("team".into(), "streams".into())],
+            point_in_time_recovery: true,
+            deletion_protection: true,
+            owner_index: true,
+        };
+        let store = DynamoDbLeaseStore::with_config(client, "custom", config);
+        store.create_table_if_missing().await.unwrap();
+        assert!(store.uses_owner_index());
+        assert_eq!(
+            store.list_lease_keys_owned_by("w").await.unwrap(),
+            vec!["shardId-1".to_owned()]
+        );
+        for rule in [&missing, &create, &active, &tag, &backups, &enable, &query] {
+            assert_eq!(rule.num_calls(), 1);
+        }
     }
 }

@@ -7,9 +7,11 @@ pub(crate) mod dynamodb;
 mod held;
 mod memory;
 mod store;
+mod table;
 
 pub(crate) use coordinator::{HeldLease, LeaseCoordinator, LeaseCoordinatorConfig};
 pub use dynamodb::DynamoDbLeaseStore;
 pub(crate) use held::timed;
 pub use memory::MemoryLeaseStore;
 pub use store::{CheckpointUpdate, LeaseStore, LeaseStoreError};
+pub use table::{LeaseTableBilling, LeaseTableConfig, OWNER_INDEX_NAME};

@@ -103,6 +103,14 @@ pub trait LeaseStore: Send + Sync {
     /// error log and the metric `LeaseItemsMalformed`), never failing the whole list.
     async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError>;
 
+    /// Keys of the leases the table names `owner` the owner of. The DynamoDB store queries
+    /// the `LeaseOwnerToLeaseKeyIndex` when the table has it (an index is eventually
+    /// consistent: a lease moved a moment ago may be missing or still listed); the default
+    /// lists every lease.
+    async fn list_lease_keys_owned_by(&self, owner: &str) -> Result<Vec<String>, LeaseStoreError> {
+        Ok(owned_keys(self.list_leases().await?, owner))
+    }
+
     /// One lease, if it exists.
     async fn get_lease(&self, lease_key: &str) -> Result<Option<Lease>, LeaseStoreError>;
 
@@ -137,4 +145,13 @@ pub trait LeaseStore: Send + Sync {
 
     /// Deletes the lease. Condition: counter unchanged.
     async fn delete_lease(&self, lease: &Lease) -> Result<(), LeaseStoreError>;
+}
+
+/// Keys of the leases owned by `owner`.
+pub(crate) fn owned_keys(leases: Vec<Lease>, owner: &str) -> Vec<String> {
+    leases
+        .into_iter()
+        .filter(|lease| lease.is_owned_by(owner))
+        .map(|lease| lease.lease_key)
+        .collect()
 }

@@ -10,6 +10,7 @@ use super::{InitialPosition, Scheduler, SchedulerError};
 use crate::error::{ErrorKind, ServiceError};
 use crate::leases::{
     DynamoDbLeaseStore, LeaseCoordinator, LeaseCoordinatorConfig, LeaseStore, LeaseStoreError,
+    LeaseTableBilling, LeaseTableConfig,
 };
 use crate::processor::ProcessorFactory;
 use crate::retrieval::{
@@ -124,6 +125,7 @@ pub struct SchedulerBuilder {
     kinesis_client: Option<aws_sdk_kinesis::Client>,
     dynamodb_client: Option<aws_sdk_dynamodb::Client>,
     lease_store: Option<Arc<dyn LeaseStore>>,
+    lease_table: LeaseTableConfig,
 }
 
 impl std::fmt::Debug for SchedulerBuilder {
@@ -133,6 +135,7 @@ impl std::fmt::Debug for SchedulerBuilder {
             .field("application_name", &self.application_name)
             .field("worker_id", &self.worker_id)
             .field("config", &self.config)
+            .field("lease_table", &self.lease_table)
             .finish_non_exhaustive()
     }
 }
@@ -155,6 +158,7 @@ impl SchedulerBuilder {
             kinesis_client: None,
             dynamodb_client: None,
             lease_store: None,
+            lease_table: LeaseTableConfig::default(),
         }
     }
 
@@ -354,6 +358,14 @@ impl SchedulerBuilder {
         self
     }
 
+    /// How the DynamoDB lease table is named and created (default: named after the
+    /// application, on-demand, with the owner index; see [`LeaseTableConfig`]). Not used with
+    /// [`lease_store`](Self::lease_store).
+    pub fn lease_table(mut self, config: LeaseTableConfig) -> Self {
+        self.lease_table = config;
+        self
+    }
+
     /// Uses another lease store (for example [`crate::leases::MemoryLeaseStore`]).
     pub fn lease_store(mut self, store: Arc<dyn LeaseStore>) -> Self {
         self.lease_store = Some(store);
@@ -388,13 +400,22 @@ impl SchedulerBuilder {
             config.dynamodb_request_timeout = config.failover_time / 4;
         }
         validate(&config)?;
+        let table = self
+            .lease_table
+            .table_name
+            .clone()
+            .unwrap_or_else(|| application.clone());
+        if self.lease_store.is_none() {
+            validate_lease_table(&table, &self.lease_table)?;
+        }
         let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
         let store: Arc<dyn LeaseStore> = match self.lease_store {
             Some(store) => store,
-            None => Arc::new(DynamoDbLeaseStore::new(
+            None => Arc::new(DynamoDbLeaseStore::with_config(
                 self.dynamodb_client
                     .unwrap_or_else(|| aws_sdk_dynamodb::Client::new(&self.sdk_config)),
-                application.clone(),
+                table,
+                self.lease_table,
             )),
         };
         let kinesis = self
@@ -521,6 +542,40 @@ impl PollingSettings {
     }
 }
 
+/// The lease table's name (the application name unless set) is 3 to 255 characters of
+/// `a-z A-Z 0-9 _ . -`, and provisioned capacities are positive. Checked here so a bad
+/// setting fails with its name instead of a ValidationException from the first DynamoDB
+/// call.
+fn validate_lease_table(name: &str, config: &LeaseTableConfig) -> Result<(), SchedulerError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if !(3..=255).contains(&name.len()) || !name.chars().all(allowed) {
+        return Err(SchedulerError::InvalidConfig {
+            setting: if config.table_name.is_some() {
+                "lease_table.table_name"
+            } else {
+                "application_name"
+            },
+            reason: format!(
+                "{name:?} names the DynamoDB lease table: 3 to 255 characters of a-z, A-Z, \
+                 0-9, '_', '.' and '-'"
+            ),
+        });
+    }
+    if let LeaseTableBilling::Provisioned {
+        read_capacity_units,
+        write_capacity_units,
+    } = config.billing
+    {
+        if read_capacity_units < 1 || write_capacity_units < 1 {
+            return Err(SchedulerError::InvalidConfig {
+                setting: "lease_table.billing",
+                reason: "provisioned read and write capacity units must be at least 1".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Every setting in range and consistent with the others; nothing is clamped.
 fn validate(config: &SchedulerConfig) -> Result<(), SchedulerError> {
     let invalid = |setting: &'static str, reason: &str| {
@@ -614,6 +669,7 @@ mod tests {
     use aws_types::SdkConfig;
 
     use super::default_worker_id;
+    use crate::leases::{LeaseTableBilling, LeaseTableConfig};
     use crate::processor::{ProcessRecordsInput, RecordProcessor, ShardEndedInput};
     use crate::{RetrievalMode, Scheduler, SchedulerBuilder, SchedulerError};
 
@@ -630,7 +686,7 @@ mod tests {
         let config = SdkConfig::builder().build();
         Scheduler::builder(&config)
             .stream("s")
-            .application_name("a")
+            .application_name("app")
             .processor_factory(|| NoOp)
     }
 
@@ -664,6 +720,30 @@ mod tests {
         ] {
             assert_eq!(rejected(builder).await.0, expected);
         }
+    }
+
+    #[tokio::test]
+    async fn application_names_that_cannot_name_a_table_are_rejected() {
+        for name in ["ab", "my app", "app/1", &"x".repeat(256)] {
+            let (setting, reason) = rejected(builder().application_name(name)).await;
+            assert_eq!(setting, "application_name");
+            assert!(reason.contains("lease table"), "{reason}");
+        }
+        let table = LeaseTableConfig {
+            table_name: Some("my table".into()),
+            ..Default::default()
+        };
+        let (setting, _) = rejected(builder().application_name("my app").lease_table(table)).await;
+        assert_eq!(setting, "lease_table.table_name");
+        let table = LeaseTableConfig {
+            billing: LeaseTableBilling::Provisioned {
+                read_capacity_units: 0,
+                write_capacity_units: 5,
+            },
+            ..Default::default()
+        };
+        let (setting, _) = rejected(builder().application_name("app").lease_table(table)).await;
+        assert_eq!(setting, "lease_table.billing");
     }
 
     #[tokio::test]
