@@ -3,11 +3,14 @@
 //! long a crashed worker's shards take to be taken over.
 //!
 //! ```sh
-//! cargo run -p examples --example consumer_bench
+//! cargo run -p examples --example consumer_bench                  # everything
+//! cargo run -p examples --example consumer_bench takeover 5       # takeover only, 5 runs each
+//! cargo run -p examples --example consumer_bench throughput
 //! ```
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -17,8 +20,8 @@ use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use bytes::Bytes;
 use kinesis_consumer::leases::{DynamoDbLeaseStore, LeaseStore};
 use kinesis_consumer::{
-    InitialPosition, ProcessRecordsInput, RecordProcessor, Scheduler, SchedulerBuilder,
-    ShardEndedInput,
+    InitialPosition, InitializeInput, Lease, ProcessRecordsInput, RecordProcessor, Scheduler,
+    SchedulerBuilder, ShardEndedInput,
 };
 use kinesis_producer::aggregation::AggregateBuilder;
 
@@ -158,7 +161,57 @@ async fn throughput(
     Ok(())
 }
 
-/// Time from a worker's crash until the survivor holds every lease.
+/// Delivery times by (worker, shard).
+type DeliveryTimes = HashMap<(String, String), Vec<Instant>>;
+
+/// Records when each worker delivered records from each shard.
+#[derive(Clone, Default)]
+struct Deliveries(Arc<Mutex<DeliveryTimes>>);
+
+impl Deliveries {
+    /// The first delivery by `worker` from `shard` after `after`.
+    fn first_after(&self, worker: &str, shard: &str, after: Instant) -> Option<Instant> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&(worker.to_owned(), shard.to_owned()))?
+            .iter()
+            .copied()
+            .find(|at| *at > after)
+    }
+}
+
+/// Notes every non-empty batch in [`Deliveries`]; checkpoints each batch.
+struct Tracker {
+    worker: &'static str,
+    shard: String,
+    deliveries: Deliveries,
+}
+
+#[async_trait]
+impl RecordProcessor for Tracker {
+    async fn initialize(&mut self, input: InitializeInput) {
+        self.shard = input.shard_id;
+    }
+
+    async fn process_records(&mut self, input: ProcessRecordsInput) {
+        if !input.records.is_empty() {
+            let mut map = self.deliveries.0.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry((self.worker.to_owned(), self.shard.clone()))
+                .or_default()
+                .push(Instant::now());
+        }
+        let _ = input.checkpointer.checkpoint().await;
+    }
+
+    async fn shard_ended(&mut self, input: ShardEndedInput) {
+        let _ = input.checkpointer.checkpoint().await;
+    }
+}
+
+/// A worker crashes (its task aborted: no release, no more renewals) while records keep
+/// arriving on every shard: how long until the survivor holds the crashed worker's leases,
+/// and until it delivers records from each of them, counted from the crash and from the
+/// crashed worker's last renewal (the last change of its leases' counters, as seen by
+/// polling the table every 20 ms).
 async fn takeover(
     config: &SdkConfig,
     failover: Duration,
@@ -168,13 +221,45 @@ async fn takeover(
     let stream = name("bench-takeover");
     let app = name("bench-takeover-app");
     kinesis_emulator::create_stream(&kinesis, &stream, 4).await?;
-    let count = Arc::new(AtomicU64::new(0));
+    // One record per shard every 100 ms (explicit hash keys at each shard's start).
+    let shards = kinesis.list_shards().stream_name(&stream).send().await?;
+    let hash_keys: Vec<String> = shards
+        .shards()
+        .iter()
+        .filter_map(|s| s.hash_key_range().map(|r| r.starting_hash_key().to_owned()))
+        .collect();
+    let writer = {
+        let (kinesis, stream) = (kinesis.clone(), stream.clone());
+        tokio::spawn(async move {
+            loop {
+                let entries = hash_keys
+                    .iter()
+                    .map(|key| {
+                        PutRecordsRequestEntry::builder()
+                            .partition_key("k")
+                            .explicit_hash_key(key)
+                            .data(Blob::new(b"x".to_vec()))
+                            .build()
+                    })
+                    .collect::<Result<Vec<_>, _>>();
+                if let Ok(entries) = entries {
+                    let _ = put(&kinesis, &stream, entries).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let deliveries = Deliveries::default();
     let start = |worker: &'static str| {
-        let counter = count.clone();
+        let deliveries = deliveries.clone();
         let mut b = builder(config, &stream, &app, worker)
             .failover_time(failover)
             .idle_time_between_reads(Duration::from_millis(200))
-            .processor_factory(move || Counter(counter.clone()));
+            .processor_factory(move || Tracker {
+                worker,
+                shard: String::new(),
+                deliveries: deliveries.clone(),
+            });
         if let Some(taker) = taker {
             b = b.lease_taker_interval(taker);
         }
@@ -186,60 +271,126 @@ async fn takeover(
     let b_stop = b.shutdown_handle();
     let b = tokio::spawn(b.run());
     let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(config), &app);
-    let owned_by = |owner: &'static str| {
-        let store = store.clone();
-        async move {
-            let leases = store.list_leases().await?;
-            Ok::<usize, Error>(leases.iter().filter(|l| l.is_owned_by(owner)).count())
-        }
-    };
-    // Wait for 2/2.
+    // Wait for 2/2, then a few seconds of steady state.
     let settle = Instant::now();
-    while owned_by("a").await? != 2 || owned_by("b").await? != 2 {
+    loop {
+        let leases = store.list_leases().await?;
+        if leases.iter().filter(|l| l.is_owned_by("a")).count() == 2
+            && leases.iter().filter(|l| l.is_owned_by("b")).count() == 2
+        {
+            break;
+        }
         if settle.elapsed() > Duration::from_secs(120) {
             return Err("never balanced".into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Crash at a random point of the renewal and taker cycles.
+    let jitter = failover.mul_f64(rand::random::<f64>());
+    let mut counters: HashMap<String, (u64, Instant)> = HashMap::new();
+    let mut orphans: Vec<String> = Vec::new();
+    let until = Instant::now() + failover + jitter;
+    while Instant::now() < until {
+        observe(&store, &mut counters, Some(&mut orphans)).await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     a.abort();
     let _ = a.await;
     let crashed = Instant::now();
-    while owned_by("b").await? != 4 {
+    let mut held_all = None;
+    loop {
+        let leases = observe(&store, &mut counters, None).await?;
+        if held_all.is_none() && leases.iter().filter(|l| l.is_owned_by("b")).count() == 4 {
+            held_all = Some(Instant::now());
+        }
+        let delivered: Option<Vec<Instant>> = orphans
+            .iter()
+            .map(|shard| deliveries.first_after("b", shard, crashed))
+            .collect();
+        if let (Some(held_all), Some(delivered)) = (held_all, delivered) {
+            let last_renewal = orphans
+                .iter()
+                .filter_map(|shard| counters.get(shard).map(|(_, at)| *at))
+                .max()
+                .unwrap_or(crashed);
+            let delivered = delivered.into_iter().max().unwrap_or(held_all);
+            let x = |d: Duration| d.as_secs_f64() / failover.as_secs_f64();
+            println!(
+                "takeover: failover {failover:?}, taker interval {:?}: survivor held all leases {:.2?} \
+                 after the crash, delivered from every orphaned shard {:.2?} after it ({:.2}x failover); \
+                 {:.2?} after the last renewal ({:.2}x)",
+                taker.unwrap_or(failover),
+                held_all - crashed,
+                delivered - crashed,
+                x(delivered - crashed),
+                delivered - last_renewal,
+                x(delivered - last_renewal),
+            );
+            break;
+        }
         if crashed.elapsed() > Duration::from_secs(120) {
             return Err("never taken over".into());
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let took = crashed.elapsed();
     b_stop.shutdown();
     b.await??;
-    println!(
-        "takeover: failover {failover:?}, taker interval {:?}: survivor held all 4 leases {took:.2?} after the crash ({:.2}x failover)",
-        taker.unwrap_or(failover),
-        took.as_secs_f64() / failover.as_secs_f64()
-    );
+    writer.abort();
     Ok(())
+}
+
+/// Lists the leases and notes when each one's counter was first seen at its current value;
+/// with `orphans`, records the leases worker `a` holds.
+async fn observe(
+    store: &DynamoDbLeaseStore,
+    counters: &mut HashMap<String, (u64, Instant)>,
+    orphans: Option<&mut Vec<String>>,
+) -> Result<Vec<Lease>, Error> {
+    let leases = store.list_leases().await?;
+    let now = Instant::now();
+    for lease in &leases {
+        let seen = counters
+            .entry(lease.lease_key.clone())
+            .or_insert((lease.lease_counter, now));
+        if seen.0 != lease.lease_counter {
+            *seen = (lease.lease_counter, now);
+        }
+    }
+    if let Some(orphans) = orphans {
+        *orphans = leases
+            .iter()
+            .filter(|l| l.is_owned_by("a"))
+            .map(|l| l.lease_key.clone())
+            .collect();
+    }
+    Ok(leases)
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let only = args.first().map(String::as_str);
+    let runs: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3);
     let emulator = kinesis_emulator::Emulator::start().await?;
     let config = emulator.sdk_config().await;
-    // Drain a backlog with the default batch size, then with smaller batches and no
-    // pause between reads, so several GetRecords calls per shard stream.
-    throughput(&config, 1, 5_000, 1, 10_000, Duration::from_millis(200)).await?;
-    throughput(&config, 1, 5_000, 1, 500, Duration::ZERO).await?;
-    throughput(&config, 4, 10_000, 1, 500, Duration::ZERO).await?;
-    throughput(&config, 4, 400, 100, 20, Duration::ZERO).await?;
-    for _ in 0..3 {
-        takeover(&config, Duration::from_secs(2), None).await?;
+    if only != Some("takeover") {
+        // Drain a backlog with the default batch size, then with smaller batches and no
+        // pause between reads, so several GetRecords calls per shard stream.
+        throughput(&config, 1, 5_000, 1, 10_000, Duration::from_millis(200)).await?;
+        throughput(&config, 1, 5_000, 1, 500, Duration::ZERO).await?;
+        throughput(&config, 4, 10_000, 1, 500, Duration::ZERO).await?;
+        throughput(&config, 4, 400, 100, 20, Duration::ZERO).await?;
     }
-    takeover(&config, Duration::from_secs(10), None).await?;
-    takeover(
-        &config,
-        Duration::from_secs(10),
-        Some(Duration::from_secs(20)),
-    )
-    .await?;
+    if only != Some("throughput") {
+        for (failover, taker) in [
+            (Duration::from_secs(10), None),
+            (Duration::from_secs(10), Some(Duration::from_secs(2))),
+            (Duration::from_secs(10), Some(Duration::from_secs(20))),
+        ] {
+            for _ in 0..runs {
+                takeover(&config, failover, taker).await?;
+            }
+        }
+    }
     Ok(())
 }

@@ -237,6 +237,12 @@ impl Checkpointer {
                 })
             })
             .await?;
+        metrics::counter!(
+            crate::metrics::CHECKPOINTS,
+            "shard" => shard.clone(),
+            "outcome" => crate::metrics::outcome(written.is_ok())
+        )
+        .increment(1);
         match written {
             Ok(()) => Ok(()),
             Err(LeaseStoreError::ConditionFailed(_)) => Err(CheckpointError::LeaseLost(shard)),

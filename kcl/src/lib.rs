@@ -7,6 +7,7 @@ mod checkpoint;
 mod error;
 mod lease;
 pub mod leases;
+mod metrics;
 mod processor;
 mod retrieval;
 mod scheduler;

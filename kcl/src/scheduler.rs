@@ -10,10 +10,11 @@ use aws_types::SdkConfig;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
 
 use crate::error::{ErrorKind, ServiceError};
 use crate::lease::{ExtendedSequenceNumber, Lease, SequencePosition};
-use crate::leases::{timed, LeaseCoordinator, LeaseStore, LeaseStoreError};
+use crate::leases::{next_take_at, timed, LeaseCoordinator, LeaseStore, LeaseStoreError};
 use crate::processor::ProcessorFactory;
 use crate::retrieval::{list_shards, FanOutError, FetchError, FetchOptions};
 use crate::shard_consumer::{Retrieval, ShardConsumer, ShardOutcome};
@@ -274,12 +275,25 @@ impl Scheduler {
     ///
     /// Dropping or aborting the future stops everything at once without releasing leases
     /// (like a crash): other workers take them after the failover time.
+    ///
+    /// Everything it logs, its shard consumers' logs included, is inside a `worker` span
+    /// (fields `worker` and `stream`), and each shard consumer's inside a `shard` span
+    /// (field `shard`), so that two workers in one process have attributable logs.
     pub async fn run(self) -> Result<(), SchedulerError> {
+        let span = tracing::info_span!(
+            "worker",
+            worker = %self.worker_id,
+            stream = %self.stream.as_str()
+        );
+        self.run_in_span().instrument(span).await
+    }
+
+    async fn run_in_span(self) -> Result<(), SchedulerError> {
         let mut background = JoinSet::new();
-        background.spawn(renew_forever(
-            self.coordinator.clone(),
-            self.config.lease_renewal_interval,
-        ));
+        background.spawn(
+            renew_forever(self.coordinator.clone(), self.config.lease_renewal_interval)
+                .in_current_span(),
+        );
 
         let mut consumers = Consumers::default();
         let mut shutdown = self.shutdown.subscribe();
@@ -295,10 +309,12 @@ impl Scheduler {
                 tracing::warn!(%error, "initial shard sync failed; retrying at the next interval")
             }
         }
-        let mut take_tick = tokio::time::interval(self.config.lease_taker_interval);
+        // The first taker round at once, then at the taker interval or when the first
+        // observed lease expires (see `next_take_at`).
+        let mut next_take = Instant::now();
         let mut sync_tick = tokio::time::interval(self.config.shard_sync_interval);
         let mut parent_tick = tokio::time::interval(self.config.parent_shard_poll_interval);
-        for tick in [&mut take_tick, &mut sync_tick, &mut parent_tick] {
+        for tick in [&mut sync_tick, &mut parent_tick] {
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }
         sync_tick.tick().await;
@@ -313,8 +329,8 @@ impl Scheduler {
                         None => std::future::pending().await,
                     }
                 } => {}
-                _ = take_tick.tick() => {
-                    self.take(&mut leader).await;
+                _ = tokio::time::sleep_until(next_take) => {
+                    next_take = self.take(&mut leader).await;
                 }
                 _ = parent_tick.tick() => {
                     // A hole (a parent without a lease, a failed child create) is repaired
@@ -374,7 +390,7 @@ impl Scheduler {
                     if ended {
                         // The children's leases were just created: take them now rather
                         // than at the next taker round.
-                        self.take(&mut leader).await;
+                        next_take = self.take(&mut leader).await;
                     }
                 }
             }
@@ -452,8 +468,10 @@ impl Scheduler {
         }
     }
 
-    /// One taker round; updates whether this worker leads shard syncs.
-    async fn take(&self, leader: &mut bool) {
+    /// One taker round; updates whether this worker leads shard syncs and returns when the
+    /// next round is due.
+    async fn take(&self, leader: &mut bool) -> Instant {
+        let interval = self.config.lease_taker_interval;
         match self.coordinator.take_leases().await {
             Ok(round) => {
                 let first_owner = round
@@ -463,8 +481,12 @@ impl Scheduler {
                     .filter_map(|l| l.lease_owner.as_deref())
                     .min();
                 *leader = first_owner.is_none_or(|first| first >= self.worker_id.as_str());
+                next_take_at(Instant::now(), interval, round.next_expiry)
             }
-            Err(error) => tracing::warn!(%error, "lease taking failed"),
+            Err(error) => {
+                tracing::warn!(%error, "lease taking failed");
+                Instant::now() + interval
+            }
         }
     }
 
@@ -721,7 +743,11 @@ impl Scheduler {
                 shutdown: stop_rx,
             };
             tracing::info!(shard = %key, worker = %self.worker_id, checkpoint = %lease.checkpoint, "starting shard consumer");
-            let task = consumers.tasks.spawn(consumer.run());
+            let task = consumers.tasks.spawn(
+                consumer
+                    .run()
+                    .instrument(tracing::info_span!("shard", shard = %key)),
+            );
             consumers.keys.insert(task.id(), key.clone());
             consumers.running.insert(
                 key,

@@ -251,6 +251,9 @@ impl ShardConsumer {
             if !records.is_empty()
                 || (self.options.deliver_empty_batches && batch.shard_end.is_none())
             {
+                let count = records.len() as u64;
+                let bytes = records.iter().map(|r| r.data.len() as u64).sum();
+                let started = std::time::Instant::now();
                 self.processor
                     .process_records(ProcessRecordsInput {
                         records,
@@ -258,6 +261,14 @@ impl ShardConsumer {
                         checkpointer: checkpointer.clone(),
                     })
                     .await;
+                crate::metrics::batch_processed(
+                    self.stream.as_str(),
+                    &shard_id,
+                    count,
+                    bytes,
+                    batch.millis_behind_latest,
+                    started.elapsed(),
+                );
             }
             if let Some(children) = batch.shard_end {
                 if held.is_lost() {

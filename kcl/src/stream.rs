@@ -16,6 +16,11 @@ impl StreamRef {
         StreamRef(name_or_arn.into())
     }
 
+    /// The name or ARN, as given.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+
     fn is_arn(&self) -> bool {
         self.0.starts_with("arn:")
     }

@@ -109,6 +109,38 @@ pub struct TakeRound {
     pub taken: Vec<String>,
     /// How many of the taken leases were stolen from a live worker.
     pub stolen: usize,
+    /// When the first lease another worker holds expires if its counter does not change
+    /// again: the time this round first saw its current counter plus the failover time.
+    /// `None` when no other worker holds an unexpired lease.
+    pub next_expiry: Option<Instant>,
+}
+
+/// Below this gap between taker rounds the next one is not brought forward.
+const MIN_TAKER_GAP: Duration = Duration::from_millis(100);
+
+/// When the next taker round should run, given the end of this one: after the taker
+/// interval, or as soon as the first observed lease expires, whichever is first.
+///
+/// A lease is expired once its counter has not been seen to change for the failover time;
+/// a round at a fixed interval finds it up to one interval after that (and when the
+/// interval equals the failover time, a round that lands exactly on the expiry misses it
+/// by a hair and the next one takes it: up to 3x the failover time after the holder's
+/// last renewal). Looking at the moment of expiry takes it between 1x and 2x (the first
+/// round that sees the final counter is up to one interval after it was written), with
+/// no more rounds than before in a healthy fleet: live leases change between rounds, so
+/// their expiry is one failover time after the latest round, which is the next periodic one.
+pub(crate) fn next_take_at(
+    round_end: Instant,
+    interval: Duration,
+    next_expiry: Option<Instant>,
+) -> Instant {
+    let periodic = round_end + interval;
+    match next_expiry {
+        // Just past the expiry: `take_leases` requires strictly more than the failover time.
+        Some(expiry) => periodic
+            .min((expiry + Duration::from_millis(1)).max(round_end + MIN_TAKER_GAP.min(interval))),
+        None => periodic,
+    }
 }
 
 impl LeaseCoordinator {
@@ -144,10 +176,30 @@ impl LeaseCoordinator {
         self.held_map().get(key).cloned()
     }
 
+    /// Drops a held lease and marks it lost; counted in `LostLeases` unless it was given up
+    /// on purpose (released or abandoned).
     fn forget(&self, key: &str) {
-        if let Some(held) = self.held_map().remove(key) {
+        // Not in the `if let`: its guard would live through the block (held_gauge locks).
+        let removed = self.held_map().remove(key);
+        if let Some(held) = removed {
             held.mark_lost();
+            self.held_gauge();
         }
+    }
+
+    fn forget_lost(&self, key: &str) {
+        if self.held_lease(key).is_some() {
+            metrics::counter!(crate::metrics::LOST_LEASES, "worker" => self.config.worker_id.clone())
+                .increment(1);
+        }
+        self.forget(key);
+    }
+
+    /// Sets the `CurrentLeases` gauge to the number of leases held.
+    fn held_gauge(&self) {
+        let held = self.held_map().len();
+        metrics::gauge!(crate::metrics::CURRENT_LEASES, "worker" => self.config.worker_id.clone())
+            .set(held as f64);
     }
 
     /// Renews every held lease once, each on its own (a slow renewal of one lease never
@@ -156,8 +208,19 @@ impl LeaseCoordinator {
     /// deadline, are marked lost and dropped. Returns the keys of the leases lost.
     pub async fn renew_leases(&self) -> Vec<String> {
         let held = self.held_leases();
+        let worker = self.config.worker_id.as_str();
+        let renewed = |ok: bool| {
+            metrics::counter!(
+                crate::metrics::LEASE_RENEWALS,
+                "worker" => worker.to_owned(),
+                "outcome" => crate::metrics::outcome(ok)
+            )
+            .increment(1);
+        };
         let results = join_all(held.iter().map(|held| async move {
-            match held.renew().await {
+            let renewal = held.renew().await;
+            renewed(matches!(renewal, Renewal::Renewed));
+            match renewal {
                 Renewal::Renewed => false,
                 Renewal::Lost => true,
                 Renewal::Failed(error) => {
@@ -170,7 +233,7 @@ impl LeaseCoordinator {
         let mut lost = Vec::new();
         for (held, is_lost) in held.iter().zip(results) {
             if is_lost || held.is_lost() {
-                self.forget(held.key());
+                self.forget_lost(held.key());
                 lost.push(held.key().to_owned());
             }
         }
@@ -192,12 +255,13 @@ impl LeaseCoordinator {
             if let Some(held) = self.held_lease(&lease.lease_key) {
                 if !lease.is_owned_by(me) && lease.lease_counter > held.copy().lease_counter {
                     tracing::info!(shard = %lease.lease_key, owner = ?lease.lease_owner, "lease lost: the table shows another owner");
-                    self.forget(&lease.lease_key);
+                    self.forget_lost(&lease.lease_key);
                 }
             }
         }
         let held_keys: HashSet<String> = self.held_map().keys().cloned().collect();
 
+        let mut next_expiry: Option<Instant> = None;
         let expired: HashSet<String> = {
             let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
             observed.retain(|key, _| leases.iter().any(|l| &l.lease_key == key));
@@ -212,8 +276,13 @@ impl LeaseCoordinator {
                         seen.counter = lease.lease_counter;
                         seen.changed_at = now;
                     }
-                    lease.lease_owner.is_none()
-                        || now.duration_since(seen.changed_at) > self.config.failover_time
+                    let expired = lease.lease_owner.is_none()
+                        || now.duration_since(seen.changed_at) > self.config.failover_time;
+                    if !expired && !lease.is_owned_by(me) && !lease.is_finished() {
+                        let expiry = seen.changed_at + self.config.failover_time;
+                        next_expiry = Some(next_expiry.map_or(expiry, |e| e.min(expiry)));
+                    }
+                    expired
                 })
                 .map(|lease| lease.lease_key.clone())
                 .collect()
@@ -244,7 +313,10 @@ impl LeaseCoordinator {
             .div_ceil(workers)
             .min(self.config.max_leases_per_worker);
         let needed = target.saturating_sub(mine);
-        let mut round = TakeRound::default();
+        let mut round = TakeRound {
+            next_expiry,
+            ..TakeRound::default()
+        };
         if needed == 0 && target == self.config.max_leases_per_worker {
             let unprocessed = active
                 .iter()
@@ -346,6 +418,9 @@ impl LeaseCoordinator {
                         self.timing(),
                     );
                     self.held_map().insert(key.clone(), Arc::new(held));
+                    self.held_gauge();
+                    metrics::counter!(crate::metrics::TAKEN_LEASES, "worker" => me.to_owned())
+                        .increment(1);
                     round.taken.push(key);
                     if stealing {
                         round.stolen += 1;
@@ -387,7 +462,7 @@ impl LeaseCoordinator {
     /// Drops a lease that is lost (taken, or past its local deadline).
     pub(crate) fn drop_if_lost(&self, key: &str) {
         if self.held_lease(key).is_some_and(|held| held.is_lost()) {
-            self.forget(key);
+            self.forget_lost(key);
         }
     }
 }

@@ -9,7 +9,7 @@ mod memory;
 mod store;
 mod table;
 
-pub(crate) use coordinator::{HeldLease, LeaseCoordinator, LeaseCoordinatorConfig};
+pub(crate) use coordinator::{next_take_at, HeldLease, LeaseCoordinator, LeaseCoordinatorConfig};
 pub use dynamodb::DynamoDbLeaseStore;
 pub(crate) use held::timed;
 pub use memory::MemoryLeaseStore;

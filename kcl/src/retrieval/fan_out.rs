@@ -386,10 +386,18 @@ impl FanOutFetcher {
                 .shard_id(&self.shard_id)
                 .starting_position(starting_position)
                 .send();
+            let sent = std::time::Instant::now();
             let subscribed = tokio::select! {
                 result = tokio::time::timeout(self.options.request_timeout, subscribe) => result,
                 _ = tx.closed() => return,
             };
+            crate::metrics::read_request(
+                crate::metrics::SUBSCRIBE_TO_SHARD,
+                crate::metrics::SUBSCRIBE_TO_SHARD_TIME,
+                self.stream.as_str(),
+                &self.shard_id,
+                matches!(subscribed, Ok(Ok(_))).then(|| sent.elapsed()),
+            );
             let Ok(subscribed) = subscribed else {
                 tracing::warn!(shard = %self.shard_id, timeout = ?self.options.request_timeout, "SubscribeToShard timed out; subscribing again");
                 continue;

@@ -288,10 +288,18 @@ impl PollingFetcher {
                 .shard_iterator(&iterator)
                 .limit(self.config.max_records)
                 .send();
+            let sent = std::time::Instant::now();
             let result = tokio::select! {
                 result = tokio::time::timeout(self.options.request_timeout, request) => result,
                 _ = tx.closed() => return Err(Stop::Closed),
             };
+            crate::metrics::read_request(
+                crate::metrics::GET_RECORDS,
+                crate::metrics::GET_RECORDS_TIME,
+                self.stream.as_str(),
+                &self.shard_id,
+                matches!(result, Ok(Ok(_))).then(|| sent.elapsed()),
+            );
             let result = match result {
                 Ok(result) => result,
                 Err(_) => {

@@ -376,6 +376,7 @@ impl SchedulerBuilder {
     /// exists and, with enhanced fan-out, registers the stream consumer if missing and waits
     /// until it is ACTIVE.
     pub async fn build(self) -> Result<Scheduler, SchedulerError> {
+        crate::metrics::describe();
         let stream = self
             .stream
             .ok_or(SchedulerError::MissingSetting("stream"))?;

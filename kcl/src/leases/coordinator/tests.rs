@@ -512,3 +512,124 @@ mod properties {
         }
     }
 }
+
+/// How long after a crashed worker's last renewal its leases are taken and may be acted on
+/// (item 6 of issue 12), with the survivor's taker rounds scheduled as the scheduler does.
+/// Returns that time and how many taker rounds the survivor made in the minute before.
+async fn takeover_after_crash(
+    interval: Duration,
+    look_at_expiry: bool,
+    crash_after: Duration,
+) -> (Duration, usize) {
+    const STEP: Duration = Duration::from_millis(10);
+    let store = Arc::new(MemoryLeaseStore::new());
+    for i in 0..4 {
+        let lease = Lease::new(format!("shard-{i}"), ExtendedSequenceNumber::trim_horizon());
+        store.create_lease_if_absent(&lease).await.unwrap();
+    }
+    let start = Instant::now();
+    // (coordinator, next renewal, next taker round, last renewal, taker rounds)
+    let mut workers: Vec<(LeaseCoordinator, Instant, Instant, Instant, usize)> = ["a", "b"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut config = LeaseCoordinatorConfig::new(id);
+            config.failover_time = FAILOVER;
+            let store: Arc<dyn LeaseStore> = store.clone();
+            let phase = Duration::from_millis(1_234 * i as u64);
+            (
+                LeaseCoordinator::new(store, config),
+                start + phase,
+                start + phase,
+                start,
+                0,
+            )
+        })
+        .collect();
+    let crash_at = start + Duration::from_secs(60) + crash_after;
+    let mut crashed: Option<(Vec<String>, Instant)> = None;
+    loop {
+        let now = Instant::now();
+        if crashed.is_none() && now >= crash_at {
+            let (dead, _, _, last_renewal, _) = workers.remove(0);
+            assert_eq!(dead.held_leases().len(), 2, "not balanced before the crash");
+            let keys = dead
+                .held_leases()
+                .iter()
+                .map(|h| h.key().to_owned())
+                .collect();
+            crashed = Some((keys, last_renewal));
+        }
+        for (worker, next_renewal, next_take, last_renewal, rounds) in &mut workers {
+            if now >= *next_renewal {
+                worker.renew_leases().await;
+                *last_renewal = now;
+                *next_renewal += FAILOVER / 3;
+            }
+            if now >= *next_take {
+                let round = worker.take_leases().await.unwrap();
+                if now < crash_at && now >= crash_at - Duration::from_secs(60) {
+                    *rounds += 1;
+                }
+                *next_take = if look_at_expiry {
+                    next_take_at(Instant::now(), interval, round.next_expiry)
+                } else {
+                    Instant::now() + interval
+                };
+            }
+        }
+        if let Some((orphans, last_renewal)) = &crashed {
+            let survivor = &workers[0].0;
+            let ready = orphans.iter().all(|key| {
+                survivor
+                    .held_lease(key)
+                    .is_some_and(|held| held.not_before() <= Instant::now())
+            });
+            if ready {
+                let rounds = workers[0].4;
+                return (Instant::now() - *last_renewal, rounds);
+            }
+            assert!(now - *last_renewal < 5 * FAILOVER, "never taken over");
+        }
+        tokio::time::advance(STEP).await;
+    }
+}
+
+/// Looking again when the first observed lease expires takes a crashed worker's leases
+/// within 2x the failover time of its last renewal, whatever the phase of the crash;
+/// rounds at a fixed interval take up to 3x, and the healthy fleet's rounds are as many.
+/// A taker interval of a fifth of the failover time brings it to 1.2x (at 5x the scans).
+#[tokio::test(start_paused = true)]
+async fn a_crashed_workers_leases_are_taken_within_two_failover_times_of_its_last_renewal() {
+    let phases = 20;
+    let mut worst = [Duration::ZERO; 3];
+    let mut rounds = [0usize; 3];
+    for phase in 0..phases {
+        let crash_after = FAILOVER * phase / phases;
+        for (i, (interval, look)) in [(FAILOVER, false), (FAILOVER, true), (FAILOVER / 5, true)]
+            .into_iter()
+            .enumerate()
+        {
+            let (took, made) = takeover_after_crash(interval, look, crash_after).await;
+            worst[i] = worst[i].max(took);
+            rounds[i] = rounds[i].max(made);
+        }
+    }
+    println!("worst takeover after the last renewal {worst:?}, rounds in a minute {rounds:?}");
+    let slack = Duration::from_millis(50);
+    assert!(worst[0] > 2 * FAILOVER, "fixed interval: {:?}", worst[0]);
+    assert!(
+        worst[1] <= 2 * FAILOVER + slack,
+        "at expiry: {:?}",
+        worst[1]
+    );
+    assert!(
+        worst[2] <= FAILOVER * 6 / 5 + slack,
+        "interval / 5: {:?}",
+        worst[2]
+    );
+    // A minute of a healthy fleet: one round per failover time either way (the first
+    // round of the minute may fall on either side of its start).
+    assert!(rounds[0] <= 7 && rounds[1] <= 7, "rounds {rounds:?}");
+    assert!(rounds[1] <= rounds[0] + 1, "rounds {rounds:?}");
+}
