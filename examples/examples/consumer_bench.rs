@@ -340,7 +340,8 @@ async fn takeover(
 }
 
 /// Lists the leases and notes when each one's counter was first seen at its current value;
-/// with `orphans`, records the leases worker `a` holds.
+/// with `orphans` (before the crash), records the leases worker `a` holds; without (after
+/// it), only leases still owned by `a` are noted, so the survivor's takes do not count.
 async fn observe(
     store: &DynamoDbLeaseStore,
     counters: &mut HashMap<String, (u64, Instant)>,
@@ -349,6 +350,10 @@ async fn observe(
     let leases = store.list_leases().await?;
     let now = Instant::now();
     for lease in &leases {
+        // After the crash only the crashed worker's renewals count (not the survivor's).
+        if orphans.is_none() && !lease.is_owned_by("a") {
+            continue;
+        }
         let seen = counters
             .entry(lease.lease_key.clone())
             .or_insert((lease.lease_counter, now));

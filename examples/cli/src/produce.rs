@@ -83,6 +83,10 @@ pub struct Args {
     /// default the KPL's 30s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub record_ttl: Option<Duration>,
+    /// Bytes of one PutRecords call at most (the producer's `collection_max_size`; default
+    /// the KPL's 5 MiB).
+    #[arg(long, value_name = "BYTES")]
+    pub collection_max_size: Option<usize>,
     /// Send every record as its own Kinesis record (the producer's `aggregation_enabled`
     /// off).
     #[arg(long)]
@@ -223,6 +227,9 @@ pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
     }
     if let Some(ttl) = args.record_ttl {
         builder = builder.record_ttl(ttl);
+    }
+    if let Some(bytes) = args.collection_max_size {
+        builder = builder.collection_max_size(bytes);
     }
     if args.no_aggregation {
         builder = builder.aggregation_enabled(false);
