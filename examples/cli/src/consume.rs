@@ -12,6 +12,8 @@
 //!   - Standard output closed by its reader (`kinesis consume ... | head -1`): stop at once
 //!     and cleanly (exit 0); the final checkpoints cover what was written before.
 //!   - A batch handed over after the lease's local deadline passed is not written.
+//!   - `--count N`: stops gracefully once N records are written (the batch that reaches N
+//!     is written only up to it, and checkpointed there).
 //! - **Standalone** (`--shard S`): reads one shard with GetRecords, no lease table and no
 //!   checkpoints; stops at the shard's end, after `--count` records, or once caught up for
 //!   `--exit-after-idle`.
@@ -24,7 +26,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -126,8 +128,9 @@ pub struct Args {
     /// empty read with millis_behind_latest 0) and no record since.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub exit_after_idle: Option<Duration>,
-    /// Standalone mode: stop after this many records.
-    #[arg(long, value_name = "N", requires = "shard")]
+    /// Stop after writing this many records (in group mode gracefully, checkpointing only
+    /// what was written).
+    #[arg(long, value_name = "N")]
     pub count: Option<u64>,
     /// Read with GetRecords polling (the default).
     #[arg(long, conflicts_with = "fan_out")]
@@ -222,6 +225,9 @@ async fn run_group(args: Args, app: String) -> Result<(), Error> {
         closed: AtomicBool::new(false),
         caught_up: Mutex::new(HashMap::new()),
         last_record: Mutex::new(Instant::now()),
+        limit: args.count,
+        written: AtomicU64::new(0),
+        limit_reached: AtomicBool::new(false),
     });
     *shared_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared.clone());
     tracing::info!(
@@ -294,11 +300,19 @@ struct Shared {
     caught_up: Mutex<HashMap<String, bool>>,
     /// When the last record was delivered.
     last_record: Mutex<Instant>,
+    /// `--count`: records to write at most.
+    limit: Option<u64>,
+    /// Records written so far (changed under the output lock).
+    written: AtomicU64,
+    /// `--count` records were written: write nothing more.
+    limit_reached: AtomicBool,
 }
 
 impl Shared {
     fn stopping(&self) -> bool {
-        self.failed.load(Ordering::SeqCst) || self.closed.load(Ordering::SeqCst)
+        self.failed.load(Ordering::SeqCst)
+            || self.closed.load(Ordering::SeqCst)
+            || self.limit_reached.load(Ordering::SeqCst)
     }
 
     fn caught_up(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
@@ -336,12 +350,26 @@ pub(crate) fn json_line(shard: &str, record: &KinesisClientRecord) -> serde_json
 }
 
 impl JsonLines {
-    fn write(&self, records: &[KinesisClientRecord]) -> std::io::Result<()> {
+    /// Writes the records, or as many as `--count` still allows; returns how many.
+    fn write(&self, records: &[KinesisClientRecord]) -> std::io::Result<usize> {
         let mut output = self.shared.output.lock().unwrap_or_else(|e| e.into_inner());
-        for record in records {
+        let written = self.shared.written.load(Ordering::SeqCst);
+        let allowed = match self.shared.limit {
+            Some(limit) => records
+                .len()
+                .min(usize::try_from(limit.saturating_sub(written)).unwrap_or(usize::MAX)),
+            None => records.len(),
+        };
+        for record in &records[..allowed] {
             writeln!(output, "{}", json_line(&self.shard, record))?;
         }
-        output.flush()
+        output.flush()?;
+        let written = written + allowed as u64;
+        self.shared.written.store(written, Ordering::SeqCst);
+        if self.shared.limit.is_some_and(|limit| written >= limit) {
+            self.shared.limit_reached.store(true, Ordering::SeqCst);
+        }
+        Ok(allowed)
     }
 }
 
@@ -357,12 +385,12 @@ impl RecordProcessor for JsonLines {
             self.unwritten |= !input.records.is_empty();
             return;
         }
-        let Some(last) = input.records.last() else {
+        if input.records.is_empty() {
             // An empty read: at the tip when millis_behind_latest is 0.
             let at_tip = input.millis_behind_latest == Some(0);
             self.shared.caught_up().insert(self.shard.clone(), at_tip);
             return;
-        };
+        }
         self.shared.caught_up().insert(self.shard.clone(), false);
         *self
             .shared
@@ -374,18 +402,30 @@ impl RecordProcessor for JsonLines {
             self.unwritten = true;
             return;
         }
-        if let Err(error) = self.write(&input.records) {
-            self.unwritten = true;
-            if error.kind() == std::io::ErrorKind::BrokenPipe {
-                eprintln!("kinesis consume: output closed; stopping");
-                self.shared.closed.store(true, Ordering::SeqCst);
-            } else {
-                eprintln!("kinesis consume: cannot write records of {}: {error}; stopping without any further checkpoint", self.shard);
-                self.shared.failed.store(true, Ordering::SeqCst);
+        let written = match self.write(&input.records) {
+            Ok(written) => written,
+            Err(error) => {
+                self.unwritten = true;
+                if error.kind() == std::io::ErrorKind::BrokenPipe {
+                    eprintln!("kinesis consume: output closed; stopping");
+                    self.shared.closed.store(true, Ordering::SeqCst);
+                } else {
+                    eprintln!("kinesis consume: cannot write records of {}: {error}; stopping without any further checkpoint", self.shard);
+                    self.shared.failed.store(true, Ordering::SeqCst);
+                }
+                self.shared.stop.shutdown();
+                return;
             }
-            self.shared.stop.shutdown();
-            return;
+        };
+        if written < input.records.len() {
+            self.unwritten = true;
         }
+        if self.shared.limit_reached.load(Ordering::SeqCst) {
+            self.shared.stop.shutdown();
+        }
+        let Some(last) = input.records[..written].last() else {
+            return;
+        };
         let position = (last.sequence_number.clone(), last.sub_sequence_number);
         self.last_written = Some(position.clone());
         // Checkpoint only what is safely written: at least once.

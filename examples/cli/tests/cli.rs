@@ -344,6 +344,53 @@ async fn consume_ends_when_stdout_closes_and_checkpoints_only_what_it_wrote() {
     assert!(leases[0]["owner"].is_null(), "released: {stderr}");
 }
 
+/// `--count` in group mode: exactly N records written, a graceful stop, checkpoints that
+/// cover only those; the next run of the application writes the rest, so together they
+/// hold every record.
+#[tokio::test]
+async fn consume_count_in_group_mode_stops_after_n_and_checkpoints_only_those() {
+    let stream = unique("cli-count");
+    let app = unique("cli-count-app");
+    produce(&stream, Some(1), 50).await;
+    let read = |args: &'static [&'static str]| {
+        let (stream, app) = (stream.clone(), app.clone());
+        async move {
+            let output = kinesis(&["consume"])
+                .await
+                .args(["--stream", &stream, "--app", &app, "--failover", "3s"])
+                .args(args)
+                .output()
+                .unwrap();
+            check(&output)
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    let first = read(&["--count", "7"]).await;
+    assert_eq!(first.len(), 7);
+    let leases = lease_lines(&app).await;
+    assert_eq!(leases[0]["checkpoint"], first[6]["sequence_number"]);
+    assert!(leases[0]["owner"].is_null(), "released");
+    let rest = read(&["--exit-after-idle", "2s"]).await;
+    let ids = |lines: &[serde_json::Value]| -> BTreeSet<u64> {
+        lines
+            .iter()
+            .map(|l| {
+                let data: serde_json::Value =
+                    serde_json::from_str(l["data"].as_str().unwrap()).unwrap();
+                data["id"].as_u64().unwrap()
+            })
+            .collect()
+    };
+    let all: BTreeSet<u64> = ids(&first).union(&ids(&rest)).copied().collect();
+    assert_eq!(all.len(), 50, "every record in one of the two runs");
+    assert!(
+        ids(&first).is_disjoint(&ids(&rest)),
+        "nothing written twice"
+    );
+}
+
 /// Item 3: `--exit-after-idle` means caught up (every held shard read to its tip), not
 /// "no record for N s": reads one Kinesis record per call, 1.5 s apart, and stops only
 /// after the last one, with everything written.

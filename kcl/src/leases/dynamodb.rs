@@ -511,6 +511,9 @@ impl LeaseStore for DynamoDbLeaseStore {
             false
         };
         let deadline = tokio::time::Instant::now() + TABLE_ACTIVE_TIMEOUT;
+        // Soon at first (a local table service is ready in milliseconds, a cold start
+        // waits for it), then every second at most (DynamoDB takes seconds).
+        let mut pause = Duration::from_millis(25);
         let table = loop {
             match self.describe().await? {
                 Some(table) if table.table_status() == Some(&TableStatus::Active) => break table,
@@ -520,7 +523,10 @@ impl LeaseStore for DynamoDbLeaseStore {
                         waited: TABLE_ACTIVE_TIMEOUT,
                     });
                 }
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                _ => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
             }
         };
         self.owner_index
