@@ -108,7 +108,9 @@ pub struct Args {
     #[arg(long, required_unless_present = "shard", conflicts_with = "shard")]
     pub app: Option<String>,
     /// Group mode: the lease table's name when it is not the application name.
-    #[arg(long, value_name = "TABLE", requires = "app")]
+    // `conflicts_with` as well: clap skips `requires = "app"` when `--shard` (which
+    // conflicts with `--app`) is given.
+    #[arg(long, value_name = "TABLE", requires = "app", conflicts_with = "shard")]
     pub lease_table: Option<String>,
     /// Standalone mode: read this one shard, without a lease table or checkpoints.
     #[arg(long, value_name = "SHARD_ID")]

@@ -759,6 +759,13 @@ async fn bad_arguments_and_a_missing_stream_get_clear_errors_and_documented_exit
         Some(2),
         "--app or --shard is required"
     );
+    // Group-mode options with --shard are errors, not silently ignored.
+    let output = kinesis(&["consume", "--stream", "s", "--shard", "x"])
+        .await
+        .args(["--lease-table", "t"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "--lease-table with --shard");
 
     let missing = unique("cli-missing");
     let output = with_stdin(&["produce", "--stream", &missing], "x\n").await;
