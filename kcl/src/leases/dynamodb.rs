@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{BuildError, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, IndexStatus,
@@ -126,13 +126,17 @@ impl DynamoDbLeaseStore {
         }
     }
 
+    /// The configured tags, as the SDK takes them.
+    fn tags(&self) -> Result<Vec<Tag>, BuildError> {
+        self.config
+            .tags
+            .iter()
+            .map(|(name, value)| Tag::builder().key(name).value(value).build())
+            .collect()
+    }
+
     async fn create_table(&self) -> Result<(), LeaseStoreError> {
-        let invalid = |e: aws_sdk_dynamodb::error::BuildError| {
-            LeaseStoreError::Service(
-                ServiceError::new("CreateTable", ErrorKind::InvalidRequest, e.to_string())
-                    .with_source(e),
-            )
-        };
+        let invalid = unbuildable("CreateTable");
         let attribute = |name: &str| {
             AttributeDefinition::builder()
                 .attribute_name(name)
@@ -191,14 +195,8 @@ impl DynamoDbLeaseStore {
                         .map_err(invalid)?,
                 );
         }
-        for (name, value) in &self.config.tags {
-            request = request.tags(
-                Tag::builder()
-                    .key(name)
-                    .value(value)
-                    .build()
-                    .map_err(invalid)?,
-            );
+        if !self.config.tags.is_empty() {
+            request = request.set_tags(Some(self.tags().map_err(invalid)?));
         }
         match request.send().await {
             Ok(_) => {
@@ -215,18 +213,7 @@ impl DynamoDbLeaseStore {
     /// sure of them (some emulators drop them there), and DynamoDB lets whoever may tag on
     /// create also call TagResource.
     async fn tag_table(&self, arn: &str) -> Result<(), LeaseStoreError> {
-        let tags = self
-            .config
-            .tags
-            .iter()
-            .map(|(name, value)| Tag::builder().key(name).value(value).build())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                LeaseStoreError::Service(
-                    ServiceError::new("TagResource", ErrorKind::InvalidRequest, e.to_string())
-                        .with_source(e),
-                )
-            })?;
+        let tags = self.tags().map_err(unbuildable("TagResource"))?;
         self.client
             .tag_resource()
             .resource_arn(arn)
@@ -255,16 +242,7 @@ impl DynamoDbLeaseStore {
         let specification = PointInTimeRecoverySpecification::builder()
             .point_in_time_recovery_enabled(true)
             .build()
-            .map_err(|e| {
-                LeaseStoreError::Service(
-                    ServiceError::new(
-                        "UpdateContinuousBackups",
-                        ErrorKind::InvalidRequest,
-                        e.to_string(),
-                    )
-                    .with_source(e),
-                )
-            })?;
+            .map_err(unbuildable("UpdateContinuousBackups"))?;
         self.client
             .update_continuous_backups()
             .table_name(&self.table)
@@ -758,6 +736,16 @@ impl LeaseStore for DynamoDbLeaseStore {
             .await
             .map_err(|e| classify("DeleteItem", &lease.lease_key, e))?;
         Ok(())
+    }
+}
+
+/// A request of `operation` the SDK refused to build (a required field missing): a typed
+/// invalid-request error, the builder's error as its source.
+fn unbuildable(operation: &'static str) -> impl Fn(BuildError) -> LeaseStoreError + Copy {
+    move |e| {
+        LeaseStoreError::Service(
+            ServiceError::new(operation, ErrorKind::InvalidRequest, e.to_string()).with_source(e),
+        )
     }
 }
 
