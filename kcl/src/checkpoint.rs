@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::ServiceError;
 use crate::lease::{ExtendedSequenceNumber, Lease};
 use crate::leases::{CheckpointUpdate, HeldLease, LeaseStoreError};
+use crate::metrics::Outcomes;
 
 /// Why a checkpoint was not written.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,7 @@ struct Progress {
 pub struct Checkpointer {
     held: Arc<HeldLease>,
     progress: Arc<Mutex<Progress>>,
+    checkpoints: Outcomes,
 }
 
 impl std::fmt::Debug for Checkpointer {
@@ -92,6 +94,7 @@ impl PreparedCheckpoint {
 impl Checkpointer {
     pub(crate) fn new(held: Arc<HeldLease>) -> Self {
         Checkpointer {
+            checkpoints: crate::metrics::checkpoints(held.key()),
             held,
             progress: Arc::new(Mutex::new(Progress::default())),
         }
@@ -237,12 +240,7 @@ impl Checkpointer {
                 })
             })
             .await?;
-        metrics::counter!(
-            crate::metrics::CHECKPOINTS,
-            "shard" => shard.clone(),
-            "outcome" => crate::metrics::outcome(written.is_ok())
-        )
-        .increment(1);
+        self.checkpoints.record(written.is_ok());
         match written {
             Ok(()) => Ok(()),
             Err(LeaseStoreError::ConditionFailed(_)) => Err(CheckpointError::LeaseLost(shard)),

@@ -19,7 +19,8 @@
 //! | `kinesis_consumer_subscribe_to_shard` | counter | `stream`, `shard`, `outcome` | SubscribeToShard.Success |
 //! | `kinesis_consumer_subscribe_to_shard_time_seconds` | histogram, seconds until the subscription is open | `stream`, `shard` | SubscribeToShard.Time |
 //!
-//! A timed-out request counts as a `failure`. The diagnostic counters of earlier versions
+//! A timed-out request counts as a `failure`. Handles are registered when a scheduler, a
+//! shard consumer or a fetcher is made: install the recorder before building the scheduler. The diagnostic counters of earlier versions
 //! (`LeaseItemsMalformed`, `LeasesExpiredLocally`, `RecordProcessorFailures`,
 //! `CheckpointTrimHorizonFallbacks`, `AggregatesDropped`, `ShardsGoneFromStream`,
 //! `SubscriptionStalls`) are unchanged.
@@ -27,22 +28,23 @@
 use std::time::Duration;
 
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Histogram, Unit,
 };
 
-pub(crate) const MILLIS_BEHIND_LATEST: &str = "kinesis_consumer_millis_behind_latest";
-pub(crate) const RECORDS_PROCESSED: &str = "kinesis_consumer_records_processed";
-pub(crate) const DATA_BYTES_PROCESSED: &str = "kinesis_consumer_data_bytes_processed";
-pub(crate) const PROCESS_RECORDS_TIME: &str = "kinesis_consumer_process_records_time_seconds";
-pub(crate) const CURRENT_LEASES: &str = "kinesis_consumer_current_leases";
-pub(crate) const TAKEN_LEASES: &str = "kinesis_consumer_taken_leases";
-pub(crate) const LOST_LEASES: &str = "kinesis_consumer_lost_leases";
-pub(crate) const LEASE_RENEWALS: &str = "kinesis_consumer_lease_renewals";
-pub(crate) const CHECKPOINTS: &str = "kinesis_consumer_checkpoints";
-pub(crate) const GET_RECORDS: &str = "kinesis_consumer_get_records";
-pub(crate) const GET_RECORDS_TIME: &str = "kinesis_consumer_get_records_time_seconds";
-pub(crate) const SUBSCRIBE_TO_SHARD: &str = "kinesis_consumer_subscribe_to_shard";
-pub(crate) const SUBSCRIBE_TO_SHARD_TIME: &str = "kinesis_consumer_subscribe_to_shard_time_seconds";
+const MILLIS_BEHIND_LATEST: &str = "kinesis_consumer_millis_behind_latest";
+const RECORDS_PROCESSED: &str = "kinesis_consumer_records_processed";
+const DATA_BYTES_PROCESSED: &str = "kinesis_consumer_data_bytes_processed";
+const PROCESS_RECORDS_TIME: &str = "kinesis_consumer_process_records_time_seconds";
+const CURRENT_LEASES: &str = "kinesis_consumer_current_leases";
+const TAKEN_LEASES: &str = "kinesis_consumer_taken_leases";
+const LOST_LEASES: &str = "kinesis_consumer_lost_leases";
+const LEASE_RENEWALS: &str = "kinesis_consumer_lease_renewals";
+const CHECKPOINTS: &str = "kinesis_consumer_checkpoints";
+const GET_RECORDS: &str = "kinesis_consumer_get_records";
+const GET_RECORDS_TIME: &str = "kinesis_consumer_get_records_time_seconds";
+const SUBSCRIBE_TO_SHARD: &str = "kinesis_consumer_subscribe_to_shard";
+const SUBSCRIBE_TO_SHARD_TIME: &str = "kinesis_consumer_subscribe_to_shard_time_seconds";
 
 /// Describes every metric (name, unit, help text) to the installed recorder (each
 /// scheduler does when it is built).
@@ -100,51 +102,128 @@ pub(crate) fn describe() {
     }
 }
 
-/// `success` or `failure`.
-pub(crate) fn outcome(ok: bool) -> &'static str {
-    if ok {
-        "success"
-    } else {
-        "failure"
+/// A counter per outcome (`success`, `failure`) of one operation, registered once.
+#[derive(Clone)]
+pub(crate) struct Outcomes {
+    success: Counter,
+    failure: Counter,
+}
+
+impl Outcomes {
+    fn new(name: &'static str, labels: &[(&'static str, String)]) -> Self {
+        let with = |outcome: &'static str| {
+            let mut labels = labels.to_vec();
+            labels.push(("outcome", outcome.to_owned()));
+            counter!(name, &labels)
+        };
+        Outcomes {
+            success: with("success"),
+            failure: with("failure"),
+        }
+    }
+
+    /// Counts one call.
+    pub(crate) fn record(&self, ok: bool) {
+        if ok { &self.success } else { &self.failure }.increment(1);
     }
 }
 
-/// One batch handed to the record processor.
-pub(crate) fn batch_processed(
-    stream: &str,
-    shard: &str,
-    records: u64,
-    bytes: u64,
-    millis_behind_latest: Option<i64>,
-    took: Duration,
-) {
-    let labels = [("stream", stream.to_owned()), ("shard", shard.to_owned())];
-    counter!(RECORDS_PROCESSED, &labels).increment(records);
-    counter!(DATA_BYTES_PROCESSED, &labels).increment(bytes);
-    histogram!(PROCESS_RECORDS_TIME, &labels).record(took.as_secs_f64());
-    if let Some(behind) = millis_behind_latest {
-        gauge!(MILLIS_BEHIND_LATEST, &labels).set(behind as f64);
+/// A worker's lease metrics.
+pub(crate) struct LeaseMetrics {
+    pub(crate) current: Gauge,
+    pub(crate) taken: Counter,
+    pub(crate) lost: Counter,
+    pub(crate) renewals: Outcomes,
+}
+
+impl LeaseMetrics {
+    pub(crate) fn new(worker: &str) -> Self {
+        let labels = [("worker", worker.to_owned())];
+        LeaseMetrics {
+            current: gauge!(CURRENT_LEASES, &labels),
+            taken: counter!(TAKEN_LEASES, &labels),
+            lost: counter!(LOST_LEASES, &labels),
+            renewals: Outcomes::new(LEASE_RENEWALS, &labels),
+        }
     }
 }
 
-/// One read request (GetRecords or SubscribeToShard): its outcome and, when it succeeded,
-/// its duration.
-pub(crate) fn read_request(
-    count: &'static str,
-    time: &'static str,
-    stream: &str,
-    shard: &str,
-    took: Option<Duration>,
-) {
-    counter!(
-        count,
-        "stream" => stream.to_owned(),
-        "shard" => shard.to_owned(),
-        "outcome" => outcome(took.is_some())
-    )
-    .increment(1);
-    if let Some(took) = took {
-        histogram!(time, "stream" => stream.to_owned(), "shard" => shard.to_owned())
-            .record(took.as_secs_f64());
+/// The checkpoint writes of one shard.
+pub(crate) fn checkpoints(shard: &str) -> Outcomes {
+    Outcomes::new(CHECKPOINTS, &[("shard", shard.to_owned())])
+}
+
+fn shard_labels(stream: &str, shard: &str) -> [(&'static str, String); 2] {
+    [("stream", stream.to_owned()), ("shard", shard.to_owned())]
+}
+
+/// What one shard consumer hands to its record processor.
+pub(crate) struct ShardMetrics {
+    records: Counter,
+    bytes: Counter,
+    time: Histogram,
+    millis_behind_latest: Gauge,
+}
+
+impl ShardMetrics {
+    pub(crate) fn new(stream: &str, shard: &str) -> Self {
+        let labels = shard_labels(stream, shard);
+        ShardMetrics {
+            records: counter!(RECORDS_PROCESSED, &labels),
+            bytes: counter!(DATA_BYTES_PROCESSED, &labels),
+            time: histogram!(PROCESS_RECORDS_TIME, &labels),
+            millis_behind_latest: gauge!(MILLIS_BEHIND_LATEST, &labels),
+        }
+    }
+
+    /// One batch handed to the record processor.
+    pub(crate) fn batch_processed(
+        &self,
+        records: u64,
+        bytes: u64,
+        millis_behind_latest: Option<i64>,
+        took: Duration,
+    ) {
+        self.records.increment(records);
+        self.bytes.increment(bytes);
+        self.time.record(took.as_secs_f64());
+        if let Some(behind) = millis_behind_latest {
+            self.millis_behind_latest.set(behind as f64);
+        }
+    }
+}
+
+/// The read requests (GetRecords or SubscribeToShard) of one shard.
+pub(crate) struct ReadMetrics {
+    outcomes: Outcomes,
+    time: Histogram,
+}
+
+impl ReadMetrics {
+    /// GetRecords calls.
+    pub(crate) fn get_records(stream: &str, shard: &str) -> Self {
+        Self::new(GET_RECORDS, GET_RECORDS_TIME, stream, shard)
+    }
+
+    /// SubscribeToShard calls.
+    pub(crate) fn subscribe_to_shard(stream: &str, shard: &str) -> Self {
+        Self::new(SUBSCRIBE_TO_SHARD, SUBSCRIBE_TO_SHARD_TIME, stream, shard)
+    }
+
+    fn new(count: &'static str, time: &'static str, stream: &str, shard: &str) -> Self {
+        let labels = shard_labels(stream, shard);
+        ReadMetrics {
+            outcomes: Outcomes::new(count, &labels),
+            time: histogram!(time, &labels),
+        }
+    }
+
+    /// One request: `took` is its duration when it succeeded, `None` when it failed or
+    /// timed out.
+    pub(crate) fn record(&self, took: Option<Duration>) {
+        self.outcomes.record(took.is_some());
+        if let Some(took) = took {
+            self.time.record(took.as_secs_f64());
+        }
     }
 }

@@ -208,6 +208,7 @@ impl ShardConsumer {
         };
         let mut skip = skip;
         let range = hash_range(&lease);
+        let metrics = crate::metrics::ShardMetrics::new(self.stream.as_str(), &shard_id);
         let held = self.held.clone();
 
         loop {
@@ -261,9 +262,7 @@ impl ShardConsumer {
                         checkpointer: checkpointer.clone(),
                     })
                     .await;
-                crate::metrics::batch_processed(
-                    self.stream.as_str(),
-                    &shard_id,
+                metrics.batch_processed(
                     count,
                     bytes,
                     batch.millis_behind_latest,

@@ -20,6 +20,7 @@ pub use super::held::HeldLease;
 use super::held::{timed, LeaseTiming, Renewal};
 use super::store::{LeaseStore, LeaseStoreError};
 use crate::lease::Lease;
+use crate::metrics::LeaseMetrics;
 
 /// Settings of the lease algorithm.
 #[derive(Clone, Debug)]
@@ -90,6 +91,7 @@ pub struct LeaseCoordinator {
     held: Mutex<BTreeMap<String, Arc<HeldLease>>>,
     observed: Mutex<HashMap<String, Observed>>,
     rng: Mutex<StdRng>,
+    metrics: LeaseMetrics,
 }
 
 impl std::fmt::Debug for LeaseCoordinator {
@@ -148,12 +150,14 @@ impl LeaseCoordinator {
     pub fn new(store: Arc<dyn LeaseStore>, config: LeaseCoordinatorConfig) -> Self {
         let mut hasher = DefaultHasher::new();
         config.worker_id.hash(&mut hasher);
+        let metrics = LeaseMetrics::new(&config.worker_id);
         LeaseCoordinator {
             store,
             rng: Mutex::new(StdRng::seed_from_u64(hasher.finish())),
             config,
             held: Mutex::new(BTreeMap::new()),
             observed: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -189,8 +193,7 @@ impl LeaseCoordinator {
 
     fn forget_lost(&self, key: &str) {
         if self.held_lease(key).is_some() {
-            metrics::counter!(crate::metrics::LOST_LEASES, "worker" => self.config.worker_id.clone())
-                .increment(1);
+            self.metrics.lost.increment(1);
         }
         self.forget(key);
     }
@@ -198,8 +201,7 @@ impl LeaseCoordinator {
     /// Sets the `CurrentLeases` gauge to the number of leases held.
     fn held_gauge(&self) {
         let held = self.held_map().len();
-        metrics::gauge!(crate::metrics::CURRENT_LEASES, "worker" => self.config.worker_id.clone())
-            .set(held as f64);
+        self.metrics.current.set(held as f64);
     }
 
     /// Renews every held lease once, each on its own (a slow renewal of one lease never
@@ -208,18 +210,10 @@ impl LeaseCoordinator {
     /// deadline, are marked lost and dropped. Returns the keys of the leases lost.
     pub async fn renew_leases(&self) -> Vec<String> {
         let held = self.held_leases();
-        let worker = self.config.worker_id.as_str();
-        let renewed = |ok: bool| {
-            metrics::counter!(
-                crate::metrics::LEASE_RENEWALS,
-                "worker" => worker.to_owned(),
-                "outcome" => crate::metrics::outcome(ok)
-            )
-            .increment(1);
-        };
+        let renewals = &self.metrics.renewals;
         let results = join_all(held.iter().map(|held| async move {
             let renewal = held.renew().await;
-            renewed(matches!(renewal, Renewal::Renewed));
+            renewals.record(matches!(renewal, Renewal::Renewed));
             match renewal {
                 Renewal::Renewed => false,
                 Renewal::Lost => true,
@@ -419,8 +413,7 @@ impl LeaseCoordinator {
                     );
                     self.held_map().insert(key.clone(), Arc::new(held));
                     self.held_gauge();
-                    metrics::counter!(crate::metrics::TAKEN_LEASES, "worker" => me.to_owned())
-                        .increment(1);
+                    self.metrics.taken.increment(1);
                     round.taken.push(key);
                     if stealing {
                         round.stolen += 1;

@@ -22,6 +22,7 @@ use super::{
     backoff, confirm_shard_gone, prefetch_queue, FetchError, FetchOptions, PrefetchSender,
     Prefetched, RecordBatch, ShardCheck, StartingPosition, TrimmedCheckpoint,
 };
+use crate::metrics::ReadMetrics;
 
 /// Settings of enhanced fan-out retrieval.
 #[derive(Clone, Debug)]
@@ -355,6 +356,7 @@ impl FanOutFetcher {
     }
 
     async fn run(self, start: StartingPosition, tx: PrefetchSender) {
+        let metrics = ReadMetrics::subscribe_to_shard(self.stream.as_str(), &self.shard_id);
         let new_backoff = || backoff(Duration::from_millis(200), Duration::from_secs(5));
         let mut position = start;
         let mut delays = new_backoff();
@@ -391,13 +393,7 @@ impl FanOutFetcher {
                 result = tokio::time::timeout(self.options.request_timeout, subscribe) => result,
                 _ = tx.closed() => return,
             };
-            crate::metrics::read_request(
-                crate::metrics::SUBSCRIBE_TO_SHARD,
-                crate::metrics::SUBSCRIBE_TO_SHARD_TIME,
-                self.stream.as_str(),
-                &self.shard_id,
-                matches!(subscribed, Ok(Ok(_))).then(|| sent.elapsed()),
-            );
+            metrics.record(matches!(subscribed, Ok(Ok(_))).then(|| sent.elapsed()));
             let Ok(subscribed) = subscribed else {
                 tracing::warn!(shard = %self.shard_id, timeout = ?self.options.request_timeout, "SubscribeToShard timed out; subscribing again");
                 continue;

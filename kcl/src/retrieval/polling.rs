@@ -15,6 +15,7 @@ use super::{
     confirm_shard_gone, prefetch_queue, FetchError, FetchOptions, PrefetchSender, Prefetched,
     ShardCheck, TrimmedCheckpoint,
 };
+use crate::metrics::ReadMetrics;
 
 /// Settings of polling retrieval.
 #[derive(Clone, Debug)]
@@ -278,6 +279,7 @@ impl PollingFetcher {
     }
 
     async fn read(&self, start: StartingPosition, tx: &PrefetchSender) -> Result<(), Stop> {
+        let metrics = ReadMetrics::get_records(self.stream.as_str(), &self.shard_id);
         let mut iterator = self.shard_iterator(&start, tx).await?;
         let mut last_sequence: Option<String> = None;
         let mut delays = backoff();
@@ -293,13 +295,7 @@ impl PollingFetcher {
                 result = tokio::time::timeout(self.options.request_timeout, request) => result,
                 _ = tx.closed() => return Err(Stop::Closed),
             };
-            crate::metrics::read_request(
-                crate::metrics::GET_RECORDS,
-                crate::metrics::GET_RECORDS_TIME,
-                self.stream.as_str(),
-                &self.shard_id,
-                matches!(result, Ok(Ok(_))).then(|| sent.elapsed()),
-            );
+            metrics.record(matches!(result, Ok(Ok(_))).then(|| sent.elapsed()));
             let result = match result {
                 Ok(result) => result,
                 Err(_) => {
@@ -485,6 +481,80 @@ mod tests {
         );
         assert_eq!(rejected.num_calls(), 1);
         assert_eq!(trim_horizon.num_calls(), 0);
+    }
+
+    /// A throttled GetRecords is counted as a failure (and not timed), the retry as a
+    /// success.
+    #[test]
+    fn get_records_outcomes_are_counted() {
+        let recorder = crate::test_util::CountingRecorder::new();
+        metrics::with_local_recorder(&recorder, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let iterator = mock!(Client::get_shard_iterator).then_output(|| {
+                        GetShardIteratorOutput::builder().shard_iterator("it").build()
+                    });
+                    let throttled = mock!(Client::get_records).then_http_response(|| {
+                        aws_smithy_runtime_api::http::Response::new(
+                            aws_smithy_runtime_api::http::StatusCode::try_from(400).unwrap(),
+                            aws_smithy_types::body::SdkBody::from(
+                                r#"{"__type":"ProvisionedThroughputExceededException","message":"slow down"}"#,
+                            ),
+                        )
+                    });
+                    // The shard's last records: no next iterator, so the fetcher ends.
+                    let last = mock!(Client::get_records).then_output(|| {
+                        GetRecordsOutput::builder()
+                            .records(
+                                Record::builder()
+                                    .sequence_number("1")
+                                    .partition_key("k")
+                                    .data(Blob::new("x"))
+                                    .build()
+                                    .unwrap(),
+                            )
+                            .millis_behind_latest(0)
+                            .build()
+                            .unwrap()
+                    });
+                    let client = mock_client!(
+                        aws_sdk_kinesis,
+                        RuleMode::Sequential,
+                        [&iterator, &throttled, &last]
+                    );
+                    let fetcher = PollingFetcher::new(
+                        client,
+                        StreamRef::new("stream"),
+                        "shardId-0".into(),
+                        PollingConfig::default(),
+                        FetchOptions::default(),
+                    );
+                    let mut tasks = tokio::task::JoinSet::new();
+                    let mut batches = fetcher.spawn(StartingPosition::TrimHorizon, &mut tasks);
+                    let batch = tokio::time::timeout(Duration::from_secs(5), batches.recv())
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!(batch.records.len(), 1);
+                    while tasks.join_next().await.is_some() {}
+                })
+        });
+        let count = |outcome: &str| {
+            recorder.counter(
+                "kinesis_consumer_get_records",
+                &[
+                    ("stream", "stream"),
+                    ("shard", "shardId-0"),
+                    ("outcome", outcome),
+                ],
+            )
+        };
+        assert_eq!(count("failure"), 1);
+        assert_eq!(count("success"), 1);
     }
 
     /// The fallback to TRIM_HORIZON is counted in `CheckpointTrimHorizonFallbacks`.
