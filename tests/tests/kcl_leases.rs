@@ -16,6 +16,7 @@ use integration_tests::kcl::{
 use integration_tests::{
     create_stream, sdk_config, unique_name, wait_for, wait_table_active, TestResult,
 };
+use kinesis_consumer::leases::{DynamoDbLeaseStore as Store, LeaseStore as _};
 use kinesis_consumer::{ExtendedSequenceNumber, InitialPosition};
 
 /// Every attribute the Java KCL 2.x writes, with its DynamoDB type.
@@ -246,6 +247,17 @@ async fn a_table_written_by_the_java_kcl_is_picked_up_where_it_stood() -> TestRe
             .send()
             .await?;
     }
+
+    // A table without the owner index (KCL 2.x): a worker's leases are found by a scan.
+    let store = Store::new(dynamodb.clone(), &app);
+    store.create_table_if_missing().await?;
+    assert!(!store.uses_owner_index());
+    assert_eq!(
+        store
+            .list_lease_keys_owned_by("java-worker-on-a-dead-host")
+            .await?,
+        vec![shard_ids[0].clone()]
+    );
 
     // LATEST would skip everything: the stored checkpoints win.
     let log = Log::default();

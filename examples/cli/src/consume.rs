@@ -229,7 +229,6 @@ async fn run_group(args: Args, app: String) -> Result<(), Error> {
         last_record: Mutex::new(Instant::now()),
         limit: args.count,
         written: AtomicU64::new(0),
-        limit_reached: AtomicBool::new(false),
     });
     *shared_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared.clone());
     tracing::info!(
@@ -306,15 +305,19 @@ struct Shared {
     limit: Option<u64>,
     /// Records written so far (changed under the output lock).
     written: AtomicU64,
-    /// `--count` records were written: write nothing more.
-    limit_reached: AtomicBool,
 }
 
 impl Shared {
     fn stopping(&self) -> bool {
         self.failed.load(Ordering::SeqCst)
             || self.closed.load(Ordering::SeqCst)
-            || self.limit_reached.load(Ordering::SeqCst)
+            || self.limit_reached()
+    }
+
+    /// `--count` records were written: write nothing more.
+    fn limit_reached(&self) -> bool {
+        self.limit
+            .is_some_and(|limit| self.written.load(Ordering::SeqCst) >= limit)
     }
 
     fn caught_up(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
@@ -366,11 +369,9 @@ impl JsonLines {
             writeln!(output, "{}", json_line(&self.shard, record))?;
         }
         output.flush()?;
-        let written = written + allowed as u64;
-        self.shared.written.store(written, Ordering::SeqCst);
-        if self.shared.limit.is_some_and(|limit| written >= limit) {
-            self.shared.limit_reached.store(true, Ordering::SeqCst);
-        }
+        self.shared
+            .written
+            .store(written + allowed as u64, Ordering::SeqCst);
         Ok(allowed)
     }
 }
@@ -422,7 +423,7 @@ impl RecordProcessor for JsonLines {
         if written < input.records.len() {
             self.unwritten = true;
         }
-        if self.shared.limit_reached.load(Ordering::SeqCst) {
+        if self.shared.limit_reached() {
             self.shared.stop.shutdown();
         }
         let Some(last) = input.records[..written].last() else {

@@ -359,8 +359,8 @@ impl SchedulerBuilder {
     }
 
     /// How the DynamoDB lease table is named and created (default: named after the
-    /// application, on-demand, with the owner index; see [`LeaseTableConfig`]). Not used with
-    /// [`lease_store`](Self::lease_store).
+    /// application, on-demand, with the owner index; see [`LeaseTableConfig`]). Setting it
+    /// together with [`lease_store`](Self::lease_store) is an error at `build`.
     pub fn lease_table(mut self, config: LeaseTableConfig) -> Self {
         self.lease_table = config;
         self
@@ -408,6 +408,11 @@ impl SchedulerBuilder {
             .unwrap_or_else(|| application.clone());
         if self.lease_store.is_none() {
             validate_lease_table(&table, &self.lease_table)?;
+        } else if self.lease_table != LeaseTableConfig::default() {
+            return Err(SchedulerError::InvalidConfig {
+                setting: "lease_table",
+                reason: "it configures the DynamoDB lease table, and a lease_store is set".into(),
+            });
         }
         let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
         let store: Arc<dyn LeaseStore> = match self.lease_store {
@@ -745,6 +750,13 @@ mod tests {
         };
         let (setting, _) = rejected(builder().application_name("app").lease_table(table)).await;
         assert_eq!(setting, "lease_table.billing");
+        let table = LeaseTableConfig {
+            deletion_protection: true,
+            ..Default::default()
+        };
+        let store = std::sync::Arc::new(crate::leases::MemoryLeaseStore::new());
+        let (setting, _) = rejected(builder().lease_store(store).lease_table(table)).await;
+        assert_eq!(setting, "lease_table");
     }
 
     #[tokio::test]
