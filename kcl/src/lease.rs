@@ -149,6 +149,15 @@ pub struct Lease {
     pub child_shard_ids: BTreeSet<String>,
     /// `startingHashKey` and `endingHashKey` (decimal).
     pub hash_key_range: Option<(String, String)>,
+    /// `checkpointOwner` (the Java KCL 3 attribute): set while a graceful handoff is under
+    /// way. It names the worker that still processes the shard and must checkpoint and
+    /// hand the lease over; `lease_owner` then names the worker it goes to.
+    pub checkpoint_owner: Option<String>,
+    /// `handoffCounter`: the lease counter written by a completed graceful handoff. While
+    /// the counter still has this value, the previous holder has stopped processing and
+    /// the new owner may start at once. This crate's own attribute; the Java KCL ignores
+    /// it.
+    pub handoff_counter: Option<u64>,
 }
 
 impl Lease {
@@ -165,12 +174,34 @@ impl Lease {
             parent_shard_ids: BTreeSet::new(),
             child_shard_ids: BTreeSet::new(),
             hash_key_range: None,
+            checkpoint_owner: None,
+            handoff_counter: None,
         }
     }
 
-    /// Whether `worker` holds this lease.
+    /// Whether the table names `worker` the lease's owner (during a graceful handoff: the
+    /// worker it goes to).
     pub fn is_owned_by(&self, worker: &str) -> bool {
         self.lease_owner.as_deref() == Some(worker)
+    }
+
+    /// The worker processing the shard: the `checkpoint_owner` while a graceful handoff is
+    /// under way, otherwise the owner.
+    pub fn actual_owner(&self) -> Option<&str> {
+        self.checkpoint_owner
+            .as_deref()
+            .or(self.lease_owner.as_deref())
+    }
+
+    /// Whether a graceful handoff was requested and not completed yet.
+    pub fn handoff_pending(&self) -> bool {
+        self.checkpoint_owner.is_some()
+    }
+
+    /// Whether the last write was a completed graceful handoff: the previous holder has
+    /// stopped, and the owner may start at once.
+    pub fn is_handed_over(&self) -> bool {
+        self.checkpoint_owner.is_none() && self.handoff_counter == Some(self.lease_counter)
     }
 
     /// Whether the shard was processed to its end.

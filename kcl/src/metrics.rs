@@ -12,6 +12,8 @@
 //! | `kinesis_consumer_current_leases` | gauge | `worker` | CurrentLeases (LeasesHeld) |
 //! | `kinesis_consumer_taken_leases` | counter | `worker` | TakenLeases |
 //! | `kinesis_consumer_lost_leases` | counter | `worker` | LostLeases |
+//! | `kinesis_consumer_handoffs_requested` | counter | `worker` | (KCL 3: graceful handoffs the leader initiated) |
+//! | `kinesis_consumer_leases_handed_over` | counter | `worker` | (KCL 3: leases transferred after a graceful shutdown) |
 //! | `kinesis_consumer_lease_renewals` | counter | `worker`, `outcome` (`success`, `failure`) | RenewLease.Success |
 //! | `kinesis_consumer_checkpoints` | counter | `shard`, `outcome` | Checkpoint / CheckpointerCheckpoint.Success |
 //! | `kinesis_consumer_get_records` | counter | `stream`, `shard`, `outcome` | GetRecords.Success |
@@ -39,6 +41,8 @@ const PROCESS_RECORDS_TIME: &str = "kinesis_consumer_process_records_time_second
 const CURRENT_LEASES: &str = "kinesis_consumer_current_leases";
 const TAKEN_LEASES: &str = "kinesis_consumer_taken_leases";
 const LOST_LEASES: &str = "kinesis_consumer_lost_leases";
+const HANDOFFS_REQUESTED: &str = "kinesis_consumer_handoffs_requested";
+const LEASES_HANDED_OVER: &str = "kinesis_consumer_leases_handed_over";
 const LEASE_RENEWALS: &str = "kinesis_consumer_lease_renewals";
 const CHECKPOINTS: &str = "kinesis_consumer_checkpoints";
 const GET_RECORDS: &str = "kinesis_consumer_get_records";
@@ -76,6 +80,16 @@ pub(crate) fn describe() {
             LOST_LEASES,
             Unit::Count,
             "Leases this worker lost (taken by another worker, or past their local deadline)"
+        );
+        describe_counter!(
+            HANDOFFS_REQUESTED,
+            Unit::Count,
+            "Graceful handoffs this worker asked another worker for"
+        );
+        describe_counter!(
+            LEASES_HANDED_OVER,
+            Unit::Count,
+            "Leases this worker handed over to another worker after its processor finished"
         );
         describe_counter!(LEASE_RENEWALS, Unit::Count, "Lease renewals, by outcome");
         describe_counter!(
@@ -133,6 +147,8 @@ pub(crate) struct LeaseMetrics {
     pub(crate) current: Gauge,
     pub(crate) taken: Counter,
     pub(crate) lost: Counter,
+    pub(crate) handoffs_requested: Counter,
+    pub(crate) handed_over: Counter,
     pub(crate) renewals: Outcomes,
 }
 
@@ -143,6 +159,8 @@ impl LeaseMetrics {
             current: gauge!(CURRENT_LEASES, &labels),
             taken: counter!(TAKEN_LEASES, &labels),
             lost: counter!(LOST_LEASES, &labels),
+            handoffs_requested: counter!(HANDOFFS_REQUESTED, &labels),
+            handed_over: counter!(LEASES_HANDED_OVER, &labels),
             renewals: Outcomes::new(LEASE_RENEWALS, &labels),
         }
     }

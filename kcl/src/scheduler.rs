@@ -212,6 +212,7 @@ impl std::fmt::Debug for Scheduler {
 
 struct Running {
     shutdown: watch::Sender<bool>,
+    abort: tokio::task::AbortHandle,
     /// The checkpoint when the consumer started: a failure after progress starts the
     /// backoff afresh.
     started_at: ExtendedSequenceNumber,
@@ -229,6 +230,26 @@ struct Consumers {
     failures: HashMap<String, u32>,
     /// When the parents of a waiting lease were last checked.
     parents_checked: HashMap<String, Instant>,
+    /// Leases being handed over whose processor was asked to finish: when it is stopped
+    /// (aborted), or, once aborted, when the lease is left to expire.
+    handing_off: HashMap<String, HandoffStage>,
+}
+
+/// Where a graceful handoff of a running shard consumer stands.
+#[derive(Clone, Copy, Debug)]
+enum HandoffStage {
+    /// Asked to finish; aborted at this time if still running.
+    Finishing(Instant),
+    /// Aborted; left to expire at this time if its task has still not ended.
+    Aborted(Instant),
+}
+
+impl HandoffStage {
+    fn at(self) -> Instant {
+        match self {
+            HandoffStage::Finishing(at) | HandoffStage::Aborted(at) => at,
+        }
+    }
 }
 
 /// The shards ListShards showed, and when.
@@ -319,10 +340,16 @@ impl Scheduler {
         }
         sync_tick.tick().await;
 
+        let mut discovery_tick = tokio::time::interval(self.config.lease_discovery_interval);
+        discovery_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut wake: Option<Instant> = None;
         while stopped_by.is_none() {
             tokio::select! {
                 _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
+                _ = self.coordinator.handoff_requested() => {}
+                _ = discovery_tick.tick() => {
+                    self.coordinator.discover().await;
+                }
                 _ = async {
                     match wake {
                         Some(at) => tokio::time::sleep_until(at).await,
@@ -368,6 +395,12 @@ impl Scheduler {
                     };
                     let Some(key) = consumers.keys.remove(&id) else { continue };
                     let running = consumers.running.remove(&key);
+                    if consumers.handing_off.remove(&key).is_some()
+                        && !matches!(outcome, Ok(ShardOutcome::Ended(_)))
+                    {
+                        self.hand_over(&key).await;
+                        continue;
+                    }
                     let ended = match outcome {
                         Ok(outcome) => {
                             match self
@@ -394,9 +427,13 @@ impl Scheduler {
                     }
                 }
             }
+            let handoff_wake = self.hand_off_requested(&mut consumers).await;
             wake = self
                 .start_ready(&mut consumers, &mut shards, &mut sync_needed)
                 .await;
+            if let Some(at) = handoff_wake {
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
         }
 
         match &stopped_by {
@@ -425,12 +462,12 @@ impl Scheduler {
         background.abort_all();
         let mut first_error = None;
         for held in self.coordinator.held_leases() {
-            if let Err(error) = self.coordinator.release_lease(held.key()).await {
-                tracing::warn!(shard = %held.key(), %error, "releasing lease failed");
+            if let Err(error) = self.coordinator.hand_over_lease(held.key()).await {
+                tracing::warn!(shard = %held.key(), %error, "handing over or releasing lease failed");
                 first_error.get_or_insert(error);
             }
         }
-        tracing::info!(worker = %self.worker_id, "shut down; leases released");
+        tracing::info!(worker = %self.worker_id, "shut down; leases handed over or released");
         match (stopped_by, first_error) {
             (Some(error), _) => Err(error),
             (None, Some(error)) => Err(error.into()),
@@ -455,17 +492,70 @@ impl Scheduler {
                 continue;
             };
             consumers.running.remove(&key);
+            consumers.handing_off.remove(&key);
             match outcome {
                 Some(ShardOutcome::Ended(children)) => {
                     self.shard_ended(&key, children, sync_needed).await
                 }
-                _ => {
-                    if let Err(error) = self.coordinator.release_lease(&key).await {
-                        tracing::warn!(shard = %key, %error, "releasing lease failed");
-                    }
+                _ => self.hand_over(&key).await,
+            }
+        }
+    }
+
+    /// Hands over a lease nothing acts on any more (see
+    /// [`LeaseCoordinator::hand_over_lease`]).
+    async fn hand_over(&self, key: &str) {
+        if let Err(error) = self.coordinator.hand_over_lease(key).await {
+            tracing::warn!(shard = %key, %error, "handing over or releasing lease failed");
+        }
+    }
+
+    /// Acts on handoff requests: asks the processor of each requested lease to finish (or
+    /// hands the lease over at once when it has none), stops processors that did not
+    /// finish within the handoff timeout, and leaves a lease whose processor cannot be
+    /// stopped to expire. Returns when to look again.
+    async fn hand_off_requested(&self, consumers: &mut Consumers) -> Option<Instant> {
+        let now = Instant::now();
+        let timeout = self
+            .config
+            .graceful_lease_handoff_timeout
+            .unwrap_or(self.config.shutdown_timeout);
+        for held in self.coordinator.held_leases() {
+            let key = held.key();
+            if !held.is_handoff_requested() || held.is_lost() {
+                continue;
+            }
+            match (consumers.running.get(key), consumers.handing_off.get(key)) {
+                (Some(running), None) => {
+                    tracing::info!(shard = %key, to = ?held.handoff_target(), "handing off: asking the processor to finish");
+                    running.shutdown.send_replace(true);
+                    consumers
+                        .handing_off
+                        .insert(key.to_owned(), HandoffStage::Finishing(now + timeout));
+                }
+                (Some(running), Some(HandoffStage::Finishing(at))) if *at <= now => {
+                    tracing::warn!(shard = %key, ?timeout, "the processor did not finish within the graceful handoff timeout: stopping it");
+                    running.abort.abort();
+                    let grace = now + self.config.failover_time;
+                    consumers
+                        .handing_off
+                        .insert(key.to_owned(), HandoffStage::Aborted(grace));
+                }
+                (Some(_), Some(HandoffStage::Aborted(at))) if *at <= now => {
+                    tracing::error!(shard = %key, "a record processor is still running (blocking its thread?): its lease is not handed over and expires for the next owner after the failover time");
+                    self.coordinator.abandon(key);
+                    consumers.handing_off.remove(key);
+                }
+                (Some(_), Some(_)) => {}
+                (None, _) => {
+                    // Not started (waiting for its parents, a backoff or a previous
+                    // holder's deadline): nothing to finish.
+                    consumers.retry_after.remove(key);
+                    self.hand_over(key).await;
                 }
             }
         }
+        consumers.handing_off.values().map(|stage| stage.at()).min()
     }
 
     /// One taker round; updates whether this worker leads shard syncs and returns when the
@@ -691,6 +781,7 @@ impl Scheduler {
             if consumers.running.contains_key(&key)
                 || consumers.retry_after.contains_key(&key)
                 || held.is_lost()
+                || held.is_handoff_requested()
             {
                 continue;
             }
@@ -753,6 +844,7 @@ impl Scheduler {
                 key,
                 Running {
                     shutdown: stop,
+                    abort: task,
                     started_at: lease.checkpoint,
                 },
             );

@@ -49,11 +49,17 @@ pub enum Operation {
     UpdateChildShards,
     /// `delete_lease`.
     DeleteLease,
+    /// `list_lease_keys_owned_by`.
+    ListOwnedKeys,
+    /// `request_handoff`.
+    RequestHandoff,
+    /// `hand_over`.
+    HandOver,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 10] = [
+    pub const ALL: [Operation; 13] = [
         Operation::CreateTable,
         Operation::ListLeases,
         Operation::GetLease,
@@ -64,6 +70,9 @@ impl Operation {
         Operation::UpdateCheckpoint,
         Operation::UpdateChildShards,
         Operation::DeleteLease,
+        Operation::ListOwnedKeys,
+        Operation::RequestHandoff,
+        Operation::HandOver,
     ];
 
     /// The operation's name, as errors name the failed call.
@@ -79,6 +88,9 @@ impl Operation {
             Operation::UpdateCheckpoint => "update_checkpoint",
             Operation::UpdateChildShards => "update_child_shards",
             Operation::DeleteLease => "delete_lease",
+            Operation::ListOwnedKeys => "list_lease_keys_owned_by",
+            Operation::RequestHandoff => "request_handoff",
+            Operation::HandOver => "hand_over",
         }
     }
 
@@ -86,7 +98,10 @@ impl Operation {
     pub fn is_write(self) -> bool {
         !matches!(
             self,
-            Operation::CreateTable | Operation::ListLeases | Operation::GetLease
+            Operation::CreateTable
+                | Operation::ListLeases
+                | Operation::GetLease
+                | Operation::ListOwnedKeys
         )
     }
 }
@@ -362,6 +377,29 @@ impl LeaseStore for FaultyLeaseStore {
 
     async fn delete_lease(&self, lease: &Lease) -> Result<(), LeaseStoreError> {
         self.call(Operation::DeleteLease, || self.inner.delete_lease(lease))
+            .await
+    }
+
+    fn lists_owned_keys_cheaply(&self) -> bool {
+        self.inner.lists_owned_keys_cheaply()
+    }
+
+    async fn list_lease_keys_owned_by(&self, owner: &str) -> Result<Vec<String>, LeaseStoreError> {
+        self.call(Operation::ListOwnedKeys, || {
+            self.inner.list_lease_keys_owned_by(owner)
+        })
+        .await
+    }
+
+    async fn request_handoff(&self, lease: &Lease, to: &str) -> Result<Lease, LeaseStoreError> {
+        self.call(Operation::RequestHandoff, || {
+            self.inner.request_handoff(lease, to)
+        })
+        .await
+    }
+
+    async fn hand_over(&self, lease: &Lease, to: &str) -> Result<Lease, LeaseStoreError> {
+        self.call(Operation::HandOver, || self.inner.hand_over(lease, to))
             .await
     }
 }

@@ -5,7 +5,7 @@
 //! seen change for the failover time, by this worker's own clock, is expired. Clocks of
 //! different machines are never compared.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use futures::future::join_all;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use super::held::HeldLease;
@@ -43,6 +44,12 @@ pub struct LeaseCoordinatorConfig {
     /// The most leases taken from another live worker in one round (Java KCL
     /// `maxLeasesToStealAtOneTime`, default 1).
     pub max_leases_to_steal_at_once: usize,
+    /// Graceful lease handoff (Java KCL 3 `gracefulLeaseHandoffTimeoutMillis`, default
+    /// 30 s): leases taken from a live worker are asked for (the holder finishes,
+    /// checkpoints and hands the lease over) instead of taken. A request its holder has
+    /// not completed after this time plus the failover time is taken as before. `None`:
+    /// taken at once, started after the holder's deadline.
+    pub graceful_handoff_timeout: Option<Duration>,
 }
 
 impl LeaseCoordinatorConfig {
@@ -56,6 +63,7 @@ impl LeaseCoordinatorConfig {
             request_timeout: None,
             max_leases_per_worker: usize::MAX,
             max_leases_to_steal_at_once: 1,
+            graceful_handoff_timeout: Some(Duration::from_secs(30)),
         }
     }
 
@@ -84,12 +92,35 @@ struct Observed {
     changed_at: Instant,
 }
 
+/// Notes the counter `lease` shows at `now`; returns when this worker first saw it.
+fn observe_counter(
+    observed: &mut HashMap<String, Observed>,
+    lease: &Lease,
+    now: Instant,
+) -> Instant {
+    let seen = observed.entry(lease.lease_key.clone()).or_insert(Observed {
+        counter: lease.lease_counter,
+        changed_at: now,
+    });
+    if seen.counter != lease.lease_counter {
+        seen.counter = lease.lease_counter;
+        seen.changed_at = now;
+    }
+    seen.changed_at
+}
+
 /// Renews, takes and releases one worker's leases.
 pub struct LeaseCoordinator {
     store: Arc<dyn LeaseStore>,
     config: LeaseCoordinatorConfig,
     held: Mutex<BTreeMap<String, Arc<HeldLease>>>,
     observed: Mutex<HashMap<String, Observed>>,
+    /// Leases handed to this worker whose holder has not completed the handoff yet, and
+    /// since when this worker knows.
+    pending: Mutex<HashMap<String, Instant>>,
+    /// Leases held per other live worker, as the last taker round saw them.
+    live_workers: Mutex<BTreeMap<String, usize>>,
+    handoff_notify: Arc<Notify>,
     rng: Mutex<StdRng>,
     metrics: LeaseMetrics,
 }
@@ -111,6 +142,9 @@ pub struct TakeRound {
     pub taken: Vec<String>,
     /// How many of the taken leases were stolen from a live worker.
     pub stolen: usize,
+    /// Keys of the leases whose graceful handoff to this worker was requested in this
+    /// round.
+    pub handoffs_requested: Vec<String>,
     /// When the first lease another worker holds expires if its counter does not change
     /// again: the time this round first saw its current counter plus the failover time.
     /// `None` when no other worker holds an unexpired lease.
@@ -157,6 +191,9 @@ impl LeaseCoordinator {
             config,
             held: Mutex::new(BTreeMap::new()),
             observed: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            live_workers: Mutex::new(BTreeMap::new()),
+            handoff_notify: Arc::new(Notify::new()),
             metrics,
         }
     }
@@ -238,20 +275,16 @@ impl LeaseCoordinator {
     /// first (up to `ceil(leases / workers)`, capped by `max_leases_per_worker`), and when
     /// there are none, steals at most `max_leases_to_steal_at_once` from the most loaded
     /// live worker, and only while that worker holds at least two more leases than this
-    /// one, so the spread ends within one lease and never oscillates. Finished leases (checkpoint `SHARD_END`) are neither
+    /// one, so the spread ends within one lease and never oscillates. With graceful handoff
+    /// a steal is a request: the holder finishes and hands the lease over (see
+    /// [`discover`](Self::discover)). Finished leases (checkpoint `SHARD_END`) are neither
     /// counted nor taken.
     pub async fn take_leases(&self) -> Result<TakeRound, LeaseStoreError> {
         let leases = timed(self.config.request_timeout(), self.store.list_leases()).await?;
         let now = Instant::now();
         let me = self.config.worker_id.as_str();
-        // A held lease the table shows with another owner and a higher counter was taken.
         for lease in &leases {
-            if let Some(held) = self.held_lease(&lease.lease_key) {
-                if !lease.is_owned_by(me) && lease.lease_counter > held.copy().lease_counter {
-                    tracing::info!(shard = %lease.lease_key, owner = ?lease.lease_owner, "lease lost: the table shows another owner");
-                    self.forget_lost(&lease.lease_key);
-                }
-            }
+            self.reconcile_held(lease);
         }
         let held_keys: HashSet<String> = self.held_map().keys().cloned().collect();
 
@@ -262,18 +295,11 @@ impl LeaseCoordinator {
             leases
                 .iter()
                 .filter(|lease| {
-                    let seen = observed.entry(lease.lease_key.clone()).or_insert(Observed {
-                        counter: lease.lease_counter,
-                        changed_at: now,
-                    });
-                    if seen.counter != lease.lease_counter {
-                        seen.counter = lease.lease_counter;
-                        seen.changed_at = now;
-                    }
+                    let changed_at = observe_counter(&mut observed, lease, now);
                     let expired = lease.lease_owner.is_none()
-                        || now.duration_since(seen.changed_at) > self.config.failover_time;
-                    if !expired && !lease.is_owned_by(me) && !lease.is_finished() {
-                        let expiry = seen.changed_at + self.config.failover_time;
+                        || now.duration_since(changed_at) > self.config.failover_time;
+                    if !expired && lease.actual_owner() != Some(me) && !lease.is_finished() {
+                        let expiry = changed_at + self.config.failover_time;
                         next_expiry = Some(next_expiry.map_or(expiry, |e| e.min(expiry)));
                     }
                     expired
@@ -283,6 +309,7 @@ impl LeaseCoordinator {
         };
 
         let active: Vec<&Lease> = leases.iter().filter(|l| !l.is_finished()).collect();
+        // Leases count for the worker they are going to during a handoff.
         let mut counts: HashMap<&str, Vec<&Lease>> = HashMap::new();
         for lease in &active {
             if let Some(owner) = lease.lease_owner.as_deref() {
@@ -291,16 +318,31 @@ impl LeaseCoordinator {
                 }
             }
         }
-        // Leases the table assigns to this worker that it does not hold: an operator moved
-        // them here (`kinesis leases move`), or this worker stopped acting on them (a local
-        // deadline passed) while the table still names it. Taken now, whatever the
-        // balance, and started only after the previous holder's deadline (`not_before`).
-        let assigned: Vec<Lease> = active
+        *self.live_workers.lock().unwrap_or_else(|e| e.into_inner()) = counts
             .iter()
-            .filter(|l| l.is_owned_by(me) && !held_keys.contains(&l.lease_key))
-            .map(|l| (*l).clone())
+            .map(|(owner, leases)| ((*owner).to_owned(), leases.len()))
             .collect();
-        let mine = held_keys.len() + assigned.len();
+        // Leases the table assigns to this worker that it does not hold: handed over by
+        // their previous holder, moved here by an operator, or leases this worker stopped
+        // acting on (a local deadline passed) while the table still names it. Taken now,
+        // whatever the balance. A lease whose handoff to this worker its holder has not
+        // completed waits for it, unless it expired (see `discover`).
+        let mut assigned: Vec<Lease> = Vec::new();
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for lease in &active {
+                if !lease.is_owned_by(me) || held_keys.contains(&lease.lease_key) {
+                    continue;
+                }
+                if lease.handoff_pending() && !expired.contains(&lease.lease_key) {
+                    pending.entry(lease.lease_key.clone()).or_insert(now);
+                } else {
+                    assigned.push((*lease).clone());
+                }
+            }
+        }
+        let waiting = self.pending.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let mine = held_keys.len() + assigned.len() + waiting;
         let workers = counts.len() + 1;
         let target = active
             .len()
@@ -360,7 +402,12 @@ impl LeaseCoordinator {
                     let count = needed
                         .min(spare)
                         .min(self.config.max_leases_to_steal_at_once);
-                    let mut candidates = victim_leases.clone();
+                    // A lease already being handed over is not asked for again.
+                    let mut candidates: Vec<&Lease> = victim_leases
+                        .iter()
+                        .copied()
+                        .filter(|l| !l.handoff_pending())
+                        .collect();
                     candidates.shuffle(&mut *rng);
                     to_take = candidates.into_iter().take(count).cloned().collect();
                     stealing = true;
@@ -371,64 +418,278 @@ impl LeaseCoordinator {
         if needed == 0 {
             to_take.clear();
         }
-        let to_take = assigned
-            .into_iter()
-            .map(|lease| (lease, false))
-            .chain(to_take.into_iter().map(|lease| (lease, stealing)));
-        for (lease, stealing) in to_take {
-            // A previous holder that may be alive acts on the lease until at most its last
-            // counter change (which we saw at `changed_at` or later) plus the failover time
-            // minus the margin: wait for that before processing (see HeldLease::not_before).
+        for lease in assigned {
+            let not_before = self.assigned_not_before(&lease, now);
+            if let Some(key) = self.take_one(&lease, not_before, false).await {
+                round.taken.push(key);
+            }
+        }
+        for lease in to_take {
+            if stealing && self.config.graceful_handoff_timeout.is_some() {
+                if self.request_handoff(&lease).await {
+                    round.handoffs_requested.push(lease.lease_key.clone());
+                }
+                continue;
+            }
             let not_before = match lease.lease_owner {
                 None => Instant::now(),
-                Some(_) => {
-                    let observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
-                    let changed_at = observed
-                        .get(&lease.lease_key)
-                        .map_or(now, |seen| seen.changed_at);
-                    changed_at
-                        + self
-                            .config
-                            .failover_time
-                            .saturating_sub(self.config.safety_margin())
-                }
+                Some(_) => self.holder_deadline(&lease.lease_key, now),
             };
-            let sent = Instant::now();
-            match timed(
-                self.config.request_timeout(),
-                self.store.take_lease(&lease, me),
-            )
-            .await
-            {
-                Ok(taken) => {
-                    tracing::info!(shard = %taken.lease_key, worker = %me, previous_owner = ?lease.lease_owner, stolen = stealing, "took lease");
-                    let key = taken.lease_key.clone();
-                    let held = HeldLease::new(
-                        taken,
-                        sent,
-                        not_before,
-                        me.to_owned(),
-                        self.store.clone(),
-                        self.timing(),
-                    );
-                    self.held_map().insert(key.clone(), Arc::new(held));
-                    self.held_gauge();
-                    self.metrics.taken.increment(1);
-                    round.taken.push(key);
-                    if stealing {
-                        round.stolen += 1;
-                    }
-                }
-                Err(LeaseStoreError::ConditionFailed(_)) => {
-                    tracing::debug!(shard = %lease.lease_key, "lease changed before it could be taken");
-                }
-                Err(error) => {
-                    tracing::warn!(shard = %lease.lease_key, %error, "taking lease failed");
+            if let Some(key) = self.take_one(&lease, not_before, stealing).await {
+                round.taken.push(key);
+                if stealing {
+                    round.stolen += 1;
                 }
             }
         }
         round.leases = leases;
         Ok(round)
+    }
+
+    /// Acts on what the table shows of a lease this worker holds: lost when another worker
+    /// processes it at a higher counter; a handoff request raises the lease's signal.
+    fn reconcile_held(&self, lease: &Lease) {
+        let Some(held) = self.held_lease(&lease.lease_key) else {
+            return;
+        };
+        let me = self.config.worker_id.as_str();
+        if lease.actual_owner() != Some(me) && lease.lease_counter > held.copy().lease_counter {
+            tracing::info!(shard = %lease.lease_key, owner = ?lease.lease_owner, "lease lost: the table shows another owner");
+            self.forget_lost(&lease.lease_key);
+        } else {
+            held.observe(lease);
+        }
+    }
+
+    /// The latest time a previous holder that may be alive acts on a lease: at most its
+    /// last counter change (which this worker saw at `changed_at` or later) plus the
+    /// failover time minus the margin (see [`HeldLease::not_before`]).
+    fn holder_deadline(&self, key: &str, now: Instant) -> Instant {
+        let observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+        let changed_at = observed.get(key).map_or(now, |seen| seen.changed_at);
+        changed_at
+            + self
+                .config
+                .failover_time
+                .saturating_sub(self.config.safety_margin())
+    }
+
+    /// When a lease the table assigns to this worker may start: at once when its previous
+    /// holder handed it over (or completed a handoff this worker was waiting for), or was
+    /// nobody; otherwise after that holder's deadline.
+    fn assigned_not_before(&self, lease: &Lease, now: Instant) -> Instant {
+        let was_pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&lease.lease_key)
+            .is_some();
+        if lease.is_handed_over() || (was_pending && !lease.handoff_pending()) {
+            now
+        } else {
+            self.holder_deadline(&lease.lease_key, now)
+        }
+    }
+
+    /// Asks the holder of `lease` to hand it over to this worker.
+    async fn request_handoff(&self, lease: &Lease) -> bool {
+        let me = self.config.worker_id.as_str();
+        let call = self.store.request_handoff(lease, me);
+        match timed(self.config.request_timeout(), call).await {
+            Ok(_) => {
+                tracing::info!(shard = %lease.lease_key, worker = %me, holder = ?lease.lease_owner, "requested graceful handoff");
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(lease.lease_key.clone(), Instant::now());
+                self.metrics.handoffs_requested.increment(1);
+                true
+            }
+            Err(LeaseStoreError::ConditionFailed(_)) => {
+                tracing::debug!(shard = %lease.lease_key, "lease changed before its handoff could be requested");
+                false
+            }
+            Err(error) => {
+                tracing::warn!(shard = %lease.lease_key, %error, "requesting a handoff failed");
+                false
+            }
+        }
+    }
+
+    /// Takes one lease and holds it, to be processed from `not_before`. Returns its key
+    /// when taken.
+    async fn take_one(&self, lease: &Lease, not_before: Instant, stealing: bool) -> Option<String> {
+        let me = self.config.worker_id.as_str();
+        let sent = Instant::now();
+        match timed(
+            self.config.request_timeout(),
+            self.store.take_lease(lease, me),
+        )
+        .await
+        {
+            Ok(taken) => {
+                tracing::info!(shard = %taken.lease_key, worker = %me, previous_owner = ?lease.actual_owner(), stolen = stealing, "took lease");
+                let key = taken.lease_key.clone();
+                let held = HeldLease::new(
+                    taken,
+                    sent,
+                    not_before,
+                    me.to_owned(),
+                    self.store.clone(),
+                    self.timing(),
+                    self.handoff_notify.clone(),
+                );
+                self.held_map().insert(key.clone(), Arc::new(held));
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
+                self.held_gauge();
+                self.metrics.taken.increment(1);
+                Some(key)
+            }
+            Err(LeaseStoreError::ConditionFailed(_)) => {
+                tracing::debug!(shard = %lease.lease_key, "lease changed before it could be taken");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(shard = %lease.lease_key, %error, "taking lease failed");
+                None
+            }
+        }
+    }
+
+    /// Looks for handoffs between rounds, so that a lease moves in a fraction of a second:
+    /// leases the table names this worker the owner of that it does not hold (when the
+    /// store lists a worker's leases cheaply, by the owner index), held leases it no longer
+    /// names this worker's (a handoff request), and handoffs to this worker under way
+    /// (one consistent read each). A lease handed over is taken and starts at once; a
+    /// handoff whose holder stopped renewing is taken once it expired; one its holder has
+    /// not completed within the graceful handoff timeout plus the failover time is taken
+    /// as a steal. Returns the keys taken.
+    pub async fn discover(&self) -> Vec<String> {
+        let me = self.config.worker_id.as_str();
+        let timeout = self.config.request_timeout();
+        let mut check: BTreeSet<String> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        if self.store.lists_owned_keys_cheaply() {
+            match timed(timeout, self.store.list_lease_keys_owned_by(me)).await {
+                Ok(keys) => {
+                    let named: HashSet<String> = keys.into_iter().collect();
+                    let held: HashSet<String> = self.held_map().keys().cloned().collect();
+                    check.extend(named.symmetric_difference(&held).cloned());
+                }
+                Err(error) => tracing::debug!(%error, "listing this worker's leases failed"),
+            }
+        }
+        let mut taken = Vec::new();
+        for key in check {
+            let lease = match timed(timeout, self.store.get_lease(&key)).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => {
+                    self.pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&key);
+                    continue;
+                }
+                Err(error) => {
+                    tracing::debug!(shard = %key, %error, "reading a lease failed");
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            let changed_at = {
+                let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+                observe_counter(&mut observed, &lease, now)
+            };
+            if self.held_lease(&key).is_some() {
+                self.reconcile_held(&lease);
+                continue;
+            }
+            if !lease.is_owned_by(me) || lease.is_finished() {
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
+                continue;
+            }
+            if lease.handoff_pending() {
+                let since = *self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(key.clone())
+                    .or_insert(now);
+                let failover = self.config.failover_time;
+                let not_before = if now.duration_since(changed_at) > failover {
+                    // Its holder stopped renewing: expired.
+                    now
+                } else if self
+                    .config
+                    .graceful_handoff_timeout
+                    .is_some_and(|timeout| now.duration_since(since) > timeout + failover)
+                {
+                    tracing::warn!(shard = %key, holder = ?lease.checkpoint_owner, "the holder did not complete the handoff in time: taking the lease");
+                    self.holder_deadline(&key, now)
+                } else {
+                    continue;
+                };
+                if let Some(key) = self.take_one(&lease, not_before, true).await {
+                    taken.push(key);
+                }
+                continue;
+            }
+            let not_before = self.assigned_not_before(&lease, now);
+            if let Some(key) = self.take_one(&lease, not_before, false).await {
+                taken.push(key);
+            }
+        }
+        taken
+    }
+
+    /// Completes when a held lease's handoff was requested (see
+    /// [`HeldLease::is_handoff_requested`]).
+    pub async fn handoff_requested(&self) {
+        self.handoff_notify.notified().await;
+    }
+
+    /// Hands a held lease over, once nothing acts on it any more: to the worker that asked
+    /// for it, or else to the live worker holding the fewest leases in the last taker round;
+    /// with no live worker known (or graceful handoff off) releases it.
+    pub async fn hand_over_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
+        let Some(held) = self.held_lease(key) else {
+            return Ok(());
+        };
+        if held.not_before() > Instant::now() {
+            // A previous holder may still be acting on it: nobody may start at once.
+            tracing::info!(shard = %key, "lease not handed over: its previous holder's deadline has not passed; it expires for the next owner");
+            self.forget(key);
+            return Ok(());
+        }
+        let target = held.handoff_target().or_else(|| {
+            self.config.graceful_handoff_timeout?;
+            let mut live = self.live_workers.lock().unwrap_or_else(|e| e.into_inner());
+            let (worker, count) = live
+                .iter_mut()
+                .min_by(|a, b| (*a.1).cmp(&*b.1).then(a.0.cmp(b.0)))?;
+            *count += 1;
+            Some(worker.clone())
+        });
+        let result = match target {
+            Some(to) => {
+                self.metrics.handed_over.increment(1);
+                held.hand_over(&to).await
+            }
+            None => held.release().await,
+        };
+        self.forget(key);
+        result
     }
 
     /// Gives up a held lease: removes the owner so another worker can take it at once,

@@ -50,6 +50,10 @@ pub mod attributes {
     pub const STARTING_HASH_KEY: &str = "startingHashKey";
     /// Last hash key of the shard (decimal).
     pub const ENDING_HASH_KEY: &str = "endingHashKey";
+    /// The worker that still processes the shard during a graceful handoff (Java KCL 3).
+    pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
+    /// The counter written by a completed graceful handoff (this crate's own attribute).
+    pub const HANDOFF_COUNTER: &str = "handoffCounter";
 }
 
 use attributes::*;
@@ -278,6 +282,17 @@ impl DynamoDbLeaseStore {
                 }
                 None => condition.push_str(" AND attribute_not_exists(#owner)"),
             }
+            names.insert("#old_checkpoint_owner".into(), CHECKPOINT_OWNER.into());
+            match &lease.checkpoint_owner {
+                Some(owner) => {
+                    condition.push_str(" AND #old_checkpoint_owner = :old_checkpoint_owner");
+                    values.insert(
+                        ":old_checkpoint_owner".into(),
+                        AttributeValue::S(owner.clone()),
+                    );
+                }
+                None => condition.push_str(" AND attribute_not_exists(#old_checkpoint_owner)"),
+            }
         }
         let mut expression = format!("SET #counter = #counter + :one{set}");
         if let Some(remove) = remove {
@@ -294,6 +309,8 @@ impl DynamoDbLeaseStore {
             PENDING_CHECKPOINT_STATE,
             OWNER_SWITCHES_SINCE_CHECKPOINT,
             CHILD_SHARD_IDS,
+            CHECKPOINT_OWNER,
+            HANDOFF_COUNTER,
         ] {
             let placeholder = format!("#{attribute}");
             if expression.contains(&placeholder) {
@@ -391,6 +408,15 @@ pub fn lease_to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
         item.insert(STARTING_HASH_KEY.into(), AttributeValue::S(start.clone()));
         item.insert(ENDING_HASH_KEY.into(), AttributeValue::S(end.clone()));
     }
+    if let Some(owner) = &lease.checkpoint_owner {
+        item.insert(CHECKPOINT_OWNER.into(), AttributeValue::S(owner.clone()));
+    }
+    if let Some(counter) = lease.handoff_counter {
+        item.insert(
+            HANDOFF_COUNTER.into(),
+            AttributeValue::N(counter.to_string()),
+        );
+    }
     item
 }
 
@@ -476,6 +502,8 @@ pub fn lease_from_item(item: &HashMap<String, AttributeValue>) -> Result<Lease, 
         parent_shard_ids: set(PARENT_SHARD_ID)?,
         child_shard_ids: set(CHILD_SHARD_IDS)?,
         hash_key_range,
+        checkpoint_owner: string(CHECKPOINT_OWNER)?,
+        handoff_counter: number(HANDOFF_COUNTER)?,
     })
 }
 
@@ -626,22 +654,63 @@ impl LeaseStore for DynamoDbLeaseStore {
             .await
     }
 
+    fn lists_owned_keys_cheaply(&self) -> bool {
+        self.uses_owner_index()
+    }
+
     async fn take_lease(&self, lease: &Lease, owner: &str) -> Result<Lease, LeaseStoreError> {
-        let mut values = HashMap::from([(":owner".to_owned(), AttributeValue::S(owner.into()))]);
-        let set = if lease.is_owned_by(owner) {
-            ", #leaseOwner = :owner".to_owned()
-        } else {
-            values.insert(":zero".into(), AttributeValue::N("0".into()));
-            ", #leaseOwner = :owner, #ownerSwitchesSinceCheckpoint = \
-             if_not_exists(#ownerSwitchesSinceCheckpoint, :zero) + :one"
-                .to_owned()
-        };
-        self.conditional_update(lease, false, &set, values, None)
+        let (set, values) = owner_change(lease, owner);
+        self.conditional_update(lease, false, &set, values, Some("#checkpointOwner"))
             .await
     }
 
     async fn evict_lease(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
-        self.conditional_update(lease, true, "", HashMap::new(), Some("#leaseOwner"))
+        // During a handoff the lease goes to the worker it was going to, as the Java KCL 3
+        // evicts it.
+        let remove = if lease.handoff_pending() {
+            "#checkpointOwner"
+        } else {
+            "#leaseOwner"
+        };
+        self.conditional_update(lease, true, "", HashMap::new(), Some(remove))
+            .await
+    }
+
+    async fn request_handoff(&self, lease: &Lease, to: &str) -> Result<Lease, LeaseStoreError> {
+        let Some(from) = &lease.lease_owner else {
+            return Err(LeaseStoreError::ConditionFailed(lease.lease_key.clone()));
+        };
+        // No counter bump, as the Java KCL 3: the holder's next write finds the owner
+        // changed, reads the item and learns of the request.
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(LEASE_KEY, AttributeValue::S(lease.lease_key.clone()))
+            .update_expression("SET #owner = :to, #checkpoint_owner = :from")
+            .condition_expression("#owner = :from AND attribute_not_exists(#checkpoint_owner)")
+            .expression_attribute_names("#owner", LEASE_OWNER)
+            .expression_attribute_names("#checkpoint_owner", CHECKPOINT_OWNER)
+            .expression_attribute_values(":to", AttributeValue::S(to.to_owned()))
+            .expression_attribute_values(":from", AttributeValue::S(from.clone()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| classify("UpdateItem", &lease.lease_key, e))?;
+        let item = result
+            .attributes()
+            .ok_or_else(|| LeaseStoreError::Malformed("update returned no item".into()))?;
+        lease_from_item(item)
+    }
+
+    async fn hand_over(&self, lease: &Lease, to: &str) -> Result<Lease, LeaseStoreError> {
+        let (mut set, mut values) = owner_change(lease, to);
+        set.push_str(", #handoffCounter = :handoff_counter");
+        values.insert(
+            ":handoff_counter".into(),
+            AttributeValue::N((lease.lease_counter + 1).to_string()),
+        );
+        self.conditional_update(lease, true, &set, values, Some("#checkpointOwner"))
             .await
     }
 
@@ -739,6 +808,21 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 }
 
+/// The `SET` clause (after the counter's) and values that make `owner` the owner, counting
+/// an owner switch when the worker processing the shard changes.
+fn owner_change(lease: &Lease, owner: &str) -> (String, HashMap<String, AttributeValue>) {
+    let mut values = HashMap::from([(":owner".to_owned(), AttributeValue::S(owner.into()))]);
+    let set = if lease.actual_owner() == Some(owner) {
+        ", #leaseOwner = :owner".to_owned()
+    } else {
+        values.insert(":zero".into(), AttributeValue::N("0".into()));
+        ", #leaseOwner = :owner, #ownerSwitchesSinceCheckpoint = \
+         if_not_exists(#ownerSwitchesSinceCheckpoint, :zero) + :one"
+            .to_owned()
+    };
+    (set, values)
+}
+
 /// A request of `operation` the SDK refused to build (a required field missing): a typed
 /// invalid-request error, the builder's error as its source.
 fn unbuildable(operation: &'static str) -> impl Fn(BuildError) -> LeaseStoreError + Copy {
@@ -775,7 +859,13 @@ mod tests {
         lease.parent_shard_ids = BTreeSet::from(["shardId-000000000000".to_owned()]);
         lease.child_shard_ids = BTreeSet::from(["shardId-000000000002".to_owned()]);
         lease.hash_key_range = Some(("0".into(), "340282366920938463463374607431768211455".into()));
+        lease.checkpoint_owner = Some("worker-b".into());
+        lease.handoff_counter = Some(12);
         let item = lease_to_item(&lease);
+        assert_eq!(
+            item.get(CHECKPOINT_OWNER),
+            Some(&AttributeValue::S("worker-b".into()))
+        );
         assert_eq!(item.get(CHECKPOINT), Some(&AttributeValue::S("123".into())));
         assert_eq!(
             item.get(LEASE_COUNTER),
@@ -791,6 +881,7 @@ mod tests {
         let item = lease_to_item(&bare);
         assert!(!item.contains_key(LEASE_OWNER));
         assert!(!item.contains_key(PARENT_SHARD_ID));
+        assert!(!item.contains_key(CHECKPOINT_OWNER));
         assert_eq!(lease_from_item(&item).unwrap(), bare);
     }
 

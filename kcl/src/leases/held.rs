@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::store::{CheckpointUpdate, LeaseStore, LeaseStoreError};
@@ -117,6 +117,10 @@ pub struct HeldLease {
     checkpoint_lock: tokio::sync::Mutex<()>,
     renewing: AtomicBool,
     not_before: Instant,
+    /// Raised when the table asks this worker to hand the lease over.
+    handoff_requested: AtomicBool,
+    /// Told when a handoff is requested (shared by the worker's leases).
+    handoff_notify: Arc<Notify>,
 }
 
 impl std::fmt::Debug for HeldLease {
@@ -136,6 +140,7 @@ impl HeldLease {
         worker_id: String,
         store: Arc<dyn LeaseStore>,
         timing: LeaseTiming,
+        handoff_notify: Arc<Notify>,
     ) -> Self {
         HeldLease {
             key: lease.lease_key.clone(),
@@ -151,6 +156,41 @@ impl HeldLease {
             checkpoint_lock: tokio::sync::Mutex::new(()),
             renewing: AtomicBool::new(false),
             not_before,
+            handoff_requested: AtomicBool::new(false),
+            handoff_notify,
+        }
+    }
+
+    /// Whether another worker (or an operator) asked for the lease: this worker is to let
+    /// its processor finish and checkpoint, then [`hand_over`](Self::hand_over) the lease.
+    pub fn is_handoff_requested(&self) -> bool {
+        self.handoff_requested.load(Ordering::SeqCst)
+    }
+
+    /// The worker a requested handoff goes to.
+    pub fn handoff_target(&self) -> Option<String> {
+        let lease = self.copy();
+        if lease.checkpoint_owner.as_deref() == Some(self.worker_id.as_str()) {
+            lease.lease_owner
+        } else {
+            None
+        }
+    }
+
+    /// Takes note of the lease as the table shows it: a handoff request for it raises the
+    /// signal (the next write adopts the new owner fields).
+    pub(crate) fn observe(&self, item: &Lease) {
+        if item.checkpoint_owner.as_deref() == Some(self.worker_id.as_str())
+            && !item.is_owned_by(&self.worker_id)
+        {
+            self.raise_handoff(item.lease_owner.as_deref());
+        }
+    }
+
+    fn raise_handoff(&self, to: Option<&str>) {
+        if !self.handoff_requested.swap(true, Ordering::SeqCst) {
+            tracing::info!(shard = %self.key, to = ?to, "graceful handoff requested");
+            self.handoff_notify.notify_one();
         }
     }
 
@@ -251,7 +291,8 @@ impl HeldLease {
             tracing::info!(shard = %self.key, "lease lost: its item was deleted");
             return Ok(Resolution::Lost);
         };
-        if !item.is_owned_by(&self.worker_id) {
+        // During a handoff, the worker still processing the shard is `checkpointOwner`.
+        if item.actual_owner() != Some(self.worker_id.as_str()) {
             tracing::info!(shard = %self.key, owner = ?item.lease_owner, "lease lost: taken by another worker or released");
             return Ok(Resolution::Lost);
         }
@@ -264,9 +305,19 @@ impl HeldLease {
             tracing::warn!(shard = %self.key, checkpoint = %item.checkpoint, "lease lost: its checkpoint was changed by someone else (a reset?)");
             return Ok(Resolution::Lost);
         }
+        let handoff = item.handoff_pending();
         if item.lease_counter > state.lease.lease_counter {
             state.lease = item;
             state.unconfirmed.clear();
+        } else if item.lease_counter == state.lease.lease_counter {
+            // A handoff request changes the owner fields without bumping the counter.
+            state.lease.lease_owner = item.lease_owner;
+            state.lease.checkpoint_owner = item.checkpoint_owner;
+        }
+        let to = state.lease.lease_owner.clone();
+        drop(state);
+        if handoff {
+            self.raise_handoff(to.as_deref());
         }
         tracing::debug!(shard = %self.key, "condition failed on a lease that is still ours (spurious failure): counter adopted");
         Ok(if applied {
@@ -422,9 +473,44 @@ impl HeldLease {
         Err(LeaseStoreError::ConditionFailed(self.key.clone()))
     }
 
-    /// Removes the owner so another worker may take the lease at once; the lease is lost
+    /// Hands the lease over to `to` once nothing acts on it any more (or, when a handoff was
+    /// requested, to the worker that asked); it starts there at once. The lease is lost
     /// locally whatever the outcome.
+    pub(crate) async fn hand_over(&self, to: &str) -> Result<(), LeaseStoreError> {
+        let result = async {
+            for _ in 0..3 {
+                let lease = self.copy();
+                let to = match (&lease.checkpoint_owner, &lease.lease_owner) {
+                    (Some(_), Some(requested)) => requested.clone(),
+                    _ => to.to_owned(),
+                };
+                let call = self.store.hand_over(&lease, &to);
+                match timed(self.timing.request_timeout, call).await {
+                    Ok(_) => {
+                        tracing::info!(shard = %self.key, %to, "lease handed over");
+                        return Ok(());
+                    }
+                    Err(LeaseStoreError::ConditionFailed(_)) => match self.resolve(None).await? {
+                        Resolution::Ours | Resolution::Applied => continue,
+                        // Handed over already (an answer lost), or taken.
+                        Resolution::Lost => return Ok(()),
+                    },
+                    Err(error) => return Err(error),
+                }
+            }
+            Err(LeaseStoreError::Contended(self.key.clone()))
+        }
+        .await;
+        self.mark_lost();
+        result
+    }
+
+    /// Removes the owner so another worker may take the lease at once (during a handoff:
+    /// hands it to the worker that asked); the lease is lost locally whatever the outcome.
     pub(crate) async fn release(&self) -> Result<(), LeaseStoreError> {
+        if let Some(to) = self.handoff_target() {
+            return self.hand_over(&to).await;
+        }
         let result = async {
             for _ in 0..3 {
                 let lease = self.copy();

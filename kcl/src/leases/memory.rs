@@ -112,7 +112,9 @@ impl MemoryLeaseStore {
                 .get_mut(&lease.lease_key)
                 .filter(|c| {
                     c.lease_counter == lease.lease_counter
-                        && (!check_owner || c.lease_owner == lease.lease_owner)
+                        && (!check_owner
+                            || (c.lease_owner == lease.lease_owner
+                                && c.checkpoint_owner == lease.checkpoint_owner))
                 })
                 .ok_or_else(|| LeaseStoreError::ConditionFailed(lease.lease_key.clone()))?;
             change(current);
@@ -150,17 +152,53 @@ impl LeaseStore for MemoryLeaseStore {
         self.conditional(lease, true, |_| {})
     }
 
+    fn lists_owned_keys_cheaply(&self) -> bool {
+        true
+    }
+
     async fn take_lease(&self, lease: &Lease, owner: &str) -> Result<Lease, LeaseStoreError> {
         self.conditional(lease, false, |current| {
-            if current.lease_owner.as_deref() != Some(owner) {
+            if current.actual_owner() != Some(owner) {
                 current.owner_switches_since_checkpoint += 1;
             }
             current.lease_owner = Some(owner.to_owned());
+            current.checkpoint_owner = None;
         })
     }
 
     async fn evict_lease(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
-        self.conditional(lease, true, |current| current.lease_owner = None)
+        self.conditional(lease, true, |current| {
+            if current.checkpoint_owner.take().is_none() {
+                current.lease_owner = None;
+            }
+        })
+    }
+
+    async fn request_handoff(&self, lease: &Lease, to: &str) -> Result<Lease, LeaseStoreError> {
+        self.with(|leases| {
+            let current = leases
+                .get_mut(&lease.lease_key)
+                .filter(|c| {
+                    c.lease_owner.is_some()
+                        && c.lease_owner == lease.lease_owner
+                        && c.checkpoint_owner.is_none()
+                })
+                .ok_or_else(|| LeaseStoreError::ConditionFailed(lease.lease_key.clone()))?;
+            current.checkpoint_owner = current.lease_owner.replace(to.to_owned());
+            Ok(current.clone())
+        })
+    }
+
+    async fn hand_over(&self, lease: &Lease, to: &str) -> Result<Lease, LeaseStoreError> {
+        let counter = lease.lease_counter + 1;
+        self.conditional(lease, true, |current| {
+            if current.actual_owner() != Some(to) {
+                current.owner_switches_since_checkpoint += 1;
+            }
+            current.lease_owner = Some(to.to_owned());
+            current.checkpoint_owner = None;
+            current.handoff_counter = Some(counter);
+        })
     }
 
     async fn update_checkpoint(

@@ -93,7 +93,9 @@ impl CheckpointUpdate {
 /// concurrent workers never both believe they own a lease.
 ///
 /// Write methods take the lease as the caller last saw it and return the lease as written
-/// (with `lease_counter` bumped), or [`LeaseStoreError::ConditionFailed`].
+/// (with `lease_counter` bumped), or [`LeaseStoreError::ConditionFailed`]. "Owner
+/// unchanged" means both owner attributes: `leaseOwner`, and `checkpointOwner` (set only
+/// while a graceful handoff is under way).
 #[async_trait]
 pub trait LeaseStore: Send + Sync {
     /// Creates the table when it does not exist and waits until it can be used.
@@ -111,6 +113,13 @@ pub trait LeaseStore: Send + Sync {
         Ok(owned_keys(self.list_leases().await?, owner))
     }
 
+    /// Whether [`list_lease_keys_owned_by`](Self::list_lease_keys_owned_by) is cheap
+    /// enough to call every fraction of a second (an index query, not a scan): workers
+    /// then look for leases handed to them at the lease discovery interval.
+    fn lists_owned_keys_cheaply(&self) -> bool {
+        false
+    }
+
     /// One lease, if it exists.
     async fn get_lease(&self, lease_key: &str) -> Result<Option<Lease>, LeaseStoreError>;
 
@@ -120,12 +129,14 @@ pub trait LeaseStore: Send + Sync {
     /// Bumps the counter. Condition: counter and owner unchanged.
     async fn renew_lease(&self, lease: &Lease) -> Result<Lease, LeaseStoreError>;
 
-    /// Makes `owner` the owner and bumps the counter (and `ownerSwitchesSinceCheckpoint`
-    /// when the owner changes). Condition: counter unchanged.
+    /// Makes `owner` the owner, ends any handoff under way (removes `checkpointOwner`) and
+    /// bumps the counter (and `ownerSwitchesSinceCheckpoint` when the worker processing the
+    /// shard changes). Condition: counter unchanged.
     async fn take_lease(&self, lease: &Lease, owner: &str) -> Result<Lease, LeaseStoreError>;
 
-    /// Removes the owner and bumps the counter, so any worker may take it at once.
-    /// Condition: counter and owner unchanged.
+    /// Removes the owner and bumps the counter, so any worker may take it at once (during a
+    /// handoff, as the Java KCL 3 does: removes `checkpointOwner`, leaving the lease to the
+    /// worker it was going to). Condition: counter and owner unchanged.
     async fn evict_lease(&self, lease: &Lease) -> Result<Lease, LeaseStoreError>;
 
     /// Writes a checkpoint, resets `ownerSwitchesSinceCheckpoint` and bumps the counter.
@@ -135,6 +146,17 @@ pub trait LeaseStore: Send + Sync {
         lease: &Lease,
         update: &CheckpointUpdate,
     ) -> Result<Lease, LeaseStoreError>;
+
+    /// Asks the lease's holder to hand it over to `to` (the Java KCL 3 graceful handoff):
+    /// sets `leaseOwner` to `to` and `checkpointOwner` to the holder, without bumping the
+    /// counter. Condition: `leaseOwner` unchanged and no handoff under way.
+    async fn request_handoff(&self, lease: &Lease, to: &str) -> Result<Lease, LeaseStoreError>;
+
+    /// The holder's last write: makes `to` the owner, removes `checkpointOwner`, bumps the
+    /// counter (and `ownerSwitchesSinceCheckpoint`), and records the new counter in
+    /// `handoffCounter` so that `to` starts at once. Condition: counter and owner
+    /// unchanged.
+    async fn hand_over(&self, lease: &Lease, to: &str) -> Result<Lease, LeaseStoreError>;
 
     /// Sets `childShardIds` and bumps the counter. Condition: counter and owner unchanged.
     async fn update_child_shards(

@@ -81,6 +81,20 @@ pub struct SchedulerConfig {
     pub failure_backoff_min: Duration,
     /// Longest retry delay of a failing shard consumer (default 5 minutes).
     pub failure_backoff_max: Duration,
+    /// Graceful lease handoff (Java KCL 3 `GracefulLeaseHandoffConfig`, on by default with
+    /// a 30 s timeout): a lease that moves, because a worker balances or shuts down, is
+    /// handed over by its holder once its processor finished the batch in hand and
+    /// checkpointed in `shutdown_requested`, and its next owner starts at once from that
+    /// checkpoint. A processor not done within the timeout is stopped (its task aborted)
+    /// and the lease handed over; one that cannot be stopped keeps the lease until it
+    /// expires. `None`: leases taken from live workers are taken at once and processed
+    /// after the holder's deadline, and a shutting-down worker releases its leases.
+    pub graceful_lease_handoff_timeout: Option<Duration>,
+    /// How often a worker looks for leases handed to it and for handoff requests between
+    /// taker rounds (default 500 ms; this crate's own setting). Each look is one query of
+    /// the lease table's owner index (when the table has it) plus one consistent read per
+    /// lease in transit, so a lease moves in well under a second.
+    pub lease_discovery_interval: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -104,6 +118,8 @@ impl Default for SchedulerConfig {
             call_process_records_even_for_empty_list: false,
             failure_backoff_min: Duration::from_secs(1),
             failure_backoff_max: Duration::from_secs(300),
+            graceful_lease_handoff_timeout: Some(Duration::from_secs(30)),
+            lease_discovery_interval: Duration::from_millis(500),
         }
     }
 }
@@ -288,6 +304,19 @@ impl SchedulerBuilder {
     /// Batches read ahead per shard (default 3; at least 1).
     pub fn prefetch_batches(mut self, batches: usize) -> Self {
         self.polling.prefetch_batches = Some(batches);
+        self
+    }
+
+    /// Graceful lease handoff timeout (default 30 s), or `None` to turn graceful handoff
+    /// off; see [`SchedulerConfig::graceful_lease_handoff_timeout`].
+    pub fn graceful_lease_handoff_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.graceful_lease_handoff_timeout = timeout;
+        self
+    }
+
+    /// How often handed-over leases and handoff requests are looked for (default 500 ms).
+    pub fn lease_discovery_interval(mut self, interval: Duration) -> Self {
+        self.config.lease_discovery_interval = interval;
         self
     }
 
@@ -483,6 +512,7 @@ impl SchedulerBuilder {
                 request_timeout: Some(config.dynamodb_request_timeout),
                 max_leases_per_worker: config.max_leases_per_worker,
                 max_leases_to_steal_at_once: config.max_leases_to_steal_at_once,
+                graceful_handoff_timeout: config.graceful_lease_handoff_timeout,
             },
         ));
         Ok(Scheduler {
@@ -617,6 +647,13 @@ fn validate(config: &SchedulerConfig) -> Result<(), SchedulerError> {
         ),
         ("dynamodb_request_timeout", config.dynamodb_request_timeout),
         ("kinesis_request_timeout", config.kinesis_request_timeout),
+        ("lease_discovery_interval", config.lease_discovery_interval),
+        (
+            "graceful_lease_handoff_timeout",
+            config
+                .graceful_lease_handoff_timeout
+                .unwrap_or(Duration::from_secs(1)),
+        ),
     ] {
         if interval.is_zero() {
             return invalid(setting, "must be positive");

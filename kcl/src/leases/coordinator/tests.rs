@@ -16,6 +16,8 @@ struct Sim {
     store: Arc<MemoryLeaseStore>,
     workers: Vec<Option<LeaseCoordinator>>,
     moves: usize,
+    /// Graceful handoff timeout of the workers added next.
+    graceful: Option<Duration>,
 }
 
 impl Sim {
@@ -32,6 +34,7 @@ impl Sim {
             store,
             workers: Vec::new(),
             moves: 0,
+            graceful: Some(Duration::from_secs(30)),
         };
         for _ in 0..workers {
             sim.add_worker(usize::MAX);
@@ -43,13 +46,15 @@ impl Sim {
         let mut config = LeaseCoordinatorConfig::new(format!("worker-{}", self.workers.len()));
         config.failover_time = FAILOVER;
         config.max_leases_per_worker = max_leases;
+        config.graceful_handoff_timeout = self.graceful;
         let store: Arc<dyn LeaseStore> = self.store.clone();
         self.workers
             .push(Some(LeaseCoordinator::new(store, config)));
     }
 
-    /// One period: every live worker renews, the invariants are checked, then every live
-    /// worker takes; the clock moves on.
+    /// One period: every live worker renews, the invariants are checked, every live worker
+    /// hands over the leases asked of it (as if its processor finished at once), takes, and
+    /// looks for leases handed to it; the clock moves on.
     async fn round(&mut self) {
         self.round_checked(true).await;
     }
@@ -60,9 +65,19 @@ impl Sim {
         }
         self.check_one_holder(strict).await;
         for worker in self.workers.iter().flatten() {
-            if let Ok(round) = worker.take_leases().await {
-                self.moves += round.stolen;
+            for held in worker.held_leases() {
+                if held.is_handoff_requested() && !held.is_lost() {
+                    let _ = worker.hand_over_lease(held.key()).await;
+                }
             }
+        }
+        for worker in self.workers.iter().flatten() {
+            if let Ok(round) = worker.take_leases().await {
+                self.moves += round.stolen + round.handoffs_requested.len();
+            }
+        }
+        for worker in self.workers.iter().flatten() {
+            worker.discover().await;
         }
         tokio::time::advance(TICK).await;
     }
@@ -100,7 +115,8 @@ impl Sim {
             let writable: Vec<&String> = copies
                 .iter()
                 .filter(|(me, copy)| {
-                    copy.lease_counter == current.lease_counter && current.is_owned_by(me)
+                    copy.lease_counter == current.lease_counter
+                        && current.actual_owner() == Some(me.as_str())
                 })
                 .map(|(me, _)| me)
                 .collect();
@@ -535,6 +551,8 @@ async fn takeover_after_crash(
         .map(|(i, id)| {
             let mut config = LeaseCoordinatorConfig::new(id);
             config.failover_time = FAILOVER;
+            // Balancing before the crash without processors to hand leases over.
+            config.graceful_handoff_timeout = None;
             let store: Arc<dyn LeaseStore> = store.clone();
             let phase = Duration::from_millis(1_234 * i as u64);
             (
@@ -632,4 +650,175 @@ async fn a_crashed_workers_leases_are_taken_within_two_failover_times_of_its_las
     // round of the minute may fall on either side of its start).
     assert!(rounds[0] <= 7 && rounds[1] <= 7, "rounds {rounds:?}");
     assert!(rounds[1] <= rounds[0] + 1, "rounds {rounds:?}");
+}
+
+/// Two workers on the in-memory store: `a` holds every lease, `b` holds none yet.
+async fn two_workers(
+    leases: usize,
+    graceful: Option<Duration>,
+) -> (Arc<MemoryLeaseStore>, LeaseCoordinator, LeaseCoordinator) {
+    let store = Arc::new(MemoryLeaseStore::new());
+    for i in 0..leases {
+        let lease = Lease::new(format!("shard-{i}"), ExtendedSequenceNumber::trim_horizon());
+        store.create_lease_if_absent(&lease).await.unwrap();
+    }
+    let worker = |id: &str| {
+        let mut config = LeaseCoordinatorConfig::new(id);
+        config.failover_time = FAILOVER;
+        config.graceful_handoff_timeout = graceful;
+        let store: Arc<dyn LeaseStore> = store.clone();
+        LeaseCoordinator::new(store, config)
+    };
+    let a = worker("a");
+    a.take_leases().await.unwrap();
+    assert_eq!(a.held_leases().len(), leases);
+    (store.clone(), a, worker("b"))
+}
+
+fn commit(sequence: &str) -> Result<CheckpointUpdate, std::convert::Infallible> {
+    Ok(CheckpointUpdate::commit(ExtendedSequenceNumber::new(
+        sequence, 0,
+    )))
+}
+
+/// KCL 3's graceful handoff: the balancing worker asks for a lease instead of taking it;
+/// the holder learns of it at its next renewal, keeps renewing and checkpointing it while
+/// its processor finishes, and hands it over; the new owner starts at once from that
+/// checkpoint.
+#[tokio::test(start_paused = true)]
+async fn a_lease_asked_for_is_handed_over_and_starts_at_once() {
+    let (store, a, b) = two_workers(2, Some(Duration::from_secs(30))).await;
+    let round = b.take_leases().await.unwrap();
+    assert_eq!(round.handoffs_requested.len(), 1, "{round:?}");
+    assert!(round.taken.is_empty() && b.held_leases().is_empty());
+    let key = round.handoffs_requested[0].clone();
+    let table = store.get_lease(&key).await.unwrap().unwrap();
+    assert_eq!(table.lease_owner.as_deref(), Some("b"));
+    assert_eq!(table.checkpoint_owner.as_deref(), Some("a"));
+    // b counts the lease as coming: a second round asks for nothing more.
+    assert!(b.take_leases().await.unwrap().handoffs_requested.is_empty());
+
+    tokio::time::advance(TICK).await;
+    assert!(a.renew_leases().await.is_empty(), "the holder keeps it");
+    let held = a.held_lease(&key).unwrap();
+    assert!(held.is_handoff_requested());
+    assert_eq!(held.handoff_target().as_deref(), Some("b"));
+    // The holder's final checkpoint and renewals still go through.
+    held.write_checkpoint(|_| commit("42"))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::advance(TICK).await;
+    assert!(a.renew_leases().await.is_empty());
+    // Nothing moves before the holder hands over.
+    assert!(b.discover().await.is_empty());
+
+    a.hand_over_lease(&key).await.unwrap();
+    assert!(a.held_lease(&key).is_none());
+    let table = store.get_lease(&key).await.unwrap().unwrap();
+    assert!(table.is_owned_by("b") && table.checkpoint_owner.is_none());
+    assert!(table.is_handed_over());
+    assert_eq!(table.checkpoint, ExtendedSequenceNumber::new("42", 0));
+
+    assert_eq!(b.discover().await, vec![key.clone()]);
+    let taken = b.held_lease(&key).unwrap();
+    assert!(taken.not_before() <= Instant::now(), "must start at once");
+    assert_eq!(a.held_leases().len(), 1);
+}
+
+/// A holder that dies after the request never hands over: the lease expires and the
+/// worker that asked takes it, starting at once.
+#[tokio::test(start_paused = true)]
+async fn a_lease_asked_of_a_dead_holder_is_taken_when_it_expires() {
+    let (_store, a, b) = two_workers(2, Some(Duration::from_secs(30))).await;
+    let key = b.take_leases().await.unwrap().handoffs_requested[0].clone();
+    drop(a);
+    let mut waited = Duration::ZERO;
+    while b.held_lease(&key).is_none() {
+        tokio::time::advance(Duration::from_millis(500)).await;
+        waited += Duration::from_millis(500);
+        b.discover().await;
+        assert!(waited < 2 * FAILOVER, "never taken");
+    }
+    assert!(
+        waited > FAILOVER && waited <= FAILOVER + Duration::from_secs(1),
+        "{waited:?}"
+    );
+    assert!(b.held_lease(&key).unwrap().not_before() <= Instant::now());
+}
+
+/// A holder that keeps renewing but never hands over (a processor that never finishes
+/// and a worker that never stops it) loses the lease after the handoff timeout plus the
+/// failover time; the taker then waits for the holder's deadline, as for any steal.
+#[tokio::test(start_paused = true)]
+async fn a_handoff_never_completed_is_taken_after_the_timeout() {
+    let timeout = Duration::from_secs(5);
+    let (_store, a, b) = two_workers(2, Some(timeout)).await;
+    let key = b.take_leases().await.unwrap().handoffs_requested[0].clone();
+    let asked = Instant::now();
+    while b.held_lease(&key).is_none() {
+        tokio::time::advance(TICK).await;
+        a.renew_leases().await;
+        b.discover().await;
+        assert!(asked.elapsed() < 2 * (timeout + FAILOVER), "never taken");
+    }
+    assert!(asked.elapsed() > timeout + FAILOVER);
+    let taken = b.held_lease(&key).unwrap();
+    assert!(
+        taken.not_before() > Instant::now(),
+        "must wait for the holder's deadline"
+    );
+    tokio::time::advance(TICK).await;
+    assert_eq!(a.renew_leases().await, vec![key]);
+}
+
+/// A worker shutting down hands each lease to the live worker holding the fewest, which
+/// starts it at once; with graceful handoff off it releases them.
+#[tokio::test(start_paused = true)]
+async fn a_worker_shutting_down_hands_its_leases_to_the_least_loaded_workers() {
+    let mut sim = Sim::new(8, 3).await;
+    for _ in 0..20 {
+        sim.round().await;
+    }
+    let mut counts: Vec<usize> = sim.counts().values().copied().collect();
+    counts.sort();
+    assert_eq!(counts, vec![2, 3, 3]);
+    let leaving = sim.workers[0].take().unwrap();
+    let keys: Vec<String> = leaving
+        .held_leases()
+        .iter()
+        .map(|h| h.key().to_owned())
+        .collect();
+    for key in &keys {
+        leaving.hand_over_lease(key).await.unwrap();
+    }
+    for worker in sim.workers.iter().flatten() {
+        worker.discover().await;
+    }
+    assert_eq!(sim.held_total(), 8, "{:?}", sim.counts());
+    assert!(sim.spread() <= 1, "{:?}", sim.counts());
+    for key in &keys {
+        let holder = sim
+            .workers
+            .iter()
+            .flatten()
+            .find_map(|w| w.held_lease(key))
+            .unwrap();
+        assert!(
+            holder.not_before() <= Instant::now(),
+            "{key} must start at once"
+        );
+    }
+
+    let (store, a, _b) = two_workers(1, None).await;
+    a.hand_over_lease("shard-0").await.unwrap();
+    assert_eq!(
+        store
+            .get_lease("shard-0")
+            .await
+            .unwrap()
+            .unwrap()
+            .lease_owner,
+        None
+    );
 }
