@@ -218,14 +218,25 @@ async fn an_added_worker_takes_its_share_with_the_fewest_moves() -> TestResult {
     tokio::time::sleep(3 * FAILOVER).await;
     let counts = owners(&config, &app).await?;
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![3, 3]);
-    let moves = log
-        .events()
+    // Each move is a graceful handoff: w1's processor is asked to finish (and
+    // checkpoints), no lease is lost.
+    let events = log.events();
+    let moves = events
         .iter()
-        .filter(|e| matches!(e, Event::LeaseLost { .. }))
+        .filter(|e| matches!(e, Event::ShutdownRequested { worker, .. } if worker == "w1"))
         .count();
     assert_eq!(moves, 3, "6/0 -> 3/3 takes exactly three moves");
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::LeaseLost { .. })),
+        "{events:?}"
+    );
     wait_all_delivered(&log, records.len()).await?;
     assert_per_key_order(&log);
+    assert_eq!(
+        log.delivered().len(),
+        records.len(),
+        "a graceful move delivers nothing twice"
+    );
     w1.stop().await?;
     w2.stop().await?;
     Ok(())

@@ -313,7 +313,7 @@ impl DynamoDbLeaseStore {
             HANDOFF_COUNTER,
         ] {
             let placeholder = format!("#{attribute}");
-            if expression.contains(&placeholder) {
+            if mentions(&expression, &placeholder) {
                 names.insert(placeholder, attribute.to_owned());
             }
         }
@@ -808,6 +808,15 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 }
 
+/// Whether `expression` uses `placeholder` as a whole token (`#checkpoint` is not in
+/// `#checkpointOwner`).
+fn mentions(expression: &str, placeholder: &str) -> bool {
+    expression.match_indices(placeholder).any(|(at, _)| {
+        !expression[at + placeholder.len()..]
+            .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
 /// The `SET` clause (after the counter's) and values that make `owner` the owner, counting
 /// an owner switch when the worker processing the shard changes.
 fn owner_change(lease: &Lease, owner: &str) -> (String, HashMap<String, AttributeValue>) {
@@ -844,6 +853,17 @@ fn has_owner_index(table: &TableDescription) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_are_matched_as_whole_tokens() {
+        assert!(mentions("SET #checkpoint = :c", "#checkpoint"));
+        assert!(mentions("REMOVE #a, #checkpoint", "#checkpoint"));
+        assert!(!mentions("REMOVE #checkpointOwner", "#checkpoint"));
+        assert!(mentions(
+            "REMOVE #checkpointOwner, #checkpoint",
+            "#checkpoint"
+        ));
+    }
 
     #[test]
     fn item_round_trip() {
