@@ -6,6 +6,7 @@
 //! cargo run -p examples --example consumer_bench                  # everything
 //! cargo run -p examples --example consumer_bench takeover 5       # takeover only, 5 runs each
 //! cargo run -p examples --example consumer_bench throughput
+//! cargo run -p examples --example consumer_bench handoff 5        # graceful handoff, 5 runs
 //! ```
 
 use std::collections::HashMap;
@@ -164,9 +165,21 @@ async fn throughput(
 /// Delivery times by (worker, shard).
 type DeliveryTimes = HashMap<(String, String), Vec<Instant>>;
 
-/// Records when each worker delivered records from each shard.
+/// Records when each worker delivered records from each shard, and how often each user
+/// record (shard, sequence number, sub-sequence number) was delivered.
 #[derive(Clone, Default)]
-struct Deliveries(Arc<Mutex<DeliveryTimes>>);
+struct Deliveries(
+    Arc<Mutex<DeliveryTimes>>,
+    Arc<Mutex<HashMap<(String, String, u64), u32>>>,
+);
+
+impl Deliveries {
+    /// User records delivered more than once, counting each extra delivery.
+    fn duplicates(&self) -> u32 {
+        let map = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().map(|n| n - 1).sum()
+    }
+}
 
 impl Deliveries {
     /// The first delivery by `worker` from `shard` after `after`.
@@ -198,6 +211,17 @@ impl RecordProcessor for Tracker {
             map.entry((self.worker.to_owned(), self.shard.clone()))
                 .or_default()
                 .push(Instant::now());
+            drop(map);
+            let mut seen = self.deliveries.1.lock().unwrap_or_else(|e| e.into_inner());
+            for record in &input.records {
+                *seen
+                    .entry((
+                        self.shard.clone(),
+                        record.sequence_number.clone(),
+                        record.sub_sequence_number,
+                    ))
+                    .or_default() += 1;
+            }
         }
         let _ = input.checkpointer.checkpoint().await;
     }
@@ -221,34 +245,7 @@ async fn takeover(
     let stream = name("bench-takeover");
     let app = name("bench-takeover-app");
     kinesis_emulator::create_stream(&kinesis, &stream, 4).await?;
-    // One record per shard every 100 ms (explicit hash keys at each shard's start).
-    let shards = kinesis.list_shards().stream_name(&stream).send().await?;
-    let hash_keys: Vec<String> = shards
-        .shards()
-        .iter()
-        .filter_map(|s| s.hash_key_range().map(|r| r.starting_hash_key().to_owned()))
-        .collect();
-    let writer = {
-        let (kinesis, stream) = (kinesis.clone(), stream.clone());
-        tokio::spawn(async move {
-            loop {
-                let entries = hash_keys
-                    .iter()
-                    .map(|key| {
-                        PutRecordsRequestEntry::builder()
-                            .partition_key("k")
-                            .explicit_hash_key(key)
-                            .data(Blob::new(b"x".to_vec()))
-                            .build()
-                    })
-                    .collect::<Result<Vec<_>, _>>();
-                if let Ok(entries) = entries {
-                    let _ = put(&kinesis, &stream, entries).await;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let writer = spawn_writer(&kinesis, &stream).await?;
     let deliveries = Deliveries::default();
     let start = |worker: &'static str| {
         let deliveries = deliveries.clone();
@@ -339,6 +336,114 @@ async fn takeover(
     Ok(())
 }
 
+/// Graceful handoff with the library's defaults (failover 10 s, GetRecords every 1.5 s):
+/// two balanced workers on four shards with records arriving on every shard; worker `a`
+/// stops gracefully (what `kinesis consume` does on SIGTERM) at a random moment: how long
+/// until `b` delivers from each of `a`'s shards, and how many records were delivered
+/// twice over the whole run (balancing moves included).
+async fn handoff(config: &SdkConfig) -> Result<(), Error> {
+    let kinesis = aws_sdk_kinesis::Client::new(config);
+    let stream = name("bench-handoff");
+    let app = name("bench-handoff-app");
+    kinesis_emulator::create_stream(&kinesis, &stream, 4).await?;
+    let writer = spawn_writer(&kinesis, &stream).await?;
+    let deliveries = Deliveries::default();
+    let start = |worker: &'static str| {
+        let deliveries = deliveries.clone();
+        builder(config, &stream, &app, worker).processor_factory(move || Tracker {
+            worker,
+            shard: String::new(),
+            deliveries: deliveries.clone(),
+        })
+    };
+    let a = start("a").build().await?;
+    let a_stop = a.shutdown_handle();
+    let a = tokio::spawn(a.run());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b = start("b").build().await?;
+    let b_stop = b.shutdown_handle();
+    let b = tokio::spawn(b.run());
+    let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(config), &app);
+    let settle = Instant::now();
+    let orphans: Vec<String> = loop {
+        let leases = store.list_leases().await?;
+        let of = |w: &'static str| {
+            leases
+                .iter()
+                .filter(move |l| l.is_owned_by(w) && !l.handoff_pending())
+        };
+        if of("a").count() == 2 && of("b").count() == 2 {
+            break of("a").map(|l| l.lease_key.clone()).collect();
+        }
+        if settle.elapsed() > Duration::from_secs(120) {
+            return Err("never balanced".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let balanced = settle.elapsed();
+    tokio::time::sleep(Duration::from_secs(3).mul_f64(1.0 + rand::random::<f64>())).await;
+    let stopped = Instant::now();
+    a_stop.shutdown();
+    a.await??;
+    let returned = stopped.elapsed();
+    let delivered = loop {
+        let firsts: Option<Vec<Instant>> = orphans
+            .iter()
+            .map(|shard| deliveries.first_after("b", shard, stopped))
+            .collect();
+        if let Some(firsts) = firsts {
+            break firsts.into_iter().max().unwrap_or(stopped) - stopped;
+        }
+        if stopped.elapsed() > Duration::from_secs(60) {
+            return Err("never handed over".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // Let every record written so far be delivered before counting duplicates.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    println!(
+        "handoff: balanced 2/2 {balanced:.2?} after the second worker started; after the stop, run returned in {returned:.2?}, the survivor delivered from every handed-over shard {delivered:.2?} after it; duplicates over the run: {}",
+        deliveries.duplicates()
+    );
+    b_stop.shutdown();
+    b.await??;
+    writer.abort();
+    Ok(())
+}
+
+/// Writes one record per shard every 100 ms (explicit hash keys at each shard's start)
+/// until aborted.
+async fn spawn_writer(
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let shards = kinesis.list_shards().stream_name(stream).send().await?;
+    let hash_keys: Vec<String> = shards
+        .shards()
+        .iter()
+        .filter_map(|s| s.hash_key_range().map(|r| r.starting_hash_key().to_owned()))
+        .collect();
+    let (kinesis, stream) = (kinesis.clone(), stream.to_owned());
+    Ok(tokio::spawn(async move {
+        loop {
+            let entries = hash_keys
+                .iter()
+                .map(|key| {
+                    PutRecordsRequestEntry::builder()
+                        .partition_key("k")
+                        .explicit_hash_key(key)
+                        .data(Blob::new(b"x".to_vec()))
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>();
+            if let Ok(entries) = entries {
+                let _ = put(&kinesis, &stream, entries).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }))
+}
+
 /// Lists the leases and notes when each one's counter was first seen at its current value;
 /// with `orphans` (before the crash), records the leases worker `a` holds; without (after
 /// it), only leases still owned by `a` are noted, so the survivor's takes do not count.
@@ -378,6 +483,12 @@ async fn main() -> Result<(), Error> {
     let runs: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3);
     let emulator = kinesis_emulator::Emulator::start().await?;
     let config = emulator.sdk_config().await;
+    if only == Some("handoff") {
+        for _ in 0..runs {
+            handoff(&config).await?;
+        }
+        return Ok(());
+    }
     if only != Some("takeover") {
         // Drain a backlog with the default batch size, then with smaller batches and no
         // pause between reads, so several GetRecords calls per shard stream.

@@ -22,7 +22,7 @@ use clap::{Args as ClapArgs, Subcommand};
 use kinesis_consumer::leases::{CheckpointUpdate, DynamoDbLeaseStore, LeaseStore, LeaseStoreError};
 use kinesis_consumer::{ExtendedSequenceNumber, Lease, SequencePosition};
 
-use crate::Error;
+use crate::{parse_duration, Error};
 
 /// Shows, resets or moves the leases of a consumer application.
 #[derive(ClapArgs, Debug, Clone)]
@@ -67,7 +67,11 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// Moves one shard's lease to a named worker.
+    /// Moves one shard's lease to a named worker: a graceful handoff (the holder's processor
+    /// finishes and checkpoints, then the holder hands the lease over and the worker named
+    /// starts at once), or with --force a plain take (the worker named starts once the
+    /// holder's deadline has passed: for holders that do not know handoffs, such as the
+    /// Java KCL 2.x)
     Move {
         /// Application name (the lease table's name).
         #[arg(long)]
@@ -78,6 +82,13 @@ pub enum Command {
         /// The worker id of the new owner.
         #[arg(long, value_name = "WORKER_ID")]
         to: String,
+        /// Take the lease for the worker named instead of asking its holder to hand it
+        /// over.
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for the holder to hand the lease over.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+        wait: std::time::Duration,
         /// Do it (without it, the move is only described).
         #[arg(long)]
         yes: bool,
@@ -264,11 +275,18 @@ async fn reset(
     Err(format!("{shard}: the lease kept changing; stop the application and retry").into())
 }
 
+/// How `leases move` moves a lease.
+struct Move {
+    force: bool,
+    wait: std::time::Duration,
+    yes: bool,
+}
+
 async fn move_lease(
     store: &DynamoDbLeaseStore,
     shard: &str,
     to: &str,
-    confirmed: bool,
+    how: Move,
 ) -> Result<(), Error> {
     for _ in 0..5 {
         let lease = store
@@ -278,13 +296,33 @@ async fn move_lease(
         if lease.is_finished() {
             return Err(format!("{shard} is finished (SHARD_END): nothing to move").into());
         }
-        let owner = lease.lease_owner.as_deref().unwrap_or("nobody");
-        println!("{shard}: owner {owner} -> {to}");
-        if !confirmed {
+        if let (Some(holder), false) = (&lease.checkpoint_owner, how.force) {
+            let going = lease.lease_owner.as_deref().unwrap_or("nobody");
+            return Err(format!(
+                "{shard}: a handoff from {holder} to {going} is under way; wait for it, or use --force"
+            )
+            .into());
+        }
+        let owner = lease.actual_owner().unwrap_or("nobody").to_owned();
+        let graceful = !how.force && lease.lease_owner.is_some() && owner != to;
+        let kind = if graceful { "graceful handoff" } else { "take" };
+        println!("{shard}: owner {owner} -> {to} ({kind})");
+        if !how.yes {
             println!("nothing changed: add --yes to move");
             return Ok(());
         }
-        match store.take_lease(&lease, to).await {
+        let result = if graceful {
+            store.request_handoff(&lease, to).await
+        } else {
+            store.take_lease(&lease, to).await
+        };
+        match result {
+            Ok(_) if graceful => {
+                println!(
+                    "{shard}: handoff requested; {owner} finishes, checkpoints and hands it over"
+                );
+                return wait_for_handoff(store, shard, to, how.wait).await;
+            }
             Ok(_) => {
                 println!("{shard}: moved to {to}");
                 return Ok(());
@@ -295,6 +333,39 @@ async fn move_lease(
         }
     }
     Err(format!("{shard}: the lease kept changing; retry").into())
+}
+
+/// Waits until the handoff of `shard` is over.
+async fn wait_for_handoff(
+    store: &DynamoDbLeaseStore,
+    shard: &str,
+    to: &str,
+    wait: std::time::Duration,
+) -> Result<(), Error> {
+    let started = std::time::Instant::now();
+    loop {
+        let lease = store
+            .get_lease(shard)
+            .await?
+            .ok_or_else(|| format!("{shard}: the lease was deleted"))?;
+        if lease.checkpoint_owner.is_none() {
+            return match lease.lease_owner.as_deref() {
+                Some(owner) if owner == to => {
+                    println!("{shard}: moved to {to} in {:.1?}", started.elapsed());
+                    Ok(())
+                }
+                owner => Err(format!("{shard}: the handoff ended with owner {owner:?}").into()),
+            };
+        }
+        if started.elapsed() > wait {
+            return Err(format!(
+                "{shard}: not handed over after {wait:?}; the holder finishes it, or the lease \
+                 expires and {to} takes it"
+            )
+            .into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Runs `kinesis leases`.
@@ -322,8 +393,14 @@ pub async fn run(args: Args) -> Result<(), Error> {
             app,
             shard,
             to,
+            force,
+            wait,
             yes,
-        } => move_lease(&DynamoDbLeaseStore::new(dynamodb, app), &shard, &to, yes).await,
+        } => {
+            let store = DynamoDbLeaseStore::new(dynamodb, app);
+            let how = Move { force, wait, yes };
+            move_lease(&store, &shard, &to, how).await
+        }
     }
 }
 

@@ -704,7 +704,9 @@ async fn a_lease_is_moved_to_a_named_worker() {
         .args(["--to", to, "--yes"])
         .output()
         .unwrap();
-    assert!(check(&output).contains(&format!("moved to {to}")));
+    let said = check(&output);
+    assert!(said.contains("graceful handoff"), "{said}");
+    assert!(said.contains(&format!("moved to {to}")), "{said}");
     // The named worker takes it and keeps it (renewed: the counter moves on).
     let moved_at = moving["counter"].as_u64().unwrap() + 1;
     let mut taken = false;
