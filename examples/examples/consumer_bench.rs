@@ -165,13 +165,13 @@ async fn throughput(
 /// Delivery times by (worker, shard).
 type DeliveryTimes = HashMap<(String, String), Vec<Instant>>;
 
+/// Deliveries per user record: (shard, sequence number, sub-sequence number).
+type DeliveryCounts = HashMap<(String, String, u64), u32>;
+
 /// Records when each worker delivered records from each shard, and how often each user
 /// record (shard, sequence number, sub-sequence number) was delivered.
 #[derive(Clone, Default)]
-struct Deliveries(
-    Arc<Mutex<DeliveryTimes>>,
-    Arc<Mutex<HashMap<(String, String, u64), u32>>>,
-);
+struct Deliveries(Arc<Mutex<DeliveryTimes>>, Arc<Mutex<DeliveryCounts>>);
 
 impl Deliveries {
     /// User records delivered more than once, counting each extra delivery.

@@ -22,10 +22,13 @@
 //! | `kinesis_consumer_subscribe_to_shard_time_seconds` | histogram, seconds until the subscription is open | `stream`, `shard` | SubscribeToShard.Time |
 //!
 //! A timed-out request counts as a `failure`. Handles are registered when a scheduler, a
-//! shard consumer or a fetcher is made: install the recorder before building the scheduler. The diagnostic counters of earlier versions
-//! (`LeaseItemsMalformed`, `LeasesExpiredLocally`, `RecordProcessorFailures`,
-//! `CheckpointTrimHorizonFallbacks`, `AggregatesDropped`, `ShardsGoneFromStream`,
-//! `SubscriptionStalls`) are unchanged.
+//! shard consumer or a fetcher is made: install the recorder before building the scheduler.
+//! The diagnostic counters (`kinesis_consumer_lease_items_malformed`,
+//! `kinesis_consumer_leases_expired_locally`, `kinesis_consumer_record_processor_failures`,
+//! `kinesis_consumer_checkpoint_trim_horizon_fallbacks`, `kinesis_consumer_aggregates_dropped`,
+//! `kinesis_consumer_shards_gone_from_stream`, `kinesis_consumer_subscription_stalls`; label
+//! `shard`, and `reason` for failures) were CamelCase (`LeaseItemsMalformed`, ...) with a
+//! `ShardId` label before 0.2.
 
 use std::time::Duration;
 

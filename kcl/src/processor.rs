@@ -127,7 +127,7 @@ pub struct ShutdownRequestedInput {
 ///
 /// A panic in any method is caught by the scheduler: the shard is retried after a backoff
 /// (see [`SchedulerConfig::failure_backoff_min`](crate::SchedulerConfig::failure_backoff_min)),
-/// counted in the metric `RecordProcessorFailures`.
+/// counted in the metric `kinesis_consumer_record_processor_failures`.
 #[async_trait]
 pub trait RecordProcessor: Send {
     /// Called once before any records.

@@ -659,7 +659,7 @@ impl Scheduler {
         consumers
             .retry_after
             .insert(key.to_owned(), Instant::now() + delay);
-        metrics::counter!("RecordProcessorFailures", "ShardId" => key.to_owned(), "Reason" => reason)
+        metrics::counter!("kinesis_consumer_record_processor_failures", "shard" => key.to_owned(), "reason" => reason)
             .increment(1);
         tracing::error!(shard = %key, reason, failures = *failures, retry_in = ?delay, "shard consumer failed; retrying after a backoff");
         self.coordinator.drop_if_lost(key);

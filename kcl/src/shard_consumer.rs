@@ -72,7 +72,7 @@ fn hash_range(lease: &crate::lease::Lease) -> Option<(HashKey, HashKey)> {
 /// checkpoint inside an aggregate).
 ///
 /// A KPL aggregate any of whose user records hashes outside the shard's `range` is dropped
-/// whole, with a warning and the metric `AggregatesDropped`, as AWS's KCL does: a producer
+/// whole, with a warning and the metric `kinesis_consumer_aggregates_dropped`, as AWS's KCL does: a producer
 /// whose shard map was stale during a reshard put it on a shard that does not own all of
 /// its records, and a KPL-style producer (AWS's, or `kinesis-producer`) sends every record
 /// of such an aggregate again, each to its right shard. Delivering the records that do
@@ -114,7 +114,7 @@ pub(crate) fn user_records(
                     "dropping a KPL aggregate with user records outside this shard's hash range \
                      (its producer sends them again to the right shards)"
                 );
-                metrics::counter!("AggregatesDropped").increment(1);
+                metrics::counter!("kinesis_consumer_aggregates_dropped").increment(1);
                 continue;
             }
         }
@@ -408,6 +408,9 @@ mod tests {
             .chain(inside.iter().map(|k| ("3", k.as_str())))
             .collect();
         assert_eq!(delivered, expected);
-        assert_eq!(recorder.counter("AggregatesDropped", &[]), 1);
+        assert_eq!(
+            recorder.counter("kinesis_consumer_aggregates_dropped", &[]),
+            1
+        );
     }
 }

@@ -463,7 +463,7 @@ async fn a_shard_that_left_the_stream_ends_and_its_lease_is_cleaned_up() -> Test
 }
 
 /// Item 7: one malformed item in the lease table does not stop the fleet: it is skipped
-/// (error log, `LeaseItemsMalformed`) and every other shard is processed.
+/// (error log, `kinesis_consumer_lease_items_malformed`) and every other shard is processed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_lease_item_is_skipped() -> TestResult {
     let config = sdk_config().await?;

@@ -572,7 +572,7 @@ impl LeaseStore for DynamoDbLeaseStore {
                             _ => String::from("?"),
                         };
                         tracing::error!(table = %self.table, lease_key = %key, %error, "skipping a malformed lease item");
-                        metrics::counter!("LeaseItemsMalformed").increment(1);
+                        metrics::counter!("kinesis_consumer_lease_items_malformed").increment(1);
                     }
                 }
             }

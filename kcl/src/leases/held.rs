@@ -257,7 +257,7 @@ impl HeldLease {
     fn expired(&self) {
         if !*self.lost.borrow() {
             tracing::warn!(shard = %self.key, worker = %self.worker_id, "lease expired locally: not renewed within the failover time minus the safety margin");
-            metrics::counter!("LeasesExpiredLocally", "ShardId" => self.key.clone()).increment(1);
+            metrics::counter!("kinesis_consumer_leases_expired_locally", "shard" => self.key.clone()).increment(1);
             self.mark_lost();
         }
     }

@@ -102,7 +102,7 @@ pub trait LeaseStore: Send + Sync {
     async fn create_table_if_missing(&self) -> Result<(), LeaseStoreError>;
 
     /// Every lease in the table. Items that cannot be read as leases are skipped (with an
-    /// error log and the metric `LeaseItemsMalformed`), never failing the whole list.
+    /// error log and the metric `kinesis_consumer_lease_items_malformed`), never failing the whole list.
     async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError>;
 
     /// Keys of the leases the table names `owner` the owner of. The DynamoDB store queries

@@ -407,7 +407,7 @@ impl FanOutFetcher {
                         _ if service.is_some_and(|e| e.is_invalid_argument_exception())
                             && position.names_a_record() =>
                         {
-                            metrics::counter!("CheckpointTrimHorizonFallbacks", "ShardId" => self.shard_id.clone())
+                            metrics::counter!("kinesis_consumer_checkpoint_trim_horizon_fallbacks", "shard" => self.shard_id.clone())
                                 .increment(1);
                             if self.options.on_trimmed_checkpoint == TrimmedCheckpoint::Fail {
                                 tracing::error!(shard = %self.shard_id, ?position, error = %DisplayErrorContext(&error), "sequence number rejected (trimmed?); not reading the shard (TrimmedCheckpoint::Fail)");
@@ -488,7 +488,7 @@ impl FanOutFetcher {
                         }
                     } => {
                         tracing::warn!(shard = %self.shard_id, silent = ?self.config.stall_timeout, "subscription stalled (no event); subscribing again");
-                        metrics::counter!("SubscriptionStalls", "ShardId" => self.shard_id.clone())
+                        metrics::counter!("kinesis_consumer_subscription_stalls", "shard" => self.shard_id.clone())
                             .increment(1);
                         break;
                     }

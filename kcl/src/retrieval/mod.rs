@@ -52,7 +52,7 @@ impl RetrievalMode {
 #[non_exhaustive]
 pub enum TrimmedCheckpoint {
     /// Read from `TRIM_HORIZON`, the oldest record still there (the Java KCL's behaviour),
-    /// with an error log and the metric `CheckpointTrimHorizonFallbacks`.
+    /// with an error log and the metric `kinesis_consumer_checkpoint_trim_horizon_fallbacks`.
     #[default]
     ReadFromTrimHorizon,
     /// Do not read the shard: the shard consumer fails (error log, same metric) and is
@@ -246,7 +246,8 @@ pub(crate) async fn confirm_shard_gone(
                 .ok()
         })
         .collect();
-    metrics::counter!("ShardsGoneFromStream", "ShardId" => shard_id.to_owned()).increment(1);
+    metrics::counter!("kinesis_consumer_shards_gone_from_stream", "shard" => shard_id.to_owned())
+        .increment(1);
     tracing::warn!(shard = %shard_id, "the shard is no longer in the stream (retention): treating it as ended");
     ShardCheck::Gone(children)
 }

@@ -218,7 +218,7 @@ impl PollingFetcher {
                     if error.code() == Some("InvalidArgumentException")
                         && position.names_a_record() =>
                 {
-                    metrics::counter!("CheckpointTrimHorizonFallbacks", "ShardId" => self.shard_id.clone())
+                    metrics::counter!("kinesis_consumer_checkpoint_trim_horizon_fallbacks", "shard" => self.shard_id.clone())
                         .increment(1);
                     if self.options.on_trimmed_checkpoint == TrimmedCheckpoint::Fail {
                         tracing::error!(shard = %self.shard_id, ?position, error = %DisplayErrorContext(&error), "sequence number rejected (trimmed?); not reading the shard (TrimmedCheckpoint::Fail)");
@@ -557,7 +557,7 @@ mod tests {
         assert_eq!(count("success"), 1);
     }
 
-    /// The fallback to TRIM_HORIZON is counted in `CheckpointTrimHorizonFallbacks`.
+    /// The fallback to TRIM_HORIZON is counted in `kinesis_consumer_checkpoint_trim_horizon_fallbacks`.
     #[test]
     fn the_fallback_to_trim_horizon_is_counted() {
         let recorder = crate::test_util::CountingRecorder::new();
@@ -570,8 +570,8 @@ mod tests {
         });
         assert_eq!(
             recorder.counter(
-                "CheckpointTrimHorizonFallbacks",
-                &[("ShardId", "shardId-0")]
+                "kinesis_consumer_checkpoint_trim_horizon_fallbacks",
+                &[("shard", "shardId-0")]
             ),
             1
         );

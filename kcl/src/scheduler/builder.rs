@@ -68,7 +68,7 @@ pub struct SchedulerConfig {
     /// of [`RetrievalMode::prefetch_batches`].
     pub prefetch_bytes: usize,
     /// What a checkpoint that Kinesis rejects (trimmed) does (default: read from
-    /// `TRIM_HORIZON`, with an error log and the metric `CheckpointTrimHorizonFallbacks`).
+    /// `TRIM_HORIZON`, with an error log and the metric `kinesis_consumer_checkpoint_trim_horizon_fallbacks`).
     pub on_trimmed_checkpoint: TrimmedCheckpoint,
     /// Give the processor batches without records too, with their `millis_behind_latest`
     /// (Java KCL `callProcessRecordsEvenForEmptyRecordList`, default false): an empty batch
