@@ -118,8 +118,6 @@ pub struct LeaseCoordinator {
     /// Leases handed to this worker whose holder has not completed the handoff yet, and
     /// since when this worker knows.
     pending: Mutex<HashMap<String, Instant>>,
-    /// Leases held per other live worker, as the last taker round saw them.
-    live_workers: Mutex<BTreeMap<String, usize>>,
     handoff_notify: Arc<Notify>,
     rng: Mutex<StdRng>,
     metrics: LeaseMetrics,
@@ -192,7 +190,6 @@ impl LeaseCoordinator {
             held: Mutex::new(BTreeMap::new()),
             observed: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
-            live_workers: Mutex::new(BTreeMap::new()),
             handoff_notify: Arc::new(Notify::new()),
             metrics,
         }
@@ -318,10 +315,6 @@ impl LeaseCoordinator {
                 }
             }
         }
-        *self.live_workers.lock().unwrap_or_else(|e| e.into_inner()) = counts
-            .iter()
-            .map(|(owner, leases)| ((*owner).to_owned(), leases.len()))
-            .collect();
         // Leases the table assigns to this worker that it does not hold: handed over by
         // their previous holder, moved here by an operator, or leases this worker stopped
         // acting on (a local deadline passed) while the table still names it. Taken now,
@@ -659,9 +652,11 @@ impl LeaseCoordinator {
         self.handoff_notify.notified().await;
     }
 
-    /// Hands a held lease over, once nothing acts on it any more: to the worker that asked
-    /// for it, or else to the live worker holding the fewest leases in the last taker round;
-    /// with no live worker known (or graceful handoff off) releases it.
+    /// Gives up a held lease once nothing acts on it any more: hands it to the worker that
+    /// asked for it (a graceful handoff, which starts there at once), or else releases it
+    /// (removes the owner) for the other workers' next taker round. A worker shutting down
+    /// does not pick a new owner itself: the one it picked could be shutting down too, and
+    /// the lease would wait for the failover time.
     pub async fn hand_over_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
         let Some(held) = self.held_lease(key) else {
             return Ok(());
@@ -672,15 +667,7 @@ impl LeaseCoordinator {
             self.forget(key);
             return Ok(());
         }
-        let target = held.handoff_target().or_else(|| {
-            self.config.graceful_handoff_timeout?;
-            let mut live = self.live_workers.lock().unwrap_or_else(|e| e.into_inner());
-            let (worker, count) = live
-                .iter_mut()
-                .min_by(|a, b| (*a.1).cmp(&*b.1).then(a.0.cmp(b.0)))?;
-            *count += 1;
-            Some(worker.clone())
-        });
+        let target = held.handoff_target();
         let result = match target {
             Some(to) => {
                 self.metrics.handed_over.increment(1);
