@@ -269,19 +269,7 @@ async fn takeover(
     let b = tokio::spawn(b.run());
     let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(config), &app);
     // Wait for 2/2, then a few seconds of steady state.
-    let settle = Instant::now();
-    loop {
-        let leases = store.list_leases().await?;
-        if leases.iter().filter(|l| l.is_owned_by("a")).count() == 2
-            && leases.iter().filter(|l| l.is_owned_by("b")).count() == 2
-        {
-            break;
-        }
-        if settle.elapsed() > Duration::from_secs(120) {
-            return Err("never balanced".into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_balanced(&store).await?;
     // Crash at a random point of the renewal and taker cycles.
     let jitter = failover.mul_f64(rand::random::<f64>());
     let mut counters: HashMap<String, (u64, Instant)> = HashMap::new();
@@ -365,21 +353,7 @@ async fn handoff(config: &SdkConfig) -> Result<(), Error> {
     let b = tokio::spawn(b.run());
     let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(config), &app);
     let settle = Instant::now();
-    let orphans: Vec<String> = loop {
-        let leases = store.list_leases().await?;
-        let of = |w: &'static str| {
-            leases
-                .iter()
-                .filter(move |l| l.is_owned_by(w) && !l.handoff_pending())
-        };
-        if of("a").count() == 2 && of("b").count() == 2 {
-            break of("a").map(|l| l.lease_key.clone()).collect();
-        }
-        if settle.elapsed() > Duration::from_secs(120) {
-            return Err("never balanced".into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let orphans = wait_balanced(&store).await?;
     let balanced = settle.elapsed();
     tokio::time::sleep(Duration::from_secs(3).mul_f64(1.0 + rand::random::<f64>())).await;
     let stopped = Instant::now();
@@ -409,6 +383,27 @@ async fn handoff(config: &SdkConfig) -> Result<(), Error> {
     b.await??;
     writer.abort();
     Ok(())
+}
+
+/// Waits until workers `a` and `b` each hold two leases (no handoff under way); returns
+/// `a`'s.
+async fn wait_balanced(store: &DynamoDbLeaseStore) -> Result<Vec<String>, Error> {
+    let started = Instant::now();
+    loop {
+        let leases = store.list_leases().await?;
+        let of = |w: &'static str| {
+            leases
+                .iter()
+                .filter(move |l| l.is_owned_by(w) && !l.handoff_pending())
+        };
+        if of("a").count() == 2 && of("b").count() == 2 {
+            return Ok(of("a").map(|l| l.lease_key.clone()).collect());
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            return Err("never balanced".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Writes one record per shard every 100 ms (explicit hash keys at each shard's start)

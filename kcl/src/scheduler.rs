@@ -398,7 +398,7 @@ impl Scheduler {
                     if consumers.handing_off.remove(&key).is_some()
                         && !matches!(outcome, Ok(ShardOutcome::Ended(_)))
                     {
-                        self.hand_over(&key).await;
+                        self.release(&key).await;
                         continue;
                     }
                     let ended = match outcome {
@@ -462,7 +462,7 @@ impl Scheduler {
         background.abort_all();
         let mut first_error = None;
         for held in self.coordinator.held_leases() {
-            if let Err(error) = self.coordinator.hand_over_lease(held.key()).await {
+            if let Err(error) = self.coordinator.release_lease(held.key()).await {
                 tracing::warn!(shard = %held.key(), %error, "handing over or releasing lease failed");
                 first_error.get_or_insert(error);
             }
@@ -497,15 +497,15 @@ impl Scheduler {
                 Some(ShardOutcome::Ended(children)) => {
                     self.shard_ended(&key, children, sync_needed).await
                 }
-                _ => self.hand_over(&key).await,
+                _ => self.release(&key).await,
             }
         }
     }
 
-    /// Hands over a lease nothing acts on any more (see
-    /// [`LeaseCoordinator::hand_over_lease`]).
-    async fn hand_over(&self, key: &str) {
-        if let Err(error) = self.coordinator.hand_over_lease(key).await {
+    /// Gives up a lease nothing acts on any more: handed over when asked for, else released
+    /// (see [`LeaseCoordinator::release_lease`]).
+    async fn release(&self, key: &str) {
+        if let Err(error) = self.coordinator.release_lease(key).await {
             tracing::warn!(shard = %key, %error, "handing over or releasing lease failed");
         }
     }
@@ -551,7 +551,7 @@ impl Scheduler {
                     // Not started (waiting for its parents, a backoff or a previous
                     // holder's deadline): nothing to finish.
                     consumers.retry_after.remove(key);
-                    self.hand_over(key).await;
+                    self.release(key).await;
                 }
             }
         }

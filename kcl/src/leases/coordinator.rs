@@ -200,6 +200,10 @@ impl LeaseCoordinator {
         &self.config
     }
 
+    fn pending_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn held_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<HeldLease>>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -322,7 +326,7 @@ impl LeaseCoordinator {
         // completed waits for it, unless it expired (see `discover`).
         let mut assigned: Vec<Lease> = Vec::new();
         {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = self.pending_map();
             for lease in &active {
                 if !lease.is_owned_by(me) || held_keys.contains(&lease.lease_key) {
                     continue;
@@ -334,7 +338,7 @@ impl LeaseCoordinator {
                 }
             }
         }
-        let waiting = self.pending.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let waiting = self.pending_map().len();
         let mine = held_keys.len() + assigned.len() + waiting;
         let workers = counts.len() + 1;
         let target = active
@@ -471,12 +475,7 @@ impl LeaseCoordinator {
     /// holder handed it over (or completed a handoff this worker was waiting for), or was
     /// nobody; otherwise after that holder's deadline.
     fn assigned_not_before(&self, lease: &Lease, now: Instant) -> Instant {
-        let was_pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&lease.lease_key)
-            .is_some();
+        let was_pending = self.pending_map().remove(&lease.lease_key).is_some();
         if lease.is_handed_over() || (was_pending && !lease.handoff_pending()) {
             now
         } else {
@@ -491,9 +490,7 @@ impl LeaseCoordinator {
         match timed(self.config.request_timeout(), call).await {
             Ok(_) => {
                 tracing::info!(shard = %lease.lease_key, worker = %me, holder = ?lease.lease_owner, "requested graceful handoff");
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                self.pending_map()
                     .insert(lease.lease_key.clone(), Instant::now());
                 self.metrics.handoffs_requested.increment(1);
                 true
@@ -533,10 +530,7 @@ impl LeaseCoordinator {
                     self.handoff_notify.clone(),
                 );
                 self.held_map().insert(key.clone(), Arc::new(held));
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&key);
+                self.pending_map().remove(&key);
                 self.held_gauge();
                 self.metrics.taken.increment(1);
                 Some(key)
@@ -563,13 +557,7 @@ impl LeaseCoordinator {
     pub async fn discover(&self) -> Vec<String> {
         let me = self.config.worker_id.as_str();
         let timeout = self.config.request_timeout();
-        let mut check: BTreeSet<String> = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let mut check: BTreeSet<String> = self.pending_map().keys().cloned().collect();
         if self.store.lists_owned_keys_cheaply() {
             match timed(timeout, self.store.list_lease_keys_owned_by(me)).await {
                 Ok(keys) => {
@@ -585,10 +573,7 @@ impl LeaseCoordinator {
             let lease = match timed(timeout, self.store.get_lease(&key)).await {
                 Ok(Some(lease)) => lease,
                 Ok(None) => {
-                    self.pending
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&key);
+                    self.pending_map().remove(&key);
                     continue;
                 }
                 Err(error) => {
@@ -606,19 +591,11 @@ impl LeaseCoordinator {
                 continue;
             }
             if !lease.is_owned_by(me) || lease.is_finished() {
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&key);
+                self.pending_map().remove(&key);
                 continue;
             }
             if lease.handoff_pending() {
-                let since = *self
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(key.clone())
-                    .or_insert(now);
+                let since = *self.pending_map().entry(key.clone()).or_insert(now);
                 let failover = self.config.failover_time;
                 let not_before = if now.duration_since(changed_at) > failover {
                     // Its holder stopped renewing: expired.
@@ -654,37 +631,22 @@ impl LeaseCoordinator {
 
     /// Gives up a held lease once nothing acts on it any more: hands it to the worker that
     /// asked for it (a graceful handoff, which starts there at once), or else releases it
-    /// (removes the owner) for the other workers' next taker round. A worker shutting down
-    /// does not pick a new owner itself: the one it picked could be shutting down too, and
-    /// the lease would wait for the failover time.
-    pub async fn hand_over_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
+    /// (removes the owner) for the other workers' next taker round; marks it lost locally.
+    /// A worker shutting down does not pick a new owner itself: the one it picked could be
+    /// shutting down too, and the lease would wait for the failover time.
+    pub async fn release_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
         let Some(held) = self.held_lease(key) else {
             return Ok(());
         };
         if held.not_before() > Instant::now() {
             // A previous holder may still be acting on it: nobody may start at once.
-            tracing::info!(shard = %key, "lease not handed over: its previous holder's deadline has not passed; it expires for the next owner");
+            tracing::info!(shard = %key, "lease not released: its previous holder's deadline has not passed; it expires for the next owner");
             self.forget(key);
             return Ok(());
         }
-        let target = held.handoff_target();
-        let result = match target {
-            Some(to) => {
-                self.metrics.handed_over.increment(1);
-                held.hand_over(&to).await
-            }
-            None => held.release().await,
-        };
-        self.forget(key);
-        result
-    }
-
-    /// Gives up a held lease: removes the owner so another worker can take it at once,
-    /// and marks it lost locally. Call it only once nothing acts on the lease any more.
-    pub async fn release_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
-        let Some(held) = self.held_lease(key) else {
-            return Ok(());
-        };
+        if held.handoff_target().is_some() {
+            self.metrics.handed_over.increment(1);
+        }
         let result = held.release().await;
         self.forget(key);
         result

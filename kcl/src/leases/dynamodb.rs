@@ -330,11 +330,18 @@ impl DynamoDbLeaseStore {
             .send()
             .await
             .map_err(|e| classify("UpdateItem", &lease.lease_key, e))?;
-        let item = result
-            .attributes()
-            .ok_or_else(|| LeaseStoreError::Malformed("update returned no item".into()))?;
-        lease_from_item(item)
+        written_lease(&result)
     }
+}
+
+/// The lease an UpdateItem with `ReturnValues=ALL_NEW` wrote.
+fn written_lease(
+    output: &aws_sdk_dynamodb::operation::update_item::UpdateItemOutput,
+) -> Result<Lease, LeaseStoreError> {
+    let item = output
+        .attributes()
+        .ok_or_else(|| LeaseStoreError::Malformed("update returned no item".into()))?;
+    lease_from_item(item)
 }
 
 fn classify<E, R>(operation: &'static str, key: &str, error: SdkError<E, R>) -> LeaseStoreError
@@ -697,10 +704,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             .send()
             .await
             .map_err(|e| classify("UpdateItem", &lease.lease_key, e))?;
-        let item = result
-            .attributes()
-            .ok_or_else(|| LeaseStoreError::Malformed("update returned no item".into()))?;
-        lease_from_item(item)
+        written_lease(&result)
     }
 
     async fn hand_over(&self, lease: &Lease, to: &str) -> Result<Lease, LeaseStoreError> {

@@ -473,16 +473,15 @@ impl HeldLease {
         Err(LeaseStoreError::ConditionFailed(self.key.clone()))
     }
 
-    /// Hands the lease over to `to` once nothing acts on it any more (or, when a handoff was
-    /// requested, to the worker that asked); it starts there at once. The lease is lost
-    /// locally whatever the outcome.
-    pub(crate) async fn hand_over(&self, to: &str) -> Result<(), LeaseStoreError> {
+    /// Completes a requested handoff once nothing acts on the lease any more: the worker
+    /// that asked becomes the owner and starts at once. The lease is lost locally whatever
+    /// the outcome.
+    async fn hand_over(&self) -> Result<(), LeaseStoreError> {
         let result = async {
             for _ in 0..3 {
                 let lease = self.copy();
-                let to = match (&lease.checkpoint_owner, &lease.lease_owner) {
-                    (Some(_), Some(requested)) => requested.clone(),
-                    _ => to.to_owned(),
+                let Some(to) = self.handoff_target() else {
+                    return Ok(());
                 };
                 let call = self.store.hand_over(&lease, &to);
                 match timed(self.timing.request_timeout, call).await {
@@ -508,8 +507,8 @@ impl HeldLease {
     /// Removes the owner so another worker may take the lease at once (during a handoff:
     /// hands it to the worker that asked); the lease is lost locally whatever the outcome.
     pub(crate) async fn release(&self) -> Result<(), LeaseStoreError> {
-        if let Some(to) = self.handoff_target() {
-            return self.hand_over(&to).await;
+        if self.handoff_target().is_some() {
+            return self.hand_over().await;
         }
         let result = async {
             for _ in 0..3 {

@@ -82,13 +82,14 @@ pub struct SchedulerConfig {
     /// Longest retry delay of a failing shard consumer (default 5 minutes).
     pub failure_backoff_max: Duration,
     /// Graceful lease handoff (Java KCL 3 `GracefulLeaseHandoffConfig`, on by default with
-    /// a 30 s timeout): a lease that moves, because a worker balances or shuts down, is
-    /// handed over by its holder once its processor finished the batch in hand and
+    /// a 30 s timeout): a lease asked for by another worker (balancing, `kinesis leases
+    /// move`, a Java KCL 3 leader) is handed over by its holder once its processor finished the batch in hand and
     /// checkpointed in `shutdown_requested`, and its next owner starts at once from that
     /// checkpoint. A processor not done within the timeout is stopped (its task aborted)
     /// and the lease handed over; one that cannot be stopped keeps the lease until it
     /// expires. `None`: leases taken from live workers are taken at once and processed
-    /// after the holder's deadline, and a shutting-down worker releases its leases.
+    /// after the holder's deadline. A worker shutting down releases the leases nobody asked
+    /// for either way.
     pub graceful_lease_handoff_timeout: Option<Duration>,
     /// How often a worker looks for leases handed to it and for handoff requests between
     /// taker rounds (default 500 ms; this crate's own setting). Each look is one query of

@@ -67,7 +67,7 @@ impl Sim {
         for worker in self.workers.iter().flatten() {
             for held in worker.held_leases() {
                 if held.is_handoff_requested() && !held.is_lost() {
-                    let _ = worker.hand_over_lease(held.key()).await;
+                    let _ = worker.release_lease(held.key()).await;
                 }
             }
         }
@@ -713,7 +713,7 @@ async fn a_lease_asked_for_is_handed_over_and_starts_at_once() {
     // Nothing moves before the holder hands over.
     assert!(b.discover().await.is_empty());
 
-    a.hand_over_lease(&key).await.unwrap();
+    a.release_lease(&key).await.unwrap();
     assert!(a.held_lease(&key).is_none());
     let table = store.get_lease(&key).await.unwrap().unwrap();
     assert!(table.is_owned_by("b") && table.checkpoint_owner.is_none());
@@ -781,7 +781,7 @@ async fn a_worker_shutting_down_releases_its_leases_and_hands_over_those_asked_f
     tokio::time::advance(TICK).await;
     a.renew_leases().await;
     for held in a.held_leases() {
-        a.hand_over_lease(held.key()).await.unwrap();
+        a.release_lease(held.key()).await.unwrap();
     }
     for lease in store.snapshot() {
         if lease.lease_key == asked {
