@@ -794,3 +794,132 @@ async fn a_worker_shutting_down_releases_its_leases_and_hands_over_those_asked_f
         }
     }
 }
+
+/// `a` on a store that injects faults, `b` on the same table directly; `a` holds both
+/// leases and `b` has asked for one (unless `ask` is false). Returns the asked key.
+async fn handoff_with_faults(
+    ask: bool,
+) -> (
+    Arc<MemoryLeaseStore>,
+    Arc<crate::test_util::FaultyLeaseStore>,
+    LeaseCoordinator,
+    LeaseCoordinator,
+) {
+    use crate::test_util::FaultyLeaseStore;
+    let memory = Arc::new(MemoryLeaseStore::new());
+    for i in 0..2 {
+        let lease = Lease::new(format!("shard-{i}"), ExtendedSequenceNumber::trim_horizon());
+        memory.create_lease_if_absent(&lease).await.unwrap();
+    }
+    let faulty = Arc::new(FaultyLeaseStore::new(memory.clone()));
+    let config = |id: &str| {
+        let mut config = LeaseCoordinatorConfig::new(id);
+        config.failover_time = FAILOVER;
+        config
+    };
+    let a = LeaseCoordinator::new(faulty.clone(), config("a"));
+    a.take_leases().await.unwrap();
+    let b = LeaseCoordinator::new(faulty.clone(), config("b"));
+    if ask {
+        assert_eq!(b.take_leases().await.unwrap().handoffs_requested.len(), 1);
+    }
+    (memory, faulty, a, b)
+}
+
+/// The key of the lease `a` was asked for, once `a` has seen the request.
+async fn asked_of(a: &LeaseCoordinator) -> String {
+    tokio::time::advance(TICK).await;
+    a.renew_leases().await;
+    let asked: Vec<String> = a
+        .held_leases()
+        .iter()
+        .filter(|h| h.is_handoff_requested())
+        .map(|h| h.key().to_owned())
+        .collect();
+    assert_eq!(asked.len(), 1, "{:?}", a.held_leases());
+    asked[0].clone()
+}
+
+/// A request applied whose answer was lost: the asker does not know, but learns of it from
+/// the table (its next look lists the lease as coming to it) and starts it at once when
+/// handed over.
+#[tokio::test(start_paused = true)]
+async fn a_handoff_request_whose_answer_was_lost_still_completes() {
+    use crate::test_util::{Fault, FaultRule, Operation};
+    let (_memory, faulty, a, b) = handoff_with_faults(false).await;
+    faulty.inject(FaultRule::new([Operation::RequestHandoff], Fault::LoseAnswer).times(1));
+    let round = b.take_leases().await.unwrap();
+    assert!(round.handoffs_requested.is_empty(), "the answer was lost");
+    let key = asked_of(&a).await;
+    b.discover().await;
+    a.release_lease(&key).await.unwrap();
+    assert_eq!(b.discover().await, vec![key.clone()]);
+    assert!(b.held_lease(&key).unwrap().not_before() <= Instant::now());
+}
+
+/// A hand-over applied whose answer was lost, with and without the SDK's retry: the lease
+/// is the asker's, which starts at once; the holder no longer acts on it.
+#[tokio::test(start_paused = true)]
+async fn a_hand_over_whose_answer_was_lost_is_done() {
+    use crate::test_util::{Fault, FaultRule, Operation};
+    for fault in [Fault::LoseAnswerThenRetry, Fault::LoseAnswer] {
+        let (memory, faulty, a, b) = handoff_with_faults(true).await;
+        let key = asked_of(&a).await;
+        faulty.inject(FaultRule::new([Operation::HandOver], fault).times(1));
+        let released = a.release_lease(&key).await;
+        assert_eq!(
+            released.is_ok(),
+            matches!(fault, Fault::LoseAnswerThenRetry),
+            "{fault:?}"
+        );
+        assert!(a.held_lease(&key).is_none(), "{fault:?}");
+        assert!(memory
+            .get_lease(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_handed_over());
+        assert_eq!(b.discover().await, vec![key.clone()], "{fault:?}");
+        assert!(b.held_lease(&key).unwrap().not_before() <= Instant::now());
+    }
+}
+
+/// A hand-over that hangs: the holder gives up after the request timeout and stops acting
+/// on the lease; it expires and the asker takes it then, starting at once.
+#[tokio::test(start_paused = true)]
+async fn a_hung_hand_over_leaves_the_lease_to_expire_for_the_asker() {
+    use crate::test_util::{Fault, FaultRule, Operation};
+    let (_memory, faulty, a, b) = handoff_with_faults(true).await;
+    let key = asked_of(&a).await;
+    faulty.inject(FaultRule::new([Operation::HandOver], Fault::Hang));
+    let gave_up = Instant::now();
+    assert!(matches!(
+        a.release_lease(&key).await,
+        Err(LeaseStoreError::Timeout(_))
+    ));
+    assert!(a.held_lease(&key).is_none());
+    while b.held_lease(&key).is_none() {
+        tokio::time::advance(Duration::from_millis(500)).await;
+        a.renew_leases().await;
+        b.discover().await;
+        assert!(gave_up.elapsed() < 2 * FAILOVER, "never taken");
+    }
+    assert!(b.held_lease(&key).unwrap().not_before() <= Instant::now());
+}
+
+/// Lease discovery whose calls fail takes nothing and loses nothing: the next look does.
+#[tokio::test(start_paused = true)]
+async fn a_failing_discovery_is_retried_at_the_next_look() {
+    use crate::test_util::{Fault, FaultRule, Operation};
+    let (_memory, faulty, a, b) = handoff_with_faults(true).await;
+    let key = asked_of(&a).await;
+    a.release_lease(&key).await.unwrap();
+    faulty.inject(FaultRule::new(
+        [Operation::ListOwnedKeys, Operation::GetLease],
+        Fault::ServerError,
+    ));
+    assert!(b.discover().await.is_empty());
+    faulty.clear();
+    assert_eq!(b.discover().await, vec![key.clone()]);
+    assert!(b.held_lease(&key).unwrap().not_before() <= Instant::now());
+}
