@@ -297,6 +297,14 @@ async fn move_lease(
             return Err(format!("{shard} is finished (SHARD_END): nothing to move").into());
         }
         if let (Some(holder), false) = (&lease.checkpoint_owner, how.force) {
+            if lease.is_owned_by(to) {
+                // Ours (a retried request whose first attempt was applied, or a rerun).
+                println!("{shard}: a handoff from {holder} to {to} is under way");
+                if !how.yes {
+                    return Ok(());
+                }
+                return wait_for_handoff(store, shard, to, how.wait).await;
+            }
             let going = lease.lease_owner.as_deref().unwrap_or("nobody");
             return Err(format!(
                 "{shard}: a handoff from {holder} to {going} is under way; wait for it, or use --force"
@@ -304,6 +312,10 @@ async fn move_lease(
             .into());
         }
         let owner = lease.actual_owner().unwrap_or("nobody").to_owned();
+        if owner == to && !how.force {
+            println!("{shard}: already owned by {to}");
+            return Ok(());
+        }
         let graceful = !how.force && lease.lease_owner.is_some() && owner != to;
         let kind = if graceful { "graceful handoff" } else { "take" };
         println!("{shard}: owner {owner} -> {to} ({kind})");

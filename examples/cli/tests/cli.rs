@@ -707,6 +707,14 @@ async fn a_lease_is_moved_to_a_named_worker() {
     let said = check(&output);
     assert!(said.contains("graceful handoff"), "{said}");
     assert!(said.contains(&format!("moved to {to}")), "{said}");
+    // Running it again changes nothing.
+    let again = kinesis(&["leases", "move", "--app", &app, "--shard", &shard])
+        .await
+        .args(["--to", to, "--yes"])
+        .output()
+        .unwrap();
+    let said = check(&again);
+    assert!(said.contains(&format!("already owned by {to}")), "{said}");
     // The named worker takes it and keeps it (renewed: the counter moves on).
     let moved_at = moving["counter"].as_u64().unwrap() + 1;
     let mut taken = false;
