@@ -158,6 +158,10 @@ pub struct Lease {
     /// the new owner may start at once. This crate's own attribute; the Java KCL ignores
     /// it.
     pub handoff_counter: Option<u64>,
+    /// `handoffAcceptedBy`: set by the worker a lease is offered to (by a holder shutting
+    /// down) to say it is running and will take the lease; the holder hands the lease over
+    /// only then. This crate's own attribute; the Java KCL ignores it.
+    pub handoff_accepted_by: Option<String>,
 }
 
 impl Lease {
@@ -176,6 +180,7 @@ impl Lease {
             hash_key_range: None,
             checkpoint_owner: None,
             handoff_counter: None,
+            handoff_accepted_by: None,
         }
     }
 
@@ -196,6 +201,12 @@ impl Lease {
     /// Whether a graceful handoff was requested and not completed yet.
     pub fn handoff_pending(&self) -> bool {
         self.checkpoint_owner.is_some()
+    }
+
+    /// Whether the worker the lease is going to during a handoff has accepted it.
+    pub fn is_handoff_accepted(&self) -> bool {
+        self.handoff_pending() && self.handoff_accepted_by.is_some()
+            && self.handoff_accepted_by == self.lease_owner
     }
 
     /// Whether the last write was a completed graceful handoff: the previous holder has

@@ -29,6 +29,9 @@ pub use builder::{SchedulerBuilder, SchedulerConfig};
 /// each round runs on its own (a hung call never delays the next round; a lease whose
 /// renewal is still running is skipped), and a round that starts late says so, since it
 /// means the runtime is starved (a record processor blocking a thread).
+/// How often a worker looks for the completion of a handoff to it that is under way.
+const HANDOFF_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
 async fn renew_forever(coordinator: Arc<LeaseCoordinator>, interval: Duration) {
     let mut rounds = JoinSet::new();
     let mut tick = tokio::time::interval(interval);
@@ -349,6 +352,12 @@ impl Scheduler {
                 _ = self.coordinator.handoff_requested() => {}
                 _ = discovery_tick.tick() => {
                     self.coordinator.discover().await;
+                    if self.coordinator.awaiting_handoff() {
+                        // A handoff to this worker completes in a fraction of a second.
+                        discovery_tick.reset_after(
+                            self.config.lease_discovery_interval.min(HANDOFF_POLL_INTERVAL),
+                        );
+                    }
                 }
                 _ = async {
                     match wake {
@@ -440,6 +449,7 @@ impl Scheduler {
             Some(error) => tracing::error!(worker = %self.worker_id, %error, "shutting down"),
             None => tracing::info!(worker = %self.worker_id, "shutting down"),
         }
+        self.coordinator.begin_shutdown().await;
         for consumer in consumers.running.values() {
             consumer.shutdown.send_replace(true);
         }

@@ -55,11 +55,15 @@ pub enum Operation {
     RequestHandoff,
     /// `hand_over`.
     HandOver,
+    /// `accept_handoff`.
+    AcceptHandoff,
+    /// `cancel_handoff`.
+    CancelHandoff,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 13] = [
+    pub const ALL: [Operation; 15] = [
         Operation::CreateTable,
         Operation::ListLeases,
         Operation::GetLease,
@@ -73,6 +77,8 @@ impl Operation {
         Operation::ListOwnedKeys,
         Operation::RequestHandoff,
         Operation::HandOver,
+        Operation::AcceptHandoff,
+        Operation::CancelHandoff,
     ];
 
     /// The operation's name, as errors name the failed call.
@@ -91,6 +97,8 @@ impl Operation {
             Operation::ListOwnedKeys => "list_lease_keys_owned_by",
             Operation::RequestHandoff => "request_handoff",
             Operation::HandOver => "hand_over",
+            Operation::AcceptHandoff => "accept_handoff",
+            Operation::CancelHandoff => "cancel_handoff",
         }
     }
 
@@ -400,6 +408,16 @@ impl LeaseStore for FaultyLeaseStore {
 
     async fn hand_over(&self, lease: &Lease, to: &str) -> Result<Lease, LeaseStoreError> {
         self.call(Operation::HandOver, || self.inner.hand_over(lease, to))
+            .await
+    }
+
+    async fn accept_handoff(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
+        self.call(Operation::AcceptHandoff, || self.inner.accept_handoff(lease))
+            .await
+    }
+
+    async fn cancel_handoff(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
+        self.call(Operation::CancelHandoff, || self.inner.cancel_handoff(lease))
             .await
     }
 }

@@ -50,6 +50,11 @@ pub struct LeaseCoordinatorConfig {
     /// not completed after this time plus the failover time is taken as before. `None`:
     /// taken at once, started after the holder's deadline.
     pub graceful_handoff_timeout: Option<Duration>,
+    /// How long a worker shutting down waits for the worker it offers a lease to to accept
+    /// it (see [`begin_shutdown`](LeaseCoordinator::begin_shutdown)) before releasing the
+    /// lease instead. Workers look for offers at their lease discovery interval: the
+    /// scheduler sets three of those.
+    pub handoff_accept_wait: Duration,
 }
 
 impl LeaseCoordinatorConfig {
@@ -64,6 +69,7 @@ impl LeaseCoordinatorConfig {
             max_leases_per_worker: usize::MAX,
             max_leases_to_steal_at_once: 1,
             graceful_handoff_timeout: Some(Duration::from_secs(30)),
+            handoff_accept_wait: Duration::from_millis(1500),
         }
     }
 
@@ -82,6 +88,7 @@ impl LeaseCoordinatorConfig {
             failover_time: self.failover_time,
             safety_margin: self.safety_margin(),
             request_timeout: self.request_timeout(),
+            handoff_accept_wait: self.handoff_accept_wait,
         }
     }
 }
@@ -118,6 +125,10 @@ pub struct LeaseCoordinator {
     /// Leases handed to this worker whose holder has not completed the handoff yet, and
     /// since when this worker knows.
     pending: Mutex<HashMap<String, Instant>>,
+    /// Leases held per other live worker, as the last taker round saw them.
+    live_workers: Mutex<BTreeMap<String, usize>>,
+    /// Set when this worker begins shutting down: it accepts no more offers.
+    stopping: std::sync::atomic::AtomicBool,
     handoff_notify: Arc<Notify>,
     rng: Mutex<StdRng>,
     metrics: LeaseMetrics,
@@ -190,6 +201,8 @@ impl LeaseCoordinator {
             held: Mutex::new(BTreeMap::new()),
             observed: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            live_workers: Mutex::new(BTreeMap::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             handoff_notify: Arc::new(Notify::new()),
             metrics,
         }
@@ -319,6 +332,10 @@ impl LeaseCoordinator {
                 }
             }
         }
+        *self.live_workers.lock().unwrap_or_else(|e| e.into_inner()) = counts
+            .iter()
+            .map(|(owner, leases)| ((*owner).to_owned(), leases.len()))
+            .collect();
         // Leases the table assigns to this worker that it does not hold: handed over by
         // their previous holder, moved here by an operator, or leases this worker stopped
         // acting on (a local deadline passed) while the table still names it. Taken now,
@@ -596,6 +613,9 @@ impl LeaseCoordinator {
             }
             if lease.handoff_pending() {
                 let since = *self.pending_map().entry(key.clone()).or_insert(now);
+                if !lease.is_handoff_accepted() {
+                    self.accept(&lease).await;
+                }
                 let failover = self.config.failover_time;
                 let not_before = if now.duration_since(changed_at) > failover {
                     // Its holder stopped renewing: expired.
@@ -630,10 +650,9 @@ impl LeaseCoordinator {
     }
 
     /// Gives up a held lease once nothing acts on it any more: hands it to the worker that
-    /// asked for it (a graceful handoff, which starts there at once), or else releases it
-    /// (removes the owner) for the other workers' next taker round; marks it lost locally.
-    /// A worker shutting down does not pick a new owner itself: the one it picked could be
-    /// shutting down too, and the lease would wait for the failover time.
+    /// asked for it, or accepted it when this worker offered it (a graceful handoff, which
+    /// starts there at once), or else releases it (removes the owner) for the other
+    /// workers' next taker round; marks it lost locally.
     pub async fn release_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
         let Some(held) = self.held_lease(key) else {
             return Ok(());
@@ -644,12 +663,120 @@ impl LeaseCoordinator {
             self.forget(key);
             return Ok(());
         }
-        if held.handoff_target().is_some() {
+        let result = held.release().await;
+        if matches!(result, Ok(true)) {
             self.metrics.handed_over.increment(1);
         }
-        let result = held.release().await;
         self.forget(key);
-        result
+        result.map(|_| ())
+    }
+
+    /// Accepts a lease offered to this worker (by a holder shutting down) while it runs,
+    /// has room for it, and is not shutting down itself. A request this worker made is
+    /// accepted too: the holder does not need it, but the table then shows it.
+    async fn accept(&self, lease: &Lease) {
+        let room = self.held_map().len() + self.pending_map().len()
+            <= self.config.max_leases_per_worker;
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) || !room {
+            return;
+        }
+        let call = self.store.accept_handoff(lease);
+        match timed(self.config.request_timeout(), call).await {
+            Ok(_) => tracing::debug!(shard = %lease.lease_key, from = ?lease.checkpoint_owner, "accepted handoff"),
+            Err(error) => tracing::debug!(shard = %lease.lease_key, %error, "accepting a handoff failed"),
+        }
+    }
+
+    /// Whether a handoff to this worker is under way (the scheduler then looks for its
+    /// completion more often than at the discovery interval).
+    pub fn awaiting_handoff(&self) -> bool {
+        !self.pending_map().is_empty()
+    }
+
+    /// The first step of a graceful shutdown, before the processors are asked to finish.
+    /// This worker stops accepting leases; hands back every lease it was to receive (a
+    /// handoff it asked for or accepted is cancelled, a lease handed to it that it has not
+    /// taken yet is released), so that nothing waits for a worker that is leaving; and
+    /// offers each lease it holds to a live worker, the least loaded first.
+    /// [`release_lease`](Self::release_lease) then hands each one over once its processor
+    /// has finished, if that worker accepted it in time (within
+    /// [`handoff_accept_wait`](LeaseCoordinatorConfig::handoff_accept_wait)), so it starts
+    /// there at once; otherwise releases it. A worker that is shutting down itself never
+    /// accepts, so a lease is never handed to a worker that is leaving. Without graceful
+    /// handoff nothing is offered.
+    pub async fn begin_shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.hand_back_incoming().await;
+        if self.config.graceful_handoff_timeout.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let mut offers = Vec::new();
+        {
+            let mut live = self.live_workers.lock().unwrap_or_else(|e| e.into_inner());
+            for held in self.held_leases() {
+                if held.is_lost()
+                    || held.is_handoff_requested()
+                    || held.not_before() > now
+                    || held.copy().is_finished()
+                {
+                    continue;
+                }
+                let Some((worker, count)) = live
+                    .iter_mut()
+                    .min_by(|a, b| (*a.1).cmp(&*b.1).then(a.0.cmp(b.0)))
+                else {
+                    break;
+                };
+                *count += 1;
+                offers.push((held, worker.clone()));
+            }
+        }
+        join_all(offers.iter().map(|(held, to)| held.offer(to))).await;
+    }
+
+    /// Cancels the handoffs to this worker under way and releases the leases the table
+    /// names this worker the owner of that it does not hold.
+    async fn hand_back_incoming(&self) {
+        let me = self.config.worker_id.as_str();
+        let timeout = self.config.request_timeout();
+        let mut keys: BTreeSet<String> = self.pending_map().drain().map(|(key, _)| key).collect();
+        if let Ok(owned) = timed(timeout, self.store.list_lease_keys_owned_by(me)).await {
+            keys.extend(owned);
+        }
+        for key in keys {
+            if self.held_lease(&key).is_some() {
+                continue;
+            }
+            // Twice: a handoff completed just before its cancellation is then released.
+            for _ in 0..2 {
+                let lease = match timed(timeout, self.store.get_lease(&key)).await {
+                    Ok(Some(lease)) if lease.is_owned_by(me) => lease,
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(shard = %key, %error, "reading a lease handed to this worker failed: it expires for the others");
+                        break;
+                    }
+                };
+                let call = if lease.handoff_pending() {
+                    self.store.cancel_handoff(&lease)
+                } else {
+                    self.store.evict_lease(&lease)
+                };
+                match timed(timeout, call).await {
+                    Ok(_) => {
+                        tracing::info!(shard = %key, "shutting down: handed back a lease on its way to this worker");
+                        break;
+                    }
+                    Err(LeaseStoreError::ConditionFailed(_)) => continue,
+                    Err(error) => {
+                        tracing::warn!(shard = %key, %error, "handing back a lease on its way to this worker failed: it expires for the others");
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     fn timing(&self) -> LeaseTiming {

@@ -54,6 +54,9 @@ pub mod attributes {
     pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
     /// The counter written by a completed graceful handoff (this crate's own attribute).
     pub const HANDOFF_COUNTER: &str = "handoffCounter";
+    /// The worker that accepted a lease offered to it by a holder shutting down (this
+    /// crate's own attribute).
+    pub const HANDOFF_ACCEPTED_BY: &str = "handoffAcceptedBy";
 }
 
 use attributes::*;
@@ -258,6 +261,32 @@ impl DynamoDbLeaseStore {
         Ok(())
     }
 
+    /// An update of a handoff's owner fields, without a counter bump. Condition: the
+    /// handoff from `:from` to `:to` is still under way.
+    async fn owner_fields_update(
+        &self,
+        lease: &Lease,
+        update: &str,
+        values: HashMap<String, AttributeValue>,
+    ) -> Result<Lease, LeaseStoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(LEASE_KEY, AttributeValue::S(lease.lease_key.clone()))
+            .update_expression(update)
+            .condition_expression("#owner = :to AND #checkpoint_owner = :from")
+            .expression_attribute_names("#owner", LEASE_OWNER)
+            .expression_attribute_names("#checkpoint_owner", CHECKPOINT_OWNER)
+            .expression_attribute_names("#accepted", HANDOFF_ACCEPTED_BY)
+            .set_expression_attribute_values(Some(values))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| classify("UpdateItem", &lease.lease_key, e))?;
+        written_lease(&result)
+    }
+
     async fn conditional_update(
         &self,
         lease: &Lease,
@@ -311,6 +340,7 @@ impl DynamoDbLeaseStore {
             CHILD_SHARD_IDS,
             CHECKPOINT_OWNER,
             HANDOFF_COUNTER,
+            HANDOFF_ACCEPTED_BY,
         ] {
             let placeholder = format!("#{attribute}");
             if mentions(&expression, &placeholder) {
@@ -424,6 +454,9 @@ pub fn lease_to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
             AttributeValue::N(counter.to_string()),
         );
     }
+    if let Some(worker) = &lease.handoff_accepted_by {
+        item.insert(HANDOFF_ACCEPTED_BY.into(), AttributeValue::S(worker.clone()));
+    }
     item
 }
 
@@ -511,6 +544,7 @@ pub fn lease_from_item(item: &HashMap<String, AttributeValue>) -> Result<Lease, 
         hash_key_range,
         checkpoint_owner: string(CHECKPOINT_OWNER)?,
         handoff_counter: number(HANDOFF_COUNTER)?,
+        handoff_accepted_by: string(HANDOFF_ACCEPTED_BY)?,
     })
 }
 
@@ -667,7 +701,7 @@ impl LeaseStore for DynamoDbLeaseStore {
 
     async fn take_lease(&self, lease: &Lease, owner: &str) -> Result<Lease, LeaseStoreError> {
         let (set, values) = owner_change(lease, owner);
-        self.conditional_update(lease, false, &set, values, Some("#checkpointOwner"))
+        self.conditional_update(lease, false, &set, values, Some(ENDS_HANDOFF))
             .await
     }
 
@@ -675,9 +709,9 @@ impl LeaseStore for DynamoDbLeaseStore {
         // During a handoff the lease goes to the worker it was going to, as the Java KCL 3
         // evicts it.
         let remove = if lease.handoff_pending() {
-            "#checkpointOwner"
+            ENDS_HANDOFF
         } else {
-            "#leaseOwner"
+            "#leaseOwner, #handoffAcceptedBy"
         };
         self.conditional_update(lease, true, "", HashMap::new(), Some(remove))
             .await
@@ -694,10 +728,11 @@ impl LeaseStore for DynamoDbLeaseStore {
             .update_item()
             .table_name(&self.table)
             .key(LEASE_KEY, AttributeValue::S(lease.lease_key.clone()))
-            .update_expression("SET #owner = :to, #checkpoint_owner = :from")
+            .update_expression("SET #owner = :to, #checkpoint_owner = :from REMOVE #accepted")
             .condition_expression("#owner = :from AND attribute_not_exists(#checkpoint_owner)")
             .expression_attribute_names("#owner", LEASE_OWNER)
             .expression_attribute_names("#checkpoint_owner", CHECKPOINT_OWNER)
+            .expression_attribute_names("#accepted", HANDOFF_ACCEPTED_BY)
             .expression_attribute_values(":to", AttributeValue::S(to.to_owned()))
             .expression_attribute_values(":from", AttributeValue::S(from.clone()))
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
@@ -714,8 +749,38 @@ impl LeaseStore for DynamoDbLeaseStore {
             ":handoff_counter".into(),
             AttributeValue::N((lease.lease_counter + 1).to_string()),
         );
-        self.conditional_update(lease, true, &set, values, Some("#checkpointOwner"))
+        self.conditional_update(lease, true, &set, values, Some(ENDS_HANDOFF))
             .await
+    }
+
+    async fn accept_handoff(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
+        let (Some(to), Some(from)) = (&lease.lease_owner, &lease.checkpoint_owner) else {
+            return Err(LeaseStoreError::ConditionFailed(lease.lease_key.clone()));
+        };
+        self.owner_fields_update(
+            lease,
+            "SET #accepted = :to",
+            HashMap::from([
+                (":to".to_owned(), AttributeValue::S(to.clone())),
+                (":from".to_owned(), AttributeValue::S(from.clone())),
+            ]),
+        )
+        .await
+    }
+
+    async fn cancel_handoff(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
+        let (Some(to), Some(from)) = (&lease.lease_owner, &lease.checkpoint_owner) else {
+            return Err(LeaseStoreError::ConditionFailed(lease.lease_key.clone()));
+        };
+        self.owner_fields_update(
+            lease,
+            "SET #owner = :from REMOVE #checkpoint_owner, #accepted",
+            HashMap::from([
+                (":to".to_owned(), AttributeValue::S(to.clone())),
+                (":from".to_owned(), AttributeValue::S(from.clone())),
+            ]),
+        )
+        .await
     }
 
     async fn update_checkpoint(
@@ -812,6 +877,9 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 }
 
+/// What a write that ends a handoff removes.
+const ENDS_HANDOFF: &str = "#checkpointOwner, #handoffAcceptedBy";
+
 /// Whether `expression` uses `placeholder` as a whole token (`#checkpoint` is not in
 /// `#checkpointOwner`).
 fn mentions(expression: &str, placeholder: &str) -> bool {
@@ -885,6 +953,7 @@ mod tests {
         lease.hash_key_range = Some(("0".into(), "340282366920938463463374607431768211455".into()));
         lease.checkpoint_owner = Some("worker-b".into());
         lease.handoff_counter = Some(12);
+        lease.handoff_accepted_by = Some("worker-a".into());
         let item = lease_to_item(&lease);
         assert_eq!(
             item.get(CHECKPOINT_OWNER),

@@ -42,6 +42,7 @@ pub(crate) struct LeaseTiming {
     pub failover_time: Duration,
     pub safety_margin: Duration,
     pub request_timeout: Duration,
+    pub handoff_accept_wait: Duration,
 }
 
 /// Runs one lease table call with the request timeout.
@@ -84,6 +85,8 @@ struct State {
     deadline: Instant,
     /// Checkpoint writes sent whose outcome is not known yet.
     unconfirmed: Vec<Written>,
+    /// When this worker, shutting down, offered the lease to another worker.
+    offered_at: Option<Instant>,
 }
 
 /// What re-reading the item after a failed condition showed.
@@ -150,6 +153,7 @@ impl HeldLease {
                 lease,
                 deadline: sent + timing.failover_time.saturating_sub(timing.safety_margin),
                 unconfirmed: Vec::new(),
+                offered_at: None,
             }),
             timing,
             lost: watch::channel(false).0,
@@ -310,9 +314,11 @@ impl HeldLease {
             state.lease = item;
             state.unconfirmed.clear();
         } else if item.lease_counter == state.lease.lease_counter {
-            // A handoff request changes the owner fields without bumping the counter.
+            // Handoff requests, offers, acceptances and cancellations change the owner
+            // fields without bumping the counter.
             state.lease.lease_owner = item.lease_owner;
             state.lease.checkpoint_owner = item.checkpoint_owner;
+            state.lease.handoff_accepted_by = item.handoff_accepted_by;
         }
         let to = state.lease.lease_owner.clone();
         drop(state);
@@ -473,60 +479,115 @@ impl HeldLease {
         Err(LeaseStoreError::ConditionFailed(self.key.clone()))
     }
 
-    /// Completes a requested handoff once nothing acts on the lease any more: the worker
-    /// that asked becomes the owner and starts at once. The lease is lost locally whatever
-    /// the outcome.
-    async fn hand_over(&self) -> Result<(), LeaseStoreError> {
-        let result = async {
-            for _ in 0..3 {
-                let lease = self.copy();
-                let Some(to) = self.handoff_target() else {
-                    return Ok(());
-                };
-                let call = self.store.hand_over(&lease, &to);
+    /// Offers the lease to `to` (this worker is shutting down): writes the handoff
+    /// request `to` would have written. [`release`](Self::release) then waits for `to` to
+    /// accept it (a worker that is itself shutting down never does) and hands it over, or
+    /// cancels the offer and releases the lease. Returns whether the offer stands.
+    pub(crate) async fn offer(&self, to: &str) -> bool {
+        let lease = self.copy();
+        let call = self.store.request_handoff(&lease, to);
+        let offered = match timed(self.timing.request_timeout, call).await {
+            Ok(written) => {
+                let mut state = self.lock();
+                if written.lease_counter == state.lease.lease_counter {
+                    state.lease.lease_owner = written.lease_owner;
+                    state.lease.checkpoint_owner = written.checkpoint_owner;
+                    state.lease.handoff_accepted_by = written.handoff_accepted_by;
+                }
+                true
+            }
+            // Lost answer or changed lease: the table tells whether the offer stands.
+            Err(_) => {
+                matches!(self.resolve(None).await, Ok(Resolution::Ours | Resolution::Applied))
+                    && self.handoff_target().as_deref() == Some(to)
+            }
+        };
+        if offered {
+            tracing::info!(shard = %self.key, %to, "offered lease to another worker");
+            self.lock().offered_at = Some(Instant::now());
+        }
+        offered
+    }
+
+    /// Waits for the worker an offered lease goes to to accept it, reading the item a few
+    /// times a second; past the accept wait, cancels the offer. Returns `false` when the
+    /// lease turned out to be lost.
+    async fn await_acceptance(&self, offered_at: Instant) -> Result<bool, LeaseStoreError> {
+        let poll = (self.timing.handoff_accept_wait / 10).clamp(
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+        );
+        let mut first = true;
+        loop {
+            let lease = self.copy();
+            if lease.is_handoff_accepted() || self.handoff_target().is_none() {
+                return Ok(true);
+            }
+            if Instant::now() >= offered_at + self.timing.handoff_accept_wait {
+                tracing::info!(shard = %self.key, to = ?lease.lease_owner, "offer not accepted in time: cancelling it and releasing the lease");
+                let call = self.store.cancel_handoff(&lease);
                 match timed(self.timing.request_timeout, call).await {
                     Ok(_) => {
-                        tracing::info!(shard = %self.key, %to, "lease handed over");
-                        return Ok(());
+                        let mut state = self.lock();
+                        state.lease.lease_owner = lease.checkpoint_owner;
+                        state.lease.checkpoint_owner = None;
+                        state.lease.handoff_accepted_by = None;
+                        return Ok(true);
                     }
-                    Err(LeaseStoreError::ConditionFailed(_)) => match self.resolve(None).await? {
-                        Resolution::Ours | Resolution::Applied => continue,
-                        // Handed over already (an answer lost), or taken.
-                        Resolution::Lost => return Ok(()),
-                    },
+                    // Accepted or cancelled meanwhile (or an answer lost): read again.
+                    Err(LeaseStoreError::ConditionFailed(_)) => {}
                     Err(error) => return Err(error),
                 }
+            } else if !first {
+                tokio::time::sleep(poll).await;
             }
-            Err(LeaseStoreError::Contended(self.key.clone()))
+            first = false;
+            if matches!(self.resolve(None).await?, Resolution::Lost) {
+                return Ok(false);
+            }
         }
-        .await;
+    }
+
+    /// Gives the lease up once nothing acts on it any more: during a handoff it goes to
+    /// the worker that asked for it (or accepted this worker's offer), which starts at
+    /// once; otherwise the owner is removed so that any worker may take it at once. The
+    /// lease is lost locally whatever the outcome. Returns whether it was handed over.
+    pub(crate) async fn release(&self) -> Result<bool, LeaseStoreError> {
+        let result = self.give_up().await;
         self.mark_lost();
         result
     }
 
-    /// Removes the owner so another worker may take the lease at once (during a handoff:
-    /// hands it to the worker that asked); the lease is lost locally whatever the outcome.
-    pub(crate) async fn release(&self) -> Result<(), LeaseStoreError> {
-        if self.handoff_target().is_some() {
-            return self.hand_over().await;
-        }
-        let result = async {
-            for _ in 0..3 {
-                let lease = self.copy();
-                match timed(self.timing.request_timeout, self.store.evict_lease(&lease)).await {
-                    Ok(_) => return Ok(()),
-                    Err(LeaseStoreError::ConditionFailed(_)) => match self.resolve(None).await? {
-                        Resolution::Ours | Resolution::Applied => continue,
-                        // Someone else holds it now: nothing to release.
-                        Resolution::Lost => return Ok(()),
-                    },
-                    Err(error) => return Err(error),
-                }
+    async fn give_up(&self) -> Result<bool, LeaseStoreError> {
+        let offered_at = self.lock().offered_at;
+        if let Some(offered_at) = offered_at {
+            if !self.await_acceptance(offered_at).await? {
+                return Ok(false);
             }
-            Ok(())
         }
-        .await;
-        self.mark_lost();
-        result
+        for _ in 0..3 {
+            let lease = self.copy();
+            let to = self.handoff_target();
+            let call = match &to {
+                Some(to) => self.store.hand_over(&lease, to),
+                None => self.store.evict_lease(&lease),
+            };
+            match timed(self.timing.request_timeout, call).await {
+                Ok(_) => {
+                    match &to {
+                        Some(to) => tracing::info!(shard = %self.key, %to, "lease handed over"),
+                        None => tracing::debug!(shard = %self.key, "lease released"),
+                    }
+                    return Ok(to.is_some());
+                }
+                Err(LeaseStoreError::ConditionFailed(_)) => match self.resolve(None).await? {
+                    Resolution::Ours | Resolution::Applied => continue,
+                    // Handed over or released already (an answer lost), or taken.
+                    Resolution::Lost => return Ok(false),
+                },
+                Err(error) => return Err(error),
+            }
+        }
+        Err(LeaseStoreError::Contended(self.key.clone()))
     }
 }

@@ -124,6 +124,28 @@ impl MemoryLeaseStore {
     }
 }
 
+impl MemoryLeaseStore {
+    /// Changes the owner fields of a handoff under way, without a counter bump.
+    fn handoff_fields(
+        &self,
+        lease: &Lease,
+        change: impl FnOnce(&mut Lease),
+    ) -> Result<Lease, LeaseStoreError> {
+        self.with(|leases| {
+            let current = leases
+                .get_mut(&lease.lease_key)
+                .filter(|c| {
+                    c.checkpoint_owner.is_some()
+                        && c.lease_owner == lease.lease_owner
+                        && c.checkpoint_owner == lease.checkpoint_owner
+                })
+                .ok_or_else(|| LeaseStoreError::ConditionFailed(lease.lease_key.clone()))?;
+            change(current);
+            Ok(current.clone())
+        })
+    }
+}
+
 #[async_trait]
 impl LeaseStore for MemoryLeaseStore {
     async fn create_table_if_missing(&self) -> Result<(), LeaseStoreError> {
@@ -163,6 +185,7 @@ impl LeaseStore for MemoryLeaseStore {
             }
             current.lease_owner = Some(owner.to_owned());
             current.checkpoint_owner = None;
+            current.handoff_accepted_by = None;
         })
     }
 
@@ -171,6 +194,7 @@ impl LeaseStore for MemoryLeaseStore {
             if current.checkpoint_owner.take().is_none() {
                 current.lease_owner = None;
             }
+            current.handoff_accepted_by = None;
         })
     }
 
@@ -185,7 +209,21 @@ impl LeaseStore for MemoryLeaseStore {
                 })
                 .ok_or_else(|| LeaseStoreError::ConditionFailed(lease.lease_key.clone()))?;
             current.checkpoint_owner = current.lease_owner.replace(to.to_owned());
+            current.handoff_accepted_by = None;
             Ok(current.clone())
+        })
+    }
+
+    async fn accept_handoff(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
+        self.handoff_fields(lease, |current| {
+            current.handoff_accepted_by = current.lease_owner.clone();
+        })
+    }
+
+    async fn cancel_handoff(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
+        self.handoff_fields(lease, |current| {
+            current.lease_owner = current.checkpoint_owner.take();
+            current.handoff_accepted_by = None;
         })
     }
 
@@ -197,6 +235,7 @@ impl LeaseStore for MemoryLeaseStore {
             }
             current.lease_owner = Some(to.to_owned());
             current.checkpoint_owner = None;
+            current.handoff_accepted_by = None;
             current.handoff_counter = Some(counter);
         })
     }

@@ -149,7 +149,8 @@ pub trait LeaseStore: Send + Sync {
 
     /// Asks the lease's holder to hand it over to `to` (the Java KCL 3 graceful handoff):
     /// sets `leaseOwner` to `to` and `checkpointOwner` to the holder, without bumping the
-    /// counter. Condition: `leaseOwner` unchanged and no handoff under way.
+    /// counter (and removes any `handoffAcceptedBy`). Condition: `leaseOwner` unchanged
+    /// and no handoff under way.
     async fn request_handoff(&self, lease: &Lease, to: &str) -> Result<Lease, LeaseStoreError>;
 
     /// The holder's last write: makes `to` the owner, removes `checkpointOwner`, bumps the
@@ -157,6 +158,16 @@ pub trait LeaseStore: Send + Sync {
     /// `handoffCounter` so that `to` starts at once. Condition: counter and owner
     /// unchanged.
     async fn hand_over(&self, lease: &Lease, to: &str) -> Result<Lease, LeaseStoreError>;
+
+    /// The worker a lease is offered to (`leaseOwner` during a handoff its holder started,
+    /// shutting down) says it is running and will take it: sets `handoffAcceptedBy` to
+    /// the owner, without bumping the counter. Condition: both owner attributes unchanged.
+    async fn accept_handoff(&self, lease: &Lease) -> Result<Lease, LeaseStoreError>;
+
+    /// Undoes a handoff under way: the holder (`checkpointOwner`) is the owner again, and
+    /// `checkpointOwner` and `handoffAcceptedBy` are removed, without bumping the counter.
+    /// Condition: both owner attributes unchanged.
+    async fn cancel_handoff(&self, lease: &Lease) -> Result<Lease, LeaseStoreError>;
 
     /// Sets `childShardIds` and bumps the counter. Condition: counter and owner unchanged.
     async fn update_child_shards(

@@ -514,6 +514,7 @@ impl SchedulerBuilder {
                 max_leases_per_worker: config.max_leases_per_worker,
                 max_leases_to_steal_at_once: config.max_leases_to_steal_at_once,
                 graceful_handoff_timeout: config.graceful_lease_handoff_timeout,
+                handoff_accept_wait: config.lease_discovery_interval * 3,
             },
         ));
         Ok(Scheduler {

@@ -772,26 +772,150 @@ async fn a_handoff_never_completed_is_taken_after_the_timeout() {
     assert_eq!(a.renew_leases().await, vec![key]);
 }
 
-/// A worker shutting down releases the leases nobody asked for (the worker it would pick
-/// could be shutting down too), and hands over those asked for.
+/// A worker shutting down hands over the leases asked of it.
 #[tokio::test(start_paused = true)]
-async fn a_worker_shutting_down_releases_its_leases_and_hands_over_those_asked_for() {
+async fn a_worker_shutting_down_hands_over_the_leases_asked_of_it() {
     let (store, a, b) = two_workers(2, Some(Duration::from_secs(30))).await;
     let asked = b.take_leases().await.unwrap().handoffs_requested[0].clone();
     tokio::time::advance(TICK).await;
     a.renew_leases().await;
-    for held in a.held_leases() {
-        a.release_lease(held.key()).await.unwrap();
+    a.release_lease(&asked).await.unwrap();
+    let lease = store.get_lease(&asked).await.unwrap().unwrap();
+    assert!(lease.is_owned_by("b") && lease.is_handed_over(), "{lease:?}");
+}
+
+/// Workers `a` and `b` on `store` (holding `shard-0` and `shard-1`), one lease each after a
+/// graceful move, each knowing the other is alive. Returns a's lease and b's.
+async fn balanced(
+    store: Arc<dyn LeaseStore>,
+) -> (LeaseCoordinator, LeaseCoordinator, String, String) {
+    for i in 0..2 {
+        let lease = Lease::new(format!("shard-{i}"), ExtendedSequenceNumber::trim_horizon());
+        store.create_lease_if_absent(&lease).await.unwrap();
     }
-    for lease in store.snapshot() {
-        if lease.lease_key == asked {
-            assert!(
-                lease.is_owned_by("b") && lease.is_handed_over(),
-                "{lease:?}"
-            );
-        } else {
-            assert_eq!(lease.lease_owner, None, "{lease:?}");
-        }
+    let worker = |id: &str| {
+        let mut config = LeaseCoordinatorConfig::new(id);
+        config.failover_time = FAILOVER;
+        LeaseCoordinator::new(store.clone(), config)
+    };
+    let (a, b) = (worker("a"), worker("b"));
+    a.take_leases().await.unwrap();
+    let moved = b.take_leases().await.unwrap().handoffs_requested[0].clone();
+    tokio::time::advance(TICK).await;
+    a.renew_leases().await;
+    a.release_lease(&moved).await.unwrap();
+    assert_eq!(b.discover().await, vec![moved.clone()]);
+    a.take_leases().await.unwrap();
+    b.take_leases().await.unwrap();
+    let kept = a.held_leases()[0].key().to_owned();
+    (a, b, kept, moved)
+}
+
+/// The owner fields of a lease: (`leaseOwner`, `checkpointOwner`, `handoffAcceptedBy`).
+async fn owners(store: &dyn LeaseStore, key: &str) -> [Option<String>; 3] {
+    let lease = store.get_lease(key).await.unwrap().unwrap();
+    [lease.lease_owner, lease.checkpoint_owner, lease.handoff_accepted_by]
+}
+
+fn named(worker: &str) -> Option<String> {
+    Some(worker.to_owned())
+}
+
+/// A worker shutting down offers its leases to a running worker, which accepts at its
+/// next look; once the processor finished the lease is handed over and starts there at
+/// once, with nothing left of the handoff in the table.
+#[tokio::test(start_paused = true)]
+async fn a_worker_shutting_down_hands_its_leases_to_a_running_worker() {
+    let store = Arc::new(MemoryLeaseStore::new());
+    let (a, b, key, _) = balanced(store.clone()).await;
+    a.begin_shutdown().await;
+    assert_eq!(owners(&*store, &key).await, [named("b"), named("a"), None]);
+    assert!(b.discover().await.is_empty(), "accepted, not handed over yet");
+    assert!(b.awaiting_handoff());
+    assert_eq!(owners(&*store, &key).await, [named("b"), named("a"), named("b")]);
+    let released = Instant::now();
+    a.release_lease(&key).await.unwrap();
+    assert_eq!(released.elapsed(), Duration::ZERO, "accepted: no wait");
+    assert_eq!(b.discover().await, vec![key.clone()]);
+    assert!(b.held_lease(&key).unwrap().not_before() <= Instant::now());
+    assert_eq!(owners(&*store, &key).await, [named("b"), None, None]);
+    assert!(!b.awaiting_handoff());
+}
+
+/// A lease is never handed to a worker that is leaving too, whatever the order: a worker
+/// shutting down accepts no offer, cancels the offers it accepted, and releases a lease
+/// handed to it that it has not taken yet. Every lease ends released, nothing of the
+/// handoffs left.
+#[tokio::test(start_paused = true)]
+async fn a_lease_is_never_left_with_a_worker_that_is_leaving_too() {
+    // b stops first: a's offer is never accepted; b's offer to a is cancelled by a.
+    let store = Arc::new(MemoryLeaseStore::new());
+    let (a, b, ka, kb) = balanced(store.clone()).await;
+    b.begin_shutdown().await;
+    a.begin_shutdown().await;
+    let waited = Instant::now();
+    a.release_lease(&ka).await.unwrap();
+    assert!(waited.elapsed() >= a.config().handoff_accept_wait);
+    b.release_lease(&kb).await.unwrap();
+    for key in [&ka, &kb] {
+        assert_eq!(owners(&*store, key).await, [None, None, None], "{key}");
+    }
+
+    // b accepts, then stops before the hand-over: it cancels; a releases.
+    let store = Arc::new(MemoryLeaseStore::new());
+    let (a, b, ka, _) = balanced(store.clone()).await;
+    a.begin_shutdown().await;
+    b.discover().await;
+    b.begin_shutdown().await;
+    assert_eq!(owners(&*store, &ka).await, [named("a"), None, None]);
+    let waited = Instant::now();
+    a.release_lease(&ka).await.unwrap();
+    assert!(waited.elapsed() < a.config().handoff_accept_wait);
+    assert_eq!(owners(&*store, &ka).await, [None, None, None]);
+
+    // b accepts, a hands over, b stops before taking it: b releases it.
+    let store = Arc::new(MemoryLeaseStore::new());
+    let (a, b, ka, _) = balanced(store.clone()).await;
+    a.begin_shutdown().await;
+    b.discover().await;
+    a.release_lease(&ka).await.unwrap();
+    b.begin_shutdown().await;
+    assert_eq!(owners(&*store, &ka).await, [None, None, None]);
+}
+
+/// An offer whose target never looks (a Java KCL worker, or one at its lease limit) is
+/// cancelled after the accept wait and the lease released. An offer whose answer was lost
+/// stands (the table says so); a cancellation that hangs leaves the lease to expire for
+/// the target, which takes it then.
+#[tokio::test(start_paused = true)]
+async fn an_offer_that_is_not_accepted_ends_in_a_release_or_an_expiry() {
+    use crate::test_util::{Fault, FaultRule, FaultyLeaseStore, Operation};
+    let memory = Arc::new(MemoryLeaseStore::new());
+    let faulty = Arc::new(FaultyLeaseStore::new(memory.clone()));
+    let (a, b, ka, _) = balanced(faulty.clone()).await;
+    faulty.inject(FaultRule::new([Operation::RequestHandoff], Fault::LoseAnswer).times(1));
+    a.begin_shutdown().await;
+    assert_eq!(owners(&*memory, &ka).await, [named("b"), named("a"), None]);
+    a.release_lease(&ka).await.unwrap();
+    assert_eq!(owners(&*memory, &ka).await, [None, None, None]);
+    drop(b);
+
+    let memory = Arc::new(MemoryLeaseStore::new());
+    let faulty = Arc::new(FaultyLeaseStore::new(memory.clone()));
+    let (a, b, ka, _) = balanced(faulty.clone()).await;
+    a.begin_shutdown().await;
+    faulty.inject(FaultRule::new([Operation::CancelHandoff], Fault::Hang));
+    assert!(matches!(
+        a.release_lease(&ka).await,
+        Err(LeaseStoreError::Timeout(_))
+    ));
+    faulty.clear();
+    let gave_up = Instant::now();
+    while b.held_lease(&ka).is_none() {
+        tokio::time::advance(Duration::from_millis(500)).await;
+        b.renew_leases().await;
+        b.discover().await;
+        assert!(gave_up.elapsed() < 2 * FAILOVER, "never taken");
     }
 }
 
