@@ -123,7 +123,8 @@ pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
 
 impl ShutdownHandle {
     /// Asks the scheduler to stop: every processor gets `shutdown_requested`, then every
-    /// lease is released. [`Scheduler::run`] returns when that is done.
+    /// lease is handed over to a worker that accepted it, or released. [`Scheduler::run`]
+    /// returns when that is done.
     pub fn shutdown(&self) {
         self.0.send_replace(true);
     }
@@ -291,8 +292,9 @@ impl Scheduler {
     }
 
     /// Runs the worker until a shutdown is requested through a [`ShutdownHandle`]. Then
-    /// every processor gets `shutdown_requested` (and may checkpoint), and each lease is
-    /// released once its processor's task is gone. A processor still running after the
+    /// each lease is offered to a running worker, every processor gets
+    /// `shutdown_requested` (and may checkpoint), and each lease is handed over (when that
+    /// worker accepted it in time) or released once its processor's task is gone. A processor still running after the
     /// shutdown timeout is aborted; one that cannot be aborted (it blocks its thread) keeps
     /// its lease unreleased, so that nobody else starts on the shard while it may still run:
     /// the lease expires for the others after the failover time.
