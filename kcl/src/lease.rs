@@ -205,7 +205,8 @@ impl Lease {
 
     /// Whether the worker the lease is going to during a handoff has accepted it.
     pub fn is_handoff_accepted(&self) -> bool {
-        self.handoff_pending() && self.handoff_accepted_by.is_some()
+        self.handoff_pending()
+            && self.handoff_accepted_by.is_some()
             && self.handoff_accepted_by == self.lease_owner
     }
 

@@ -412,13 +412,17 @@ impl LeaseStore for FaultyLeaseStore {
     }
 
     async fn accept_handoff(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
-        self.call(Operation::AcceptHandoff, || self.inner.accept_handoff(lease))
-            .await
+        self.call(Operation::AcceptHandoff, || {
+            self.inner.accept_handoff(lease)
+        })
+        .await
     }
 
     async fn cancel_handoff(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
-        self.call(Operation::CancelHandoff, || self.inner.cancel_handoff(lease))
-            .await
+        self.call(Operation::CancelHandoff, || {
+            self.inner.cancel_handoff(lease)
+        })
+        .await
     }
 }
 

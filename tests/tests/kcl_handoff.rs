@@ -125,7 +125,10 @@ async fn a_stopping_worker_hands_its_shards_over_without_duplicates() -> TestRes
     // w1 took these shards at the start and never handed them over before: a handoff
     // counter on them is the stop's hand-over (a release would have left none).
     for lease in table.iter().filter(|l| w1_shards.contains(&l.lease_key)) {
-        assert!(lease.handoff_counter.is_some(), "released, not handed over: {lease:?}");
+        assert!(
+            lease.handoff_counter.is_some(),
+            "released, not handed over: {lease:?}"
+        );
     }
 
     stop_producing.store(true, Ordering::SeqCst);

@@ -675,15 +675,19 @@ impl LeaseCoordinator {
     /// has room for it, and is not shutting down itself. A request this worker made is
     /// accepted too: the holder does not need it, but the table then shows it.
     async fn accept(&self, lease: &Lease) {
-        let room = self.held_map().len() + self.pending_map().len()
-            <= self.config.max_leases_per_worker;
+        let room =
+            self.held_map().len() + self.pending_map().len() <= self.config.max_leases_per_worker;
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) || !room {
             return;
         }
         let call = self.store.accept_handoff(lease);
         match timed(self.config.request_timeout(), call).await {
-            Ok(_) => tracing::debug!(shard = %lease.lease_key, from = ?lease.checkpoint_owner, "accepted handoff"),
-            Err(error) => tracing::debug!(shard = %lease.lease_key, %error, "accepting a handoff failed"),
+            Ok(_) => {
+                tracing::debug!(shard = %lease.lease_key, from = ?lease.checkpoint_owner, "accepted handoff")
+            }
+            Err(error) => {
+                tracing::debug!(shard = %lease.lease_key, %error, "accepting a handoff failed")
+            }
         }
     }
 

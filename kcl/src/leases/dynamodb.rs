@@ -455,7 +455,10 @@ pub fn lease_to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
         );
     }
     if let Some(worker) = &lease.handoff_accepted_by {
-        item.insert(HANDOFF_ACCEPTED_BY.into(), AttributeValue::S(worker.clone()));
+        item.insert(
+            HANDOFF_ACCEPTED_BY.into(),
+            AttributeValue::S(worker.clone()),
+        );
     }
     item
 }

@@ -498,8 +498,10 @@ impl HeldLease {
             }
             // Lost answer or changed lease: the table tells whether the offer stands.
             Err(_) => {
-                matches!(self.resolve(None).await, Ok(Resolution::Ours | Resolution::Applied))
-                    && self.handoff_target().as_deref() == Some(to)
+                matches!(
+                    self.resolve(None).await,
+                    Ok(Resolution::Ours | Resolution::Applied)
+                ) && self.handoff_target().as_deref() == Some(to)
             }
         };
         if offered {
@@ -513,10 +515,8 @@ impl HeldLease {
     /// times a second; past the accept wait, cancels the offer. Returns `false` when the
     /// lease turned out to be lost.
     async fn await_acceptance(&self, offered_at: Instant) -> Result<bool, LeaseStoreError> {
-        let poll = (self.timing.handoff_accept_wait / 10).clamp(
-            Duration::from_millis(10),
-            Duration::from_millis(100),
-        );
+        let poll = (self.timing.handoff_accept_wait / 10)
+            .clamp(Duration::from_millis(10), Duration::from_millis(100));
         let mut first = true;
         loop {
             let lease = self.copy();

@@ -781,7 +781,10 @@ async fn a_worker_shutting_down_hands_over_the_leases_asked_of_it() {
     a.renew_leases().await;
     a.release_lease(&asked).await.unwrap();
     let lease = store.get_lease(&asked).await.unwrap().unwrap();
-    assert!(lease.is_owned_by("b") && lease.is_handed_over(), "{lease:?}");
+    assert!(
+        lease.is_owned_by("b") && lease.is_handed_over(),
+        "{lease:?}"
+    );
 }
 
 /// Workers `a` and `b` on `store` (holding `shard-0` and `shard-1`), one lease each after a
@@ -814,7 +817,11 @@ async fn balanced(
 /// The owner fields of a lease: (`leaseOwner`, `checkpointOwner`, `handoffAcceptedBy`).
 async fn owners(store: &dyn LeaseStore, key: &str) -> [Option<String>; 3] {
     let lease = store.get_lease(key).await.unwrap().unwrap();
-    [lease.lease_owner, lease.checkpoint_owner, lease.handoff_accepted_by]
+    [
+        lease.lease_owner,
+        lease.checkpoint_owner,
+        lease.handoff_accepted_by,
+    ]
 }
 
 fn named(worker: &str) -> Option<String> {
@@ -830,9 +837,15 @@ async fn a_worker_shutting_down_hands_its_leases_to_a_running_worker() {
     let (a, b, key, _) = balanced(store.clone()).await;
     a.begin_shutdown().await;
     assert_eq!(owners(&*store, &key).await, [named("b"), named("a"), None]);
-    assert!(b.discover().await.is_empty(), "accepted, not handed over yet");
+    assert!(
+        b.discover().await.is_empty(),
+        "accepted, not handed over yet"
+    );
     assert!(b.awaiting_handoff());
-    assert_eq!(owners(&*store, &key).await, [named("b"), named("a"), named("b")]);
+    assert_eq!(
+        owners(&*store, &key).await,
+        [named("b"), named("a"), named("b")]
+    );
     let released = Instant::now();
     a.release_lease(&key).await.unwrap();
     assert_eq!(released.elapsed(), Duration::ZERO, "accepted: no wait");
