@@ -7,6 +7,7 @@
 //! cargo run -p examples --example consumer_bench takeover 5       # takeover only, 5 runs each
 //! cargo run -p examples --example consumer_bench throughput
 //! cargo run -p examples --example consumer_bench handoff 5        # graceful handoff, 5 runs
+//! cargo run -p examples --example consumer_bench polling          # fixed vs lag-aware pauses
 //! ```
 
 use std::collections::HashMap;
@@ -16,13 +17,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
+use aws_sdk_kinesis::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use bytes::Bytes;
 use kinesis_consumer::leases::{DynamoDbLeaseStore, LeaseStore};
 use kinesis_consumer::{
-    InitialPosition, InitializeInput, Lease, ProcessRecordsInput, RecordProcessor, Scheduler,
-    SchedulerBuilder, ShardEndedInput,
+    InitialPosition, InitializeInput, LagAwarePolling, Lease, ProcessRecordsInput, RecordProcessor,
+    Scheduler, SchedulerBuilder, ShardEndedInput,
 };
 use kinesis_producer::aggregation::AggregateBuilder;
 
@@ -471,6 +474,114 @@ async fn observe(
     Ok(leases)
 }
 
+/// Counts GetRecords calls sent (an SDK interceptor on the consumer's Kinesis client).
+#[derive(Debug, Default, Clone)]
+struct GetRecordsCalls(Arc<AtomicU64>);
+
+impl Intercept for GetRecordsCalls {
+    fn name(&self) -> &'static str {
+        "GetRecordsCalls"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let is_get_records = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .is_some_and(|m| m.name() == "GetRecords");
+        if is_get_records {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// Fixed pauses (the Java KCL's, 1.5 s) against lag-aware ones, library defaults otherwise
+/// (except 1,000 records per call, so that a backlog takes several calls): how long a
+/// backlog of 10,000 records per shard takes to drain, how many GetRecords calls a quiet
+/// shard costs per minute, and how long a record put after the quiet minute waits.
+async fn polling(config: &SdkConfig, lag_aware: bool) -> Result<(), Error> {
+    const SHARDS: i32 = 2;
+    const BACKLOG: usize = 20_000;
+    const QUIET: Duration = Duration::from_secs(60);
+    let kinesis = aws_sdk_kinesis::Client::new(config);
+    let stream = name("bench-poll");
+    kinesis_emulator::create_stream(&kinesis, &stream, SHARDS).await?;
+    let entries = (0..BACKLOG)
+        .map(|i| {
+            PutRecordsRequestEntry::builder()
+                .partition_key(format!("key-{i}"))
+                .data(Blob::new(vec![b'x'; 100]))
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    put(&kinesis, &stream, entries).await?;
+
+    let calls = GetRecordsCalls::default();
+    let counted = aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::config::Builder::from(config)
+            .interceptor(calls.clone())
+            .build(),
+    );
+    let count = Arc::new(AtomicU64::new(0));
+    let counter = count.clone();
+    let mut builder = builder(config, &stream, &name("bench-poll-app"), "bench")
+        .kinesis_client(counted)
+        .max_records(1_000)
+        .processor_factory(move || Counter(counter.clone()));
+    if lag_aware {
+        builder = builder.lag_aware_polling(LagAwarePolling::default());
+    }
+    let scheduler = builder.build().await?;
+    let stop = scheduler.shutdown_handle();
+    let started = Instant::now();
+    let task = tokio::spawn(scheduler.run());
+    while count.load(Ordering::Relaxed) < BACKLOG as u64 {
+        if started.elapsed() > Duration::from_secs(120) {
+            return Err("backlog not drained in 120 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained = started.elapsed();
+    let calls_to_drain = calls.0.load(Ordering::Relaxed);
+    // Past the last records read: a few idle calls settle the pause.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = calls.0.load(Ordering::Relaxed);
+    tokio::time::sleep(QUIET).await;
+    let quiet_calls = calls.0.load(Ordering::Relaxed) - before;
+    let entry = PutRecordsRequestEntry::builder()
+        .partition_key("after-quiet")
+        .data(Blob::new(b"late".to_vec()))
+        .build()?;
+    let seen = count.load(Ordering::Relaxed);
+    let put_at = Instant::now();
+    put(&kinesis, &stream, vec![entry]).await?;
+    while count.load(Ordering::Relaxed) == seen {
+        if put_at.elapsed() > Duration::from_secs(60) {
+            return Err("the record after the quiet minute was not delivered".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let latency = put_at.elapsed();
+    stop.shutdown();
+    task.await??;
+    println!(
+        "polling ({}): {BACKLOG} records on {SHARDS} shards drained in {drained:.2?} \
+         ({calls_to_drain} GetRecords calls); quiet shard: {:.1} calls per minute; \
+         a record put after the quiet minute delivered {latency:.2?} later",
+        if lag_aware {
+            "lag-aware"
+        } else {
+            "fixed 1.5 s"
+        },
+        quiet_calls as f64 / f64::from(SHARDS) / QUIET.as_secs_f64() * 60.0,
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -478,6 +589,13 @@ async fn main() -> Result<(), Error> {
     let runs: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3);
     let emulator = kinesis_emulator::Emulator::start().await?;
     let config = emulator.sdk_config().await;
+    if only == Some("polling") {
+        for _ in 0..runs.min(2) {
+            polling(&config, false).await?;
+            polling(&config, true).await?;
+        }
+        return Ok(());
+    }
     if only == Some("handoff") {
         for _ in 0..runs {
             handoff(&config).await?;

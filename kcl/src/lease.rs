@@ -125,7 +125,7 @@ pub fn compare_sequence_numbers(a: &str, b: &str) -> Ordering {
 
 /// One shard's lease: who holds it, its fencing counter and its checkpoint. Field names
 /// follow the Java KCL 2.x lease table attributes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Lease {
     /// `leaseKey`: the shard id.
@@ -162,6 +162,10 @@ pub struct Lease {
     /// down) to say it is running and will take the lease; the holder hands the lease over
     /// only then. This crate's own attribute; the Java KCL ignores it.
     pub handoff_accepted_by: Option<String>,
+    /// `throughputKBps` (the Java KCL 3 attribute): the data its holder read from the
+    /// shard, in KiB per second, smoothed over the last renewal periods; written with
+    /// each renewal.
+    pub throughput_kbps: Option<f64>,
 }
 
 impl Lease {
@@ -181,6 +185,7 @@ impl Lease {
             checkpoint_owner: None,
             handoff_counter: None,
             handoff_accepted_by: None,
+            throughput_kbps: None,
         }
     }
 

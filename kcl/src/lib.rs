@@ -27,7 +27,8 @@ pub use processor::{
     RecordProcessor, ShardEndedInput, ShutdownRequestedInput,
 };
 pub use retrieval::{
-    FanOutConfig, FanOutError, FetchError, PollingConfig, RetrievalMode, TrimmedCheckpoint,
+    FanOutConfig, FanOutError, FetchError, LagAwarePolling, PollingConfig, RetrievalMode,
+    TrimmedCheckpoint,
 };
 pub use scheduler::{
     HeldShards, InitialPosition, Scheduler, SchedulerBuilder, SchedulerConfig, SchedulerError,

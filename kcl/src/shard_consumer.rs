@@ -254,6 +254,7 @@ impl ShardConsumer {
             {
                 let count = records.len() as u64;
                 let bytes = records.iter().map(|r| r.data.len() as u64).sum();
+                held.record_delivered(bytes);
                 let started = std::time::Instant::now();
                 self.processor
                     .process_records(ProcessRecordsInput {

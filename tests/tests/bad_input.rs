@@ -528,8 +528,9 @@ async fn a_missing_lease_table_is_created_and_one_being_created_is_waited_for() 
     Ok(())
 }
 
-/// Attributes a later KCL writes (KCL 3: throughputKBps, ...) survive
-/// every write this library makes: renewals, takes, checkpoints, releases.
+/// Attributes a later KCL may write survive every write this library makes: renewals,
+/// takes, checkpoints, releases. The KCL 3's `throughputKBps` is one this library knows:
+/// its renewals write the throughput they measured, as the KCL 3's do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_attributes_of_a_future_kcl_are_kept_untouched() -> TestResult {
     let config = sdk_config().await?;
@@ -555,7 +556,7 @@ async fn lease_attributes_of_a_future_kcl_are_kept_untouched() -> TestResult {
     worker.stop().await?;
 
     let extra: HashMap<String, AttributeValue> = HashMap::from([
-        ("throughputKBps".into(), AttributeValue::N("12.5".into())),
+        ("futureCounter".into(), AttributeValue::N("12.5".into())),
         (
             "futureSettings".into(),
             AttributeValue::M(HashMap::from([(
@@ -583,6 +584,14 @@ async fn lease_attributes_of_a_future_kcl_are_kept_untouched() -> TestResult {
             .send()
             .await?;
     }
+    dynamodb
+        .update_item()
+        .table_name(&app)
+        .set_key(Some(key.clone()))
+        .update_expression("SET throughputKBps = :v")
+        .expression_attribute_values(":v", AttributeValue::N("12345.5".into()))
+        .send()
+        .await?;
     // A handoff attribute left on a released lease (its holder stopped mid-handoff) is
     // one this library knows: taking the lease ends the handoff, as the Java KCL 3's take
     // does.
@@ -628,6 +637,15 @@ async fn lease_attributes_of_a_future_kcl_are_kept_untouched() -> TestResult {
         item.get("checkpointOwner"),
         None,
         "the take ended the handoff"
+    );
+    let throughput: f64 = item
+        .get("throughputKBps")
+        .and_then(|v| v.as_n().ok())
+        .ok_or("no throughputKBps")?
+        .parse()?;
+    assert!(
+        (0.0..100.0).contains(&throughput),
+        "the renewals wrote what they measured (40 small records): {throughput}"
     );
     let after = leases(&config, &app).await?;
     assert!(

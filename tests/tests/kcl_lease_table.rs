@@ -192,8 +192,8 @@ async fn a_table_created_by_the_java_kcl_3_is_used_as_is_and_its_attributes_kept
     wait_table_active(&dynamodb, &app).await?;
     let s = |v: &str| AttributeValue::S(v.to_owned());
     let n = |v: &str| AttributeValue::N(v.to_owned());
-    // A lease with attributes this library does not know (the KCL 3's measured throughput
-    // and one of the application's own).
+    // A lease with an attribute this library does not know (one of the application's own)
+    // and the KCL 3's measured throughput, which this library's renewals write too.
     dynamodb
         .put_item()
         .table_name(&app)
@@ -232,7 +232,12 @@ async fn a_table_created_by_the_java_kcl_3_is_used_as_is_and_its_attributes_kept
         .await?
         .item
         .ok_or("lease gone")?;
-    assert_eq!(item.get("throughputKBps"), Some(&n("12.5")));
+    assert!(
+        item.get("throughputKBps")
+            .and_then(|v| v.as_n().ok())
+            .is_some(),
+        "a renewal writes the throughput it measured: {item:?}"
+    );
     assert_eq!(item.get("operatorNote"), Some(&s("kept")));
     let checkpoint = item
         .get("checkpoint")

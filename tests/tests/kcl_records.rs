@@ -22,7 +22,9 @@ use integration_tests::kcl::{
 use integration_tests::python::run_interop_script;
 use integration_tests::{create_stream, sdk_config, unique_name, wait_for, TestResult};
 use kinesis_consumer::leases::{DynamoDbLeaseStore, LeaseStore};
-use kinesis_consumer::{ErrorKind, ExtendedSequenceNumber, InitialPosition, Lease, SchedulerError};
+use kinesis_consumer::{
+    ErrorKind, ExtendedSequenceNumber, InitialPosition, LagAwarePolling, Lease, SchedulerError,
+};
 use kinesis_producer::aggregation::AggregateBuilder;
 
 fn entry(
@@ -570,5 +572,81 @@ async fn a_stream_named_by_its_arn_is_consumed() -> TestResult {
     .await?;
     worker.stop().await?;
     assert_eq!(log.distinct_payloads(), records.len());
+    Ok(())
+}
+
+/// Counts GetRecords calls sent.
+#[derive(Debug, Default)]
+struct CountGetRecords(Arc<AtomicUsize>);
+
+impl Intercept for CountGetRecords {
+    fn name(&self) -> &'static str {
+        "CountGetRecords"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        _context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .is_some_and(|m| m.name() == "GetRecords")
+        {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+/// Lag-aware polling: a quiet shard is read less and less often (the pause doubles from
+/// `idle_time_between_reads`, 100 ms here, up to `max_idle_pause`, 1.6 s here: about 8
+/// calls in 6 s where fixed pauses make 60), and a record written after the quiet spell is
+/// still delivered, as is a backlog read before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_aware_polling_reads_a_quiet_shard_less_often_and_loses_nothing() -> TestResult {
+    let config = sdk_config().await?;
+    let kinesis = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("kcl-lag-aware");
+    let app = unique_name("kcl-lag-aware-app");
+    create_stream(&kinesis, &stream, 1).await?;
+    let backlog = keyed_records("backlog", 500, 5);
+    put_records(&kinesis, &stream, &backlog).await?;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::config::Builder::from(&config)
+            .interceptor(CountGetRecords(calls.clone()))
+            .build(),
+    );
+    let mut lag_aware = LagAwarePolling::default();
+    lag_aware.max_idle_pause = Duration::from_millis(1_600);
+    let builder = fast_builder(&config, &stream, &app, "w")
+        .kinesis_client(counted)
+        .max_records(100)
+        .lag_aware_polling(lag_aware);
+    let log = Log::default();
+    let worker = start_worker(builder, "w", &log, Behaviour::default()).await?;
+    wait_for("the backlog", Duration::from_secs(30), || async {
+        Ok((log.distinct_payloads() >= backlog.len()).then_some(()))
+    })
+    .await?;
+    let before = calls.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let quiet = calls.load(Ordering::SeqCst) - before;
+    println!("GetRecords calls over 6 quiet seconds: {quiet} (fixed 100 ms pauses: about 60)");
+    assert!(quiet <= 15, "{quiet} calls in 6 quiet seconds");
+
+    let late = keyed_records("late", 1, 1);
+    put_records(&kinesis, &stream, &late).await?;
+    wait_for(
+        "the record after the quiet spell",
+        Duration::from_secs(30),
+        || async { Ok((log.distinct_payloads() > backlog.len()).then_some(())) },
+    )
+    .await?;
+    worker.stop().await?;
+    assert_eq!(log.delivered().len(), backlog.len() + 1);
     Ok(())
 }

@@ -156,6 +156,40 @@ fn set(values: &std::collections::BTreeSet<String>) -> String {
     }
 }
 
+fn kbps(throughput: Option<f64>) -> String {
+    throughput.map_or_else(|| "-".to_owned(), |t| format!("{t:.2}"))
+}
+
+/// Per worker: the leases it owns (unfinished) and their total throughput, as its
+/// renewals last wrote it (`throughputKBps`; leases without a figure count as 0).
+fn print_workers(leases: &[Lease]) {
+    let mut workers: std::collections::BTreeMap<&str, (usize, f64, usize)> =
+        std::collections::BTreeMap::new();
+    for lease in leases.iter().filter(|l| !l.is_finished()) {
+        let owner = lease.lease_owner.as_deref().unwrap_or("(unassigned)");
+        let entry = workers.entry(owner).or_default();
+        entry.0 += 1;
+        if let Some(throughput) = lease.throughput_kbps {
+            entry.1 += throughput;
+            entry.2 += 1;
+        }
+    }
+    if workers.is_empty() {
+        return;
+    }
+    println!();
+    println!("{:<28} {:>7} {:>10}", "worker", "leases", "KiB/s");
+    for (worker, (count, total, measured)) in workers {
+        let total = if measured == 0 {
+            "-".to_owned()
+        } else {
+            format!("{total:.2}")
+        };
+        println!("{worker:<28} {count:>7} {total:>10}");
+    }
+    println!();
+}
+
 async fn show(
     store: &DynamoDbLeaseStore,
     kinesis: &aws_sdk_kinesis::Client,
@@ -183,8 +217,8 @@ async fn show(
     leases.sort_by(|a, b| a.lease_key.cmp(&b.lease_key));
     if !json {
         println!(
-            "{:<24} {:<28} {:>8} {:<60} {:<24} {:<40} {:>9}",
-            "shard", "owner", "counter", "checkpoint", "parents", "children", "lag ms"
+            "{:<24} {:<28} {:>8} {:<60} {:<24} {:<40} {:>9} {:>9}",
+            "shard", "owner", "counter", "checkpoint", "parents", "children", "lag ms", "KiB/s"
         );
     }
     for lease in &leases {
@@ -206,11 +240,12 @@ async fn show(
                     "parent_shard_ids": lease.parent_shard_ids,
                     "child_shard_ids": lease.child_shard_ids,
                     "millis_behind_latest": lag,
+                    "throughput_kbps": lease.throughput_kbps,
                 })
             );
         } else {
             println!(
-                "{:<24} {:<28} {:>8} {:<60} {:<24} {:<40} {:>9}",
+                "{:<24} {:<28} {:>8} {:<60} {:<24} {:<40} {:>9} {:>9}",
                 lease.lease_key,
                 lease.lease_owner.as_deref().unwrap_or("-"),
                 lease.lease_counter,
@@ -218,10 +253,12 @@ async fn show(
                 set(&lease.parent_shard_ids),
                 set(&lease.child_shard_ids),
                 lag.map_or_else(|| "-".to_owned(), |l| l.to_string()),
+                kbps(lease.throughput_kbps),
             );
         }
     }
     if !json {
+        print_workers(&leases);
         match worker {
             None => println!("{} leases in table {}", leases.len(), store.table()),
             Some(worker) => println!(

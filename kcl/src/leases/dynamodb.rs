@@ -57,6 +57,8 @@ pub mod attributes {
     /// The worker that accepted a lease offered to it by a holder shutting down (this
     /// crate's own attribute).
     pub const HANDOFF_ACCEPTED_BY: &str = "handoffAcceptedBy";
+    /// The data read from the shard, KiB per second (Java KCL 3).
+    pub const THROUGHPUT_KBPS: &str = "throughputKBps";
 }
 
 use attributes::*;
@@ -341,6 +343,7 @@ impl DynamoDbLeaseStore {
             CHECKPOINT_OWNER,
             HANDOFF_COUNTER,
             HANDOFF_ACCEPTED_BY,
+            THROUGHPUT_KBPS,
         ] {
             let placeholder = format!("#{attribute}");
             if mentions(&expression, &placeholder) {
@@ -460,6 +463,12 @@ pub fn lease_to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
             AttributeValue::S(worker.clone()),
         );
     }
+    if let Some(throughput) = lease.throughput_kbps {
+        item.insert(
+            THROUGHPUT_KBPS.into(),
+            AttributeValue::N(throughput.to_string()),
+        );
+    }
     item
 }
 
@@ -548,6 +557,12 @@ pub fn lease_from_item(item: &HashMap<String, AttributeValue>) -> Result<Lease, 
         checkpoint_owner: string(CHECKPOINT_OWNER)?,
         handoff_counter: number(HANDOFF_COUNTER)?,
         handoff_accepted_by: string(HANDOFF_ACCEPTED_BY)?,
+        // A measurement, not state: a value that is not a number is ignored.
+        throughput_kbps: item
+            .get(THROUGHPUT_KBPS)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse::<f64>().ok())
+            .filter(|t| t.is_finite()),
     })
 }
 
@@ -694,8 +709,26 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn renew_lease(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
-        self.conditional_update(lease, true, "", HashMap::new(), None)
-            .await
+        match lease.throughput_kbps {
+            Some(throughput) => {
+                let values = HashMap::from([(
+                    ":throughput".to_owned(),
+                    AttributeValue::N(throughput.to_string()),
+                )]);
+                self.conditional_update(
+                    lease,
+                    true,
+                    ", #throughputKBps = :throughput",
+                    values,
+                    None,
+                )
+                .await
+            }
+            None => {
+                self.conditional_update(lease, true, "", HashMap::new(), None)
+                    .await
+            }
+        }
     }
 
     fn lists_owned_keys_cheaply(&self) -> bool {
@@ -957,6 +990,7 @@ mod tests {
         lease.checkpoint_owner = Some("worker-b".into());
         lease.handoff_counter = Some(12);
         lease.handoff_accepted_by = Some("worker-a".into());
+        lease.throughput_kbps = Some(12.5);
         let item = lease_to_item(&lease);
         assert_eq!(
             item.get(CHECKPOINT_OWNER),

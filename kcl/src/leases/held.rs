@@ -26,7 +26,7 @@
 //! wrote) means the lease is lost.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -124,6 +124,16 @@ pub struct HeldLease {
     handoff_requested: AtomicBool,
     /// Told when a handoff is requested (shared by the worker's leases).
     handoff_notify: Arc<Notify>,
+    /// Record data delivered since the last throughput sample.
+    delivered_bytes: AtomicU64,
+    throughput: Mutex<ThroughputSample>,
+}
+
+/// The throughput written with the last renewal, and when it was measured.
+#[derive(Debug)]
+struct ThroughputSample {
+    at: Instant,
+    kbps: Option<f64>,
 }
 
 impl std::fmt::Debug for HeldLease {
@@ -162,7 +172,34 @@ impl HeldLease {
             not_before,
             handoff_requested: AtomicBool::new(false),
             handoff_notify,
+            delivered_bytes: AtomicU64::new(0),
+            throughput: Mutex::new(ThroughputSample {
+                at: Instant::now(),
+                kbps: None,
+            }),
         }
+    }
+
+    /// Counts record data delivered to the processor, for the lease's `throughputKBps`.
+    pub(crate) fn record_delivered(&self, bytes: u64) {
+        self.delivered_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The lease's throughput in KiB/s since the last sample, smoothed with the samples
+    /// before (each counts half as much as the one after it), rounded to 0.01.
+    fn sample_throughput(&self) -> Option<f64> {
+        let mut sample = self.throughput.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let elapsed = now.duration_since(sample.at).as_secs_f64();
+        if elapsed < 0.001 {
+            return sample.kbps;
+        }
+        let bytes = self.delivered_bytes.swap(0, Ordering::Relaxed);
+        let rate = bytes as f64 / 1024.0 / elapsed;
+        let smoothed = sample.kbps.map_or(rate, |previous| (previous + rate) / 2.0);
+        sample.at = now;
+        sample.kbps = Some((smoothed * 100.0).round() / 100.0);
+        sample.kbps
     }
 
     /// Whether another worker (or an operator) asked for the lease: this worker is to let
@@ -345,12 +382,14 @@ impl HeldLease {
     }
 
     async fn renew_once(&self) -> Renewal {
+        let throughput = self.sample_throughput();
         for _ in 0..3 {
             if self.is_lost() {
                 self.expired();
                 return Renewal::Lost;
             }
-            let lease = self.copy();
+            let mut lease = self.copy();
+            lease.throughput_kbps = throughput;
             let sent = Instant::now();
             match timed(self.timing.request_timeout, self.store.renew_lease(&lease)).await {
                 Ok(renewed) => {

@@ -171,7 +171,11 @@ impl LeaseStore for MemoryLeaseStore {
     }
 
     async fn renew_lease(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
-        self.conditional(lease, true, |_| {})
+        self.conditional(lease, true, |current| {
+            if lease.throughput_kbps.is_some() {
+                current.throughput_kbps = lease.throughput_kbps;
+            }
+        })
     }
 
     fn lists_owned_keys_cheaply(&self) -> bool {

@@ -126,7 +126,8 @@ pub trait LeaseStore: Send + Sync {
     /// Creates `lease` unless a lease with its key exists. Returns whether it was created.
     async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseStoreError>;
 
-    /// Bumps the counter. Condition: counter and owner unchanged.
+    /// Bumps the counter, and writes the lease's `throughput_kbps` when it has one (as the
+    /// Java KCL 3 renews). Condition: counter and owner unchanged.
     async fn renew_lease(&self, lease: &Lease) -> Result<Lease, LeaseStoreError>;
 
     /// Makes `owner` the owner, ends any handoff under way (removes `checkpointOwner`) and

@@ -2,6 +2,7 @@
 //! (SubscribeToShard), both into the same bounded queue of [`RecordBatch`]es.
 
 pub mod fan_out;
+mod pacing;
 pub mod polling;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::error::{ErrorKind, ServiceError};
 use crate::stream::StreamRef;
 
 pub use fan_out::{register_consumer, FanOutConfig, FanOutError, FanOutFetcher};
+pub use pacing::LagAwarePolling;
 pub use polling::{PollingConfig, PollingFetcher, RecordBatch, StartingPosition};
 
 /// How a worker reads its shards; see [`SchedulerBuilder::retrieval_mode`](crate::SchedulerBuilder::retrieval_mode).

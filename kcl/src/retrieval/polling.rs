@@ -11,6 +11,7 @@ use aws_sdk_kinesis::Client;
 
 use crate::stream::StreamRef;
 
+use super::pacing::{LagAwarePolling, Pacer, ReadOutcome};
 use super::{
     confirm_shard_gone, prefetch_queue, FetchError, FetchOptions, PrefetchSender, Prefetched,
     ShardCheck, TrimmedCheckpoint,
@@ -31,6 +32,9 @@ pub struct PollingConfig {
     /// Batches fetched ahead of the processor (Java KCL `maxPendingProcessRecordsInput`,
     /// default 3).
     pub prefetch_batches: usize,
+    /// Lag-aware pauses between calls instead of the fixed `idle_time_between_reads`
+    /// (default `None`: fixed, as the Java KCL); see [`LagAwarePolling`].
+    pub lag_aware: Option<LagAwarePolling>,
 }
 
 impl Default for PollingConfig {
@@ -39,6 +43,7 @@ impl Default for PollingConfig {
             max_records: 10_000,
             idle_time_between_reads: Duration::from_millis(1_500),
             prefetch_batches: 3,
+            lag_aware: None,
         }
     }
 }
@@ -283,6 +288,10 @@ impl PollingFetcher {
         let mut iterator = self.shard_iterator(&start, tx).await?;
         let mut last_sequence: Option<String> = None;
         let mut delays = backoff();
+        let mut pacer = Pacer::new(
+            self.config.idle_time_between_reads,
+            self.config.lag_aware.clone(),
+        );
         loop {
             let request = self
                 .client
@@ -312,6 +321,11 @@ impl PollingFetcher {
                         last_sequence = Some(last.sequence_number().to_owned());
                     }
                     let next = out.next_shard_iterator.clone();
+                    let pause = pacer.after(ReadOutcome {
+                        records: out.records().len(),
+                        limit: usize::try_from(self.config.max_records).unwrap_or(usize::MAX),
+                        millis_behind_latest: out.millis_behind_latest,
+                    });
                     let batch = RecordBatch {
                         millis_behind_latest: out.millis_behind_latest,
                         shard_end: next.is_none().then(|| out.child_shards().to_vec()),
@@ -327,7 +341,7 @@ impl PollingFetcher {
                         Some(next) if !ended => iterator = next,
                         _ => return Ok(()),
                     }
-                    self.pause(self.config.idle_time_between_reads, tx).await?;
+                    self.pause(pause, tx).await?;
                 }
                 Err(error) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(5));

@@ -273,7 +273,8 @@ impl SchedulerBuilder {
     /// retired.
     ///
     /// The polling setters ([`max_records`](Self::max_records),
-    /// [`idle_time_between_reads`](Self::idle_time_between_reads)) apply to polling only:
+    /// [`idle_time_between_reads`](Self::idle_time_between_reads),
+    /// [`lag_aware_polling`](Self::lag_aware_polling)) apply to polling only:
     /// with fan-out, [`build`](Self::build) rejects them.
     /// [`prefetch_batches`](Self::prefetch_batches) applies to both. Builder setters win
     /// over the values in `mode`, whatever the order of the calls.
@@ -299,6 +300,14 @@ impl SchedulerBuilder {
     /// Pause after each GetRecords call (default 1,500 ms; polling only).
     pub fn idle_time_between_reads(mut self, idle: Duration) -> Self {
         self.polling.idle_time_between_reads = Some(idle);
+        self
+    }
+
+    /// Lag-aware pauses between GetRecords calls: fast while behind, longer and longer on a
+    /// quiet shard (default off: a fixed `idle_time_between_reads`, as the Java KCL;
+    /// polling only). See [`LagAwarePolling`](crate::LagAwarePolling).
+    pub fn lag_aware_polling(mut self, lag_aware: crate::LagAwarePolling) -> Self {
+        self.polling.lag_aware = Some(lag_aware);
         self
     }
 
@@ -539,6 +548,7 @@ struct PollingSettings {
     max_records: Option<i32>,
     idle_time_between_reads: Option<Duration>,
     prefetch_batches: Option<usize>,
+    lag_aware: Option<crate::LagAwarePolling>,
 }
 
 impl PollingSettings {
@@ -554,6 +564,9 @@ impl PollingSettings {
                 if let Some(batches) = self.prefetch_batches {
                     polling.prefetch_batches = batches;
                 }
+                if let Some(lag_aware) = &self.lag_aware {
+                    polling.lag_aware = Some(lag_aware.clone());
+                }
             }
             RetrievalMode::FanOut(fan_out) => {
                 let polling_only = [
@@ -562,6 +575,7 @@ impl PollingSettings {
                         "idle_time_between_reads",
                         self.idle_time_between_reads.is_some(),
                     ),
+                    ("lag_aware_polling", self.lag_aware.is_some()),
                 ];
                 if let Some((setting, _)) = polling_only.into_iter().find(|(_, set)| *set) {
                     return Err(SchedulerError::InvalidConfig {
@@ -823,6 +837,7 @@ mod tests {
             max_records: Some(7),
             idle_time_between_reads: None,
             prefetch_batches: Some(2),
+            lag_aware: None,
         }
         .apply(&mut mode)
         .unwrap();

@@ -1060,3 +1060,26 @@ async fn a_failing_discovery_is_retried_at_the_next_look() {
     assert_eq!(b.discover().await, vec![key.clone()]);
     assert!(b.held_lease(&key).unwrap().not_before() <= Instant::now());
 }
+
+/// Renewals write the lease's measured throughput (`throughputKBps`, as the Java KCL 3):
+/// the data delivered since the last renewal per second, smoothed with the figures before.
+#[tokio::test(start_paused = true)]
+async fn renewals_write_the_measured_throughput() {
+    let (store, a, _b) = two_workers(1, None).await;
+    let held = a.held_lease("shard-0").unwrap();
+    let throughput = || async {
+        store
+            .get_lease("shard-0")
+            .await
+            .unwrap()
+            .unwrap()
+            .throughput_kbps
+    };
+    held.record_delivered(20 * 1024);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    a.renew_leases().await;
+    assert_eq!(throughput().await, Some(10.0));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    a.renew_leases().await;
+    assert_eq!(throughput().await, Some(5.0), "an idle period halves it");
+}
