@@ -202,6 +202,12 @@ async fn produce_then_two_consumers_then_leases() {
             .unwrap(),
     );
     assert!(table.contains("2 leases in table"), "{table}");
+    // The per-worker summary: both leases released, so both unassigned.
+    let summary = table
+        .lines()
+        .find(|l| l.starts_with("(unassigned)"))
+        .unwrap_or_else(|| panic!("no per-worker summary: {table}"));
+    assert_eq!(summary.split_whitespace().nth(1), Some("2"), "{summary}");
 
     // leases --reset-to: described without --yes, done with it.
     let shard = leases[0]["shard_id"].as_str().unwrap().to_owned();
