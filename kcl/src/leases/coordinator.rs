@@ -55,6 +55,49 @@ pub struct LeaseCoordinatorConfig {
     /// lease instead. Workers look for offers at their lease discovery interval: the
     /// scheduler sets three of those.
     pub handoff_accept_wait: Duration,
+    /// Balancing by throughput as well as by lease count (see [`ThroughputBalancing`]);
+    /// `None`: by count only, as the Java KCL 2.
+    pub throughput_balancing: Option<ThroughputBalancing>,
+}
+
+/// Balancing workers' total throughput (the sum of their leases' `throughputKBps`), as the
+/// Java KCL 3 balances it, besides their lease counts.
+///
+/// A worker whose load is under the fleet's mean by more than `threshold` of the mean asks
+/// the most loaded worker, when that one is over the mean by as much and the gap between
+/// the two is at least `min_gap_kbps`, for the largest of its leases that carries at most
+/// half the gap: the gap narrows and can never reverse, so no lease goes back and forth,
+/// and a hot lease that would only move the problem stays. One lease per round
+/// (`max_leases_to_steal_at_once`), by graceful handoff. A worker over the mean by more than
+/// `threshold` takes no lease by count from a live worker (it still takes unowned and
+/// expired ones), so a hot shard's worker ends up holding fewer leases. Quiet fleets (every
+/// gap under `min_gap_kbps`) balance by count alone.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct ThroughputBalancing {
+    /// How far from the mean, as a fraction of it, a worker's load may be before leases
+    /// move (default 0.1, the Java KCL 3's `reBalanceThresholdPercentage` 10).
+    pub threshold: f64,
+    /// The least gap between two workers' loads that moves a lease (default 100 KiB/s):
+    /// below it, throughput is noise.
+    pub min_gap_kbps: f64,
+}
+
+impl Default for ThroughputBalancing {
+    fn default() -> Self {
+        ThroughputBalancing {
+            threshold: 0.1,
+            min_gap_kbps: 100.0,
+        }
+    }
+}
+
+/// The summed throughput of `leases`, KiB/s (leases without a figure count as 0).
+fn load<'a>(leases: impl IntoIterator<Item = &'a Lease>) -> f64 {
+    leases
+        .into_iter()
+        .filter_map(|lease| lease.throughput_kbps)
+        .sum()
 }
 
 impl LeaseCoordinatorConfig {
@@ -70,6 +113,7 @@ impl LeaseCoordinatorConfig {
             max_leases_to_steal_at_once: 1,
             graceful_handoff_timeout: Some(Duration::from_secs(30)),
             handoff_accept_wait: Duration::from_millis(1500),
+            throughput_balancing: Some(ThroughputBalancing::default()),
         }
     }
 
@@ -381,7 +425,19 @@ impl LeaseCoordinator {
                 );
             }
         }
-        if needed == 0 && assigned.is_empty() {
+        // Throughput: this worker's load (leases it holds or that are coming to it) against
+        // the fleet's mean.
+        let my_load = load(active.iter().copied().filter(|l| l.is_owned_by(me)));
+        let loads: Vec<(&str, f64)> = counts
+            .iter()
+            .map(|(owner, leases)| (*owner, load(leases.iter().copied())))
+            .collect();
+        let mean = (my_load + loads.iter().map(|(_, l)| l).sum::<f64>()) / workers as f64;
+        let overloaded = self.config.throughput_balancing.as_ref().is_some_and(|b| {
+            my_load - mean > b.threshold * mean && my_load - mean >= b.min_gap_kbps / 2.0
+        });
+        let throughput_move = self.throughput_move(&loads, &counts, my_load, mean, mine);
+        if needed == 0 && assigned.is_empty() && throughput_move.is_none() {
             round.leases = leases;
             return Ok(round);
         }
@@ -399,9 +455,14 @@ impl LeaseCoordinator {
         let mut stealing = false;
         {
             let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-            if !available.is_empty() {
+            if !available.is_empty() && needed > 0 {
                 available.shuffle(&mut *rng);
                 to_take = available.into_iter().take(needed).cloned().collect();
+            } else if let Some(lease) = throughput_move {
+                to_take = vec![lease];
+                stealing = true;
+            } else if overloaded {
+                to_take = Vec::new();
             } else {
                 // Most loaded live worker; ties broken by name so every worker agrees.
                 let victim = counts
@@ -429,7 +490,7 @@ impl LeaseCoordinator {
             }
         }
 
-        if needed == 0 {
+        if needed == 0 && !stealing {
             to_take.clear();
         }
         for lease in assigned {
@@ -458,6 +519,43 @@ impl LeaseCoordinator {
         }
         round.leases = leases;
         Ok(round)
+    }
+
+    /// The lease to ask for to even out throughput, if any (see [`ThroughputBalancing`]):
+    /// from the most loaded worker, when both it and this worker are off the mean by more
+    /// than the threshold and the gap is wide enough, the largest of its leases carrying at
+    /// most half the gap.
+    fn throughput_move(
+        &self,
+        loads: &[(&str, f64)],
+        counts: &HashMap<&str, Vec<&Lease>>,
+        my_load: f64,
+        mean: f64,
+        mine: usize,
+    ) -> Option<Lease> {
+        let balancing = self.config.throughput_balancing.as_ref()?;
+        if mine >= self.config.max_leases_per_worker {
+            return None;
+        }
+        let (victim, victim_load) = loads
+            .iter()
+            .copied()
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(a.0)))?;
+        let margin = balancing.threshold * mean;
+        let gap = victim_load - my_load;
+        if victim_load - mean <= margin || mean - my_load <= margin || gap < balancing.min_gap_kbps
+        {
+            return None;
+        }
+        counts
+            .get(victim)?
+            .iter()
+            .copied()
+            .filter(|l| !l.handoff_pending())
+            .filter_map(|l| Some((l, l.throughput_kbps?)))
+            .filter(|(_, throughput)| *throughput > 0.0 && *throughput <= gap / 2.0)
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.lease_key.cmp(&a.0.lease_key)))
+            .map(|(lease, _)| lease.clone())
     }
 
     /// Acts on what the table shows of a lease this worker holds: lost when another worker

@@ -88,9 +88,14 @@ pub struct SchedulerConfig {
     /// checkpoint. A processor not done within the timeout is stopped (its task aborted)
     /// and the lease handed over; one that cannot be stopped keeps the lease until it
     /// expires. `None`: leases taken from live workers are taken at once and processed
-    /// after the holder's deadline. A worker shutting down releases the leases nobody asked
-    /// for either way.
+    /// after the holder's deadline. A worker shutting down offers its leases to a running
+    /// worker and hands them over once accepted; with `None` it releases them.
     pub graceful_lease_handoff_timeout: Option<Duration>,
+    /// Balancing workers' throughput (their leases' `throughputKBps`) as well as their lease
+    /// counts (default on: 10 % threshold, 100 KiB/s least gap, as the Java KCL 3 balances
+    /// throughput); `None`: by count only, as the Java KCL 2. See
+    /// [`ThroughputBalancing`](crate::leases::ThroughputBalancing).
+    pub throughput_balancing: Option<crate::leases::ThroughputBalancing>,
     /// How often a worker looks for leases handed to it and for handoff requests between
     /// taker rounds (default 500 ms; this crate's own setting). Each look is one query of
     /// the lease table's owner index (when the table has it) plus one consistent read per
@@ -120,6 +125,7 @@ impl Default for SchedulerConfig {
             failure_backoff_min: Duration::from_secs(1),
             failure_backoff_max: Duration::from_secs(300),
             graceful_lease_handoff_timeout: Some(Duration::from_secs(30)),
+            throughput_balancing: Some(crate::leases::ThroughputBalancing::default()),
             lease_discovery_interval: Duration::from_millis(500),
         }
     }
@@ -314,6 +320,16 @@ impl SchedulerBuilder {
     /// Batches read ahead per shard (default 3; at least 1).
     pub fn prefetch_batches(mut self, batches: usize) -> Self {
         self.polling.prefetch_batches = Some(batches);
+        self
+    }
+
+    /// Throughput-aware balancing (default on), or `None` to balance lease counts only; see
+    /// [`SchedulerConfig::throughput_balancing`].
+    pub fn throughput_balancing(
+        mut self,
+        balancing: Option<crate::leases::ThroughputBalancing>,
+    ) -> Self {
+        self.config.throughput_balancing = balancing;
         self
     }
 
@@ -524,6 +540,7 @@ impl SchedulerBuilder {
                 max_leases_to_steal_at_once: config.max_leases_to_steal_at_once,
                 graceful_handoff_timeout: config.graceful_lease_handoff_timeout,
                 handoff_accept_wait: config.lease_discovery_interval * 3,
+                throughput_balancing: config.throughput_balancing.clone(),
             },
         ));
         Ok(Scheduler {
@@ -677,6 +694,14 @@ fn validate(config: &SchedulerConfig) -> Result<(), SchedulerError> {
     }
     if config.max_leases_per_worker == 0 {
         return invalid("max_leases_per_worker", "must be at least 1");
+    }
+    if let Some(balancing) = &config.throughput_balancing {
+        if !(0.0..1.0).contains(&balancing.threshold) {
+            return invalid("throughput_balancing", "threshold must be within 0 ..< 1");
+        }
+        if !(balancing.min_gap_kbps.is_finite() && balancing.min_gap_kbps >= 0.0) {
+            return invalid("throughput_balancing", "min_gap_kbps must be 0 or more");
+        }
     }
     if config.prefetch_bytes == 0 {
         return invalid("prefetch_bytes", "must be at least 1 byte");

@@ -137,6 +137,16 @@ impl Sim {
         }
     }
 
+    /// Every held lease reads `kbps(key)` KiB/s over the next round.
+    fn deliver(&self, kbps: impl Fn(&str) -> f64) {
+        for worker in self.workers.iter().flatten() {
+            for held in worker.held_leases() {
+                let bytes = kbps(held.key()) * 1024.0 * TICK.as_secs_f64();
+                held.record_delivered(bytes as u64);
+            }
+        }
+    }
+
     fn counts(&self) -> BTreeMap<String, usize> {
         self.workers
             .iter()
@@ -1082,4 +1092,57 @@ async fn renewals_write_the_measured_throughput() {
     tokio::time::advance(Duration::from_secs(2)).await;
     a.renew_leases().await;
     assert_eq!(throughput().await, Some(5.0), "an idle period halves it");
+}
+
+/// Throughput-aware balancing: one hot shard (1 MiB/s) among 15 cold ones (10 KiB/s) on 4
+/// workers. Balancing by count alone gives every worker 4; by throughput the hot shard's
+/// worker gives its cold leases away and ends with fewer than every other worker; then the
+/// fleet is at rest: 10 more rounds move nothing. A quiet fleet (every lease at 10 KiB/s)
+/// balances by count and makes no move at rest either.
+#[tokio::test(start_paused = true)]
+async fn a_hot_shards_worker_ends_with_fewer_leases_and_the_fleet_comes_to_rest() {
+    let mut sim = Sim::new(16, 4).await;
+    let hot = "shard-000";
+    let kbps = |key: &str| if key == hot { 1024.0 } else { 10.0 };
+    for _ in 0..60 {
+        sim.deliver(kbps);
+        sim.round().await;
+    }
+    assert_eq!(sim.held_total(), 16, "{:?}", sim.counts());
+    let hot_holder = sim
+        .workers
+        .iter()
+        .flatten()
+        .find(|w| w.held_lease(hot).is_some())
+        .map(|w| w.config().worker_id.clone())
+        .unwrap();
+    let counts = sim.counts();
+    for (worker, count) in &counts {
+        if *worker != hot_holder {
+            assert!(
+                count > &counts[&hot_holder],
+                "{counts:?}, hot on {hot_holder}"
+            );
+        }
+    }
+    let moves = sim.moves;
+    for _ in 0..10 {
+        sim.deliver(kbps);
+        sim.round().await;
+    }
+    assert_eq!(sim.moves, moves, "moves at rest: {:?}", sim.counts());
+    println!("hot shard on {hot_holder}: {counts:?}");
+
+    let mut quiet = Sim::new(16, 4).await;
+    for _ in 0..40 {
+        quiet.deliver(|_| 10.0);
+        quiet.round().await;
+    }
+    assert!(quiet.spread() <= 1, "{:?}", quiet.counts());
+    let moves = quiet.moves;
+    for _ in 0..10 {
+        quiet.deliver(|_| 10.0);
+        quiet.round().await;
+    }
+    assert_eq!(quiet.moves, moves, "moves at rest: {:?}", quiet.counts());
 }
