@@ -241,3 +241,132 @@ async fn an_added_worker_takes_its_share_with_the_fewest_moves() -> TestResult {
     w2.stop().await?;
     Ok(())
 }
+
+/// Throughput-aware balancing on the emulators: one of four shards gets about 100 KiB/s,
+/// the others nothing. A second worker joins a worker holding all four; balancing by count
+/// alone would end 2/2, by throughput the hot shard's worker gives every other shard away
+/// and ends with it alone (1/3); then nothing moves, nothing is lost or delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_shards_worker_gives_its_other_shards_away() -> TestResult {
+    use kinesis_consumer::leases::ThroughputBalancing;
+    let config = sdk_config().await?;
+    let kinesis = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("kcl-hot");
+    let app = unique_name("kcl-hot-app");
+    create_stream(&kinesis, &stream, 4).await?;
+    let shards = kinesis.list_shards().stream_name(&stream).send().await?;
+    let hot = shards.shards()[0].clone();
+    let hot_key = hot
+        .hash_key_range()
+        .map(|r| r.starting_hash_key().to_owned())
+        .ok_or("no hash key range")?;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (kinesis, stream, stop) = (kinesis.clone(), stream.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut put = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let entries = (0..5)
+                    .map(|i| {
+                        aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                            .partition_key("hot")
+                            .explicit_hash_key(&hot_key)
+                            .data(aws_sdk_kinesis::primitives::Blob::new(
+                                format!("{:06}{}", put + i, "x".repeat(2_040)).into_bytes(),
+                            ))
+                            .build()
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let out = kinesis
+                    .put_records()
+                    .stream_name(&stream)
+                    .set_records(Some(entries))
+                    .send()
+                    .await?;
+                if out.failed_record_count().unwrap_or(0) != 0 {
+                    return Err::<usize, Box<dyn std::error::Error + Send + Sync>>(
+                        "put failures".into(),
+                    );
+                }
+                put += 5;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(put)
+        })
+    };
+
+    let mut balancing = ThroughputBalancing::default();
+    balancing.min_gap_kbps = 20.0;
+    let builder = |id: &str| {
+        fast_builder(&config, &stream, &app, id).throughput_balancing(Some(balancing.clone()))
+    };
+    let log = Log::default();
+    let w1 = start_worker(builder("w1"), "w1", &log, Behaviour::default()).await?;
+    wait_for(
+        "w1 holds all four, the hot one measured",
+        Duration::from_secs(30),
+        || async {
+            let table = leases(&config, &app).await?;
+            let measured = table.iter().any(|l| {
+                l.lease_key == hot.shard_id() && l.throughput_kbps.is_some_and(|t| t > 40.0)
+            });
+            Ok((measured && table.iter().all(|l| l.is_owned_by("w1"))).then_some(()))
+        },
+    )
+    .await?;
+    let w2 = start_worker(builder("w2"), "w2", &log, Behaviour::default()).await?;
+    let shape = || async {
+        let table = leases(&config, &app).await?;
+        let hot_owner = table
+            .iter()
+            .find(|l| l.lease_key == hot.shard_id())
+            .and_then(|l| l.lease_owner.clone());
+        let counts = owners(&config, &app).await?;
+        let settled = table.iter().all(|l| l.checkpoint_owner.is_none());
+        TestResult::Ok((hot_owner.filter(|_| settled), counts))
+    };
+    let (hot_owner, counts) = wait_for(
+        "1/3, no handoff under way",
+        Duration::from_secs(60),
+        || async {
+            let (hot_owner, counts) = shape().await?;
+            let done = hot_owner
+                .as_ref()
+                .is_some_and(|owner| counts.get(owner) == Some(&1) && counts.len() == 2);
+            Ok(done.then_some((hot_owner, counts)))
+        },
+    )
+    .await?;
+    println!("hot shard on {hot_owner:?}: {counts:?}");
+    let moves_then = log
+        .events()
+        .iter()
+        .filter(|e| matches!(e, Event::ShutdownRequested { .. }))
+        .count();
+    tokio::time::sleep(3 * FAILOVER).await;
+    assert_eq!(shape().await?, (hot_owner, counts), "moves at rest");
+    let moves_now = log
+        .events()
+        .iter()
+        .filter(|e| matches!(e, Event::ShutdownRequested { .. }))
+        .count();
+    assert_eq!(moves_now, moves_then, "moves at rest");
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let put = writer.await??;
+    wait_all_delivered(&log, put).await?;
+    assert_eq!(
+        log.delivered().len(),
+        put,
+        "graceful moves deliver nothing twice"
+    );
+    let events = log.events();
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::LeaseLost { .. })),
+        "{events:?}"
+    );
+    w1.stop().await?;
+    w2.stop().await?;
+    Ok(())
+}

@@ -66,7 +66,8 @@ pub struct LeaseCoordinatorConfig {
 /// A worker whose load is under the fleet's mean by more than `threshold` of the mean asks
 /// the most loaded worker, when that one is over the mean by as much and the gap between
 /// the two is at least `min_gap_kbps`, for the largest of its leases that carries at most
-/// half the gap: the gap narrows and can never reverse, so no lease goes back and forth,
+/// half the gap (a lease without a figure counts as 0): the gap narrows, or stays when only
+/// idle leases are left to give, and can never reverse, so no lease goes back and forth,
 /// and a hot lease that would only move the problem stays. One lease per round
 /// (`max_leases_to_steal_at_once`), by graceful handoff. A worker over the mean by more than
 /// `threshold` takes no lease by count from a live worker (it still takes unowned and
@@ -552,8 +553,8 @@ impl LeaseCoordinator {
             .iter()
             .copied()
             .filter(|l| !l.handoff_pending())
-            .filter_map(|l| Some((l, l.throughput_kbps?)))
-            .filter(|(_, throughput)| *throughput > 0.0 && *throughput <= gap / 2.0)
+            .map(|l| (l, l.throughput_kbps.unwrap_or(0.0)))
+            .filter(|(_, throughput)| *throughput <= gap / 2.0)
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.lease_key.cmp(&a.0.lease_key)))
             .map(|(lease, _)| lease.clone())
     }

@@ -1133,6 +1133,24 @@ async fn a_hot_shards_worker_ends_with_fewer_leases_and_the_fleet_comes_to_rest(
     assert_eq!(sim.moves, moves, "moves at rest: {:?}", sim.counts());
     println!("hot shard on {hot_holder}: {counts:?}");
 
+    // Idle leases (no data at all) are given away too: the hot shard's worker ends with the
+    // hot shard alone.
+    let mut idle = Sim::new(8, 2).await;
+    let only_hot = |key: &str| if key == hot { 1024.0 } else { 0.0 };
+    for _ in 0..40 {
+        idle.deliver(only_hot);
+        idle.round().await;
+    }
+    let mut counts: Vec<usize> = idle.counts().values().copied().collect();
+    counts.sort();
+    assert_eq!(counts, vec![1, 7]);
+    let moves = idle.moves;
+    for _ in 0..10 {
+        idle.deliver(only_hot);
+        idle.round().await;
+    }
+    assert_eq!(idle.moves, moves, "moves at rest: {:?}", idle.counts());
+
     let mut quiet = Sim::new(16, 4).await;
     for _ in 0..40 {
         quiet.deliver(|_| 10.0);
