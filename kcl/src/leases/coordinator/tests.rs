@@ -137,6 +137,31 @@ impl Sim {
         }
     }
 
+    /// The first `n` workers shut down gracefully at the same moment, as the scheduler does:
+    /// each offers its leases to the others; the others look (and accept); the stopping
+    /// workers' processors finish and each lease is handed over or released; the others
+    /// look again (and take what was handed to them).
+    async fn stop_gracefully(&mut self, n: usize) {
+        let stopping: Vec<LeaseCoordinator> = self.workers[..n]
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        for worker in &stopping {
+            worker.begin_shutdown().await;
+        }
+        for worker in self.workers.iter().flatten() {
+            worker.discover().await;
+        }
+        for worker in &stopping {
+            for held in worker.held_leases() {
+                let _ = worker.release_lease(held.key()).await;
+            }
+        }
+        for worker in self.workers.iter().flatten() {
+            worker.discover().await;
+        }
+    }
+
     /// Every held lease reads `kbps(key)` KiB/s over the next round.
     fn deliver(&self, kbps: impl Fn(&str) -> f64) {
         for worker in self.workers.iter().flatten() {
@@ -496,7 +521,17 @@ mod properties {
 
     use super::*;
 
-    fn simulate(leases: usize, workers: usize, failure_rate: f64, seed: u64, crash: bool) {
+    /// What happens to the first workers at round 60.
+    #[derive(Clone, Copy, Debug)]
+    enum Stop {
+        Nothing,
+        /// Worker 0 dies.
+        Crash,
+        /// The first `n` workers shut down gracefully at the same moment.
+        Graceful(usize),
+    }
+
+    fn simulate(leases: usize, workers: usize, failure_rate: f64, seed: u64, stop: Stop) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
@@ -506,8 +541,12 @@ mod properties {
             let mut sim = Sim::new(leases, workers).await;
             sim.store.set_failure_rate(failure_rate, seed);
             for round in 0..120 {
-                if crash && round == 60 && workers > 1 {
-                    sim.workers[0] = None;
+                if round == 60 {
+                    match stop {
+                        Stop::Crash if workers > 1 => sim.workers[0] = None,
+                        Stop::Graceful(n) if workers > n => sim.stop_gracefully(n).await,
+                        _ => {}
+                    }
                 }
                 sim.round_checked(failure_rate == 0.0).await;
             }
@@ -518,24 +557,77 @@ mod properties {
             }
             assert_eq!(sim.held_total(), leases, "{:?}", sim.counts());
             assert!(sim.spread() <= 1, "uneven: {:?}", sim.counts());
+            for lease in sim.store.snapshot() {
+                assert!(
+                    lease.checkpoint_owner.is_none() && lease.handoff_accepted_by.is_none(),
+                    "a handoff left behind: {lease:?}"
+                );
+            }
         });
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(24))]
+        #![proptest_config(ProptestConfig::with_cases(32))]
 
-        /// Whatever the number of leases and workers, failures and crashes: never two
-        /// writable holders, and in the end every lease held with a spread of at most one.
+        /// Whatever the number of leases and workers, failures, crashes and graceful
+        /// shutdowns (one worker, or two at the same moment, offering their leases to the
+        /// others): never two writable holders, and in the end every lease held with a
+        /// spread of at most one and no handoff left in the table.
         #[test]
         fn one_writable_holder_and_even_spread(
             leases in 1usize..40,
             workers in 1usize..7,
             failure_rate in prop_oneof![Just(0.0), 0.0f64..0.3],
             seed in any::<u64>(),
-            crash in any::<bool>(),
+            stop in prop_oneof![
+                Just(Stop::Nothing),
+                Just(Stop::Crash),
+                Just(Stop::Graceful(1)),
+                Just(Stop::Graceful(2)),
+            ],
         ) {
-            simulate(leases, workers, failure_rate, seed, crash);
+            simulate(leases, workers, failure_rate, seed, stop);
         }
+    }
+
+    /// Without store failures, a graceful stop loses no lease to expiry: every lease of
+    /// the stopping worker is handed over (none released, none left to expire), and the
+    /// new owners may start at once.
+    #[test]
+    fn a_graceful_stop_hands_every_lease_over() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut sim = Sim::new(12, 3).await;
+            for _ in 0..30 {
+                sim.round().await;
+            }
+            let leaving: Vec<String> = sim.workers[0]
+                .as_ref()
+                .unwrap()
+                .held_leases()
+                .iter()
+                .map(|h| h.key().to_owned())
+                .collect();
+            assert_eq!(leaving.len(), 4);
+            sim.stop_gracefully(1).await;
+            for key in &leaving {
+                let holder = sim
+                    .workers
+                    .iter()
+                    .flatten()
+                    .find_map(|w| w.held_lease(key))
+                    .unwrap_or_else(|| panic!("{key} not taken at once: {:?}", sim.counts()));
+                assert!(
+                    holder.not_before() <= Instant::now(),
+                    "{key} must start at once"
+                );
+            }
+            assert_eq!(sim.held_total(), 12);
+        });
     }
 }
 
