@@ -166,6 +166,10 @@ pub struct Lease {
     /// shard, in KiB per second, smoothed over the last renewal periods; written with
     /// each renewal.
     pub throughput_kbps: Option<f64>,
+    /// `streamName` and `shardId` (the Java KCL's multi-stream lease attributes): the
+    /// stream identifier (`account:stream:creationEpoch`) and the shard of a lease whose
+    /// key is `account:stream:creationEpoch:shardId`; `None` in a single-stream table.
+    pub multi_stream: Option<(String, String)>,
 }
 
 impl Lease {
@@ -186,6 +190,7 @@ impl Lease {
             handoff_counter: None,
             handoff_accepted_by: None,
             throughput_kbps: None,
+            multi_stream: None,
         }
     }
 

@@ -8,6 +8,7 @@ mod error;
 mod lease;
 pub mod leases;
 mod metrics;
+pub mod multi_stream;
 mod processor;
 mod retrieval;
 mod scheduler;

@@ -21,7 +21,7 @@ use crate::shard_consumer::{Retrieval, ShardConsumer, ShardOutcome};
 use crate::shard_sync::plan_shard_sync;
 use crate::stream::StreamRef;
 
-mod builder;
+pub(crate) mod builder;
 
 pub use builder::{SchedulerBuilder, SchedulerConfig};
 
@@ -100,6 +100,15 @@ pub enum SchedulerError {
     /// The enhanced fan-out stream consumer could not be found or registered.
     #[error("enhanced fan-out: {0}")]
     FanOut(#[from] FanOutError),
+    /// A stream's scheduler in a [`MultiStreamScheduler`](crate::multi_stream::MultiStreamScheduler)
+    /// panicked (a bug); the stream is started again at the next stream poll.
+    #[error("the scheduler of stream {stream} panicked: {message}")]
+    Panicked {
+        /// The stream.
+        stream: String,
+        /// What the panic said.
+        message: String,
+    },
 }
 
 impl SchedulerError {
@@ -122,6 +131,10 @@ impl SchedulerError {
 pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
 
 impl ShutdownHandle {
+    pub(crate) fn new(sender: Arc<watch::Sender<bool>>) -> Self {
+        ShutdownHandle(sender)
+    }
+
     /// Asks the scheduler to stop: every processor gets `shutdown_requested`, then every
     /// lease is handed over to a worker that accepted it, or released. [`Scheduler::run`]
     /// returns when that is done.

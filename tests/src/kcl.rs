@@ -280,11 +280,18 @@ pub fn fast_builder(
     application: &str,
     worker: &str,
 ) -> SchedulerBuilder {
-    Scheduler::builder(config)
-        .stream(stream)
-        .application_name(application)
-        .worker_id(worker)
-        .initial_position(InitialPosition::TrimHorizon)
+    fast(
+        Scheduler::builder(config)
+            .stream(stream)
+            .application_name(application)
+            .worker_id(worker)
+            .initial_position(InitialPosition::TrimHorizon),
+    )
+}
+
+/// The short intervals of [`fast_builder`] on any builder.
+pub fn fast(builder: SchedulerBuilder) -> SchedulerBuilder {
+    builder
         .failover_time(FAILOVER)
         .lease_taker_interval(Duration::from_secs(1))
         .shard_sync_interval(Duration::from_secs(2))
@@ -330,6 +337,23 @@ impl Worker {
     }
 }
 
+/// Sets processors that log into `log` what they get, as `worker`.
+pub fn logging(
+    builder: SchedulerBuilder,
+    worker: &str,
+    log: &Log,
+    behaviour: Behaviour,
+) -> SchedulerBuilder {
+    let factory_log = log.clone();
+    let factory_worker = worker.to_owned();
+    builder.processor_factory(move || LoggingProcessor {
+        worker: factory_worker.clone(),
+        shard: String::new(),
+        log: factory_log.clone(),
+        behaviour,
+    })
+}
+
 /// Starts a worker whose processors log into `log`.
 pub async fn start_worker(
     builder: SchedulerBuilder,
@@ -337,16 +361,7 @@ pub async fn start_worker(
     log: &Log,
     behaviour: Behaviour,
 ) -> TestResult<Worker> {
-    let factory_log = log.clone();
-    let factory_worker = worker.to_owned();
-    let scheduler = builder
-        .worker_id(worker)
-        .processor_factory(move || LoggingProcessor {
-            worker: factory_worker.clone(),
-            shard: String::new(),
-            log: factory_log.clone(),
-            behaviour,
-        })
+    let scheduler = logging(builder.worker_id(worker), worker, log, behaviour)
         .build()
         .await?;
     let shutdown = scheduler.shutdown_handle();

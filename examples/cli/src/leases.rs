@@ -120,8 +120,20 @@ fn parse_position(value: &str) -> Result<ExtendedSequenceNumber, Error> {
 }
 
 /// Milliseconds the shard's tip is ahead of the checkpoint, when Kinesis can tell.
+/// In a multi-stream table only the leases of `stream` (matched by name) have one.
 async fn lag(client: &aws_sdk_kinesis::Client, stream: &str, lease: &Lease) -> Option<i64> {
-    let request = client.get_shard_iterator().shard_id(&lease.lease_key);
+    let shard = match &lease.multi_stream {
+        None => lease.lease_key.as_str(),
+        Some((identifier, shard)) => {
+            let name = identifier.split(':').nth(1)?;
+            let given = stream.rsplit('/').next().unwrap_or(stream);
+            if name != given {
+                return None;
+            }
+            shard.as_str()
+        }
+    };
+    let request = client.get_shard_iterator().shard_id(shard);
     let request = if stream.starts_with("arn:") {
         request.stream_arn(stream)
     } else {

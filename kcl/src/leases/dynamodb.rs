@@ -59,6 +59,10 @@ pub mod attributes {
     pub const HANDOFF_ACCEPTED_BY: &str = "handoffAcceptedBy";
     /// The data read from the shard, KiB per second (Java KCL 3).
     pub const THROUGHPUT_KBPS: &str = "throughputKBps";
+    /// The stream identifier (`account:stream:creationEpoch`) of a multi-stream lease.
+    pub const STREAM_NAME: &str = "streamName";
+    /// The shard id of a multi-stream lease.
+    pub const SHARD_ID: &str = "shardId";
 }
 
 use attributes::*;
@@ -469,6 +473,10 @@ pub fn lease_to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
             AttributeValue::N(throughput.to_string()),
         );
     }
+    if let Some((stream, shard)) = &lease.multi_stream {
+        item.insert(STREAM_NAME.into(), AttributeValue::S(stream.clone()));
+        item.insert(SHARD_ID.into(), AttributeValue::S(shard.clone()));
+    }
     item
 }
 
@@ -563,6 +571,7 @@ pub fn lease_from_item(item: &HashMap<String, AttributeValue>) -> Result<Lease, 
             .and_then(|v| v.as_n().ok())
             .and_then(|n| n.parse::<f64>().ok())
             .filter(|t| t.is_finite()),
+        multi_stream: string(STREAM_NAME)?.zip(string(SHARD_ID)?),
     })
 }
 
@@ -991,6 +1000,10 @@ mod tests {
         lease.handoff_counter = Some(12);
         lease.handoff_accepted_by = Some("worker-a".into());
         lease.throughput_kbps = Some(12.5);
+        lease.multi_stream = Some((
+            "123456789012:orders:1700000000".into(),
+            "shardId-000000000001".into(),
+        ));
         let item = lease_to_item(&lease);
         assert_eq!(
             item.get(CHECKPOINT_OWNER),

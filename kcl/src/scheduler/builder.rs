@@ -733,7 +733,7 @@ fn validate(config: &SchedulerConfig) -> Result<(), SchedulerError> {
 /// The host name as the operating system reports it (not `$HOSTNAME`, which only
 /// interactive shells set), the process id and a random suffix: stable enough to tell in
 /// the lease table which machine and process hold a lease, unique across restarts.
-fn default_worker_id() -> String {
+pub(crate) fn default_worker_id() -> String {
     let host = gethostname::gethostname()
         .into_string()
         .ok()
