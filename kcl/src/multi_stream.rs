@@ -416,7 +416,14 @@ impl MultiStreamScheduler {
         loop {
             tokio::select! {
                 _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
-                _ = poll.tick() => self.poll(&mut running, &mut tasks).await,
+                _ = poll.tick() => {
+                    // A poll (the tracker, a stream's description, its lease table) that
+                    // hangs does not hold up a shutdown; cancelled, it starts nothing.
+                    tokio::select! {
+                        _ = self.poll(&mut running, &mut tasks) => {}
+                        _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
+                    }
+                }
                 Some((stream, result)) = tasks.next() => {
                     let identifier = running.remove(&stream).map(|r| r.identifier);
                     match result {
@@ -455,7 +462,18 @@ impl MultiStreamScheduler {
     }
 
     async fn poll(&self, running: &mut HashMap<String, Running>, tasks: &mut Tasks) {
-        let wanted = self.tracker.streams().await;
+        let wanted = match tokio::time::timeout(
+            self.kinesis_request_timeout,
+            self.tracker.streams(),
+        )
+        .await
+        {
+            Ok(wanted) => wanted,
+            Err(_) => {
+                tracing::warn!(timeout = ?self.kinesis_request_timeout, "the stream tracker did not answer; asking again at the next stream poll");
+                return;
+            }
+        };
         for (stream, consuming) in running.iter() {
             if !wanted.iter().any(|w| &w.stream == stream) {
                 tracing::info!(%stream, identifier = %consuming.identifier, "stream no longer tracked: shutting it down");
@@ -543,6 +561,42 @@ impl Tasks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tracker that never answers.
+    struct Hanging;
+
+    #[async_trait]
+    impl StreamTracker for Hanging {
+        async fn streams(&self) -> Vec<StreamConfig> {
+            std::future::pending().await
+        }
+    }
+
+    /// A tracker that hangs costs one poll (the call times out) and never holds up a
+    /// shutdown.
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_tracker_does_not_hold_up_a_shutdown() {
+        let sdk_config = SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_types::region::Region::new("us-east-1"))
+            .build();
+        let scheduler = MultiStreamScheduler::builder(&sdk_config)
+            .application_name("app")
+            .tracker(Hanging)
+            .configure_stream(|_, builder| builder)
+            .lease_store(Arc::new(crate::leases::MemoryLeaseStore::new()))
+            .build()
+            .await
+            .unwrap();
+        let stop = scheduler.shutdown_handle();
+        let run = tokio::spawn(scheduler.run());
+        tokio::time::sleep(Duration::from_secs(95)).await;
+        assert!(!run.is_finished());
+        let asked = tokio::time::Instant::now();
+        stop.shutdown();
+        run.await.unwrap().unwrap();
+        assert!(asked.elapsed() < Duration::from_millis(10));
+    }
 
     #[test]
     fn identifiers_read_and_write_the_java_kcl_form() {
