@@ -166,3 +166,137 @@ async fn one_worker_consumes_streams_added_and_removed_at_run_time() -> TestResu
     assert!(table.iter().all(|l| l.lease_owner.is_none()), "{table:?}");
     Ok(())
 }
+
+/// Two multi-stream workers share two streams; when one stops tracking a stream, its
+/// leases of that stream go to the worker still consuming it (offered and handed over at
+/// once, not left to expire), and nothing is delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_one_worker_stops_tracking_moves_to_the_other() -> TestResult {
+    let config = sdk_config().await?;
+    let kinesis = aws_sdk_kinesis::Client::new(&config);
+    let app = unique_name("kcl-multi2-app");
+    let (orders, clicks) = (
+        unique_name("kcl-multi2-orders"),
+        unique_name("kcl-multi2-clicks"),
+    );
+    create_stream(&kinesis, &orders, 2).await?;
+    create_stream(&kinesis, &clicks, 2).await?;
+    let order_records = keyed_records("orders", 40, 4);
+    put_records(&kinesis, &orders, &order_records).await?;
+
+    let log = Log::default();
+    let both = vec![
+        StreamConfig::new(&orders, InitialPosition::TrimHorizon),
+        StreamConfig::new(&clicks, InitialPosition::TrimHorizon),
+    ];
+    let start = |worker: &'static str, streams: Streams| {
+        let (config, app, log) = (config.clone(), app.clone(), log.clone());
+        async move {
+            let scheduler = MultiStreamScheduler::builder(&config)
+                .application_name(&app)
+                .worker_id(worker)
+                .tracker(streams)
+                .stream_poll_interval(Duration::from_millis(500))
+                .configure_stream(move |_, builder| {
+                    logging(fast(builder), worker, &log, Behaviour::default())
+                })
+                .build()
+                .await?;
+            let stop = scheduler.shutdown_handle();
+            TestResult::Ok((stop, tokio::spawn(scheduler.run())))
+        }
+    };
+    let (w1_streams, w2_streams) = (Streams::default(), Streams::default());
+    w1_streams.set(both.clone());
+    w2_streams.set(both);
+    let (stop1, task1) = start("w1", w1_streams.clone()).await?;
+    let (stop2, task2) = start("w2", w2_streams).await?;
+    let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&config), &app);
+    let owners_of = |stream: String| {
+        let store = store.clone();
+        async move {
+            let table = store.list_leases().await?;
+            TestResult::Ok(
+                table
+                    .into_iter()
+                    .filter(|l| l.lease_key.contains(&format!(":{stream}:")))
+                    // During a handoff the lease is still on its way.
+                    .map(|l| l.lease_owner.filter(|_| l.checkpoint_owner.is_none()))
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    wait_for(
+        "2 + 2 leases, one of each stream per worker",
+        Duration::from_secs(60),
+        || async {
+            let mut orders_owners = owners_of(orders.clone()).await?;
+            let mut clicks_owners = owners_of(clicks.clone()).await?;
+            orders_owners.sort();
+            clicks_owners.sort();
+            let split = vec![Some("w1".to_owned()), Some("w2".to_owned())];
+            Ok((orders_owners == split && clicks_owners == split).then_some(()))
+        },
+    )
+    .await?;
+
+    // w1 stops tracking clicks: its clicks lease goes to w2 at once.
+    let w1_clicks = store
+        .list_leases()
+        .await?
+        .into_iter()
+        .find(|l| l.lease_key.contains(&format!(":{clicks}:")) && l.is_owned_by("w1"))
+        .ok_or("w1 holds no clicks lease")?;
+    w1_streams.set(vec![StreamConfig::new(
+        &orders,
+        InitialPosition::TrimHorizon,
+    )]);
+    let moved = std::time::Instant::now();
+    wait_for(
+        "w2 holds both clicks leases",
+        Duration::from_secs(30),
+        || async {
+            let owners = owners_of(clicks.clone()).await?;
+            Ok(owners
+                .iter()
+                .all(|o| o.as_deref() == Some("w2"))
+                .then_some(()))
+        },
+    )
+    .await?;
+    println!(
+        "clicks moved to w2 {:.2?} after w1 stopped tracking it",
+        moved.elapsed()
+    );
+    let after = store
+        .get_lease(&w1_clicks.lease_key)
+        .await?
+        .ok_or("lease gone")?;
+    assert!(
+        after.handoff_counter.is_some() && after.handoff_counter != w1_clicks.handoff_counter,
+        "handed over (a release or an expiry leaves no new handoff counter): {after:?}"
+    );
+    let click_records = keyed_records("clicks", 40, 4);
+    put_records(&kinesis, &clicks, &click_records).await?;
+    wait_for("every record", Duration::from_secs(60), || async {
+        Ok((log.distinct_payloads() >= order_records.len() + click_records.len()).then_some(()))
+    })
+    .await?;
+    let late: Vec<_> = log
+        .delivered()
+        .into_iter()
+        .filter(|d| d.data.starts_with(b"clicks") && d.worker == "w1")
+        .collect();
+    assert!(late.is_empty(), "w1 no longer reads clicks: {late:?}");
+    stop1.shutdown();
+    stop2.shutdown();
+    task1.await??;
+    task2.await??;
+    assert_per_key_order(&log);
+    assert_eq!(
+        log.delivered().len(),
+        order_records.len() + click_records.len(),
+        "nothing delivered twice"
+    );
+    Ok(())
+}
