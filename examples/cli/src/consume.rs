@@ -150,6 +150,10 @@ pub struct Args {
     /// Most records per GetRecords call (Java KCL default 10,000; polling only).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_records: i32,
+    /// Lag-aware pauses between GetRecords calls (group mode, polling only): 200 ms while
+    /// behind, doubling from `--idle-between-reads` up to 10 s on a quiet shard.
+    #[arg(long, conflicts_with_all = ["fan_out", "shard"])]
+    pub lag_aware: bool,
 }
 
 /// Runs `kinesis consume` until it stops (see the module documentation).
@@ -198,9 +202,14 @@ async fn run_group(args: Args, app: String) -> Result<(), Error> {
         // kept at exit.
         builder.fan_out()
     } else {
-        builder
+        let builder = builder
             .idle_time_between_reads(args.idle_between_reads)
-            .max_records(args.max_records)
+            .max_records(args.max_records);
+        if args.lag_aware {
+            builder.lag_aware_polling(kinesis_consumer::LagAwarePolling::default())
+        } else {
+            builder
+        }
     };
     // The processors need the shutdown handle, which exists once the scheduler is built:
     // the factory reads it from here.

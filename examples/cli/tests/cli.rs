@@ -109,8 +109,12 @@ async fn produce_then_two_consumers_then_leases() {
     let mut workers = Vec::new();
     for worker in ["w1", "w2"] {
         let path = dir.join(format!("{worker}.jsonl"));
-        let child = kinesis(&["consume"])
-            .await
+        let mut command = kinesis(&["consume"]).await;
+        if worker == "w2" {
+            // Lag-aware pauses lose nothing either.
+            command.arg("--lag-aware");
+        }
+        let child = command
             .args(["--stream", &stream, "--app", &app, "--worker-id", worker])
             .args([
                 "--output",
