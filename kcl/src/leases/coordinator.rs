@@ -814,10 +814,10 @@ impl LeaseCoordinator {
         if self.config.graceful_handoff_timeout.is_none() {
             return;
         }
+        let mut live = self.live_candidates().await;
         let now = Instant::now();
         let mut offers = Vec::new();
         {
-            let mut live = self.live_workers.lock().unwrap_or_else(|e| e.into_inner());
             for held in self.held_leases() {
                 if held.is_lost()
                     || held.is_handoff_requested()
@@ -837,6 +837,40 @@ impl LeaseCoordinator {
             }
         }
         join_all(offers.iter().map(|(held, to)| held.offer(to))).await;
+    }
+
+    /// The workers a lease may be offered to, with the leases each holds: the owners of
+    /// unfinished leases in a fresh listing of the table (a worker that joined since the
+    /// last taker round included), but for owners whose lease this worker has seen
+    /// unchanged for the failover time (presumed dead). The last taker round's view when
+    /// the listing fails. An owner that is not running does not accept, which costs the
+    /// accept wait, not the lease.
+    async fn live_candidates(&self) -> BTreeMap<String, usize> {
+        let me = self.config.worker_id.as_str();
+        let listed = timed(self.config.request_timeout(), self.store.list_leases()).await;
+        let Ok(leases) = listed else {
+            return self
+                .live_workers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+        };
+        let now = Instant::now();
+        let observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut candidates: BTreeMap<String, usize> = BTreeMap::new();
+        for lease in leases.iter().filter(|l| !l.is_finished()) {
+            let Some(owner) = lease.lease_owner.as_deref().filter(|o| *o != me) else {
+                continue;
+            };
+            let stale = observed.get(&lease.lease_key).is_some_and(|seen| {
+                seen.counter == lease.lease_counter
+                    && now.duration_since(seen.changed_at) > self.config.failover_time
+            });
+            if !stale {
+                *candidates.entry(owner.to_owned()).or_default() += 1;
+            }
+        }
+        candidates
     }
 
     /// Cancels the handoffs to this worker under way and releases the leases the table

@@ -1256,3 +1256,22 @@ async fn a_hot_shards_worker_ends_with_fewer_leases_and_the_fleet_comes_to_rest(
     }
     assert_eq!(quiet.moves, moves, "moves at rest: {:?}", quiet.counts());
 }
+
+/// A worker that joined after the stopping worker's last taker round is offered leases
+/// too: the stopping worker lists the table afresh.
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_joined_since_the_last_taker_round_is_offered_leases() {
+    let (store, a, b) = two_workers(2, Some(Duration::from_secs(30))).await;
+    let moved = b.take_leases().await.unwrap().handoffs_requested[0].clone();
+    tokio::time::advance(TICK).await;
+    a.renew_leases().await;
+    a.release_lease(&moved).await.unwrap();
+    assert_eq!(b.discover().await, vec![moved]);
+    // No taker round of a's has seen b.
+    let kept = a.held_leases()[0].key().to_owned();
+    a.begin_shutdown().await;
+    assert_eq!(owners(&*store, &kept).await, [named("b"), named("a"), None]);
+    b.discover().await;
+    a.release_lease(&kept).await.unwrap();
+    assert_eq!(b.discover().await, vec![kept]);
+}
