@@ -452,13 +452,7 @@ impl MultiStreamScheduler {
         F: std::future::Future + Send,
     {
         let handle = self.shutdown_handle();
-        let run = self.run();
-        tokio::pin!(run);
-        tokio::select! {
-            result = &mut run => return result,
-            _ = signal => handle.shutdown(),
-        }
-        run.await
+        crate::scheduler::run_until_signal(self.run(), handle, signal).await
     }
 
     async fn poll(&self, running: &mut HashMap<String, Running>, tasks: &mut Tasks) {

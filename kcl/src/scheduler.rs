@@ -29,6 +29,24 @@ pub use builder::{SchedulerBuilder, SchedulerConfig};
 /// each round runs on its own (a hung call never delays the next round; a lease whose
 /// renewal is still running is skipped), and a round that starts late says so, since it
 /// means the runtime is starved (a record processor blocking a thread).
+/// Runs `run` until `signal` completes, then asks it to stop through `handle` and waits
+/// for it.
+pub(crate) async fn run_until_signal<F>(
+    run: impl std::future::Future<Output = Result<(), SchedulerError>>,
+    handle: ShutdownHandle,
+    signal: F,
+) -> Result<(), SchedulerError>
+where
+    F: std::future::Future + Send,
+{
+    tokio::pin!(run);
+    tokio::select! {
+        result = &mut run => return result,
+        _ = signal => handle.shutdown(),
+    }
+    run.await
+}
+
 /// How often a worker looks for the completion of a handoff to it that is under way.
 const HANDOFF_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -612,13 +630,7 @@ impl Scheduler {
         F: std::future::Future + Send,
     {
         let handle = self.shutdown_handle();
-        let run = self.run();
-        tokio::pin!(run);
-        tokio::select! {
-            result = &mut run => return result,
-            _ = signal => handle.shutdown(),
-        }
-        run.await
+        run_until_signal(self.run(), handle, signal).await
     }
 
     /// Acts on how a shard consumer finished; returns whether its shard ended.

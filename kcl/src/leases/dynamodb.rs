@@ -267,14 +267,16 @@ impl DynamoDbLeaseStore {
         Ok(())
     }
 
-    /// An update of a handoff's owner fields, without a counter bump. Condition: the
-    /// handoff from `:from` to `:to` is still under way.
+    /// An update of a handoff's owner fields (`:to` is the worker the lease goes to, `:from`
+    /// its holder), without a counter bump. Condition: that handoff is still under way.
     async fn owner_fields_update(
         &self,
         lease: &Lease,
         update: &str,
-        values: HashMap<String, AttributeValue>,
     ) -> Result<Lease, LeaseStoreError> {
+        let (Some(to), Some(from)) = (&lease.lease_owner, &lease.checkpoint_owner) else {
+            return Err(LeaseStoreError::ConditionFailed(lease.lease_key.clone()));
+        };
         let result = self
             .client
             .update_item()
@@ -285,7 +287,8 @@ impl DynamoDbLeaseStore {
             .expression_attribute_names("#owner", LEASE_OWNER)
             .expression_attribute_names("#checkpoint_owner", CHECKPOINT_OWNER)
             .expression_attribute_names("#accepted", HANDOFF_ACCEPTED_BY)
-            .set_expression_attribute_values(Some(values))
+            .expression_attribute_values(":to", AttributeValue::S(to.clone()))
+            .expression_attribute_values(":from", AttributeValue::S(from.clone()))
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
             .send()
             .await
@@ -799,31 +802,13 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn accept_handoff(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
-        let (Some(to), Some(from)) = (&lease.lease_owner, &lease.checkpoint_owner) else {
-            return Err(LeaseStoreError::ConditionFailed(lease.lease_key.clone()));
-        };
-        self.owner_fields_update(
-            lease,
-            "SET #accepted = :to",
-            HashMap::from([
-                (":to".to_owned(), AttributeValue::S(to.clone())),
-                (":from".to_owned(), AttributeValue::S(from.clone())),
-            ]),
-        )
-        .await
+        self.owner_fields_update(lease, "SET #accepted = :to").await
     }
 
     async fn cancel_handoff(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
-        let (Some(to), Some(from)) = (&lease.lease_owner, &lease.checkpoint_owner) else {
-            return Err(LeaseStoreError::ConditionFailed(lease.lease_key.clone()));
-        };
         self.owner_fields_update(
             lease,
             "SET #owner = :from REMOVE #checkpoint_owner, #accepted",
-            HashMap::from([
-                (":to".to_owned(), AttributeValue::S(to.clone())),
-                (":from".to_owned(), AttributeValue::S(from.clone())),
-            ]),
         )
         .await
     }

@@ -101,49 +101,57 @@ impl MemoryLeaseStore {
         result
     }
 
+    /// Applies `change` to the lease with `lease`'s key if `holds` for it as stored.
+    fn update_if(
+        &self,
+        lease: &Lease,
+        holds: impl FnOnce(&Lease) -> bool,
+        change: impl FnOnce(&mut Lease),
+    ) -> Result<Lease, LeaseStoreError> {
+        self.with(|leases| {
+            let current = leases
+                .get_mut(&lease.lease_key)
+                .filter(|c| holds(c))
+                .ok_or_else(|| LeaseStoreError::ConditionFailed(lease.lease_key.clone()))?;
+            change(current);
+            Ok(current.clone())
+        })
+    }
+
+    /// Bumps the counter after `change`. Condition: counter (and, with `check_owner`, both
+    /// owner attributes) unchanged.
     fn conditional(
         &self,
         lease: &Lease,
         check_owner: bool,
         change: impl FnOnce(&mut Lease),
     ) -> Result<Lease, LeaseStoreError> {
-        self.with(|leases| {
-            let current = leases
-                .get_mut(&lease.lease_key)
-                .filter(|c| {
-                    c.lease_counter == lease.lease_counter
-                        && (!check_owner
-                            || (c.lease_owner == lease.lease_owner
-                                && c.checkpoint_owner == lease.checkpoint_owner))
-                })
-                .ok_or_else(|| LeaseStoreError::ConditionFailed(lease.lease_key.clone()))?;
-            change(current);
-            current.lease_counter += 1;
-            Ok(current.clone())
-        })
+        self.update_if(
+            lease,
+            |c| c.lease_counter == lease.lease_counter && (!check_owner || same_owners(c, lease)),
+            |current| {
+                change(current);
+                current.lease_counter += 1;
+            },
+        )
     }
-}
 
-impl MemoryLeaseStore {
     /// Changes the owner fields of a handoff under way, without a counter bump.
     fn handoff_fields(
         &self,
         lease: &Lease,
         change: impl FnOnce(&mut Lease),
     ) -> Result<Lease, LeaseStoreError> {
-        self.with(|leases| {
-            let current = leases
-                .get_mut(&lease.lease_key)
-                .filter(|c| {
-                    c.checkpoint_owner.is_some()
-                        && c.lease_owner == lease.lease_owner
-                        && c.checkpoint_owner == lease.checkpoint_owner
-                })
-                .ok_or_else(|| LeaseStoreError::ConditionFailed(lease.lease_key.clone()))?;
-            change(current);
-            Ok(current.clone())
-        })
+        self.update_if(
+            lease,
+            |c| c.checkpoint_owner.is_some() && same_owners(c, lease),
+            change,
+        )
     }
+}
+
+fn same_owners(a: &Lease, b: &Lease) -> bool {
+    a.lease_owner == b.lease_owner && a.checkpoint_owner == b.checkpoint_owner
 }
 
 #[async_trait]
@@ -203,19 +211,18 @@ impl LeaseStore for MemoryLeaseStore {
     }
 
     async fn request_handoff(&self, lease: &Lease, to: &str) -> Result<Lease, LeaseStoreError> {
-        self.with(|leases| {
-            let current = leases
-                .get_mut(&lease.lease_key)
-                .filter(|c| {
-                    c.lease_owner.is_some()
-                        && c.lease_owner == lease.lease_owner
-                        && c.checkpoint_owner.is_none()
-                })
-                .ok_or_else(|| LeaseStoreError::ConditionFailed(lease.lease_key.clone()))?;
-            current.checkpoint_owner = current.lease_owner.replace(to.to_owned());
-            current.handoff_accepted_by = None;
-            Ok(current.clone())
-        })
+        self.update_if(
+            lease,
+            |c| {
+                c.lease_owner.is_some()
+                    && c.lease_owner == lease.lease_owner
+                    && c.checkpoint_owner.is_none()
+            },
+            |current| {
+                current.checkpoint_owner = current.lease_owner.replace(to.to_owned());
+                current.handoff_accepted_by = None;
+            },
+        )
     }
 
     async fn accept_handoff(&self, lease: &Lease) -> Result<Lease, LeaseStoreError> {
