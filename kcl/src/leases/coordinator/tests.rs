@@ -1275,3 +1275,41 @@ async fn a_worker_that_joined_since_the_last_taker_round_is_offered_leases() {
     a.release_lease(&kept).await.unwrap();
     assert_eq!(b.discover().await, vec![kept]);
 }
+
+/// The shutdown's fresh listing of the table failing: the last taker round's view of the
+/// live workers is used, and the lease is still offered and handed over.
+#[tokio::test(start_paused = true)]
+async fn a_failing_listing_at_shutdown_falls_back_to_the_last_taker_round() {
+    use crate::test_util::{Fault, FaultRule, FaultyLeaseStore, Operation};
+    let memory = Arc::new(MemoryLeaseStore::new());
+    let faulty = Arc::new(FaultyLeaseStore::new(memory.clone()));
+    let (a, b, ka, _) = balanced(faulty.clone()).await;
+    faulty.inject(FaultRule::new([Operation::ListLeases], Fault::ServerError));
+    a.begin_shutdown().await;
+    assert_eq!(owners(&*memory, &ka).await, [named("b"), named("a"), None]);
+    b.discover().await;
+    a.release_lease(&ka).await.unwrap();
+    assert_eq!(b.discover().await, vec![ka]);
+}
+
+/// A worker shutting down whose cancellation of an accepted offer was applied but whose
+/// answer was lost (the SDK's retry then fails its condition): it reads the lease again,
+/// sees it is no longer on its way, and the holder releases the lease.
+#[tokio::test(start_paused = true)]
+async fn a_cancellation_whose_answer_was_lost_still_hands_the_lease_back() {
+    use crate::test_util::{Fault, FaultRule, FaultyLeaseStore, Operation};
+    let memory = Arc::new(MemoryLeaseStore::new());
+    let faulty = Arc::new(FaultyLeaseStore::new(memory.clone()));
+    let (a, b, ka, _) = balanced(faulty.clone()).await;
+    a.begin_shutdown().await;
+    b.discover().await;
+    assert_eq!(
+        owners(&*memory, &ka).await,
+        [named("b"), named("a"), named("b")]
+    );
+    faulty.inject(FaultRule::new([Operation::CancelHandoff], Fault::LoseAnswerThenRetry).times(1));
+    b.begin_shutdown().await;
+    assert_eq!(owners(&*memory, &ka).await, [named("a"), None, None]);
+    a.release_lease(&ka).await.unwrap();
+    assert_eq!(owners(&*memory, &ka).await, [None, None, None]);
+}
