@@ -14,7 +14,9 @@ use tracing::Instrument;
 
 use crate::error::{ErrorKind, ServiceError};
 use crate::lease::{ExtendedSequenceNumber, Lease, SequencePosition};
-use crate::leases::{next_take_at, timed, LeaseCoordinator, LeaseStore, LeaseStoreError};
+use crate::leases::{
+    next_take_at, renew_forever, timed, LeaseCoordinator, LeaseStore, LeaseStoreError,
+};
 use crate::processor::ProcessorFactory;
 use crate::retrieval::{list_shards, FanOutError, FetchError, FetchOptions};
 use crate::shard_consumer::{Retrieval, ShardConsumer, ShardOutcome};
@@ -25,10 +27,6 @@ pub(crate) mod builder;
 
 pub use builder::{SchedulerBuilder, SchedulerConfig};
 
-/// Renews the held leases every `interval` on this task, apart from the scheduler's loop:
-/// each round runs on its own (a hung call never delays the next round; a lease whose
-/// renewal is still running is skipped), and a round that starts late says so, since it
-/// means the runtime is starved (a record processor blocking a thread).
 /// Runs `run` until `signal` completes, then asks it to stop through `handle` and waits
 /// for it.
 pub(crate) async fn run_until_signal<F>(
@@ -49,26 +47,6 @@ where
 
 /// How often a worker looks for the completion of a handoff to it that is under way.
 const HANDOFF_POLL_INTERVAL: Duration = Duration::from_millis(100);
-
-async fn renew_forever(coordinator: Arc<LeaseCoordinator>, interval: Duration) {
-    let mut rounds = JoinSet::new();
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut expected = Instant::now();
-    loop {
-        tick.tick().await;
-        let late = expected.elapsed();
-        if late > interval / 2 {
-            tracing::warn!(?late, "lease renewal ran late: the runtime is starved (does a record processor block a thread? offload blocking work with tokio::task::spawn_blocking)");
-        }
-        expected = Instant::now() + interval;
-        while rounds.try_join_next().is_some() {}
-        let coordinator = coordinator.clone();
-        rounds.spawn(async move {
-            coordinator.renew_leases().await;
-        });
-    }
-}
 
 /// Where a new application starts reading shards that have no lease yet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

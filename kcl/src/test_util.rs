@@ -24,7 +24,7 @@ use crate::leases::{CheckpointUpdate, LeaseStore, LeaseStoreError};
 pub use crate::lease::compare_sequence_numbers;
 /// The lease item (de)serializers of the DynamoDB store and its attribute names, for
 /// fuzzing and for tests that write items by hand.
-pub use crate::leases::dynamodb::{attributes, lease_from_item, lease_to_item};
+pub use crate::leases::dynamodb::codec::{attributes, lease_from_item, lease_to_item};
 
 /// One [`LeaseStore`] operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

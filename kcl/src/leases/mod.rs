@@ -9,6 +9,7 @@ mod memory;
 mod store;
 mod table;
 
+pub(crate) use coordinator::renewer::renew_forever;
 pub use coordinator::ThroughputBalancing;
 pub(crate) use coordinator::{next_take_at, HeldLease, LeaseCoordinator, LeaseCoordinatorConfig};
 pub use dynamodb::DynamoDbLeaseStore;
