@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 pub use super::held::HeldLease;
 use super::held::{timed, LeaseTiming};
+use super::liveness::Liveness;
 use super::store::{LeaseStore, LeaseStoreError};
 use crate::lease::Lease;
 use crate::metrics::LeaseMetrics;
@@ -161,7 +162,11 @@ pub struct LeaseCoordinator {
     live_workers: Mutex<BTreeMap<String, usize>>,
     /// Set when this worker begins shutting down: it accepts no more offers.
     stopping: std::sync::atomic::AtomicBool,
-    handoff_notify: Arc<Notify>,
+    /// Told when a lease is taken or a handoff is asked of this worker (the scheduler then
+    /// starts or stops shard consumers).
+    changes: Arc<Notify>,
+    /// This worker's own liveness (a worker-wide deadline when a leader assigns leases).
+    liveness: Arc<Liveness>,
     rng: Mutex<StdRng>,
     metrics: LeaseMetrics,
 }
@@ -175,8 +180,19 @@ impl std::fmt::Debug for LeaseCoordinator {
 }
 
 impl LeaseCoordinator {
-    /// A coordinator holding nothing yet.
+    /// A coordinator holding nothing yet, whose leases have no worker-wide deadline (every
+    /// worker takes its own leases).
     pub fn new(store: Arc<dyn LeaseStore>, config: LeaseCoordinatorConfig) -> Self {
+        Self::with_liveness(store, config, Arc::new(Liveness::unbounded()))
+    }
+
+    /// A coordinator holding nothing yet, whose leases also end with the worker's
+    /// `liveness`.
+    pub(crate) fn with_liveness(
+        store: Arc<dyn LeaseStore>,
+        config: LeaseCoordinatorConfig,
+        liveness: Arc<Liveness>,
+    ) -> Self {
         let mut hasher = DefaultHasher::new();
         config.worker_id.hash(&mut hasher);
         let metrics = LeaseMetrics::new(&config.worker_id);
@@ -189,7 +205,8 @@ impl LeaseCoordinator {
             pending: Mutex::new(HashMap::new()),
             live_workers: Mutex::new(BTreeMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
-            handoff_notify: Arc::new(Notify::new()),
+            changes: Arc::new(Notify::new()),
+            liveness,
             metrics,
         }
     }
@@ -197,6 +214,16 @@ impl LeaseCoordinator {
     /// The settings.
     pub fn config(&self) -> &LeaseCoordinatorConfig {
         &self.config
+    }
+
+    /// This worker's liveness.
+    pub(crate) fn liveness(&self) -> &Arc<Liveness> {
+        &self.liveness
+    }
+
+    /// The lease table.
+    pub(crate) fn store(&self) -> &Arc<dyn LeaseStore> {
+        &self.store
     }
 
     fn pending_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
@@ -300,6 +327,10 @@ impl LeaseCoordinator {
     /// when taken.
     async fn take_one(&self, lease: &Lease, not_before: Instant, stealing: bool) -> Option<String> {
         let me = self.config.worker_id.as_str();
+        if !self.liveness.is_alive() {
+            tracing::debug!(shard = %lease.lease_key, "not taking a lease: this worker's liveness has lapsed");
+            return None;
+        }
         let sent = Instant::now();
         match timed(
             self.config.request_timeout(),
@@ -317,12 +348,14 @@ impl LeaseCoordinator {
                     me.to_owned(),
                     self.store.clone(),
                     self.timing(),
-                    self.handoff_notify.clone(),
+                    self.changes.clone(),
+                    self.liveness.clone(),
                 );
                 self.held_map().insert(key.clone(), Arc::new(held));
                 self.pending_map().remove(&key);
                 self.held_gauge();
                 self.metrics.taken.increment(1);
+                self.changes.notify_one();
                 Some(key)
             }
             Err(LeaseStoreError::ConditionFailed(_)) => {

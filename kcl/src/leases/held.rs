@@ -33,6 +33,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use super::liveness::Liveness;
 use super::store::{CheckpointUpdate, LeaseStore, LeaseStoreError};
 use crate::lease::{ExtendedSequenceNumber, Lease};
 
@@ -124,6 +125,10 @@ pub struct HeldLease {
     handoff_requested: AtomicBool,
     /// Told when a handoff is requested (shared by the worker's leases).
     handoff_notify: Arc<Notify>,
+    /// The worker's own liveness (a worker-wide deadline when a leader assigns leases).
+    liveness: Arc<Liveness>,
+    /// The liveness epoch the lease was taken in.
+    epoch: u64,
     /// Record data delivered since the last throughput sample.
     delivered_bytes: AtomicU64,
     throughput: Mutex<ThroughputSample>,
@@ -154,8 +159,11 @@ impl HeldLease {
         store: Arc<dyn LeaseStore>,
         timing: LeaseTiming,
         handoff_notify: Arc<Notify>,
+        liveness: Arc<Liveness>,
     ) -> Self {
         HeldLease {
+            epoch: liveness.epoch(),
+            liveness,
             key: lease.lease_key.clone(),
             worker_id,
             store,
@@ -267,7 +275,11 @@ impl HeldLease {
     /// The instant after which this worker no longer acts on the lease unless a renewal
     /// (or another write) moved it.
     pub fn deadline(&self) -> Instant {
-        self.lock().deadline
+        let own = self.lock().deadline;
+        match self.liveness.deadline_for(self.epoch) {
+            Some(worker) => own.min(worker),
+            None => own,
+        }
     }
 
     /// Whether the lease was lost: taken by another worker, released, or past its local

@@ -94,7 +94,7 @@ impl LeaseCoordinator {
     /// Completes when a held lease's handoff was requested (see
     /// [`HeldLease::is_handoff_requested`]).
     pub async fn handoff_requested(&self) {
-        self.handoff_notify.notified().await;
+        self.changes.notified().await;
     }
 
     /// Accepts a lease offered to this worker (by a holder shutting down) while it runs,

@@ -1,0 +1,172 @@
+//! The coordinator tables in memory, with the conditions of the DynamoDB ones.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{CoordinatorStore, LockItem, WorkerRow};
+use crate::leases::store::LeaseStoreError;
+
+/// An in-memory [`CoordinatorStore`].
+#[derive(Debug, Default)]
+pub struct MemoryCoordinatorStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    lock: Option<LockItem>,
+    workers: BTreeMap<String, WorkerRow>,
+}
+
+impl MemoryCoordinatorStore {
+    /// Empty tables.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Every operation replaces whole values: a panic cannot leave one half-written.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of the lock item.
+    pub fn lock_item(&self) -> Option<LockItem> {
+        self.lock().lock.clone()
+    }
+
+    /// A copy of every worker row.
+    pub fn worker_rows(&self) -> Vec<WorkerRow> {
+        self.lock().workers.values().cloned().collect()
+    }
+
+    /// Replaces the lock item as it is (a test's hand-written item, another library's lock).
+    pub fn put_lock_item(&self, lock: Option<LockItem>) {
+        self.lock().lock = lock;
+    }
+
+    /// Replaces a worker row as it is (a test's hand-written row, another library's row).
+    pub fn put_worker_row(&self, row: WorkerRow) {
+        self.lock().workers.insert(row.worker_id.clone(), row);
+    }
+}
+
+fn condition_failed(key: &str) -> LeaseStoreError {
+    LeaseStoreError::ConditionFailed(key.to_owned())
+}
+
+#[async_trait]
+impl CoordinatorStore for MemoryCoordinatorStore {
+    async fn create_tables_if_missing(&self) -> Result<(), LeaseStoreError> {
+        Ok(())
+    }
+
+    async fn read_lock(&self) -> Result<Option<LockItem>, LeaseStoreError> {
+        Ok(self.lock().lock.clone())
+    }
+
+    async fn acquire_lock(
+        &self,
+        previous: Option<&LockItem>,
+        lock: &LockItem,
+    ) -> Result<(), LeaseStoreError> {
+        let mut inner = self.lock();
+        let holds = match (&inner.lock, previous) {
+            (None, None) => true,
+            (Some(current), Some(previous)) => current.record_version == previous.record_version,
+            _ => false,
+        };
+        if !holds {
+            return Err(condition_failed(super::LEADER_LOCK_KEY));
+        }
+        inner.lock = Some(lock.clone());
+        Ok(())
+    }
+
+    async fn renew_lock(
+        &self,
+        current: &LockItem,
+        renewed: &LockItem,
+    ) -> Result<(), LeaseStoreError> {
+        let mut inner = self.lock();
+        match &mut inner.lock {
+            Some(item)
+                if item.record_version == current.record_version && item.owner == current.owner =>
+            {
+                item.record_version = renewed.record_version.clone();
+                item.lease_duration = renewed.lease_duration;
+                item.successors = renewed.successors.clone();
+                Ok(())
+            }
+            _ => Err(condition_failed(super::LEADER_LOCK_KEY)),
+        }
+    }
+
+    async fn release_lock(&self, current: &LockItem) -> Result<(), LeaseStoreError> {
+        let mut inner = self.lock();
+        match &inner.lock {
+            Some(item)
+                if item.record_version == current.record_version && item.owner == current.owner =>
+            {
+                inner.lock = None;
+                Ok(())
+            }
+            _ => Err(condition_failed(super::LEADER_LOCK_KEY)),
+        }
+    }
+
+    async fn read_worker(&self, worker_id: &str) -> Result<Option<WorkerRow>, LeaseStoreError> {
+        Ok(self.lock().workers.get(worker_id).cloned())
+    }
+
+    async fn write_worker(
+        &self,
+        row: &WorkerRow,
+        previous: Option<&WorkerRow>,
+    ) -> Result<(), LeaseStoreError> {
+        let mut inner = self.lock();
+        let current = inner.workers.get(&row.worker_id);
+        let holds = match (current, previous) {
+            (None, None) => true,
+            (Some(current), Some(previous)) => {
+                current.heartbeat == previous.heartbeat && current.fenced_at == previous.fenced_at
+            }
+            _ => false,
+        };
+        if !holds {
+            return Err(condition_failed(&row.worker_id));
+        }
+        inner.workers.insert(row.worker_id.clone(), row.clone());
+        Ok(())
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerRow>, LeaseStoreError> {
+        Ok(self.worker_rows())
+    }
+
+    async fn fence_worker(&self, worker_id: &str, heartbeat: u64) -> Result<(), LeaseStoreError> {
+        let mut inner = self.lock();
+        match inner.workers.get_mut(worker_id) {
+            Some(row) if row.heartbeat == Some(heartbeat) => {
+                row.fenced_at = Some(heartbeat);
+                Ok(())
+            }
+            _ => Err(condition_failed(worker_id)),
+        }
+    }
+
+    async fn delete_worker(&self, row: &WorkerRow) -> Result<(), LeaseStoreError> {
+        let mut inner = self.lock();
+        match inner.workers.get(&row.worker_id) {
+            Some(current)
+                if current.heartbeat == row.heartbeat
+                    && current.last_update_epoch_seconds == row.last_update_epoch_seconds =>
+            {
+                inner.workers.remove(&row.worker_id);
+                Ok(())
+            }
+            _ => Err(condition_failed(&row.worker_id)),
+        }
+    }
+}
