@@ -265,7 +265,8 @@ impl Checkpointer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::leases::{LeaseCoordinator, LeaseCoordinatorConfig, LeaseStore, MemoryLeaseStore};
+    use crate::leases::coordinator::LeaseCoordinator;
+    use crate::leases::{LeaseCoordinatorConfig, LeaseStore, MemoryLeaseStore};
 
     async fn setup() -> (Arc<MemoryLeaseStore>, LeaseCoordinator, Checkpointer) {
         let store = Arc::new(MemoryLeaseStore::new());

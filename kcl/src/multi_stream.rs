@@ -22,8 +22,9 @@ use tokio::task::JoinSet;
 pub use store::StreamLeaseStore;
 
 use crate::error::{ErrorKind, ServiceError};
-use crate::leases::{DynamoDbLeaseStore, LeaseStore, LeaseTableConfig};
-use crate::scheduler::builder::default_worker_id;
+use crate::leases::coordination::LEADER_LOCK_KEY;
+use crate::leases::{LeaseStore, LeaseTableConfig};
+use crate::scheduler::builder::{default_worker_id, prepare_lease_store, SharedPresence};
 use crate::scheduler::{InitialPosition, Scheduler, SchedulerBuilder, SchedulerError};
 use crate::stream::StreamRef;
 
@@ -277,22 +278,10 @@ impl MultiStreamSchedulerBuilder {
                 reason: "must be positive".into(),
             });
         }
-        let store: Arc<dyn LeaseStore> = match self.lease_store {
-            Some(store) => store,
-            None => {
-                let table = self
-                    .lease_table
-                    .table_name
-                    .clone()
-                    .unwrap_or_else(|| application.clone());
-                Arc::new(DynamoDbLeaseStore::with_config(
-                    aws_sdk_dynamodb::Client::new(&self.sdk_config),
-                    table,
-                    self.lease_table,
-                ))
-            }
-        };
-        store.create_table_if_missing().await?;
+        let dynamodb = aws_sdk_dynamodb::Client::new(&self.sdk_config);
+        let store =
+            prepare_lease_store(&dynamodb, &application, self.lease_table, self.lease_store)
+                .await?;
         let kinesis = self
             .kinesis_client
             .unwrap_or_else(|| aws_sdk_kinesis::Client::new(&self.sdk_config));
@@ -307,6 +296,7 @@ impl MultiStreamSchedulerBuilder {
             kinesis_request_timeout: self.kinesis_request_timeout,
             stream_poll_interval: self.stream_poll_interval,
             shutdown: Arc::new(watch::channel(false).0),
+            presence: SharedPresence::default(),
         })
     }
 }
@@ -357,6 +347,9 @@ pub struct MultiStreamScheduler {
     kinesis_request_timeout: Duration,
     stream_poll_interval: Duration,
     shutdown: Arc<watch::Sender<bool>>,
+    /// This worker's presence (its row in the worker metrics table), shared by its
+    /// streams; each stream has a leader lock of its own.
+    presence: SharedPresence,
 }
 
 impl std::fmt::Debug for MultiStreamScheduler {
@@ -510,7 +503,11 @@ impl MultiStreamScheduler {
             .worker_id(&self.worker_id)
             .initial_position(config.initial_position)
             .kinesis_client(self.kinesis.clone())
-            .lease_store(store);
+            .lease_store(store)
+            .stream_of_many(
+                self.presence.clone(),
+                format!("{LEADER_LOCK_KEY}:{identifier}"),
+            );
         let scheduler = (self.configure)(&identifier, builder).build().await?;
         Ok((identifier, scheduler))
     }

@@ -1,11 +1,13 @@
 //! The worker: holds its share of the leases, runs one shard consumer per held lease,
 //! keeps the lease table in step with the stream's shards, and shuts down gracefully.
+//!
+//! The loop reacts to the lease layer ([`LeaseWorker`]: a lease taken, a handoff asked),
+//! to shard consumers ending ([`shards`]), to shard sync and parent polls
+//! ([`resharding`]), and to a shutdown request ([`shutdown`]).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use aws_sdk_kinesis::types::{ChildShard, Shard};
 use aws_types::SdkConfig;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -13,19 +15,21 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use crate::error::{ErrorKind, ServiceError};
-use crate::lease::{ExtendedSequenceNumber, Lease, SequencePosition};
-use crate::leases::{
-    next_take_at, renew_forever, timed, LeaseCoordinator, LeaseStore, LeaseStoreError,
-};
+use crate::leases::worker::LeaseWorker;
+use crate::leases::{LeaseStore, LeaseStoreError};
 use crate::processor::ProcessorFactory;
-use crate::retrieval::{list_shards, FanOutError, FetchError, FetchOptions};
-use crate::shard_consumer::{Retrieval, ShardConsumer, ShardOutcome};
-use crate::shard_sync::plan_shard_sync;
+use crate::retrieval::{FanOutError, FetchOptions};
+use crate::shard_consumer::{Retrieval, ShardOutcome};
 use crate::stream::StreamRef;
 
 pub(crate) mod builder;
+mod resharding;
+mod shards;
+mod shutdown;
 
 pub use builder::{SchedulerBuilder, SchedulerConfig};
+use resharding::Resharding;
+use shards::Consumers;
 
 /// Runs `run` until `signal` completes, then asks it to stop through `handle` and waits
 /// for it.
@@ -44,9 +48,6 @@ where
     }
     run.await
 }
-
-/// How often a worker looks for the completion of a handoff to it that is under way.
-const HANDOFF_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Where a new application starts reading shards that have no lease yet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -141,18 +142,27 @@ impl ShutdownHandle {
 
 /// Tells which shards a running [`Scheduler`] holds leases for. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct HeldShards(Arc<LeaseCoordinator>);
+pub struct HeldShards(Arc<LeaseWorker>);
 
 impl HeldShards {
     /// The shard ids whose leases this worker holds now (including leases whose processor
     /// has not started yet, such as a child waiting for its parents).
     pub fn shard_ids(&self) -> Vec<String> {
         self.0
+            .coordinator()
             .held_leases()
             .iter()
             .filter(|held| !held.is_lost())
             .map(|held| held.key().to_owned())
             .collect()
+    }
+
+    /// The worker that leads the assignment of leases, as this worker last saw the lock
+    /// (itself when it leads); `None` without a leader
+    /// ([`Coordination::Workers`](crate::leases::Coordination::Workers)) or before one is
+    /// known.
+    pub fn leader(&self) -> Option<String> {
+        self.0.leader_id()
     }
 }
 
@@ -209,7 +219,7 @@ pub struct Scheduler {
     store: Arc<dyn LeaseStore>,
     kinesis: aws_sdk_kinesis::Client,
     retrieval: Retrieval,
-    coordinator: Arc<LeaseCoordinator>,
+    leases: Arc<LeaseWorker>,
     shutdown: Arc<watch::Sender<bool>>,
 }
 
@@ -221,54 +231,6 @@ impl std::fmt::Debug for Scheduler {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
-}
-
-struct Running {
-    shutdown: watch::Sender<bool>,
-    abort: tokio::task::AbortHandle,
-    /// The checkpoint when the consumer started: a failure after progress starts the
-    /// backoff afresh.
-    started_at: ExtendedSequenceNumber,
-}
-
-/// The state of the main loop.
-#[derive(Default)]
-struct Consumers {
-    tasks: JoinSet<ShardOutcome>,
-    keys: HashMap<tokio::task::Id, String>,
-    running: HashMap<String, Running>,
-    /// Shards not to start before this time (backoff after a failure).
-    retry_after: HashMap<String, Instant>,
-    /// Consecutive failures per shard.
-    failures: HashMap<String, u32>,
-    /// When the parents of a waiting lease were last checked.
-    parents_checked: HashMap<String, Instant>,
-    /// Leases being handed over whose processor was asked to finish: when it is stopped
-    /// (aborted), or, once aborted, when the lease is left to expire.
-    handing_off: HashMap<String, HandoffStage>,
-}
-
-/// Where a graceful handoff of a running shard consumer stands.
-#[derive(Clone, Copy, Debug)]
-enum HandoffStage {
-    /// Asked to finish; aborted at this time if still running.
-    Finishing(Instant),
-    /// Aborted; left to expire at this time if its task has still not ended.
-    Aborted(Instant),
-}
-
-impl HandoffStage {
-    fn at(self) -> Instant {
-        match self {
-            HandoffStage::Finishing(at) | HandoffStage::Aborted(at) => at,
-        }
-    }
-}
-
-/// The shards ListShards showed, and when.
-struct ShardList {
-    at: Instant,
-    ids: HashSet<String>,
 }
 
 impl Scheduler {
@@ -292,7 +254,7 @@ impl Scheduler {
 
     /// A handle that tells which shards this worker holds while it runs.
     pub fn held_shards(&self) -> HeldShards {
-        HeldShards(self.coordinator.clone())
+        HeldShards(self.leases.clone())
     }
 
     /// A handle that stops [`run`](Scheduler::run) gracefully.
@@ -324,107 +286,66 @@ impl Scheduler {
     }
 
     async fn run_in_span(self) -> Result<(), SchedulerError> {
-        let mut background = JoinSet::new();
-        background.spawn(
-            renew_forever(self.coordinator.clone(), self.config.lease_renewal_interval)
-                .in_current_span(),
-        );
-
         let mut consumers = Consumers::default();
+        let mut resharding = Resharding::default();
         let mut shutdown = self.shutdown.subscribe();
-        let mut shards: Option<ShardList> = None;
-        let mut sync_needed = false;
-        let mut leader = true;
-
         let mut stopped_by: Option<SchedulerError> = None;
-        match self.sync_shards(&mut shards).await {
-            Ok(()) => {}
-            Err(error @ SchedulerError::StreamNotFound { .. }) => stopped_by = Some(error),
-            Err(error) => {
-                tracing::warn!(%error, "initial shard sync failed; retrying at the next interval")
+        let mut leadership = self.leases.leadership();
+        if leadership.is_none() {
+            // Every worker takes its own leases: the leases of a new application exist
+            // before the first taker round. (With a leader, the leader syncs.)
+            match self.sync_shards(&mut resharding).await {
+                Ok(()) => {}
+                Err(error @ SchedulerError::StreamNotFound { .. }) => stopped_by = Some(error),
+                Err(error) => {
+                    tracing::warn!(%error, "initial shard sync failed; retrying at the next interval")
+                }
             }
         }
-        // The first taker round at once, then at the taker interval or when the first
-        // observed lease expires (see `next_take_at`).
-        let mut next_take = Instant::now();
+        let mut renewals = JoinSet::new();
+        let mut tasks = JoinSet::new();
+        self.leases.spawn(&mut renewals, &mut tasks);
         let mut sync_tick = tokio::time::interval(self.config.shard_sync_interval);
         let mut parent_tick = tokio::time::interval(self.config.parent_shard_poll_interval);
         for tick in [&mut sync_tick, &mut parent_tick] {
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }
         sync_tick.tick().await;
-
-        let mut discovery_tick = tokio::time::interval(self.config.lease_discovery_interval);
-        discovery_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut wake: Option<Instant> = None;
         while stopped_by.is_none() {
+            let mut sync = false;
             tokio::select! {
                 _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
-                _ = self.coordinator.handoff_requested() => {}
-                _ = discovery_tick.tick() => {
-                    self.coordinator.discover().await;
-                    if self.coordinator.awaiting_handoff() {
-                        // A handoff to this worker completes in a fraction of a second.
-                        discovery_tick.reset_after(
-                            self.config.lease_discovery_interval.min(HANDOFF_POLL_INTERVAL),
-                        );
-                    }
-                }
+                _ = self.leases.changed() => {}
+                _ = became_leader(&mut leadership) => sync = true,
                 _ = async {
                     match wake {
                         Some(at) => tokio::time::sleep_until(at).await,
                         None => std::future::pending().await,
                     }
                 } => {}
-                _ = tokio::time::sleep_until(next_take) => {
-                    next_take = self.take(&mut leader).await;
-                }
-                _ = parent_tick.tick() => {
-                    // A hole (a parent without a lease, a failed child create) is repaired
-                    // without waiting for the periodic sync.
-                    if sync_needed {
-                        match self.sync_shards(&mut shards).await {
-                            Ok(()) => sync_needed = false,
-                            Err(error @ SchedulerError::StreamNotFound { .. }) => {
-                                stopped_by = Some(error);
-                                continue;
-                            }
-                            Err(error) => tracing::warn!(%error, "shard sync failed"),
-                        }
-                    }
-                }
+                // A hole (a parent without a lease, a failed child create) is repaired
+                // without waiting for the periodic sync.
+                _ = parent_tick.tick() => sync = resharding.sync_needed,
+                // Shard sync by one worker at a time: the leader (without one, the worker
+                // whose id sorts first among the owners), or any worker that saw a hole.
                 _ = sync_tick.tick() => {
-                    // Shard sync by one worker at a time: the one whose id sorts first
-                    // among the owners in the last taker round (every worker when nobody
-                    // owns anything yet), or any worker that saw a hole.
-                    if leader || sync_needed {
-                        match self.sync_shards(&mut shards).await {
-                            Ok(()) => sync_needed = false,
-                            Err(error @ SchedulerError::StreamNotFound { .. }) => {
-                                stopped_by = Some(error);
-                                continue;
-                            }
-                            Err(error) => tracing::warn!(%error, "shard sync failed"),
-                        }
-                    }
+                    sync = self.leases.leads_shard_sync() || resharding.sync_needed;
                 }
                 Some(done) = consumers.tasks.join_next_with_id() => {
                     let (id, outcome) = match done {
                         Ok((id, outcome)) => (id, Ok(outcome)),
                         Err(error) => (error.id(), Err(error)),
                     };
-                    let Some(key) = consumers.keys.remove(&id) else { continue };
-                    let running = consumers.running.remove(&key);
-                    if consumers.handing_off.remove(&key).is_some()
-                        && !matches!(outcome, Ok(ShardOutcome::Ended(_)))
-                    {
+                    let Some((key, running, handoff)) = consumers.ended(id) else { continue };
+                    if handoff.is_some() && !matches!(outcome, Ok(ShardOutcome::Ended(_))) {
                         self.release(&key).await;
                         continue;
                     }
                     let ended = match outcome {
                         Ok(outcome) => {
                             match self
-                                .finished(&key, outcome, running, &mut consumers, &mut sync_needed)
+                                .finished(&key, outcome, running, &mut consumers, &mut resharding)
                                 .await
                             {
                                 Ok(ended) => ended,
@@ -441,164 +362,29 @@ impl Scheduler {
                         }
                     };
                     if ended {
-                        // The children's leases were just created: take them now rather
-                        // than at the next taker round.
-                        next_take = self.take(&mut leader).await;
+                        // The children's leases were just created.
+                        self.leases.leases_created();
                     }
                 }
             }
+            if sync {
+                match self.sync_shards(&mut resharding).await {
+                    Ok(()) => {}
+                    Err(error @ SchedulerError::StreamNotFound { .. }) => {
+                        stopped_by = Some(error);
+                        continue;
+                    }
+                    Err(error) => tracing::warn!(%error, "shard sync failed"),
+                }
+            }
             let handoff_wake = self.hand_off_requested(&mut consumers).await;
-            wake = self
-                .start_ready(&mut consumers, &mut shards, &mut sync_needed)
-                .await;
+            wake = self.start_ready(&mut consumers, &mut resharding).await;
             if let Some(at) = handoff_wake {
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
         }
-
-        match &stopped_by {
-            Some(error) => tracing::error!(worker = %self.worker_id, %error, "shutting down"),
-            None => tracing::info!(worker = %self.worker_id, "shutting down"),
-        }
-        self.coordinator.begin_shutdown().await;
-        for consumer in consumers.running.values() {
-            consumer.shutdown.send_replace(true);
-        }
-        let deadline = Instant::now() + self.config.shutdown_timeout;
-        self.drain(&mut consumers, deadline, &mut sync_needed).await;
-        if !consumers.tasks.is_empty() {
-            tracing::warn!(
-                remaining = consumers.tasks.len(),
-                "processors did not finish within the shutdown timeout; aborting them"
-            );
-            consumers.tasks.abort_all();
-            // Aborted tasks end at their next await; one blocking its thread does not.
-            let grace = Instant::now() + self.config.failover_time;
-            self.drain(&mut consumers, grace, &mut sync_needed).await;
-        }
-        for key in consumers.running.keys() {
-            tracing::error!(shard = %key, "a record processor is still running (blocking its thread?): its lease is not released and expires for other workers after the failover time");
-            self.coordinator.abandon(key);
-        }
-        background.abort_all();
-        let mut first_error = None;
-        for held in self.coordinator.held_leases() {
-            if let Err(error) = self.coordinator.release_lease(held.key()).await {
-                tracing::warn!(shard = %held.key(), %error, "handing over or releasing lease failed");
-                first_error.get_or_insert(error);
-            }
-        }
-        tracing::info!(worker = %self.worker_id, "shut down; leases handed over or released");
-        match (stopped_by, first_error) {
-            (Some(error), _) => Err(error),
-            (None, Some(error)) => Err(error.into()),
-            (None, None) => Ok(()),
-        }
-    }
-
-    /// Waits for consumer tasks until `until`, handling each as it ends (releasing its
-    /// lease: its task is gone).
-    async fn drain(&self, consumers: &mut Consumers, until: Instant, sync_needed: &mut bool) {
-        loop {
-            let done = tokio::select! {
-                done = consumers.tasks.join_next_with_id() => done,
-                _ = tokio::time::sleep_until(until) => return,
-            };
-            let Some(done) = done else { return };
-            let (id, outcome) = match done {
-                Ok((id, outcome)) => (id, Some(outcome)),
-                Err(error) => (error.id(), None),
-            };
-            let Some(key) = consumers.keys.remove(&id) else {
-                continue;
-            };
-            consumers.running.remove(&key);
-            consumers.handing_off.remove(&key);
-            match outcome {
-                Some(ShardOutcome::Ended(children)) => {
-                    self.shard_ended(&key, children, sync_needed).await
-                }
-                _ => self.release(&key).await,
-            }
-        }
-    }
-
-    /// Gives up a lease nothing acts on any more: handed over when asked for, else released
-    /// (see [`LeaseCoordinator::release_lease`]).
-    async fn release(&self, key: &str) {
-        if let Err(error) = self.coordinator.release_lease(key).await {
-            tracing::warn!(shard = %key, %error, "handing over or releasing lease failed");
-        }
-    }
-
-    /// Acts on handoff requests: asks the processor of each requested lease to finish (or
-    /// hands the lease over at once when it has none), stops processors that did not
-    /// finish within the handoff timeout, and leaves a lease whose processor cannot be
-    /// stopped to expire. Returns when to look again.
-    async fn hand_off_requested(&self, consumers: &mut Consumers) -> Option<Instant> {
-        let now = Instant::now();
-        let timeout = self
-            .config
-            .graceful_lease_handoff_timeout
-            .unwrap_or(self.config.shutdown_timeout);
-        for held in self.coordinator.held_leases() {
-            let key = held.key();
-            if !held.is_handoff_requested() || held.is_lost() {
-                continue;
-            }
-            match (consumers.running.get(key), consumers.handing_off.get(key)) {
-                (Some(running), None) => {
-                    tracing::info!(shard = %key, to = ?held.handoff_target(), "handing off: asking the processor to finish");
-                    running.shutdown.send_replace(true);
-                    consumers
-                        .handing_off
-                        .insert(key.to_owned(), HandoffStage::Finishing(now + timeout));
-                }
-                (Some(running), Some(HandoffStage::Finishing(at))) if *at <= now => {
-                    tracing::warn!(shard = %key, ?timeout, "the processor did not finish within the graceful handoff timeout: stopping it");
-                    running.abort.abort();
-                    let grace = now + self.config.failover_time;
-                    consumers
-                        .handing_off
-                        .insert(key.to_owned(), HandoffStage::Aborted(grace));
-                }
-                (Some(_), Some(HandoffStage::Aborted(at))) if *at <= now => {
-                    tracing::error!(shard = %key, "a record processor is still running (blocking its thread?): its lease is not handed over and expires for the next owner after the failover time");
-                    self.coordinator.abandon(key);
-                    consumers.handing_off.remove(key);
-                }
-                (Some(_), Some(_)) => {}
-                (None, _) => {
-                    // Not started (waiting for its parents, a backoff or a previous
-                    // holder's deadline): nothing to finish.
-                    consumers.retry_after.remove(key);
-                    self.release(key).await;
-                }
-            }
-        }
-        consumers.handing_off.values().map(|stage| stage.at()).min()
-    }
-
-    /// One taker round; updates whether this worker leads shard syncs and returns when the
-    /// next round is due.
-    async fn take(&self, leader: &mut bool) -> Instant {
-        let interval = self.config.lease_taker_interval;
-        match self.coordinator.take_leases().await {
-            Ok(round) => {
-                let first_owner = round
-                    .leases
-                    .iter()
-                    .filter(|l| !l.is_finished())
-                    .filter_map(|l| l.lease_owner.as_deref())
-                    .min();
-                *leader = first_owner.is_none_or(|first| first >= self.worker_id.as_str());
-                next_take_at(Instant::now(), interval, round.next_expiry)
-            }
-            Err(error) => {
-                tracing::warn!(%error, "lease taking failed");
-                Instant::now() + interval
-            }
-        }
+        self.shut_down(consumers, resharding, stopped_by, renewals, tasks)
+            .await
     }
 
     /// [`run`](Scheduler::run) until `signal` completes (for example
@@ -611,262 +397,6 @@ impl Scheduler {
         run_until_signal(self.run(), handle, signal).await
     }
 
-    /// Acts on how a shard consumer finished; returns whether its shard ended.
-    async fn finished(
-        &self,
-        key: &str,
-        outcome: ShardOutcome,
-        running: Option<Running>,
-        consumers: &mut Consumers,
-        sync_needed: &mut bool,
-    ) -> Result<bool, SchedulerError> {
-        Ok(match outcome {
-            ShardOutcome::Ended(children) => {
-                consumers.failures.remove(key);
-                self.shard_ended(key, children, sync_needed).await;
-                true
-            }
-            ShardOutcome::EndNotCheckpointed => {
-                self.failed(key, "shard_end_not_checkpointed", running, consumers);
-                false
-            }
-            ShardOutcome::ReadFailed(FetchError::StreamNotFound(error)) => {
-                // The lease is released at shutdown, with every other one.
-                return Err(SchedulerError::kinesis(&self.stream, error));
-            }
-            ShardOutcome::ReadFailed(error) => {
-                tracing::error!(shard = %key, %error, "the shard cannot be read");
-                self.failed(key, "read_failed", running, consumers);
-                false
-            }
-            ShardOutcome::LeaseLost => {
-                self.coordinator.drop_if_lost(key);
-                false
-            }
-            ShardOutcome::Shutdown => false,
-        })
-    }
-
-    /// A shard consumer failed (processor panic, no `SHARD_END` checkpoint, unreadable
-    /// shard): retry it after an exponential backoff, reset when it had made progress.
-    fn failed(
-        &self,
-        key: &str,
-        reason: &'static str,
-        running: Option<Running>,
-        consumers: &mut Consumers,
-    ) {
-        let progressed = match (running, self.coordinator.held_lease(key)) {
-            (Some(running), Some(held)) => held.copy().checkpoint != running.started_at,
-            _ => false,
-        };
-        let failures = consumers.failures.entry(key.to_owned()).or_default();
-        if progressed {
-            *failures = 0;
-        }
-        *failures += 1;
-        let exponent = (*failures - 1).min(20);
-        let delay = self
-            .config
-            .failure_backoff_min
-            .saturating_mul(1 << exponent)
-            .min(self.config.failure_backoff_max);
-        consumers
-            .retry_after
-            .insert(key.to_owned(), Instant::now() + delay);
-        metrics::counter!("kinesis_consumer_record_processor_failures", "shard" => key.to_owned(), "reason" => reason)
-            .increment(1);
-        tracing::error!(shard = %key, reason, failures = *failures, retry_in = ?delay, "shard consumer failed; retrying after a backoff");
-        self.coordinator.drop_if_lost(key);
-    }
-
-    /// A shard was processed to its end: create the children's leases, record them on the
-    /// parent, and release the parent's lease (finished leases are neither counted nor
-    /// taken). A child lease that could not be created is left to shard sync, which runs
-    /// soon: its parent stays until every child has started, so nothing is skipped.
-    async fn shard_ended(&self, key: &str, children: Vec<ChildShard>, sync_needed: &mut bool) {
-        let Some(held) = self.coordinator.held_lease(key) else {
-            return;
-        };
-        for child in &children {
-            let mut lease = Lease::new(child.shard_id(), ExtendedSequenceNumber::trim_horizon());
-            lease.parent_shard_ids = child.parent_shards().iter().cloned().collect();
-            lease.hash_key_range = child.hash_key_range().map(|r| {
-                (
-                    r.starting_hash_key().to_owned(),
-                    r.ending_hash_key().to_owned(),
-                )
-            });
-            let created = timed(
-                self.coordinator.config().request_timeout(),
-                self.store.create_lease_if_absent(&lease),
-            )
-            .await;
-            if let Err(error) = created {
-                tracing::warn!(shard = %child.shard_id(), %error, "creating child lease failed; shard sync will");
-                *sync_needed = true;
-            }
-        }
-        let ids: BTreeSet<String> = children.iter().map(|c| c.shard_id().to_owned()).collect();
-        if !ids.is_empty() {
-            if let Err(error) = held.set_child_shards(&ids).await {
-                tracing::warn!(shard = %key, %error, "recording child shards failed");
-            }
-        }
-        tracing::info!(shard = %key, children = ?ids, "shard finished");
-        if let Err(error) = self.coordinator.release_lease(key).await {
-            tracing::warn!(shard = %key, %error, "releasing finished lease failed");
-        }
-    }
-
-    /// Whether every parent of `lease` is finished: its lease is at `SHARD_END`, or it has
-    /// no lease and ListShards (fresh) no longer lists it. A parent without a lease that is
-    /// still in the stream is a hole: the shard waits and shard sync repairs it.
-    async fn parents_done(
-        &self,
-        lease: &Lease,
-        shards: &mut Option<ShardList>,
-        sync_needed: &mut bool,
-    ) -> bool {
-        for parent in &lease.parent_shard_ids {
-            let timeout = self.coordinator.config().request_timeout();
-            match timed(timeout, self.store.get_lease(parent)).await {
-                Ok(Some(parent_lease)) if parent_lease.is_finished() => continue,
-                Ok(Some(_)) => {
-                    tracing::debug!(shard = %lease.lease_key, %parent, "waiting for parent shard");
-                    return false;
-                }
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::warn!(shard = %lease.lease_key, %parent, %error, "reading parent lease failed");
-                    return false;
-                }
-            }
-            let fresh = shards
-                .as_ref()
-                .is_some_and(|list| list.at.elapsed() < self.config.parent_shard_poll_interval);
-            if !fresh {
-                match self.list_all_shards().await {
-                    Ok(list) => {
-                        *shards = Some(ShardList {
-                            at: Instant::now(),
-                            ids: list.iter().map(|s| s.shard_id().to_owned()).collect(),
-                        })
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "ListShards failed while checking parents");
-                        return false;
-                    }
-                }
-            }
-            if shards
-                .as_ref()
-                .is_some_and(|list| list.ids.contains(parent))
-            {
-                tracing::warn!(shard = %lease.lease_key, %parent, "parent shard has no lease: waiting for shard sync to create it");
-                *sync_needed = true;
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Starts a consumer for each held lease that is ready; returns when to look again
-    /// for leases that will be ready later (after a backoff, or a stolen lease's wait).
-    async fn start_ready(
-        &self,
-        consumers: &mut Consumers,
-        shards: &mut Option<ShardList>,
-        sync_needed: &mut bool,
-    ) -> Option<Instant> {
-        let mut wake: Option<Instant> = consumers.retry_after.values().min().copied();
-        let now = Instant::now();
-        consumers.retry_after.retain(|_, at| *at > now);
-        let held_keys: HashSet<String> = self
-            .coordinator
-            .held_leases()
-            .iter()
-            .map(|h| h.key().to_owned())
-            .collect();
-        consumers
-            .parents_checked
-            .retain(|k, _| held_keys.contains(k));
-        for held in self.coordinator.held_leases() {
-            let key = held.key().to_owned();
-            if consumers.running.contains_key(&key)
-                || consumers.retry_after.contains_key(&key)
-                || held.is_lost()
-                || held.is_handoff_requested()
-            {
-                continue;
-            }
-            if held.not_before() > now {
-                wake = Some(wake.map_or(held.not_before(), |w| w.min(held.not_before())));
-                continue;
-            }
-            let lease = held.copy();
-            if lease.is_finished() {
-                self.shard_ended(&key, Vec::new(), sync_needed).await;
-                continue;
-            }
-            // A lease that has checkpointed a record started after its parents were done
-            // (and since then their leases may have been cleaned up): only a lease still at
-            // its initial position waits for its parents.
-            let not_started = matches!(
-                lease.checkpoint.position,
-                SequencePosition::TrimHorizon
-                    | SequencePosition::Latest
-                    | SequencePosition::AtTimestamp
-            );
-            if not_started && !lease.parent_shard_ids.is_empty() {
-                // Parents are read (one GetItem each) at most once per poll interval.
-                if consumers
-                    .parents_checked
-                    .get(&key)
-                    .is_some_and(|at| at.elapsed() < self.config.parent_shard_poll_interval)
-                {
-                    continue;
-                }
-                consumers
-                    .parents_checked
-                    .insert(key.clone(), Instant::now());
-                if !self.parents_done(&lease, shards, sync_needed).await {
-                    continue;
-                }
-            }
-            let (stop, stop_rx) = watch::channel(false);
-            let consumer = ShardConsumer {
-                held: held.clone(),
-                processor: self.factory.create_processor(),
-                client: self.kinesis.clone(),
-                stream: self.stream.clone(),
-                retrieval: self.retrieval.clone(),
-                options: self.fetch_options(),
-                initial_timestamp: match self.initial_position {
-                    InitialPosition::AtTimestamp(t) => Some(t),
-                    _ => None,
-                },
-                shutdown: stop_rx,
-            };
-            tracing::info!(shard = %key, worker = %self.worker_id, checkpoint = %lease.checkpoint, "starting shard consumer");
-            let task = consumers.tasks.spawn(
-                consumer
-                    .run()
-                    .instrument(tracing::info_span!("shard", shard = %key)),
-            );
-            consumers.keys.insert(task.id(), key.clone());
-            consumers.running.insert(
-                key,
-                Running {
-                    shutdown: stop,
-                    abort: task,
-                    started_at: lease.checkpoint,
-                },
-            );
-        }
-        wake
-    }
-
     fn fetch_options(&self) -> FetchOptions {
         FetchOptions {
             request_timeout: self.config.kinesis_request_timeout,
@@ -875,42 +405,19 @@ impl Scheduler {
             deliver_empty_batches: self.config.call_process_records_even_for_empty_list,
         }
     }
+}
 
-    async fn list_all_shards(&self) -> Result<Vec<Shard>, SchedulerError> {
-        let timeout = self.config.kinesis_request_timeout;
-        tokio::time::timeout(timeout, list_shards(&self.kinesis, &self.stream))
-            .await
-            .map_err(|_| SchedulerError::Kinesis(ServiceError::timed_out("ListShards", timeout)))?
-            .map_err(|error| SchedulerError::kinesis(&self.stream, error))
-    }
-
-    /// Creates missing leases (parents first, holes repaired) and deletes finished leases
-    /// whose children have all started or that left the stream.
-    async fn sync_shards(&self, shards: &mut Option<ShardList>) -> Result<(), SchedulerError> {
-        let timeout = self.coordinator.config().request_timeout();
-        // Leases first: every lease read existed before the listing, so a lease whose
-        // shard is not listed is of a shard that left the stream.
-        let leases = timed(timeout, self.store.list_leases()).await?;
-        let listed = self.list_all_shards().await?;
-        *shards = Some(ShardList {
-            at: Instant::now(),
-            ids: listed.iter().map(|s| s.shard_id().to_owned()).collect(),
-        });
-        let plan = plan_shard_sync(&listed, &leases, self.initial_position);
-        for lease in plan.create {
-            if timed(timeout, self.store.create_lease_if_absent(&lease)).await? {
-                tracing::info!(shard = %lease.lease_key, checkpoint = %lease.checkpoint, "created lease");
-            }
+/// Completes when this worker becomes the leader (never without a leader).
+async fn became_leader(leadership: &mut Option<watch::Receiver<bool>>) {
+    let Some(leadership) = leadership else {
+        return std::future::pending().await;
+    };
+    loop {
+        if leadership.changed().await.is_err() {
+            return std::future::pending().await;
         }
-        for lease in plan.delete {
-            match timed(timeout, self.store.delete_lease(&lease)).await {
-                Ok(()) => tracing::info!(shard = %lease.lease_key, "deleted finished lease"),
-                Err(LeaseStoreError::ConditionFailed(_)) => {}
-                Err(error) => {
-                    tracing::warn!(shard = %lease.lease_key, %error, "deleting lease failed")
-                }
-            }
+        if *leadership.borrow_and_update() {
+            return;
         }
-        Ok(())
     }
 }

@@ -334,6 +334,13 @@ impl LeaseStore for FaultyLeaseStore {
             .await
     }
 
+    async fn list_leases_eventually_consistent(&self) -> Result<Vec<Lease>, LeaseStoreError> {
+        self.call(Operation::ListLeases, || {
+            self.inner.list_leases_eventually_consistent()
+        })
+        .await
+    }
+
     async fn get_lease(&self, lease_key: &str) -> Result<Option<Lease>, LeaseStoreError> {
         self.call(Operation::GetLease, || self.inner.get_lease(lease_key))
             .await

@@ -25,6 +25,7 @@ use rand::SeedableRng;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::coordination::CoordinatorStore;
 pub use super::held::HeldLease;
 use super::held::{timed, LeaseTiming};
 use super::liveness::Liveness;
@@ -167,6 +168,9 @@ pub struct LeaseCoordinator {
     changes: Arc<Notify>,
     /// This worker's own liveness (a worker-wide deadline when a leader assigns leases).
     liveness: Arc<Liveness>,
+    /// The coordinator tables, when a leader assigns leases (a stopping worker finds the
+    /// workers to offer its leases to in the worker rows).
+    coordination: Option<Arc<dyn CoordinatorStore>>,
     rng: Mutex<StdRng>,
     metrics: LeaseMetrics,
 }
@@ -183,15 +187,25 @@ impl LeaseCoordinator {
     /// A coordinator holding nothing yet, whose leases have no worker-wide deadline (every
     /// worker takes its own leases).
     pub fn new(store: Arc<dyn LeaseStore>, config: LeaseCoordinatorConfig) -> Self {
-        Self::with_liveness(store, config, Arc::new(Liveness::unbounded()))
+        Self::build(store, config, Arc::new(Liveness::unbounded()), None)
     }
 
-    /// A coordinator holding nothing yet, whose leases also end with the worker's
-    /// `liveness`.
-    pub(crate) fn with_liveness(
+    /// A coordinator holding nothing yet, of a worker a leader assigns leases to: its
+    /// leases also end with the worker's `liveness`.
+    pub(crate) fn with_presence(
         store: Arc<dyn LeaseStore>,
         config: LeaseCoordinatorConfig,
         liveness: Arc<Liveness>,
+        coordination: Arc<dyn CoordinatorStore>,
+    ) -> Self {
+        Self::build(store, config, liveness, Some(coordination))
+    }
+
+    fn build(
+        store: Arc<dyn LeaseStore>,
+        config: LeaseCoordinatorConfig,
+        liveness: Arc<Liveness>,
+        coordination: Option<Arc<dyn CoordinatorStore>>,
     ) -> Self {
         let mut hasher = DefaultHasher::new();
         config.worker_id.hash(&mut hasher);
@@ -207,6 +221,7 @@ impl LeaseCoordinator {
             stopping: std::sync::atomic::AtomicBool::new(false),
             changes: Arc::new(Notify::new()),
             liveness,
+            coordination,
             metrics,
         }
     }
@@ -214,16 +229,6 @@ impl LeaseCoordinator {
     /// The settings.
     pub fn config(&self) -> &LeaseCoordinatorConfig {
         &self.config
-    }
-
-    /// This worker's liveness.
-    pub(crate) fn liveness(&self) -> &Arc<Liveness> {
-        &self.liveness
-    }
-
-    /// The lease table.
-    pub(crate) fn store(&self) -> &Arc<dyn LeaseStore> {
-        &self.store
     }
 
     fn pending_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {

@@ -110,11 +110,6 @@ impl Liveness {
             state.deadline = now;
         }
     }
-
-    /// Whether a worker-wide deadline applies (a leader assigns the leases).
-    pub(crate) fn is_bounded(&self) -> bool {
-        self.bound.is_some()
-    }
 }
 
 #[cfg(test)]

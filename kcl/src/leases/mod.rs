@@ -1,6 +1,7 @@
 //! Leases: the table interface and its DynamoDB and in-memory implementations (public, for
-//! lease tools and stores of your own), and the algorithm that renews, takes and balances
-//! them (internal).
+//! lease tools and stores of your own), the coordinator tables beside it
+//! ([`coordination`]), and the algorithm that renews, takes, assigns and balances them
+//! (internal): every worker for itself, or a leader for the fleet ([`Coordination`]).
 
 pub mod coordination;
 pub(crate) mod coordinator;
@@ -12,13 +13,14 @@ pub(crate) mod liveness;
 mod memory;
 mod store;
 mod table;
+pub(crate) mod worker;
 
-pub(crate) use coordinator::renewer::renew_forever;
 pub use coordinator::ThroughputBalancing;
-pub(crate) use coordinator::{next_take_at, HeldLease, LeaseCoordinator, LeaseCoordinatorConfig};
+pub(crate) use coordinator::{HeldLease, LeaseCoordinatorConfig};
 pub use dynamodb::DynamoDbLeaseStore;
 pub(crate) use held::timed;
 pub use leader::CpuBalancing;
 pub use memory::MemoryLeaseStore;
 pub use store::{CheckpointUpdate, LeaseStore, LeaseStoreError};
 pub use table::{LeaseTableBilling, LeaseTableConfig, OWNER_INDEX_NAME};
+pub use worker::{Coordination, LeaderConfig};

@@ -85,6 +85,16 @@ impl LeaseStore for StreamLeaseStore {
             .collect())
     }
 
+    async fn list_leases_eventually_consistent(&self) -> Result<Vec<Lease>, LeaseStoreError> {
+        Ok(self
+            .inner
+            .list_leases_eventually_consistent()
+            .await?
+            .into_iter()
+            .filter_map(|lease| self.inner_lease(lease))
+            .collect())
+    }
+
     async fn list_lease_keys_owned_by(&self, owner: &str) -> Result<Vec<String>, LeaseStoreError> {
         Ok(self
             .inner

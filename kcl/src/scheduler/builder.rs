@@ -8,9 +8,11 @@ use tokio::sync::watch;
 
 use super::{InitialPosition, Scheduler, SchedulerError};
 use crate::error::{ErrorKind, ServiceError};
+use crate::leases::coordination::{CoordinatorStore, DynamoDbCoordinatorStore, LEADER_LOCK_KEY};
+use crate::leases::worker::{LeaseWorker, LeaseWorkerConfig, Presence, PresenceConfig};
 use crate::leases::{
-    DynamoDbLeaseStore, LeaseCoordinator, LeaseCoordinatorConfig, LeaseStore, LeaseStoreError,
-    LeaseTableBilling, LeaseTableConfig,
+    Coordination, DynamoDbLeaseStore, LeaderConfig, LeaseCoordinatorConfig, LeaseStore,
+    LeaseStoreError, LeaseTableBilling, LeaseTableConfig,
 };
 use crate::processor::ProcessorFactory;
 use crate::retrieval::{
@@ -101,6 +103,10 @@ pub struct SchedulerConfig {
     /// the lease table's owner index (when the table has it) plus one consistent read per
     /// lease in transit, so a lease moves in well under a second.
     pub lease_discovery_interval: Duration,
+    /// How the leases are shared out: a leader assigns them (default, the Java KCL 3's
+    /// design), or every worker takes its own (the Java KCL 2.x's). See
+    /// [`Coordination`](crate::leases::Coordination).
+    pub coordination: Coordination,
 }
 
 impl Default for SchedulerConfig {
@@ -127,6 +133,7 @@ impl Default for SchedulerConfig {
             graceful_lease_handoff_timeout: Some(Duration::from_secs(30)),
             throughput_balancing: Some(crate::leases::ThroughputBalancing::default()),
             lease_discovery_interval: Duration::from_millis(500),
+            coordination: Coordination::default(),
         }
     }
 }
@@ -149,7 +156,16 @@ pub struct SchedulerBuilder {
     dynamodb_client: Option<aws_sdk_dynamodb::Client>,
     lease_store: Option<Arc<dyn LeaseStore>>,
     lease_table: LeaseTableConfig,
+    coordinator_store: Option<Arc<dyn CoordinatorStore>>,
+    /// The streams of a multi-stream worker share one presence (one worker row).
+    shared_presence: Option<SharedPresence>,
+    /// The leader lock's key (one per stream of a multi-stream worker).
+    lock_key: String,
 }
+
+/// A worker's presence, made by the first stream of a multi-stream worker that needs it
+/// and shared by the others.
+pub(crate) type SharedPresence = Arc<std::sync::Mutex<Option<Arc<Presence>>>>;
 
 impl std::fmt::Debug for SchedulerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -182,6 +198,9 @@ impl SchedulerBuilder {
             dynamodb_client: None,
             lease_store: None,
             lease_table: LeaseTableConfig::default(),
+            coordinator_store: None,
+            shared_presence: None,
+            lock_key: LEADER_LOCK_KEY.to_owned(),
         }
     }
 
@@ -427,6 +446,31 @@ impl SchedulerBuilder {
         self
     }
 
+    /// How the leases are shared out among the workers (default
+    /// [`Coordination::Leader`](crate::leases::Coordination::Leader) with
+    /// [`LeaderConfig::default()`](crate::leases::LeaderConfig)).
+    pub fn coordination(mut self, coordination: Coordination) -> Self {
+        self.config.coordination = coordination;
+        self
+    }
+
+    /// Uses another store for the coordinator tables (the leader lock and the worker rows)
+    /// instead of the DynamoDB tables named after the application (for example
+    /// [`MemoryCoordinatorStore`](crate::leases::coordination::MemoryCoordinatorStore), or
+    /// a [`DynamoDbCoordinatorStore`] with other table names).
+    pub fn coordinator_store(mut self, store: Arc<dyn CoordinatorStore>) -> Self {
+        self.coordinator_store = Some(store);
+        self
+    }
+
+    /// A multi-stream worker's stream: its presence is shared with the other streams, and
+    /// its leader lock is its own.
+    pub(crate) fn stream_of_many(mut self, presence: SharedPresence, lock_key: String) -> Self {
+        self.shared_presence = Some(presence);
+        self.lock_key = lock_key;
+        self
+    }
+
     /// Checks the settings, creates the lease table if missing, checks that the stream
     /// exists and, with enhanced fan-out, registers the stream consumer if missing and waits
     /// until it is ACTIVE.
@@ -456,37 +500,21 @@ impl SchedulerBuilder {
             config.dynamodb_request_timeout = config.failover_time / 4;
         }
         validate(&config)?;
-        let table = self
-            .lease_table
-            .table_name
-            .clone()
-            .unwrap_or_else(|| application.clone());
-        if self.lease_store.is_none() {
-            validate_lease_table(&table, &self.lease_table)?;
-        } else if self.lease_table != LeaseTableConfig::default() {
-            return Err(SchedulerError::InvalidConfig {
-                setting: "lease_table",
-                reason: "it configures the DynamoDB lease table, and a lease_store is set".into(),
-            });
-        }
         let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
-        let store: Arc<dyn LeaseStore> = match self.lease_store {
-            Some(store) => store,
-            None => Arc::new(DynamoDbLeaseStore::with_config(
-                self.dynamodb_client
-                    .unwrap_or_else(|| aws_sdk_dynamodb::Client::new(&self.sdk_config)),
-                table,
-                self.lease_table,
-            )),
-        };
+        let dynamodb = self
+            .dynamodb_client
+            .unwrap_or_else(|| aws_sdk_dynamodb::Client::new(&self.sdk_config));
+        let store = prepare_lease_store(
+            &dynamodb,
+            &application,
+            self.lease_table.clone(),
+            self.lease_store,
+        )
+        .await?;
         let kinesis = self
             .kinesis_client
             .unwrap_or_else(|| aws_sdk_kinesis::Client::new(&self.sdk_config));
 
-        // It waits up to 2 minutes for a new table to become ACTIVE; bound hung calls too.
-        tokio::time::timeout(Duration::from_secs(180), store.create_table_if_missing())
-            .await
-            .map_err(|_| LeaseStoreError::Timeout(Duration::from_secs(180)))??;
         let timeout = config.kinesis_request_timeout;
         let summary = tokio::time::timeout(timeout, stream.describe_summary(&kinesis).send())
             .await
@@ -529,9 +557,8 @@ impl SchedulerBuilder {
             }
         };
 
-        let coordinator = Arc::new(LeaseCoordinator::new(
-            store.clone(),
-            LeaseCoordinatorConfig {
+        let lease_worker = LeaseWorkerConfig {
+            coordinator: LeaseCoordinatorConfig {
                 worker_id: worker_id.clone(),
                 failover_time: config.failover_time,
                 safety_margin: Some(config.lease_safety_margin),
@@ -542,7 +569,65 @@ impl SchedulerBuilder {
                 handoff_accept_wait: config.lease_discovery_interval * 3,
                 throughput_balancing: config.throughput_balancing.clone(),
             },
-        ));
+            renewal_interval: config.lease_renewal_interval,
+            discovery_interval: config.lease_discovery_interval,
+            taker_interval: config.lease_taker_interval,
+        };
+        let leader = match &config.coordination {
+            Coordination::Leader(leader) if store.lists_owned_keys_cheaply() => Some(leader),
+            Coordination::Leader(_) => {
+                tracing::warn!("the lease table has no owner index (LeaseOwnerToLeaseKeyIndex): every worker takes its own leases, scanning the table (Coordination::Workers)");
+                None
+            }
+            Coordination::Workers => None,
+        };
+        let leases = match leader {
+            None => LeaseWorker::workers(store.clone(), lease_worker),
+            Some(leader) => {
+                let presence = match &self.shared_presence {
+                    Some(shared) => {
+                        let existing = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        match existing {
+                            Some(presence) => presence,
+                            None => {
+                                let presence = make_presence(
+                                    self.coordinator_store,
+                                    &dynamodb,
+                                    &application,
+                                    &self.lease_table,
+                                    &config,
+                                    &worker_id,
+                                    leader,
+                                )
+                                .await?;
+                                *shared.lock().unwrap_or_else(|e| e.into_inner()) =
+                                    Some(presence.clone());
+                                presence
+                            }
+                        }
+                    }
+                    None => {
+                        make_presence(
+                            self.coordinator_store,
+                            &dynamodb,
+                            &application,
+                            &self.lease_table,
+                            &config,
+                            &worker_id,
+                            leader,
+                        )
+                        .await?
+                    }
+                };
+                LeaseWorker::with_leader(
+                    store.clone(),
+                    presence,
+                    leader,
+                    self.lock_key,
+                    lease_worker,
+                )
+            }
+        };
         Ok(Scheduler {
             stream,
             worker_id,
@@ -552,7 +637,7 @@ impl SchedulerBuilder {
             store,
             kinesis,
             retrieval,
-            coordinator,
+            leases: Arc::new(leases),
             shutdown: Arc::new(watch::channel(false).0),
         })
     }
@@ -609,6 +694,98 @@ impl PollingSettings {
         }
         Ok(())
     }
+}
+
+/// How long building waits for a new table to be ACTIVE (it waits up to 2 minutes; hung
+/// calls are bounded too).
+const TABLE_SETUP_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The lease store a scheduler (or a multi-stream worker) uses: `custom` as it is, or the
+/// DynamoDB lease table named after the application (unless `lease_table` names it),
+/// checked and created if missing.
+pub(crate) async fn prepare_lease_store(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    application: &str,
+    lease_table: LeaseTableConfig,
+    custom: Option<Arc<dyn LeaseStore>>,
+) -> Result<Arc<dyn LeaseStore>, SchedulerError> {
+    let store: Arc<dyn LeaseStore> = match custom {
+        Some(store) => {
+            if lease_table != LeaseTableConfig::default() {
+                return Err(SchedulerError::InvalidConfig {
+                    setting: "lease_table",
+                    reason: "it configures the DynamoDB lease table, and a lease_store is set"
+                        .into(),
+                });
+            }
+            store
+        }
+        None => {
+            let table = lease_table
+                .table_name
+                .clone()
+                .unwrap_or_else(|| application.to_owned());
+            validate_lease_table(&table, &lease_table)?;
+            Arc::new(DynamoDbLeaseStore::with_config(
+                dynamodb.clone(),
+                table,
+                lease_table,
+            ))
+        }
+    };
+    tokio::time::timeout(TABLE_SETUP_TIMEOUT, store.create_table_if_missing())
+        .await
+        .map_err(|_| LeaseStoreError::Timeout(TABLE_SETUP_TIMEOUT))??;
+    Ok(store)
+}
+
+/// A worker's presence (its row, liveness and watch of the fleet) in the coordinator
+/// tables: `custom`, or the DynamoDB tables named after the application, created if
+/// missing like the lease table.
+async fn make_presence(
+    custom: Option<Arc<dyn CoordinatorStore>>,
+    dynamodb: &aws_sdk_dynamodb::Client,
+    application: &str,
+    lease_table: &LeaseTableConfig,
+    config: &SchedulerConfig,
+    worker_id: &str,
+    leader: &LeaderConfig,
+) -> Result<Arc<Presence>, SchedulerError> {
+    let store: Arc<dyn CoordinatorStore> = match custom {
+        Some(store) => store,
+        None => {
+            let store =
+                DynamoDbCoordinatorStore::new(dynamodb.clone(), application, lease_table.clone());
+            for table in [store.state_table(), store.workers_table()] {
+                if table.len() > 255 {
+                    return Err(SchedulerError::InvalidConfig {
+                        setting: "application_name",
+                        reason: format!(
+                            "names the coordinator table {table:?}, longer than DynamoDB's 255 characters"
+                        ),
+                    });
+                }
+            }
+            Arc::new(store)
+        }
+    };
+    tokio::time::timeout(TABLE_SETUP_TIMEOUT, store.create_tables_if_missing())
+        .await
+        .map_err(|_| LeaseStoreError::Timeout(TABLE_SETUP_TIMEOUT))??;
+    let max_leases = (config.max_leases_per_worker != usize::MAX)
+        .then(|| u64::try_from(config.max_leases_per_worker).unwrap_or(u64::MAX));
+    Ok(Arc::new(Presence::new(
+        store,
+        PresenceConfig {
+            worker_id: worker_id.to_owned(),
+            failover_time: config.failover_time,
+            safety_margin: config.lease_safety_margin,
+            renewal_interval: config.lease_renewal_interval,
+            request_timeout: config.dynamodb_request_timeout,
+            max_leases,
+            report_cpu: leader.cpu_balancing.is_some(),
+        },
+    )))
 }
 
 /// The lease table's name (the application name unless set) is 3 to 255 characters of

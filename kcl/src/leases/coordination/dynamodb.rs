@@ -96,17 +96,14 @@ impl DynamoDbCoordinatorStore {
         &self.workers_table
     }
 
-    fn lock_key() -> HashMap<String, AttributeValue> {
-        HashMap::from([(
-            KEY.to_owned(),
-            AttributeValue::S(LEADER_LOCK_KEY.to_owned()),
-        )])
+    fn lock_key(key: &str) -> HashMap<String, AttributeValue> {
+        HashMap::from([(KEY.to_owned(), AttributeValue::S(key.to_owned()))])
     }
 }
 
 /// The lock item as the DynamoDB lock client writes it, with this crate's successors.
 pub fn lock_to_item(lock: &LockItem) -> HashMap<String, AttributeValue> {
-    let mut item = DynamoDbCoordinatorStore::lock_key();
+    let mut item = DynamoDbCoordinatorStore::lock_key(&lock.key);
     item.insert(OWNER_NAME.into(), AttributeValue::S(lock.owner.clone()));
     item.insert(
         LEASE_DURATION.into(),
@@ -144,6 +141,7 @@ fn number<T: std::str::FromStr>(item: &HashMap<String, AttributeValue>, name: &s
 /// Reads the lock item (another library's too: attributes this crate does not know are
 /// ignored).
 pub fn lock_from_item(item: &HashMap<String, AttributeValue>) -> Result<LockItem, LeaseStoreError> {
+    let key = string(item, KEY).unwrap_or_else(|| LEADER_LOCK_KEY.to_owned());
     let owner = string(item, OWNER_NAME).ok_or_else(|| malformed("lock item without ownerName"))?;
     let record_version = string(item, RECORD_VERSION_NUMBER)
         .ok_or_else(|| malformed("lock item without recordVersionNumber"))?;
@@ -159,6 +157,7 @@ pub fn lock_from_item(item: &HashMap<String, AttributeValue>) -> Result<LockItem
         _ => Vec::new(),
     };
     Ok(LockItem {
+        key,
         owner,
         record_version,
         lease_duration,
@@ -276,12 +275,12 @@ impl CoordinatorStore for DynamoDbCoordinatorStore {
         Ok(())
     }
 
-    async fn read_lock(&self) -> Result<Option<LockItem>, LeaseStoreError> {
+    async fn read_lock(&self, key: &str) -> Result<Option<LockItem>, LeaseStoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.state_table)
-            .set_key(Some(Self::lock_key()))
+            .set_key(Some(Self::lock_key(key)))
             .consistent_read(true)
             .send()
             .await
@@ -313,7 +312,7 @@ impl CoordinatorStore for DynamoDbCoordinatorStore {
         request
             .send()
             .await
-            .map_err(|e| classify("PutItem", LEADER_LOCK_KEY, e))?;
+            .map_err(|e| classify("PutItem", &lock.key, e))?;
         Ok(())
     }
 
@@ -325,7 +324,7 @@ impl CoordinatorStore for DynamoDbCoordinatorStore {
         self.client
             .update_item()
             .table_name(&self.state_table)
-            .set_key(Some(Self::lock_key()))
+            .set_key(Some(Self::lock_key(&current.key)))
             .update_expression("SET #ld = :ld, #rvn = :new, #succ = :succ")
             .condition_expression("attribute_exists(#pk) AND #rvn = :rvn AND #on = :on")
             .expression_attribute_names("#pk", KEY)
@@ -343,7 +342,7 @@ impl CoordinatorStore for DynamoDbCoordinatorStore {
             .expression_attribute_values(":on", AttributeValue::S(current.owner.clone()))
             .send()
             .await
-            .map_err(|e| classify("UpdateItem", LEADER_LOCK_KEY, e))?;
+            .map_err(|e| classify("UpdateItem", &current.key, e))?;
         Ok(())
     }
 
@@ -351,7 +350,7 @@ impl CoordinatorStore for DynamoDbCoordinatorStore {
         self.client
             .delete_item()
             .table_name(&self.state_table)
-            .set_key(Some(Self::lock_key()))
+            .set_key(Some(Self::lock_key(&current.key)))
             .condition_expression("attribute_exists(#pk) AND #rvn = :rvn AND #on = :on")
             .expression_attribute_names("#pk", KEY)
             .expression_attribute_names("#rvn", RECORD_VERSION_NUMBER)
@@ -360,7 +359,7 @@ impl CoordinatorStore for DynamoDbCoordinatorStore {
             .expression_attribute_values(":on", AttributeValue::S(current.owner.clone()))
             .send()
             .await
-            .map_err(|e| classify("DeleteItem", LEADER_LOCK_KEY, e))?;
+            .map_err(|e| classify("DeleteItem", &current.key, e))?;
         Ok(())
     }
 
@@ -523,7 +522,12 @@ mod tests {
 
     #[test]
     fn the_lock_item_is_the_lock_clients() {
-        let lock = LockItem::new("w1", Duration::from_secs(5), vec!["w2".into()]);
+        let lock = LockItem::new(
+            LEADER_LOCK_KEY,
+            "w1",
+            Duration::from_secs(5),
+            vec!["w2".into()],
+        );
         let item = lock_to_item(&lock);
         assert_eq!(item.get(KEY), Some(&AttributeValue::S("Leader".into())));
         assert_eq!(

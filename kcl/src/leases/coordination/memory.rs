@@ -16,7 +16,7 @@ pub struct MemoryCoordinatorStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    lock: Option<LockItem>,
+    locks: BTreeMap<String, LockItem>,
     workers: BTreeMap<String, WorkerRow>,
 }
 
@@ -31,9 +31,9 @@ impl MemoryCoordinatorStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A copy of the lock item.
-    pub fn lock_item(&self) -> Option<LockItem> {
-        self.lock().lock.clone()
+    /// A copy of the lock item `key`.
+    pub fn lock_item(&self, key: &str) -> Option<LockItem> {
+        self.lock().locks.get(key).cloned()
     }
 
     /// A copy of every worker row.
@@ -41,9 +41,9 @@ impl MemoryCoordinatorStore {
         self.lock().workers.values().cloned().collect()
     }
 
-    /// Replaces the lock item as it is (a test's hand-written item, another library's lock).
-    pub fn put_lock_item(&self, lock: Option<LockItem>) {
-        self.lock().lock = lock;
+    /// Puts a lock item as it is (a test's hand-written item, another library's lock).
+    pub fn put_lock_item(&self, lock: LockItem) {
+        self.lock().locks.insert(lock.key.clone(), lock);
     }
 
     /// Replaces a worker row as it is (a test's hand-written row, another library's row).
@@ -62,8 +62,8 @@ impl CoordinatorStore for MemoryCoordinatorStore {
         Ok(())
     }
 
-    async fn read_lock(&self) -> Result<Option<LockItem>, LeaseStoreError> {
-        Ok(self.lock().lock.clone())
+    async fn read_lock(&self, key: &str) -> Result<Option<LockItem>, LeaseStoreError> {
+        Ok(self.lock().locks.get(key).cloned())
     }
 
     async fn acquire_lock(
@@ -72,15 +72,15 @@ impl CoordinatorStore for MemoryCoordinatorStore {
         lock: &LockItem,
     ) -> Result<(), LeaseStoreError> {
         let mut inner = self.lock();
-        let holds = match (&inner.lock, previous) {
+        let holds = match (inner.locks.get(&lock.key), previous) {
             (None, None) => true,
             (Some(current), Some(previous)) => current.record_version == previous.record_version,
             _ => false,
         };
         if !holds {
-            return Err(condition_failed(super::LEADER_LOCK_KEY));
+            return Err(condition_failed(&lock.key));
         }
-        inner.lock = Some(lock.clone());
+        inner.locks.insert(lock.key.clone(), lock.clone());
         Ok(())
     }
 
@@ -90,7 +90,7 @@ impl CoordinatorStore for MemoryCoordinatorStore {
         renewed: &LockItem,
     ) -> Result<(), LeaseStoreError> {
         let mut inner = self.lock();
-        match &mut inner.lock {
+        match inner.locks.get_mut(&current.key) {
             Some(item)
                 if item.record_version == current.record_version && item.owner == current.owner =>
             {
@@ -99,20 +99,20 @@ impl CoordinatorStore for MemoryCoordinatorStore {
                 item.successors = renewed.successors.clone();
                 Ok(())
             }
-            _ => Err(condition_failed(super::LEADER_LOCK_KEY)),
+            _ => Err(condition_failed(&current.key)),
         }
     }
 
     async fn release_lock(&self, current: &LockItem) -> Result<(), LeaseStoreError> {
         let mut inner = self.lock();
-        match &inner.lock {
+        match inner.locks.get(&current.key) {
             Some(item)
                 if item.record_version == current.record_version && item.owner == current.owner =>
             {
-                inner.lock = None;
+                inner.locks.remove(&current.key);
                 Ok(())
             }
-            _ => Err(condition_failed(super::LEADER_LOCK_KEY)),
+            _ => Err(condition_failed(&current.key)),
         }
     }
 

@@ -35,6 +35,9 @@ pub const LEADER_LOCK_KEY: &str = "Leader";
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LockItem {
+    /// `key`: the item's key, [`LEADER_LOCK_KEY`] (a multi-stream worker's streams each
+    /// have their own, `Leader:` and the stream identifier).
+    pub key: String,
     /// `ownerName`: the leader's worker id.
     pub owner: String,
     /// `recordVersionNumber`: changed by every write of the holder.
@@ -50,13 +53,15 @@ pub struct LockItem {
 }
 
 impl LockItem {
-    /// A lock held by `owner` at a new record version.
+    /// The lock `key` held by `owner` at a new record version.
     pub fn new(
+        key: impl Into<String>,
         owner: impl Into<String>,
         lease_duration: Duration,
         successors: Vec<String>,
     ) -> Self {
         LockItem {
+            key: key.into(),
             owner: owner.into(),
             record_version: new_record_version(),
             lease_duration,
@@ -148,10 +153,10 @@ pub trait CoordinatorStore: Send + Sync {
     /// Creates the tables when they do not exist and waits until they can be used.
     async fn create_tables_if_missing(&self) -> Result<(), LeaseStoreError>;
 
-    /// The leader lock, if the item exists (consistent read).
-    async fn read_lock(&self) -> Result<Option<LockItem>, LeaseStoreError>;
+    /// The lock item `key`, if it exists (consistent read).
+    async fn read_lock(&self, key: &str) -> Result<Option<LockItem>, LeaseStoreError>;
 
-    /// Writes `lock` whole. Condition: with `previous` `None`, no lock item exists;
+    /// Writes `lock` whole (at `lock.key`). Condition: with `previous` `None`, no lock item exists;
     /// otherwise the item still has `previous`'s record version (a released or expired
     /// lock taken over).
     async fn acquire_lock(

@@ -91,9 +91,9 @@ impl LeaseCoordinator {
         taken
     }
 
-    /// Completes when a held lease's handoff was requested (see
+    /// Completes when a lease was taken, or a held lease's handoff requested (see
     /// [`HeldLease::is_handoff_requested`]).
-    pub async fn handoff_requested(&self) {
+    pub async fn changed(&self) {
         self.changes.notified().await;
     }
 

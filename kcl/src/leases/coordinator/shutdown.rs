@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use super::super::held::timed;
 use super::super::store::LeaseStoreError;
 use super::LeaseCoordinator;
+use crate::leases::coordination::CoordinatorStore;
 
 impl LeaseCoordinator {
     /// The first step of a graceful shutdown, before the processors are asked to finish.
@@ -63,6 +64,9 @@ impl LeaseCoordinator {
     /// accept wait, not the lease.
     async fn live_candidates(&self) -> BTreeMap<String, usize> {
         let me = self.config.worker_id.as_str();
+        if let Some(coordination) = &self.coordination {
+            return self.live_rows(coordination.as_ref()).await;
+        }
         let listed = timed(self.config.request_timeout(), self.store.list_leases()).await;
         let Ok(leases) = listed else {
             return self
@@ -89,6 +93,36 @@ impl LeaseCoordinator {
             }
         }
         candidates
+    }
+
+    /// With a leader: the workers of this crate whose row is neither stopping nor fenced and
+    /// was written within twice the failover time by this machine's clock (a guess, used
+    /// only to pick whom to offer to: a worker that does not answer costs the accept wait,
+    /// not the lease). Each counts as holding nothing, so offers go round the candidates.
+    async fn live_rows(&self, coordination: &dyn CoordinatorStore) -> BTreeMap<String, usize> {
+        let me = self.config.worker_id.as_str();
+        let Ok(rows) = timed(self.config.request_timeout(), coordination.list_workers()).await
+        else {
+            return BTreeMap::new();
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let recent = |lut: Option<i64>| {
+            lut.and_then(|t| u64::try_from(t).ok()).is_some_and(|t| {
+                now.saturating_sub(t) <= 2 * self.config.failover_time.as_secs().max(1)
+            })
+        };
+        rows.into_iter()
+            .filter(|row| {
+                row.worker_id != me
+                    && row.is_heartbeating()
+                    && !row.stopping
+                    && !row.is_fenced()
+                    && recent(row.last_update_epoch_seconds)
+            })
+            .map(|row| (row.worker_id, 0))
+            .collect()
     }
 
     /// Cancels the handoffs to this worker under way and releases the leases the table

@@ -50,9 +50,23 @@ pub mod attributes {
     pub const STREAM_NAME: &str = "streamName";
     /// The shard id of a multi-stream lease.
     pub const SHARD_ID: &str = "shardId";
+    /// What an item is, in a lease table the Java KCL 3.5 shares with its leader lock and
+    /// worker metrics (absent or `LEASE` for a lease).
+    pub const ENTITY_TYPE: &str = "entityType";
 }
 
 use attributes::*;
+
+/// Whether an item of the lease table is a lease: the Java KCL 3.5 keeps other items there
+/// (its leader lock, worker metrics, migration state), marked by `entityType`. They are
+/// neither read as leases nor ever written.
+pub fn is_lease_item(item: &HashMap<String, AttributeValue>) -> bool {
+    match item.get(ENTITY_TYPE) {
+        None => true,
+        Some(AttributeValue::S(kind)) => kind == "LEASE",
+        Some(_) => false,
+    }
+}
 
 /// The lease an UpdateItem with `ReturnValues=ALL_NEW` wrote.
 pub(crate) fn written_lease(

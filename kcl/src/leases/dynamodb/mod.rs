@@ -22,7 +22,7 @@ use crate::error::{ErrorKind, ServiceError};
 use crate::lease::Lease;
 use admin::{has_owner_index, TableSpec};
 use codec::attributes::*;
-use codec::{lease_from_item, lease_to_item, written_lease};
+use codec::{is_lease_item, lease_from_item, lease_to_item, written_lease};
 
 /// A [`LeaseStore`] backed by a DynamoDB table, created if missing as
 /// [`LeaseTableConfig`] says (default: on-demand, with the owner index).
@@ -183,6 +183,46 @@ impl DynamoDbLeaseStore {
     }
 }
 
+impl DynamoDbLeaseStore {
+    /// Every lease in the table. Items that are not leases (the Java KCL 3.5 keeps its
+    /// leader lock and worker metrics in the lease table, with an `entityType`) are left
+    /// out; items that cannot be read as leases are skipped with an error log.
+    async fn scan(&self, consistent: bool) -> Result<Vec<Lease>, LeaseStoreError> {
+        let mut leases = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(consistent)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| classify("Scan", &self.table, e))?;
+            for item in page.items().iter().filter(|item| is_lease_item(item)) {
+                // One bad item must not stop taking, syncing and parent checks for the
+                // whole fleet: skip it, loudly.
+                match lease_from_item(item) {
+                    Ok(lease) => leases.push(lease),
+                    Err(error) => {
+                        let key = match item.get(LEASE_KEY) {
+                            Some(AttributeValue::S(key)) => key.clone(),
+                            _ => String::from("?"),
+                        };
+                        tracing::error!(table = %self.table, lease_key = %key, %error, "skipping a malformed lease item");
+                        metrics::counter!("kinesis_consumer_lease_items_malformed").increment(1);
+                    }
+                }
+            }
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() {
+                return Ok(leases);
+            }
+        }
+    }
+}
+
 /// A failed call as a [`LeaseStoreError`]: a failed condition, throttling, or any other
 /// service error (with the SDK's error as its source).
 pub(crate) fn classify<E, R>(
@@ -220,38 +260,11 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError> {
-        let mut leases = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| classify("Scan", &self.table, e))?;
-            for item in page.items() {
-                // One bad item must not stop taking, syncing and parent checks for the
-                // whole fleet: skip it, loudly.
-                match lease_from_item(item) {
-                    Ok(lease) => leases.push(lease),
-                    Err(error) => {
-                        let key = match item.get(LEASE_KEY) {
-                            Some(AttributeValue::S(key)) => key.clone(),
-                            _ => String::from("?"),
-                        };
-                        tracing::error!(table = %self.table, lease_key = %key, %error, "skipping a malformed lease item");
-                        metrics::counter!("kinesis_consumer_lease_items_malformed").increment(1);
-                    }
-                }
-            }
-            start = page.last_evaluated_key().cloned();
-            if start.is_none() {
-                return Ok(leases);
-            }
-        }
+        self.scan(true).await
+    }
+
+    async fn list_leases_eventually_consistent(&self) -> Result<Vec<Lease>, LeaseStoreError> {
+        self.scan(false).await
     }
 
     async fn get_lease(&self, lease_key: &str) -> Result<Option<Lease>, LeaseStoreError> {

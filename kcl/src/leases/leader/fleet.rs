@@ -131,6 +131,13 @@ impl Fleet {
             .collect()
     }
 
+    /// Whether a worker's row has not changed for `age` at `now`.
+    pub fn unchanged_for(&self, worker_id: &str, now: Instant, age: Duration) -> bool {
+        self.seen
+            .since(worker_id)
+            .is_some_and(|since| now.duration_since(since) > age)
+    }
+
     /// A row, as last listed.
     pub fn row(&self, worker_id: &str) -> Option<&WorkerRow> {
         self.rows.get(worker_id)

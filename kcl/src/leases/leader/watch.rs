@@ -1,0 +1,111 @@
+//! Watching the fleet: the leader and its successors list the worker rows every fraction
+//! of a second (one small scan), so that whichever of them leads knows, within the
+//! failover time of a worker's last heartbeat, that the worker died. Other workers do not
+//! look.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::election::SUCCESSORS;
+use super::fleet::{Fleet, WorkerState, WorkerView};
+use crate::leases::coordination::{CoordinatorStore, WorkerRow};
+use crate::leases::held::timed;
+
+/// The fleet as this worker watches it.
+pub(crate) struct FleetWatch {
+    store: Arc<dyn CoordinatorStore>,
+    fleet: Mutex<Fleet>,
+    worker_id: String,
+    failover: Duration,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for FleetWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetWatch")
+            .field("worker_id", &self.worker_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetWatch {
+    pub(crate) fn new(
+        store: Arc<dyn CoordinatorStore>,
+        worker_id: String,
+        failover: Duration,
+        timeout: Duration,
+    ) -> Self {
+        FleetWatch {
+            store,
+            fleet: Mutex::new(Fleet::default()),
+            worker_id,
+            failover,
+            timeout,
+        }
+    }
+
+    fn fleet(&self) -> std::sync::MutexGuard<'_, Fleet> {
+        self.fleet.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lists the rows once.
+    pub(crate) async fn look(&self) {
+        match timed(self.timeout, self.store.list_workers()).await {
+            Ok(rows) => self.fleet().observe(rows, Instant::now()),
+            Err(error) => tracing::debug!(%error, "listing the worker rows failed"),
+        }
+    }
+
+    /// Every worker with a row, as known now.
+    pub(crate) fn view(&self) -> BTreeMap<String, WorkerView> {
+        self.fleet().view(Instant::now(), self.failover)
+    }
+
+    /// Since when this worker has watched.
+    pub(crate) fn watching_since(&self) -> Option<Instant> {
+        self.fleet().first_look()
+    }
+
+    /// Whether a worker's row has not changed for `age`.
+    pub(crate) fn unchanged_for(&self, worker_id: &str, age: Duration) -> bool {
+        self.fleet().unchanged_for(worker_id, Instant::now(), age)
+    }
+
+    /// A row as last listed.
+    pub(crate) fn row(&self, worker_id: &str) -> Option<WorkerRow> {
+        self.fleet().row(worker_id).cloned()
+    }
+
+    /// The successors a leader names: live workers of this crate other than this one,
+    /// those named before first (fewer changes), then by id.
+    pub(crate) fn successors(&self, current: &[String]) -> Vec<String> {
+        let view = self.view();
+        let fleet = self.fleet();
+        let eligible = |id: &str| {
+            id != self.worker_id
+                && view
+                    .get(id)
+                    .is_some_and(|w| w.state == WorkerState::Alive && !w.stopping)
+                && fleet.row(id).is_some_and(|r| r.is_heartbeating())
+        };
+        let mut chosen: Vec<String> = current
+            .iter()
+            .filter(|id| eligible(id))
+            .take(SUCCESSORS)
+            .cloned()
+            .collect();
+        let already: HashSet<String> = chosen.iter().cloned().collect();
+        for id in view.keys() {
+            if chosen.len() >= SUCCESSORS {
+                break;
+            }
+            if eligible(id) && !already.contains(id) {
+                chosen.push(id.clone());
+            }
+        }
+        chosen
+    }
+}
