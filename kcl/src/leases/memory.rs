@@ -1,7 +1,7 @@
 //! An in-memory lease table with the same conditional semantics as the DynamoDB one, for
 //! tests of the lease algorithm; it can fail requests on purpose.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -21,6 +21,8 @@ pub struct MemoryLeaseStore {
 #[derive(Debug)]
 struct Inner {
     leases: BTreeMap<String, Lease>,
+    /// The owner index: lease keys per `leaseOwner`, kept in step with `leases`.
+    owners: HashMap<String, BTreeSet<String>>,
     failure_rate: f64,
     fail_next: u32,
     rng: StdRng,
@@ -39,6 +41,7 @@ impl MemoryLeaseStore {
         MemoryLeaseStore {
             inner: Mutex::new(Inner {
                 leases: BTreeMap::new(),
+                owners: HashMap::new(),
                 failure_rate: 0.0,
                 fail_next: 0,
                 rng: StdRng::seed_from_u64(0),
@@ -81,7 +84,7 @@ impl MemoryLeaseStore {
 
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut BTreeMap<String, Lease>) -> Result<T, LeaseStoreError>,
+        f: impl FnOnce(&mut Leases<'_>) -> Result<T, LeaseStoreError>,
     ) -> Result<T, LeaseStoreError> {
         let mut inner = self.lock();
         if inner.fail_next > 0 {
@@ -94,7 +97,8 @@ impl MemoryLeaseStore {
                 return Err(injected());
             }
         }
-        let result = f(&mut inner.leases);
+        let Inner { leases, owners, .. } = &mut *inner;
+        let result = f(&mut Leases { leases, owners });
         if result.is_ok() {
             inner.requests += 1;
         }
@@ -110,11 +114,21 @@ impl MemoryLeaseStore {
     ) -> Result<Lease, LeaseStoreError> {
         self.with(|leases| {
             let current = leases
+                .leases
                 .get_mut(&lease.lease_key)
                 .filter(|c| holds(c))
                 .ok_or_else(|| LeaseStoreError::ConditionFailed(lease.lease_key.clone()))?;
+            let owner_before = current.lease_owner.clone();
             change(current);
-            Ok(current.clone())
+            let written = current.clone();
+            if written.lease_owner != owner_before {
+                leases.reindex(
+                    &written.lease_key,
+                    owner_before.as_deref(),
+                    written.lease_owner.as_deref(),
+                );
+            }
+            Ok(written)
         })
     }
 
@@ -150,6 +164,55 @@ impl MemoryLeaseStore {
     }
 }
 
+/// The leases and their owner index, changed together.
+struct Leases<'a> {
+    leases: &'a mut BTreeMap<String, Lease>,
+    owners: &'a mut HashMap<String, BTreeSet<String>>,
+}
+
+impl Leases<'_> {
+    fn get(&self, key: &str) -> Option<&Lease> {
+        self.leases.get(key)
+    }
+
+    /// Moves `key` in the owner index from `before` to `after`.
+    fn reindex(&mut self, key: &str, before: Option<&str>, after: Option<&str>) {
+        if let Some(before) = before {
+            if let Some(keys) = self.owners.get_mut(before) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.owners.remove(before);
+                }
+            }
+        }
+        if let Some(after) = after {
+            self.owners
+                .entry(after.to_owned())
+                .or_default()
+                .insert(key.to_owned());
+        }
+    }
+
+    fn put(&mut self, lease: Lease) {
+        let before = self
+            .leases
+            .get(&lease.lease_key)
+            .and_then(|l| l.lease_owner.clone());
+        self.reindex(
+            &lease.lease_key,
+            before.as_deref(),
+            lease.lease_owner.as_deref(),
+        );
+        self.leases.insert(lease.lease_key.clone(), lease);
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(lease) = self.leases.remove(key) {
+            self.reindex(key, lease.lease_owner.as_deref(), None);
+        }
+    }
+}
+
 fn same_owners(a: &Lease, b: &Lease) -> bool {
     a.lease_owner == b.lease_owner && a.checkpoint_owner == b.checkpoint_owner
 }
@@ -161,7 +224,17 @@ impl LeaseStore for MemoryLeaseStore {
     }
 
     async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError> {
-        self.with(|leases| Ok(leases.values().cloned().collect()))
+        self.with(|leases| Ok(leases.leases.values().cloned().collect()))
+    }
+
+    async fn list_lease_keys_owned_by(&self, owner: &str) -> Result<Vec<String>, LeaseStoreError> {
+        self.with(|leases| {
+            Ok(leases
+                .owners
+                .get(owner)
+                .map(|keys| keys.iter().cloned().collect())
+                .unwrap_or_default())
+        })
     }
 
     async fn get_lease(&self, lease_key: &str) -> Result<Option<Lease>, LeaseStoreError> {
@@ -170,10 +243,10 @@ impl LeaseStore for MemoryLeaseStore {
 
     async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseStoreError> {
         self.with(|leases| {
-            if leases.contains_key(&lease.lease_key) {
+            if leases.get(&lease.lease_key).is_some() {
                 return Ok(false);
             }
-            leases.insert(lease.lease_key.clone(), lease.clone());
+            leases.put(lease.clone());
             Ok(true)
         })
     }

@@ -58,7 +58,13 @@ struct State {
     leading_since: Option<Instant>,
     /// Workers a lease moved from or to for CPU, and their heartbeat then.
     cpu_moves: HashMap<String, u64>,
+    /// Rounds in a row that could not list the lease table.
+    failed_rounds: u32,
 }
+
+/// After this many rounds in a row that could not list the lease table, a leader gives the
+/// leadership up (the Java KCL 3 gives up after three failed runs).
+const FAILED_ROUNDS_TO_GIVE_UP: u32 = 3;
 
 /// The leader's assignment rounds.
 pub(crate) struct Assigner {
@@ -117,9 +123,21 @@ impl Assigner {
         )
         .await;
         let leases = match listed {
-            Ok(leases) => leases,
+            Ok(leases) => {
+                self.state().failed_rounds = 0;
+                leases
+            }
             Err(error) => {
                 tracing::warn!(%error, "the leader could not list the lease table; trying again next round");
+                let failed = {
+                    let mut state = self.state();
+                    state.failed_rounds += 1;
+                    state.failed_rounds
+                };
+                if failed >= FAILED_ROUNDS_TO_GIVE_UP {
+                    self.state().failed_rounds = 0;
+                    self.election.give_up(2 * self.config.failover_time).await;
+                }
                 return Some(RoundReport::default());
             }
         };

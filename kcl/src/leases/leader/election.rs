@@ -83,6 +83,9 @@ struct State {
     seen: Option<(String, Instant)>,
     /// The lock item as last read or written.
     last: Option<LockItem>,
+    /// A leader that gave up (its lease table calls kept failing) does not contend before
+    /// this.
+    no_contest_until: Option<Instant>,
 }
 
 /// The election, as one worker takes part in it.
@@ -271,6 +274,10 @@ impl Election {
 
     async fn contend(&self) -> Duration {
         let me = self.config.worker_id.clone();
+        let resting = self
+            .state()
+            .no_contest_until
+            .is_some_and(|until| Instant::now() < until);
         let read = timed(
             self.config.request_timeout,
             self.store.read_lock(&self.config.lock_key),
@@ -308,7 +315,7 @@ impl Election {
                 }
             }
         };
-        if take_over {
+        if take_over && !resting {
             self.acquire(current.as_ref()).await;
         }
         if self.is_leader() {
@@ -354,6 +361,15 @@ impl Election {
                 }
             }
         }
+    }
+
+    /// Gives leadership up because this worker cannot lead (its calls to the lease table
+    /// keep failing, as the Java KCL gives up after three failed runs): releases the lock
+    /// and does not contend for `rest`, so that a successor takes over.
+    pub(crate) async fn give_up(&self, rest: Duration) {
+        tracing::warn!(worker = %self.config.worker_id, "giving the leadership up: the lease table keeps failing for this worker");
+        self.state().no_contest_until = Some(Instant::now() + rest);
+        self.release().await;
     }
 
     /// Gives leadership up (a graceful shutdown): deletes the lock item, as the Java KCL

@@ -140,7 +140,10 @@ pub(crate) fn plan_assignments(view: FleetView<'_>, config: &PlanConfig) -> Assi
         })
         .collect();
     let dead = |id: &str| view.workers.get(id).is_some_and(|w| w.is_dead());
-    let mut free: Vec<(&Lease, Option<&str>)> = Vec::new();
+    // Free leases: the worker each should go to, if any, and the one it should not (a
+    // worker alive by its heartbeat that let the lease expire, or never took it: its lease
+    // table calls may be failing).
+    let mut free: Vec<(&Lease, Option<&str>, Option<&str>)> = Vec::new();
     for lease in view.leases.iter().filter(|l| !l.is_finished()) {
         let holder = lease.actual_owner();
         let holder_gone = match holder {
@@ -162,7 +165,8 @@ pub(crate) fn plan_assignments(view: FleetView<'_>, config: &PlanConfig) -> Assi
                 .handoff_pending()
                 .then_some(lease.lease_owner.as_deref())
                 .flatten();
-            free.push((lease, preferred));
+            let avoid = holder.filter(|h| !dead(h));
+            free.push((lease, preferred, avoid));
             continue;
         }
         if lease.handoff_pending() {
@@ -188,11 +192,12 @@ pub(crate) fn plan_assignments(view: FleetView<'_>, config: &PlanConfig) -> Assi
 
     // 1. Free leases.
     free.sort_by(|a, b| a.0.lease_key.cmp(&b.0.lease_key));
-    for (lease, preferred) in free {
+    for (lease, preferred, avoid) in free {
         let to = preferred
-            .filter(|p| takers.get(p).is_some_and(|t| t.count < t.cap))
-            .map(str::to_owned)
-            .or_else(|| least_loaded(&takers, |_| true).map(str::to_owned));
+            .filter(|p| Some(*p) != avoid && takers.get(p).is_some_and(|t| t.count < t.cap))
+            .or_else(|| least_loaded(&takers, |t| Some(t.id) != avoid))
+            .or_else(|| least_loaded(&takers, |_| true))
+            .map(str::to_owned);
         let Some(to) = to else {
             plan.unplaced += 1;
             continue;
@@ -619,6 +624,20 @@ mod tests {
         assert_eq!(plan.assign[0].lease.lease_key, "s1");
         assert_eq!(plan.assign[0].after_fence, None);
         assert!(plan.handoffs.is_empty());
+    }
+
+    #[test]
+    fn an_expired_lease_of_a_live_worker_goes_to_another_worker() {
+        // "a" heartbeats but let its lease expire (its lease table calls fail).
+        let leases = vec![lease("s1", Some("a"), 0.0), lease("s2", Some("b"), 0.0)];
+        let workers = alive(&["a", "b"]);
+        let expired = HashSet::from(["s1".to_owned()]);
+        let plan = plan_with(&leases, &expired, &workers, &config());
+        assert_eq!(plan.assign.len(), 1);
+        assert_eq!(plan.assign[0].to, "b");
+        // Alone, it gets it back.
+        let plan = plan_with(&leases[..1], &expired, &alive(&["a"]), &config());
+        assert_eq!(plan.assign[0].to, "a");
     }
 
     #[test]
