@@ -250,15 +250,22 @@ async fn a_table_created_by_the_java_kcl_3_is_used_as_is_and_its_attributes_kept
         checkpoint, "TRIM_HORIZON",
         "the worker checkpointed into the Java table"
     );
+    // The Java table is used as it is; beside it, the Java KCL 3's coordinator tables.
     let tables = dynamodb.list_tables().send().await?;
+    let mut ours: Vec<&String> = tables
+        .table_names()
+        .iter()
+        .filter(|t| t.contains(&app))
+        .collect();
+    ours.sort();
     assert_eq!(
-        tables
-            .table_names()
-            .iter()
-            .filter(|t| t.contains(&app))
-            .count(),
-        1,
-        "one table for the application"
+        ours,
+        [
+            &app,
+            &format!("{app}-CoordinatorState"),
+            &format!("{app}-WorkerMetricStats")
+        ],
+        "the lease table and the coordinator tables, nothing else"
     );
     let store = DynamoDbLeaseStore::new(dynamodb, &app);
     store.create_table_if_missing().await?;

@@ -19,8 +19,15 @@ use integration_tests::{
 use kinesis_consumer::leases::{DynamoDbLeaseStore as Store, LeaseStore as _};
 use kinesis_consumer::{ExtendedSequenceNumber, InitialPosition};
 
-/// Every attribute the Java KCL 2.x writes, with its DynamoDB type.
+/// Every attribute the Java KCL 2.x writes, with its DynamoDB type, and the ones the Java
+/// KCL 3 added (`checkpointOwner`, `throughputKBps`) or this crate adds
+/// (`handoffCounter`, written when a lease is handed over or assigned by the leader, and
+/// `handoffAcceptedBy`), which the Java KCL ignores.
 const JAVA_SCHEMA: &[(&str, &str)] = &[
+    ("checkpointOwner", "S"),
+    ("throughputKBps", "N"),
+    ("handoffCounter", "N"),
+    ("handoffAcceptedBy", "S"),
     ("leaseKey", "S"),
     ("leaseOwner", "S"),
     ("leaseCounter", "N"),

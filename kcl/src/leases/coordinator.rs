@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::coordination::CoordinatorStore;
 pub use super::held::HeldLease;
-use super::held::{timed, LeaseTiming};
+use super::held::{timed, Holder, LeaseTiming};
 use super::liveness::Liveness;
 use super::store::{LeaseStore, LeaseStoreError};
 use crate::lease::Lease;
@@ -346,16 +346,14 @@ impl LeaseCoordinator {
             Ok(taken) => {
                 tracing::info!(shard = %taken.lease_key, worker = %me, previous_owner = ?lease.actual_owner(), stolen = stealing, "took lease");
                 let key = taken.lease_key.clone();
-                let held = HeldLease::new(
-                    taken,
-                    sent,
-                    not_before,
-                    me.to_owned(),
-                    self.store.clone(),
-                    self.timing(),
-                    self.changes.clone(),
-                    self.liveness.clone(),
-                );
+                let holder = Holder {
+                    worker_id: me.to_owned(),
+                    store: self.store.clone(),
+                    timing: self.timing(),
+                    changes: self.changes.clone(),
+                    liveness: self.liveness.clone(),
+                };
+                let held = HeldLease::new(taken, sent, not_before, &holder);
                 self.held_map().insert(key.clone(), Arc::new(held));
                 self.pending_map().remove(&key);
                 self.held_gauge();

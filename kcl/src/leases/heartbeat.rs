@@ -33,6 +33,8 @@ pub(crate) struct Heartbeat {
     last: tokio::sync::Mutex<Option<WorkerRow>>,
     stopping: AtomicBool,
     cpu: Option<Mutex<CpuSampler>>,
+    /// The lock keys whose leader named this worker a successor (from the row).
+    successor_of: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Heartbeat {
@@ -72,6 +74,7 @@ impl Heartbeat {
             last: tokio::sync::Mutex::new(None),
             stopping: AtomicBool::new(false),
             cpu: report_cpu.then(|| Mutex::new(CpuSampler::default())),
+            successor_of: Mutex::new(Default::default()),
         }
     }
 
@@ -103,8 +106,9 @@ impl Heartbeat {
         )
         .await;
         match written {
-            Ok(()) => {
-                *last = Some(row);
+            Ok(written) => {
+                self.note_successor_of(&written);
+                *last = Some(written);
                 self.liveness.extend(sent);
                 Beat::Written
             }
@@ -124,6 +128,7 @@ impl Heartbeat {
                     }
                     Ok(Some(current)) if current.heartbeat == row.heartbeat => {
                         // Applied, its answer lost.
+                        self.note_successor_of(&current);
                         *last = Some(current);
                         self.liveness.extend(sent);
                         Beat::Written
@@ -139,6 +144,19 @@ impl Heartbeat {
                 }
             }
         }
+    }
+
+    fn note_successor_of(&self, row: &WorkerRow) {
+        *self.successor_of.lock().unwrap_or_else(|e| e.into_inner()) = row.successor_of.clone();
+    }
+
+    /// Whether a leader named this worker a successor for `lock_key`, as the row said at
+    /// the last heartbeat.
+    pub(crate) fn is_named_successor(&self, lock_key: &str) -> bool {
+        self.successor_of
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(lock_key)
     }
 
     fn next_row(&self, previous: Option<&WorkerRow>) -> WorkerRow {

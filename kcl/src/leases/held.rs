@@ -150,17 +150,29 @@ impl std::fmt::Debug for HeldLease {
     }
 }
 
+/// What every lease a worker holds shares: the worker, the table, the timing, the signal
+/// of changes, and the worker's liveness.
+#[derive(Clone)]
+pub(crate) struct Holder {
+    pub worker_id: String,
+    pub store: Arc<dyn LeaseStore>,
+    pub timing: LeaseTiming,
+    /// Told when a handoff is requested (shared by the worker's leases).
+    pub changes: Arc<Notify>,
+    pub liveness: Arc<Liveness>,
+}
+
 impl HeldLease {
-    pub(crate) fn new(
-        lease: Lease,
-        sent: Instant,
-        not_before: Instant,
-        worker_id: String,
-        store: Arc<dyn LeaseStore>,
-        timing: LeaseTiming,
-        handoff_notify: Arc<Notify>,
-        liveness: Arc<Liveness>,
-    ) -> Self {
+    /// A lease `holder` took with a write sent at `sent`, to be processed from
+    /// `not_before`.
+    pub(crate) fn new(lease: Lease, sent: Instant, not_before: Instant, holder: &Holder) -> Self {
+        let Holder {
+            worker_id,
+            store,
+            timing,
+            changes: handoff_notify,
+            liveness,
+        } = holder.clone();
         HeldLease {
             epoch: liveness.epoch(),
             liveness,

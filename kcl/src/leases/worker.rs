@@ -86,7 +86,7 @@ impl LeaderConfig {
 
 /// How often the leader and its successors list the worker rows.
 pub(crate) fn fleet_poll(failover: Duration) -> Duration {
-    (failover / 10).max(Duration::from_millis(10))
+    (failover / 20).max(Duration::from_millis(10))
 }
 
 /// A worker's presence in the fleet when a leader assigns leases: its liveness, its
@@ -104,6 +104,9 @@ pub(crate) struct Presence {
     wanted: AtomicU64,
     started: Instant,
     tasks: Mutex<Vec<AbortHandle>>,
+    /// How many lease workers (streams) run with it: the row says *stopping* only when the
+    /// last one stops.
+    users: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Presence {
@@ -155,11 +158,14 @@ impl Presence {
             wanted: AtomicU64::new(u64::MAX),
             started: Instant::now(),
             tasks: Mutex::new(Vec::new()),
+            users: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
-    /// Starts the heartbeat and the fleet watch, once.
+    /// Starts the heartbeat and the fleet watch, once (each lease worker using the presence
+    /// calls it).
     fn start(self: &Arc<Self>) {
+        self.users.fetch_add(1, Ordering::SeqCst);
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         if !tasks.is_empty() {
             return;
@@ -172,15 +178,30 @@ impl Presence {
                 let Some(presence) = presence.upgrade() else {
                     return;
                 };
+                let mut pause = poll;
                 if presence.is_watch_wanted() {
                     presence.fleet.look().await;
+                    if let Some(death) = presence.fleet.next_death() {
+                        pause = pause.min(death.saturating_duration_since(Instant::now()));
+                    }
                 }
                 drop(presence);
-                tokio::time::sleep(poll).await;
+                tokio::time::sleep(pause).await;
             }
         });
         tasks.push(heartbeat.abort_handle());
         tasks.push(watch.abort_handle());
+    }
+
+    /// A lease worker using the presence stops; the last one marks the row stopping (the
+    /// leader gives this worker nothing more).
+    fn leave(&self) {
+        let previous = self
+            .users
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if previous == Ok(1) {
+            self.heartbeat.set_stopping();
+        }
     }
 
     /// An election wants the fleet watched (its worker leads or is a successor).
@@ -289,17 +310,22 @@ impl LeaseWorker {
             presence.liveness().clone(),
             presence.store().clone(),
         ));
-        let election = Arc::new(Election::new(
-            presence.store().clone(),
-            ElectionConfig {
-                worker_id: coordinator_config.worker_id.clone(),
-                lock_key,
-                lock_duration: leader.lock_duration(failover),
-                request_timeout: coordinator_config.request_timeout(),
-                successor_poll: fleet_poll(failover),
-                follower_poll: failover,
-            },
-        ));
+        let heartbeat = presence.heartbeat.clone();
+        let named_key = lock_key.clone();
+        let election = Arc::new(
+            Election::new(
+                presence.store().clone(),
+                ElectionConfig {
+                    worker_id: coordinator_config.worker_id.clone(),
+                    lock_key,
+                    lock_duration: leader.lock_duration(failover),
+                    request_timeout: coordinator_config.request_timeout(),
+                    successor_poll: fleet_poll(failover),
+                    follower_poll: failover,
+                },
+            )
+            .with_named_successor(Box::new(move || heartbeat.is_named_successor(&named_key))),
+        );
         let assigner = Arc::new(Assigner::new(
             store,
             presence.store().clone(),
@@ -379,12 +405,11 @@ impl LeaseWorker {
                 let presence = leader.presence.clone();
                 let watch = leader.presence.fleet.clone();
                 tasks.spawn(tracing::Instrument::instrument(
-                    elect_forever(election.clone(), move || {
-                        if election.role() != super::leader::election::Role::Follower {
-                            presence.want_watch();
-                        }
-                        watch.successors(&election.successors())
-                    }),
+                    elect_forever(
+                        election.clone(),
+                        move || watch.successors(&election.successors()),
+                        move || presence.want_watch(),
+                    ),
                     span.clone(),
                 ));
                 tasks.spawn(tracing::Instrument::instrument(
@@ -432,7 +457,7 @@ impl LeaseWorker {
     /// coordinator hands back what is on its way and offers its leases.
     pub(crate) async fn begin_shutdown(&self) {
         if let Some(leader) = &self.leader {
-            leader.presence.heartbeat.set_stopping();
+            leader.presence.leave();
             leader.election.release().await;
         }
         self.coordinator.begin_shutdown().await;
@@ -486,3 +511,6 @@ async fn take_forever(
         };
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -45,6 +45,8 @@ pub mod attributes {
     pub const STOPPING: &str = "stopping";
     /// The most leases the worker takes (this crate's own).
     pub const MAX_LEASES: &str = "maxLeases";
+    /// The lock keys whose leader named the worker a successor (this crate's own).
+    pub const SUCCESSOR_OF: &str = "successorOf";
 }
 
 use attributes::*;
@@ -221,6 +223,13 @@ pub fn worker_to_item(row: &WorkerRow) -> HashMap<String, AttributeValue> {
     if let Some(max) = row.max_leases {
         item.insert(MAX_LEASES.into(), AttributeValue::N(max.to_string()));
     }
+    // DynamoDB rejects empty sets: absent means none.
+    if !row.successor_of.is_empty() {
+        item.insert(
+            SUCCESSOR_OF.into(),
+            AttributeValue::Ss(row.successor_of.iter().cloned().collect()),
+        );
+    }
     item
 }
 
@@ -238,6 +247,10 @@ pub fn worker_from_item(
         fenced_at: number(item, FENCED_AT),
         stopping: matches!(item.get(STOPPING), Some(AttributeValue::Bool(true))),
         max_leases: number(item, MAX_LEASES),
+        successor_of: match item.get(SUCCESSOR_OF) {
+            Some(AttributeValue::Ss(keys)) => keys.iter().cloned().collect(),
+            _ => Default::default(),
+        },
     })
 }
 
@@ -380,9 +393,11 @@ impl CoordinatorStore for DynamoDbCoordinatorStore {
         &self,
         row: &WorkerRow,
         previous: Option<&WorkerRow>,
-    ) -> Result<(), LeaseStoreError> {
+    ) -> Result<WorkerRow, LeaseStoreError> {
         let mut item = worker_to_item(row);
         item.remove(WORKER_ID);
+        // The leader's, not the worker's.
+        item.remove(SUCCESSOR_OF);
         let mut names = HashMap::from([("#wid".to_owned(), WORKER_ID.to_owned())]);
         let mut values = HashMap::new();
         let mut set = Vec::new();
@@ -426,7 +441,8 @@ impl CoordinatorStore for DynamoDbCoordinatorStore {
                 format!("attribute_exists(#wid) AND {heartbeat} AND {fenced}")
             }
         };
-        self.client
+        let out = self
+            .client
             .update_item()
             .table_name(&self.workers_table)
             .key(WORKER_ID, AttributeValue::S(row.worker_id.clone()))
@@ -434,9 +450,35 @@ impl CoordinatorStore for DynamoDbCoordinatorStore {
             .condition_expression(condition)
             .set_expression_attribute_names(Some(names))
             .set_expression_attribute_values(Some(values))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
             .send()
             .await
             .map_err(|e| classify("UpdateItem", &row.worker_id, e))?;
+        out.attributes()
+            .map(worker_from_item)
+            .transpose()?
+            .ok_or_else(|| malformed("the heartbeat write returned no row"))
+    }
+
+    async fn name_successor(
+        &self,
+        worker_id: &str,
+        lock_key: &str,
+        named: bool,
+    ) -> Result<(), LeaseStoreError> {
+        let action = if named { "ADD" } else { "DELETE" };
+        self.client
+            .update_item()
+            .table_name(&self.workers_table)
+            .key(WORKER_ID, AttributeValue::S(worker_id.to_owned()))
+            .update_expression(format!("{action} #succ :key"))
+            .condition_expression("attribute_exists(#wid)")
+            .expression_attribute_names("#succ", SUCCESSOR_OF)
+            .expression_attribute_names("#wid", WORKER_ID)
+            .expression_attribute_values(":key", AttributeValue::Ss(vec![lock_key.to_owned()]))
+            .send()
+            .await
+            .map_err(|e| classify("UpdateItem", worker_id, e))?;
         Ok(())
     }
 
@@ -553,6 +595,7 @@ mod tests {
         row.heartbeat = Some(7);
         row.fenced_at = Some(7);
         row.max_leases = Some(3);
+        row.successor_of.insert("Leader".into());
         let item = worker_to_item(&row);
         assert_eq!(worker_from_item(&item).unwrap(), row);
         assert!(row.is_fenced());

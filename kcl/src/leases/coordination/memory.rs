@@ -124,7 +124,7 @@ impl CoordinatorStore for MemoryCoordinatorStore {
         &self,
         row: &WorkerRow,
         previous: Option<&WorkerRow>,
-    ) -> Result<(), LeaseStoreError> {
+    ) -> Result<WorkerRow, LeaseStoreError> {
         let mut inner = self.lock();
         let current = inner.workers.get(&row.worker_id);
         let holds = match (current, previous) {
@@ -137,7 +137,28 @@ impl CoordinatorStore for MemoryCoordinatorStore {
         if !holds {
             return Err(condition_failed(&row.worker_id));
         }
-        inner.workers.insert(row.worker_id.clone(), row.clone());
+        let mut written = row.clone();
+        written.successor_of = current.map(|c| c.successor_of.clone()).unwrap_or_default();
+        inner.workers.insert(row.worker_id.clone(), written.clone());
+        Ok(written)
+    }
+
+    async fn name_successor(
+        &self,
+        worker_id: &str,
+        lock_key: &str,
+        named: bool,
+    ) -> Result<(), LeaseStoreError> {
+        let mut inner = self.lock();
+        let row = inner
+            .workers
+            .get_mut(worker_id)
+            .ok_or_else(|| condition_failed(worker_id))?;
+        if named {
+            row.successor_of.insert(lock_key.to_owned());
+        } else {
+            row.successor_of.remove(lock_key);
+        }
         Ok(())
     }
 

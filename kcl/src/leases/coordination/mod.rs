@@ -9,7 +9,7 @@
 //! ([`DynamoDbCoordinatorStore`]) and in memory ([`MemoryCoordinatorStore`], for tests and
 //! simulations). Every write that decides something is conditional.
 
-mod dynamodb;
+pub(crate) mod dynamodb;
 mod memory;
 
 use std::collections::BTreeMap;
@@ -93,7 +93,8 @@ fn new_record_version() -> String {
 /// range). This crate's own (the Java KCL ignores them): `heartbeat`, a counter bumped by
 /// every write of the worker, each conditional on the value before; `fencedAt`, the
 /// heartbeat at which a leader found the worker dead (its later heartbeats then fail until
-/// it starts afresh); `stopping`; `maxLeases`.
+/// it starts afresh); `stopping`; `maxLeases`; `successorOf`, the lock keys whose leader
+/// named this worker a successor (written by the leader, kept by the worker's writes).
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct WorkerRow {
@@ -115,6 +116,8 @@ pub struct WorkerRow {
     pub stopping: bool,
     /// `maxLeases`: the most leases the worker takes, when limited.
     pub max_leases: Option<u64>,
+    /// `successorOf`: the lock keys whose leader named this worker a successor.
+    pub successor_of: std::collections::BTreeSet<String>,
 }
 
 impl WorkerRow {
@@ -180,13 +183,24 @@ pub trait CoordinatorStore: Send + Sync {
     /// One worker's row, if it exists (consistent read).
     async fn read_worker(&self, worker_id: &str) -> Result<Option<WorkerRow>, LeaseStoreError>;
 
-    /// Writes `row` (its attributes this crate knows; others are kept). Condition: with
-    /// `previous` `None`, no row exists for the worker; otherwise the row still has
-    /// `previous`'s heartbeat and fence.
+    /// Writes `row`: the attributes the worker owns (every one but `successorOf`, which
+    /// is kept, as are attributes this crate does not know), and returns the row as
+    /// written. Condition: with `previous` `None`, no row exists for the worker; otherwise
+    /// the row still has `previous`'s heartbeat and fence.
     async fn write_worker(
         &self,
         row: &WorkerRow,
         previous: Option<&WorkerRow>,
+    ) -> Result<WorkerRow, LeaseStoreError>;
+
+    /// A leader names a worker a successor for the lock `lock_key` (`named`), or no longer:
+    /// adds the key to, or removes it from, the worker's `successorOf`. The worker learns it
+    /// at its next heartbeat. Condition: the row exists.
+    async fn name_successor(
+        &self,
+        worker_id: &str,
+        lock_key: &str,
+        named: bool,
     ) -> Result<(), LeaseStoreError>;
 
     /// Every worker row. Rows that cannot be read are skipped (with an error log).

@@ -386,15 +386,21 @@ impl Assigner {
     }
 }
 
-/// Runs the leader's rounds every `interval` (a round while not leading costs nothing).
+/// Runs the leader's rounds every `interval` (a round while not leading costs nothing), and
+/// at once when this worker becomes the leader or its watch finds a worker dead.
 pub(crate) async fn assign_forever(assigner: Arc<Assigner>, interval: Duration) {
     let mut leading = assigner.election.subscribe();
     loop {
         assigner.round().await;
-        // A new leader starts at once.
-        let _ = tokio::time::timeout(interval, leading.wait_for(|l| *l)).await;
         if assigner.election.is_leader() {
-            tokio::time::sleep(interval).await;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = assigner.fleet.death() => {}
+            }
+        } else {
+            // A new leader starts at once. (Waiting for a change, not for the value: the
+            // value may still say leading while the deadline has passed.)
+            let _ = tokio::time::timeout(interval, leading.changed()).await;
         }
     }
 }

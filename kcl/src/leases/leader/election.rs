@@ -94,7 +94,13 @@ pub(crate) struct Election {
     config: ElectionConfig,
     state: Mutex<State>,
     leading: watch::Sender<bool>,
+    /// Whether this worker's row says a leader named it a successor (learnt at each
+    /// heartbeat, sooner than a follower reads the lock).
+    named: Option<NamedSuccessor>,
 }
+
+/// Tells whether the worker's row names it a successor.
+pub(crate) type NamedSuccessor = Box<dyn Fn() -> bool + Send + Sync>;
 
 impl std::fmt::Debug for Election {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,7 +117,14 @@ impl Election {
             config,
             state: Mutex::new(State::default()),
             leading: watch::channel(false).0,
+            named: None,
         }
+    }
+
+    /// Also a successor when `named` says the worker's row names it one.
+    pub(crate) fn with_named_successor(mut self, named: NamedSuccessor) -> Self {
+        self.named = Some(named);
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -138,6 +151,9 @@ impl Election {
     pub(crate) fn role(&self) -> Role {
         if self.is_leader() {
             return Role::Leader;
+        }
+        if self.named.as_ref().is_some_and(|named| named()) {
+            return Role::Successor;
         }
         let state = self.state();
         match &state.last {
@@ -201,8 +217,12 @@ impl Election {
         let renewed = held.item.renewed(successors);
         let sent = Instant::now();
         let call = self.store.renew_lock(&held.item, &renewed);
+        let (before, after) = (held.item.successors.clone(), renewed.successors.clone());
         match timed(self.config.request_timeout, call).await {
-            Ok(()) => self.confirmed(renewed, sent),
+            Ok(()) => {
+                self.confirmed(renewed, sent);
+                self.tell_successors(&before, &after).await;
+            }
             Err(LeaseStoreError::ConditionFailed(_)) => {
                 self.resolve(&held, Some((renewed, sent))).await
             }
@@ -214,6 +234,29 @@ impl Election {
             }
         }
         self.config.heartbeat_interval()
+    }
+
+    /// Tells the workers named (or no longer named) successors in their rows, so that they
+    /// start watching the fleet at their next heartbeat instead of at their next read of
+    /// the lock. Best effort: the lock item says it too.
+    async fn tell_successors(&self, before: &[String], after: &[String]) {
+        let key = &self.config.lock_key;
+        let changes = after
+            .iter()
+            .filter(|w| !before.contains(w))
+            .map(|w| (w, true))
+            .chain(
+                before
+                    .iter()
+                    .filter(|w| !after.contains(w))
+                    .map(|w| (w, false)),
+            );
+        for (worker, named) in changes {
+            let call = self.store.name_successor(worker, key, named);
+            if let Err(error) = timed(self.config.request_timeout, call).await {
+                tracing::debug!(%worker, %error, "telling a successor failed");
+            }
+        }
     }
 
     /// A write of ours that carries `item` and was sent at `sent` is known applied.
@@ -395,14 +438,28 @@ impl Election {
 }
 
 /// Takes part in the election until the task is dropped; `successors` names the workers a
-/// leader writes as its successors.
+/// leader writes as its successors, and `watching` is told, every poll while this worker
+/// leads or is a successor, that the fleet should be watched. A follower's long pause ends
+/// early when its row says a leader named it a successor.
 pub(crate) async fn elect_forever(
     election: Arc<Election>,
     successors: impl Fn() -> Vec<String> + Send,
+    watching: impl Fn() + Send,
 ) {
     loop {
         let pause = election.step(successors()).await;
-        tokio::time::sleep(pause).await;
+        let until = Instant::now() + pause;
+        loop {
+            let role = election.role();
+            if role != Role::Follower {
+                watching();
+            }
+            let now = Instant::now();
+            if now >= until || (role == Role::Successor && pause > election.config.successor_poll) {
+                break;
+            }
+            tokio::time::sleep((until - now).min(election.config.successor_poll)).await;
+        }
     }
 }
 

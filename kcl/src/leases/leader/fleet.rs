@@ -131,6 +131,18 @@ impl Fleet {
             .collect()
     }
 
+    /// When the first worker of this crate not known dead would be, if its heartbeat does
+    /// not change again: just past the failover time after it was first seen.
+    pub fn next_death(&self, failover: Duration) -> Option<Instant> {
+        self.rows
+            .iter()
+            .filter(|(_, row)| row.is_heartbeating() && !row.is_fenced())
+            .filter_map(|(id, _)| self.seen.since(id))
+            .map(|since| since + failover + Duration::from_millis(1))
+            .filter(|at| *at > Instant::now())
+            .min()
+    }
+
     /// Whether a worker's row has not changed for `age` at `now`.
     pub fn unchanged_for(&self, worker_id: &str, now: Instant, age: Duration) -> bool {
         self.seen

@@ -256,7 +256,7 @@ fn least_loaded<'a>(
         .map(|(id, _)| *id)
 }
 
-fn mean<'a>(values: impl Iterator<Item = f64>, n: usize) -> f64 {
+fn mean(values: impl Iterator<Item = f64>, n: usize) -> f64 {
     values.sum::<f64>() / n.max(1) as f64
 }
 
@@ -719,8 +719,12 @@ mod tests {
             .map(|i| lease(&format!("s{i}"), Some(["a", "b"][i % 2]), 0.0))
             .collect();
         let mut workers = alive(&["a", "b"]);
-        workers.get_mut("a").map(|a| a.cpu = Some(90.0));
-        workers.get_mut("b").map(|b| b.cpu = Some(30.0));
+        if let Some(w) = workers.get_mut("a") {
+            w.cpu = Some(90.0);
+        }
+        if let Some(w) = workers.get_mut("b") {
+            w.cpu = Some(30.0);
+        }
         let config = PlanConfig {
             cpu: Some(CpuBalancing::default()),
             ..config()
@@ -730,8 +734,12 @@ mod tests {
         assert_eq!(plan.handoffs[0].1, "b");
         assert_eq!(plan.handoffs[0].2, MoveReason::Cpu);
         // Even utilisation: no move.
-        workers.get_mut("a").map(|a| a.cpu = Some(52.0));
-        workers.get_mut("b").map(|b| b.cpu = Some(48.0));
+        if let Some(w) = workers.get_mut("a") {
+            w.cpu = Some(52.0);
+        }
+        if let Some(w) = workers.get_mut("b") {
+            w.cpu = Some(48.0);
+        }
         let plan = plan_with(&leases, &HashSet::new(), &workers, &config);
         assert!(plan.handoffs.is_empty(), "{plan:?}");
     }

@@ -18,6 +18,8 @@ use crate::leases::held::timed;
 pub(crate) struct FleetWatch {
     store: Arc<dyn CoordinatorStore>,
     fleet: Mutex<Fleet>,
+    /// Told when a look finds a worker newly dead (the leader acts at once).
+    deaths: tokio::sync::Notify,
     worker_id: String,
     failover: Duration,
     timeout: Duration,
@@ -41,6 +43,7 @@ impl FleetWatch {
         FleetWatch {
             store,
             fleet: Mutex::new(Fleet::default()),
+            deaths: tokio::sync::Notify::new(),
             worker_id,
             failover,
             timeout,
@@ -51,12 +54,42 @@ impl FleetWatch {
         self.fleet.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Lists the rows once.
+    /// Lists the rows once; tells the leader when a worker is newly found dead.
     pub(crate) async fn look(&self) {
         match timed(self.timeout, self.store.list_workers()).await {
-            Ok(rows) => self.fleet().observe(rows, Instant::now()),
+            Ok(rows) => {
+                let now = Instant::now();
+                let newly_dead = {
+                    let mut fleet = self.fleet();
+                    let dead = |fleet: &Fleet| -> HashSet<String> {
+                        fleet
+                            .view(now, self.failover)
+                            .into_iter()
+                            .filter(|(_, w)| w.state == WorkerState::Dead)
+                            .map(|(id, _)| id)
+                            .collect()
+                    };
+                    let before = dead(&fleet);
+                    fleet.observe(rows, now);
+                    dead(&fleet).difference(&before).count() > 0
+                };
+                if newly_dead {
+                    self.deaths.notify_one();
+                }
+            }
             Err(error) => tracing::debug!(%error, "listing the worker rows failed"),
         }
+    }
+
+    /// Completes when a look finds a worker newly dead.
+    pub(crate) async fn death(&self) {
+        self.deaths.notified().await;
+    }
+
+    /// When the first live worker of this crate would be dead if its heartbeat does not
+    /// change again: a look just then finds it at once, instead of up to a poll later.
+    pub(crate) fn next_death(&self) -> Option<Instant> {
+        self.fleet().next_death(self.failover)
     }
 
     /// Every worker with a row, as known now.

@@ -73,8 +73,16 @@ impl CoordinatorStore for Faulty {
         &self,
         row: &WorkerRow,
         previous: Option<&WorkerRow>,
-    ) -> Result<(), LeaseStoreError> {
+    ) -> Result<WorkerRow, LeaseStoreError> {
         self.inner.write_worker(row, previous).await
+    }
+    async fn name_successor(
+        &self,
+        worker_id: &str,
+        lock_key: &str,
+        named: bool,
+    ) -> Result<(), LeaseStoreError> {
+        self.inner.name_successor(worker_id, lock_key, named).await
     }
     async fn list_workers(&self) -> Result<Vec<WorkerRow>, LeaseStoreError> {
         self.inner.list_workers().await
@@ -258,7 +266,7 @@ async fn a_leader_whose_calls_hang_stops_leading_at_its_deadline() {
     election.step(vec![]).await;
     let until = election.leading_until().unwrap();
     faulty.hang.store(true, Ordering::SeqCst);
-    let task = tokio::spawn(elect_forever(election.clone(), Vec::new));
+    let task = tokio::spawn(elect_forever(election.clone(), Vec::new, || {}));
     tokio::time::sleep_until(until).await;
     assert!(
         !election.is_leader(),
