@@ -12,10 +12,11 @@
 //! item size rules: attribute names plus values):
 //! - reads: 4 KB per strongly consistent read unit, half for eventually consistent ones;
 //!   a Scan or Query is billed on the sum of the items it returns, rounded up to 4 KB per
-//!   page of 1 MB; an owner-index query on the index entries (keys plus 100 bytes each);
+//!   page of 1 MB; an owner-index query on the index entries it returns (the keys: the
+//!   index projects keys only);
 //! - writes: 1 KB per write unit of the larger of the item before and after, at least one
 //!   unit even when the condition fails; a write that changes `leaseOwner` also writes the
-//!   owner index (two units when an entry moves);
+//!   owner index (an entry is its keys plus 100 bytes; two writes when an entry moves);
 //! - with `--partitions P`, each table is spread over P partitions of 3,000 read and 1,000
 //!   write units a second; a request beyond what its partition has left is throttled
 //!   (refused), as DynamoDB does.
@@ -174,9 +175,16 @@ fn lease_size(lease: &Lease) -> usize {
     item_size(&lease_to_item(lease))
 }
 
-/// An owner-index entry of a lease: its keys, plus the 100 bytes DynamoDB counts per entry.
+/// An owner-index entry of a lease, as a query reads it: its keys (the index projects keys
+/// only).
 fn index_entry_size(key: &str, owner: &str) -> usize {
-    "leaseKey".len() + key.len() + "leaseOwner".len() + owner.len() + 100
+    "leaseKey".len() + key.len() + "leaseOwner".len() + owner.len()
+}
+
+/// What a write of an owner-index entry is billed on: the entry plus the 100 bytes of
+/// overhead DynamoDB adds to each index item.
+fn index_write_size(key: &str, owner: &str) -> usize {
+    index_entry_size(key, owner) + 100
 }
 
 fn read_units(bytes: usize, consistent: bool) -> f64 {
@@ -374,7 +382,7 @@ impl MeteredLeases {
                     .as_deref()
                     .or(owner_before.as_deref())
                     .unwrap_or_default();
-                extra += entries as f64 * write_units(index_entry_size(&written.lease_key, owner));
+                extra += entries as f64 * write_units(index_write_size(&written.lease_key, owner));
             }
             if extra > 0.0 {
                 self.meter.lock().write_units += extra;

@@ -154,6 +154,11 @@ pub struct Args {
     /// behind, doubling from `--idle-between-reads` up to 10 s on a quiet shard.
     #[arg(long, conflicts_with_all = ["fan_out", "shard"])]
     pub lag_aware: bool,
+    /// How the workers share the leases (group mode): `leader` (default: a leader assigns
+    /// them, the Java KCL 3's design) or `workers` (every worker scans the lease table and
+    /// takes its share, the Java KCL 2.x's design).
+    #[arg(long, value_name = "DESIGN", value_parser = ["leader", "workers"], default_value = "leader", conflicts_with = "shard")]
+    pub coordination: String,
 }
 
 /// Runs `kinesis consume` until it stops (see the module documentation).
@@ -191,6 +196,9 @@ async fn run_group(args: Args, app: String) -> Result<(), Error> {
         .call_process_records_even_for_empty_list(true);
     if let Some(id) = &args.worker_id {
         builder = builder.worker_id(id);
+    }
+    if args.coordination == "workers" {
+        builder = builder.coordination(kinesis_consumer::leases::Coordination::Workers);
     }
     if let Some(table) = &args.lease_table {
         let mut lease_table = kinesis_consumer::LeaseTableConfig::default();

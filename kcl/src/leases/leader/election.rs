@@ -11,7 +11,7 @@
 //!   before anyone may take over, whatever happens to its calls (the discipline of lease
 //!   deadlines, see `held.rs`).
 //!
-//! The leader names up to two *successors* in the lock item. They read the lock every
+//! The leader names up to four *successors* in the lock item. They read the lock every
 //! second and keep the observations of the fleet a leader needs, so the first of them that
 //! sees the lock expire takes over at once and knows which workers died. Other workers read
 //! the lock once per failover time and wait longer (the lease duration plus twice the
@@ -31,7 +31,7 @@ use crate::leases::held::timed;
 use crate::leases::store::LeaseStoreError;
 
 /// How many successors a leader names.
-pub(crate) const SUCCESSORS: usize = 2;
+pub(crate) const SUCCESSORS: usize = 4;
 
 /// Settings of the election.
 #[derive(Clone, Debug)]

@@ -54,26 +54,20 @@ impl FleetWatch {
         self.fleet.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Lists the rows once; tells the leader when a worker is newly found dead.
+    /// Lists the rows once; tells the leader when a worker is dead and not fenced yet.
     pub(crate) async fn look(&self) {
         match timed(self.timeout, self.store.list_workers()).await {
             Ok(rows) => {
                 let now = Instant::now();
-                let newly_dead = {
+                let dead = {
                     let mut fleet = self.fleet();
-                    let dead = |fleet: &Fleet| -> HashSet<String> {
-                        fleet
-                            .view(now, self.failover)
-                            .into_iter()
-                            .filter(|(_, w)| w.state == WorkerState::Dead)
-                            .map(|(id, _)| id)
-                            .collect()
-                    };
-                    let before = dead(&fleet);
                     fleet.observe(rows, now);
-                    dead(&fleet).difference(&before).count() > 0
+                    fleet
+                        .view(now, self.failover)
+                        .values()
+                        .any(|w| w.state == WorkerState::Dead)
                 };
-                if newly_dead {
+                if dead {
                     self.deaths.notify_one();
                 }
             }
@@ -81,7 +75,7 @@ impl FleetWatch {
         }
     }
 
-    /// Completes when a look finds a worker newly dead.
+    /// Completes when a look finds a worker dead and not fenced yet.
     pub(crate) async fn death(&self) {
         self.deaths.notified().await;
     }
