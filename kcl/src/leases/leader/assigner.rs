@@ -196,6 +196,11 @@ impl Assigner {
                     report.cancelled += 1;
                 }
             }
+            for (lease, to) in &plan.steals {
+                if self.steal(lease, to).await {
+                    report.moved += 1;
+                }
+            }
             self.clean_up_rows(&workers).await;
         }
         report.leases = leases;
@@ -324,6 +329,27 @@ impl Assigner {
             Err(error) => {
                 tracing::debug!(shard = %lease.lease_key, %error, "moving a lease failed; reading it back");
                 self.read_back(lease, |now| now.is_owned_by(to)).await
+            }
+        }
+    }
+
+    /// Takes a lease from a worker without a row for `to`, as a Java KCL 2.x steal: the
+    /// counter is bumped, and `to` starts after the holder's deadline.
+    async fn steal(&self, lease: &Lease, to: &str) -> bool {
+        if !self.election.is_leader() {
+            return false;
+        }
+        match timed(self.timeout(), self.leases.take_lease(lease, to)).await {
+            Ok(_) => {
+                tracing::info!(shard = %lease.lease_key, from = ?lease.lease_owner, %to, "balancing: lease taken from a worker that takes its own leases");
+                true
+            }
+            Err(LeaseStoreError::ConditionFailed(_)) => false,
+            Err(_) => {
+                self.read_back(lease, |now| {
+                    now.is_owned_by(to) && now.lease_counter > lease.lease_counter
+                })
+                .await
             }
         }
     }

@@ -105,6 +105,10 @@ pub(crate) struct AssignmentPlan {
     pub handoffs: Vec<(Lease, String, MoveReason)>,
     /// Handoffs under way to a dead worker, to undo.
     pub cancel: Vec<Lease>,
+    /// Leases taken from workers without a row (a Java KCL 2.x worker takes its own
+    /// leases and knows no handoff): the lease and the worker it goes to, which starts
+    /// after the holder's deadline, as a Java KCL 2.x steal.
+    pub steals: Vec<(Lease, String)>,
     /// Free leases no worker could take (every one at its maximum).
     pub unplaced: usize,
 }
@@ -140,6 +144,8 @@ pub(crate) fn plan_assignments(view: FleetView<'_>, config: &PlanConfig) -> Assi
         })
         .collect();
     let dead = |id: &str| view.workers.get(id).is_some_and(|w| w.is_dead());
+    // Live leases of workers without a row (taking their own leases).
+    let mut foreign: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
     // Free leases: the worker each should go to, if any, and the one it should not (a
     // worker alive by its heartbeat that let the lease expire, or never took it: its lease
     // table calls may be failing).
@@ -187,6 +193,8 @@ pub(crate) fn plan_assignments(view: FleetView<'_>, config: &PlanConfig) -> Assi
             taker.count += 1;
             taker.load += lease.throughput_kbps.unwrap_or(0.0);
             taker.movable.push(lease);
+        } else if let Some(holder) = holder.filter(|h| !view.workers.contains_key(*h)) {
+            foreign.entry(holder).or_default().push(lease);
         }
     }
 
@@ -217,6 +225,7 @@ pub(crate) fn plan_assignments(view: FleetView<'_>, config: &PlanConfig) -> Assi
         });
     }
     if takers.len() < 2 {
+        foreign_steals(&mut takers, foreign, &mut plan);
         return plan;
     }
 
@@ -235,7 +244,42 @@ pub(crate) fn plan_assignments(view: FleetView<'_>, config: &PlanConfig) -> Assi
         );
     }
     count_moves(&mut takers, config, &mut moved, &mut plan);
+    foreign_steals(&mut takers, foreign, &mut plan);
     plan
+}
+
+/// Balancing against workers without a row, by their rule: one lease a round from each,
+/// only while it holds at least two more than the least loaded worker that takes leases
+/// (so the two rules meet within one lease and never undo each other).
+fn foreign_steals<'a>(
+    takers: &mut BTreeMap<&'a str, Taker<'a>>,
+    foreign: BTreeMap<&'a str, Vec<&'a Lease>>,
+    plan: &mut AssignmentPlan,
+) {
+    let mut donors: Vec<(&str, Vec<&Lease>)> = foreign.into_iter().collect();
+    donors.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+    for (_, leases) in donors {
+        let Some(to) = least_loaded(takers, |_| true) else {
+            return;
+        };
+        let to_count = takers.get(to).map_or(0, |t| t.count);
+        if leases.len() < to_count + 2 {
+            continue;
+        }
+        let Some(lease) = leases.iter().copied().min_by(|a, b| {
+            a.throughput_kbps
+                .unwrap_or(0.0)
+                .total_cmp(&b.throughput_kbps.unwrap_or(0.0))
+                .then(a.lease_key.cmp(&b.lease_key))
+        }) else {
+            continue;
+        };
+        if let Some(taker) = takers.get_mut(to) {
+            taker.count += 1;
+            taker.load += lease.throughput_kbps.unwrap_or(0.0);
+        }
+        plan.steals.push((lease.clone(), to.to_owned()));
+    }
 }
 
 /// The taker with the fewest leases (then the least load, then the first name) among
@@ -638,6 +682,35 @@ mod tests {
         // Alone, it gets it back.
         let plan = plan_with(&leases[..1], &expired, &alive(&["a"]), &config());
         assert_eq!(plan.assign[0].to, "a");
+    }
+
+    #[test]
+    fn a_worker_without_a_row_gives_one_lease_a_round_while_it_holds_two_more() {
+        // A Java KCL 2.x worker took every lease before the leader could assign.
+        let mut leases: Vec<Lease> = (0..4)
+            .map(|i| lease(&format!("s{i}"), Some("java"), 0.0))
+            .collect();
+        let workers = alive(&["a"]);
+        let mut rounds = 0;
+        loop {
+            let plan = plan_fn(&leases, &workers);
+            assert!(plan.handoffs.is_empty(), "it knows no handoff");
+            let Some((stolen, to)) = plan.steals.first().cloned() else {
+                break;
+            };
+            assert_eq!(plan.steals.len(), 1, "one a round");
+            for lease in &mut leases {
+                if lease.lease_key == stolen.lease_key {
+                    lease.lease_owner = Some(to.clone());
+                }
+            }
+            rounds += 1;
+        }
+        assert_eq!(rounds, 2);
+        assert_eq!(
+            counts(&leases),
+            BTreeMap::from([("a".to_owned(), 2), ("java".to_owned(), 2)])
+        );
     }
 
     #[test]
