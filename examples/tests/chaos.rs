@@ -60,6 +60,9 @@ fn chaos(faults: &str, pauses: &str) -> serde_json::Value {
     assert_eq!(summary["in_stream_distinct"], 8000, "{summary}");
     assert_eq!(summary["keys_out_of_order"], 0, "{summary}");
     assert!(summary["kills"].as_u64().unwrap() >= 3, "{summary}");
+    // Every other kill is of the leader (the leader-based coordination's hardest case).
+    assert!(summary["leader_kills"].as_u64().unwrap() >= 1, "{summary}");
+    assert_eq!(summary["overlap_windows"], 0, "{summary}");
     if faults.contains("reshard") {
         assert!(summary["splits"].as_u64().unwrap() >= 1, "{summary}");
         assert!(summary["merges"].as_u64().unwrap() >= 1, "{summary}");
@@ -88,4 +91,6 @@ fn the_full_schedule_keeps_every_guarantee() {
         "{summary}"
     );
     assert!(summary["pauses"].as_u64().unwrap() >= 1, "{summary}");
+    // The first pause stops the leader past its leadership.
+    assert_eq!(summary["leader_pauses"], 1, "{summary}");
 }

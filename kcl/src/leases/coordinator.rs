@@ -161,6 +161,9 @@ pub struct LeaseCoordinator {
     pending: Mutex<HashMap<String, Instant>>,
     /// Leases held per other live worker, as the last taker round saw them.
     live_workers: Mutex<BTreeMap<String, usize>>,
+    /// Leases given up without a write because their processor could not be stopped: they
+    /// must expire, never be released.
+    abandoned: Mutex<std::collections::HashSet<String>>,
     /// Set when this worker begins shutting down: it accepts no more offers.
     stopping: std::sync::atomic::AtomicBool,
     /// Told when a lease is taken or a handoff is asked of this worker (the scheduler then
@@ -218,6 +221,7 @@ impl LeaseCoordinator {
             observed: Mutex::new(Observations::default()),
             pending: Mutex::new(HashMap::new()),
             live_workers: Mutex::new(BTreeMap::new()),
+            abandoned: Mutex::default(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             changes: Arc::new(Notify::new()),
             liveness,
@@ -401,6 +405,10 @@ impl LeaseCoordinator {
     /// Stops holding a lease without writing anything: it expires for other workers after
     /// the failover time (used when its processor could not be stopped).
     pub fn abandon(&self, key: &str) {
+        self.abandoned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_owned());
         self.forget(key);
     }
 

@@ -195,13 +195,16 @@ impl Presence {
 
     /// A lease worker using the presence stops; the last one marks the row stopping (the
     /// leader gives this worker nothing more).
-    fn leave(&self) {
+    /// Returns whether it was the last.
+    fn leave(&self) -> bool {
         let previous = self
             .users
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if previous == Ok(1) {
+        let last = previous == Ok(1);
+        if last {
             self.heartbeat.set_stopping();
         }
+        last
     }
 
     /// An election wants the fleet watched (its worker leads or is a successor).
@@ -457,10 +460,22 @@ impl LeaseWorker {
     /// coordinator hands back what is on its way and offers its leases.
     pub(crate) async fn begin_shutdown(&self) {
         if let Some(leader) = &self.leader {
-            leader.presence.leave();
+            if leader.presence.leave() {
+                // Said at once, not at the next heartbeat: the leader stops giving it leases.
+                leader.presence.heartbeat.beat().await;
+            }
             leader.election.release().await;
         }
         self.coordinator.begin_shutdown().await;
+    }
+
+    /// The last step, once every lease held is handed over or released: a leader may have
+    /// assigned this worker a lease before it learnt the worker was stopping; hands those
+    /// back too (they would otherwise wait until the worker is found dead).
+    pub(crate) async fn finish_shutdown(&self) {
+        if self.leader.is_some() {
+            self.coordinator.hand_back_incoming().await;
+        }
     }
 }
 

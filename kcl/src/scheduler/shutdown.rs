@@ -57,6 +57,7 @@ impl Scheduler {
                 first_error.get_or_insert(error);
             }
         }
+        self.leases.finish_shutdown().await;
         tracing::info!(worker = %self.worker_id, "shut down; leases handed over or released");
         match (stopped_by, first_error) {
             (Some(error), _) => Err(error),

@@ -211,6 +211,7 @@ impl SimWorker {
         for held in coordinator.held_leases() {
             let _ = coordinator.release_lease(held.key()).await;
         }
+        worker.finish_shutdown().await;
         self.kill();
     }
 

@@ -70,6 +70,8 @@ pub struct Fleet {
     pub workers: Vec<Worker>,
     /// Their output.
     pub collected: Arc<Mutex<Collected>>,
+    /// The process id of every worker started, by index.
+    pids: Arc<Mutex<std::collections::BTreeMap<usize, u32>>>,
 }
 
 fn lock(collected: &Mutex<Collected>) -> std::sync::MutexGuard<'_, Collected> {
@@ -98,7 +100,13 @@ impl Fleet {
             started,
             workers: Vec::new(),
             collected: Arc::new(Mutex::new(Collected::default())),
+            pids: Arc::default(),
         }
+    }
+
+    /// The process ids of the workers, by index (kept up to date as workers start).
+    pub fn pids(&self) -> Arc<Mutex<std::collections::BTreeMap<usize, u32>>> {
+        self.pids.clone()
     }
 
     /// Worker ids by index, for reading the lease table.
@@ -132,6 +140,10 @@ impl Fleet {
             command.env("RUST_LOG", "warn,kinesis_consumer=info");
         }
         let mut child = command.spawn()?;
+        self.pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index, child.id());
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let collected = self.collected.clone();
         let started = self.started;

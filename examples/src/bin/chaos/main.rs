@@ -26,7 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use kinesis_consumer::leases::{DynamoDbLeaseStore, LeaseStore};
+use kinesis_consumer::leases::coordination::{
+    CoordinatorStore, DynamoDbCoordinatorStore, LEADER_LOCK_KEY,
+};
+use kinesis_consumer::leases::{DynamoDbLeaseStore, LeaseStore, LeaseTableConfig};
 use kinesis_emulator::Emulator;
 use kinesis_producer::{ShardMap, StreamId};
 use rand::rngs::StdRng;
@@ -69,6 +72,9 @@ struct Args {
     /// The workers' failover time, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 3_000)]
     failover_ms: u64,
+    /// Every Nth kill (and the first pause) is of the leader (0: never on purpose).
+    #[arg(long, default_value_t = 2)]
+    kill_leader_every: usize,
     /// Shortest pause between two kills, in seconds.
     #[arg(long, default_value_t = 5.0)]
     kill_min: f64,
@@ -198,8 +204,29 @@ struct Run {
     pauses: Vec<Pause>,
     /// Workers killed (kill -9), and when.
     kills: Vec<(usize, Duration)>,
+    /// The coordinator tables (the leader lock).
+    coordination: DynamoDbCoordinatorStore,
+    /// Peak resident set size (KiB) of every worker process, and its value at the 10th
+    /// minute of the run, by worker.
+    rss: Arc<Mutex<BTreeMap<usize, Rss>>>,
     counts: BTreeMap<&'static str, u64>,
     extra_violations: Vec<Violation>,
+}
+
+/// A worker's resident set size, KiB.
+#[derive(Clone, Debug, Default)]
+struct Rss {
+    peak: u64,
+    /// The peak at the 10th minute, for workers that ran from the start.
+    at_ten_minutes: Option<u64>,
+    since_start: bool,
+}
+
+/// The resident set size of a process, KiB (Linux).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -249,6 +276,24 @@ impl Run {
         }
     }
 
+    /// The running worker that leads, if the lock names one.
+    async fn leader(&self) -> Option<usize> {
+        let lock = self.coordination.read_lock(LEADER_LOCK_KEY).await.ok()??;
+        let index = *self.fleet.ids().get(&lock.owner)?;
+        self.fleet.running().contains(&index).then_some(index)
+    }
+
+    /// The leader when `leader` says so and one runs, else a running worker picked by the
+    /// seeded generator.
+    async fn pick(&mut self, leader: bool) -> Option<(usize, bool)> {
+        if leader {
+            if let Some(index) = self.leader().await {
+                return Some((index, true));
+            }
+        }
+        self.pick_running().map(|index| (index, false))
+    }
+
     /// A running worker picked by the seeded generator.
     fn pick_running(&mut self) -> Option<usize> {
         let running = self.fleet.running();
@@ -269,23 +314,36 @@ impl Run {
                     self.log("kill skipped: fewer than two running workers".into());
                     return Ok(());
                 }
-                let Some(victim) = self.pick_running() else {
+                let every = self.args.kill_leader_every;
+                let kills = self.counts.get("kills").copied().unwrap_or(0) as usize;
+                let Some((victim, is_leader)) =
+                    self.pick(every > 0 && kills % every == every - 1).await
+                else {
                     return Ok(());
                 };
                 self.snapshot("kill").await;
                 self.fleet.kill(victim)?;
                 self.kills.push((victim, self.started.elapsed()));
                 self.count("kills");
+                if is_leader {
+                    self.count("leader_kills");
+                }
                 let replacement = self.fleet.spawn()?;
                 self.log(format!(
-                    "kill -9 worker #{victim} ({}); restarted as #{replacement}",
-                    self.fleet.workers[victim].id
+                    "kill -9 worker #{victim} ({}{}); restarted as #{replacement}",
+                    self.fleet.workers[victim].id,
+                    if is_leader { ", the leader" } else { "" }
                 ));
             }
             Action::Pause(length) => {
-                let Some(worker) = self.pick_running() else {
+                // The first pause stops the leader past its leadership.
+                let first = self.counts.get("pauses").is_none() && self.args.kill_leader_every > 0;
+                let Some((worker, is_leader)) = self.pick(first).await else {
                     return Ok(());
                 };
+                if is_leader {
+                    self.count("leader_pauses");
+                }
                 self.snapshot("pause").await;
                 self.fleet.pause(worker)?;
                 let stopped_at = self.started.elapsed();
@@ -550,6 +608,12 @@ async fn run(args: Args) -> Result<bool, Error> {
         snapshots: Arc::new(Mutex::new(Vec::new())),
         pauses: Vec::new(),
         kills: Vec::new(),
+        coordination: DynamoDbCoordinatorStore::new(
+            aws_sdk_dynamodb::Client::new(&config),
+            &app,
+            LeaseTableConfig::default(),
+        ),
+        rss: Arc::new(Mutex::new(BTreeMap::new())),
         counts: BTreeMap::new(),
         extra_violations: Vec::new(),
         args,
@@ -597,6 +661,34 @@ async fn run(args: Args) -> Result<bool, Error> {
             }
         });
         (task, ids)
+    };
+
+    // Every worker's resident set size every 10 s: peak, and at the 10th minute.
+    let rss_task = {
+        let rss = run.rss.clone();
+        let pids = run.fleet.pids();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let at = started.elapsed();
+                for (index, pid) in lock(&pids).iter() {
+                    if let Some(kib) = rss_kib(*pid) {
+                        let mut rss = lock(&rss);
+                        let entry = rss.entry(*index).or_default();
+                        entry.peak = entry.peak.max(kib);
+                        if at >= Duration::from_secs(600)
+                            && entry.at_ten_minutes.is_none()
+                            && entry.since_start
+                        {
+                            entry.at_ten_minutes = Some(entry.peak);
+                        }
+                        if at < Duration::from_secs(60) {
+                            entry.since_start = true;
+                        }
+                    }
+                }
+            }
+        })
     };
 
     // The schedule.
@@ -671,7 +763,16 @@ async fn run(args: Args) -> Result<bool, Error> {
         run.graceful_stop(index, "INT").await?;
     }
     periodic.0.abort();
+    rss_task.abort();
     run.snapshot("final").await;
+    // Growth of the peak resident set from the 10th minute to the end, of the workers that
+    // ran from the start (a long run's memory check).
+    let rss_growth: Option<f64> = lock(&run.rss)
+        .values()
+        .filter_map(|r| Some((r.at_ten_minutes? as f64, r.peak as f64)))
+        .map(|(at_ten, peak)| (peak - at_ten) * 100.0 / at_ten.max(1.0))
+        .reduce(f64::max);
+    let rss_peak_kib = lock(&run.rss).values().map(|r| r.peak).max().unwrap_or(0);
 
     let collected = run.fleet.take_collected();
     let snapshots = lock(&run.snapshots).clone();
@@ -726,6 +827,10 @@ async fn run(args: Args) -> Result<bool, Error> {
         "overlap_total_ms": overlap_ms.iter().sum::<u128>(),
         "inconclusive_pauses": verdict.inconclusive_pauses,
         "kills": run.counts.get("kills").copied().unwrap_or(0),
+        "leader_kills": run.counts.get("leader_kills").copied().unwrap_or(0),
+        "leader_pauses": run.counts.get("leader_pauses").copied().unwrap_or(0),
+        "worker_rss_peak_kib": rss_peak_kib,
+        "worker_rss_growth_after_10_min_percent": rss_growth.map(|g| (g * 10.0).round() / 10.0),
         "pauses": run.counts.get("pauses").copied().unwrap_or(0),
         "sigterms": run.counts.get("sigterms").copied().unwrap_or(0),
         "graceful_stops": run.counts.get("graceful_stops").copied().unwrap_or(0),

@@ -126,16 +126,22 @@ impl LeaseCoordinator {
     }
 
     /// Cancels the handoffs to this worker under way and releases the leases the table
-    /// names this worker the owner of that it does not hold.
-    async fn hand_back_incoming(&self) {
+    /// names this worker the owner of that it does not hold (but for abandoned ones, which
+    /// must expire).
+    pub(crate) async fn hand_back_incoming(&self) {
         let me = self.config.worker_id.as_str();
         let timeout = self.config.request_timeout();
         let mut keys: BTreeSet<String> = self.pending_map().drain().map(|(key, _)| key).collect();
         if let Ok(owned) = timed(timeout, self.store.list_lease_keys_owned_by(me)).await {
             keys.extend(owned);
         }
+        let abandoned = self
+            .abandoned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for key in keys {
-            if self.held_lease(&key).is_some() {
+            if self.held_lease(&key).is_some() || abandoned.contains(&key) {
                 continue;
             }
             // Twice: a handoff completed just before its cancellation is then released.
