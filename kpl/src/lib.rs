@@ -28,6 +28,9 @@ pub use kinesis_aggregation::{HashKey, HashKeyError, MAX_PARTITION_KEY_CHARS};
 
 pub use collector::{PUT_RECORDS_MAX_COUNT, PUT_RECORDS_MAX_SIZE};
 pub use config::ProducerConfig;
+/// The error model shared with `kinesis-consumer` (the `kinesis-errors` crate): one
+/// [`ErrorKind`] and one rule sorting AWS error codes into it.
+pub use kinesis_errors::{ErrorChain, ErrorKind};
 pub use limiter::{SHARD_BYTES_PER_SECOND, SHARD_RECORDS_PER_SECOND};
 pub use metrics::MetricsGranularity;
 pub use producer::{BuildError, ClientSource, ProduceError, Producer, ProducerBuilder, SendError};
@@ -38,12 +41,6 @@ pub use sink::ProducerSink;
 pub use spread::HotKeySpread;
 pub use stats::{Outstanding, ProducerStats, ShardLoad};
 pub use stream_id::StreamId;
-
-/// An error with its chain of causes on one line (SDK errors hide the useful part in
-/// their sources).
-pub(crate) fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
-    aws_sdk_kinesis::error::DisplayErrorContext(error).to_string()
-}
 
 // Public handles move between tasks and threads: a change that loses `Send` or `Sync`
 // must fail to compile here, not in a user's program.

@@ -21,7 +21,7 @@ use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 use crate::pending::{Admitted, Carried, Outgoing, Pending};
 use crate::receipt::{Attempt, AttemptError, Delivered, Outcome, RecordError};
-use crate::retrier::{is_permanent, request_error, Backoff, RetryQueue, THROTTLED};
+use crate::retrier::{request_error, Backoff, RetryQueue};
 use crate::shard_map::{ShardMap, ShardMapError};
 use crate::spread::Spreader;
 use crate::stats::{LoadTracker, Released, Shared, Tracker};
@@ -687,7 +687,7 @@ impl Pipeline {
         };
         self.shared.count_failed_attempt();
         self.metrics.error(record.shard.as_ref(), &error.code);
-        let throttled = error.code == THROTTLED;
+        let throttled = error.kind() == kinesis_errors::ErrorKind::Throttled;
         if throttled {
             if let Some(shard) = &record.shard {
                 self.load.throttled(shard);
@@ -697,7 +697,7 @@ impl Pipeline {
             }
         }
         record.attempts.push(attempt);
-        if is_permanent(&error.code) && !self.config.retry_permanent_errors {
+        if error.kind().is_permanent() && !self.config.retry_permanent_errors {
             return self.fail(record, |attempts| RecordError::Rejected { attempts });
         }
         if throttled && self.config.fail_if_throttled {

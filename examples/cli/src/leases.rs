@@ -133,12 +133,7 @@ async fn lag(client: &aws_sdk_kinesis::Client, stream: &str, lease: &Lease) -> O
             shard.as_str()
         }
     };
-    let request = client.get_shard_iterator().shard_id(shard);
-    let request = if stream.starts_with("arn:") {
-        request.stream_arn(stream)
-    } else {
-        request.stream_name(stream)
-    };
+    let request = crate::streams::named!(client.get_shard_iterator().shard_id(shard), stream);
     let request = match &lease.checkpoint.position {
         SequencePosition::Sequence(seq) => request
             .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
@@ -431,7 +426,7 @@ async fn wait_for_handoff(
 
 /// Runs `kinesis leases`.
 pub async fn run(args: Args) -> Result<(), Error> {
-    let config = crate::aws_config().await;
+    let config = crate::aws_config().await?;
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
     match args.command {
         Command::Show {

@@ -210,10 +210,11 @@ async fn send_lines(
 /// Runs `kinesis produce`; returns the summary (its `failed` and `invalid` counts decide
 /// the exit code).
 pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
-    let config = crate::aws_config().await;
+    let config = crate::aws_config().await?;
     if let Some(shards) = args.create_shards {
         let client = aws_sdk_kinesis::Client::new(&config);
-        kinesis_emulator::create_stream(&client, &args.stream, shards).await?;
+        crate::streams::create(&client, &args.stream, Some(shards), Duration::from_secs(60))
+            .await?;
     }
     let mut builder = Producer::builder(&config)
         .stream(&args.stream)
