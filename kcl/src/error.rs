@@ -14,6 +14,126 @@ mod tests {
     use aws_smithy_types::body::SdkBody;
     use std::error::Error;
 
+    fn service() -> ServiceError {
+        let sdk: SdkError<ListShardsError, Response> = SdkError::service_error(
+            ListShardsError::generic(
+                aws_smithy_types::error::ErrorMetadata::builder()
+                    .code("AccessDeniedException")
+                    .message("not authorized to perform kinesis:ListShards")
+                    .build(),
+            ),
+            Response::new(StatusCode::try_from(400).unwrap(), SdkBody::empty()),
+        );
+        ServiceError::from_sdk("ListShards", sdk)
+    }
+
+    /// Every public error kind of the crate: no level of its chain repeats the text of
+    /// the level below it (down to the SDK's error).
+    #[test]
+    fn no_error_repeats_its_cause() {
+        use crate::leases::LeaseStoreError;
+        use crate::{
+            CheckpointError, ExtendedSequenceNumber, FanOutError, FetchError, SchedulerError,
+        };
+        use std::time::Duration;
+        let store_errors = || {
+            vec![
+                LeaseStoreError::ConditionFailed("shardId-1".into()),
+                LeaseStoreError::Throttled(service()),
+                LeaseStoreError::Malformed("no leaseKey".into()),
+                LeaseStoreError::Timeout(Duration::from_secs(1)),
+                LeaseStoreError::Contended("shardId-1".into()),
+                LeaseStoreError::NotActive {
+                    table: "app".into(),
+                    waited: Duration::from_secs(1),
+                },
+                LeaseStoreError::Service(service()),
+            ]
+        };
+        let fan_out_errors = || {
+            vec![
+                FanOutError::Describe {
+                    consumer: "app".into(),
+                    error: service(),
+                },
+                FanOutError::Register {
+                    consumer: "app".into(),
+                    error: service(),
+                },
+                FanOutError::NotActive {
+                    consumer: "app".into(),
+                    waited: Duration::from_secs(1),
+                    status: "CREATING".into(),
+                },
+            ]
+        };
+        let mut errors: Vec<Box<dyn Error>> = vec![Box::new(service())];
+        errors.extend(
+            store_errors()
+                .into_iter()
+                .map(|e| Box::new(e) as Box<dyn Error>),
+        );
+        errors.extend(
+            fan_out_errors()
+                .into_iter()
+                .map(|e| Box::new(e) as Box<dyn Error>),
+        );
+        errors.extend(
+            store_errors()
+                .into_iter()
+                .map(|e| Box::new(SchedulerError::LeaseTable(e)) as Box<dyn Error>),
+        );
+        errors.extend(
+            store_errors()
+                .into_iter()
+                .map(|e| Box::new(CheckpointError::Store(e)) as Box<dyn Error>),
+        );
+        errors.extend(
+            fan_out_errors()
+                .into_iter()
+                .map(|e| Box::new(SchedulerError::FanOut(e)) as Box<dyn Error>),
+        );
+        errors.extend([
+            Box::new(SchedulerError::MissingSetting("stream")) as Box<dyn Error>,
+            Box::new(SchedulerError::InvalidConfig {
+                setting: "max_records",
+                reason: "above 10,000".into(),
+            }),
+            Box::new(SchedulerError::StreamNotFound {
+                stream: "orders".into(),
+                error: service(),
+            }),
+            Box::new(SchedulerError::Kinesis(service())),
+            Box::new(SchedulerError::Panicked {
+                stream: "orders".into(),
+                message: "boom".into(),
+            }),
+            Box::new(CheckpointError::LeaseLost("shardId-1".into())),
+            Box::new(CheckpointError::Throttled(service())),
+            Box::new(CheckpointError::InvalidSequence {
+                requested: ExtendedSequenceNumber::trim_horizon(),
+                reason: "behind the checkpoint".into(),
+            }),
+            Box::new(FetchError::CheckpointRejected("42".into())),
+            Box::new(FetchError::StreamNotFound(service())),
+        ]);
+        for error in &errors {
+            assert_eq!(
+                kinesis_errors::first_repeat(error.as_ref()),
+                None,
+                "{error:?}"
+            );
+            let line = ErrorChain::new(error.as_ref()).to_string();
+            assert!(!line.contains('{'), "no Debug output: {line}");
+        }
+        // What the one line of a service error holds: operation, code and message once.
+        let line = ErrorChain::new(&SchedulerError::Kinesis(service())).to_string();
+        assert_eq!(
+            line,
+            "ListShards failed: AccessDeniedException: not authorized to perform kinesis:ListShards"
+        );
+    }
+
     #[test]
     fn a_kinesis_error_keeps_its_code_kind_and_source() {
         let message = "Stream s under account 000000000000 not found.";

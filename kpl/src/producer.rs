@@ -181,6 +181,10 @@ impl ProducerBuilder {
         metrics_granularity: crate::MetricsGranularity
     );
     setter!(
+        /// See [`ProducerConfig::put_records_fast_path`] (default `true`).
+        put_records_fast_path: bool
+    );
+    setter!(
         /// See [`ProducerConfig::max_connections`] (default 24).
         max_connections: usize
     );

@@ -101,7 +101,7 @@ impl ShardMapError {
         }
     }
 
-    fn list_shards<E, R>(error: SdkError<E, R>) -> Self
+    pub(crate) fn list_shards<E, R>(error: SdkError<E, R>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         R: std::fmt::Debug + Send + Sync + 'static,

@@ -153,6 +153,10 @@ pub struct Args {
     /// behind, doubling from `--idle-between-reads` up to 10 s on a quiet shard.
     #[arg(long, conflicts_with_all = ["fan_out", "shard"])]
     pub lag_aware: bool,
+    /// Serve the consumer's metrics in the Prometheus text format at
+    /// http://ADDR/metrics while it runs (e.g. 127.0.0.1:9100; group mode).
+    #[arg(long, value_name = "ADDR", conflicts_with = "shard")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Runs `kinesis consume` until it stops (see the module documentation).
@@ -179,6 +183,7 @@ pub(crate) fn output(path: Option<&PathBuf>) -> Result<Output, Error> {
 }
 
 async fn run_group(args: Args, app: String) -> Result<(), Error> {
+    crate::metrics::serve(args.metrics_listen)?;
     let config = crate::aws_config().await?;
     let output = output(args.output.as_ref())?;
     let mut builder = Scheduler::builder(&config)
@@ -250,7 +255,8 @@ async fn run_group(args: Args, app: String) -> Result<(), Error> {
         let stop = stop.clone();
         tokio::spawn(async move {
             crate::signal::stop_signal().await;
-            tracing::info!("signal received, stopping");
+            tracing::info!("signal received, stopping (a second one aborts at once)");
+            crate::signal::abort_on_next_signal();
             stop.shutdown();
         });
     }

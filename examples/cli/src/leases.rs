@@ -60,7 +60,7 @@ pub enum Command {
         /// The shard.
         #[arg(long, value_name = "SHARD_ID")]
         shard: String,
-        /// `trim_horizon`, `latest` or a sequence number.
+        /// `trim-horizon`, `latest` or a sequence number (`trim_horizon` is accepted too).
         #[arg(long, value_name = "POSITION")]
         to: String,
         /// Do it (without it, the change is only described).
@@ -103,14 +103,14 @@ fn position(checkpoint: &ExtendedSequenceNumber) -> String {
 }
 
 fn parse_position(value: &str) -> Result<ExtendedSequenceNumber, Error> {
-    let position = match value.to_ascii_lowercase().as_str() {
-        "trim_horizon" => SequencePosition::TrimHorizon,
+    let position = match value.to_ascii_lowercase().replace('_', "-").as_str() {
+        "trim-horizon" => SequencePosition::TrimHorizon,
         "latest" => SequencePosition::Latest,
         _ => match SequencePosition::parse(value) {
             Some(p @ SequencePosition::Sequence(_)) => p,
             _ => {
                 return Err(format!(
-                    "--to {value:?}: expected trim_horizon, latest or a sequence number"
+                    "--to {value:?}: expected trim-horizon, latest or a sequence number"
                 )
                 .into())
             }

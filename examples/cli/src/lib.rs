@@ -7,6 +7,7 @@ pub mod consume;
 pub mod consumers;
 pub mod demo;
 pub mod leases;
+pub mod metrics;
 pub mod produce;
 pub mod report;
 mod shard_reader;

@@ -46,6 +46,7 @@ enum Command {
     /// Prints a completion script for a shell: `kinesis completions bash >
     /// /etc/bash_completion.d/kinesis`, `kinesis completions zsh > ~/.zfunc/_kinesis`,
     /// `kinesis completions fish > ~/.config/fish/completions/kinesis.fish`.
+    #[command(after_help = exit::HELP)]
     Completions {
         /// The shell.
         #[arg(value_enum)]
