@@ -207,14 +207,26 @@ where
         let detail = causes(credentials)
             .skip(1)
             .last()
-            .map(|e| format!(": {e}"))
+            .map(|e| format!(": {}", first_line(&e.to_string())))
             .unwrap_or_default();
+        let credentials = first_line(&credentials.to_string());
         return format!("cannot load credentials ({credentials}{detail})");
     }
     match causes(error).last() {
-        Some(deepest) => deepest.to_string(),
+        Some(deepest) => first_line(&deepest.to_string()),
         None => error.to_string(),
     }
+}
+
+/// The first line of a text (a credentials chain lists every provider it tried on lines
+/// of their own, after "Attempted:"; `ErrorChain::verbose` shows them).
+fn first_line(text: &str) -> String {
+    let first = text.lines().next().unwrap_or_default().trim();
+    first
+        .strip_suffix("Attempted:")
+        .unwrap_or(first)
+        .trim_end()
+        .to_owned()
 }
 
 /// A failed call to an AWS service (Kinesis, DynamoDB, CloudWatch): which operation, what

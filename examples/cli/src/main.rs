@@ -2,7 +2,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::process::ExitCode;
 
 use clap::CommandFactory;
 use clap::{Parser, Subcommand};
@@ -81,7 +80,7 @@ fn init_logging(verbose: u8, quiet: bool) {
 /// Whether `-v` was given: the report then lists every cause.
 static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-fn failed(command: &str, error: &kinesis_cli::Error) -> ExitCode {
+fn failed(command: &str, error: &kinesis_cli::Error) -> u8 {
     let verbose = VERBOSE.load(std::sync::atomic::Ordering::Relaxed);
     let context = kinesis_cli::context();
     let error: &(dyn std::error::Error + 'static) = &**error;
@@ -89,22 +88,29 @@ fn failed(command: &str, error: &kinesis_cli::Error) -> ExitCode {
         "{}",
         kinesis_cli::report::render(command, error, &context, verbose)
     );
-    ExitCode::from(exit::FAILED)
+    exit::FAILED
 }
 
-fn summary(command: &str, value: serde_json::Value, ok: bool) -> ExitCode {
+fn summary(command: &str, value: serde_json::Value, ok: bool) -> u8 {
     println!("{value}");
     if ok {
-        ExitCode::from(exit::OK)
+        exit::OK
     } else {
         eprintln!("kinesis {command}: not every record made it (see the summary)");
-        ExitCode::from(exit::FAILED)
+        exit::FAILED
     }
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
+async fn main() {
+    let code = run(Cli::parse()).await;
+    // Exit here rather than by dropping the runtime, which would wait for blocking reads
+    // still under way (standard input after a Ctrl-C).
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    std::process::exit(i32::from(code));
+}
+
+async fn run(cli: Cli) -> u8 {
     init_logging(cli.verbose, cli.quiet);
     VERBOSE.store(cli.verbose > 0, std::sync::atomic::Ordering::Relaxed);
     kinesis_cli::set_aws_options(cli.aws.clone());
@@ -117,19 +123,19 @@ async fn main() -> ExitCode {
             Err(error) => failed("produce", &error),
         },
         Command::Consume(args) => match consume::run(args).await {
-            Ok(()) => ExitCode::from(exit::OK),
+            Ok(()) => exit::OK,
             Err(error) => failed("consume", &error),
         },
         Command::Leases(args) => match leases::run(args).await {
-            Ok(()) => ExitCode::from(exit::OK),
+            Ok(()) => exit::OK,
             Err(error) => failed("leases", &error),
         },
         Command::Streams(args) => match streams::run(args).await {
-            Ok(()) => ExitCode::from(exit::OK),
+            Ok(()) => exit::OK,
             Err(error) => failed("streams", &error),
         },
         Command::Consumers(args) => match consumers::run(args).await {
-            Ok(()) => ExitCode::from(exit::OK),
+            Ok(()) => exit::OK,
             Err(error) => failed("consumers", &error),
         },
         Command::Completions { shell } => {
@@ -139,7 +145,7 @@ async fn main() -> ExitCode {
                 "kinesis",
                 &mut std::io::stdout(),
             );
-            ExitCode::from(exit::OK)
+            exit::OK
         }
         Command::Demo(args) => match demo::run(args).await {
             Ok(value) => {

@@ -809,7 +809,8 @@ async fn bad_arguments_and_a_missing_stream_get_clear_errors_and_documented_exit
         stderr.starts_with(&format!("kinesis consume: stream {missing} not found: DescribeStreamSummary failed: ResourceNotFoundException: ")),
         "{stderr}"
     );
-    let output = kinesis(&["leases", "show", "--app", &app])
+    // (The consumer made its lease table before it found the stream missing: another app.)
+    let output = kinesis(&["leases", "show", "--app", &unique("cli-no-table")])
         .await
         .output()
         .unwrap();
