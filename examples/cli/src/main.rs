@@ -2,7 +2,6 @@
 
 #![forbid(unsafe_code)]
 
-
 use clap::CommandFactory;
 use clap::{Parser, Subcommand};
 use kinesis_cli::{consume, consumers, demo, exit, leases, produce, streams};

@@ -219,7 +219,7 @@ async fn send_lines(
 /// Runs `kinesis produce`; returns the summary (its `failed`, `invalid` and `abandoned`
 /// counts decide the exit code).
 pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
-    let _metrics = crate::metrics::serve(args.metrics_listen)?;
+    crate::metrics::serve(args.metrics_listen)?;
     let config = crate::aws_config().await?;
     if let Some(shards) = args.create_shards {
         let client = aws_sdk_kinesis::Client::new(&config);
