@@ -1053,3 +1053,177 @@ async fn produce_serves_metrics_and_stops_on_sigterm_with_a_summary() {
     assert_eq!(summary["abandoned"], 0, "{summary}");
     drop(stdin);
 }
+
+/// The IAM actions documented per subcommand in the README's `iam-actions` table.
+fn documented_actions() -> std::collections::HashMap<String, BTreeSet<String>> {
+    let readme = include_str!("../README.md");
+    let table = readme.split_once("<!-- iam-actions -->").unwrap().1;
+    table
+        .lines()
+        .skip(3)
+        .take_while(|line| line.starts_with('|'))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let actions = cells[2]
+                .split('`')
+                .filter(|part| part.contains(':'))
+                .map(str::to_owned)
+                .collect();
+            (cells[1].trim_matches('`').to_owned(), actions)
+        })
+        .collect()
+}
+
+// Multi-threaded: the proxies run on the runtime while the test waits for each process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_actions_of_every_subcommand_are_documented() {
+    use kinesis_emulator::fault_proxy::FaultProxy;
+    let emulator = Emulator::shared().await.unwrap();
+    let (Some(kinesis_endpoint), Some(dynamodb_endpoint)) =
+        (emulator.kinesis_endpoint(), emulator.dynamodb_endpoint())
+    else {
+        return; // Endpoints of the environment's own: nothing to put a proxy in front of.
+    };
+    let kinesis_proxy = FaultProxy::start(&kinesis_endpoint, 1).await.unwrap();
+    let dynamodb_proxy = FaultProxy::start(&dynamodb_endpoint, 2).await.unwrap();
+    let documented = documented_actions();
+    // The IAM actions of the calls the proxies saw since the last look.
+    let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut new_actions = || {
+        let mut actions = BTreeSet::new();
+        for (service, proxy) in [("kinesis", &kinesis_proxy), ("dynamodb", &dynamodb_proxy)] {
+            for (operation, calls) in proxy.stats().calls {
+                let action = format!("{service}:{operation}");
+                let before = seen.insert(action.clone(), calls).unwrap_or(0);
+                if calls > before {
+                    actions.insert(action);
+                }
+            }
+        }
+        actions
+    };
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kinesis"));
+        command
+            .args(args)
+            .env("AWS_ENDPOINT_URL_KINESIS", kinesis_proxy.endpoint())
+            .env("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_proxy.endpoint())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        check(&child.wait_with_output().unwrap())
+    };
+    let stream = unique("cli-iam");
+    let app = unique("cli-iam-app");
+    let mut check_row = |row: &str, args: &[&str], stdin: Option<&str>| {
+        eprintln!("kinesis {}", args.join(" "));
+        let output = run(args, stdin);
+        let used = new_actions();
+        let allowed = documented
+            .get(row)
+            .unwrap_or_else(|| panic!("no row {row} in the README"));
+        let missing: Vec<&String> = used.difference(allowed).collect();
+        assert!(
+            missing.is_empty(),
+            "{row}: the README misses {missing:?} (used {used:?})"
+        );
+        assert!(!used.is_empty(), "{row}: no call recorded");
+        output
+    };
+    check_row(
+        "produce --create-shards",
+        &["produce", "--stream", &stream, "--create-shards", "1"],
+        Some("a\nb\n"),
+    );
+    check_row("produce", &["produce", "--stream", &stream], Some("c\n"));
+    check_row("streams list", &["streams", "list"], None);
+    check_row(
+        "streams describe",
+        &["streams", "describe", "--stream", &stream],
+        None,
+    );
+    check_row(
+        "streams retention",
+        &["streams", "retention", "--stream", &stream, "--hours", "30"],
+        None,
+    );
+    let shard = "shardId-000000000000";
+    check_row(
+        "consume --shard",
+        &[
+            "consume", "--stream", &stream, "--shard", shard, "--count", "3",
+        ],
+        None,
+    );
+    check_row(
+        "consume --app",
+        &[
+            "consume",
+            "--stream",
+            &stream,
+            "--app",
+            &app,
+            "--count",
+            "3",
+            "--failover",
+            "2s",
+        ],
+        None,
+    );
+    check_row(
+        "leases show",
+        &["leases", "show", "--app", &app, "--stream", &stream],
+        None,
+    );
+    check_row(
+        "leases show --worker",
+        &["leases", "show", "--app", &app, "--worker", "w1"],
+        None,
+    );
+    check_row(
+        "leases reset",
+        &[
+            "leases",
+            "reset",
+            "--app",
+            &app,
+            "--shard",
+            shard,
+            "--to",
+            "trim-horizon",
+            "--yes",
+        ],
+        None,
+    );
+    check_row(
+        "leases move",
+        &[
+            "leases", "move", "--app", &app, "--shard", shard, "--to", "w9", "--force", "--yes",
+        ],
+        None,
+    );
+    check_row(
+        "consumers list",
+        &["consumers", "list", "--stream", &stream],
+        None,
+    );
+    check_row(
+        "streams delete",
+        &["streams", "delete", "--stream", &stream, "--yes"],
+        None,
+    );
+}
