@@ -32,7 +32,7 @@ enum Command {
     /// (`--shard`).
     #[command(after_help = exit::HELP)]
     Consume(consume::Args),
-    /// Shows, resets or moves the leases of a consumer application.
+    /// Shows, watches, resets or moves the leases of a consumer application.
     #[command(after_help = exit::HELP)]
     Leases(leases::Args),
     /// Lists, describes, creates, deletes or reshards streams; sets their retention.

@@ -55,6 +55,7 @@ async fn every_subcommand_prints_help_with_the_exit_codes() {
         &["consume"],
         &["leases"],
         &["leases", "move"],
+        &["leases", "watch"],
         &["streams"],
         &["streams", "reshard"],
         &["streams", "delete"],
@@ -1225,5 +1226,63 @@ async fn iam_actions_of_every_subcommand_are_documented() {
         "streams delete",
         &["streams", "delete", "--stream", &stream, "--yes"],
         None,
+    );
+}
+
+#[tokio::test]
+async fn leases_watch_shows_owners_lag_throughput_and_workers() {
+    let stream = unique("cli-watch");
+    let app = unique("cli-watch-app");
+    produce(&stream, Some(2), 200).await;
+    let mut worker = kinesis(&["consume", "--stream", &stream, "--app", &app])
+        .await
+        .args(["--worker-id", "watch-w1", "--failover", "3s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until the worker holds both shards (the view is plain lines: not a terminal).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let view = loop {
+        let output = kinesis(&["leases", "watch", "--app", &app, "--stream", &stream])
+            .await
+            .args(["--rounds", "2", "--interval", "200ms"])
+            .output()
+            .unwrap();
+        // (The table exists once the worker made it.)
+        let view = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() && view.matches(" watch-w1 ").count() >= 4 {
+            break view;
+        }
+        assert!(std::time::Instant::now() < deadline, "{view}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert!(
+        !view.contains('\x1b'),
+        "no terminal codes in a pipe: {view}"
+    );
+    let blocks: Vec<&str> = view
+        .split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .collect();
+    assert_eq!(blocks.len(), 2, "one block per round: {view}");
+    let shard_line = blocks[1]
+        .lines()
+        .find(|l| l.starts_with("shardId-000000000000"))
+        .unwrap();
+    let columns: Vec<&str> = shard_line.split_whitespace().collect();
+    assert_eq!(columns[1], "watch-w1", "{shard_line}");
+    assert!(columns[2].parse::<i64>().is_ok(), "lag in ms: {shard_line}");
+    assert_eq!(columns.last(), Some(&"-"), "no handoff: {shard_line}");
+    let worker_line = blocks[1]
+        .lines()
+        .find(|l| l.starts_with("watch-w1"))
+        .unwrap();
+    assert_eq!(
+        worker_line.split_whitespace().nth(1),
+        Some("2"),
+        "{worker_line}"
     );
 }
