@@ -187,26 +187,6 @@ fn checkpoint_labels(lease_key: &str) -> Vec<(&'static str, String)> {
     }
 }
 
-#[cfg(test)]
-mod checkpoint_label_tests {
-    use super::*;
-
-    #[test]
-    fn multi_stream_leases_are_labelled_with_their_stream() {
-        assert_eq!(
-            checkpoint_labels("123456789012:orders:1700000000:shardId-000000000001"),
-            vec![
-                ("stream", "orders".to_owned()),
-                ("shard", "shardId-000000000001".to_owned())
-            ]
-        );
-        assert_eq!(
-            checkpoint_labels("shardId-000000000001"),
-            vec![("shard", "shardId-000000000001".to_owned())]
-        );
-    }
-}
-
 fn shard_labels(stream: &str, shard: &str) -> [(&'static str, String); 2] {
     [("stream", stream.to_owned()), ("shard", shard.to_owned())]
 }
@@ -279,5 +259,25 @@ impl ReadMetrics {
         if let Some(took) = took {
             self.time.record(took.as_secs_f64());
         }
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_label_tests {
+    use super::*;
+
+    #[test]
+    fn multi_stream_leases_are_labelled_with_their_stream() {
+        assert_eq!(
+            checkpoint_labels("123456789012:orders:1700000000:shardId-000000000001"),
+            vec![
+                ("stream", "orders".to_owned()),
+                ("shard", "shardId-000000000001".to_owned())
+            ]
+        );
+        assert_eq!(
+            checkpoint_labels("shardId-000000000001"),
+            vec![("shard", "shardId-000000000001".to_owned())]
+        );
     }
 }

@@ -67,12 +67,12 @@ pub struct AwsOptions {
 static AWS_OPTIONS: OnceLock<AwsOptions> = OnceLock::new();
 static CONTEXT: OnceLock<report::Context> = OnceLock::new();
 
-/// Sets the options every later [`aws_config`] applies (once, before a subcommand runs).
+/// Sets the options every later [`aws_config()`] applies (once, before a subcommand runs).
 pub fn set_aws_options(options: AwsOptions) {
     let _ = AWS_OPTIONS.set(options);
 }
 
-/// The region and endpoint of this run, once [`aws_config`] loaded them: for hints.
+/// The region and endpoint of this run, once [`aws_config()`] loaded them: for hints.
 pub fn context() -> report::Context {
     CONTEXT.get().cloned().unwrap_or_default()
 }
