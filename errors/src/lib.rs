@@ -165,16 +165,22 @@ pub fn credentials_error<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a Cre
     causes(error).find_map(|e| e.downcast_ref::<CredentialsError>())
 }
 
-/// The first level of an error's chain whose text holds the whole text of the level
-/// below it, as `(upper, lower)`: a repeat a reader would see twice. The walk ends at
-/// the AWS SDK's own error, whose internals are the SDK's. For tests of error types.
-pub fn first_repeat(error: &(dyn Error + 'static)) -> Option<(String, String)> {
+/// What is wrong with how an error reads, if anything: a level of its chain whose text
+/// holds the whole text of the level below it (a reader would see it twice; the walk
+/// ends at the AWS SDK's own error, whose internals are the SDK's), or `Debug` output
+/// (braces) in its one line. For tests of error types.
+pub fn report_problem(error: &(dyn Error + 'static)) -> Option<String> {
     let texts: Vec<String> = causes(error).map(|e| e.to_string()).collect();
-    texts
+    let repeat = texts
         .windows(2)
         .take_while(|pair| !SDK_ENVELOPES.contains(&pair[0].as_str()))
-        .find(|pair| !pair[1].trim().is_empty() && pair[0].contains(pair[1].trim()))
-        .map(|pair| (pair[0].clone(), pair[1].clone()))
+        .find(|pair| !pair[1].trim().is_empty() && pair[0].contains(pair[1].trim()));
+    if let Some(pair) = repeat {
+        return Some(format!("{:?} repeats its cause {:?}", pair[0], pair[1]));
+    }
+    let line = ErrorChain::new(error).to_string();
+    line.contains('{')
+        .then(|| format!("Debug output in {line:?}"))
 }
 
 /// An error and its causes, outermost first.

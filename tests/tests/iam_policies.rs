@@ -14,79 +14,56 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::SdkConfig;
-use aws_smithy_runtime_api::client::http::{
-    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
-};
-use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
-use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use integration_tests::kcl::{
     fast_builder, keyed_records, put_records, start_worker, Behaviour, Log,
 };
+use integration_tests::tap::Tap;
 use integration_tests::{create_stream, sdk_config, unique_name, wait_for, TestResult};
+use kinesis_consumer::SchedulerBuilder;
 use kinesis_producer::{Producer, Record};
 
-/// Every operation requested through it, as IAM actions (`kinesis:PutRecords`).
+/// Every operation requested through its client, as IAM actions (`kinesis:PutRecords`).
 #[derive(Clone, Debug, Default)]
 struct Recording {
     actions: Arc<Mutex<BTreeSet<String>>>,
 }
 
-#[derive(Debug)]
-struct RecordingConnector {
-    inner: SharedHttpConnector,
-    actions: Arc<Mutex<BTreeSet<String>>>,
-}
-
-impl HttpClient for Recording {
-    fn http_connector(
-        &self,
-        settings: &HttpConnectorSettings,
-        components: &RuntimeComponents,
-    ) -> SharedHttpConnector {
-        let inner = aws_smithy_http_client::Builder::new()
-            .build_http()
-            .http_connector(settings, components);
-        SharedHttpConnector::new(RecordingConnector {
-            inner,
-            actions: self.actions.clone(),
-        })
-    }
-}
-
-impl HttpConnector for RecordingConnector {
-    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        if let Some((service, operation)) = request
-            .headers()
-            .get("x-amz-target")
-            .and_then(|target| target.split_once('.'))
-        {
-            let service = match service {
-                "Kinesis_20131202" => "kinesis",
-                "DynamoDB_20120810" => "dynamodb",
-                other => other,
-            };
-            self.actions
-                .lock()
-                .unwrap()
-                .insert(format!("{service}:{operation}"));
-        }
-        self.inner.call(request)
-    }
-}
-
 impl Recording {
-    /// The emulators' SdkConfig, through this client.
+    /// The emulators' SdkConfig, through a client that records every request's
+    /// operation.
     async fn config(&self) -> TestResult<SdkConfig> {
-        Ok(sdk_config()
-            .await?
-            .to_builder()
-            .http_client(self.clone())
-            .build())
+        let actions = self.actions.clone();
+        let tap = Tap::new(move |request| {
+            let target = request.headers().get("x-amz-target");
+            if let Some((service, operation)) = target.and_then(|t| t.split_once('.')) {
+                let service = match service {
+                    "Kinesis_20131202" => "kinesis",
+                    "DynamoDB_20120810" => "dynamodb",
+                    other => other,
+                };
+                actions
+                    .lock()
+                    .unwrap()
+                    .insert(format!("{service}:{operation}"));
+            }
+        });
+        Ok(sdk_config().await?.to_builder().http_client(tap).build())
     }
 
     fn take(&self) -> BTreeSet<String> {
         std::mem::take(&mut *self.actions.lock().unwrap())
     }
+}
+
+/// Runs a worker until its processors got `records` records, then stops it.
+async fn consume(builder: SchedulerBuilder, worker: &str, records: usize) -> TestResult {
+    let log = Log::default();
+    let running = start_worker(builder, worker, &log, Behaviour::default()).await?;
+    wait_for("the records", Duration::from_secs(30), || async {
+        Ok((log.distinct_payloads() >= records).then_some(()))
+    })
+    .await?;
+    running.stop().await
 }
 
 /// The actions the policy after `<!-- iam-policy: name -->` in `readme` allows.
@@ -164,19 +141,7 @@ async fn the_documented_policies_allow_every_operation_the_libraries_make() -> T
     // A polling consumer that creates its lease table.
     let app = unique_name("iam-app");
     put_records(&plain, &stream, &keyed_records("iam", 20, 4)).await?;
-    let log = Log::default();
-    let worker = start_worker(
-        fast_builder(&config, &stream, &app, "w1"),
-        "w1",
-        &log,
-        Behaviour::default(),
-    )
-    .await?;
-    wait_for("20 records", Duration::from_secs(30), || async {
-        Ok((log.distinct_payloads() >= 20).then_some(()))
-    })
-    .await?;
-    worker.stop().await?;
+    consume(fast_builder(&config, &stream, &app, "w1"), "w1", 20).await?;
     let creating = recording.take();
     assert!(creating.contains("dynamodb:CreateTable"));
     assert_allowed(
@@ -204,19 +169,12 @@ async fn the_documented_policies_allow_every_operation_the_libraries_make() -> T
 
     // Enhanced fan-out.
     let app = unique_name("iam-fan-out");
-    let log = Log::default();
-    let worker = start_worker(
+    consume(
         fast_builder(&config, &stream, &app, "w3").fan_out(),
         "w3",
-        &log,
-        Behaviour::default(),
+        20,
     )
     .await?;
-    wait_for("20 records", Duration::from_secs(30), || async {
-        Ok((log.distinct_payloads() >= 20).then_some(()))
-    })
-    .await?;
-    worker.stop().await?;
     let mut fan_out = policy(KCL_README, "consumer-creates-table");
     fan_out.extend(policy(KCL_README, "consumer-fan-out"));
     let used = recording.take();

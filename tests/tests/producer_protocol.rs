@@ -12,11 +12,7 @@
 use std::sync::{Arc, Mutex};
 
 use aws_smithy_json::protocol::aws_json_rpc::AwsJsonRpcProtocol;
-use aws_smithy_runtime_api::client::http::{
-    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
-};
-use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
-use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use integration_tests::tap::Tap;
 use integration_tests::{create_stream, read_stream, sdk_config, unique_name, TestResult};
 use kinesis_consumer::test_util::CountingRecorder;
 use kinesis_producer::aggregation::deaggregate;
@@ -24,51 +20,27 @@ use kinesis_producer::{Producer, Record};
 
 const FALLBACKS: &str = "kinesis_producer_put_records_fast_path_fallbacks";
 
-/// Records the content type of every PutRecords request, then sends it as awsJson 1.1.
-#[derive(Clone, Debug, Default)]
-struct Json10To11 {
-    seen: Arc<Mutex<Vec<String>>>,
-}
-
-#[derive(Debug)]
-struct Connector {
-    inner: SharedHttpConnector,
-    seen: Arc<Mutex<Vec<String>>>,
-}
-
-impl HttpClient for Json10To11 {
-    fn http_connector(
-        &self,
-        settings: &HttpConnectorSettings,
-        components: &RuntimeComponents,
-    ) -> SharedHttpConnector {
-        let inner = aws_smithy_http_client::Builder::new()
-            .build_http()
-            .http_connector(settings, components);
-        SharedHttpConnector::new(Connector {
-            inner,
-            seen: self.seen.clone(),
-        })
-    }
-}
-
-impl HttpConnector for Connector {
-    fn call(&self, mut request: HttpRequest) -> HttpConnectorFuture {
+/// A client that records the content type of every PutRecords request, then sends it
+/// as awsJson 1.1; and what it recorded.
+fn json_10_to_11() -> (Tap, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorded = seen.clone();
+    let tap = Tap::new(move |request| {
         let content_type = request
             .headers()
             .get("content-type")
             .unwrap_or("")
             .to_owned();
         if request.headers().get("x-amz-target") == Some("Kinesis_20131202.PutRecords") {
-            self.seen.lock().unwrap().push(content_type.clone());
+            recorded.lock().unwrap().push(content_type.clone());
         }
         if content_type == "application/x-amz-json-1.0" {
             request
                 .headers_mut()
                 .insert("content-type", "application/x-amz-json-1.1");
         }
-        self.inner.call(request)
-    }
+    });
+    (tap, seen)
 }
 
 /// Puts `n` records through a producer on `client`; returns the data read back.
@@ -117,17 +89,17 @@ async fn another_protocol_falls_back_to_the_sdk_serializer_and_loses_nothing() -
     // awsJson 1.0 instead of the model's 1.1: a request shape the fast path refuses.
     let stream = unique_name("protocol");
     create_stream(&plain, &stream, 2).await?;
-    let http = Json10To11::default();
+    let (http, seen) = json_10_to_11();
     let other = aws_sdk_kinesis::Client::from_conf(
         aws_sdk_kinesis::config::Builder::from(&config)
-            .http_client(http.clone())
+            .http_client(http)
             .protocol(
                 AwsJsonRpcProtocol::aws_json_1_0().with_default_namespace("com.amazonaws.kinesis"),
             )
             .build(),
     );
     assert_eq!(put_and_read(other, &stream, true).await?, expected);
-    let seen = http.seen.lock().unwrap().clone();
+    let seen = seen.lock().unwrap().clone();
     assert!(!seen.is_empty());
     assert!(
         seen.iter().all(|c| c == "application/x-amz-json-1.0"),
