@@ -18,6 +18,8 @@ use std::io::IsTerminal;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub use kinesis_errors::ErrorChain;
+
 /// Any failure of a subcommand; `main` prints it and exits with [`exit::FAILED`].
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
