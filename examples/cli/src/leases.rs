@@ -573,7 +573,19 @@ async fn wait_for_handoff(
 /// Runs `kinesis leases`.
 pub async fn run(args: Args) -> Result<(), Error> {
     let config = crate::aws_config().await?;
-    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    let table = match &args.command {
+        Command::Show { app, .. }
+        | Command::Watch { app, .. }
+        | Command::Reset { app, .. }
+        | Command::Move { app, .. } => app.clone(),
+    };
+    run_command(args, &config)
+        .await
+        .map_err(|error| crate::report::context(format!("lease table {table}"), error))
+}
+
+async fn run_command(args: Args, config: &aws_config::SdkConfig) -> Result<(), Error> {
+    let dynamodb = aws_sdk_dynamodb::Client::new(config);
     match args.command {
         Command::Show {
             app,
@@ -582,7 +594,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             worker,
         } => {
             let store = DynamoDbLeaseStore::new(dynamodb, app);
-            let kinesis = aws_sdk_kinesis::Client::new(&config);
+            let kinesis = aws_sdk_kinesis::Client::new(config);
             show(&store, &kinesis, stream.as_deref(), json, worker.as_deref()).await
         }
         Command::Watch {
@@ -593,7 +605,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             rounds,
         } => {
             let store = DynamoDbLeaseStore::new(dynamodb, app);
-            let kinesis = aws_sdk_kinesis::Client::new(&config);
+            let kinesis = aws_sdk_kinesis::Client::new(config);
             let options = WatchOptions {
                 interval,
                 lag_interval,

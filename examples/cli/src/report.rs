@@ -144,6 +144,34 @@ pub fn render(
     out
 }
 
+/// An error with what it happened to (`lease table orders-app`), the error as its
+/// source.
+#[derive(Debug)]
+pub struct About {
+    what: String,
+    source: crate::Error,
+}
+
+impl std::fmt::Display for About {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.what)
+    }
+}
+
+impl StdError for About {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// `error`, said to be about `what`.
+pub fn context(what: String, error: crate::Error) -> crate::Error {
+    Box::new(About {
+        what,
+        source: error,
+    })
+}
+
 /// A run without a region: every call would fail.
 #[derive(Debug)]
 pub struct NoRegion;
