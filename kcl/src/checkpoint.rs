@@ -17,7 +17,7 @@ pub enum CheckpointError {
     #[error("lease for shard {0} is no longer held by this worker")]
     LeaseLost(String),
     /// The lease table throttled the write (it was not applied); try again later.
-    #[error("checkpoint throttled: {0}")]
+    #[error("checkpoint throttled")]
     Throttled(#[source] ServiceError),
     /// The position is behind the stored checkpoint, or beyond the last record delivered
     /// to the processor.

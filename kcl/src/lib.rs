@@ -19,7 +19,7 @@ mod stream;
 pub mod test_util;
 
 pub use checkpoint::{CheckpointError, Checkpointer, PreparedCheckpoint};
-pub use error::{ErrorKind, ServiceError};
+pub use error::{ErrorChain, ErrorKind, ServiceError};
 pub use kinesis_aggregation::{deaggregate, UserRecord};
 pub use lease::{ExtendedSequenceNumber, Lease, SequencePosition};
 pub use leases::{LeaseTableBilling, LeaseTableConfig};

@@ -169,9 +169,22 @@ impl LeaseMetrics {
     }
 }
 
-/// The checkpoint writes of one shard.
-pub(crate) fn checkpoints(shard: &str) -> Outcomes {
-    Outcomes::new(CHECKPOINTS, &[("shard", shard.to_owned())])
+/// The checkpoint writes of one lease: labelled `shard`, and `stream` as well for a
+/// multi-stream lease (key `account:stream:creationEpoch:shardId`), whose shard ids
+/// repeat from one stream to the next.
+pub(crate) fn checkpoints(lease_key: &str) -> Outcomes {
+    Outcomes::new(CHECKPOINTS, &checkpoint_labels(lease_key))
+}
+
+fn checkpoint_labels(lease_key: &str) -> Vec<(&'static str, String)> {
+    let parts: Vec<&str> = lease_key.split(':').collect();
+    match parts.as_slice() {
+        [_account, stream, _epoch, shard] => vec![
+            ("stream", (*stream).to_owned()),
+            ("shard", (*shard).to_owned()),
+        ],
+        _ => vec![("shard", lease_key.to_owned())],
+    }
 }
 
 fn shard_labels(stream: &str, shard: &str) -> [(&'static str, String); 2] {
@@ -246,5 +259,25 @@ impl ReadMetrics {
         if let Some(took) = took {
             self.time.record(took.as_secs_f64());
         }
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_label_tests {
+    use super::*;
+
+    #[test]
+    fn multi_stream_leases_are_labelled_with_their_stream() {
+        assert_eq!(
+            checkpoint_labels("123456789012:orders:1700000000:shardId-000000000001"),
+            vec![
+                ("stream", "orders".to_owned()),
+                ("shard", "shardId-000000000001".to_owned())
+            ]
+        );
+        assert_eq!(
+            checkpoint_labels("shardId-000000000001"),
+            vec![("shard", "shardId-000000000001".to_owned())]
+        );
     }
 }

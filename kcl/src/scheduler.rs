@@ -77,12 +77,12 @@ pub enum SchedulerError {
         reason: String,
     },
     /// The lease table could not be created or read.
-    #[error("lease table: {0}")]
+    #[error("lease table")]
     LeaseTable(#[from] LeaseStoreError),
     /// The stream does not exist (when building), or no longer exists (when running: a
     /// read found its shard missing and ListShards the stream; `run` then shuts down
     /// gracefully and returns this).
-    #[error("stream {stream} not found: {error}")]
+    #[error("stream {stream} not found")]
     StreamNotFound {
         /// The stream, as given to the builder.
         stream: String,
@@ -92,10 +92,10 @@ pub enum SchedulerError {
     },
     /// Any other failed Kinesis call; [`ServiceError::kind`] tells missing permissions
     /// from throttling or an unreachable endpoint.
-    #[error("kinesis: {0}")]
-    Kinesis(#[source] ServiceError),
+    #[error(transparent)]
+    Kinesis(ServiceError),
     /// The enhanced fan-out stream consumer could not be found or registered.
-    #[error("enhanced fan-out: {0}")]
+    #[error("enhanced fan-out")]
     FanOut(#[from] FanOutError),
     /// A stream's scheduler in a [`MultiStreamScheduler`](crate::multi_stream::MultiStreamScheduler)
     /// panicked (a bug); the stream is started again at the next stream poll.

@@ -71,11 +71,12 @@ pub struct ProducerConfig {
     /// What else the producer holds: about 300 bytes of bookkeeping per outstanding user
     /// record (its receipt, partition key, attempts), the open aggregates' encoding
     /// buffers (payloads packed into an aggregate are held once, as slices of it), and
-    /// the requests of PutRecords calls in flight. The SDK copies each payload into its
-    /// request and again, base64-encoded, into the JSON body, so calls in flight cost
-    /// about 2.4 times the data they carry; the producer keeps the data in flight under
-    /// an eighth of this limit (at least one full call), which bounds that cost at about
-    /// 0.3 times it.
+    /// the requests of PutRecords calls in flight. The producer writes PutRecords bodies
+    /// itself, in chunks as the connection sends them (`put_records_fast_path`), so a
+    /// call in flight holds little beyond its records; through the SDK's serializer
+    /// (fast path off or refused) a call holds a copy of its data and a base64 JSON body
+    /// of 1.33 times it. The data in flight is kept under an eighth of this limit (at
+    /// least one full call).
     pub max_outstanding_bytes: usize,
     /// Shortest wait before the first retry of a failed record; later retries wait up to
     /// twice as long each time, with full jitter. Default 100 ms.
@@ -88,8 +89,15 @@ pub struct ProducerConfig {
     /// every key on its own shard.
     pub hot_key_spread: Option<crate::HotKeySpread>,
     /// Labels of the producer's metrics (KPL `MetricsGranularity`): per stream (the
-    /// default) or also per shard.
+    /// default here; the KPL's default is shard) or also per shard.
     pub metrics_granularity: crate::MetricsGranularity,
+    /// Write PutRecords bodies directly (base64 straight from the payloads, no copy of
+    /// the data per call) instead of through the SDK's serializer. Default `true`. The
+    /// producer checks each request is the awsJson 1.1 PutRecords it writes bodies for
+    /// (content type and target) and otherwise uses the SDK's serializer, with the
+    /// metric `kinesis_producer_put_records_fast_path_fallbacks` and a debug log; `false`
+    /// always uses the SDK's serializer.
+    pub put_records_fast_path: bool,
 }
 
 impl Default for ProducerConfig {
@@ -115,6 +123,7 @@ impl Default for ProducerConfig {
             shard_map_min_refresh_interval: Duration::from_secs(1),
             hot_key_spread: None,
             metrics_granularity: crate::MetricsGranularity::Stream,
+            put_records_fast_path: true,
         }
     }
 }

@@ -18,8 +18,11 @@
 //! | `kinesis_producer_user_records_per_kinesis_record` | histogram | UserRecordsPerKinesisRecord |
 //! | `kinesis_producer_kinesis_records_per_request` | histogram | KinesisRecordsPerPutRecordsRequest |
 //! | `kinesis_producer_user_records_per_request` | histogram | (user records per PutRecords call) |
+//! | `kinesis_producer_put_records_fast_path_fallbacks` | counter: the SDK built a PutRecords request the producer's own body is not written for, so its calls go through the SDK's serializer | — |
 //!
-//! Every metric carries a `stream` label. With [`MetricsGranularity::Shard`] the
+//! Every metric carries a `stream` label. The default granularity is per stream
+//! ([`MetricsGranularity::Stream`]); the KPL's default is shard: set
+//! [`MetricsGranularity::Shard`] for the KPL's series. With it the
 //! per-record metrics (records and bytes put, errors, retries, user records per Kinesis
 //! record) also carry a `shard` label (the predicted shard, or the one the record landed
 //! on), as the KPL's `MetricsGranularity = shard`; sum over it for stream totals.
@@ -59,6 +62,13 @@ const REQUEST_TIME: &str = "kinesis_producer_request_time_seconds";
 const USER_PER_KINESIS: &str = "kinesis_producer_user_records_per_kinesis_record";
 const KINESIS_PER_REQUEST: &str = "kinesis_producer_kinesis_records_per_request";
 const USER_PER_REQUEST: &str = "kinesis_producer_user_records_per_request";
+const FAST_PATH_FALLBACKS: &str = "kinesis_producer_put_records_fast_path_fallbacks";
+
+/// The SDK built a PutRecords request the producer's own body is not written for: the
+/// calls go through the SDK's serializer from now on.
+pub(crate) fn fast_path_fallback(stream: &str) {
+    counter!(FAST_PATH_FALLBACKS, "stream" => stream.to_owned()).increment(1);
+}
 
 fn describe() {
     describe_counter!(
@@ -92,6 +102,11 @@ fn describe() {
         "Failed attempts, by error code, per Kinesis record (a failed call counts each record it carried)"
     );
     describe_counter!(ALL_ERRORS, Unit::Count, "Failed attempts, all codes");
+    describe_counter!(
+        FAST_PATH_FALLBACKS,
+        Unit::Count,
+        "Producers whose PutRecords calls left the fast path for the SDK's serializer (a request shape the producer does not write)"
+    );
     describe_counter!(
         EXPIRED,
         Unit::Count,

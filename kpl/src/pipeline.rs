@@ -3,10 +3,12 @@
 //! their own tasks and report back here, so no stage needs a lock.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_kinesis::types::PutRecordsResultEntry;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, PutRecordsResultEntry};
 use aws_sdk_kinesis::Client;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -18,10 +20,11 @@ use crate::concurrency::{CallTicket, ConcurrencyLimit};
 use crate::config::ProducerConfig;
 use crate::inbox::{Command, Inbox};
 use crate::limiter::Limiter;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::pending::{Admitted, Carried, Outgoing, Pending};
 use crate::receipt::{Attempt, AttemptError, Delivered, Outcome, RecordError};
-use crate::retrier::{is_permanent, request_error, Backoff, RetryQueue, THROTTLED};
+use crate::request::FastPathRefused;
+use crate::retrier::{request_error, Backoff, RetryQueue};
 use crate::shard_map::{ShardMap, ShardMapError};
 use crate::spread::Spreader;
 use crate::stats::{LoadTracker, Released, Shared, Tracker};
@@ -62,6 +65,9 @@ struct RefreshState {
 }
 
 pub(crate) struct Pipeline {
+    /// Whether PutRecords bodies are written by the producer (see `request`); turned off
+    /// for good the first time the SDK builds a request of another shape.
+    fast_path: Arc<AtomicBool>,
     config: ProducerConfig,
     client: Client,
     stream: StreamId,
@@ -163,6 +169,7 @@ impl Pipeline {
             shutdowns: Vec::new(),
             closing: false,
             released: Released::default(),
+            fast_path: Arc::new(AtomicBool::new(config.put_records_fast_path)),
             config,
             client,
             stream,
@@ -467,6 +474,7 @@ impl Pipeline {
             self.shared.count_call();
             let client = self.client.clone();
             let stream = self.stream.clone();
+            let fast_path = self.fast_path.clone();
             let done = self.done_tx.clone();
             let span = tracing::debug_span!(
                 "put_records",
@@ -475,7 +483,8 @@ impl Pipeline {
             );
             tokio::spawn(
                 async move {
-                    let outcome = put_records(&client, &stream, batch, ticket, bytes).await;
+                    let outcome =
+                        put_records(&client, &stream, batch, ticket, bytes, &fast_path).await;
                     // The pipeline outlives every call it starts.
                     let _ = done.send(outcome);
                 }
@@ -687,7 +696,7 @@ impl Pipeline {
         };
         self.shared.count_failed_attempt();
         self.metrics.error(record.shard.as_ref(), &error.code);
-        let throttled = error.code == THROTTLED;
+        let throttled = error.kind() == kinesis_errors::ErrorKind::Throttled;
         if throttled {
             if let Some(shard) = &record.shard {
                 self.load.throttled(shard);
@@ -697,7 +706,7 @@ impl Pipeline {
             }
         }
         record.attempts.push(attempt);
-        if is_permanent(&error.code) && !self.config.retry_permanent_errors {
+        if error.kind().is_permanent() && !self.config.retry_permanent_errors {
             return self.fail(record, |attempts| RecordError::Rejected { attempts });
         }
         if throttled && self.config.fail_if_throttled {
@@ -858,10 +867,11 @@ impl Pipeline {
     }
 }
 
-/// Data that PutRecords calls in flight may carry at once. The SDK copies each call's
-/// payloads into its request (and again, base64-encoded, into the JSON body), so calls
-/// in flight cost memory on top of `max_outstanding_bytes`: an eighth of it (at least
-/// one full call) bounds that cost.
+/// Data that PutRecords calls in flight may carry at once. A call's body is written in
+/// chunks as it is sent (the fast path, see `request`), but through the SDK's serializer
+/// (fast path off or refused) a call holds a copy of its payloads and a base64 JSON body
+/// on top of `max_outstanding_bytes`: an eighth of it (at least one full call) bounds
+/// that cost either way.
 fn max_in_flight_bytes(config: &ProducerConfig) -> usize {
     (config.max_outstanding_bytes / 8).max(config.collection_max_size)
 }
@@ -883,27 +893,78 @@ async fn sleep_until(wake: Option<Instant>) {
     }
 }
 
+/// Whether an SDK error is the fast path's refusal of a request shape it does not know.
+fn fast_path_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    kinesis_errors::causes(error).any(|e| e.downcast_ref::<FastPathRefused>().is_some())
+}
+
+/// The PutRecords call through the SDK's serializer (the fast path off or refused).
+async fn put_records_serialized(
+    client: &Client,
+    stream: &StreamId,
+    batch: &[Outgoing],
+) -> Result<Vec<PutRecordsResultEntry>, Arc<AttemptError>> {
+    let entries = batch
+        .iter()
+        .map(|record| {
+            PutRecordsRequestEntry::builder()
+                .data(Blob::new(record.encoded.data.to_vec()))
+                .partition_key(&record.encoded.partition_key)
+                .set_explicit_hash_key(record.encoded.explicit_hash_key.clone())
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| AttemptError::new("Construction", e.to_string()))?;
+    stream
+        .put_records(client)
+        .set_records(Some(entries))
+        .send()
+        .await
+        .map(|output| output.records)
+        .map_err(|e| request_error(&e))
+}
+
 async fn put_records(
     client: &Client,
     stream: &StreamId,
     batch: Vec<Outgoing>,
     ticket: CallTicket,
     bytes: usize,
+    fast_path: &AtomicBool,
 ) -> PutDone {
     let started = SystemTime::now();
     let clock = Instant::now();
-    let body = crate::request::PutRecordsBody::new(stream, &batch);
-    // The SDK serializes an empty record list; the producer's body replaces it before
-    // signing (see `request`).
-    let result = stream
-        .put_records(client)
-        .set_records(Some(Vec::new()))
-        .customize()
-        .interceptor(crate::request::UseBody::new(body))
-        .send()
-        .await
-        .map(|output| output.records)
-        .map_err(|e| request_error(&e));
+    let result = if fast_path.load(Ordering::Relaxed) {
+        let body = crate::request::PutRecordsBody::new(stream, &batch);
+        // The SDK serializes an empty record list; the producer's body replaces it before
+        // signing (see `request`), if the request is the one it is written for.
+        let sent = stream
+            .put_records(client)
+            .set_records(Some(Vec::new()))
+            .customize()
+            .interceptor(crate::request::UseBody::new(body))
+            .send()
+            .await;
+        match sent {
+            Err(error) if fast_path_refused(&error) => {
+                // Nothing was sent: every later call goes through the SDK's serializer.
+                if fast_path.swap(false, Ordering::Relaxed) {
+                    metrics::fast_path_fallback(stream.as_str());
+                    tracing::debug!(
+                        stream = stream.as_str(),
+                        error = %kinesis_errors::ErrorChain::new(&error).verbose(),
+                        "PutRecords fast path off: the SDK's serializer writes the calls"
+                    );
+                }
+                put_records_serialized(client, stream, &batch).await
+            }
+            sent => sent
+                .map(|output| output.records)
+                .map_err(|e| request_error(&e)),
+        }
+    } else {
+        put_records_serialized(client, stream, &batch).await
+    };
     PutDone {
         batch,
         ticket,

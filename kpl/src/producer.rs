@@ -25,7 +25,7 @@ use crate::{HotKeySpread, StreamId};
 #[non_exhaustive]
 pub enum SendError {
     /// The record breaks Kinesis's rules.
-    #[error("invalid record: {0}")]
+    #[error("invalid record")]
     Invalid(#[from] InvalidRecord),
     /// The buffer is full (only from [`Producer::try_send`]).
     #[error("the producer's buffer is full")]
@@ -64,7 +64,7 @@ pub enum BuildError {
     },
     /// The stream's shards could not be listed (the stream does not exist, the
     /// credentials lack `kinesis:ListShards`, or the endpoint cannot be reached).
-    #[error("cannot list the stream's shards: {0}")]
+    #[error("cannot list the stream's shards")]
     ShardMap(#[from] ShardMapError),
 }
 
@@ -179,6 +179,10 @@ impl ProducerBuilder {
     setter!(
         /// See [`ProducerConfig::metrics_granularity`] (default per stream).
         metrics_granularity: crate::MetricsGranularity
+    );
+    setter!(
+        /// See [`ProducerConfig::put_records_fast_path`] (default `true`).
+        put_records_fast_path: bool
     );
     setter!(
         /// See [`ProducerConfig::max_connections`] (default 24).

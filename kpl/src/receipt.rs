@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
+use kinesis_errors::ErrorKind;
+
 /// A user record that reached the stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -55,16 +57,63 @@ pub struct AttemptError {
     /// `InternalFailure`, `ResourceNotFoundException`, ...), or the producer's own
     /// (`Timeout`, `Dispatch`, `WrongShard`, `MissingResult`).
     pub code: String,
-    /// Human-readable detail.
+    /// Human-readable detail: the service's message, or what failed on the way.
     pub message: String,
+    kind: ErrorKind,
 }
+
+/// The producer's own attempt error codes and their kinds; any other code is Kinesis's,
+/// sorted by [`ErrorKind::from_code`].
+const OWN_CODES: &[(&str, ErrorKind)] = &[
+    ("Timeout", ErrorKind::TimedOut),
+    ("Dispatch", ErrorKind::Unreachable),
+    ("Construction", ErrorKind::InvalidRequest),
+    ("ResponseError", ErrorKind::Other),
+    ("WrongShard", ErrorKind::Other),
+    ("MissingResult", ErrorKind::Other),
+];
 
 impl AttemptError {
     pub(crate) fn new(code: impl Into<String>, message: impl Into<String>) -> Arc<Self> {
+        let code = code.into();
+        let kind = OWN_CODES
+            .iter()
+            .find(|(own, _)| *own == code)
+            .map_or_else(|| ErrorKind::from_code(&code), |(_, kind)| *kind);
+        Self::with_kind(code, message, kind)
+    }
+
+    pub(crate) fn with_kind(
+        code: impl Into<String>,
+        message: impl Into<String>,
+        kind: ErrorKind,
+    ) -> Arc<Self> {
         Arc::new(AttemptError {
             code: code.into(),
             message: message.into(),
+            kind,
         })
+    }
+
+    /// What kind of failure it was, by the rule the consumer uses too
+    /// ([`ErrorKind::from_code`] for Kinesis's codes; `Timeout` is
+    /// [`TimedOut`](ErrorKind::TimedOut), `Dispatch` is
+    /// [`Unreachable`](ErrorKind::Unreachable) or, when no credentials could be loaded,
+    /// [`AccessDenied`](ErrorKind::AccessDenied)).
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+}
+
+impl std::error::Error for AttemptError {}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.message.starts_with(self.code.as_str()) {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.code, self.message)
+        }
     }
 }
 
@@ -112,7 +161,7 @@ impl RecordError {
 
 fn last_error(attempts: &[Attempt]) -> String {
     match attempts.iter().rev().find_map(|a| a.error.as_ref()) {
-        Some(e) => format!("; last error {}: {}", e.code, e.message),
+        Some(e) => format!("; last error {e}"),
         None => String::new(),
     }
 }

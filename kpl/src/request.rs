@@ -1,15 +1,22 @@
-//! The PutRecords request body, written by the producer and streamed to the SDK.
+//! The PutRecords request body, written by the producer and streamed to the SDK (the
+//! fast path, on by default: `ProducerConfig::put_records_fast_path`).
 //!
-//! The SDK's serializer copies every payload into a `Blob`, base64-encodes it into a
-//! string of its own and escapes that string into a JSON body that grows by doubling
-//! (`benches/put_request.rs`: 10.2 ms against 4.1 ms for a 5 MiB call of 100
-//! aggregates), and the finished body, 1.33 times the data, lives as long as the call.
-//! The producer writes the same JSON itself, base64 straight from the payloads, in
+//! Through the SDK's serializer a payload is copied into a `Blob` (the producer holds it
+//! as `Bytes`), base64-encoded into a string of its own and escaped into a JSON body that
+//! grows by doubling (`benches/put_request.rs`: 10.2 ms against 4.1 ms for a 5 MiB call
+//! of 100 aggregates), and the finished body, 1.33 times the data, lives as long as the
+//! call. The producer writes the same JSON itself, base64 straight from the payloads, in
 //! chunks of about [`CHUNK`] bytes produced as the connection sends them: a call in
-//! flight holds no copy of its data beyond the records it sends. SigV4 needs the
-//! body's SHA-256 before the headers go, so a first pass hashes the chunks without
-//! keeping them; the SDK signs with that hash
-//! ([`PayloadSigningOverride::Precomputed`]).
+//! flight holds no copy of its data beyond the records it sends. SigV4 needs the body's
+//! SHA-256 before the headers go, so a first pass hashes the chunks without keeping
+//! them; the SDK signs with that hash ([`PayloadSigningOverride::Precomputed`]).
+//!
+//! The body is written for one request shape: Kinesis's awsJson 1.1 protocol
+//! (`content-type: application/x-amz-json-1.1`, `x-amz-target:
+//! Kinesis_20131202.PutRecords`). Before it replaces the SDK's body, [`UseBody`] checks
+//! that the SDK built that request; any other (a protocol chosen with
+//! `Config::Builder::protocol`, or a later SDK's) is refused with [`FastPathRefused`],
+//! and the pipeline sends the call through the SDK's serializer instead.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -312,7 +319,34 @@ impl Body for Chunks {
     }
 }
 
-/// Gives a PutRecords request the producer's body and its hash, before signing.
+/// The content type of the requests the producer's body is written for.
+const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+/// The target of the requests the producer's body is written for.
+const TARGET: &str = "Kinesis_20131202.PutRecords";
+
+/// The SDK built a PutRecords request other than the one the producer's body is written
+/// for: the call goes through the SDK's serializer instead.
+#[derive(Debug)]
+pub(crate) struct FastPathRefused {
+    content_type: Option<String>,
+    target: Option<String>,
+}
+
+impl std::fmt::Display for FastPathRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the SDK's PutRecords request is not the one the producer writes bodies for \
+             (content-type {:?}, x-amz-target {:?}; expected {CONTENT_TYPE}, {TARGET})",
+            self.content_type, self.target
+        )
+    }
+}
+
+impl std::error::Error for FastPathRefused {}
+
+/// Gives a PutRecords request the producer's body and its hash, before signing, when
+/// the request is the awsJson 1.1 one it is written for.
 #[derive(Debug)]
 pub(crate) struct UseBody {
     body: Arc<PutRecordsBody>,
@@ -339,6 +373,15 @@ impl Intercept for UseBody {
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let request = context.request_mut();
+        let content_type = request.headers().get("content-type");
+        let target = request.headers().get("x-amz-target");
+        let json = request.body().bytes().is_some_and(|b| b.starts_with(b"{"));
+        if content_type != Some(CONTENT_TYPE) || target != Some(TARGET) || !json {
+            return Err(Box::new(FastPathRefused {
+                content_type: content_type.map(str::to_owned),
+                target: target.map(str::to_owned),
+            }));
+        }
         request
             .headers_mut()
             .insert("content-length", self.body.len().to_string());

@@ -9,32 +9,10 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use rand::Rng;
 use tokio::time::Instant;
 
+use kinesis_errors::ErrorKind;
+
 use crate::pending::Outgoing;
 use crate::receipt::AttemptError;
-
-/// Kinesis's error code for a shard over its write limits.
-pub const THROTTLED: &str = "ProvisionedThroughputExceededException";
-
-/// Error codes that retrying cannot fix: the stream is gone, access or its KMS key is
-/// denied, or the request itself is invalid (and the producer's own `Construction`).
-const PERMANENT: &[&str] = &[
-    "ResourceNotFoundException",
-    "AccessDeniedException",
-    "UnrecognizedClientException",
-    "KMSDisabledException",
-    "KMSNotFoundException",
-    "KMSAccessDeniedException",
-    "KMSOptInRequired",
-    "KMSInvalidStateException",
-    "ValidationException",
-    "InvalidArgumentException",
-    "Construction",
-];
-
-/// Whether an attempt that failed with `code` cannot succeed by retrying.
-pub(crate) fn is_permanent(code: &str) -> bool {
-    PERMANENT.contains(&code)
-}
 
 /// Exponential backoff with full jitter: the n-th retry waits a uniformly random time
 /// in `0..=min(max, min * 2^n)`. The exponential schedule comes from `backon`; full
@@ -109,7 +87,7 @@ impl RetryQueue {
 pub(crate) fn request_error<E, R>(error: &SdkError<E, R>) -> Arc<AttemptError>
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
+    R: std::fmt::Debug + 'static,
 {
     let code = match error {
         SdkError::TimeoutError(_) => "Timeout".to_owned(),
@@ -119,7 +97,12 @@ where
         SdkError::ServiceError(e) => e.err().code().unwrap_or("ServiceError").to_owned(),
         _ => "Unknown".to_owned(),
     };
-    AttemptError::new(code, crate::error_text(error))
+    // One rule for the kind, the consumer's: by the code, else by how the call failed.
+    AttemptError::with_kind(
+        code,
+        kinesis_errors::sdk_error_message(error),
+        ErrorKind::of_sdk_error(error),
+    )
 }
 
 #[cfg(test)]

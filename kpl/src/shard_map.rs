@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use aws_sdk_kinesis::error::ProvideErrorMetadata;
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::types::{ShardFilter, ShardFilterType};
 use aws_sdk_kinesis::Client;
+use kinesis_errors::ErrorKind;
 
 /// Shards asked for per ListShards page (the service's maximum).
 const LIST_SHARDS_PAGE: i32 = 1_000;
@@ -49,15 +50,18 @@ pub struct ShardMap {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ShardMapError {
-    /// ListShards failed. Match on `code` (`ResourceNotFoundException`,
-    /// `AccessDeniedException`, ...) to tell why; `source` is the SDK's error.
-    #[error("ListShards failed: {message}")]
+    /// ListShards failed. [`ShardMapError::kind`] (or `code`: `ResourceNotFoundException`,
+    /// `AccessDeniedException`, ...) tells why; `source` is the SDK's error.
+    #[error("ListShards failed: {}", code_and_message(.code.as_deref(), .message))]
     #[non_exhaustive]
     ListShards {
         /// The service's error code, if the service answered.
         code: Option<String>,
-        /// What went wrong, with its causes.
+        /// The service's message, or what failed on the way (no answer, the refused
+        /// connection, the credentials).
         message: String,
+        /// What kind of failure it was, by the consumer's rule too.
+        kind: ErrorKind,
         /// The SDK's error, when there was one.
         #[source]
         source: Option<Arc<dyn std::error::Error + Send + Sync>>,
@@ -70,18 +74,43 @@ pub enum ShardMapError {
     },
 }
 
+/// `Code: message`, or the message alone when it already starts with the code.
+fn code_and_message(code: Option<&str>, message: &str) -> String {
+    match code {
+        Some(code) if !message.starts_with(code) => format!("{code}: {message}"),
+        _ => message.to_owned(),
+    }
+}
+
 impl ShardMapError {
-    /// Whether retrying cannot help: the stream does not exist or access is denied.
+    /// What kind of failure it was ([`ErrorKind`], the consumer's too): a shard with an
+    /// unreadable hash key range is [`ErrorKind::Other`].
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ShardMapError::ListShards { kind, .. } => *kind,
+            ShardMapError::BadRange { .. } => ErrorKind::Other,
+        }
+    }
+
+    /// Whether retrying cannot help: the stream does not exist, access is denied, the
+    /// request is invalid ([`ErrorKind::is_permanent`]), or a shard's range is unreadable.
     pub fn is_permanent(&self) -> bool {
         match self {
-            ShardMapError::ListShards {
-                code: Some(code), ..
-            } => matches!(
-                code.as_str(),
-                "ResourceNotFoundException" | "AccessDeniedException" | "InvalidArgumentException"
-            ),
-            ShardMapError::ListShards { code: None, .. } => false,
+            ShardMapError::ListShards { kind, .. } => kind.is_permanent(),
             ShardMapError::BadRange { .. } => true,
+        }
+    }
+
+    pub(crate) fn list_shards<E, R>(error: SdkError<E, R>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        ShardMapError::ListShards {
+            code: error.code().map(str::to_owned),
+            message: kinesis_errors::sdk_error_message(&error),
+            kind: ErrorKind::of_sdk_error(&error),
+            source: Some(Arc::new(error)),
         }
     }
 }
@@ -124,6 +153,7 @@ impl ShardMap {
                         .map_err(|e| ShardMapError::ListShards {
                             code: None,
                             message: e.to_string(),
+                            kind: ErrorKind::InvalidRequest,
                             source: Some(Arc::new(e)),
                         })?,
                 ),
@@ -133,11 +163,7 @@ impl ShardMap {
                 .max_results(LIST_SHARDS_PAGE)
                 .send()
                 .await
-                .map_err(|e| ShardMapError::ListShards {
-                    code: e.code().map(str::to_owned),
-                    message: crate::error_text(&e),
-                    source: Some(Arc::new(e)),
-                })?;
+                .map_err(ShardMapError::list_shards)?;
             for shard in page.shards() {
                 let closed = shard
                     .sequence_number_range()

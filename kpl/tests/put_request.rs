@@ -23,7 +23,6 @@ use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::http::StatusCode;
 use aws_smithy_types::body::SdkBody;
-use base64::Engine;
 use bytes::Bytes;
 use kinesis_producer::{HashKey, Producer, Record};
 
@@ -237,8 +236,8 @@ async fn the_body_is_the_sdks_and_its_signature_verifies() {
             .unwrap()
             .iter()
             .map(|e| {
-                let data = base64::engine::general_purpose::STANDARD
-                    .decode(e["Data"].as_str().unwrap())
+                let data = base64_simd::STANDARD
+                    .decode_to_vec(e["Data"].as_str().unwrap())
                     .unwrap();
                 PutRecordsRequestEntry::builder()
                     .data(Blob::new(data))

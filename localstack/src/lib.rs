@@ -24,6 +24,7 @@
 //! # let _ = kinesis; Ok(()) }
 //! ```
 
+#[cfg(feature = "fault-proxy")]
 pub mod fault_proxy;
 mod install;
 mod process;

@@ -5,6 +5,7 @@
 pub mod faults;
 pub mod kcl;
 pub mod python;
+pub mod tap;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

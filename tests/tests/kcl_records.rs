@@ -13,8 +13,7 @@ use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_kinesis::operation::get_records::GetRecordsInput;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
+use base64_simd::STANDARD as BASE64;
 use bytes::Bytes;
 use integration_tests::kcl::{
     fast_builder, keyed_records, put_records, start_worker, Behaviour, Log,
@@ -88,7 +87,7 @@ async fn aggregates_are_delivered_deaggregated_and_corrupt_ones_raw() -> TestRes
         .map(|i| {
             serde_json::json!({
                 "partition_key": format!("py-key-{i}"),
-                "data": BASE64.encode(format!("py-{i}")),
+                "data": BASE64.encode_to_string(format!("py-{i}")),
             })
         })
         .collect();
@@ -98,7 +97,7 @@ async fn aggregates_are_delivered_deaggregated_and_corrupt_ones_raw() -> TestRes
     let python_entry = entry(
         python["partition_key"].as_str().ok_or("no partition key")?,
         python["explicit_hash_key"].as_str().map(str::to_owned),
-        &BASE64.decode(python["data"].as_str().ok_or("no data")?)?,
+        &BASE64.decode_to_vec(python["data"].as_str().ok_or("no data")?)?,
     )?;
 
     let mut corrupt = AggregateBuilder::new();

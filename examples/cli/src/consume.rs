@@ -31,7 +31,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use base64::Engine;
 use clap::Args as ClapArgs;
 use kinesis_consumer::{
     InitialPosition, KinesisClientRecord, ProcessRecordsInput, RecordProcessor, Scheduler,
@@ -159,6 +158,10 @@ pub struct Args {
     /// takes its share, the Java KCL 2.x's design).
     #[arg(long, value_name = "DESIGN", value_parser = ["leader", "workers"], default_value = "leader", conflicts_with = "shard")]
     pub coordination: String,
+    /// Serve the consumer's metrics in the Prometheus text format at
+    /// http://ADDR/metrics while it runs (e.g. 127.0.0.1:9100; group mode).
+    #[arg(long, value_name = "ADDR", conflicts_with = "shard")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Runs `kinesis consume` until it stops (see the module documentation).
@@ -185,7 +188,8 @@ pub(crate) fn output(path: Option<&PathBuf>) -> Result<Output, Error> {
 }
 
 async fn run_group(args: Args, app: String) -> Result<(), Error> {
-    let config = crate::aws_config().await;
+    crate::metrics::serve(args.metrics_listen)?;
+    let config = crate::aws_config().await?;
     let output = output(args.output.as_ref())?;
     let mut builder = Scheduler::builder(&config)
         .stream(&args.stream)
@@ -259,7 +263,8 @@ async fn run_group(args: Args, app: String) -> Result<(), Error> {
         let stop = stop.clone();
         tokio::spawn(async move {
             crate::signal::stop_signal().await;
-            tracing::info!("signal received, stopping");
+            tracing::info!("signal received, stopping (a second one aborts at once)");
+            crate::signal::abort_on_next_signal();
             stop.shutdown();
         });
     }
@@ -362,9 +367,7 @@ pub(crate) fn json_line(shard: &str, record: &KinesisClientRecord) -> serde_json
     match std::str::from_utf8(&record.data) {
         Ok(text) => line["data"] = text.into(),
         Err(_) => {
-            line["data"] = base64::engine::general_purpose::STANDARD
-                .encode(&record.data)
-                .into();
+            line["data"] = base64_simd::STANDARD.encode_to_string(&record.data).into();
             line["data_base64"] = true.into();
         }
     }

@@ -49,6 +49,10 @@ pub struct Args {
     /// Give up waiting for the consumers this long after the last record was produced.
     #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "120s")]
     pub timeout: Duration,
+    /// Serve the producer's and the consumers' metrics in the Prometheus text format at
+    /// http://ADDR/metrics while it runs (e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// What the consumers saw, shared by every processor.
@@ -265,6 +269,7 @@ fn counts(seen: &Seen) -> (u64, u64) {
 
 /// Runs the demo; returns its JSON summary (`lost` is 0 when every record was consumed).
 pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
+    crate::metrics::serve(args.metrics_listen)?;
     let args = Arc::new(args);
     let emulator = Emulator::start().await?;
     let config = emulator.sdk_config().await;

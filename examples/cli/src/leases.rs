@@ -52,6 +52,29 @@ pub enum Command {
         #[arg(long, value_name = "WORKER_ID")]
         worker: Option<String>,
     },
+    /// A live view of a running application, redrawn every `--interval` on a terminal
+    /// (plain blocks of lines otherwise): per shard its owner, checkpoint lag (ms behind
+    /// the tip, with `--stream`), throughput and any handoff in progress; per worker its
+    /// leases and total KiB/s. Ctrl-C ends it.
+    Watch {
+        /// Application name (the lease table's name).
+        #[arg(long)]
+        app: String,
+        /// The stream, to show how far behind each checkpoint is (two Kinesis calls per
+        /// shard every `--lag-interval`).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Time between two views.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+        interval: std::time::Duration,
+        /// Time between two lag measurements of a shard (GetShardIterator and GetRecords
+        /// count against the shard's five reads per second).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+        lag_interval: std::time::Duration,
+        /// Stop after this many views (default: until Ctrl-C).
+        #[arg(long, value_name = "N")]
+        rounds: Option<u64>,
+    },
     /// Sets one shard's checkpoint.
     Reset {
         /// Application name (the lease table's name).
@@ -60,7 +83,7 @@ pub enum Command {
         /// The shard.
         #[arg(long, value_name = "SHARD_ID")]
         shard: String,
-        /// `trim_horizon`, `latest` or a sequence number.
+        /// `trim-horizon`, `latest` or a sequence number (`trim_horizon` is accepted too).
         #[arg(long, value_name = "POSITION")]
         to: String,
         /// Do it (without it, the change is only described).
@@ -103,14 +126,14 @@ fn position(checkpoint: &ExtendedSequenceNumber) -> String {
 }
 
 fn parse_position(value: &str) -> Result<ExtendedSequenceNumber, Error> {
-    let position = match value.to_ascii_lowercase().as_str() {
-        "trim_horizon" => SequencePosition::TrimHorizon,
+    let position = match value.to_ascii_lowercase().replace('_', "-").as_str() {
+        "trim-horizon" => SequencePosition::TrimHorizon,
         "latest" => SequencePosition::Latest,
         _ => match SequencePosition::parse(value) {
             Some(p @ SequencePosition::Sequence(_)) => p,
             _ => {
                 return Err(format!(
-                    "--to {value:?}: expected trim_horizon, latest or a sequence number"
+                    "--to {value:?}: expected trim-horizon, latest or a sequence number"
                 )
                 .into())
             }
@@ -133,12 +156,7 @@ async fn lag(client: &aws_sdk_kinesis::Client, stream: &str, lease: &Lease) -> O
             shard.as_str()
         }
     };
-    let request = client.get_shard_iterator().shard_id(shard);
-    let request = if stream.starts_with("arn:") {
-        request.stream_arn(stream)
-    } else {
-        request.stream_name(stream)
-    };
+    let request = crate::streams::named!(client.get_shard_iterator().shard_id(shard), stream);
     let request = match &lease.checkpoint.position {
         SequencePosition::Sequence(seq) => request
             .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
@@ -175,6 +193,19 @@ fn kbps(throughput: Option<f64>) -> String {
 /// Per worker: the leases it owns (unfinished) and their total throughput, as its
 /// renewals last wrote it (`throughputKBps`; leases without a figure count as 0).
 fn print_workers(leases: &[Lease]) {
+    let lines = worker_lines(leases);
+    if lines.is_empty() {
+        return;
+    }
+    println!();
+    for line in lines {
+        println!("{line}");
+    }
+    println!();
+}
+
+/// The per-worker summary: a header and one line per worker.
+fn worker_lines(leases: &[Lease]) -> Vec<String> {
     let mut workers: std::collections::BTreeMap<&str, (usize, f64, usize)> =
         std::collections::BTreeMap::new();
     for lease in leases.iter().filter(|l| !l.is_finished()) {
@@ -187,19 +218,129 @@ fn print_workers(leases: &[Lease]) {
         }
     }
     if workers.is_empty() {
-        return;
+        return Vec::new();
     }
-    println!();
-    println!("{:<28} {:>7} {:>10}", "worker", "leases", "KiB/s");
+    let mut lines = vec![format!("{:<28} {:>7} {:>10}", "worker", "leases", "KiB/s")];
     for (worker, (count, total, measured)) in workers {
         let total = if measured == 0 {
             "-".to_owned()
         } else {
             format!("{total:.2}")
         };
-        println!("{worker:<28} {count:>7} {total:>10}");
+        lines.push(format!("{worker:<28} {count:>7} {total:>10}"));
     }
-    println!();
+    lines
+}
+
+/// A graceful handoff under way: `from -> to`, or `-`.
+fn handoff(lease: &Lease) -> String {
+    match (&lease.checkpoint_owner, &lease.lease_owner) {
+        (Some(from), Some(to)) => format!("{from} -> {to}"),
+        _ => "-".to_owned(),
+    }
+}
+
+/// The fleet's leader line, once the lease table has one (fleet-scale coordination
+/// elects a leader): the place of that line in `leases watch`.
+fn leader_line(_leases: &[Lease]) -> Option<String> {
+    None
+}
+
+/// One view of `leases watch`.
+fn watch_frame(
+    table: &str,
+    leases: &[Lease],
+    lags: &std::collections::HashMap<String, Option<i64>>,
+) -> Vec<String> {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let mut lines = vec![format!(
+        "lease table {table}, {} leases, {now}",
+        leases.len()
+    )];
+    lines.extend(leader_line(leases));
+    lines.push(format!(
+        "{:<24} {:<28} {:>9} {:>9}  {}",
+        "shard", "owner", "lag ms", "KiB/s", "handoff"
+    ));
+    for lease in leases {
+        let lag = match (lease.is_finished(), lags.get(&lease.lease_key)) {
+            (true, _) => "done".to_owned(),
+            (false, Some(Some(lag))) => lag.to_string(),
+            (false, _) => "-".to_owned(),
+        };
+        lines.push(format!(
+            "{:<24} {:<28} {:>9} {:>9}  {}",
+            lease.lease_key,
+            lease.actual_owner().unwrap_or("-"),
+            lag,
+            kbps(lease.throughput_kbps),
+            handoff(lease),
+        ));
+    }
+    lines.extend(worker_lines(leases));
+    lines
+}
+
+/// How `leases watch` runs.
+struct WatchOptions {
+    interval: std::time::Duration,
+    lag_interval: std::time::Duration,
+    rounds: Option<u64>,
+}
+
+async fn watch(
+    store: &DynamoDbLeaseStore,
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: Option<&str>,
+    options: WatchOptions,
+) -> Result<(), Error> {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stdout().is_terminal();
+    let mut lags: std::collections::HashMap<String, Option<i64>> = std::collections::HashMap::new();
+    let mut measured: std::collections::HashMap<String, std::time::Instant> =
+        std::collections::HashMap::new();
+    let stop = crate::signal::stop_signal();
+    tokio::pin!(stop);
+    let mut round = 0;
+    loop {
+        let mut leases = store.list_leases().await?;
+        leases.sort_by(|a, b| a.lease_key.cmp(&b.lease_key));
+        if let Some(stream) = stream {
+            for lease in leases.iter().filter(|l| !l.is_finished()) {
+                let due = measured
+                    .get(&lease.lease_key)
+                    .is_none_or(|at| at.elapsed() >= options.lag_interval);
+                if due {
+                    lags.insert(lease.lease_key.clone(), lag(kinesis, stream, lease).await);
+                    measured.insert(lease.lease_key.clone(), std::time::Instant::now());
+                }
+            }
+        }
+        let lines = watch_frame(store.table(), &leases, &lags);
+        let mut out = std::io::stdout().lock();
+        if terminal {
+            // Home and clear, then the view; each line clears what an older one left.
+            write!(out, "\x1b[H\x1b[2J")?;
+            for line in &lines {
+                writeln!(out, "{line}\x1b[K")?;
+            }
+        } else {
+            for line in &lines {
+                writeln!(out, "{line}")?;
+            }
+            writeln!(out)?;
+        }
+        out.flush()?;
+        drop(out);
+        round += 1;
+        if options.rounds.is_some_and(|rounds| round >= rounds) {
+            return Ok(());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(options.interval) => {}
+            () = &mut stop => return Ok(()),
+        }
+    }
 }
 
 async fn show(
@@ -431,8 +572,20 @@ async fn wait_for_handoff(
 
 /// Runs `kinesis leases`.
 pub async fn run(args: Args) -> Result<(), Error> {
-    let config = crate::aws_config().await;
-    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    let config = crate::aws_config().await?;
+    let table = match &args.command {
+        Command::Show { app, .. }
+        | Command::Watch { app, .. }
+        | Command::Reset { app, .. }
+        | Command::Move { app, .. } => app.clone(),
+    };
+    run_command(args, &config)
+        .await
+        .map_err(|error| crate::report::context(format!("lease table {table}"), error))
+}
+
+async fn run_command(args: Args, config: &aws_config::SdkConfig) -> Result<(), Error> {
+    let dynamodb = aws_sdk_dynamodb::Client::new(config);
     match args.command {
         Command::Show {
             app,
@@ -441,8 +594,24 @@ pub async fn run(args: Args) -> Result<(), Error> {
             worker,
         } => {
             let store = DynamoDbLeaseStore::new(dynamodb, app);
-            let kinesis = aws_sdk_kinesis::Client::new(&config);
+            let kinesis = aws_sdk_kinesis::Client::new(config);
             show(&store, &kinesis, stream.as_deref(), json, worker.as_deref()).await
+        }
+        Command::Watch {
+            app,
+            stream,
+            interval,
+            lag_interval,
+            rounds,
+        } => {
+            let store = DynamoDbLeaseStore::new(dynamodb, app);
+            let kinesis = aws_sdk_kinesis::Client::new(config);
+            let options = WatchOptions {
+                interval,
+                lag_interval,
+                rounds,
+            };
+            watch(&store, &kinesis, stream.as_deref(), options).await
         }
         Command::Reset {
             app,

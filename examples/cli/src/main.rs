@@ -2,10 +2,9 @@
 
 #![forbid(unsafe_code)]
 
-use std::process::ExitCode;
-
+use clap::CommandFactory;
 use clap::{Parser, Subcommand};
-use kinesis_cli::{consume, demo, exit, leases, produce, streams};
+use kinesis_cli::{consume, consumers, demo, exit, leases, produce, streams};
 
 /// Kinesis Data Streams from the terminal: produce, consume, leases, streams, demo.
 #[derive(Parser, Debug)]
@@ -18,6 +17,8 @@ struct Cli {
     /// Errors only on standard error.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    #[command(flatten)]
+    aws: kinesis_cli::AwsOptions,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,12 +32,24 @@ enum Command {
     /// (`--shard`).
     #[command(after_help = exit::HELP)]
     Consume(consume::Args),
-    /// Shows, resets or moves the leases of a consumer application.
+    /// Shows, watches, resets or moves the leases of a consumer application.
     #[command(after_help = exit::HELP)]
     Leases(leases::Args),
-    /// Lists, describes, creates or reshards streams.
+    /// Lists, describes, creates, deletes or reshards streams; sets their retention.
     #[command(after_help = exit::HELP)]
     Streams(streams::Args),
+    /// Lists or deregisters a stream's enhanced fan-out consumers.
+    #[command(after_help = exit::HELP)]
+    Consumers(consumers::Args),
+    /// Prints a completion script for a shell: `kinesis completions bash >
+    /// /etc/bash_completion.d/kinesis`, `kinesis completions zsh > ~/.zfunc/_kinesis`,
+    /// `kinesis completions fish > ~/.config/fish/completions/kinesis.fish`.
+    #[command(after_help = exit::HELP)]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Runs the end-to-end demo against local emulators (started for it unless the AWS
     /// configuration names endpoints).
     #[command(after_help = exit::HELP)]
@@ -44,9 +57,12 @@ enum Command {
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
+    // aws-config logs every failed probe of its credentials and region chains (instance
+    // metadata, SSO, ...) as a warning, kilobytes each, before the call fails anyway with
+    // the error reported below: only -v shows them.
     let level = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "warn",
+        (false, 0) => "warn,aws_config=error",
         (false, 1) => "info",
         (false, 2) => "debug",
         (false, _) => "trace",
@@ -56,28 +72,47 @@ fn init_logging(verbose: u8, quiet: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(kinesis_cli::colours_enabled())
         .init();
 }
 
-fn failed(command: &str, error: &kinesis_cli::Error) -> ExitCode {
-    eprintln!("kinesis {command}: {error}");
-    ExitCode::from(exit::FAILED)
+/// Whether `-v` was given: the report then lists every cause.
+static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn failed(command: &str, error: &kinesis_cli::Error) -> u8 {
+    let verbose = VERBOSE.load(std::sync::atomic::Ordering::Relaxed);
+    let context = kinesis_cli::context();
+    let error: &(dyn std::error::Error + 'static) = &**error;
+    eprintln!(
+        "{}",
+        kinesis_cli::report::render(command, error, &context, verbose)
+    );
+    exit::FAILED
 }
 
-fn summary(command: &str, value: serde_json::Value, ok: bool) -> ExitCode {
+fn summary(command: &str, value: serde_json::Value, ok: bool) -> u8 {
     println!("{value}");
     if ok {
-        ExitCode::from(exit::OK)
+        exit::OK
     } else {
         eprintln!("kinesis {command}: not every record made it (see the summary)");
-        ExitCode::from(exit::FAILED)
+        exit::FAILED
     }
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
+async fn main() {
+    let code = run(Cli::parse()).await;
+    // Exit here rather than by dropping the runtime, which would wait for blocking reads
+    // still under way (standard input after a Ctrl-C).
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    std::process::exit(i32::from(code));
+}
+
+async fn run(cli: Cli) -> u8 {
     init_logging(cli.verbose, cli.quiet);
+    VERBOSE.store(cli.verbose > 0, std::sync::atomic::Ordering::Relaxed);
+    kinesis_cli::set_aws_options(cli.aws.clone());
     match cli.command {
         Command::Produce(args) => match produce::run(args).await {
             Ok(value) => {
@@ -87,17 +122,30 @@ async fn main() -> ExitCode {
             Err(error) => failed("produce", &error),
         },
         Command::Consume(args) => match consume::run(args).await {
-            Ok(()) => ExitCode::from(exit::OK),
+            Ok(()) => exit::OK,
             Err(error) => failed("consume", &error),
         },
         Command::Leases(args) => match leases::run(args).await {
-            Ok(()) => ExitCode::from(exit::OK),
+            Ok(()) => exit::OK,
             Err(error) => failed("leases", &error),
         },
         Command::Streams(args) => match streams::run(args).await {
-            Ok(()) => ExitCode::from(exit::OK),
+            Ok(()) => exit::OK,
             Err(error) => failed("streams", &error),
         },
+        Command::Consumers(args) => match consumers::run(args).await {
+            Ok(()) => exit::OK,
+            Err(error) => failed("consumers", &error),
+        },
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "kinesis",
+                &mut std::io::stdout(),
+            );
+            exit::OK
+        }
         Command::Demo(args) => match demo::run(args).await {
             Ok(value) => {
                 let ok = value["lost"].as_u64() == Some(0);

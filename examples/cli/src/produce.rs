@@ -91,6 +91,15 @@ pub struct Args {
     /// off).
     #[arg(long)]
     pub no_aggregation: bool,
+    /// On Ctrl-C or SIGTERM: stop reading input and wait this long for what is buffered
+    /// to be sent; what is still unsent then is abandoned (counted in the summary). A
+    /// second Ctrl-C aborts at once.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub stop_timeout: Duration,
+    /// Serve the producer's metrics in the Prometheus text format at
+    /// http://ADDR/metrics while it runs (e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The JSON data of generated record `id`, padded with dots to `size` bytes when it is
@@ -207,13 +216,15 @@ async fn send_lines(
     Ok(())
 }
 
-/// Runs `kinesis produce`; returns the summary (its `failed` and `invalid` counts decide
-/// the exit code).
+/// Runs `kinesis produce`; returns the summary (its `failed`, `invalid` and `abandoned`
+/// counts decide the exit code).
 pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
-    let config = crate::aws_config().await;
+    crate::metrics::serve(args.metrics_listen)?;
+    let config = crate::aws_config().await?;
     if let Some(shards) = args.create_shards {
         let client = aws_sdk_kinesis::Client::new(&config);
-        kinesis_emulator::create_stream(&client, &args.stream, shards).await?;
+        crate::streams::create(&client, &args.stream, Some(shards), Duration::from_secs(60))
+            .await?;
     }
     let mut builder = Producer::builder(&config)
         .stream(&args.stream)
@@ -281,41 +292,69 @@ pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
         line: 0,
         invalid: 0,
     };
-    let sent = match args.records {
-        Some(records) => {
-            let keys = args.keys.max(1);
-            for id in 0..records {
-                let key = format!("key-{}", id % keys);
-                let data = payload(id, &key, args.size);
-                sender.send(Record::new(key, data)).await?;
-            }
-            Ok(())
-        }
-        None if args.inputs.is_empty() => {
-            send_lines(&sender, &mut lines, BufReader::new(tokio::io::stdin())).await
-        }
-        None => {
-            let mut result = Ok(());
-            for path in &args.inputs {
-                result = if path.as_os_str() == "-" {
-                    send_lines(&sender, &mut lines, BufReader::new(tokio::io::stdin())).await
-                } else {
-                    match tokio::fs::File::open(path).await {
-                        Ok(file) => send_lines(&sender, &mut lines, BufReader::new(file)).await,
-                        Err(error) => Err(format!("{}: {error}", path.display()).into()),
-                    }
-                };
-                if result.is_err() {
-                    break;
+    let admitted = sender.sent.clone();
+    let input = async {
+        match args.records {
+            Some(records) => {
+                let keys = args.keys.max(1);
+                for id in 0..records {
+                    let key = format!("key-{}", id % keys);
+                    let data = payload(id, &key, args.size);
+                    sender.send(Record::new(key, data)).await?;
                 }
+                Ok(())
             }
-            result
+            None if args.inputs.is_empty() => {
+                send_lines(&sender, &mut lines, BufReader::new(tokio::io::stdin())).await
+            }
+            None => {
+                let mut result = Ok(());
+                for path in &args.inputs {
+                    result = if path.as_os_str() == "-" {
+                        send_lines(&sender, &mut lines, BufReader::new(tokio::io::stdin())).await
+                    } else {
+                        match tokio::fs::File::open(path).await {
+                            Ok(file) => send_lines(&sender, &mut lines, BufReader::new(file)).await,
+                            Err(error) => Err(format!("{}: {error}", path.display()).into()),
+                        }
+                    };
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                result
+            }
+        }
+    };
+    // Ctrl-C or SIGTERM: stop reading input, then send what was admitted, within
+    // --stop-timeout; a second signal aborts at once.
+    let (sent, interrupted) = tokio::select! {
+        sent = input => (sent, false),
+        () = crate::signal::stop_signal() => {
+            eprintln!(
+                "kinesis produce: stopping: input closed, sending what is buffered (up to {:?}; \
+                 Ctrl-C again to abort)",
+                args.stop_timeout
+            );
+            crate::signal::abort_on_next_signal();
+            (Ok(()), true)
         }
     };
     drop(sender);
     // What was admitted is sent (or fails) before the summary, even after an input error.
-    producer.shutdown().await;
-    counter.await?;
+    let flushed = if interrupted {
+        tokio::time::timeout(args.stop_timeout, producer.shutdown())
+            .await
+            .is_ok()
+    } else {
+        producer.shutdown().await;
+        true
+    };
+    if flushed {
+        counter.await?;
+    } else {
+        counter.abort();
+    }
     if let Some(ticker) = ticker {
         ticker.abort();
         crate::progress_done();
@@ -323,12 +362,19 @@ pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
     sent?;
     let seconds = started.elapsed().as_secs_f64();
     let stats = producer.stats();
+    let failed = failed.load(Ordering::Relaxed);
+    // Admitted, neither put nor failed: still buffered when --stop-timeout ran out.
+    let abandoned = admitted
+        .load(Ordering::Relaxed)
+        .saturating_sub(stats.user_records_put + failed);
     Ok(serde_json::json!({
         "stream": args.stream,
         "user_records": stats.user_records_put,
         "kinesis_records": stats.kinesis_records_put,
         "put_records_calls": stats.put_records_calls,
-        "failed": failed.load(Ordering::Relaxed),
+        "failed": failed,
+        "abandoned": abandoned,
+        "interrupted": interrupted,
         "invalid": lines.invalid,
         "retries": stats.failed_attempts,
         "seconds": (seconds * 1000.0).round() / 1000.0,
@@ -338,7 +384,9 @@ pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
 
 /// Whether a summary reports every record sent.
 pub fn succeeded(summary: &serde_json::Value) -> bool {
-    summary["failed"].as_u64() == Some(0) && summary["invalid"].as_u64() == Some(0)
+    ["failed", "invalid", "abandoned"]
+        .iter()
+        .all(|count| summary[*count].as_u64() == Some(0))
 }
 
 #[cfg(test)]

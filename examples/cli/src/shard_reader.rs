@@ -3,11 +3,12 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use aws_sdk_kinesis::Client;
 use kinesis_consumer::{deaggregate, KinesisClientRecord};
+use kinesis_errors::{ErrorKind, ServiceError};
 
 use crate::consume::{json_line, output, Args, From};
 use crate::Error;
@@ -28,12 +29,7 @@ async fn iterator(
     from: &From,
     after: Option<&str>,
 ) -> Result<Option<String>, Error> {
-    let request = client.get_shard_iterator().shard_id(shard);
-    let request = if args.stream.starts_with("arn:") {
-        request.stream_arn(&args.stream)
-    } else {
-        request.stream_name(&args.stream)
-    };
+    let request = crate::streams::named!(client.get_shard_iterator().shard_id(shard), &args.stream);
     let request = match (after, from) {
         (Some(seq), _) => request
             .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
@@ -50,13 +46,13 @@ async fn iterator(
     let out = request
         .send()
         .await
-        .map_err(|e| format!("GetShardIterator: {}", DisplayErrorContext(&e)))?;
+        .map_err(|e| ServiceError::from_sdk("GetShardIterator", e))?;
     Ok(out.shard_iterator)
 }
 
 /// Reads `shard` from `args.from` and writes its user records until it stops.
 pub(crate) async fn run(args: Args, shard: String) -> Result<(), Error> {
-    let config = crate::aws_config().await;
+    let config = crate::aws_config().await?;
     let client = Client::new(&config);
     let out = output(args.output.as_ref())?;
     let stop = async {
@@ -103,17 +99,16 @@ async fn read(
                 continue;
             }
             Err(error)
-                if matches!(
-                    error.code(),
-                    Some("ProvisionedThroughputExceededException" | "LimitExceededException")
-                ) =>
+                if error
+                    .code()
+                    .is_some_and(|code| ErrorKind::from_code(code) == ErrorKind::Throttled) =>
             {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
                 next = Some(current);
                 continue;
             }
-            Err(error) => return Err(format!("GetRecords: {}", DisplayErrorContext(&error)).into()),
+            Err(error) => return Err(ServiceError::from_sdk("GetRecords", error).into()),
         };
         delay = Duration::from_millis(100);
         let mut lines = Vec::new();

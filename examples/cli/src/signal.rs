@@ -23,3 +23,13 @@ pub(crate) async fn stop_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// After a first signal: the next Ctrl-C or SIGTERM ends the process at once (exit
+/// status 130), without waiting for what the first one started.
+pub(crate) fn abort_on_next_signal() {
+    tokio::spawn(async {
+        stop_signal().await;
+        eprintln!("kinesis: second signal: aborting");
+        std::process::exit(130);
+    });
+}

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use aws_sdk_kinesis::error::DisplayErrorContext;
-use aws_sdk_kinesis::types::{ScalingType, Shard};
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::types::{ScalingType, Shard, StreamMode, StreamModeDetails, StreamStatus};
 use aws_sdk_kinesis::Client;
 use clap::{Args as ClapArgs, Subcommand};
+use kinesis_errors::ServiceError;
 use kinesis_producer::HashKey;
 
 use crate::{parse_duration, Error};
@@ -18,7 +19,8 @@ pub struct Args {
     pub command: Command,
 }
 
-/// A `kinesis streams` subcommand.
+/// A `kinesis streams` subcommand. `--stream` takes a name or an ARN everywhere but in
+/// `create`.
 #[derive(Subcommand, Debug, Clone)]
 pub enum Command {
     /// The account's streams in this region: `{"streams": [...]}`.
@@ -26,18 +28,52 @@ pub enum Command {
     /// A stream's status, retention and shards (open and closed, with their parents and
     /// hash key ranges).
     Describe {
-        /// Stream name.
+        /// Stream name or ARN.
         #[arg(long)]
         stream: String,
     },
-    /// Creates a provisioned stream and waits until it is ACTIVE.
+    /// Creates a stream (provisioned with `--shards N`, or `--on-demand`) and waits until
+    /// it is ACTIVE.
     Create {
         /// Stream name.
         #[arg(long)]
         stream: String,
-        /// Number of shards.
-        #[arg(long, value_name = "N")]
-        shards: i32,
+        /// Number of shards (provisioned capacity).
+        #[arg(long, value_name = "N", required_unless_present = "on_demand")]
+        shards: Option<i32>,
+        /// On-demand capacity: Kinesis adds shards as traffic grows (4 to start).
+        #[arg(long, conflicts_with = "shards")]
+        on_demand: bool,
+        /// Keep records this many hours (default 24; up to 8760).
+        #[arg(long, value_name = "HOURS")]
+        retention_hours: Option<i32>,
+        /// How long to wait for ACTIVE.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+        wait: Duration,
+    },
+    /// Deletes a stream and its records (with its enhanced fan-out consumers when
+    /// `--with-consumers`).
+    Delete {
+        /// Stream name or ARN.
+        #[arg(long)]
+        stream: String,
+        /// Also deregister the stream's enhanced fan-out consumers (else a stream that has
+        /// any is not deleted).
+        #[arg(long)]
+        with_consumers: bool,
+        /// Do it (without it, the deletion is only described).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Sets how many hours a stream keeps its records (24 to 8760) and waits until it is
+    /// ACTIVE again.
+    Retention {
+        /// Stream name or ARN.
+        #[arg(long)]
+        stream: String,
+        /// The new retention period.
+        #[arg(long, value_name = "HOURS")]
+        hours: i32,
         /// How long to wait for ACTIVE.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
         wait: Duration,
@@ -45,7 +81,7 @@ pub enum Command {
     /// Changes a stream's shards (one of `--shard-count`, `--split`, `--merge`) and waits
     /// until it is ACTIVE again.
     Reshard {
-        /// Stream name.
+        /// Stream name or ARN.
         #[arg(long)]
         stream: String,
         /// Scale uniformly to this many open shards (UpdateShardCount).
@@ -66,8 +102,25 @@ pub enum Command {
     },
 }
 
-fn call<E: std::error::Error + 'static>(operation: &str, error: E) -> Error {
-    format!("{operation}: {}", DisplayErrorContext(&error)).into()
+/// Names a stream in a request by ARN (`arn:...`) or by name.
+macro_rules! named {
+    ($request:expr, $stream:expr) => {{
+        let stream: &str = $stream;
+        if stream.starts_with("arn:") {
+            $request.stream_arn(stream)
+        } else {
+            $request.stream_name(stream)
+        }
+    }};
+}
+pub(crate) use named;
+
+fn call<E, R>(operation: &'static str, error: SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    Box::new(ServiceError::from_sdk(operation, error))
 }
 
 async fn list(client: &Client) -> Result<serde_json::Value, Error> {
@@ -93,7 +146,7 @@ async fn shards(client: &Client, stream: &str) -> Result<Vec<Shard>, Error> {
     loop {
         let request = match &next {
             Some(token) => client.list_shards().next_token(token),
-            None => client.list_shards().stream_name(stream),
+            None => named!(client.list_shards(), stream),
         };
         let page = request.send().await.map_err(|e| call("ListShards", e))?;
         shards.extend(page.shards().iter().cloned());
@@ -110,16 +163,106 @@ fn is_open(shard: &Shard) -> bool {
         .is_none_or(|r| r.ending_sequence_number().is_none())
 }
 
-async fn describe(client: &Client, stream: &str) -> Result<serde_json::Value, Error> {
-    let summary = client
-        .describe_stream_summary()
-        .stream_name(stream)
+/// DescribeStreamSummary of a stream named by name or ARN.
+pub(crate) async fn summary(
+    client: &Client,
+    stream: &str,
+) -> Result<aws_sdk_kinesis::types::StreamDescriptionSummary, Error> {
+    let answer = named!(client.describe_stream_summary(), stream)
         .send()
         .await
         .map_err(|e| call("DescribeStreamSummary", e))?;
-    let summary = summary
-        .stream_description_summary()
-        .ok_or("DescribeStreamSummary: no description in the answer")?;
+    answer
+        .stream_description_summary
+        .ok_or_else(|| "DescribeStreamSummary: no description in the answer".into())
+}
+
+/// Waits until the stream is ACTIVE (after a creation, a reshard or a retention change).
+pub(crate) async fn wait_active(
+    client: &Client,
+    stream: &str,
+    wait: Duration,
+) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if summary(client, stream).await?.stream_status() == &StreamStatus::Active {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("stream {stream} not ACTIVE after {wait:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates a stream (provisioned with `shards`, else on demand) and waits until it is
+/// ACTIVE.
+pub(crate) async fn create(
+    client: &Client,
+    stream: &str,
+    shards: Option<i32>,
+    wait: Duration,
+) -> Result<(), Error> {
+    if stream.starts_with("arn:") {
+        return Err("create takes a stream name, not an ARN".into());
+    }
+    let request = client.create_stream().stream_name(stream);
+    let request = match shards {
+        Some(shards) => request.shard_count(shards),
+        None => request.stream_mode_details(
+            StreamModeDetails::builder()
+                .stream_mode(StreamMode::OnDemand)
+                .build()
+                .map_err(|e| e.to_string())?,
+        ),
+    };
+    request.send().await.map_err(|e| call("CreateStream", e))?;
+    wait_active(client, stream, wait).await
+}
+
+async fn set_retention(client: &Client, stream: &str, hours: i32) -> Result<(), Error> {
+    let current = summary(client, stream).await?.retention_period_hours();
+    if hours > current {
+        named!(client.increase_stream_retention_period(), stream)
+            .retention_period_hours(hours)
+            .send()
+            .await
+            .map_err(|e| call("IncreaseStreamRetentionPeriod", e))?;
+    } else if hours < current {
+        named!(client.decrease_stream_retention_period(), stream)
+            .retention_period_hours(hours)
+            .send()
+            .await
+            .map_err(|e| call("DecreaseStreamRetentionPeriod", e))?;
+    }
+    Ok(())
+}
+
+async fn delete(
+    client: &Client,
+    stream: &str,
+    with_consumers: bool,
+    yes: bool,
+) -> Result<serde_json::Value, Error> {
+    let summary = summary(client, stream).await?;
+    let name = summary.stream_name().to_owned();
+    if !yes {
+        eprintln!(
+            "would delete stream {name} ({} open shards): add --yes to delete",
+            summary.open_shard_count()
+        );
+        return Ok(serde_json::json!({ "stream": name, "deleted": false }));
+    }
+    named!(client.delete_stream(), stream)
+        .enforce_consumer_deletion(with_consumers)
+        .send()
+        .await
+        .map_err(|e| call("DeleteStream", e))?;
+    Ok(serde_json::json!({ "stream": name, "deleted": true }))
+}
+
+async fn describe(client: &Client, stream: &str) -> Result<serde_json::Value, Error> {
+    let summary = summary(client, stream).await?;
     let shards = shards(client, stream).await?;
     let shard_list: Vec<serde_json::Value> = shards
         .iter()
@@ -139,6 +282,7 @@ async fn describe(client: &Client, stream: &str) -> Result<serde_json::Value, Er
         "arn": summary.stream_arn(),
         "status": summary.stream_status().as_str(),
         "retention_hours": summary.retention_period_hours(),
+        "mode": summary.stream_mode_details().map(|m| m.stream_mode().as_str()),
         "open_shards": shards.iter().filter(|s| is_open(s)).count(),
         "shards": shard_list,
     }))
@@ -164,9 +308,7 @@ async fn reshard(
 ) -> Result<(), Error> {
     match (shard_count, split, merge.as_slice()) {
         (Some(count), None, []) => {
-            client
-                .update_shard_count()
-                .stream_name(stream)
+            named!(client.update_shard_count(), stream)
                 .target_shard_count(count)
                 .scaling_type(ScalingType::UniformScaling)
                 .send()
@@ -185,9 +327,7 @@ async fn reshard(
                     midpoint(found)?
                 }
             };
-            client
-                .split_shard()
-                .stream_name(stream)
+            named!(client.split_shard(), stream)
                 .shard_to_split(&shard)
                 .new_starting_hash_key(at)
                 .send()
@@ -195,9 +335,7 @@ async fn reshard(
                 .map_err(|e| call("SplitShard", e))?;
         }
         (None, None, [first, second]) => {
-            client
-                .merge_shards()
-                .stream_name(stream)
+            named!(client.merge_shards(), stream)
                 .shard_to_merge(first)
                 .adjacent_shard_to_merge(second)
                 .send()
@@ -211,7 +349,7 @@ async fn reshard(
 
 /// Runs `kinesis streams`; prints its JSON.
 pub async fn run(args: Args) -> Result<(), Error> {
-    let config = crate::aws_config().await;
+    let config = crate::aws_config().await?;
     let client = Client::new(&config);
     let summary = match args.command {
         Command::List => list(&client).await?,
@@ -219,16 +357,29 @@ pub async fn run(args: Args) -> Result<(), Error> {
         Command::Create {
             stream,
             shards,
+            on_demand,
+            retention_hours,
             wait,
         } => {
-            client
-                .create_stream()
-                .stream_name(&stream)
-                .shard_count(shards)
-                .send()
-                .await
-                .map_err(|e| call("CreateStream", e))?;
-            kinesis_emulator::wait_stream_active(&client, &stream, wait).await?;
+            create(&client, &stream, shards.filter(|_| !on_demand), wait).await?;
+            if let Some(hours) = retention_hours {
+                set_retention(&client, &stream, hours).await?;
+                wait_active(&client, &stream, wait).await?;
+            }
+            describe(&client, &stream).await?
+        }
+        Command::Delete {
+            stream,
+            with_consumers,
+            yes,
+        } => delete(&client, &stream, with_consumers, yes).await?,
+        Command::Retention {
+            stream,
+            hours,
+            wait,
+        } => {
+            set_retention(&client, &stream, hours).await?;
+            wait_active(&client, &stream, wait).await?;
             describe(&client, &stream).await?
         }
         Command::Reshard {
@@ -240,7 +391,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             wait,
         } => {
             reshard(&client, &stream, shard_count, split, at, merge).await?;
-            kinesis_emulator::wait_stream_active(&client, &stream, wait).await?;
+            wait_active(&client, &stream, wait).await?;
             describe(&client, &stream).await?
         }
     };

@@ -55,8 +55,12 @@ async fn every_subcommand_prints_help_with_the_exit_codes() {
         &["consume"],
         &["leases"],
         &["leases", "move"],
+        &["leases", "watch"],
         &["streams"],
         &["streams", "reshard"],
+        &["streams", "delete"],
+        &["consumers"],
+        &["completions"],
         &["demo"],
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_kinesis"))
@@ -219,7 +223,7 @@ async fn produce_then_two_consumers_then_leases() {
         let (app, shard) = (app.clone(), shard.clone());
         async move {
             let mut command = kinesis(&["leases", "reset"]).await;
-            command.args(["--app", &app, "--shard", &shard, "--to", "trim_horizon"]);
+            command.args(["--app", &app, "--shard", &shard, "--to", "trim-horizon"]);
             if confirm {
                 command.arg("--yes");
             }
@@ -789,27 +793,163 @@ async fn bad_arguments_and_a_missing_stream_get_clear_errors_and_documented_exit
 
     let missing = unique("cli-missing");
     let output = with_stdin(&["produce", "--stream", &missing], "x\n").await;
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("ResourceNotFoundException"), "{stderr}");
+    assert_one_line_and_a_hint(&output, "produce", "ResourceNotFoundException", "region");
     let output = kinesis(&["streams", "describe", "--stream", &missing])
         .await
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let output = kinesis(&[
-        "consume",
-        "--stream",
-        &missing,
-        "--app",
-        &unique("cli-missing-app"),
-    ])
-    .await
-    .output()
-    .unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    assert_one_line_and_a_hint(&output, "streams", "ResourceNotFoundException", "region");
+    let app = unique("cli-missing-app");
+    let output = kinesis(&["consume", "--stream", &missing, "--app", &app])
+        .await
+        .output()
+        .unwrap();
+    assert_one_line_and_a_hint(&output, "consume", "ResourceNotFoundException", "region");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("not found"), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("kinesis consume: stream {missing} not found: DescribeStreamSummary failed: ResourceNotFoundException: ")),
+        "{stderr}"
+    );
+    // (The consumer made its lease table before it found the stream missing: another app.)
+    let output = kinesis(&["leases", "show", "--app", &unique("cli-no-table")])
+        .await
+        .output()
+        .unwrap();
+    assert_one_line_and_a_hint(&output, "leases", "ResourceNotFoundException", "--app");
+    // -v adds the causes, still without Debug output or colours.
+    let output = kinesis(&["-v", "streams", "describe", "--stream", &missing])
+        .await
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("\n  caused by: "), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b') && !stderr.contains("ErrorMetadata"),
+        "{stderr}"
+    );
+}
+
+/// An error report: exit 1, a first line `kinesis <command>: ...` holding `code` once and
+/// no Debug output, then one hint line mentioning `hint`; nothing else, no colours.
+fn assert_one_line_and_a_hint(output: &Output, command: &str, code: &str, hint: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "one line and a hint: {stderr}");
+    assert!(
+        lines[0].starts_with(&format!("kinesis {command}: ")),
+        "{stderr}"
+    );
+    assert_eq!(lines[0].matches(code).count(), 1, "{code} once: {stderr}");
+    assert!(
+        !lines[0].contains('{') && !lines[0].contains("Some("),
+        "no Debug: {stderr}"
+    );
+    assert!(
+        lines[1].starts_with("  hint: ") && lines[1].contains(hint),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\x1b'), "no colours in a pipe: {stderr}");
+}
+
+/// `kinesis` with no AWS configuration at all: no region, no credentials, no profile.
+fn unconfigured(subcommand: &[&str]) -> Command {
+    let home = std::env::temp_dir().join(unique("cli-nohome"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kinesis"));
+    command
+        .args(subcommand)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        // No instance metadata service to probe here: fail fast, as off EC2.
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    command
+}
+
+#[tokio::test]
+async fn without_configuration_the_error_names_the_settings_that_fix_it() {
+    let output = unconfigured(&["streams", "list"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().next(),
+        Some("kinesis streams: no AWS region configured"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("AWS_REGION") && stderr.contains("--profile"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("WARN"), "no probe warnings: {stderr}");
+    // A region but no credentials: the credentials chain is named.
+    let output = unconfigured(&["streams", "list", "--region", "eu-west-1"])
+        .output()
+        .unwrap();
+    assert_one_line_and_a_hint(&output, "streams", "ListStreams", "AWS_ACCESS_KEY_ID");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("credentials"), "{stderr}");
+}
+
+#[tokio::test]
+async fn global_options_arns_retention_deletion_consumers_and_completions() {
+    let emulator = Emulator::shared().await.unwrap();
+    let stream = unique("cli-ops");
+    let output = kinesis(&["streams", "create", "--stream", &stream, "--on-demand"])
+        .await
+        .args(["--retention-hours", "48"])
+        .output()
+        .unwrap();
+    let created: serde_json::Value = serde_json::from_str(&check(&output)).unwrap();
+    assert_eq!(created["mode"], "ON_DEMAND");
+    assert_eq!(created["retention_hours"], 48);
+    let arn = created["arn"].as_str().unwrap().to_owned();
+    // By ARN: retention back to 24 hours.
+    let output = kinesis(&["streams", "retention", "--stream", &arn, "--hours", "24"])
+        .await
+        .output()
+        .unwrap();
+    let described: serde_json::Value = serde_json::from_str(&check(&output)).unwrap();
+    assert_eq!(described["retention_hours"], 24);
+    assert_eq!(described["stream"], stream.as_str());
+    // --endpoint-url instead of the environment's endpoint.
+    if let Some(endpoint) = emulator.kinesis_endpoint() {
+        let output = kinesis(&["consumers", "list", "--stream", &arn])
+            .await
+            .env_remove("AWS_ENDPOINT_URL_KINESIS")
+            .args(["--endpoint-url", &endpoint])
+            .output()
+            .unwrap();
+        let listed: serde_json::Value = serde_json::from_str(&check(&output)).unwrap();
+        assert_eq!(listed["consumers"], serde_json::json!([]));
+    }
+    // Without --yes nothing is deleted.
+    let output = kinesis(&["streams", "delete", "--stream", &stream])
+        .await
+        .output()
+        .unwrap();
+    assert_eq!(
+        check(&output).trim(),
+        format!(r#"{{"deleted":false,"stream":"{stream}"}}"#)
+    );
+    let output = kinesis(&["streams", "delete", "--stream", &arn, "--yes"])
+        .await
+        .output()
+        .unwrap();
+    assert_eq!(
+        check(&output).trim(),
+        format!(r#"{{"deleted":true,"stream":"{stream}"}}"#)
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_kinesis"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let script = check(&output);
+        assert!(
+            script.contains("kinesis") && script.contains("consumers"),
+            "{shell}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -830,4 +970,319 @@ async fn the_demo_loses_nothing_and_prints_a_json_summary() {
     assert_eq!(summary["produced"], 2000, "{summary}");
     assert_eq!(summary["lost"], 0, "{summary}");
     assert_eq!(summary["consumed"], 2000, "{summary}");
+}
+
+/// A free loopback port for --metrics-listen.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET http://127.0.0.1:port/metrics: the body, once the listener answers.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+            return response;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no metrics listener on {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn produce_serves_metrics_and_stops_on_sigterm_with_a_summary() {
+    use std::io::Write;
+    let stream = unique("cli-sigterm");
+    let port = free_port();
+    let mut child = kinesis(&["produce", "--stream", &stream, "--create-shards", "1"])
+        .await
+        .args([
+            "--metrics-listen",
+            &format!("127.0.0.1:{port}"),
+            "--key",
+            "k",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Standard input stays open: only the signal ends the input.
+    let mut stdin = child.stdin.take().unwrap();
+    for i in 0..20 {
+        writeln!(stdin, "record {i}").unwrap();
+    }
+    stdin.flush().unwrap();
+    // Scraped over HTTP while it runs, once the 20 records are put.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let metrics = loop {
+        let metrics = scrape(port);
+        if metrics.contains("kinesis_producer_user_records_put{stream=") {
+            break metrics;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        metrics.contains("# TYPE kinesis_producer_user_records_put counter"),
+        "{metrics}"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&check(&output)).unwrap();
+    assert_eq!(summary["interrupted"], true, "{summary}");
+    assert_eq!(summary["user_records"], 20, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(summary["abandoned"], 0, "{summary}");
+    drop(stdin);
+}
+
+/// The IAM actions documented per subcommand in the README's `iam-actions` table.
+fn documented_actions() -> std::collections::HashMap<String, BTreeSet<String>> {
+    let readme = include_str!("../README.md");
+    let table = readme.split_once("<!-- iam-actions -->").unwrap().1;
+    table
+        .lines()
+        .skip(3)
+        .take_while(|line| line.starts_with('|'))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let actions = cells[2]
+                .split('`')
+                .filter(|part| part.contains(':'))
+                .map(str::to_owned)
+                .collect();
+            (cells[1].trim_matches('`').to_owned(), actions)
+        })
+        .collect()
+}
+
+// Multi-threaded: the proxies run on the runtime while the test waits for each process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_actions_of_every_subcommand_are_documented() {
+    use kinesis_emulator::fault_proxy::FaultProxy;
+    let emulator = Emulator::shared().await.unwrap();
+    let (Some(kinesis_endpoint), Some(dynamodb_endpoint)) =
+        (emulator.kinesis_endpoint(), emulator.dynamodb_endpoint())
+    else {
+        return; // Endpoints of the environment's own: nothing to put a proxy in front of.
+    };
+    let kinesis_proxy = FaultProxy::start(&kinesis_endpoint, 1).await.unwrap();
+    let dynamodb_proxy = FaultProxy::start(&dynamodb_endpoint, 2).await.unwrap();
+    let documented = documented_actions();
+    // The IAM actions of the calls the proxies saw since the last look.
+    let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut new_actions = || {
+        let mut actions = BTreeSet::new();
+        for (service, proxy) in [("kinesis", &kinesis_proxy), ("dynamodb", &dynamodb_proxy)] {
+            for (operation, calls) in proxy.stats().calls {
+                let action = format!("{service}:{operation}");
+                let before = seen.insert(action.clone(), calls).unwrap_or(0);
+                if calls > before {
+                    actions.insert(action);
+                }
+            }
+        }
+        actions
+    };
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kinesis"));
+        command
+            .args(args)
+            .env("AWS_ENDPOINT_URL_KINESIS", kinesis_proxy.endpoint())
+            .env("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_proxy.endpoint())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        check(&child.wait_with_output().unwrap())
+    };
+    let stream = unique("cli-iam");
+    let app = unique("cli-iam-app");
+    let mut check_row = |row: &str, args: &[&str], stdin: Option<&str>| {
+        eprintln!("kinesis {}", args.join(" "));
+        let output = run(args, stdin);
+        let used = new_actions();
+        let allowed = documented
+            .get(row)
+            .unwrap_or_else(|| panic!("no row {row} in the README"));
+        let missing: Vec<&String> = used.difference(allowed).collect();
+        assert!(
+            missing.is_empty(),
+            "{row}: the README misses {missing:?} (used {used:?})"
+        );
+        assert!(!used.is_empty(), "{row}: no call recorded");
+        output
+    };
+    check_row(
+        "produce --create-shards",
+        &["produce", "--stream", &stream, "--create-shards", "1"],
+        Some("a\nb\n"),
+    );
+    check_row("produce", &["produce", "--stream", &stream], Some("c\n"));
+    check_row("streams list", &["streams", "list"], None);
+    check_row(
+        "streams describe",
+        &["streams", "describe", "--stream", &stream],
+        None,
+    );
+    check_row(
+        "streams retention",
+        &["streams", "retention", "--stream", &stream, "--hours", "30"],
+        None,
+    );
+    let shard = "shardId-000000000000";
+    check_row(
+        "consume --shard",
+        &[
+            "consume", "--stream", &stream, "--shard", shard, "--count", "3",
+        ],
+        None,
+    );
+    check_row(
+        "consume --app",
+        &[
+            "consume",
+            "--stream",
+            &stream,
+            "--app",
+            &app,
+            "--count",
+            "3",
+            "--failover",
+            "2s",
+        ],
+        None,
+    );
+    check_row(
+        "leases show",
+        &["leases", "show", "--app", &app, "--stream", &stream],
+        None,
+    );
+    check_row(
+        "leases show --worker",
+        &["leases", "show", "--app", &app, "--worker", "w1"],
+        None,
+    );
+    check_row(
+        "leases reset",
+        &[
+            "leases",
+            "reset",
+            "--app",
+            &app,
+            "--shard",
+            shard,
+            "--to",
+            "trim-horizon",
+            "--yes",
+        ],
+        None,
+    );
+    check_row(
+        "leases move",
+        &[
+            "leases", "move", "--app", &app, "--shard", shard, "--to", "w9", "--force", "--yes",
+        ],
+        None,
+    );
+    check_row(
+        "consumers list",
+        &["consumers", "list", "--stream", &stream],
+        None,
+    );
+    check_row(
+        "streams delete",
+        &["streams", "delete", "--stream", &stream, "--yes"],
+        None,
+    );
+}
+
+#[tokio::test]
+async fn leases_watch_shows_owners_lag_throughput_and_workers() {
+    let stream = unique("cli-watch");
+    let app = unique("cli-watch-app");
+    produce(&stream, Some(2), 200).await;
+    let mut worker = kinesis(&["consume", "--stream", &stream, "--app", &app])
+        .await
+        .args(["--worker-id", "watch-w1", "--failover", "3s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until the worker holds both shards (the view is plain lines: not a terminal).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let view = loop {
+        let output = kinesis(&["leases", "watch", "--app", &app, "--stream", &stream])
+            .await
+            .args(["--rounds", "2", "--interval", "200ms"])
+            .output()
+            .unwrap();
+        // (The table exists once the worker made it.)
+        let view = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() && view.matches(" watch-w1 ").count() >= 4 {
+            break view;
+        }
+        assert!(std::time::Instant::now() < deadline, "{view}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert!(
+        !view.contains('\x1b'),
+        "no terminal codes in a pipe: {view}"
+    );
+    let blocks: Vec<&str> = view
+        .split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .collect();
+    assert_eq!(blocks.len(), 2, "one block per round: {view}");
+    let shard_line = blocks[1]
+        .lines()
+        .find(|l| l.starts_with("shardId-000000000000"))
+        .unwrap();
+    let columns: Vec<&str> = shard_line.split_whitespace().collect();
+    assert_eq!(columns[1], "watch-w1", "{shard_line}");
+    assert!(columns[2].parse::<i64>().is_ok(), "lag in ms: {shard_line}");
+    assert_eq!(columns.last(), Some(&"-"), "no handoff: {shard_line}");
+    let worker_line = blocks[1]
+        .lines()
+        .find(|l| l.starts_with("watch-w1"))
+        .unwrap();
+    assert_eq!(
+        worker_line.split_whitespace().nth(1),
+        Some("2"),
+        "{worker_line}"
+    );
 }

@@ -23,7 +23,7 @@ async fn main() -> std::process::ExitCode {
     match kinesis_cli::consume::run(Cli::parse().args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("consume: {error}");
+            eprintln!("consume: {}", kinesis_cli::ErrorChain::new(&*error));
             std::process::ExitCode::from(kinesis_cli::exit::FAILED)
         }
     }

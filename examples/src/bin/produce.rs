@@ -12,20 +12,28 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    match kinesis_cli::produce::run(Cli::parse().args).await {
+    let code = match kinesis_cli::produce::run(Cli::parse().args).await {
         Ok(summary) => {
             println!("{summary}");
             let ok = kinesis_cli::produce::succeeded(&summary);
-            std::process::ExitCode::from(if ok { 0 } else { kinesis_cli::exit::FAILED })
+            if ok {
+                0
+            } else {
+                kinesis_cli::exit::FAILED
+            }
         }
         Err(error) => {
-            eprintln!("produce: {error}");
-            std::process::ExitCode::from(kinesis_cli::exit::FAILED)
+            eprintln!("produce: {}", kinesis_cli::ErrorChain::new(&*error));
+            kinesis_cli::exit::FAILED
         }
-    }
+    };
+    // Exit here rather than by dropping the runtime, which would wait for a blocking read
+    // of standard input still under way after a signal.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    std::process::exit(i32::from(code))
 }

@@ -15,7 +15,7 @@ pub enum LeaseStoreError {
     #[error("lease {0} changed since it was read (condition failed)")]
     ConditionFailed(String),
     /// The table throttled the request (it was not applied).
-    #[error("lease table throttled the request: {0}")]
+    #[error("lease table throttled the request")]
     Throttled(#[source] ServiceError),
     /// An item in the table does not have the expected attributes.
     #[error("malformed lease item: {0}")]
@@ -38,8 +38,8 @@ pub enum LeaseStoreError {
     /// Any other failure of the table's service: [`ServiceError::kind`] tells a missing
     /// table ([`ErrorKind::NotFound`](crate::ErrorKind::NotFound)) from missing permissions
     /// or an unreachable endpoint; the SDK's error is its source.
-    #[error("lease table: {0}")]
-    Service(#[source] ServiceError),
+    #[error(transparent)]
+    Service(ServiceError),
 }
 
 impl LeaseStoreError {

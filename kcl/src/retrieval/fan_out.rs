@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError;
 use aws_sdk_kinesis::types::{
@@ -13,7 +13,7 @@ use aws_sdk_kinesis::types::{
 };
 use aws_sdk_kinesis::Client;
 
-use crate::error::{ErrorKind, ServiceError};
+use crate::error::{ErrorChain, ErrorKind, ServiceError};
 use tokio::time::Instant;
 
 use crate::stream::StreamRef;
@@ -69,7 +69,7 @@ impl Default for FanOutConfig {
 #[non_exhaustive]
 pub enum FanOutError {
     /// DescribeStreamConsumer failed with something other than "not found" or throttling.
-    #[error("describing stream consumer {consumer}: {error}")]
+    #[error("describing stream consumer {consumer}")]
     Describe {
         /// The consumer name.
         consumer: String,
@@ -79,7 +79,7 @@ pub enum FanOutError {
     },
     /// RegisterStreamConsumer failed with something other than "already registered" or
     /// throttling.
-    #[error("registering stream consumer {consumer}: {error}")]
+    #[error("registering stream consumer {consumer}")]
     Register {
         /// The consumer name.
         consumer: String,
@@ -100,10 +100,7 @@ pub enum FanOutError {
 }
 
 fn is_throttling(code: Option<&str>) -> bool {
-    matches!(
-        code,
-        Some("LimitExceededException" | "ThrottlingException" | "KMSThrottlingException")
-    )
+    code.is_some_and(|code| ErrorKind::from_code(code) == ErrorKind::Throttled)
 }
 
 /// Finds the stream consumer `name` of the stream `stream_arn`, registers it when it does
@@ -321,7 +318,7 @@ impl FanOutFetcher {
         let iterator = match tokio::time::timeout(timeout, request.send()).await.ok()? {
             Ok(out) => out.shard_iterator?,
             Err(error) => {
-                tracing::debug!(shard = %self.shard_id, error = %DisplayErrorContext(&error), "shard end check: GetShardIterator failed");
+                tracing::debug!(shard = %self.shard_id, error = %ErrorChain::new(&error), "shard end check: GetShardIterator failed");
                 return None;
             }
         };
@@ -337,7 +334,7 @@ impl FanOutFetcher {
             }
             Ok(_) => None,
             Err(error) => {
-                tracing::debug!(shard = %self.shard_id, error = %DisplayErrorContext(&error), "shard end check: GetRecords failed");
+                tracing::debug!(shard = %self.shard_id, error = %ErrorChain::new(&error), "shard end check: GetRecords failed");
                 None
             }
         }
@@ -410,14 +407,14 @@ impl FanOutFetcher {
                             metrics::counter!("kinesis_consumer_checkpoint_trim_horizon_fallbacks", "shard" => self.shard_id.clone())
                                 .increment(1);
                             if self.options.on_trimmed_checkpoint == TrimmedCheckpoint::Fail {
-                                tracing::error!(shard = %self.shard_id, ?position, error = %DisplayErrorContext(&error), "sequence number rejected (trimmed?); not reading the shard (TrimmedCheckpoint::Fail)");
+                                tracing::error!(shard = %self.shard_id, ?position, error = %ErrorChain::new(&error), "sequence number rejected (trimmed?); not reading the shard (TrimmedCheckpoint::Fail)");
                                 tx.fail(FetchError::CheckpointRejected(format!("{position:?}")))
                                     .await;
                                 return;
                             }
                             // The record is gone (older than the retention period): what
                             // follows it and still exists starts at the trim horizon.
-                            tracing::error!(shard = %self.shard_id, ?position, error = %DisplayErrorContext(&error), "sequence number rejected (trimmed?); subscribing from TRIM_HORIZON: records between the checkpoint and the oldest record still in the shard are not delivered");
+                            tracing::error!(shard = %self.shard_id, ?position, error = %ErrorChain::new(&error), "sequence number rejected (trimmed?); subscribing from TRIM_HORIZON: records between the checkpoint and the oldest record still in the shard are not delivered");
                             position = StartingPosition::TrimHorizon;
                             continue;
                         }
@@ -446,7 +443,7 @@ impl FanOutFetcher {
                                 }
                                 ShardCheck::Unconfirmed => {}
                             }
-                            tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), "SubscribeToShard: not found, but the shard is still listed; retrying");
+                            tracing::warn!(shard = %self.shard_id, error = %ErrorChain::new(&error), "SubscribeToShard: not found, but the shard is still listed; retrying");
                         }
                         // Subscribed again too soon, or a subscription of another worker
                         // is still being taken over; or throttled.
@@ -459,7 +456,7 @@ impl FanOutFetcher {
                             tracing::debug!(shard = %self.shard_id, ?delay, "SubscribeToShard throttled; backing off");
                         }
                         _ => {
-                            tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), ?delay, "SubscribeToShard failed; retrying");
+                            tracing::warn!(shard = %self.shard_id, error = %ErrorChain::new(&error), ?delay, "SubscribeToShard failed; retrying");
                         }
                     }
                     tokio::select! {
@@ -549,7 +546,7 @@ impl FanOutFetcher {
                             // holder, or one not yet closed) still holds the shard.
                             tracing::debug!(shard = %self.shard_id, ?delay, "subscription in use; retrying");
                         } else {
-                            tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), ?delay, "subscription failed; subscribing again");
+                            tracing::warn!(shard = %self.shard_id, error = %ErrorChain::new(&error), ?delay, "subscription failed; subscribing again");
                         }
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}

@@ -74,7 +74,7 @@ pub enum FetchError {
     CheckpointRejected(String),
     /// The stream does not exist any more (a read said the shard was not found, and
     /// ListShards said the same of the stream).
-    #[error("the stream is gone: {0}")]
+    #[error("the stream is gone")]
     StreamNotFound(#[source] ServiceError),
 }
 

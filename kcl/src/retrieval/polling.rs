@@ -3,7 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+
+use crate::error::{ErrorChain, ErrorKind};
 use aws_sdk_kinesis::operation::get_shard_iterator::builders::GetShardIteratorFluentBuilder;
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::{ChildShard, Record, ShardIteratorType};
@@ -133,10 +135,12 @@ where
 {
     match error.code() {
         Some("ExpiredIteratorException") => Failure::Iterator,
-        Some("ProvisionedThroughputExceededException" | "LimitExceededException")
-        | Some("KMSThrottlingException") => Failure::Throttled,
         Some("InvalidArgumentException") => Failure::Iterator,
-        Some("ResourceNotFoundException") => Failure::NotFound,
+        Some(code) => match ErrorKind::from_code(code) {
+            ErrorKind::Throttled => Failure::Throttled,
+            ErrorKind::NotFound => Failure::NotFound,
+            _ => Failure::Other,
+        },
         // kinesis-mock answers a bad iterator with HTTP 500 and an empty body.
         None if matches!(error, SdkError::ServiceError(_)) => Failure::Iterator,
         _ => Failure::Other,
@@ -226,7 +230,7 @@ impl PollingFetcher {
                     metrics::counter!("kinesis_consumer_checkpoint_trim_horizon_fallbacks", "shard" => self.shard_id.clone())
                         .increment(1);
                     if self.options.on_trimmed_checkpoint == TrimmedCheckpoint::Fail {
-                        tracing::error!(shard = %self.shard_id, ?position, error = %DisplayErrorContext(&error), "sequence number rejected (trimmed?); not reading the shard (TrimmedCheckpoint::Fail)");
+                        tracing::error!(shard = %self.shard_id, ?position, error = %ErrorChain::new(&error), "sequence number rejected (trimmed?); not reading the shard (TrimmedCheckpoint::Fail)");
                         return Err(Stop::Failed(FetchError::CheckpointRejected(format!(
                             "{position:?}"
                         ))));
@@ -234,7 +238,7 @@ impl PollingFetcher {
                     // The checkpointed record is gone (older than the retention period):
                     // every record after it that still exists starts at the trim horizon.
                     // Records between the checkpoint and the trim horizon are lost: say so.
-                    tracing::error!(shard = %self.shard_id, ?position, error = %DisplayErrorContext(&error), "sequence number rejected (trimmed?); reading from TRIM_HORIZON: records between the checkpoint and the oldest record still in the shard are not delivered");
+                    tracing::error!(shard = %self.shard_id, ?position, error = %ErrorChain::new(&error), "sequence number rejected (trimmed?); reading from TRIM_HORIZON: records between the checkpoint and the oldest record still in the shard are not delivered");
                     position = StartingPosition::TrimHorizon;
                     continue;
                 }
@@ -253,10 +257,10 @@ impl PollingFetcher {
                         }
                         ShardCheck::Unconfirmed => {}
                     }
-                    tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), "GetShardIterator: not found, but the shard is still listed; retrying");
+                    tracing::warn!(shard = %self.shard_id, error = %ErrorChain::new(&error), "GetShardIterator: not found, but the shard is still listed; retrying");
                 }
                 Ok(Err(error)) => {
-                    tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), "GetShardIterator failed; retrying");
+                    tracing::warn!(shard = %self.shard_id, error = %ErrorChain::new(&error), "GetShardIterator failed; retrying");
                 }
                 Err(_) => {
                     tracing::warn!(shard = %self.shard_id, timeout = ?self.options.request_timeout, "GetShardIterator timed out; retrying");
@@ -348,7 +352,7 @@ impl PollingFetcher {
                     match classify(&error) {
                         Failure::Iterator => {
                             self.pause(delay, tx).await?;
-                            tracing::info!(shard = %self.shard_id, error = %DisplayErrorContext(&error), "shard iterator expired or invalid; renewing it");
+                            tracing::info!(shard = %self.shard_id, error = %ErrorChain::new(&error), "shard iterator expired or invalid; renewing it");
                             let position = match &last_sequence {
                                 Some(seq) => StartingPosition::AfterSequenceNumber(seq.clone()),
                                 None => start.clone(),
@@ -370,7 +374,7 @@ impl PollingFetcher {
                                 }
                                 ShardCheck::Unconfirmed => {}
                             }
-                            tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), ?delay, "GetRecords: not found, but the shard is still listed; retrying");
+                            tracing::warn!(shard = %self.shard_id, error = %ErrorChain::new(&error), ?delay, "GetRecords: not found, but the shard is still listed; retrying");
                             self.pause(delay, tx).await?;
                         }
                         Failure::Throttled => {
@@ -378,7 +382,7 @@ impl PollingFetcher {
                             self.pause(delay, tx).await?;
                         }
                         Failure::Other => {
-                            tracing::warn!(shard = %self.shard_id, error = %DisplayErrorContext(&error), ?delay, "GetRecords failed; retrying");
+                            tracing::warn!(shard = %self.shard_id, error = %ErrorChain::new(&error), ?delay, "GetRecords failed; retrying");
                             self.pause(delay, tx).await?;
                         }
                     }

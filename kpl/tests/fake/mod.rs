@@ -21,7 +21,6 @@ use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::http::StatusCode;
 use aws_smithy_types::body::SdkBody;
-use base64::Engine;
 use bytes::Bytes;
 use kinesis_producer::aggregation::deaggregate;
 use kinesis_producer::{HashKey, Producer, ProducerBuilder};
@@ -313,9 +312,7 @@ impl Fake {
             let partition_key = entry.partition_key.to_string();
             let explicit_hash_key = entry.explicit_hash_key.map(str::to_owned);
             let data = if keep {
-                base64::engine::general_purpose::STANDARD
-                    .decode(entry.data)
-                    .unwrap()
+                base64_simd::STANDARD.decode_to_vec(entry.data).unwrap()
             } else {
                 Vec::new()
             };

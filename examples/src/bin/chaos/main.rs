@@ -337,7 +337,7 @@ impl Run {
             }
             Action::Pause(length) => {
                 // The first pause stops the leader past its leadership.
-                let first = self.counts.get("pauses").is_none() && self.args.kill_leader_every > 0;
+                let first = !self.counts.contains_key("pauses") && self.args.kill_leader_every > 0;
                 let Some((worker, is_leader)) = self.pick(first).await else {
                     return Ok(());
                 };
