@@ -87,6 +87,10 @@ struct Args {
     /// Seed of the random choices (victims, start jitter).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Longest simulated start-up waited for an even split, seconds (today's design steals
+    /// one lease per worker and round: large fleets take long).
+    #[arg(long, default_value_t = 600)]
+    startup_limit: u64,
 }
 
 fn main() -> Result<(), Error> {
@@ -111,6 +115,7 @@ fn main() -> Result<(), Error> {
         if args.design != "leader" {
             out["today"] = simulate(&args, Coordination::Workers).await;
         }
+        out["kcl3_model"] = kcl3_model(&args);
         if args.json {
             println!("{out}");
         } else {
@@ -787,7 +792,7 @@ async fn simulate(args: &Args, design: Coordination) -> Value {
     let start = Instant::now();
     let mut all_held: Option<Duration> = None;
     let mut balanced: Option<Duration> = None;
-    let limit = Duration::from_secs(1200);
+    let limit = Duration::from_secs(args.startup_limit);
     while balanced.is_none() && start.elapsed() < limit {
         while fleet.workers.len() < args.workers
             && start.elapsed()
@@ -942,6 +947,46 @@ async fn kill_and_measure(fleet: &mut Fleet, args: &Args) -> Option<Duration> {
         }
     }
     None
+}
+
+/// What the Java KCL 3's design costs by the same model, at its defaults (not simulated):
+/// the leader scans the lease table (eventually consistent) every 20 s; each worker queries
+/// the owner index every 9.975 s and renews each lease every 3.308 s; each worker writes
+/// its metrics row every 30 s; the leader scans the worker metrics table every 20 s.
+fn kcl3_model(args: &Args) -> Value {
+    let (shards, workers) = (args.shards, args.workers.max(1));
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let ids: Vec<String> = (0..workers).map(|i| worker_id(i, &mut rng)).collect();
+    let leases: Vec<Lease> = (0..shards)
+        .map(|i| {
+            let mut lease = realistic_lease(i, shards);
+            lease.lease_owner = Some(ids[i % workers].clone());
+            lease
+        })
+        .collect();
+    let scan = paged_read_units(leases.iter().map(lease_size), false);
+    let per_worker = shards.div_ceil(workers);
+    let query = paged_read_units(
+        leases
+            .iter()
+            .take(per_worker)
+            .map(|l| index_entry_size(&l.lease_key, &ids[0])),
+        false,
+    );
+    let renewal = write_units(lease_size(&leases[0]));
+    let mut row = WorkerRow::new(ids[0].clone());
+    row.last_update_epoch_seconds = Some(1_800_000_000);
+    row.stats.insert("C".into(), vec![12.5; 10]);
+    row.operating_range.insert("C".into(), vec![100.0]);
+    let row_size = item_size(&worker_to_item(&row));
+    let rows_scan = paged_read_units(std::iter::repeat_n(row_size, workers), false);
+    json!({
+        "lease_table_read_units_per_hour": (3600.0 / 20.0 * scan + workers as f64 * 3600.0 / 9.975 * query).round(),
+        "lease_table_write_units_per_hour": (shards as f64 * 3600.0 / 3.308 * renewal).round(),
+        "scans_per_hour": 180,
+        "coordinator_tables_read_units_per_hour": (3600.0 / 20.0 * rows_scan).round(),
+        "coordinator_tables_write_units_per_hour": (workers as f64 * 120.0 * write_units(row_size)).round(),
+    })
 }
 
 fn name(design: &Coordination) -> &'static str {

@@ -15,6 +15,9 @@
 //! | `kinesis_consumer_handoffs_requested` | counter | `worker` | (KCL 3: graceful handoffs the leader initiated) |
 //! | `kinesis_consumer_leases_handed_over` | counter | `worker` | (KCL 3: leases transferred after a graceful shutdown) |
 //! | `kinesis_consumer_lease_renewals` | counter | `worker`, `outcome` (`success`, `failure`) | RenewLease.Success |
+//! | `kinesis_consumer_leader` | gauge | `worker` | (KCL 3: `LeaderDecider` metrics) |
+//! | `kinesis_consumer_leader_writes` | counter | `worker`, `kind` (`assign`, `move`, `steal`, `fence`, `cancel`) | (KCL 3: `LeaseAssignmentManager` metrics) |
+//! | `kinesis_consumer_heartbeats` | counter | `worker`, `outcome` (`success`, `failure`, `fenced`) | (KCL 3: `WorkerMetricStatsReporter`) |
 //! | `kinesis_consumer_checkpoints` | counter | `shard`, `outcome` | Checkpoint / CheckpointerCheckpoint.Success |
 //! | `kinesis_consumer_get_records` | counter | `stream`, `shard`, `outcome` | GetRecords.Success |
 //! | `kinesis_consumer_get_records_time_seconds` | histogram, seconds | `stream`, `shard` | GetRecords.Time |
@@ -47,6 +50,9 @@ const LOST_LEASES: &str = "kinesis_consumer_lost_leases";
 const HANDOFFS_REQUESTED: &str = "kinesis_consumer_handoffs_requested";
 const LEASES_HANDED_OVER: &str = "kinesis_consumer_leases_handed_over";
 const LEASE_RENEWALS: &str = "kinesis_consumer_lease_renewals";
+const LEADER: &str = "kinesis_consumer_leader";
+const LEADER_WRITES: &str = "kinesis_consumer_leader_writes";
+const HEARTBEATS: &str = "kinesis_consumer_heartbeats";
 const CHECKPOINTS: &str = "kinesis_consumer_checkpoints";
 const GET_RECORDS: &str = "kinesis_consumer_get_records";
 const GET_RECORDS_TIME: &str = "kinesis_consumer_get_records_time_seconds";
@@ -95,6 +101,21 @@ pub(crate) fn describe() {
             "Leases this worker handed over to another worker after its processor finished"
         );
         describe_counter!(LEASE_RENEWALS, Unit::Count, "Lease renewals, by outcome");
+        describe_gauge!(
+            LEADER,
+            Unit::Count,
+            "1 while this worker leads the assignment of leases, else 0"
+        );
+        describe_counter!(
+            LEADER_WRITES,
+            Unit::Count,
+            "The leader's writes that took effect, by kind (assign, move, steal, fence, cancel)"
+        );
+        describe_counter!(
+            HEARTBEATS,
+            Unit::Count,
+            "This worker's heartbeats (its worker metrics row), by outcome (success, failure, fenced)"
+        );
         describe_counter!(
             CHECKPOINTS,
             Unit::Count,
@@ -166,6 +187,34 @@ impl LeaseMetrics {
             handed_over: counter!(LEASES_HANDED_OVER, &labels),
             renewals: Outcomes::new(LEASE_RENEWALS, &labels),
         }
+    }
+}
+
+/// A worker's part in the leader-based coordination.
+pub(crate) struct CoordinationMetrics {
+    pub(crate) leader: Gauge,
+    worker: String,
+}
+
+impl CoordinationMetrics {
+    pub(crate) fn new(worker: &str) -> Self {
+        CoordinationMetrics {
+            leader: gauge!(LEADER, "worker" => worker.to_owned()),
+            worker: worker.to_owned(),
+        }
+    }
+
+    /// Counts leader writes of `kind` that took effect.
+    pub(crate) fn leader_writes(&self, kind: &'static str, n: usize) {
+        if n > 0 {
+            counter!(LEADER_WRITES, "worker" => self.worker.clone(), "kind" => kind)
+                .increment(n as u64);
+        }
+    }
+
+    /// Counts one heartbeat by outcome.
+    pub(crate) fn heartbeat(&self, outcome: &'static str) {
+        counter!(HEARTBEATS, "worker" => self.worker.clone(), "outcome" => outcome).increment(1);
     }
 }
 

@@ -22,10 +22,12 @@ use integration_tests::{create_stream, sdk_config, unique_name, wait_for, TestRe
 use kinesis_consumer::SchedulerBuilder;
 use kinesis_producer::{Producer, Record};
 
-/// Every operation requested through its client, as IAM actions (`kinesis:PutRecords`).
+/// Every operation requested through its client, as IAM actions (`kinesis:PutRecords`),
+/// and for DynamoDB the tables (and index) each one named.
 #[derive(Clone, Debug, Default)]
 struct Recording {
     actions: Arc<Mutex<BTreeSet<String>>>,
+    tables: Arc<Mutex<BTreeSet<(String, String)>>>,
 }
 
 impl Recording {
@@ -33,6 +35,7 @@ impl Recording {
     /// operation.
     async fn config(&self) -> TestResult<SdkConfig> {
         let actions = self.actions.clone();
+        let tables = self.tables.clone();
         let tap = Tap::new(move |request| {
             let target = request.headers().get("x-amz-target");
             if let Some((service, operation)) = target.and_then(|t| t.split_once('.')) {
@@ -41,10 +44,22 @@ impl Recording {
                     "DynamoDB_20120810" => "dynamodb",
                     other => other,
                 };
-                actions
-                    .lock()
-                    .unwrap()
-                    .insert(format!("{service}:{operation}"));
+                let action = format!("{service}:{operation}");
+                if service == "dynamodb" {
+                    let body: serde_json::Value = request
+                        .body()
+                        .bytes()
+                        .and_then(|b| serde_json::from_slice(b).ok())
+                        .unwrap_or_default();
+                    if let Some(table) = body["TableName"].as_str() {
+                        let resource = match body["IndexName"].as_str() {
+                            Some(index) => format!("table/{table}/index/{index}"),
+                            None => format!("table/{table}"),
+                        };
+                        tables.lock().unwrap().insert((action.clone(), resource));
+                    }
+                }
+                actions.lock().unwrap().insert(action);
             }
         });
         Ok(sdk_config().await?.to_builder().http_client(tap).build())
@@ -53,6 +68,59 @@ impl Recording {
     fn take(&self) -> BTreeSet<String> {
         std::mem::take(&mut *self.actions.lock().unwrap())
     }
+
+    /// The (action, DynamoDB resource) pairs recorded since the last call.
+    fn take_tables(&self) -> BTreeSet<(String, String)> {
+        std::mem::take(&mut *self.tables.lock().unwrap())
+    }
+}
+
+/// The DynamoDB (action, resource) pairs the policy after `<!-- iam-policy: name -->`
+/// allows, with `APPLICATION` replaced by `application`.
+fn table_grants(readme: &str, name: &str, application: &str) -> BTreeSet<(String, String)> {
+    let marker = format!("<!-- iam-policy: {name} -->");
+    let json = readme
+        .split_once(&marker)
+        .and_then(|(_, after)| after.split_once("```json\n"))
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .unwrap_or_else(|| panic!("no policy {name}"))
+        .0;
+    let document: serde_json::Value = serde_json::from_str(json).unwrap();
+    let list = |value: &serde_json::Value| -> Vec<String> {
+        match value {
+            serde_json::Value::String(one) => vec![one.clone()],
+            serde_json::Value::Array(many) => many
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let mut grants = BTreeSet::new();
+    for statement in document["Statement"].as_array().unwrap() {
+        for resource in list(&statement["Resource"]) {
+            let Some((_, table)) = resource.split_once(":table/") else {
+                continue;
+            };
+            let table = table.replace("APPLICATION", application);
+            for action in list(&statement["Action"]) {
+                grants.insert((action, format!("table/{table}")));
+            }
+        }
+    }
+    grants
+}
+
+fn assert_tables_allowed(
+    used: &BTreeSet<(String, String)>,
+    allowed: &BTreeSet<(String, String)>,
+    name: &str,
+) {
+    let missing: Vec<&(String, String)> = used.difference(allowed).collect();
+    assert!(
+        missing.is_empty(),
+        "policy {name} misses these actions on these tables: {missing:?}"
+    );
 }
 
 /// Runs a worker until its processors got `records` records, then stops it.
@@ -149,6 +217,18 @@ async fn the_documented_policies_allow_every_operation_the_libraries_make() -> T
         &policy(KCL_README, "consumer-creates-table"),
         "consumer-creates-table",
     );
+    let tables = recording.take_tables();
+    assert!(
+        tables
+            .iter()
+            .any(|(_, t)| t.ends_with("-WorkerMetricStats")),
+        "the coordinator tables are used: {tables:?}"
+    );
+    assert_tables_allowed(
+        &tables,
+        &table_grants(KCL_README, "consumer-creates-table", &app),
+        "consumer-creates-table",
+    );
 
     // The same application again: its table exists, CreateTable is not needed.
     let log = Log::default();
@@ -164,6 +244,11 @@ async fn the_documented_policies_allow_every_operation_the_libraries_make() -> T
     assert_allowed(
         &recording.take(),
         &policy(KCL_README, "consumer"),
+        "consumer",
+    );
+    assert_tables_allowed(
+        &recording.take_tables(),
+        &table_grants(KCL_README, "consumer", &app),
         "consumer",
     );
 

@@ -271,17 +271,23 @@ async fn run_group(args: Args, app: String) -> Result<(), Error> {
     if let Some(idle) = args.exit_after_idle {
         let held = scheduler.held_shards();
         let shared = shared.clone();
+        let started = Instant::now();
+        let failover = args.failover;
         tokio::spawn(async move {
             let mut since: Option<Instant> = None;
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 // Caught up: every shard this worker holds was read to its tip (its last
-                // read was empty with millis_behind_latest 0) and nothing came since.
+                // read was empty with millis_behind_latest 0) and nothing came since. A
+                // worker holding nothing is caught up only once it has had a failover time
+                // to be given leases (the leader assigns them after its first round).
                 let caught_up = {
                     let map = shared.caught_up();
-                    held.shard_ids()
-                        .iter()
-                        .all(|shard| map.get(shard).copied().unwrap_or(false))
+                    let shards = held.shard_ids();
+                    (!shards.is_empty() || started.elapsed() >= failover)
+                        && shards
+                            .iter()
+                            .all(|shard| map.get(shard).copied().unwrap_or(false))
                 };
                 let last_record = *shared.last_record.lock().unwrap_or_else(|e| e.into_inner());
                 if !caught_up {

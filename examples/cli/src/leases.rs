@@ -19,6 +19,9 @@
 
 use aws_sdk_kinesis::types::ShardIteratorType;
 use clap::{Args as ClapArgs, Subcommand};
+use kinesis_consumer::leases::coordination::{
+    CoordinatorStore, DynamoDbCoordinatorStore, LockItem, LEADER_LOCK_KEY,
+};
 use kinesis_consumer::leases::{CheckpointUpdate, DynamoDbLeaseStore, LeaseStore, LeaseStoreError};
 use kinesis_consumer::{ExtendedSequenceNumber, Lease, SequencePosition};
 
@@ -240,10 +243,21 @@ fn handoff(lease: &Lease) -> String {
     }
 }
 
-/// The fleet's leader line, once the lease table has one (fleet-scale coordination
-/// elects a leader): the place of that line in `leases watch`.
-fn leader_line(_leases: &[Lease]) -> Option<String> {
-    None
+/// The fleet's leader line: the holder of the coordinator state table's lock and the
+/// successors it named, or none (every worker takes its own leases, or no leader yet).
+fn leader_line(lock: Option<&LockItem>) -> String {
+    match lock.filter(|lock| !lock.released) {
+        Some(lock) => format!(
+            "leader {} (successors: {})",
+            lock.owner,
+            if lock.successors.is_empty() {
+                "-".to_owned()
+            } else {
+                lock.successors.join(", ")
+            }
+        ),
+        None => "leader: none (every worker takes its own leases, or none elected yet)".to_owned(),
+    }
 }
 
 /// One view of `leases watch`.
@@ -251,13 +265,14 @@ fn watch_frame(
     table: &str,
     leases: &[Lease],
     lags: &std::collections::HashMap<String, Option<i64>>,
+    lock: Option<&LockItem>,
 ) -> Vec<String> {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
     let mut lines = vec![format!(
         "lease table {table}, {} leases, {now}",
         leases.len()
     )];
-    lines.extend(leader_line(leases));
+    lines.push(leader_line(lock));
     lines.push(format!(
         "{:<24} {:<28} {:>9} {:>9}  {}",
         "shard", "owner", "lag ms", "KiB/s", "handoff"
@@ -290,6 +305,7 @@ struct WatchOptions {
 
 async fn watch(
     store: &DynamoDbLeaseStore,
+    coordination: &DynamoDbCoordinatorStore,
     kinesis: &aws_sdk_kinesis::Client,
     stream: Option<&str>,
     options: WatchOptions,
@@ -316,7 +332,9 @@ async fn watch(
                 }
             }
         }
-        let lines = watch_frame(store.table(), &leases, &lags);
+        // No coordinator table (every worker takes its own leases): no leader.
+        let lock = coordination.read_lock(LEADER_LOCK_KEY).await.ok().flatten();
+        let lines = watch_frame(store.table(), &leases, &lags, lock.as_ref());
         let mut out = std::io::stdout().lock();
         if terminal {
             // Home and clear, then the view; each line clears what an older one left.
@@ -604,6 +622,11 @@ async fn run_command(args: Args, config: &aws_config::SdkConfig) -> Result<(), E
             lag_interval,
             rounds,
         } => {
+            let coordination = DynamoDbCoordinatorStore::new(
+                dynamodb.clone(),
+                &app,
+                kinesis_consumer::LeaseTableConfig::default(),
+            );
             let store = DynamoDbLeaseStore::new(dynamodb, app);
             let kinesis = aws_sdk_kinesis::Client::new(config);
             let options = WatchOptions {
@@ -611,7 +634,7 @@ async fn run_command(args: Args, config: &aws_config::SdkConfig) -> Result<(), E
                 lag_interval,
                 rounds,
             };
-            watch(&store, &kinesis, stream.as_deref(), options).await
+            watch(&store, &coordination, &kinesis, stream.as_deref(), options).await
         }
         Command::Reset {
             app,

@@ -927,17 +927,20 @@ async fn global_options_arns_retention_deletion_consumers_and_completions() {
         .await
         .output()
         .unwrap();
+    // Compared as JSON: the key order depends on serde_json's features in the build.
+    let deleted: serde_json::Value = serde_json::from_str(check(&output).trim()).unwrap();
     assert_eq!(
-        check(&output).trim(),
-        format!(r#"{{"deleted":false,"stream":"{stream}"}}"#)
+        deleted,
+        serde_json::json!({"deleted": false, "stream": stream})
     );
     let output = kinesis(&["streams", "delete", "--stream", &arn, "--yes"])
         .await
         .output()
         .unwrap();
+    let deleted: serde_json::Value = serde_json::from_str(check(&output).trim()).unwrap();
     assert_eq!(
-        check(&output).trim(),
-        format!(r#"{{"deleted":true,"stream":"{stream}"}}"#)
+        deleted,
+        serde_json::json!({"deleted": true, "stream": stream})
     );
     for shell in ["bash", "zsh", "fish"] {
         let output = Command::new(env!("CARGO_BIN_EXE_kinesis"))
@@ -1196,6 +1199,13 @@ async fn iam_actions_of_every_subcommand_are_documented() {
         None,
     );
     check_row(
+        "leases watch",
+        &[
+            "leases", "watch", "--app", &app, "--stream", &stream, "--rounds", "1",
+        ],
+        None,
+    );
+    check_row(
         "leases reset",
         &[
             "leases",
@@ -1284,5 +1294,9 @@ async fn leases_watch_shows_owners_lag_throughput_and_workers() {
         worker_line.split_whitespace().nth(1),
         Some("2"),
         "{worker_line}"
+    );
+    assert!(
+        blocks[1].lines().any(|l| l.starts_with("leader watch-w1 ")),
+        "the leader line names the worker that leads: {view}"
     );
 }

@@ -18,6 +18,7 @@ use super::coordination::{CoordinatorStore, WorkerRow, CPU_METRIC};
 use super::held::timed;
 use super::liveness::Liveness;
 use super::store::LeaseStoreError;
+use crate::metrics::CoordinationMetrics;
 
 /// How many CPU samples a row keeps (the Java KCL 3 keeps 10).
 const CPU_SAMPLES: usize = 10;
@@ -35,6 +36,7 @@ pub(crate) struct Heartbeat {
     cpu: Option<Mutex<CpuSampler>>,
     /// The lock keys whose leader named this worker a successor (from the row).
     successor_of: Mutex<std::collections::BTreeSet<String>>,
+    metrics: CoordinationMetrics,
 }
 
 impl std::fmt::Debug for Heartbeat {
@@ -66,6 +68,7 @@ impl Heartbeat {
         report_cpu: bool,
     ) -> Self {
         Heartbeat {
+            metrics: CoordinationMetrics::new(&worker_id),
             store,
             liveness,
             worker_id,
@@ -85,6 +88,16 @@ impl Heartbeat {
 
     /// Writes the row once (one beat at a time).
     pub(crate) async fn beat(&self) -> Beat {
+        let beat = self.beat_once().await;
+        self.metrics.heartbeat(match beat {
+            Beat::Written => "success",
+            Beat::Fenced => "fenced",
+            Beat::Failed => "failure",
+        });
+        beat
+    }
+
+    async fn beat_once(&self) -> Beat {
         let mut last = self.last.lock().await;
         if last.is_none() {
             // A previous process with this worker id may have left a row: continue its count.

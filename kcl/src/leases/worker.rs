@@ -144,6 +144,7 @@ impl Presence {
         ));
         let fleet = Arc::new(FleetWatch::new(
             store.clone(),
+            liveness.clone(),
             config.worker_id,
             config.failover_time,
             config.request_timeout,
@@ -437,10 +438,12 @@ impl LeaseWorker {
         }
     }
 
-    /// Leases were just created (a shard's children): without a leader, a taker round now.
+    /// Leases were just created (a shard's children, a new application's shards): a taker
+    /// round now, or the leader's next round now.
     pub(crate) fn leases_created(&self) {
-        if self.leader.is_none() {
-            self.take_now.notify_one();
+        match &self.leader {
+            None => self.take_now.notify_one(),
+            Some(leader) => leader.assigner.round_soon(),
         }
     }
 

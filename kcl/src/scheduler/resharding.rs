@@ -148,10 +148,15 @@ impl Scheduler {
             ids: listed.iter().map(|s| s.shard_id().to_owned()).collect(),
         });
         let plan = plan_shard_sync(&listed, &leases, self.initial_position);
+        let mut created = false;
         for lease in plan.create {
             if timed(timeout, self.store.create_lease_if_absent(&lease)).await? {
                 tracing::info!(shard = %lease.lease_key, checkpoint = %lease.checkpoint, "created lease");
+                created = true;
             }
+        }
+        if created {
+            self.leases.leases_created();
         }
         for lease in plan.delete {
             match timed(timeout, self.store.delete_lease(&lease)).await {

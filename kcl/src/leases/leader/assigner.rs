@@ -20,6 +20,7 @@ use crate::leases::coordination::CoordinatorStore;
 use crate::leases::coordinator::observations::Observations;
 use crate::leases::held::timed;
 use crate::leases::store::{LeaseStore, LeaseStoreError};
+use crate::metrics::CoordinationMetrics;
 
 /// Rows of this crate's workers unchanged for this long are deleted.
 const STALE_ROW: Duration = Duration::from_secs(3600);
@@ -46,6 +47,8 @@ pub(crate) struct RoundReport {
     pub assigned: usize,
     /// Balancing moves asked for.
     pub moved: usize,
+    /// Leases taken from workers that take their own leases.
+    pub stolen: usize,
     pub fenced: usize,
     pub cancelled: usize,
     /// The leases as listed.
@@ -74,6 +77,9 @@ pub(crate) struct Assigner {
     fleet: Arc<FleetWatch>,
     config: AssignerConfig,
     state: Mutex<State>,
+    metrics: CoordinationMetrics,
+    /// Told when a round should run before its time (leases were just created).
+    soon: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Assigner {
@@ -93,13 +99,20 @@ impl Assigner {
         config: AssignerConfig,
     ) -> Self {
         Assigner {
+            metrics: CoordinationMetrics::new(election.worker_id()),
             leases,
             coordination,
             election,
             fleet,
             config,
             state: Mutex::new(State::default()),
+            soon: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Runs the next round now (when leading).
+    pub(crate) fn round_soon(&self) {
+        self.soon.notify_one();
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -198,10 +211,16 @@ impl Assigner {
             }
             for (lease, to) in &plan.steals {
                 if self.steal(lease, to).await {
-                    report.moved += 1;
+                    report.stolen += 1;
                 }
             }
             self.clean_up_rows(&workers).await;
+            let metrics = &self.metrics;
+            metrics.leader_writes("fence", report.fenced);
+            metrics.leader_writes("assign", report.assigned);
+            metrics.leader_writes("move", report.moved);
+            metrics.leader_writes("cancel", report.cancelled);
+            metrics.leader_writes("steal", report.stolen);
         }
         report.leases = leases;
         Some(report)
@@ -422,6 +441,7 @@ pub(crate) async fn assign_forever(assigner: Arc<Assigner>, interval: Duration) 
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = assigner.fleet.death() => {}
+                _ = assigner.soon.notified() => {}
             }
         } else {
             // A new leader starts at once. (Waiting for a change, not for the value: the

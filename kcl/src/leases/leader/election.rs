@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use crate::leases::coordination::{CoordinatorStore, LockItem};
 use crate::leases::held::timed;
 use crate::leases::store::LeaseStoreError;
+use crate::metrics::CoordinationMetrics;
 
 /// How many successors a leader names.
 pub(crate) const SUCCESSORS: usize = 4;
@@ -97,6 +98,7 @@ pub(crate) struct Election {
     /// Whether this worker's row says a leader named it a successor (learnt at each
     /// heartbeat, sooner than a follower reads the lock).
     named: Option<NamedSuccessor>,
+    metrics: CoordinationMetrics,
 }
 
 /// Tells whether the worker's row names it a successor.
@@ -114,6 +116,7 @@ impl Election {
     pub(crate) fn new(store: Arc<dyn CoordinatorStore>, config: ElectionConfig) -> Self {
         Election {
             store,
+            metrics: CoordinationMetrics::new(&config.worker_id),
             config,
             state: Mutex::new(State::default()),
             leading: watch::channel(false).0,
@@ -129,6 +132,11 @@ impl Election {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This worker's id.
+    pub(crate) fn worker_id(&self) -> &str {
+        &self.config.worker_id
     }
 
     /// Until when this worker may act as leader, if it leads.
@@ -186,6 +194,7 @@ impl Election {
 
     fn publish(&self) {
         let leading = self.is_leader();
+        self.metrics.leader.set(if leading { 1.0 } else { 0.0 });
         self.leading.send_if_modified(|was| {
             let changed = *was != leading;
             *was = leading;

@@ -13,10 +13,13 @@ use super::election::SUCCESSORS;
 use super::fleet::{Fleet, WorkerState, WorkerView};
 use crate::leases::coordination::{CoordinatorStore, WorkerRow};
 use crate::leases::held::timed;
+use crate::leases::liveness::Liveness;
 
 /// The fleet as this worker watches it.
 pub(crate) struct FleetWatch {
     store: Arc<dyn CoordinatorStore>,
+    /// This worker's own liveness: it knows it is alive without watching its row change.
+    liveness: Arc<Liveness>,
     fleet: Mutex<Fleet>,
     /// Told when a look finds a worker newly dead (the leader acts at once).
     deaths: tokio::sync::Notify,
@@ -36,12 +39,14 @@ impl std::fmt::Debug for FleetWatch {
 impl FleetWatch {
     pub(crate) fn new(
         store: Arc<dyn CoordinatorStore>,
+        liveness: Arc<Liveness>,
         worker_id: String,
         failover: Duration,
         timeout: Duration,
     ) -> Self {
         FleetWatch {
             store,
+            liveness,
             fleet: Mutex::new(Fleet::default()),
             deaths: tokio::sync::Notify::new(),
             worker_id,
@@ -86,9 +91,16 @@ impl FleetWatch {
         self.fleet().next_death(self.failover)
     }
 
-    /// Every worker with a row, as known now.
+    /// Every worker with a row, as known now (this worker alive while its own liveness
+    /// holds).
     pub(crate) fn view(&self) -> BTreeMap<String, WorkerView> {
-        self.fleet().view(Instant::now(), self.failover)
+        let mut view = self.fleet().view(Instant::now(), self.failover);
+        if let Some(me) = view.get_mut(&self.worker_id) {
+            if me.state == WorkerState::Unknown && self.liveness.is_alive() {
+                me.state = WorkerState::Alive;
+            }
+        }
+        view
     }
 
     /// Since when this worker has watched.
