@@ -292,8 +292,14 @@ async fn run_consumers(
         let now = Instant::now();
         let held = coordinator.held_leases();
         let mut state = processing.lock().unwrap_or_else(|e| e.into_inner());
-        state.retain(|key, _| held.iter().any(|h| h.key() == key && !h.is_lost()));
-        asked.retain(|key| held.iter().any(|h| h.key() == key));
+        let live: HashSet<&str> = held
+            .iter()
+            .filter(|h| !h.is_lost())
+            .map(|h| h.key())
+            .collect();
+        let keys: HashSet<&str> = held.iter().map(|h| h.key()).collect();
+        state.retain(|key, _| live.contains(key.as_str()));
+        asked.retain(|key| keys.contains(key.as_str()));
         for lease in held {
             let key = lease.key().to_owned();
             if lease.is_lost() {
