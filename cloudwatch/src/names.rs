@@ -223,7 +223,9 @@ pub fn mapping(name: &str) -> Option<Mapping> {
         .map(|(_, mapping)| *mapping)
 }
 
-/// The CloudWatch dimension of a label.
+/// The CloudWatch dimension of a label. The consumer's `application` label has none: the
+/// KCL has no such dimension, it publishes each application's metrics under a namespace
+/// named after it ([`CloudWatchConfig::consumer`](crate::CloudWatchConfig::consumer)).
 pub(crate) fn dimension(label: &str) -> Option<&'static str> {
     match label {
         "stream" => Some("StreamName"),
@@ -253,5 +255,14 @@ mod tests {
             ("RequestTime", "Milliseconds", 1_000.0)
         );
         assert!(mapping("kinesis_consumer_lease_items_malformed").is_none());
+    }
+
+    #[test]
+    fn the_consumers_labels_map_to_the_kcls_dimensions() {
+        assert_eq!(dimension("stream"), Some("StreamName"));
+        assert_eq!(dimension("shard"), Some("ShardId"));
+        assert_eq!(dimension("worker"), Some("WorkerIdentifier"));
+        assert_eq!(dimension("application"), None, "the namespace names it");
+        assert_eq!(dimension("outcome"), None);
     }
 }

@@ -87,7 +87,8 @@ async fn kpl_names_units_and_dimensions_at_every_granularity() {
         metrics::histogram!("kinesis_producer_request_time_seconds", "stream" => "orders")
             .record(0.75);
         metrics::counter!("kinesis_producer_errors", "stream" => "orders", "code" => "ProvisionedThroughputExceededException").increment(4);
-        metrics::counter!("kinesis_consumer_lease_items_malformed").increment(1);
+        metrics::counter!("kinesis_consumer_lease_items_malformed", "application" => "app")
+            .increment(1);
     });
     publisher.flush().await;
     let inputs = captured.lock().unwrap().clone();
@@ -147,13 +148,14 @@ async fn kcl_metrics_level_and_success_rates() {
     let (recorder, publisher, captured) = recording(config, false);
     metrics::with_local_recorder(&recorder, || {
         let labels = [
+            ("application", "order-indexer".to_owned()),
             ("stream", "orders".to_owned()),
             ("shard", "shardId-0".to_owned()),
         ];
         metrics::gauge!("kinesis_consumer_millis_behind_latest", &labels).set(1500.0);
         metrics::counter!("kinesis_consumer_records_processed", &labels).increment(10);
         // Detailed: not sent at the summary level.
-        metrics::counter!("kinesis_consumer_get_records", "stream" => "orders", "outcome" => "success").increment(3);
+        metrics::counter!("kinesis_consumer_get_records", "application" => "order-indexer", "stream" => "orders", "outcome" => "success").increment(3);
     });
     publisher.flush().await;
     let inputs = captured.lock().unwrap().clone();
@@ -191,8 +193,8 @@ async fn kcl_metrics_level_and_success_rates() {
 
     let (recorder, publisher, captured) = recording(CloudWatchConfig::consumer("app"), false);
     metrics::with_local_recorder(&recorder, || {
-        metrics::counter!("kinesis_consumer_lease_renewals", "worker" => "w1", "outcome" => "success").increment(3);
-        metrics::counter!("kinesis_consumer_lease_renewals", "worker" => "w1", "outcome" => "failure").increment(1);
+        metrics::counter!("kinesis_consumer_lease_renewals", "application" => "app", "worker" => "w1", "outcome" => "success").increment(3);
+        metrics::counter!("kinesis_consumer_lease_renewals", "application" => "app", "worker" => "w1", "outcome" => "failure").increment(1);
     });
     publisher.flush().await;
     let data = all(&captured);

@@ -94,7 +94,7 @@ impl PreparedCheckpoint {
 impl Checkpointer {
     pub(crate) fn new(held: Arc<HeldLease>) -> Self {
         Checkpointer {
-            checkpoints: crate::metrics::checkpoints(held.key()),
+            checkpoints: crate::metrics::checkpoints(held.metrics()),
             held,
             progress: Arc::new(Mutex::new(Progress::default())),
         }

@@ -24,6 +24,7 @@ pub use store::StreamLeaseStore;
 use crate::error::{ErrorKind, ServiceError};
 use crate::leases::coordination::LEADER_LOCK_KEY;
 use crate::leases::{LeaseStore, LeaseTableConfig};
+use crate::metrics::WorkerLabels;
 use crate::scheduler::builder::{default_worker_id, prepare_lease_store, SharedPresence};
 use crate::scheduler::{InitialPosition, Scheduler, SchedulerBuilder, SchedulerError};
 use crate::stream::StreamRef;
@@ -285,10 +286,9 @@ impl MultiStreamSchedulerBuilder {
         let kinesis = self
             .kinesis_client
             .unwrap_or_else(|| aws_sdk_kinesis::Client::new(&self.sdk_config));
+        let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
         Ok(MultiStreamScheduler {
             sdk_config: self.sdk_config,
-            application,
-            worker_id: self.worker_id.unwrap_or_else(default_worker_id),
             tracker,
             configure,
             store,
@@ -297,6 +297,9 @@ impl MultiStreamSchedulerBuilder {
             stream_poll_interval: self.stream_poll_interval,
             shutdown: Arc::new(watch::channel(false).0),
             presence: SharedPresence::default(),
+            metrics: WorkerLabels::new(&application, &worker_id),
+            application,
+            worker_id,
         })
     }
 }
@@ -350,6 +353,8 @@ pub struct MultiStreamScheduler {
     /// This worker's presence (its row in the worker metrics table), shared by its
     /// streams; each stream has a leader lock of its own.
     presence: SharedPresence,
+    /// The labels and gauges of this worker's metrics, shared by its streams.
+    metrics: WorkerLabels,
 }
 
 impl std::fmt::Debug for MultiStreamScheduler {
@@ -507,6 +512,7 @@ impl MultiStreamScheduler {
             .stream_of_many(
                 self.presence.clone(),
                 format!("{LEADER_LOCK_KEY}:{identifier}"),
+                self.metrics.clone(),
             );
         let scheduler = (self.configure)(&identifier, builder).build().await?;
         Ok((identifier, scheduler))

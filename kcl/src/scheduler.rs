@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::error::{ErrorKind, ServiceError};
 use crate::leases::worker::LeaseWorker;
 use crate::leases::{LeaseStore, LeaseStoreError};
+use crate::metrics::StreamLabels;
 use crate::processor::ProcessorFactory;
 use crate::retrieval::{FanOutError, FetchOptions};
 use crate::shard_consumer::{Retrieval, ShardOutcome};
@@ -221,6 +222,8 @@ pub struct Scheduler {
     retrieval: Retrieval,
     leases: Arc<LeaseWorker>,
     shutdown: Arc<watch::Sender<bool>>,
+    /// The labels of this worker's metrics.
+    metrics: StreamLabels,
 }
 
 impl std::fmt::Debug for Scheduler {

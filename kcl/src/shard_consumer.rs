@@ -72,7 +72,8 @@ fn hash_range(lease: &crate::lease::Lease) -> Option<(HashKey, HashKey)> {
 /// checkpoint inside an aggregate).
 ///
 /// A KPL aggregate any of whose user records hashes outside the shard's `range` is dropped
-/// whole, with a warning and the metric `kinesis_consumer_aggregates_dropped`, as AWS's KCL does: a producer
+/// whole, with a warning and counted in `dropped` (the metric
+/// `kinesis_consumer_aggregates_dropped`), as AWS's KCL does: a producer
 /// whose shard map was stale during a reshard put it on a shard that does not own all of
 /// its records, and a KPL-style producer (AWS's, or `kinesis-producer`) sends every record
 /// of such an aggregate again, each to its right shard. Delivering the records that do
@@ -84,6 +85,7 @@ pub(crate) fn user_records(
     records: Vec<Record>,
     skip: Option<&ExtendedSequenceNumber>,
     range: Option<(HashKey, HashKey)>,
+    dropped: &metrics::Counter,
 ) -> Vec<KinesisClientRecord> {
     let mut out = Vec::with_capacity(records.len());
     for record in records {
@@ -114,7 +116,7 @@ pub(crate) fn user_records(
                     "dropping a KPL aggregate with user records outside this shard's hash range \
                      (its producer sends them again to the right shards)"
                 );
-                metrics::counter!("kinesis_consumer_aggregates_dropped").increment(1);
+                dropped.increment(1);
                 continue;
             }
         }
@@ -191,6 +193,7 @@ impl ShardConsumer {
                 shard_id.clone(),
                 config.clone(),
                 self.options.clone(),
+                self.held.metrics().clone(),
             )
             .spawn(start, &mut tasks),
             Retrieval::FanOut {
@@ -203,12 +206,13 @@ impl ShardConsumer {
                 shard_id.clone(),
                 config.clone(),
                 self.options.clone(),
+                self.held.metrics().clone(),
             )
             .spawn(start, &mut tasks),
         };
         let mut skip = skip;
         let range = hash_range(&lease);
-        let metrics = crate::metrics::ShardMetrics::new(self.stream.as_str(), &shard_id);
+        let metrics = crate::metrics::ShardMetrics::new(self.held.metrics());
         let held = self.held.clone();
 
         loop {
@@ -244,7 +248,12 @@ impl ShardConsumer {
                 Some(Err(error)) => return ShardOutcome::ReadFailed(error),
                 Some(Ok(batch)) => batch,
             };
-            let records = user_records(batch.records, skip.as_ref(), range);
+            let records = user_records(
+                batch.records,
+                skip.as_ref(),
+                range,
+                &metrics.aggregates_dropped,
+            );
             skip = None;
             if let Some(last) = records.last() {
                 checkpointer.delivered(last.position());
@@ -304,6 +313,7 @@ mod tests {
     use super::*;
     use aws_sdk_kinesis::primitives::Blob;
     use kinesis_aggregation::AggregateBuilder;
+    use metrics::Counter;
 
     fn record(seq: &str, key: &str, data: Bytes) -> Record {
         Record::builder()
@@ -326,7 +336,7 @@ mod tests {
             record("200", &aggregate.partition_key, aggregate.data.clone()),
             record("300", "plain", Bytes::from_static(b"q")),
         ];
-        let all = user_records(records.clone(), None, None);
+        let all = user_records(records.clone(), None, None, &Counter::noop());
         assert_eq!(all.len(), 6);
         assert_eq!(
             all.iter()
@@ -338,7 +348,7 @@ mod tests {
         assert!(all[2].aggregated && !all[0].aggregated);
 
         let skip = ExtendedSequenceNumber::new("200", 1);
-        let rest = user_records(records[1..].to_vec(), Some(&skip), None);
+        let rest = user_records(records[1..].to_vec(), Some(&skip), None, &Counter::noop());
         assert_eq!(
             rest.iter()
                 .map(|r| (r.sequence_number.as_str(), r.sub_sequence_number))
@@ -348,7 +358,7 @@ mod tests {
         // A plain record checkpointed (sub 0) is skipped when re-read with AT.
         let skip = ExtendedSequenceNumber::new("100", 0);
         assert_eq!(
-            user_records(records[..1].to_vec(), Some(&skip), None).len(),
+            user_records(records[..1].to_vec(), Some(&skip), None, &Counter::noop()).len(),
             0
         );
     }
@@ -365,6 +375,7 @@ mod tests {
             vec![record("1", "pk", Bytes::from(data.clone()))],
             None,
             None,
+            &Counter::noop(),
         );
         assert_eq!(out.len(), 1);
         assert!(!out[0].aggregated);
@@ -399,7 +410,11 @@ mod tests {
         ];
         let recorder = crate::test_util::CountingRecorder::new();
         let kept = metrics::with_local_recorder(&recorder, || {
-            user_records(records, None, Some(lower_half))
+            let shard = crate::metrics::WorkerLabels::new("app", "w1")
+                .stream("orders")
+                .shard("shardId-0");
+            let dropped = shard.counter(crate::metrics::AGGREGATES_DROPPED);
+            user_records(records, None, Some(lower_half), &dropped)
         });
         let delivered: Vec<(&str, &str)> = kept
             .iter()
@@ -410,7 +425,14 @@ mod tests {
             .collect();
         assert_eq!(delivered, expected);
         assert_eq!(
-            recorder.counter("kinesis_consumer_aggregates_dropped", &[]),
+            recorder.counter(
+                "kinesis_consumer_aggregates_dropped",
+                &[
+                    ("application", "app"),
+                    ("stream", "orders"),
+                    ("shard", "shardId-0")
+                ]
+            ),
             1
         );
     }

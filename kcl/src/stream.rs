@@ -21,6 +21,17 @@ impl StreamRef {
         &self.0
     }
 
+    /// The stream's name: as given, or the name part of an ARN (what the metrics are
+    /// labelled with).
+    pub(crate) fn name(&self) -> &str {
+        if self.is_arn() {
+            if let Some((_, name)) = self.0.rsplit_once(":stream/") {
+                return name;
+            }
+        }
+        &self.0
+    }
+
     fn is_arn(&self) -> bool {
         self.0.starts_with("arn:")
     }
@@ -68,5 +79,12 @@ mod tests {
         assert!(StreamRef::new("arn:aws:kinesis:eu-west-1:123456789012:stream/orders").is_arn());
         assert!(!StreamRef::new("orders").is_arn());
         assert!(!StreamRef::new("arn-of-a-name").is_arn());
+    }
+
+    #[test]
+    fn the_name_of_an_arn_is_its_name_part() {
+        let arn = StreamRef::new("arn:aws:kinesis:eu-west-1:123456789012:stream/orders");
+        assert_eq!(arn.name(), "orders");
+        assert_eq!(StreamRef::new("orders").name(), "orders");
     }
 }

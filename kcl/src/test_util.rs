@@ -28,15 +28,19 @@ pub use faults::{
     StoreOperation,
 };
 
-/// A [`metrics::Recorder`] that keeps counters in memory, for asserting that a metric was
-/// emitted. Gauges and histograms are ignored.
+/// A [`metrics::Recorder`] that keeps counters and gauges in memory, for asserting that a
+/// metric was emitted. Histograms are ignored.
 ///
 /// Install it for one thread with [`metrics::with_local_recorder`] (with a current-thread
 /// runtime) or process-wide with [`metrics::set_global_recorder`].
 #[derive(Clone, Debug, Default)]
 pub struct CountingRecorder {
     counters: Arc<Mutex<HashMap<metrics::Key, Arc<AtomicU64>>>>,
+    gauges: Arc<Mutex<HashMap<metrics::Key, GaugeValue>>>,
 }
+
+/// A gauge's value, `None` until it is first changed.
+type GaugeValue = Arc<Mutex<Option<f64>>>;
 
 struct SharedCounter(Arc<AtomicU64>);
 
@@ -48,6 +52,51 @@ impl metrics::CounterFn for SharedCounter {
     fn absolute(&self, value: u64) {
         self.0.fetch_max(value, Ordering::SeqCst);
     }
+}
+
+struct SharedGauge(GaugeValue);
+
+impl SharedGauge {
+    fn update(&self, change: impl FnOnce(f64) -> f64) {
+        let mut value = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *value = Some(change(value.unwrap_or(0.0)));
+    }
+}
+
+impl metrics::GaugeFn for SharedGauge {
+    fn increment(&self, value: f64) {
+        self.update(|v| v + value);
+    }
+
+    fn decrement(&self, value: f64) {
+        self.update(|v| v - value);
+    }
+
+    fn set(&self, value: f64) {
+        self.update(|_| value);
+    }
+}
+
+/// The value kept for `key`, made at its first registration.
+fn value_of<T: Default>(
+    values: &Mutex<HashMap<metrics::Key, Arc<T>>>,
+    key: &metrics::Key,
+) -> Arc<T> {
+    values
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key.clone())
+        .or_default()
+        .clone()
+}
+
+/// Whether `key` is named `name` and has every one of `labels`.
+fn matches(key: &metrics::Key, name: &str, labels: &[(&str, &str)]) -> bool {
+    key.name() == name
+        && labels.iter().all(|(k, v)| {
+            key.labels()
+                .any(|label| label.key() == *k && label.value() == *v)
+        })
 }
 
 impl CountingRecorder {
@@ -63,15 +112,21 @@ impl CountingRecorder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|(key, _)| {
-                key.name() == name
-                    && labels.iter().all(|(k, v)| {
-                        key.labels()
-                            .any(|label| label.key() == *k && label.value() == *v)
-                    })
-            })
+            .filter(|(key, _)| matches(key, name, labels))
             .map(|(_, value)| value.load(Ordering::SeqCst))
             .sum()
+    }
+
+    /// The sum of the values of the gauge `name` over every label set whose labels include
+    /// all of `labels`; `None` when none of them was ever set.
+    pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.gauges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(key, _)| matches(key, name, labels))
+            .filter_map(|(_, value)| *value.lock().unwrap_or_else(|e| e.into_inner()))
+            .reduce(|sum, value| sum + value)
     }
 }
 
@@ -105,22 +160,17 @@ impl metrics::Recorder for CountingRecorder {
         key: &metrics::Key,
         _metadata: &metrics::Metadata<'_>,
     ) -> metrics::Counter {
-        let value = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key.clone())
-            .or_default()
-            .clone();
+        let value = value_of(&self.counters, key);
         metrics::Counter::from_arc(Arc::new(SharedCounter(value)))
     }
 
     fn register_gauge(
         &self,
-        _key: &metrics::Key,
+        key: &metrics::Key,
         _metadata: &metrics::Metadata<'_>,
     ) -> metrics::Gauge {
-        metrics::Gauge::noop()
+        let value = value_of(&self.gauges, key);
+        metrics::Gauge::from_arc(Arc::new(SharedGauge(value)))
     }
 
     fn register_histogram(

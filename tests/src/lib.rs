@@ -72,6 +72,18 @@ pub async fn create_stream(
     Ok(kinesis_emulator::create_stream(client, stream, shards).await?)
 }
 
+/// The stream's ARN (for reading a stream by ARN).
+pub async fn stream_arn(client: &aws_sdk_kinesis::Client, stream: &str) -> TestResult<String> {
+    Ok(client
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await?
+        .stream_description_summary()
+        .map(|s| s.stream_arn().to_owned())
+        .ok_or("no stream description")?)
+}
+
 /// All shards of the stream (open and closed), following pagination.
 pub async fn list_shards(client: &aws_sdk_kinesis::Client, stream: &str) -> TestResult<Vec<Shard>> {
     let mut shards = Vec::new();

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use integration_tests::kcl::{
     assert_per_key_order, fast, keyed_records, logging, put_records, Behaviour, Log,
 };
-use integration_tests::{create_stream, sdk_config, unique_name, wait_for, TestResult};
+use integration_tests::{create_stream, sdk_config, stream_arn, unique_name, wait_for, TestResult};
 use kinesis_consumer::leases::{DynamoDbLeaseStore, LeaseStore};
 use kinesis_consumer::multi_stream::{
     MultiStreamScheduler, StreamConfig, StreamIdentifier, StreamTracker,
@@ -57,14 +57,7 @@ async fn one_worker_consumes_streams_added_and_removed_at_run_time() -> TestResu
     create_stream(&kinesis, &orders, 2).await?;
     create_stream(&kinesis, &clicks, 1).await?;
     create_stream(&kinesis, &audit, 1).await?;
-    let clicks_arn = kinesis
-        .describe_stream_summary()
-        .stream_name(&clicks)
-        .send()
-        .await?
-        .stream_description_summary()
-        .map(|s| s.stream_arn().to_owned())
-        .ok_or("no summary")?;
+    let clicks_arn = stream_arn(&kinesis, &clicks).await?;
     let order_records = keyed_records("orders", 60, 6);
     let click_records = keyed_records("clicks", 30, 3);
     let audit_records = keyed_records("audit", 20, 2);

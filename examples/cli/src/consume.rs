@@ -263,8 +263,8 @@ async fn run_group(args: Args, app: String) -> Result<(), Error> {
         let stop = stop.clone();
         tokio::spawn(async move {
             crate::signal::stop_signal().await;
-            tracing::info!("signal received, stopping (a second one aborts at once)");
             crate::signal::abort_on_next_signal();
+            tracing::info!("signal received, stopping (a second one aborts at once)");
             stop.shutdown();
         });
     }

@@ -331,12 +331,12 @@ pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
     let (sent, interrupted) = tokio::select! {
         sent = input => (sent, false),
         () = crate::signal::stop_signal() => {
+            crate::signal::abort_on_next_signal();
             eprintln!(
                 "kinesis produce: stopping: input closed, sending what is buffered (up to {:?}; \
                  Ctrl-C again to abort)",
                 args.stop_timeout
             );
-            crate::signal::abort_on_next_signal();
             (Ok(()), true)
         }
     };

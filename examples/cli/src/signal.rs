@@ -1,35 +1,58 @@
 //! Ctrl-C and SIGTERM: process managers send SIGTERM, so both stop gracefully.
 
+use std::future::Future;
+
 /// Completes on Ctrl-C or SIGTERM.
 pub(crate) async fn stop_signal() {
+    next_signal().await;
+}
+
+/// After a first signal: the next Ctrl-C or SIGTERM ends the process at once (exit
+/// status 130), without waiting for what the first one started. It listens from the call
+/// on: a signal sent once it returned is never missed.
+pub(crate) fn abort_on_next_signal() {
+    let next = next_signal();
+    tokio::spawn(async move {
+        next.await;
+        eprintln!("kinesis: second signal: aborting");
+        std::process::exit(130);
+    });
+}
+
+/// Listens for Ctrl-C and SIGTERM from the call on (not from the first poll, which may come
+/// later): completes at the next one. A signal that cannot be listened for is logged and
+/// never completes it.
+fn next_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            let listen = |listener: std::io::Result<tokio::signal::unix::Signal>, name| async move {
+                match listener {
+                    Ok(mut listener) => {
+                        listener.recv().await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot listen for {name}");
+                        std::future::pending::<()>().await;
+                    }
                 }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            tokio::select! {
+                () = listen(interrupt, "Ctrl-C") => {}
+                () = listen(terminate, "SIGTERM") => {}
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            if let Err(error) = tokio::signal::ctrl_c().await {
+                tracing::warn!(%error, "cannot listen for Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        }
     }
-}
-
-/// After a first signal: the next Ctrl-C or SIGTERM ends the process at once (exit
-/// status 130), without waiting for what the first one started.
-pub(crate) fn abort_on_next_signal() {
-    tokio::spawn(async {
-        stop_signal().await;
-        eprintln!("kinesis: second signal: aborting");
-        std::process::exit(130);
-    });
 }

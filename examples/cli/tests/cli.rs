@@ -1300,3 +1300,186 @@ async fn leases_watch_shows_owners_lag_throughput_and_workers() {
         "the leader line names the worker that leads: {view}"
     );
 }
+
+/// Standard error of `child`, read as it comes (a pipe nobody reads would fill and block
+/// it), into the returned text.
+fn read_stderr(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let mut text = sink.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    text
+}
+
+/// Polls `check` every 20 ms until it holds, for at most `timeout`.
+fn wait_until(what: &str, timeout: std::time::Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn sigterm(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A first SIGTERM starts a graceful stop (`stopping` on standard error) that cannot
+/// finish (the test made sure); a second one ends the process at once, with exit status
+/// 130 and a word on standard error.
+fn assert_a_second_sigterm_aborts(
+    child: &mut std::process::Child,
+    stderr: &std::sync::Mutex<String>,
+    stopping: &str,
+) {
+    let text = || stderr.lock().unwrap().clone();
+    sigterm(child);
+    wait_until(
+        "the graceful stop",
+        std::time::Duration::from_secs(20),
+        || text().contains(stopping),
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the graceful stop is still under way: {}",
+        text()
+    );
+    sigterm(child);
+    let sent = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < std::time::Duration::from_secs(2),
+            "still running 2 s after the second signal: {}",
+            text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130), "{}", text());
+    wait_until(
+        "the last words on standard error",
+        std::time::Duration::from_secs(5),
+        || text().contains("kinesis: second signal: aborting"),
+    );
+}
+
+/// A fault proxy in front of the emulator's `kinesis` or `dynamodb` endpoint; `None` with
+/// endpoints of the environment's own (nothing to put a proxy in front of).
+async fn proxy_in_front_of(service: &str) -> Option<kinesis_emulator::fault_proxy::FaultProxy> {
+    let emulator = Emulator::shared().await.unwrap();
+    let endpoint = match service {
+        "kinesis" => emulator.kinesis_endpoint(),
+        _ => emulator.dynamodb_endpoint(),
+    }?;
+    Some(
+        kinesis_emulator::fault_proxy::FaultProxy::start(&endpoint, 1)
+            .await
+            .unwrap(),
+    )
+}
+
+/// `produce` stopping on SIGTERM sends what is buffered, and PutRecords hangs (the fault
+/// proxy holds every call): the graceful stop lasts up to `--stop-timeout` (10 minutes);
+/// a second SIGTERM ends it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_aborts_produce_at_once() {
+    use kinesis_emulator::fault_proxy::{Fault, FaultRule};
+    use std::io::Write;
+    let Some(proxy) = proxy_in_front_of("kinesis").await else {
+        return;
+    };
+    let stream = unique("cli-abort-produce");
+    produce(&stream, Some(1), 1).await;
+    proxy.add(
+        FaultRule::new(Fault::Delay(std::time::Duration::from_secs(600))).target("PutRecords"),
+    );
+    let mut child = Killed(
+        kinesis(&["produce", "--stream", &stream, "--stop-timeout", "10m"])
+            .await
+            .env("AWS_ENDPOINT_URL_KINESIS", proxy.endpoint())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = read_stderr(&mut child.0);
+    // Standard input stays open: only the signal ends the input.
+    let mut stdin = child.0.stdin.take().unwrap();
+    for i in 0..20 {
+        writeln!(stdin, "record {i}").unwrap();
+    }
+    stdin.flush().unwrap();
+    wait_until(
+        "a PutRecords call (held)",
+        std::time::Duration::from_secs(30),
+        || {
+            proxy
+                .stats()
+                .calls
+                .get("PutRecords")
+                .is_some_and(|n| *n > 0)
+        },
+    );
+    assert_a_second_sigterm_aborts(&mut child.0, &stderr, "kinesis produce: stopping");
+    drop(stdin);
+}
+
+/// `consume` stopping on SIGTERM checkpoints and gives its lease up, and every lease
+/// table call hangs (the fault proxy holds them, each until the 10 s timeout of a 40 s
+/// failover time): the graceful stop takes many seconds; a second SIGTERM ends it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_aborts_consume_at_once() {
+    use kinesis_emulator::fault_proxy::{Fault, FaultRule};
+    use std::io::BufRead;
+    let Some(proxy) = proxy_in_front_of("dynamodb").await else {
+        return;
+    };
+    let stream = unique("cli-abort-consume");
+    let app = unique("cli-abort-consume-app");
+    produce(&stream, Some(1), 20).await;
+    let mut child = Killed(
+        kinesis(&["consume", "--stream", &stream, "--app", &app])
+            .await
+            .args(["--failover", "40s", "--idle-between-reads", "200ms"])
+            .env("AWS_ENDPOINT_URL_DYNAMODB", proxy.endpoint())
+            .env("RUST_LOG", "kinesis_cli=info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = read_stderr(&mut child.0);
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(
+        first.contains("sequence_number"),
+        "{first:?}: {}",
+        stderr.lock().unwrap()
+    );
+    // Reading, with a lease: from now on every lease table call hangs.
+    proxy.add(FaultRule::new(Fault::Delay(
+        std::time::Duration::from_secs(600),
+    )));
+    assert_a_second_sigterm_aborts(&mut child.0, &stderr, "signal received, stopping");
+    drop(stdout);
+}

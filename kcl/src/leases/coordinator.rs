@@ -31,7 +31,7 @@ use super::held::{timed, Holder, LeaseTiming};
 use super::liveness::Liveness;
 use super::store::{LeaseStore, LeaseStoreError};
 use crate::lease::Lease;
-use crate::metrics::LeaseMetrics;
+use crate::metrics::{LeaseMetrics, StreamLabels};
 use observations::Observations;
 pub(crate) use taker::next_take_at;
 
@@ -70,6 +70,8 @@ pub struct LeaseCoordinatorConfig {
     /// Balancing by throughput as well as by lease count (see [`ThroughputBalancing`]);
     /// `None`: by count only, as the Java KCL 2.
     pub throughput_balancing: Option<ThroughputBalancing>,
+    /// The labels of this worker's metrics (and of its leases').
+    pub(crate) metrics: StreamLabels,
 }
 
 /// Balancing workers' total throughput (the sum of their leases' `throughputKBps`), as the
@@ -117,8 +119,9 @@ impl LeaseCoordinatorConfig {
     /// Java KCL defaults for `worker_id`.
     #[cfg(test)]
     pub fn new(worker_id: impl Into<String>) -> Self {
+        let worker_id = worker_id.into();
         LeaseCoordinatorConfig {
-            worker_id: worker_id.into(),
+            worker_id: worker_id.clone(),
             failover_time: Duration::from_secs(10),
             safety_margin: None,
             request_timeout: None,
@@ -127,6 +130,7 @@ impl LeaseCoordinatorConfig {
             graceful_handoff_timeout: Some(Duration::from_secs(30)),
             handoff_accept_wait: Duration::from_millis(1500),
             throughput_balancing: Some(ThroughputBalancing::default()),
+            metrics: crate::metrics::WorkerLabels::new("app", &worker_id).stream("stream"),
         }
     }
 
@@ -212,7 +216,7 @@ impl LeaseCoordinator {
     ) -> Self {
         let mut hasher = DefaultHasher::new();
         config.worker_id.hash(&mut hasher);
-        let metrics = LeaseMetrics::new(&config.worker_id);
+        let metrics = LeaseMetrics::new(config.metrics.worker());
         LeaseCoordinator {
             store,
             rng: Mutex::new(StdRng::seed_from_u64(hasher.finish())),
@@ -356,6 +360,7 @@ impl LeaseCoordinator {
                     timing: self.timing(),
                     changes: self.changes.clone(),
                     liveness: self.liveness.clone(),
+                    metrics: self.config.metrics.clone(),
                 };
                 let held = HeldLease::new(taken, sent, not_before, &holder);
                 self.held_map().insert(key.clone(), Arc::new(held));

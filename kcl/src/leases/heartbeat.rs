@@ -18,7 +18,7 @@ use super::coordination::{CoordinatorStore, WorkerRow, CPU_METRIC};
 use super::held::timed;
 use super::liveness::Liveness;
 use super::store::LeaseStoreError;
-use crate::metrics::CoordinationMetrics;
+use crate::metrics::{CoordinationMetrics, WorkerLabels};
 
 /// How many CPU samples a row keeps (the Java KCL 3 keeps 10).
 const CPU_SAMPLES: usize = 10;
@@ -66,9 +66,10 @@ impl Heartbeat {
         timeout: Duration,
         max_leases: Option<u64>,
         report_cpu: bool,
+        metrics: &WorkerLabels,
     ) -> Self {
         Heartbeat {
-            metrics: CoordinationMetrics::new(&worker_id),
+            metrics: CoordinationMetrics::new(metrics),
             store,
             liveness,
             worker_id,
@@ -256,6 +257,7 @@ mod tests {
             Duration::from_millis(2500),
             None,
             true,
+            &WorkerLabels::new("app", "w1"),
         );
         (heartbeat, liveness)
     }

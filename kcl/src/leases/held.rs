@@ -36,6 +36,7 @@ use tokio::time::Instant;
 use super::liveness::Liveness;
 use super::store::{CheckpointUpdate, LeaseStore, LeaseStoreError};
 use crate::lease::{ExtendedSequenceNumber, Lease};
+use crate::metrics::{ShardLabels, StreamLabels, LEASES_EXPIRED_LOCALLY};
 
 /// How long a held lease is trusted, and how long a lease table call may take.
 #[derive(Clone, Copy, Debug)]
@@ -132,6 +133,8 @@ pub struct HeldLease {
     /// Record data delivered since the last throughput sample.
     delivered_bytes: AtomicU64,
     throughput: Mutex<ThroughputSample>,
+    /// The labels of the shard's metrics.
+    metrics: ShardLabels,
 }
 
 /// The throughput written with the last renewal, and when it was measured.
@@ -160,6 +163,8 @@ pub(crate) struct Holder {
     /// Told when a handoff is requested (shared by the worker's leases).
     pub changes: Arc<Notify>,
     pub liveness: Arc<Liveness>,
+    /// The labels of the worker's metrics.
+    pub metrics: StreamLabels,
 }
 
 impl HeldLease {
@@ -172,8 +177,10 @@ impl HeldLease {
             timing,
             changes: handoff_notify,
             liveness,
+            metrics,
         } = holder.clone();
         HeldLease {
+            metrics: metrics.shard(&lease.lease_key),
             epoch: liveness.epoch(),
             liveness,
             key: lease.lease_key.clone(),
@@ -274,6 +281,11 @@ impl HeldLease {
         &self.key
     }
 
+    /// The labels of the shard's metrics.
+    pub(crate) fn metrics(&self) -> &ShardLabels {
+        &self.metrics
+    }
+
     /// A copy of the lease as last written or read by this worker.
     #[cfg(test)]
     pub async fn snapshot(&self) -> Lease {
@@ -322,7 +334,7 @@ impl HeldLease {
     fn expired(&self) {
         if !*self.lost.borrow() {
             tracing::warn!(shard = %self.key, worker = %self.worker_id, "lease expired locally: not renewed within the failover time minus the safety margin");
-            metrics::counter!("kinesis_consumer_leases_expired_locally", "shard" => self.key.clone()).increment(1);
+            self.metrics.counter(LEASES_EXPIRED_LOCALLY).increment(1);
             self.mark_lost();
         }
     }

@@ -31,6 +31,7 @@ use super::leader::plan::{CpuBalancing, PlanConfig};
 use super::leader::watch::FleetWatch;
 use super::liveness::Liveness;
 use super::store::LeaseStore;
+use crate::metrics::WorkerLabels;
 
 /// How the leases are shared out among an application's workers.
 #[derive(Clone, Debug, PartialEq)]
@@ -127,6 +128,8 @@ pub(crate) struct PresenceConfig {
     pub request_timeout: Duration,
     pub max_leases: Option<u64>,
     pub report_cpu: bool,
+    /// The labels of the worker's metrics.
+    pub metrics: WorkerLabels,
 }
 
 impl Presence {
@@ -141,6 +144,7 @@ impl Presence {
             config.request_timeout,
             config.max_leases,
             config.report_cpu,
+            &config.metrics,
         ));
         let fleet = Arc::new(FleetWatch::new(
             store.clone(),
@@ -326,6 +330,7 @@ impl LeaseWorker {
                     request_timeout: coordinator_config.request_timeout(),
                     successor_poll: fleet_poll(failover),
                     follower_poll: failover,
+                    metrics: coordinator_config.metrics.worker().clone(),
                 },
             )
             .with_named_successor(Box::new(move || heartbeat.is_named_successor(&named_key))),

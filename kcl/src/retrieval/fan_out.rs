@@ -22,7 +22,9 @@ use super::{
     backoff, confirm_shard_gone, prefetch_queue, FetchError, FetchOptions, PrefetchSender,
     Prefetched, RecordBatch, ShardCheck, StartingPosition, TrimmedCheckpoint,
 };
-use crate::metrics::ReadMetrics;
+use crate::metrics::{
+    ReadMetrics, ShardLabels, CHECKPOINT_TRIM_HORIZON_FALLBACKS, SUBSCRIPTION_STALLS,
+};
 
 /// Settings of enhanced fan-out retrieval.
 #[derive(Clone, Debug)]
@@ -279,6 +281,7 @@ pub struct FanOutFetcher {
     shard_id: String,
     config: FanOutConfig,
     options: FetchOptions,
+    metrics: ShardLabels,
 }
 
 /// SubscribeToShard allows one call per second per consumer and shard.
@@ -287,14 +290,15 @@ const MIN_SUBSCRIBE_INTERVAL: Duration = Duration::from_secs(1);
 impl FanOutFetcher {
     /// A fetcher for one shard of `stream` through the registered consumer
     /// `consumer_arn` (see [`register_consumer`]); the consumer name of `config` is not
-    /// used here.
-    pub fn new(
+    /// used here. Its metrics are labelled `metrics`.
+    pub(crate) fn new(
         client: Client,
         stream: StreamRef,
         consumer_arn: String,
         shard_id: String,
         config: FanOutConfig,
         options: FetchOptions,
+        metrics: ShardLabels,
     ) -> Self {
         FanOutFetcher {
             client,
@@ -303,6 +307,7 @@ impl FanOutFetcher {
             shard_id,
             config,
             options,
+            metrics,
         }
     }
 
@@ -353,7 +358,7 @@ impl FanOutFetcher {
     }
 
     async fn run(self, start: StartingPosition, tx: PrefetchSender) {
-        let metrics = ReadMetrics::subscribe_to_shard(self.stream.as_str(), &self.shard_id);
+        let metrics = ReadMetrics::subscribe_to_shard(&self.metrics);
         let new_backoff = || backoff(Duration::from_millis(200), Duration::from_secs(5));
         let mut position = start;
         let mut delays = new_backoff();
@@ -404,7 +409,8 @@ impl FanOutFetcher {
                         _ if service.is_some_and(|e| e.is_invalid_argument_exception())
                             && position.names_a_record() =>
                         {
-                            metrics::counter!("kinesis_consumer_checkpoint_trim_horizon_fallbacks", "shard" => self.shard_id.clone())
+                            self.metrics
+                                .counter(CHECKPOINT_TRIM_HORIZON_FALLBACKS)
                                 .increment(1);
                             if self.options.on_trimmed_checkpoint == TrimmedCheckpoint::Fail {
                                 tracing::error!(shard = %self.shard_id, ?position, error = %ErrorChain::new(&error), "sequence number rejected (trimmed?); not reading the shard (TrimmedCheckpoint::Fail)");
@@ -423,6 +429,7 @@ impl FanOutFetcher {
                                 &self.client,
                                 &self.stream,
                                 &self.shard_id,
+                                &self.metrics,
                                 self.options.request_timeout,
                             )
                             .await
@@ -485,8 +492,7 @@ impl FanOutFetcher {
                         }
                     } => {
                         tracing::warn!(shard = %self.shard_id, silent = ?self.config.stall_timeout, "subscription stalled (no event); subscribing again");
-                        metrics::counter!("kinesis_consumer_subscription_stalls", "shard" => self.shard_id.clone())
-                            .increment(1);
+                        self.metrics.counter(SUBSCRIPTION_STALLS).increment(1);
                         break;
                     }
                     _ = async {

@@ -13,6 +13,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{ErrorKind, ServiceError};
+use crate::metrics::{ShardLabels, SHARDS_GONE_FROM_STREAM};
 use crate::stream::StreamRef;
 
 pub use fan_out::{register_consumer, FanOutConfig, FanOutError, FanOutFetcher};
@@ -201,6 +202,7 @@ pub(crate) async fn confirm_shard_gone(
     client: &aws_sdk_kinesis::Client,
     stream: &StreamRef,
     shard_id: &str,
+    metrics: &ShardLabels,
     timeout: Duration,
 ) -> ShardCheck {
     let shards = match tokio::time::timeout(timeout, list_shards(client, stream)).await {
@@ -248,8 +250,7 @@ pub(crate) async fn confirm_shard_gone(
                 .ok()
         })
         .collect();
-    metrics::counter!("kinesis_consumer_shards_gone_from_stream", "shard" => shard_id.to_owned())
-        .increment(1);
+    metrics.counter(SHARDS_GONE_FROM_STREAM).increment(1);
     tracing::warn!(shard = %shard_id, "the shard is no longer in the stream (retention): treating it as ended");
     ShardCheck::Gone(children)
 }

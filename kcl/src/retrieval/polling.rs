@@ -18,7 +18,7 @@ use super::{
     confirm_shard_gone, prefetch_queue, FetchError, FetchOptions, PrefetchSender, Prefetched,
     ShardCheck, TrimmedCheckpoint,
 };
-use crate::metrics::ReadMetrics;
+use crate::metrics::{ReadMetrics, ShardLabels, CHECKPOINT_TRIM_HORIZON_FALLBACKS};
 
 /// Settings of polling retrieval.
 #[derive(Clone, Debug)]
@@ -118,6 +118,7 @@ pub struct PollingFetcher {
     shard_id: String,
     config: PollingConfig,
     options: FetchOptions,
+    metrics: ShardLabels,
 }
 
 enum Failure {
@@ -163,13 +164,14 @@ enum Stop {
 }
 
 impl PollingFetcher {
-    /// A fetcher for one shard.
-    pub fn new(
+    /// A fetcher for one shard, whose metrics are labelled `metrics`.
+    pub(crate) fn new(
         client: Client,
         stream: StreamRef,
         shard_id: String,
         config: PollingConfig,
         options: FetchOptions,
+        metrics: ShardLabels,
     ) -> Self {
         PollingFetcher {
             client,
@@ -177,6 +179,7 @@ impl PollingFetcher {
             shard_id,
             config,
             options,
+            metrics,
         }
     }
 
@@ -227,7 +230,8 @@ impl PollingFetcher {
                     if error.code() == Some("InvalidArgumentException")
                         && position.names_a_record() =>
                 {
-                    metrics::counter!("kinesis_consumer_checkpoint_trim_horizon_fallbacks", "shard" => self.shard_id.clone())
+                    self.metrics
+                        .counter(CHECKPOINT_TRIM_HORIZON_FALLBACKS)
                         .increment(1);
                     if self.options.on_trimmed_checkpoint == TrimmedCheckpoint::Fail {
                         tracing::error!(shard = %self.shard_id, ?position, error = %ErrorChain::new(&error), "sequence number rejected (trimmed?); not reading the shard (TrimmedCheckpoint::Fail)");
@@ -247,6 +251,7 @@ impl PollingFetcher {
                         &self.client,
                         &self.stream,
                         &self.shard_id,
+                        &self.metrics,
                         self.options.request_timeout,
                     )
                     .await
@@ -288,7 +293,7 @@ impl PollingFetcher {
     }
 
     async fn read(&self, start: StartingPosition, tx: &PrefetchSender) -> Result<(), Stop> {
-        let metrics = ReadMetrics::get_records(self.stream.as_str(), &self.shard_id);
+        let metrics = ReadMetrics::get_records(&self.metrics);
         let mut iterator = self.shard_iterator(&start, tx).await?;
         let mut last_sequence: Option<String> = None;
         let mut delays = backoff();
@@ -364,6 +369,7 @@ impl PollingFetcher {
                                 &self.client,
                                 &self.stream,
                                 &self.shard_id,
+                                &self.metrics,
                                 self.options.request_timeout,
                             )
                             .await
@@ -400,6 +406,13 @@ mod tests {
     use aws_smithy_mocks::{mock, mock_client, RuleMode};
 
     use super::*;
+
+    /// The labels of the metrics of the shard the tests read.
+    fn labels() -> ShardLabels {
+        crate::metrics::WorkerLabels::new("app", "w1")
+            .stream("stream")
+            .shard("shardId-0")
+    }
 
     /// Read-ahead stops at `prefetch_bytes` even when many more batches would be allowed:
     /// with 2 MiB per GetRecords and the 8 MiB default, four batches wait in the queue and
@@ -442,6 +455,7 @@ mod tests {
             "shardId-0".into(),
             config,
             FetchOptions::default(),
+            labels(),
         );
         let mut tasks = tokio::task::JoinSet::new();
         let batches = fetcher.spawn(StartingPosition::TrimHorizon, &mut tasks);
@@ -486,6 +500,7 @@ mod tests {
                 on_trimmed_checkpoint: TrimmedCheckpoint::Fail,
                 ..FetchOptions::default()
             },
+            labels(),
         );
         let mut tasks = tokio::task::JoinSet::new();
         let mut batches = fetcher.spawn(StartingPosition::AtSequenceNumber("3".into()), &mut tasks);
@@ -549,6 +564,7 @@ mod tests {
                         "shardId-0".into(),
                         PollingConfig::default(),
                         FetchOptions::default(),
+                        labels(),
                     );
                     let mut tasks = tokio::task::JoinSet::new();
                     let mut batches = fetcher.spawn(StartingPosition::TrimHorizon, &mut tasks);
@@ -565,6 +581,7 @@ mod tests {
             recorder.counter(
                 "kinesis_consumer_get_records",
                 &[
+                    ("application", "app"),
                     ("stream", "stream"),
                     ("shard", "shardId-0"),
                     ("outcome", outcome),
@@ -589,7 +606,11 @@ mod tests {
         assert_eq!(
             recorder.counter(
                 "kinesis_consumer_checkpoint_trim_horizon_fallbacks",
-                &[("shard", "shardId-0")]
+                &[
+                    ("application", "app"),
+                    ("stream", "stream"),
+                    ("shard", "shardId-0")
+                ]
             ),
             1
         );
@@ -646,6 +667,7 @@ mod tests {
             "shardId-0".into(),
             PollingConfig::default(),
             FetchOptions::default(),
+            labels(),
         );
         let mut tasks = tokio::task::JoinSet::new();
         let mut batches = fetcher.spawn(

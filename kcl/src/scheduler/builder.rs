@@ -14,6 +14,7 @@ use crate::leases::{
     Coordination, DynamoDbLeaseStore, LeaderConfig, LeaseCoordinatorConfig, LeaseStore,
     LeaseStoreError, LeaseTableBilling, LeaseTableConfig,
 };
+use crate::metrics::WorkerLabels;
 use crate::processor::ProcessorFactory;
 use crate::retrieval::{
     register_consumer, FanOutConfig, FanOutError, RetrievalMode, TrimmedCheckpoint,
@@ -161,6 +162,9 @@ pub struct SchedulerBuilder {
     shared_presence: Option<SharedPresence>,
     /// The leader lock's key (one per stream of a multi-stream worker).
     lock_key: String,
+    /// The labels and gauges of the worker's metrics, shared by the streams of a
+    /// multi-stream worker.
+    shared_metrics: Option<WorkerLabels>,
 }
 
 /// A worker's presence, made by the first stream of a multi-stream worker that needs it
@@ -201,6 +205,7 @@ impl SchedulerBuilder {
             coordinator_store: None,
             shared_presence: None,
             lock_key: LEADER_LOCK_KEY.to_owned(),
+            shared_metrics: None,
         }
     }
 
@@ -463,11 +468,17 @@ impl SchedulerBuilder {
         self
     }
 
-    /// A multi-stream worker's stream: its presence is shared with the other streams, and
-    /// its leader lock is its own.
-    pub(crate) fn stream_of_many(mut self, presence: SharedPresence, lock_key: String) -> Self {
+    /// A multi-stream worker's stream: its presence and the labels and gauges of its
+    /// metrics are shared with the other streams, and its leader lock is its own.
+    pub(crate) fn stream_of_many(
+        mut self,
+        presence: SharedPresence,
+        lock_key: String,
+        metrics: WorkerLabels,
+    ) -> Self {
         self.shared_presence = Some(presence);
         self.lock_key = lock_key;
+        self.shared_metrics = Some(metrics);
         self
     }
 
@@ -501,6 +512,10 @@ impl SchedulerBuilder {
         }
         validate(&config)?;
         let worker_id = self.worker_id.unwrap_or_else(default_worker_id);
+        let metrics = self
+            .shared_metrics
+            .unwrap_or_else(|| WorkerLabels::new(&application, &worker_id))
+            .stream(stream.name());
         let dynamodb = self
             .dynamodb_client
             .unwrap_or_else(|| aws_sdk_dynamodb::Client::new(&self.sdk_config));
@@ -568,6 +583,7 @@ impl SchedulerBuilder {
                 graceful_handoff_timeout: config.graceful_lease_handoff_timeout,
                 handoff_accept_wait: config.lease_discovery_interval * 3,
                 throughput_balancing: config.throughput_balancing.clone(),
+                metrics: metrics.clone(),
             },
             renewal_interval: config.lease_renewal_interval,
             discovery_interval: config.lease_discovery_interval,
@@ -584,40 +600,30 @@ impl SchedulerBuilder {
         let leases = match leader {
             None => LeaseWorker::workers(store.clone(), lease_worker),
             Some(leader) => {
+                // Run only when no other stream of this worker made the presence yet.
+                let new_presence = async {
+                    let store = coordinator_store(
+                        self.coordinator_store,
+                        &dynamodb,
+                        &application,
+                        &self.lease_table,
+                    )?;
+                    make_presence(store, &config, &worker_id, leader, metrics.worker()).await
+                };
                 let presence = match &self.shared_presence {
                     Some(shared) => {
                         let existing = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
                         match existing {
                             Some(presence) => presence,
                             None => {
-                                let presence = make_presence(
-                                    self.coordinator_store,
-                                    &dynamodb,
-                                    &application,
-                                    &self.lease_table,
-                                    &config,
-                                    &worker_id,
-                                    leader,
-                                )
-                                .await?;
+                                let presence = new_presence.await?;
                                 *shared.lock().unwrap_or_else(|e| e.into_inner()) =
                                     Some(presence.clone());
                                 presence
                             }
                         }
                     }
-                    None => {
-                        make_presence(
-                            self.coordinator_store,
-                            &dynamodb,
-                            &application,
-                            &self.lease_table,
-                            &config,
-                            &worker_id,
-                            leader,
-                        )
-                        .await?
-                    }
+                    None => new_presence.await?,
                 };
                 LeaseWorker::with_leader(
                     store.clone(),
@@ -639,6 +645,7 @@ impl SchedulerBuilder {
             retrieval,
             leases: Arc::new(leases),
             shutdown: Arc::new(watch::channel(false).0),
+            metrics,
         })
     }
 }
@@ -726,11 +733,10 @@ pub(crate) async fn prepare_lease_store(
                 .clone()
                 .unwrap_or_else(|| application.to_owned());
             validate_lease_table(&table, &lease_table)?;
-            Arc::new(DynamoDbLeaseStore::with_config(
-                dynamodb.clone(),
-                table,
-                lease_table,
-            ))
+            Arc::new(
+                DynamoDbLeaseStore::with_config(dynamodb.clone(), table, lease_table)
+                    .with_application(application),
+            )
         }
     };
     tokio::time::timeout(TABLE_SETUP_TIMEOUT, store.create_table_if_missing())
@@ -739,36 +745,39 @@ pub(crate) async fn prepare_lease_store(
     Ok(store)
 }
 
-/// A worker's presence (its row, liveness and watch of the fleet) in the coordinator
-/// tables: `custom`, or the DynamoDB tables named after the application, created if
-/// missing like the lease table.
-async fn make_presence(
+/// The coordinator tables: `custom`, or the DynamoDB tables named after the application.
+fn coordinator_store(
     custom: Option<Arc<dyn CoordinatorStore>>,
     dynamodb: &aws_sdk_dynamodb::Client,
     application: &str,
     lease_table: &LeaseTableConfig,
+) -> Result<Arc<dyn CoordinatorStore>, SchedulerError> {
+    if let Some(store) = custom {
+        return Ok(store);
+    }
+    let store = DynamoDbCoordinatorStore::new(dynamodb.clone(), application, lease_table.clone());
+    for table in [store.state_table(), store.workers_table()] {
+        if table.len() > 255 {
+            return Err(SchedulerError::InvalidConfig {
+                setting: "application_name",
+                reason: format!(
+                    "names the coordinator table {table:?}, longer than DynamoDB's 255 characters"
+                ),
+            });
+        }
+    }
+    Ok(Arc::new(store))
+}
+
+/// A worker's presence (its row, liveness and watch of the fleet) in the coordinator
+/// tables `store`, created if missing like the lease table.
+async fn make_presence(
+    store: Arc<dyn CoordinatorStore>,
     config: &SchedulerConfig,
     worker_id: &str,
     leader: &LeaderConfig,
+    metrics: &WorkerLabels,
 ) -> Result<Arc<Presence>, SchedulerError> {
-    let store: Arc<dyn CoordinatorStore> = match custom {
-        Some(store) => store,
-        None => {
-            let store =
-                DynamoDbCoordinatorStore::new(dynamodb.clone(), application, lease_table.clone());
-            for table in [store.state_table(), store.workers_table()] {
-                if table.len() > 255 {
-                    return Err(SchedulerError::InvalidConfig {
-                        setting: "application_name",
-                        reason: format!(
-                            "names the coordinator table {table:?}, longer than DynamoDB's 255 characters"
-                        ),
-                    });
-                }
-            }
-            Arc::new(store)
-        }
-    };
     tokio::time::timeout(TABLE_SETUP_TIMEOUT, store.create_tables_if_missing())
         .await
         .map_err(|_| LeaseStoreError::Timeout(TABLE_SETUP_TIMEOUT))??;
@@ -784,6 +793,7 @@ async fn make_presence(
             request_timeout: config.dynamodb_request_timeout,
             max_leases,
             report_cpu: leader.cpu_balancing.is_some(),
+            metrics: metrics.clone(),
         },
     )))
 }

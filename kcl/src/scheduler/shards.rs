@@ -12,6 +12,7 @@ use tracing::Instrument;
 use super::resharding::Resharding;
 use super::{InitialPosition, Scheduler, SchedulerError};
 use crate::lease::{ExtendedSequenceNumber, SequencePosition};
+use crate::metrics::RECORD_PROCESSOR_FAILURES;
 use crate::retrieval::FetchError;
 use crate::shard_consumer::{ShardConsumer, ShardOutcome};
 
@@ -263,7 +264,9 @@ impl Scheduler {
             .saturating_mul(1 << exponent)
             .min(self.config.failure_backoff_max);
         shard.retry_after = Some(Instant::now() + delay);
-        metrics::counter!("kinesis_consumer_record_processor_failures", "shard" => key.to_owned(), "reason" => reason)
+        self.metrics
+            .shard(key)
+            .counter_with(RECORD_PROCESSOR_FAILURES, "reason", reason)
             .increment(1);
         tracing::error!(shard = %key, reason, failures, retry_in = ?delay, "shard consumer failed; retrying after a backoff");
         coordinator.drop_if_lost(key);

@@ -44,6 +44,7 @@ use crate::leases::worker::{
     Coordination, LeaseWorker, LeaseWorkerConfig, Presence, PresenceConfig,
 };
 use crate::leases::{LeaseCoordinatorConfig, LeaseStore, ThroughputBalancing};
+use crate::metrics::WorkerLabels;
 
 /// How a simulated worker runs. Defaults are the scheduler's.
 #[derive(Clone, Debug)]
@@ -128,6 +129,7 @@ impl SimWorker {
     fn lease_worker(&self) -> LeaseWorker {
         let c = &self.config;
         let failover = c.failover_time;
+        let metrics = WorkerLabels::new("fleet", &c.worker_id);
         let config = LeaseWorkerConfig {
             coordinator: LeaseCoordinatorConfig {
                 worker_id: c.worker_id.clone(),
@@ -139,6 +141,7 @@ impl SimWorker {
                 graceful_handoff_timeout: Some(Duration::from_secs(30)),
                 handoff_accept_wait: c.discovery_interval * 3,
                 throughput_balancing: c.throughput_balancing.clone(),
+                metrics: metrics.stream("stream"),
             },
             renewal_interval: failover / 3,
             discovery_interval: c.discovery_interval,
@@ -158,6 +161,7 @@ impl SimWorker {
                         max_leases: (c.max_leases_per_worker != usize::MAX)
                             .then_some(c.max_leases_per_worker as u64),
                         report_cpu: false,
+                        metrics,
                     },
                 ));
                 LeaseWorker::with_leader(

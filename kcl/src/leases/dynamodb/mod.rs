@@ -33,6 +33,8 @@ pub struct DynamoDbLeaseStore {
     config: LeaseTableConfig,
     /// Whether the table has an ACTIVE owner index (learnt when the table is checked).
     owner_index: Arc<AtomicBool>,
+    /// The `application` label of its metric (default: the table name).
+    application: String,
 }
 
 impl DynamoDbLeaseStore {
@@ -45,12 +47,20 @@ impl DynamoDbLeaseStore {
     /// A store using `table`, created as `config` says if missing (`config.table_name` is
     /// not consulted: `table` is the name).
     pub fn with_config(client: Client, table: impl Into<String>, config: LeaseTableConfig) -> Self {
+        let table = table.into();
         DynamoDbLeaseStore {
             client,
-            table: table.into(),
+            application: table.clone(),
+            table,
             config,
             owner_index: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The store of `application`'s scheduler: its metric is labelled with it.
+    pub(crate) fn with_application(mut self, application: &str) -> Self {
+        application.clone_into(&mut self.application);
+        self
     }
 
     /// The table name.
@@ -211,7 +221,7 @@ impl DynamoDbLeaseStore {
                             _ => String::from("?"),
                         };
                         tracing::error!(table = %self.table, lease_key = %key, %error, "skipping a malformed lease item");
-                        metrics::counter!("kinesis_consumer_lease_items_malformed").increment(1);
+                        metrics::counter!(crate::metrics::LEASE_ITEMS_MALFORMED, "application" => self.application.clone()).increment(1);
                     }
                 }
             }

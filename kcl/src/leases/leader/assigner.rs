@@ -20,7 +20,6 @@ use crate::leases::coordination::CoordinatorStore;
 use crate::leases::coordinator::observations::Observations;
 use crate::leases::held::timed;
 use crate::leases::store::{LeaseStore, LeaseStoreError};
-use crate::metrics::CoordinationMetrics;
 
 /// Rows of this crate's workers unchanged for this long are deleted.
 const STALE_ROW: Duration = Duration::from_secs(3600);
@@ -77,7 +76,6 @@ pub(crate) struct Assigner {
     fleet: Arc<FleetWatch>,
     config: AssignerConfig,
     state: Mutex<State>,
-    metrics: CoordinationMetrics,
     /// Told when a round should run before its time (leases were just created).
     soon: tokio::sync::Notify,
 }
@@ -99,7 +97,6 @@ impl Assigner {
         config: AssignerConfig,
     ) -> Self {
         Assigner {
-            metrics: CoordinationMetrics::new(election.worker_id()),
             leases,
             coordination,
             election,
@@ -215,7 +212,7 @@ impl Assigner {
                 }
             }
             self.clean_up_rows(&workers).await;
-            let metrics = &self.metrics;
+            let metrics = self.election.metrics();
             metrics.leader_writes("fence", report.fenced);
             metrics.leader_writes("assign", report.assigned);
             metrics.leader_writes("move", report.moved);

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::leases::coordination::{CoordinatorStore, LockItem};
 use crate::leases::held::timed;
 use crate::leases::store::LeaseStoreError;
-use crate::metrics::CoordinationMetrics;
+use crate::metrics::{CoordinationMetrics, WorkerLabels};
 
 /// How many successors a leader names.
 pub(crate) const SUCCESSORS: usize = 4;
@@ -48,6 +48,8 @@ pub(crate) struct ElectionConfig {
     pub successor_poll: Duration,
     /// How often other workers read it; they also wait twice this more than successors.
     pub follower_poll: Duration,
+    /// The labels of the worker's metrics.
+    pub metrics: WorkerLabels,
 }
 
 impl ElectionConfig {
@@ -116,7 +118,7 @@ impl Election {
     pub(crate) fn new(store: Arc<dyn CoordinatorStore>, config: ElectionConfig) -> Self {
         Election {
             store,
-            metrics: CoordinationMetrics::new(&config.worker_id),
+            metrics: CoordinationMetrics::new(&config.metrics),
             config,
             state: Mutex::new(State::default()),
             leading: watch::channel(false).0,
@@ -135,8 +137,9 @@ impl Election {
     }
 
     /// This worker's id.
-    pub(crate) fn worker_id(&self) -> &str {
-        &self.config.worker_id
+    /// The worker's coordination metrics (the assigner counts its writes there).
+    pub(crate) fn metrics(&self) -> &CoordinationMetrics {
+        &self.metrics
     }
 
     /// Until when this worker may act as leader, if it leads.

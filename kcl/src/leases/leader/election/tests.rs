@@ -103,6 +103,7 @@ fn config(worker: &str) -> ElectionConfig {
         request_timeout: Duration::from_millis(2500),
         successor_poll: Duration::from_secs(1),
         follower_poll: FAILOVER,
+        metrics: crate::metrics::WorkerLabels::new("app", worker),
     }
 }
 
