@@ -54,10 +54,30 @@ pub struct ProducerConfig {
     /// calls time out, the producer halves its own limit and grows it back by one per
     /// window of answered calls, up to this.
     pub max_connections: usize,
-    /// Timeout of one PutRecords call (KPL `RequestTimeout`). Default 6 s. A call that
-    /// times out may still have succeeded: its records are retried and can then appear
-    /// twice in the stream.
+    /// Shortest timeout of one PutRecords call (KPL `RequestTimeout`, which is the KPL's
+    /// fixed timeout). Default 6 s. A call that times out may still have succeeded: its
+    /// records are retried and can then appear twice in the stream. With
+    /// `adaptive_request_timeout` (the default) this is the floor of each call's timeout;
+    /// without, every call's timeout, as in the KPL. ListShards calls always use it.
     pub request_timeout: Duration,
+    /// Adapt each PutRecords call's timeout to the endpoint's latency. Default `true`;
+    /// `false` is the KPL's behaviour: every call gets `request_timeout`.
+    ///
+    /// - **Timeout**: 3 times the 99th percentile of the latency of the last 64 calls of
+    ///   the same size (by power-of-two byte ranges; a size without calls yet borrows
+    ///   from the nearest larger, else smaller, size), at least `request_timeout`, at
+    ///   most `record_ttl` and [`MAX_CALL_TIMEOUT`](crate::MAX_CALL_TIMEOUT) (2 minutes;
+    ///   never below `request_timeout`). A timed-out call counts as a latency of the
+    ///   timeout it had, so calls that all time out get longer timeouts, threefold each
+    ///   time. Against Kinesis calls answer well within 6 s: timeouts stay at
+    ///   `request_timeout`. Against a slower endpoint calls are given the time they need
+    ///   instead of being timed out and retried although they landed (duplicates).
+    ///
+    /// Each timeout is logged (warning, with the call's bytes, records, timeout and the
+    /// latency estimate of its size) and counted
+    /// ([`ProducerStats::put_records_timeouts`](crate::ProducerStats::put_records_timeouts),
+    /// the metric `kinesis_producer_put_records_timeouts`), adaptive or not.
+    pub adaptive_request_timeout: bool,
     /// Largest user record, data plus partition key, in bytes. Default 1 MiB; up to
     /// 10 MiB for large-record streams.
     pub max_record_size: usize,
@@ -115,6 +135,7 @@ impl Default for ProducerConfig {
             retry_permanent_errors: false,
             max_connections: 24,
             request_timeout: Duration::from_secs(6),
+            adaptive_request_timeout: true,
             max_record_size: DEFAULT_MAX_RECORD_SIZE,
             max_outstanding_records: 100_000,
             max_outstanding_bytes: 256 * 1024 * 1024,
