@@ -10,8 +10,9 @@
 //! happened: when a blip makes every call in flight time out, the limit halves once,
 //! not once per call.
 
-/// Identifies a call for [`ConcurrencyLimit`]: the order in which it started.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// Identifies a call for [`ConcurrencyLimit`]: the order in which it started. The
+/// default is the first call's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct CallTicket(u64);
 
 /// The current limit on calls in flight.
@@ -42,6 +43,11 @@ impl ConcurrencyLimit {
     pub fn started(&mut self) -> CallTicket {
         self.next_call += 1;
         CallTicket(self.next_call - 1)
+    }
+
+    /// The ticket the next call will get: calls in flight now have lower ones.
+    pub fn next_ticket(&self) -> CallTicket {
+        CallTicket(self.next_call)
     }
 
     /// Calls that may be in flight now.

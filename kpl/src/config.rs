@@ -27,7 +27,8 @@ pub struct ProducerConfig {
     /// and maximum 500.
     pub collection_max_count: usize,
     /// Most bytes in one PutRecords call (KPL `CollectionMaxSize`). Default and maximum
-    /// 5 MiB.
+    /// 5 MiB. With `adaptive_request_timeout` (the default) calls start smaller and grow
+    /// to this while the endpoint answers quickly.
     pub collection_max_size: usize,
     /// Longest a user record waits in buffers to be aggregated and collected before it is
     /// sent (KPL `RecordMaxBufferedTime`). Default 100 ms.
@@ -60,8 +61,9 @@ pub struct ProducerConfig {
     /// `adaptive_request_timeout` (the default) this is the floor of each call's timeout;
     /// without, every call's timeout, as in the KPL. ListShards calls always use it.
     pub request_timeout: Duration,
-    /// Adapt each PutRecords call's timeout to the endpoint's latency. Default `true`;
-    /// `false` is the KPL's behaviour: every call gets `request_timeout`.
+    /// Adapt each PutRecords call to the endpoint's latency. Default `true`; `false` is
+    /// the KPL's behaviour: every call gets `request_timeout` and carries up to
+    /// `collection_max_size`.
     ///
     /// - **Timeout**: 3 times the 99th percentile of the latency of the last 64 calls of
     ///   the same size (by power-of-two byte ranges; a size without calls yet borrows
@@ -72,6 +74,11 @@ pub struct ProducerConfig {
     ///   time. Against Kinesis calls answer well within 6 s: timeouts stay at
     ///   `request_timeout`. Against a slower endpoint calls are given the time they need
     ///   instead of being timed out and retried although they landed (duplicates).
+    /// - **Size**: calls start at 256 KiB and grow by 256 KiB per call answered within a
+    ///   quarter of `request_timeout`, up to `collection_max_size`; a call that times out
+    ///   or takes more than half of `request_timeout` halves the size (once per window of
+    ///   calls in flight), not below 256 KiB. A slow endpoint then gets smaller calls,
+    ///   each answered sooner.
     ///
     /// Each timeout is logged (warning, with the call's bytes, records, timeout and the
     /// latency estimate of its size) and counted

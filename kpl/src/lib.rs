@@ -2,6 +2,7 @@
 #![doc = include_str!("../README.md")]
 
 mod aggregator;
+mod call_size;
 mod call_timeout;
 mod collector;
 mod concurrency;

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn, Instrument};
 
 use crate::aggregator::Aggregator;
+use crate::call_size::CallSize;
 use crate::call_timeout::CallTimeouts;
 use crate::collector::{Collector, MIN_BUFFER_TIME};
 use crate::concurrency::{CallTicket, ConcurrencyLimit};
@@ -112,6 +113,8 @@ pub(crate) struct Pipeline {
     connections: ConcurrencyLimit,
     /// Each call's timeout, from the latency of recent calls.
     timeouts: CallTimeouts,
+    /// Bytes per call, lowered while calls are slow.
+    call_size: CallSize,
     done_tx: mpsc::UnboundedSender<PutDone>,
     done_rx: mpsc::UnboundedReceiver<PutDone>,
     map_tx: mpsc::UnboundedSender<Result<ShardMap, ShardMapError>>,
@@ -146,15 +149,16 @@ impl Pipeline {
             failures: 0,
         };
         let min_buffer = MIN_BUFFER_TIME.min(config.record_max_buffered_time / 2);
+        let call_size = CallSize::new(
+            config.collection_max_size,
+            config.request_timeout,
+            config.adaptive_request_timeout,
+        );
         let mut pipeline = Pipeline {
             metrics: Metrics::new(stream.as_str(), config.metrics_granularity),
             aggregator: Aggregator::new(config.aggregation_max_count, config.aggregation_max_size),
             limiter: Limiter::new(config.rate_limit),
-            collector: Collector::new(
-                config.collection_max_count,
-                config.collection_max_size,
-                min_buffer,
-            ),
+            collector: Collector::new(config.collection_max_count, call_size.get(), min_buffer),
             backoff: Backoff::new(config.min_backoff, config.max_backoff),
             spreader: config
                 .hot_key_spread
@@ -175,6 +179,7 @@ impl Pipeline {
                 config.record_ttl,
                 config.adaptive_request_timeout,
             ),
+            call_size,
             done_tx,
             done_rx,
             map_tx,
@@ -579,7 +584,7 @@ impl Pipeline {
         }
     }
 
-    /// Adapts the calls in flight and their timeouts to how a call went:
+    /// Adapts the calls in flight, their timeouts and their size to how a call went:
     /// answered (success or per-record errors) after its latency, or timed out (logged
     /// and counted). Other failures (throttling, errors the endpoint answered at once,
     /// broken connections) say nothing of its latency.
@@ -589,15 +594,18 @@ impl Pipeline {
             bytes,
             timeout,
         } = done.call;
+        let next = self.connections.next_ticket();
         match &done.result {
             Ok(_) => {
                 self.connections.answered();
                 self.timeouts.answered(bytes, done.duration);
+                self.call_size.answered(ticket, next, done.duration);
             }
             Err(error) if is_timeout(error) => {
                 let estimate = self.timeouts.estimate(bytes);
                 self.connections.timed_out(ticket);
                 self.timeouts.timed_out(bytes, timeout);
+                self.call_size.timed_out(ticket, next);
                 self.metrics.timeout();
                 self.shared.count_timeout();
                 warn!(
@@ -609,11 +617,13 @@ impl Pipeline {
                     latency_estimate = ?estimate,
                     next_timeout = ?self.timeouts.timeout(bytes),
                     connections = self.connections.get(),
+                    call_size = self.call_size.get(),
                     "PutRecords timed out; retrying its records (they may have landed)"
                 );
             }
-            Err(_) => {}
+            Err(_) => return,
         }
+        self.collector.set_max_size(self.call_size.get());
     }
 
     /// Whether every user record of `record` lies in the hash range of `shard`, if the

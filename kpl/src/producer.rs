@@ -195,8 +195,8 @@ impl ProducerBuilder {
     );
     setter!(
         /// See [`ProducerConfig::adaptive_request_timeout`] (default `true`): each call's
-        /// timeout follows the endpoint's latency; `false` keeps the KPL's fixed
-        /// `request_timeout`.
+        /// timeout and size follow the endpoint's latency; `false` keeps the KPL's fixed
+        /// `request_timeout` and `collection_max_size`.
         adaptive_request_timeout: bool
     );
     setter!(
