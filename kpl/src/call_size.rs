@@ -5,12 +5,12 @@
 //! bytes in flight ahead of it are written: the bigger the calls, the longer each waits,
 //! and a 5 MiB call to a slow endpoint can outlast its timeout although it lands (a
 //! duplicate when retried). So calls start at [`MIN_CALL_SIZE`] and grow by that much per
-//! call answered quickly (within a quarter of `request_timeout`) up to
-//! `collection_max_size`; a call that times out or answers slowly (after half of
+//! window of calls (once a call started after the last change is answered quickly:
+//! within a quarter of `request_timeout`) up to `collection_max_size`; a call that times out or answers slowly (after half of
 //! `request_timeout`) halves the size, once per window of calls (as
 //! [`ConcurrencyLimit`](crate::concurrency::ConcurrencyLimit) does), never below
 //! [`MIN_CALL_SIZE`]. Against Kinesis, whose calls answer in well under a second, calls
-//! reach the full size within a few dozen calls. A record bigger than the size still
+//! reach the full size within 19 round trips. A record bigger than the size still
 //! goes, alone.
 
 use std::time::Duration;
@@ -32,8 +32,8 @@ pub(crate) struct CallSize {
     quick: Duration,
     /// A call answered after this is slow: the size halves.
     slow: Duration,
-    /// Calls started before this were in flight at the last decrease: their timeouts and
-    /// slow answers were answered by it.
+    /// Calls started before this were in flight at the last change: their timeouts and
+    /// slow answers were answered by a decrease, their quick answers by an increase.
     window_start: CallTicket,
 }
 
@@ -66,8 +66,9 @@ impl CallSize {
         }
         if latency > self.slow {
             self.decrease(call, next);
-        } else if latency <= self.quick {
+        } else if latency <= self.quick && call >= self.window_start {
             self.limit = (self.limit + self.min).min(self.max);
+            self.window_start = next;
         }
     }
 
@@ -101,17 +102,23 @@ mod tests {
 
     #[test]
     fn starts_small_and_grows_on_quick_answers_up_to_the_maximum() {
-        let mut calls = ConcurrencyLimit::new(24);
+        let mut calls = ConcurrencyLimit::new(24, false);
         let mut size = CallSize::new(5 * MIB, FLOOR, true);
         assert_eq!(size.get(), MIN_CALL_SIZE);
         let mut sizes = Vec::new();
+        // Calls in flight when the size grew do not grow it again.
+        let in_flight: Vec<_> = (0..6).map(|_| calls.started()).collect();
+        for call in in_flight {
+            size.answered(call, calls.next_ticket(), ms(200));
+        }
+        assert_eq!(size.get(), 2 * MIN_CALL_SIZE, "one step per window");
         for _ in 0..25 {
             let call = calls.started();
             size.answered(call, calls.next_ticket(), ms(200));
             sizes.push(size.get());
         }
-        assert_eq!(sizes[0], 2 * MIN_CALL_SIZE);
-        assert_eq!(sizes[18], 5 * MIB, "19 quick answers from 256 KiB to 5 MiB");
+        assert_eq!(sizes[0], 3 * MIN_CALL_SIZE);
+        assert_eq!(sizes[17], 5 * MIB, "19 windows from 256 KiB to 5 MiB");
         assert_eq!(sizes[24], 5 * MIB, "not above");
         // In between quick and slow: no change.
         let call = calls.started();
@@ -121,7 +128,7 @@ mod tests {
 
     #[test]
     fn halves_once_per_window_of_timeouts_or_slow_answers() {
-        let mut calls = ConcurrencyLimit::new(24);
+        let mut calls = ConcurrencyLimit::new(24, false);
         let mut size = CallSize::new(4 * MIB, FLOOR, true);
         for _ in 0..20 {
             let call = calls.started();
@@ -151,7 +158,7 @@ mod tests {
 
     #[test]
     fn a_small_maximum_is_also_the_minimum() {
-        let mut calls = ConcurrencyLimit::new(1);
+        let mut calls = ConcurrencyLimit::new(1, false);
         let mut size = CallSize::new(100_000, FLOOR, true);
         assert_eq!(size.get(), 100_000);
         let call = calls.started();
@@ -161,7 +168,7 @@ mod tests {
 
     #[test]
     fn fixed_size_when_not_adaptive() {
-        let mut calls = ConcurrencyLimit::new(1);
+        let mut calls = ConcurrencyLimit::new(1, false);
         let mut size = CallSize::new(5 * MIB, FLOOR, false);
         assert_eq!(size.get(), 5 * MIB);
         let call = calls.started();

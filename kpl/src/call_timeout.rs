@@ -66,13 +66,21 @@ impl CallTimeouts {
 
     /// The estimated latency of a call of `bytes`: the 99th percentile of the recent
     /// latencies of its size class, else of the nearest larger class that has any
-    /// (bigger calls take longer: a cautious guess), else of the nearest smaller one;
-    /// `None` before any call was answered or timed out.
+    /// (bigger calls take longer: a cautious guess), else of the nearest smaller one
+    /// doubled per class between them (an endpoint that takes in so many bytes per
+    /// second answers a call twice the size in about twice the time); `None` before any
+    /// call was answered or timed out.
     pub fn estimate(&self, bytes: usize) -> Option<Duration> {
         let class = class_of(bytes);
-        let larger = self.classes[class..].iter();
-        let smaller = self.classes[..class].iter().rev();
-        larger.chain(smaller).find_map(|c| c.high)
+        if let Some(high) = self.classes[class..].iter().find_map(|c| c.high) {
+            return Some(high);
+        }
+        let (below, high) = self.classes[..class]
+            .iter()
+            .rev()
+            .enumerate()
+            .find_map(|(below, c)| Some((below as u32 + 1, c.high?)))?;
+        Some(high.saturating_mul(1 << below))
     }
 
     /// A call of `bytes` was answered after `latency`.
@@ -245,9 +253,10 @@ mod tests {
         );
         assert_eq!(
             timeouts.estimate(5 * MIB),
-            Some(ms(2_000)),
-            "a smaller class"
+            Some(ms(4_000)),
+            "a smaller class, doubled"
         );
+        assert_eq!(timeouts.estimate(10 * MIB), Some(ms(8_000)));
         timeouts.answered(512 * KIB, ms(400));
         assert_eq!(
             timeouts.estimate(256 * KIB),

@@ -53,7 +53,9 @@ pub struct ProducerConfig {
     pub retry_permanent_errors: bool,
     /// Most PutRecords calls in flight at once (KPL `MaxConnections`). Default 24. While
     /// calls time out, the producer halves its own limit and grows it back by one per
-    /// window of answered calls, up to this.
+    /// window of answered calls, up to this. With `adaptive_request_timeout` (the
+    /// default) the limit starts at 4, grows by one per answered call until the first
+    /// decrease, and also halves on calls answered after half of `request_timeout`.
     pub max_connections: usize,
     /// Shortest timeout of one PutRecords call (KPL `RequestTimeout`, which is the KPL's
     /// fixed timeout). Default 6 s. A call that times out may still have succeeded: its
@@ -67,18 +69,26 @@ pub struct ProducerConfig {
     ///
     /// - **Timeout**: 3 times the 99th percentile of the latency of the last 64 calls of
     ///   the same size (by power-of-two byte ranges; a size without calls yet borrows
-    ///   from the nearest larger, else smaller, size), at least `request_timeout`, at
+    ///   from the nearest larger size, else from the nearest smaller one doubled per
+    ///   doubling of size), at least `request_timeout`, at
     ///   most `record_ttl` and [`MAX_CALL_TIMEOUT`](crate::MAX_CALL_TIMEOUT) (2 minutes;
     ///   never below `request_timeout`). A timed-out call counts as a latency of the
     ///   timeout it had, so calls that all time out get longer timeouts, threefold each
     ///   time. Against Kinesis calls answer well within 6 s: timeouts stay at
     ///   `request_timeout`. Against a slower endpoint calls are given the time they need
     ///   instead of being timed out and retried although they landed (duplicates).
-    /// - **Size**: calls start at 256 KiB and grow by 256 KiB per call answered within a
-    ///   quarter of `request_timeout`, up to `collection_max_size`; a call that times out
-    ///   or takes more than half of `request_timeout` halves the size (once per window of
-    ///   calls in flight), not below 256 KiB. A slow endpoint then gets smaller calls,
-    ///   each answered sooner.
+    /// - **Size**: calls start at 256 KiB and grow by 256 KiB per round trip (once a call
+    ///   started after the last change is answered within a quarter of
+    ///   `request_timeout`), up to `collection_max_size`; a call that times out or takes
+    ///   more than half of `request_timeout` halves the size (once per window of calls in
+    ///   flight), not below 256 KiB.
+    /// - **Calls in flight**: start at 4 and grow by one per answered call up to
+    ///   `max_connections` until the first timeout or slow answer (TCP's slow start);
+    ///   slow answers (after half of `request_timeout`) halve them as timeouts do.
+    ///
+    /// An endpoint that takes in so many bytes per second answers later the more bytes
+    /// are in flight: smaller and fewer calls keep its latency away from the timeout at
+    /// the same throughput.
     ///
     /// Each timeout is logged (warning, with the call's bytes, records, timeout and the
     /// latency estimate of its size) and counted

@@ -173,7 +173,10 @@ impl Pipeline {
             in_flight: 0,
             in_flight_bytes: 0,
             max_in_flight_bytes: max_in_flight_bytes(&config),
-            connections: ConcurrencyLimit::new(config.max_connections),
+            connections: ConcurrencyLimit::new(
+                config.max_connections,
+                config.adaptive_request_timeout,
+            ),
             timeouts: CallTimeouts::new(
                 config.request_timeout,
                 config.record_ttl,
@@ -597,7 +600,13 @@ impl Pipeline {
         let next = self.connections.next_ticket();
         match &done.result {
             Ok(_) => {
-                self.connections.answered();
+                if self.config.adaptive_request_timeout
+                    && done.duration > self.config.request_timeout / 2
+                {
+                    self.connections.answered_slowly(ticket);
+                } else {
+                    self.connections.answered();
+                }
                 self.timeouts.answered(bytes, done.duration);
                 self.call_size.answered(ticket, next, done.duration);
             }
