@@ -66,6 +66,12 @@ impl Collector {
         }
     }
 
+    /// Fills requests of up to `max_size` bytes from now on (the call size adapted to
+    /// latency, see `call_size`); at most [`PUT_RECORDS_MAX_SIZE`].
+    pub fn set_max_size(&mut self, max_size: usize) {
+        self.max_size = max_size.clamp(1, PUT_RECORDS_MAX_SIZE);
+    }
+
     /// Adds a record that arrived `now`.
     pub fn push(&mut self, record: Outgoing, now: Instant) {
         let due = record.deadline.max(now + self.min_buffer);
@@ -201,6 +207,22 @@ mod tests {
             taken += request.len();
         }
         assert_eq!(taken, 12);
+    }
+
+    #[tokio::test]
+    async fn a_lowered_size_limit_makes_smaller_requests() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let mut collector = Collector::new(500, PUT_RECORDS_MAX_SIZE, MIN);
+        collector.set_max_size(100_000);
+        for i in 0..10 {
+            collector.push(outgoing(&format!("s{i}"), 30_000, later), now);
+        }
+        assert!(collector.is_due(now, 0), "300 KB held, 100 KB allowed");
+        assert_eq!(collector.take().len(), 3);
+        collector.set_max_size(usize::MAX);
+        assert!(!collector.is_due(now, 0), "210 KB held, 5 MiB allowed");
+        assert_eq!(collector.take().len(), 7);
     }
 
     #[tokio::test]

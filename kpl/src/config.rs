@@ -27,7 +27,8 @@ pub struct ProducerConfig {
     /// and maximum 500.
     pub collection_max_count: usize,
     /// Most bytes in one PutRecords call (KPL `CollectionMaxSize`). Default and maximum
-    /// 5 MiB.
+    /// 5 MiB. With `adaptive_request_timeout` (the default) calls start smaller and grow
+    /// to this while the endpoint answers quickly.
     pub collection_max_size: usize,
     /// Longest a user record waits in buffers to be aggregated and collected before it is
     /// sent (KPL `RecordMaxBufferedTime`). Default 100 ms.
@@ -52,12 +53,48 @@ pub struct ProducerConfig {
     pub retry_permanent_errors: bool,
     /// Most PutRecords calls in flight at once (KPL `MaxConnections`). Default 24. While
     /// calls time out, the producer halves its own limit and grows it back by one per
-    /// window of answered calls, up to this.
+    /// window of answered calls, up to this. With `adaptive_request_timeout` (the
+    /// default) the limit starts at 4, grows by one per answered call until the first
+    /// decrease, and also halves on calls answered after half of `request_timeout`.
     pub max_connections: usize,
-    /// Timeout of one PutRecords call (KPL `RequestTimeout`). Default 6 s. A call that
-    /// times out may still have succeeded: its records are retried and can then appear
-    /// twice in the stream.
+    /// Shortest timeout of one PutRecords call (KPL `RequestTimeout`, which is the KPL's
+    /// fixed timeout). Default 6 s. A call that times out may still have succeeded: its
+    /// records are retried and can then appear twice in the stream. With
+    /// `adaptive_request_timeout` (the default) this is the floor of each call's timeout;
+    /// without, every call's timeout, as in the KPL. ListShards calls always use it.
     pub request_timeout: Duration,
+    /// Adapt each PutRecords call to the endpoint's latency. Default `true`; `false` is
+    /// the KPL's behaviour: every call gets `request_timeout` and carries up to
+    /// `collection_max_size`.
+    ///
+    /// - **Timeout**: 3 times the 99th percentile of the latency of the last 64 calls of
+    ///   the same size (by power-of-two byte ranges; a size without calls yet borrows
+    ///   from the nearest larger size, else from the nearest smaller one doubled per
+    ///   doubling of size), at least `request_timeout`, at
+    ///   most `record_ttl` and [`MAX_CALL_TIMEOUT`](crate::MAX_CALL_TIMEOUT) (2 minutes;
+    ///   never below `request_timeout`). A timed-out call counts as a latency of the
+    ///   timeout it had, so calls that all time out get longer timeouts, threefold each
+    ///   time. Against Kinesis calls answer well within 6 s: timeouts stay at
+    ///   `request_timeout`. Against a slower endpoint calls are given the time they need
+    ///   instead of being timed out and retried although they landed (duplicates).
+    /// - **Size**: calls start at 256 KiB and grow by 256 KiB per round trip (once a call
+    ///   started after the last change is answered within a quarter of
+    ///   `request_timeout`), up to `collection_max_size`; a call that times out or takes
+    ///   more than half of `request_timeout` halves the size (once per window of calls in
+    ///   flight), not below 256 KiB.
+    /// - **Calls in flight**: start at 4 and grow by one per answered call up to
+    ///   `max_connections` until the first timeout or slow answer (TCP's slow start);
+    ///   slow answers (after half of `request_timeout`) halve them as timeouts do.
+    ///
+    /// An endpoint that takes in so many bytes per second answers later the more bytes
+    /// are in flight: smaller and fewer calls keep its latency away from the timeout at
+    /// the same throughput.
+    ///
+    /// Each timeout is logged (warning, with the call's bytes, records, timeout and the
+    /// latency estimate of its size) and counted
+    /// ([`ProducerStats::put_records_timeouts`](crate::ProducerStats::put_records_timeouts),
+    /// the metric `kinesis_producer_put_records_timeouts`), adaptive or not.
+    pub adaptive_request_timeout: bool,
     /// Largest user record, data plus partition key, in bytes. Default 1 MiB; up to
     /// 10 MiB for large-record streams.
     pub max_record_size: usize,
@@ -115,6 +152,7 @@ impl Default for ProducerConfig {
             retry_permanent_errors: false,
             max_connections: 24,
             request_timeout: Duration::from_secs(6),
+            adaptive_request_timeout: true,
             max_record_size: DEFAULT_MAX_RECORD_SIZE,
             max_outstanding_records: 100_000,
             max_outstanding_bytes: 256 * 1024 * 1024,

@@ -2,6 +2,8 @@
 #![doc = include_str!("../README.md")]
 
 mod aggregator;
+mod call_size;
+mod call_timeout;
 mod collector;
 mod concurrency;
 mod config;
@@ -26,6 +28,7 @@ mod stream_id;
 pub use kinesis_aggregation as aggregation;
 pub use kinesis_aggregation::{HashKey, HashKeyError, MAX_PARTITION_KEY_CHARS};
 
+pub use call_timeout::MAX_CALL_TIMEOUT;
 pub use collector::{PUT_RECORDS_MAX_COUNT, PUT_RECORDS_MAX_SIZE};
 pub use config::ProducerConfig;
 /// The error model shared with `kinesis-consumer` (the `kinesis-errors` crate): one

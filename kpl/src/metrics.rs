@@ -18,6 +18,7 @@
 //! | `kinesis_producer_user_records_per_kinesis_record` | histogram | UserRecordsPerKinesisRecord |
 //! | `kinesis_producer_kinesis_records_per_request` | histogram | KinesisRecordsPerPutRecordsRequest |
 //! | `kinesis_producer_user_records_per_request` | histogram | (user records per PutRecords call) |
+//! | `kinesis_producer_put_records_timeouts` | counter: PutRecords calls that timed out (retried; they may have landed) | — |
 //! | `kinesis_producer_put_records_fast_path_fallbacks` | counter: the SDK built a PutRecords request the producer's own body is not written for, so its calls go through the SDK's serializer | — |
 //!
 //! Every metric carries a `stream` label. The default granularity is per stream
@@ -63,6 +64,7 @@ const USER_PER_KINESIS: &str = "kinesis_producer_user_records_per_kinesis_record
 const KINESIS_PER_REQUEST: &str = "kinesis_producer_kinesis_records_per_request";
 const USER_PER_REQUEST: &str = "kinesis_producer_user_records_per_request";
 const FAST_PATH_FALLBACKS: &str = "kinesis_producer_put_records_fast_path_fallbacks";
+const TIMEOUTS: &str = "kinesis_producer_put_records_timeouts";
 
 /// The SDK built a PutRecords request the producer's own body is not written for: the
 /// calls go through the SDK's serializer from now on.
@@ -106,6 +108,11 @@ fn describe() {
         FAST_PATH_FALLBACKS,
         Unit::Count,
         "Producers whose PutRecords calls left the fast path for the SDK's serializer (a request shape the producer does not write)"
+    );
+    describe_counter!(
+        TIMEOUTS,
+        Unit::Count,
+        "PutRecords calls that timed out (their records are retried; they may have landed)"
     );
     describe_counter!(
         EXPIRED,
@@ -182,6 +189,7 @@ pub(crate) struct Metrics {
     errors: HashMap<(Option<Arc<str>>, String), Counter>,
     received: Counter,
     expired: Counter,
+    timeouts: Counter,
     pending: Gauge,
     buffering_time: Histogram,
     request_time: Histogram,
@@ -210,6 +218,7 @@ impl Metrics {
             errors: HashMap::new(),
             received: counter!(USER_RECORDS_RECEIVED, &labels),
             expired: counter!(EXPIRED, &labels),
+            timeouts: counter!(TIMEOUTS, &labels),
             pending: gauge!(PENDING, &labels),
             buffering_time: histogram!(BUFFERING_TIME, &labels),
             request_time: histogram!(REQUEST_TIME, &labels),
@@ -301,6 +310,11 @@ impl Metrics {
         let counter = counter!(ERRORS, &labels);
         counter.increment(1);
         self.errors.insert(key, counter);
+    }
+
+    /// A PutRecords call timed out.
+    pub fn timeout(&self) {
+        self.timeouts.increment(1);
     }
 
     /// `records` user records expired.

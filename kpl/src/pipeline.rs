@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use aws_sdk_kinesis::config::timeout::TimeoutConfig;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, PutRecordsResultEntry};
 use aws_sdk_kinesis::Client;
@@ -15,6 +16,8 @@ use tokio::time::Instant;
 use tracing::{debug, warn, Instrument};
 
 use crate::aggregator::Aggregator;
+use crate::call_size::CallSize;
+use crate::call_timeout::CallTimeouts;
 use crate::collector::{Collector, MIN_BUFFER_TIME};
 use crate::concurrency::{CallTicket, ConcurrencyLimit};
 use crate::config::ProducerConfig;
@@ -36,11 +39,19 @@ const MAX_REFRESH_BACKOFF: Duration = Duration::from_secs(30);
 /// its user records.
 const WRONG_SHARD: &str = "WrongShard";
 
+/// A PutRecords call about to start.
+#[derive(Clone, Copy, Debug)]
+struct Call {
+    ticket: CallTicket,
+    bytes: usize,
+    /// Its attempt timeout (see `call_timeout`).
+    timeout: Duration,
+}
+
 /// The outcome of one PutRecords call.
 struct PutDone {
     batch: Vec<Outgoing>,
-    ticket: CallTicket,
-    bytes: usize,
+    call: Call,
     started: SystemTime,
     duration: Duration,
     result: Result<Vec<PutRecordsResultEntry>, Arc<AttemptError>>,
@@ -100,6 +111,10 @@ pub(crate) struct Pipeline {
     in_flight_bytes: usize,
     max_in_flight_bytes: usize,
     connections: ConcurrencyLimit,
+    /// Each call's timeout, from the latency of recent calls.
+    timeouts: CallTimeouts,
+    /// Bytes per call, lowered while calls are slow.
+    call_size: CallSize,
     done_tx: mpsc::UnboundedSender<PutDone>,
     done_rx: mpsc::UnboundedReceiver<PutDone>,
     map_tx: mpsc::UnboundedSender<Result<ShardMap, ShardMapError>>,
@@ -134,15 +149,16 @@ impl Pipeline {
             failures: 0,
         };
         let min_buffer = MIN_BUFFER_TIME.min(config.record_max_buffered_time / 2);
+        let call_size = CallSize::new(
+            config.collection_max_size,
+            config.request_timeout,
+            config.adaptive_request_timeout,
+        );
         let mut pipeline = Pipeline {
             metrics: Metrics::new(stream.as_str(), config.metrics_granularity),
             aggregator: Aggregator::new(config.aggregation_max_count, config.aggregation_max_size),
             limiter: Limiter::new(config.rate_limit),
-            collector: Collector::new(
-                config.collection_max_count,
-                config.collection_max_size,
-                min_buffer,
-            ),
+            collector: Collector::new(config.collection_max_count, call_size.get(), min_buffer),
             backoff: Backoff::new(config.min_backoff, config.max_backoff),
             spreader: config
                 .hot_key_spread
@@ -157,7 +173,16 @@ impl Pipeline {
             in_flight: 0,
             in_flight_bytes: 0,
             max_in_flight_bytes: max_in_flight_bytes(&config),
-            connections: ConcurrencyLimit::new(config.max_connections),
+            connections: ConcurrencyLimit::new(
+                config.max_connections,
+                config.adaptive_request_timeout,
+            ),
+            timeouts: CallTimeouts::new(
+                config.request_timeout,
+                config.record_ttl,
+                config.adaptive_request_timeout,
+            ),
+            call_size,
             done_tx,
             done_rx,
             map_tx,
@@ -468,7 +493,11 @@ impl Pipeline {
                     }
                 }
             }
-            let ticket = self.connections.started();
+            let call = Call {
+                ticket: self.connections.started(),
+                bytes,
+                timeout: self.timeouts.timeout(bytes),
+            };
             self.in_flight += 1;
             self.in_flight_bytes += bytes;
             self.shared.count_call();
@@ -483,8 +512,7 @@ impl Pipeline {
             );
             tokio::spawn(
                 async move {
-                    let outcome =
-                        put_records(&client, &stream, batch, ticket, bytes, &fast_path).await;
+                    let outcome = put_records(&client, &stream, batch, call, &fast_path).await;
                     // The pipeline outlives every call it starts.
                     let _ = done.send(outcome);
                 }
@@ -496,10 +524,11 @@ impl Pipeline {
     fn on_put_done(&mut self, done: PutDone) {
         let now = Instant::now();
         self.in_flight -= 1;
-        self.in_flight_bytes -= done.bytes;
+        self.in_flight_bytes -= done.call.bytes;
         let user_records = done.batch.iter().map(|r| r.records.len()).sum();
         self.metrics
             .request(done.batch.len(), user_records, done.duration);
+        self.learn(&done, user_records);
         let attempt = |error: Option<Arc<AttemptError>>| Attempt {
             started: done.started,
             duration: done.duration,
@@ -507,23 +536,21 @@ impl Pipeline {
         };
         match done.result {
             Err(error) => {
-                if error.code == "Timeout" {
-                    self.connections.timed_out(done.ticket);
+                if !is_timeout(&error) {
+                    warn!(
+                        connections = self.connections.get(),
+                        stream = self.stream.as_str(),
+                        code = error.code.as_str(),
+                        error = error.message.as_str(),
+                        records = done.batch.len(),
+                        "PutRecords failed"
+                    );
                 }
-                warn!(
-                    connections = self.connections.get(),
-                    stream = self.stream.as_str(),
-                    code = error.code.as_str(),
-                    error = error.message.as_str(),
-                    records = done.batch.len(),
-                    "PutRecords failed"
-                );
                 for record in done.batch {
                     self.failed(record, attempt(Some(error.clone())), now);
                 }
             }
             Ok(entries) => {
-                self.connections.answered();
                 let mut entries = entries.into_iter();
                 // Records of one call that fail alike share one error.
                 let mut last_error: Option<Arc<AttemptError>> = None;
@@ -558,6 +585,54 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// Adapts the calls in flight, their timeouts and their size to how a call went:
+    /// answered (success or per-record errors) after its latency, or timed out (logged
+    /// and counted). Other failures (throttling, errors the endpoint answered at once,
+    /// broken connections) say nothing of its latency.
+    fn learn(&mut self, done: &PutDone, user_records: usize) {
+        let Call {
+            ticket,
+            bytes,
+            timeout,
+        } = done.call;
+        let next = self.connections.next_ticket();
+        match &done.result {
+            Ok(_) => {
+                if self.config.adaptive_request_timeout
+                    && done.duration > self.config.request_timeout / 2
+                {
+                    self.connections.answered_slowly(ticket);
+                } else {
+                    self.connections.answered();
+                }
+                self.timeouts.answered(bytes, done.duration);
+                self.call_size.answered(ticket, next, done.duration);
+            }
+            Err(error) if is_timeout(error) => {
+                let estimate = self.timeouts.estimate(bytes);
+                self.connections.timed_out(ticket);
+                self.timeouts.timed_out(bytes, timeout);
+                self.call_size.timed_out(ticket, next);
+                self.metrics.timeout();
+                self.shared.count_timeout();
+                warn!(
+                    stream = self.stream.as_str(),
+                    bytes,
+                    kinesis_records = done.batch.len(),
+                    user_records,
+                    timeout = ?timeout,
+                    latency_estimate = ?estimate,
+                    next_timeout = ?self.timeouts.timeout(bytes),
+                    connections = self.connections.get(),
+                    call_size = self.call_size.get(),
+                    "PutRecords timed out; retrying its records (they may have landed)"
+                );
+            }
+            Err(_) => return,
+        }
+        self.collector.set_max_size(self.call_size.get());
     }
 
     /// Whether every user record of `record` lies in the hash range of `shard`, if the
@@ -893,6 +968,21 @@ async fn sleep_until(wake: Option<Instant>) {
     }
 }
 
+/// Whether a call failed because it timed out.
+fn is_timeout(error: &AttemptError) -> bool {
+    error.code == "Timeout"
+}
+
+/// The per-call part of the client's configuration: the call's attempt timeout (the
+/// orchestrator merges it over the client's timeout settings, connect timeout included).
+fn call_config(timeout: Duration) -> aws_sdk_kinesis::config::Builder {
+    aws_sdk_kinesis::config::Builder::default().timeout_config(
+        TimeoutConfig::builder()
+            .operation_attempt_timeout(timeout)
+            .build(),
+    )
+}
+
 /// Whether an SDK error is the fast path's refusal of a request shape it does not know.
 fn fast_path_refused(error: &(dyn std::error::Error + 'static)) -> bool {
     kinesis_errors::causes(error).any(|e| e.downcast_ref::<FastPathRefused>().is_some())
@@ -903,6 +993,7 @@ async fn put_records_serialized(
     client: &Client,
     stream: &StreamId,
     batch: &[Outgoing],
+    timeout: Duration,
 ) -> Result<Vec<PutRecordsResultEntry>, Arc<AttemptError>> {
     let entries = batch
         .iter()
@@ -918,6 +1009,8 @@ async fn put_records_serialized(
     stream
         .put_records(client)
         .set_records(Some(entries))
+        .customize()
+        .config_override(call_config(timeout))
         .send()
         .await
         .map(|output| output.records)
@@ -928,8 +1021,7 @@ async fn put_records(
     client: &Client,
     stream: &StreamId,
     batch: Vec<Outgoing>,
-    ticket: CallTicket,
-    bytes: usize,
+    call: Call,
     fast_path: &AtomicBool,
 ) -> PutDone {
     let started = SystemTime::now();
@@ -942,6 +1034,7 @@ async fn put_records(
             .put_records(client)
             .set_records(Some(Vec::new()))
             .customize()
+            .config_override(call_config(call.timeout))
             .interceptor(crate::request::UseBody::new(body))
             .send()
             .await;
@@ -956,19 +1049,18 @@ async fn put_records(
                         "PutRecords fast path off: the SDK's serializer writes the calls"
                     );
                 }
-                put_records_serialized(client, stream, &batch).await
+                put_records_serialized(client, stream, &batch, call.timeout).await
             }
             sent => sent
                 .map(|output| output.records)
                 .map_err(|e| request_error(&e)),
         }
     } else {
-        put_records_serialized(client, stream, &batch).await
+        put_records_serialized(client, stream, &batch, call.timeout).await
     };
     PutDone {
         batch,
-        ticket,
-        bytes,
+        call,
         started,
         duration: clock.elapsed(),
         result,

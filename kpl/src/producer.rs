@@ -189,8 +189,15 @@ impl ProducerBuilder {
         max_connections: usize
     );
     setter!(
-        /// See [`ProducerConfig::request_timeout`] (default 6 s).
+        /// See [`ProducerConfig::request_timeout`] (default 6 s): the shortest timeout of
+        /// a PutRecords call, or every call's with `adaptive_request_timeout(false)`.
         request_timeout: std::time::Duration
+    );
+    setter!(
+        /// See [`ProducerConfig::adaptive_request_timeout`] (default `true`): each call's
+        /// timeout and size follow the endpoint's latency; `false` keeps the KPL's fixed
+        /// `request_timeout` and `collection_max_size`.
+        adaptive_request_timeout: bool
     );
     setter!(
         /// See [`ProducerConfig::max_record_size`] (default 1 MiB, at most 10 MiB).
@@ -299,7 +306,8 @@ impl ProducerBuilder {
             ClientSource::Client(client) => client.config().to_builder(),
         };
         // The producer retries on its own terms (backoff until the record TTL), so the
-        // SDK must not retry behind its back.
+        // SDK must not retry behind its back. Each PutRecords call overrides the attempt
+        // timeout with its own (see `call_timeout`); ListShards keeps this one.
         let client = Client::from_conf(
             kinesis_config
                 .retry_config(RetryConfig::disabled())

@@ -36,6 +36,9 @@ pub struct ProducerStats {
     pub put_records_calls: u64,
     /// Failed attempts of Kinesis records, each followed by a retry or a failure.
     pub failed_attempts: u64,
+    /// PutRecords calls that timed out (their records are retried; they may have
+    /// landed, so their records can appear twice in the stream).
+    pub put_records_timeouts: u64,
 }
 
 /// The load the producer put on one shard over the last second.
@@ -85,6 +88,7 @@ pub(crate) struct Shared {
     kinesis_records_put: AtomicU64,
     put_records_calls: AtomicU64,
     failed_attempts: AtomicU64,
+    put_records_timeouts: AtomicU64,
     shard_load: Mutex<Vec<ShardLoad>>,
 }
 
@@ -102,6 +106,7 @@ impl Shared {
             kinesis_records_put: AtomicU64::new(0),
             put_records_calls: AtomicU64::new(0),
             failed_attempts: AtomicU64::new(0),
+            put_records_timeouts: AtomicU64::new(0),
             shard_load: Mutex::new(Vec::new()),
         }
     }
@@ -146,6 +151,7 @@ impl Shared {
             kinesis_records_put: self.kinesis_records_put.load(Ordering::Relaxed),
             put_records_calls: self.put_records_calls.load(Ordering::Relaxed),
             failed_attempts: self.failed_attempts.load(Ordering::Relaxed),
+            put_records_timeouts: self.put_records_timeouts.load(Ordering::Relaxed),
         }
     }
 
@@ -162,6 +168,10 @@ impl Shared {
 
     pub fn count_call(&self) {
         self.put_records_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_timeout(&self) {
+        self.put_records_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count_failed_attempt(&self) {

@@ -423,3 +423,51 @@ async fn attempts_carry_their_start_and_duration_and_share_their_error() {
         .iter()
         .all(|r| std::sync::Arc::ptr_eq(first, r.attempts[0].error.as_ref().unwrap())));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_endpoint_gets_a_longer_timeout_after_one_timeout() {
+    let timed_out = |attempt: &kinesis_producer::Attempt| {
+        attempt.error.as_ref().is_some_and(|e| e.code == "Timeout")
+    };
+    // Every call takes 10 s, beyond the 6 s floor: the first times out at 6 s, the retry
+    // is given 3 x 6 s and answered; with the producer's own bodies and the SDK's.
+    for fast_path in [true, false] {
+        let fake = Fake::new(1);
+        *fake.latency.lock().unwrap() = Duration::from_secs(10);
+        let producer = fake
+            .builder()
+            .put_records_fast_path(fast_path)
+            .build()
+            .await
+            .unwrap();
+        for result in send_many(&producer, 50).await {
+            let attempts = result.unwrap().attempts;
+            assert_eq!(attempts.len(), 2, "{attempts:?}");
+            assert!(timed_out(&attempts[0]));
+            assert_eq!(attempts[0].duration, Duration::from_secs(6));
+            assert!(attempts[1].error.is_none());
+            assert_eq!(attempts[1].duration, Duration::from_secs(10));
+        }
+        assert_eq!(producer.stats().put_records_timeouts, 1);
+    }
+
+    // The KPL's fixed timeout: every attempt times out at 6 s until the TTL.
+    let fake = Fake::new(1);
+    *fake.latency.lock().unwrap() = Duration::from_secs(10);
+    let producer = fake
+        .builder()
+        .adaptive_request_timeout(false)
+        .build()
+        .await
+        .unwrap();
+    for result in send_many(&producer, 50).await {
+        match result {
+            Err(RecordError::Expired { attempts }) => {
+                assert!(attempts.len() >= 4, "{attempts:?}");
+                assert!(attempts.iter().all(timed_out));
+            }
+            other => panic!("expected expiry after timeouts, got {other:?}"),
+        }
+    }
+    assert!(producer.stats().put_records_timeouts >= 4);
+}

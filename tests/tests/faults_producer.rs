@@ -2,12 +2,16 @@
 //! kinesis-mock: under each fault a network or Kinesis can throw at PutRecords it loses
 //! nothing within the record TTL, every receipt says where its record really is, and
 //! every failed attempt is reported in the receipts. Past the TTL, records fail with
-//! every attempt listed.
+//! every attempt listed. An endpoint that turns slower than the request timeout gets
+//! longer timeouts after a couple of early ones, not duplicates (issue 24).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use integration_tests::{create_stream, read_stream, sdk_config, unique_name, TestResult};
+use kinesis_consumer::test_util::CountingRecorder;
 use kinesis_emulator::fault_proxy::{Fault, FaultProxy, FaultRule};
 use kinesis_emulator::Emulator;
 use kinesis_producer::aggregation::deaggregate;
@@ -63,7 +67,8 @@ struct Setup {
     producer: Producer,
 }
 
-async fn setup(name: &str, ttl: Duration) -> TestResult<Setup> {
+/// `adaptive`: the producer's `adaptive_request_timeout`.
+async fn setup(name: &str, ttl: Duration, adaptive: bool) -> TestResult<Setup> {
     let config = sdk_config().await?;
     let direct = aws_sdk_kinesis::Client::new(&config);
     let stream = unique_name(name);
@@ -73,6 +78,7 @@ async fn setup(name: &str, ttl: Duration) -> TestResult<Setup> {
         .stream(&stream)
         .record_ttl(ttl)
         .request_timeout(Duration::from_millis(1_500))
+        .adaptive_request_timeout(adaptive)
         .record_max_buffered_time(Duration::from_millis(20))
         .min_backoff(Duration::from_millis(50))
         .max_backoff(Duration::from_millis(500))
@@ -151,7 +157,16 @@ async fn assert_nothing_lost(
 /// A fault on some PutRecords calls: nothing lost, each injected fault reported in the
 /// receipts of the records it hit, with `code` when the fault is an error answer.
 async fn survives(name: &str, fault: Fault, code: Option<&str>) -> TestResult {
-    let setup = setup(name, Duration::from_secs(30)).await?;
+    survives_on(
+        setup(name, Duration::from_secs(30), true).await?,
+        fault,
+        code,
+    )
+    .await
+}
+
+/// [`survives`] with a producer of its own.
+async fn survives_on(setup: Setup, fault: Fault, code: Option<&str>) -> TestResult {
     let rule = setup.proxy.add(
         FaultRule::new(fault)
             .target("PutRecords")
@@ -206,13 +221,11 @@ async fn unavailable_service_loses_nothing() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_answers_time_out_and_lose_nothing() -> TestResult {
     // Applied at once, answered after the 1.5 s request timeout: retried, so those
-    // records can be in the stream twice; each receipt names one copy.
-    survives(
-        "fault-put-stall",
-        Fault::Stall(Duration::from_secs(3)),
-        Some("Timeout"),
-    )
-    .await
+    // records can be in the stream twice; each receipt names one copy. With the KPL's
+    // fixed timeout, so that every stalled call times out (adaptive timeouts answer the
+    // stalled calls after the first: a_slow_endpoint_gets_longer_timeouts_not_duplicates).
+    let setup = setup("fault-put-stall", Duration::from_secs(30), false).await?;
+    survives_on(setup, Fault::Stall(Duration::from_secs(3)), Some("Timeout")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +240,7 @@ async fn reset_connections_lose_nothing() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_refusing_connections_for_a_while_loses_nothing() -> TestResult {
-    let setup = setup("fault-put-refuse", Duration::from_secs(30)).await?;
+    let setup = setup("fault-put-refuse", Duration::from_secs(30), true).await?;
     // Burst 3 goes out while the endpoint is down (connections refused, open ones cut);
     // it comes back 3 s later.
     let proxy = &setup.proxy;
@@ -262,7 +275,7 @@ async fn an_endpoint_refusing_connections_for_a_while_loses_nothing() -> TestRes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_past_the_ttl_fails_records_with_every_attempt() -> TestResult {
-    let setup = setup("fault-put-expire", Duration::from_secs(2)).await?;
+    let setup = setup("fault-put-expire", Duration::from_secs(2), true).await?;
     setup
         .proxy
         .add(FaultRule::new(Fault::Throttle).target("PutRecords"));
@@ -295,5 +308,194 @@ async fn throttling_past_the_ttl_fails_records_with_every_attempt() -> TestResul
         other => panic!("expected Throttled, got {other:?}"),
     }
     strict.shutdown().await;
+    Ok(())
+}
+
+/// The metrics recorder of this test binary, process-wide: a test reads only the series
+/// of its own stream.
+fn recorder() -> &'static CountingRecorder {
+    static RECORDER: OnceLock<CountingRecorder> = OnceLock::new();
+    RECORDER.get_or_init(|| {
+        let recorder = CountingRecorder::new();
+        metrics::set_global_recorder(recorder.clone()).expect("no other recorder here");
+        recorder
+    })
+}
+
+/// The request timeout of the slow-endpoint tests, and how late every PutRecords answer
+/// comes once the endpoint turns slow (applied at once, answered late): far beyond it.
+const FLOOR: Duration = Duration::from_millis(300);
+const STALL: Duration = Duration::from_millis(800);
+/// Bursts of 30 records (each flushed before the next) at the endpoint's own speed.
+const WARM_UP_BURSTS: usize = 3;
+
+/// A producer with a `FLOOR` request timeout, adaptive or not, through a proxy.
+async fn slow_endpoint_setup(name: &str, adaptive: bool, ttl: Duration) -> TestResult<Setup> {
+    recorder();
+    let config = sdk_config().await?;
+    let direct = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name(name);
+    create_stream(&direct, &stream, 2).await?;
+    let proxy = FaultProxy::start(&kinesis_upstream().await?, 13).await?;
+    let producer = Producer::builder(through(&proxy, &config))
+        .stream(&stream)
+        .record_ttl(ttl)
+        .request_timeout(FLOOR)
+        .adaptive_request_timeout(adaptive)
+        .record_max_buffered_time(Duration::from_millis(20))
+        .min_backoff(Duration::from_millis(50))
+        .max_backoff(Duration::from_millis(500))
+        .build()
+        .await?;
+    Ok(Setup {
+        direct,
+        stream,
+        proxy,
+        producer,
+    })
+}
+
+/// Sends `WARM_UP_BURSTS` bursts, then stalls every PutRecords answer by `STALL` and
+/// sends `slow_bursts` more; returns the outcomes and the timeouts counted before the
+/// endpoint turned slow.
+async fn through_a_slowdown(
+    setup: &Setup,
+    slow_bursts: usize,
+) -> TestResult<(Vec<(bytes::Bytes, Result<RecordResult, RecordError>)>, u64)> {
+    let before = AtomicU64::new(u64::MAX);
+    let outcomes = send_in_bursts(
+        &setup.producer,
+        30 * (WARM_UP_BURSTS + slow_bursts),
+        |burst| {
+            if burst + 1 == WARM_UP_BURSTS {
+                before.store(
+                    setup.producer.stats().put_records_timeouts,
+                    Ordering::SeqCst,
+                );
+                setup
+                    .proxy
+                    .add(FaultRule::new(Fault::Stall(STALL)).target("PutRecords"));
+            }
+            None
+        },
+    )
+    .await?;
+    setup.producer.shutdown().await;
+    let stalled = setup.proxy.stats().injected.get("stall").copied();
+    assert!(
+        stalled >= Some(slow_bursts as u64),
+        "every call of the slow bursts stalled: {stalled:?}"
+    );
+    Ok((outcomes, before.load(Ordering::SeqCst)))
+}
+
+/// How many times each user record's data is in the stream.
+async fn copies(setup: &Setup) -> TestResult<HashMap<bytes::Bytes, usize>> {
+    let mut copies = HashMap::new();
+    for data in stored(&setup.direct, &setup.stream).await?.into_values() {
+        *copies.entry(data).or_insert(0) += 1;
+    }
+    Ok(copies)
+}
+
+fn timed_out(outcome: &Result<RecordResult, RecordError>) -> bool {
+    let attempts = match outcome {
+        Ok(result) => &result.attempts[..],
+        Err(RecordError::Expired { attempts }) => &attempts[..],
+        Err(_) => &[],
+    };
+    attempts
+        .iter()
+        .any(|a| a.error.as_ref().is_some_and(|e| e.code == "Timeout"))
+}
+
+fn timeouts_metric(setup: &Setup) -> u64 {
+    recorder().counter(
+        "kinesis_producer_put_records_timeouts",
+        &[("stream", &setup.stream)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_gets_longer_timeouts_not_duplicates() -> TestResult {
+    let setup = slow_endpoint_setup("slow-adaptive", true, Duration::from_secs(30)).await?;
+    let slow_bursts = 9;
+    let (outcomes, before) = through_a_slowdown(&setup, slow_bursts).await?;
+    assert_nothing_lost(&setup, &outcomes).await?;
+    let stats = setup.producer.stats();
+    let timeouts = stats.put_records_timeouts - before;
+    eprintln!(
+        "{timeouts} timeouts once slow ({} before), {} calls",
+        before, stats.put_records_calls
+    );
+    // The first calls to the slow endpoint time out at the 300 ms floor; each timeout
+    // triples the next call's timeout (900 ms, 2.7 s) until the calls are answered.
+    assert!(
+        timeouts <= 3,
+        "{timeouts} timeouts: more than a couple of early ones"
+    );
+    assert_eq!(timeouts_metric(&setup), stats.put_records_timeouts);
+    let slow = &outcomes[30 * WARM_UP_BURSTS..];
+    for (data, outcome) in slow {
+        let Ok(result) = outcome else { continue };
+        let last = result.attempts.last().ok_or("an attempt")?;
+        assert!(
+            last.duration >= STALL,
+            "{data:?}: answered after {:?}: within a timeout above the 300 ms floor",
+            last.duration
+        );
+    }
+    // A timed-out call had landed: its records may be in the stream twice. No other
+    // record is, and once the timeout had adapted (after two slow bursts) none timed out.
+    let copies = copies(&setup).await?;
+    let mut duplicated = 0;
+    for (data, outcome) in &outcomes {
+        let n = copies.get(data).copied().unwrap_or(0);
+        if !timed_out(outcome) {
+            assert_eq!(
+                n, 1,
+                "{data:?} is in the stream {n} times without a timeout"
+            );
+        }
+        duplicated += n.saturating_sub(1);
+    }
+    let late = &slow[60..];
+    assert!(
+        late.iter().all(|(_, outcome)| !timed_out(outcome)),
+        "timeouts after two slow bursts"
+    );
+    eprintln!("{duplicated} duplicates, from the early timeouts");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_timeout_times_out_every_call_of_a_slow_endpoint() -> TestResult {
+    // The same endpoint with the KPL's fixed timeout: every stalled call times out, is
+    // retried (landing again) until the TTL, and its records are reported expired.
+    let setup = slow_endpoint_setup("slow-fixed", false, Duration::from_secs(3)).await?;
+    let (outcomes, before) = through_a_slowdown(&setup, 2).await?;
+    let stats = setup.producer.stats();
+    let timeouts = stats.put_records_timeouts - before;
+    eprintln!("{timeouts} timeouts once slow ({before} before)");
+    assert!(timeouts >= 4, "{timeouts} timeouts: every call times out");
+    assert_eq!(timeouts_metric(&setup), stats.put_records_timeouts);
+    let copies = copies(&setup).await?;
+    let mut duplicated = 0;
+    for (data, outcome) in &outcomes[30 * WARM_UP_BURSTS..] {
+        match outcome {
+            Err(RecordError::Expired { attempts }) => {
+                assert!(attempts.len() >= 2, "{data:?}: retried");
+                assert!(attempts
+                    .iter()
+                    .all(|a| a.error.as_ref().is_some_and(|e| e.code == "Timeout")));
+            }
+            other => panic!("{data:?}: expected expiry after timeouts, got {other:?}"),
+        }
+        let n = copies.get(data).copied().unwrap_or(0);
+        assert!(n >= 1, "{data:?}: reported expired, yet it landed");
+        duplicated += n - 1;
+    }
+    assert!(duplicated > 0, "retried calls that had landed: duplicates");
+    eprintln!("{duplicated} duplicates");
     Ok(())
 }

@@ -68,9 +68,14 @@ pub struct Args {
     /// PutRecords calls in flight at most (the producer's `max_connections`).
     #[arg(long, value_name = "N", default_value_t = 24)]
     pub max_connections: usize,
-    /// Timeout of one PutRecords call (the producer's `request_timeout`).
+    /// Shortest timeout of one PutRecords call (the producer's `request_timeout`): calls
+    /// get longer ones while the endpoint answers slowly, unless --fixed-request-timeout.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "6s")]
     pub request_timeout: Duration,
+    /// Give every PutRecords call --request-timeout and up to --collection-max-size
+    /// bytes, as the KPL does (the producer's `adaptive_request_timeout` off).
+    #[arg(long)]
+    pub fixed_request_timeout: bool,
     /// User records accepted and not yet completed, at most (the producer's
     /// `max_outstanding_records`; default 100,000).
     #[arg(long, value_name = "N")]
@@ -229,7 +234,8 @@ pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
     let mut builder = Producer::builder(&config)
         .stream(&args.stream)
         .max_connections(args.max_connections)
-        .request_timeout(args.request_timeout);
+        .request_timeout(args.request_timeout)
+        .adaptive_request_timeout(!args.fixed_request_timeout);
     if let Some(records) = args.max_outstanding_records {
         builder = builder.max_outstanding_records(records);
     }
@@ -377,6 +383,7 @@ pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
         "interrupted": interrupted,
         "invalid": lines.invalid,
         "retries": stats.failed_attempts,
+        "timeouts": stats.put_records_timeouts,
         "seconds": (seconds * 1000.0).round() / 1000.0,
         "records_per_second": (stats.user_records_put as f64 / seconds.max(0.001)).round(),
     }))
