@@ -8,6 +8,7 @@ mod collector;
 mod concurrency;
 mod config;
 mod inbox;
+mod key_cache;
 mod limiter;
 pub mod metrics;
 mod pending;

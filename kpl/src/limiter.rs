@@ -14,6 +14,14 @@ pub const SHARD_RECORDS_PER_SECOND: f64 = 1_000.0;
 /// Kinesis's write limit per shard, in bytes per second.
 pub const SHARD_BYTES_PER_SECOND: f64 = 1_048_576.0;
 
+/// A backlogged shard's records leave in waves of this share of a second's tokens, not
+/// one by one as tokens trickle in: records queued here are late already, and a wave
+/// fills PutRecords calls where single records would each make, or wake, a call of
+/// their own. Waves are timed on a common clock of ticks of this length, so those of
+/// every shard come due together and share a call. The rate stays the bucket's; a
+/// backlogged record waits at most two ticks longer.
+const WAVE: f64 = 1.0 / 8.0;
+
 /// Tokens refilled continuously at `rate` per second, up to one second's worth.
 #[derive(Debug)]
 struct TokenBucket {
@@ -59,6 +67,25 @@ struct ShardQueue {
     records: TokenBucket,
     bytes: TokenBucket,
     queue: VecDeque<Outgoing>,
+    /// Bytes of the records in `queue`.
+    queued_bytes: usize,
+}
+
+impl ShardQueue {
+    /// Tokens of each bucket a release needs: the whole queue, or a wave of a
+    /// backlogged one.
+    fn wave(&self) -> (f64, f64) {
+        (
+            (self.queue.len() as f64).min(self.records.rate * WAVE),
+            (self.queued_bytes as f64).min(self.bytes.rate * WAVE),
+        )
+    }
+
+    /// Whether the buckets hold a wave's tokens.
+    fn wave_allowed(&self) -> bool {
+        let (records, bytes) = self.wave();
+        self.records.allows(records) && self.bytes.allows(bytes)
+    }
 }
 
 /// Holds Kinesis records until their shard's buckets allow them.
@@ -70,6 +97,8 @@ pub(crate) struct Limiter {
     queued: usize,
     /// The queue of records the shard map could not place, limited like one shard.
     unmapped: Arc<str>,
+    /// Start of the wave clock: the first record's arrival.
+    epoch: Option<Instant>,
 }
 
 impl Limiter {
@@ -82,12 +111,14 @@ impl Limiter {
             shards: HashMap::new(),
             queued: 0,
             unmapped: Arc::from(""),
+            epoch: None,
         }
     }
 
     /// Queues a record behind its shard's earlier ones (records with no predicted shard
     /// share one queue, limited like a shard). Records allowed now go to `out`.
     pub fn push(&mut self, record: Outgoing, now: Instant, out: &mut Vec<Outgoing>) {
+        self.epoch.get_or_insert(now);
         let shard = record.shard.as_ref().unwrap_or(&self.unmapped);
         let (records_rate, bytes_rate) = (self.records_per_second, self.bytes_per_second);
         let queue = match self.shards.get_mut(shard) {
@@ -99,24 +130,31 @@ impl Limiter {
                     records: TokenBucket::new(records_rate, now),
                     bytes: TokenBucket::new(bytes_rate, now),
                     queue: VecDeque::new(),
+                    queued_bytes: 0,
                 }),
         };
+        queue.queued_bytes += record.size();
         queue.queue.push_back(record);
         self.queued += 1;
         self.queued -= Self::drain_queue(queue, now, out);
     }
 
+    /// Releases the head records the buckets allow, once they allow a wave.
     fn drain_queue(queue: &mut ShardQueue, now: Instant, out: &mut Vec<Outgoing>) -> usize {
         queue.records.refill(now);
         queue.bytes.refill(now);
+        if !queue.wave_allowed() {
+            return 0;
+        }
         let mut released = 0;
         while let Some(head) = queue.queue.front() {
-            let size = head.size() as f64;
-            if !(queue.records.allows(1.0) && queue.bytes.allows(size)) {
+            let size = head.size();
+            if !(queue.records.allows(1.0) && queue.bytes.allows(size as f64)) {
                 break;
             }
             queue.records.tokens -= 1.0;
-            queue.bytes.tokens -= size;
+            queue.bytes.tokens -= size as f64;
+            queue.queued_bytes -= size;
             out.extend(queue.queue.pop_front());
             released += 1;
         }
@@ -135,17 +173,27 @@ impl Limiter {
         }
     }
 
-    /// When the next queued record will be allowed.
+    /// When the next queued record will be allowed: the first tick of the wave clock at
+    /// which a shard's buckets allow a wave.
     pub fn next_ready(&self, now: Instant) -> Option<Instant> {
         if self.queued == 0 {
             return None;
         }
+        let epoch = self.epoch.unwrap_or(now);
+        let tick = |at: Instant| {
+            let ticks = (at.saturating_duration_since(epoch).as_secs_f64() / WAVE).ceil();
+            epoch + Duration::from_secs_f64(ticks * WAVE)
+        };
         self.shards
             .values()
             .filter_map(|q| {
                 let head = q.queue.front()?;
-                let wait = q.records.wait(1.0).max(q.bytes.wait(head.size() as f64));
-                Some(now + wait)
+                let (records, bytes) = q.wave();
+                let wait = q
+                    .records
+                    .wait(records.max(1.0))
+                    .max(q.bytes.wait(bytes.max(head.size() as f64)));
+                Some(tick(now + wait))
             })
             .min()
     }
@@ -160,7 +208,10 @@ impl Limiter {
         self.queued = 0;
         self.shards
             .values_mut()
-            .flat_map(|q| q.queue.drain(..))
+            .flat_map(|q| {
+                q.queued_bytes = 0;
+                q.queue.drain(..)
+            })
             .collect()
     }
 }
@@ -190,8 +241,13 @@ mod tests {
         }
         assert_eq!(out.len(), 1_000, "one second's worth at once");
         assert_eq!(limiter.len(), 2_000);
+        // The backlog leaves in waves of an eighth of a second's tokens.
         let ready = limiter.next_ready(start).expect("queued");
-        assert!(ready > start && ready <= start + Duration::from_millis(2));
+        assert_eq!(ready, start + Duration::from_millis(125));
+        limiter.drain(start + Duration::from_millis(124), &mut out);
+        assert_eq!(out.len(), 1_000, "no record before a wave's tokens");
+        limiter.drain(ready, &mut out);
+        assert_eq!(out.len(), 1_125, "a wave at once");
 
         let mut now = start;
         while limiter.len() > 0 {

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::aggregation::EncodedRecord;
+use crate::key_cache::HashKeyCache;
 use crate::receipt::{Attempt, Completion, Outcome};
 use crate::stats::Released;
 use crate::HashKey;
@@ -30,28 +31,24 @@ fn all_attempts(earlier: &mut EarlierAttempts, carrier: &[Attempt]) -> Vec<Attem
 }
 
 /// A user record admitted by a producer handle, on its way to the pipeline, which gives
-/// it its id and arrival time.
+/// it its id, arrival time and, unless the user gave one, its hash key.
 #[derive(Debug)]
 pub(crate) struct Admitted {
     pub partition_key: String,
     pub data: Bytes,
-    /// The hash key that places it (two words rather than a `u128`, whose alignment
-    /// would pad the struct): the MD5 of its partition key, computed by the handle, or
-    /// the user's explicit hash key.
-    hash_key: [u64; 2],
-    pub user_hash_key: bool,
+    /// The user's explicit hash key, if any (two words rather than a `u128`, whose
+    /// alignment would pad the struct); else the pipeline hashes the partition key,
+    /// through its cache of recent keys.
+    explicit_hash_key: Option<[u64; 2]>,
     pub completion: Option<Completion>,
 }
 
 impl Admitted {
     pub fn new(partition_key: String, data: Bytes, explicit_hash_key: Option<HashKey>) -> Self {
-        let hash_key =
-            explicit_hash_key.unwrap_or_else(|| HashKey::from_partition_key(&partition_key));
         Admitted {
             partition_key,
             data,
-            hash_key: [(hash_key.0 >> 64) as u64, hash_key.0 as u64],
-            user_hash_key: explicit_hash_key.is_some(),
+            explicit_hash_key: explicit_hash_key.map(|k| [(k.0 >> 64) as u64, k.0 as u64]),
             completion: None,
         }
     }
@@ -61,15 +58,21 @@ impl Admitted {
         self.data.len() + self.partition_key.len()
     }
 
-    /// The record as the pipeline accepts it: `id` in arrival order, `arrived` now.
-    pub fn accept(self, id: u64, arrived: Instant) -> Pending {
+    /// The record as the pipeline accepts it: `id` in arrival order, `arrived` now, its
+    /// hash key the user's or its partition key's MD5 (from `hash_keys`).
+    pub fn accept(self, id: u64, arrived: Instant, hash_keys: &mut HashKeyCache) -> Pending {
+        let hash_key = match self.explicit_hash_key {
+            Some([high, low]) => HashKey((u128::from(high) << 64) | u128::from(low)),
+            None => hash_keys.get(&self.partition_key),
+        };
+        let user_hash_key = self.explicit_hash_key.is_some();
         Pending {
             id,
             partition_key: self.partition_key,
             data: self.data,
-            hash_key: HashKey((u128::from(self.hash_key[0]) << 64) | u128::from(self.hash_key[1])),
-            explicit: self.user_hash_key,
-            user_hash_key: self.user_hash_key,
+            hash_key,
+            explicit: user_hash_key,
+            user_hash_key,
             arrived,
             attempts: None,
             completion: self.completion,

@@ -22,6 +22,7 @@ use crate::collector::{Collector, MIN_BUFFER_TIME};
 use crate::concurrency::{CallTicket, ConcurrencyLimit};
 use crate::config::ProducerConfig;
 use crate::inbox::{Command, Inbox};
+use crate::key_cache::HashKeyCache;
 use crate::limiter::Limiter;
 use crate::metrics::{self, Metrics};
 use crate::pending::{Admitted, Carried, Outgoing, Pending};
@@ -128,6 +129,8 @@ pub(crate) struct Pipeline {
     /// Buffer space of completed records, given back in bulk once per round.
     released: Released,
     inbox: Arc<Inbox>,
+    /// Hash keys of recent partition keys.
+    hash_keys: HashKeyCache,
 }
 
 impl Pipeline {
@@ -201,6 +204,7 @@ impl Pipeline {
             map: ShardMap::default(),
             shared,
             inbox,
+            hash_keys: HashKeyCache::default(),
         };
         pipeline.set_map(map);
         pipeline
@@ -283,7 +287,7 @@ impl Pipeline {
     }
 
     fn accept(&mut self, record: Admitted, now: Instant) {
-        let mut record = record.accept(self.tracker.add(now), now);
+        let mut record = record.accept(self.tracker.add(now), now, &mut self.hash_keys);
         self.metrics.received();
         if let Some(spreader) = &mut self.spreader {
             if !record.user_hash_key {

@@ -100,9 +100,24 @@ fn summary(command: &str, value: serde_json::Value, ok: bool) -> u8 {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let code = run(Cli::parse()).await;
+fn main() {
+    let cli = Cli::parse();
+    // `produce` runs on one thread: the generator or reader and the producer's pipeline
+    // take turns (a send yields every so often), so records pass from one to the other
+    // without waking another thread for each batch, and the producer's inbox holds a
+    // turn's records rather than whatever a faster reader thread piled up.
+    let mut runtime = if matches!(cli.command, Command::Produce(_)) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let code = match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(error) => {
+            eprintln!("kinesis: cannot start the async runtime: {error}");
+            exit::FAILED
+        }
+    };
     // Exit here rather than by dropping the runtime, which would wait for blocking reads
     // still under way (standard input after a Ctrl-C).
     let _ = std::io::Write::flush(&mut std::io::stdout());

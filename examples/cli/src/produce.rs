@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::{BufMut, BytesMut};
 use clap::{Args as ClapArgs, ValueEnum};
 use kinesis_producer::{Producer, Record, RecordReceipt};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
@@ -107,18 +108,65 @@ pub struct Args {
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
-/// The JSON data of generated record `id`, padded with dots to `size` bytes when it is
-/// shorter (written once, into a buffer of its final size).
-pub fn payload(id: u64, key: &str, size: usize) -> String {
-    use std::fmt::Write;
-    let digits = id.checked_ilog10().map_or(1, |d| d as usize + 1);
-    let bare = r#"{"id":,"key":"","pad":""}"#.len() + digits + key.len();
-    let mut out = String::with_capacity(size.max(bare));
-    // Writing into a String cannot fail.
-    let _ = write!(out, r#"{{"id":{id},"key":"{key}","pad":""#);
-    out.extend(std::iter::repeat_n('.', size.saturating_sub(bare)));
-    out.push_str(r#""}"#);
-    out
+/// Writes `--records N` records: JSON objects `{"id":…,"key":"…","pad":"…"}` padded with
+/// dots to `size` bytes when shorter.
+///
+/// Payloads are written side by side into one shared buffer and handed out as slices of
+/// it, so a record's data costs no allocation of its own (the producer copies it into an
+/// aggregate and drops the slice); the keys are formatted once and cloned.
+pub struct Generator {
+    keys: Vec<String>,
+    size: usize,
+    buffer: BytesMut,
+}
+
+/// Bytes of the shared buffer the generated payloads are written into, at least.
+const GENERATOR_BUFFER: usize = 64 * 1024;
+
+impl Generator {
+    /// Records of `size` bytes over `keys` distinct partition keys (at least one).
+    pub fn new(size: usize, keys: u64) -> Self {
+        Generator {
+            keys: (0..keys.max(1)).map(|k| format!("key-{k}")).collect(),
+            size,
+            buffer: BytesMut::new(),
+        }
+    }
+
+    /// Record `id`: its key is key number `id % keys`.
+    pub fn record(&mut self, id: u64) -> Record {
+        // Below `keys`, itself a u64 whose keys were all formatted.
+        let key = &self.keys[(id % self.keys.len() as u64) as usize];
+        let digits = id.checked_ilog10().map_or(1, |d| d as usize + 1);
+        let bare = r#"{"id":,"key":"","pad":""}"#.len() + digits + key.len();
+        let len = self.size.max(bare);
+        if self.buffer.capacity() < len {
+            self.buffer = BytesMut::with_capacity(len.max(GENERATOR_BUFFER));
+        }
+        let out = &mut self.buffer;
+        out.put_slice(br#"{"id":"#);
+        out.put_slice(itoa_u64(id, &mut [0; 20]));
+        out.put_slice(br#","key":""#);
+        out.put_slice(key.as_bytes());
+        out.put_slice(br#"","pad":""#);
+        out.put_bytes(b'.', len - bare);
+        out.put_slice(br#""}"#);
+        Record::new(key.clone(), out.split().freeze())
+    }
+}
+
+/// `n` in decimal, written at the end of `buffer`.
+fn itoa_u64(mut n: u64, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut at = buffer.len();
+    loop {
+        at -= 1;
+        // A digit: below 10.
+        buffer[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buffer[at..];
+        }
+    }
 }
 
 /// The partition key of a JSON record: the string or number at `field` (`a.b` nests).
@@ -302,11 +350,9 @@ pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
     let input = async {
         match args.records {
             Some(records) => {
-                let keys = args.keys.max(1);
+                let mut generator = Generator::new(args.size, args.keys);
                 for id in 0..records {
-                    let key = format!("key-{}", id % keys);
-                    let data = payload(id, &key, args.size);
-                    sender.send(Record::new(key, data)).await?;
+                    sender.send(generator.record(id)).await?;
                 }
                 Ok(())
             }
@@ -412,23 +458,39 @@ mod tests {
     }
 
     #[test]
-    fn payload_is_json_of_the_requested_size() {
-        let data = payload(42, "key-7", 100);
-        assert_eq!(data.len(), 100);
-        let value: serde_json::Value = serde_json::from_str(&data).expect("valid JSON");
+    fn generated_records_are_json_of_the_requested_size() {
+        let mut generator = Generator::new(100, 10);
+        let record = generator.record(42);
+        assert_eq!(record.partition_key(), "key-2");
+        assert_eq!(record.data().len(), 100);
+        let value: serde_json::Value = serde_json::from_slice(record.data()).expect("valid JSON");
         assert_eq!(value["id"], 42);
-        assert_eq!(value["key"], "key-7");
-        assert!(payload(1, "k", 5).len() > 5, "never truncated");
-        for (id, size) in [(0, 0), (9, 31), (10, 100), (123_456, 1000)] {
-            let data = payload(id, "key-1", size);
+        assert_eq!(value["key"], "key-2");
+        assert!(
+            Generator::new(5, 1).record(1).data().len() > 5,
+            "never truncated"
+        );
+        for (id, size) in [
+            (0, 0),
+            (9, 31),
+            (10, 100),
+            (123_456, 1000),
+            (u64::MAX, 70_000),
+        ] {
+            let record = Generator::new(size, 3).record(id);
+            let data = record.data();
             assert_eq!(data.len(), size.max(data.len()));
-            let value: serde_json::Value = serde_json::from_str(&data).expect("valid JSON");
+            let value: serde_json::Value = serde_json::from_slice(data).expect("valid JSON");
             assert_eq!(value["id"], id);
-            assert_eq!(
-                data.capacity(),
-                data.len(),
-                "one allocation of the final size"
-            );
+            assert_eq!(value["key"], format!("key-{}", id % 3));
+        }
+        // Consecutive payloads share the buffer, each its own bytes.
+        let mut generator = Generator::new(30, 1);
+        let records: Vec<_> = (0..5_000).map(|id| generator.record(id)).collect();
+        for (id, record) in records.iter().enumerate() {
+            let value: serde_json::Value =
+                serde_json::from_slice(record.data()).expect("valid JSON");
+            assert_eq!(value["id"], id);
         }
     }
 
