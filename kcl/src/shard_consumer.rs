@@ -151,8 +151,8 @@ fn outside_range(
     users
         .iter()
         .filter(|user| user.aggregated)
-        .filter(|user| {
-            match user.explicit_hash_key.as_deref().map(str::parse::<HashKey>) {
+        .filter(
+            |user| match user.explicit_hash_key.as_deref().map(str::parse::<HashKey>) {
                 Some(Ok(key)) => !inside(key),
                 _ => match keys_inside.get(&*user.partition_key) {
                     Some(&known) => !known,
@@ -162,8 +162,8 @@ fn outside_range(
                         !known
                     }
                 },
-            }
-        })
+            },
+        )
         .count()
 }
 
@@ -416,7 +416,7 @@ mod tests {
         let mut builder = AggregateBuilder::new();
         for i in 0..300 {
             let key = format!("key-{}", i % 7);
-            let explicit = (i % 5 == 0).then(|| HashKey((i as u128) << 120));
+            let explicit = (i % 5 == 0).then_some(HashKey((i as u128) << 120));
             builder.push(&key, explicit, Bytes::from_static(b"x"));
         }
         let aggregate = builder.finish().unwrap();
