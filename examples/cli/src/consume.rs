@@ -22,6 +22,7 @@
 //! "data"}`, with `data` as UTF-8 text when it is valid UTF-8 and otherwise base64 with
 //! `"data_base64": true`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -237,6 +238,7 @@ async fn run_group(args: Args, app: String) -> Result<(), Error> {
             shard: String::new(),
             last_written: None,
             unwritten: false,
+            lines: Vec::new(),
         }
     };
     let scheduler = builder.processor_factory(factory).build().await?;
@@ -360,29 +362,81 @@ struct JsonLines {
     last_written: Option<(String, u64)>,
     /// A delivered batch was not written.
     unwritten: bool,
+    /// Where the output lines are serialized before they are written (kept to reuse its
+    /// allocation).
+    lines: Vec<u8>,
 }
 
-/// One output line for a record.
-pub(crate) fn json_line(shard: &str, record: &KinesisClientRecord) -> serde_json::Value {
-    let mut line = serde_json::json!({
-        "shard_id": shard,
-        "sequence_number": record.sequence_number,
-        "sub_sequence_number": record.sub_sequence_number,
-        "partition_key": record.partition_key,
-    });
-    match std::str::from_utf8(&record.data) {
-        Ok(text) => line["data"] = text.into(),
-        Err(_) => {
-            line["data"] = base64_simd::STANDARD.encode_to_string(&record.data).into();
-            line["data_base64"] = true.into();
+/// One output line of a record, borrowed from it: serialized straight into the output
+/// buffer, with no intermediate `serde_json::Value` (a map and an owned string per field).
+///
+/// The fields are in the order the lines have always had (that of a `serde_json::Value`
+/// object: sorted), and `data_base64` appears only when true.
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    data: Cow<'a, str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    data_base64: bool,
+    partition_key: &'a str,
+    sequence_number: &'a str,
+    shard_id: &'a str,
+    sub_sequence_number: u64,
+}
+
+/// Writes one output line for a record, newline included: `data` as UTF-8 text when it
+/// is valid UTF-8, otherwise base64 with `"data_base64":true`.
+pub(crate) fn write_json_line(
+    out: &mut impl Write,
+    shard: &str,
+    record: &KinesisClientRecord,
+) -> std::io::Result<()> {
+    let (data, data_base64) = match std::str::from_utf8(&record.data) {
+        Ok(text) => (Cow::Borrowed(text), false),
+        Err(_) => (
+            Cow::Owned(base64_simd::STANDARD.encode_to_string(&record.data)),
+            true,
+        ),
+    };
+    let line = JsonLine {
+        data,
+        data_base64,
+        partition_key: &record.partition_key,
+        sequence_number: &record.sequence_number,
+        shard_id: shard,
+        sub_sequence_number: record.sub_sequence_number,
+    };
+    serde_json::to_writer(&mut *out, &line)?;
+    out.write_all(b"\n")
+}
+
+/// Writes the output lines of `records` to `out`, serialized into `buffer` first (its
+/// allocation is reused from batch to batch) and written in blocks of about
+/// [`WRITE_BLOCK`] bytes: one call to `out` per block rather than one per JSON token.
+pub(crate) fn write_json_lines(
+    out: &mut (impl Write + ?Sized),
+    buffer: &mut Vec<u8>,
+    shard: &str,
+    records: &[KinesisClientRecord],
+) -> std::io::Result<()> {
+    buffer.clear();
+    for record in records {
+        write_json_line(buffer, shard, record)?;
+        if buffer.len() >= WRITE_BLOCK {
+            out.write_all(buffer)?;
+            buffer.clear();
         }
     }
-    line
+    out.write_all(buffer)?;
+    buffer.clear();
+    Ok(())
 }
+
+/// The size of the blocks [`write_json_lines`] writes (it keeps one line more at most).
+const WRITE_BLOCK: usize = 64 * 1024;
 
 impl JsonLines {
     /// Writes the records, or as many as `--count` still allows; returns how many.
-    fn write(&self, records: &[KinesisClientRecord]) -> std::io::Result<usize> {
+    fn write(&mut self, records: &[KinesisClientRecord]) -> std::io::Result<usize> {
         let mut output = self.shared.output.lock().unwrap_or_else(|e| e.into_inner());
         let written = self.shared.written.load(Ordering::SeqCst);
         let allowed = match self.shared.limit {
@@ -391,9 +445,12 @@ impl JsonLines {
                 .min(usize::try_from(limit.saturating_sub(written)).unwrap_or(usize::MAX)),
             None => records.len(),
         };
-        for record in &records[..allowed] {
-            writeln!(output, "{}", json_line(&self.shard, record))?;
-        }
+        write_json_lines(
+            &mut *output,
+            &mut self.lines,
+            &self.shard,
+            &records[..allowed],
+        )?;
         output.flush()?;
         self.shared
             .written
@@ -553,14 +610,75 @@ mod tests {
         assert!(From::Sequence("1".into()).initial_position().is_err());
     }
 
+    /// The line as `kinesis consume` wrote it before lines were serialized from a borrowed
+    /// struct: a `serde_json::Value` printed with `{}`.
+    fn value_line(shard: &str, record: &KinesisClientRecord) -> String {
+        let mut line = serde_json::json!({
+            "shard_id": shard,
+            "sequence_number": record.sequence_number,
+            "sub_sequence_number": record.sub_sequence_number,
+            "partition_key": record.partition_key,
+        });
+        match std::str::from_utf8(&record.data) {
+            Ok(text) => line["data"] = text.into(),
+            Err(_) => {
+                line["data"] = base64_simd::STANDARD.encode_to_string(&record.data).into();
+                line["data_base64"] = true.into();
+            }
+        }
+        format!("{line}\n")
+    }
+
+    fn line(shard: &str, record: &KinesisClientRecord) -> String {
+        let mut out = Vec::new();
+        write_json_line(&mut out, shard, record).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn text_stays_text_and_binary_is_base64() {
-        let line = json_line("shardId-1", &record(b"hello"));
-        assert_eq!(line["data"], "hello");
-        assert_eq!(line["sub_sequence_number"], 3);
-        assert!(line.get("data_base64").is_none());
-        let line = json_line("shardId-1", &record(&[0xff, 0x00]));
-        assert_eq!(line["data"], "/wA=");
-        assert_eq!(line["data_base64"], true);
+        let text: serde_json::Value =
+            serde_json::from_str(&line("shardId-1", &record(b"hello"))).unwrap();
+        assert_eq!(text["data"], "hello");
+        assert_eq!(text["sub_sequence_number"], 3);
+        assert!(text.get("data_base64").is_none());
+        let binary: serde_json::Value =
+            serde_json::from_str(&line("shardId-1", &record(&[0xff, 0x00]))).unwrap();
+        assert_eq!(binary["data"], "/wA=");
+        assert_eq!(binary["data_base64"], true);
+    }
+
+    /// The output format is unchanged byte for byte: field order, escapes (quotes,
+    /// backslashes, control characters, non-ASCII), base64.
+    #[test]
+    fn lines_are_byte_for_byte_those_of_a_json_value() {
+        let mut records = vec![
+            record(b"hello"),
+            record(&[0xff, 0x00]),
+            record(b""),
+            record("{\"q\":\"a\\\"b\\\\c\"}\n\t\u{1}\u{7f} \u{e9}\u{1F600}\u{2028}".as_bytes()),
+            KinesisClientRecord::new("1", "", bytes::Bytes::from_static(b"plain")),
+        ];
+        let mut keyed = record(b"x");
+        keyed.partition_key = "k\"\\\u{0}\u{e9}".to_owned();
+        keyed.sequence_number = "49680860314824985401231118657019531693487739223058415618".into();
+        keyed.sub_sequence_number = u64::MAX;
+        records.push(keyed);
+        for shard in ["shardId-000000000003", "s\"\\"] {
+            let mut expected = String::new();
+            for record in &records {
+                assert_eq!(line(shard, record), value_line(shard, record));
+                expected.push_str(&value_line(shard, record));
+            }
+            // A batch, in blocks: several blocks and a partial one.
+            let many: Vec<KinesisClientRecord> = std::iter::repeat_n(records.clone(), 2000)
+                .flatten()
+                .collect();
+            let mut out = Vec::new();
+            let mut buffer = Vec::new();
+            write_json_lines(&mut out, &mut buffer, shard, &many).unwrap();
+            assert!(out.len() > 2 * WRITE_BLOCK);
+            assert_eq!(String::from_utf8(out).unwrap(), expected.repeat(2000));
+        }
     }
 }

@@ -10,7 +10,7 @@ use aws_sdk_kinesis::Client;
 use kinesis_consumer::{deaggregate, KinesisClientRecord};
 use kinesis_errors::{ErrorKind, ServiceError};
 
-use crate::consume::{json_line, output, Args, From};
+use crate::consume::{output, write_json_lines, Args, From};
 use crate::Error;
 
 /// Why reading stopped.
@@ -84,6 +84,7 @@ async fn read(
     let mut written = 0u64;
     let mut idle_since: Option<Instant> = None;
     let mut delay = Duration::from_millis(100);
+    let mut buffer = Vec::new();
     while let Some(current) = next.take() {
         let page = match client
             .get_records()
@@ -142,10 +143,7 @@ async fn read(
         if !lines.is_empty() {
             let result = {
                 let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
-                lines
-                    .iter()
-                    .try_for_each(|line| writeln!(out, "{}", json_line(shard, line)))
-                    .and_then(|()| out.flush())
+                write_json_lines(&mut *out, &mut buffer, shard, &lines).and_then(|()| out.flush())
             };
             match result {
                 Ok(()) => {}
