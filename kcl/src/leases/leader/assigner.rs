@@ -154,8 +154,11 @@ impl Assigner {
         let now = Instant::now();
         let expired = self.observe(&leases, now);
         let workers = self.fleet.view();
+        // A new leader waits for the rows of workers it cannot judge yet, or for any row
+        // at all: with none, every lease would be left without a worker.
+        let any_taker = workers.values().any(|w| w.takes_leases());
         let settling = now.duration_since(leading_since) < self.config.settle
-            && workers.values().any(|w| w.state == WorkerState::Unknown);
+            && (!any_taker || workers.values().any(|w| w.state == WorkerState::Unknown));
         let mut report = RoundReport::default();
         if !settling {
             let cooling = self.cpu_cooling(&workers);
@@ -168,10 +171,16 @@ impl Assigner {
                 },
                 &self.config.plan,
             );
-            if plan.unplaced > 0 {
+            if plan.unplaced > 0 && any_taker {
                 tracing::warn!(
                     unplaced = plan.unplaced,
                     "leases left without a worker: every live worker is at its maximum"
+                );
+            } else if plan.unplaced > 0 {
+                tracing::warn!(
+                    unplaced = plan.unplaced,
+                    workers = workers.len(),
+                    "leases left without a worker: no live worker in the worker metrics table"
                 );
             }
             let mut fenced = HashSet::new();
