@@ -120,7 +120,7 @@ impl Fleet {
     /// Starts a new worker; returns its index.
     pub fn spawn(&mut self) -> Result<usize, Error> {
         let index = self.workers.len();
-        let id = format!("chaos-w{index}");
+        let id = worker_id(index);
         let stderr = File::create(self.config.out_dir.join(format!("{id}.stderr")))?;
         let mut command = Command::new(&self.config.consume);
         command
@@ -299,6 +299,11 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         self.kill_all();
     }
+}
+
+/// The worker id of the worker with this index (`--worker-id`).
+pub fn worker_id(index: usize) -> String {
+    format!("chaos-w{index}")
 }
 
 #[cfg(test)]

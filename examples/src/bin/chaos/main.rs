@@ -222,8 +222,18 @@ struct Rss {
     since_start: bool,
 }
 
-/// The resident set size of a process, KiB (Linux).
-fn rss_kib(pid: u32) -> Option<u64> {
+/// The resident set size of worker `worker_id` at `pid`, KiB (Linux); `None` once that
+/// process is gone. A killed worker's pid can come back as another process (pid_max is
+/// 32,768 on many machines, and builds beside a long run cycle through it fast): only a
+/// process whose arguments still name the worker counts.
+fn rss_kib(pid: u32, worker_id: &str) -> Option<u64> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    if !cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg == worker_id.as_bytes())
+    {
+        return None;
+    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
@@ -672,7 +682,7 @@ async fn run(args: Args) -> Result<bool, Error> {
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 let at = started.elapsed();
                 for (index, pid) in lock(&pids).iter() {
-                    if let Some(kib) = rss_kib(*pid) {
+                    if let Some(kib) = rss_kib(*pid, &fleet::worker_id(*index)) {
                         let mut rss = lock(&rss);
                         let entry = rss.entry(*index).or_default();
                         entry.peak = entry.peak.max(kib);
