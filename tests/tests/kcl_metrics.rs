@@ -449,6 +449,8 @@ async fn streams_and_applications_in_one_process_have_series_of_their_own() -> T
                     && delivered(&format!("multi/{clicks}")) == click_records.len()
                     && delivered("single") == order_records.len()
                     && processed(&all, &multi_app, &clicks) == click_records.len() as u64
+                    // A batch is counted after its processor returns: after it logged.
+                    && processed(&all, &single_app, &orders) == order_records.len() as u64
                     && gauge(&all, "kinesis_consumer_current_leases", &multi_worker) == Some(3.0)
                     && gauge(&all, "kinesis_consumer_leader", &multi_worker) == Some(2.0))
                 .then_some(()),
