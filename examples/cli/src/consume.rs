@@ -611,22 +611,28 @@ mod tests {
     }
 
     /// The line as `kinesis consume` wrote it before lines were serialized from a borrowed
-    /// struct: a `serde_json::Value` printed with `{}`.
+    /// struct: a JSON object with its keys sorted (a `serde_json::Value` object's order
+    /// unless some crate in the build turns on serde_json's `preserve_order`, so the
+    /// reference is a `BTreeMap`, sorted whatever the features).
     fn value_line(shard: &str, record: &KinesisClientRecord) -> String {
-        let mut line = serde_json::json!({
-            "shard_id": shard,
-            "sequence_number": record.sequence_number,
-            "sub_sequence_number": record.sub_sequence_number,
-            "partition_key": record.partition_key,
-        });
+        let mut line = std::collections::BTreeMap::<&str, serde_json::Value>::new();
+        line.insert("shard_id", shard.into());
+        line.insert("sequence_number", record.sequence_number.as_str().into());
+        line.insert("sub_sequence_number", record.sub_sequence_number.into());
+        line.insert("partition_key", record.partition_key.as_str().into());
         match std::str::from_utf8(&record.data) {
-            Ok(text) => line["data"] = text.into(),
+            Ok(text) => {
+                line.insert("data", text.into());
+            }
             Err(_) => {
-                line["data"] = base64_simd::STANDARD.encode_to_string(&record.data).into();
-                line["data_base64"] = true.into();
+                line.insert(
+                    "data",
+                    base64_simd::STANDARD.encode_to_string(&record.data).into(),
+                );
+                line.insert("data_base64", true.into());
             }
         }
-        format!("{line}\n")
+        format!("{}\n", serde_json::to_string(&line).unwrap())
     }
 
     fn line(shard: &str, record: &KinesisClientRecord) -> String {
