@@ -22,7 +22,6 @@ use tokio::task::JoinSet;
 pub use store::StreamLeaseStore;
 
 use crate::error::{ErrorKind, ServiceError};
-use crate::leases::coordination::LEADER_LOCK_KEY;
 use crate::leases::{LeaseStore, LeaseTableConfig};
 use crate::metrics::WorkerLabels;
 use crate::scheduler::builder::{default_worker_id, prepare_lease_store, SharedPresence};
@@ -511,7 +510,7 @@ impl MultiStreamScheduler {
             .lease_store(store)
             .stream_of_many(
                 self.presence.clone(),
-                format!("{LEADER_LOCK_KEY}:{identifier}"),
+                identifier.to_string(),
                 self.metrics.clone(),
             );
         let scheduler = (self.configure)(&identifier, builder).build().await?;

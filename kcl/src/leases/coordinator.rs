@@ -178,6 +178,9 @@ pub struct LeaseCoordinator {
     /// The coordinator tables, when a leader assigns leases (a stopping worker finds the
     /// workers to offer its leases to in the worker rows).
     coordination: Option<Arc<dyn CoordinatorStore>>,
+    /// The stream's identifier when the worker consumes several: leases are offered only
+    /// to the workers whose row names it.
+    stream: Option<String>,
     rng: Mutex<StdRng>,
     metrics: LeaseMetrics,
 }
@@ -194,18 +197,20 @@ impl LeaseCoordinator {
     /// A coordinator holding nothing yet, whose leases have no worker-wide deadline (every
     /// worker takes its own leases).
     pub fn new(store: Arc<dyn LeaseStore>, config: LeaseCoordinatorConfig) -> Self {
-        Self::build(store, config, Arc::new(Liveness::unbounded()), None)
+        Self::build(store, config, Arc::new(Liveness::unbounded()), None, None)
     }
 
     /// A coordinator holding nothing yet, of a worker a leader assigns leases to: its
-    /// leases also end with the worker's `liveness`.
+    /// leases also end with the worker's `liveness`. `stream` is the stream's identifier
+    /// when the worker consumes several.
     pub(crate) fn with_presence(
         store: Arc<dyn LeaseStore>,
         config: LeaseCoordinatorConfig,
         liveness: Arc<Liveness>,
         coordination: Arc<dyn CoordinatorStore>,
+        stream: Option<String>,
     ) -> Self {
-        Self::build(store, config, liveness, Some(coordination))
+        Self::build(store, config, liveness, Some(coordination), stream)
     }
 
     fn build(
@@ -213,6 +218,7 @@ impl LeaseCoordinator {
         config: LeaseCoordinatorConfig,
         liveness: Arc<Liveness>,
         coordination: Option<Arc<dyn CoordinatorStore>>,
+        stream: Option<String>,
     ) -> Self {
         let mut hasher = DefaultHasher::new();
         config.worker_id.hash(&mut hasher);
@@ -230,6 +236,7 @@ impl LeaseCoordinator {
             changes: Arc::new(Notify::new()),
             liveness,
             coordination,
+            stream,
             metrics,
         }
     }

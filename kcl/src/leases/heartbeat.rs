@@ -7,7 +7,7 @@
 //! leader counts this worker as active) and, when [`CpuBalancing`](crate::leases::CpuBalancing)
 //! is on, the host's CPU utilisation in `sts.C`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -36,6 +36,8 @@ pub(crate) struct Heartbeat {
     cpu: Option<Mutex<CpuSampler>>,
     /// The lock keys whose leader named this worker a successor (from the row).
     successor_of: Mutex<std::collections::BTreeSet<String>>,
+    /// The streams a multi-stream worker consumes (`None`: a single-stream worker).
+    streams: Mutex<Option<BTreeSet<String>>>,
     metrics: CoordinationMetrics,
 }
 
@@ -79,12 +81,32 @@ impl Heartbeat {
             stopping: AtomicBool::new(false),
             cpu: report_cpu.then(|| Mutex::new(CpuSampler::default())),
             successor_of: Mutex::new(Default::default()),
+            streams: Mutex::new(None),
         }
     }
 
     /// The next beats say the worker is shutting down (the leader gives it nothing more).
     pub(crate) fn set_stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// The next beats say the worker consumes `stream` (an identifier) too: a leader of
+    /// that stream gives leases only to the workers whose row names it.
+    pub(crate) fn join_stream(&self, stream: &str) {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(BTreeSet::new)
+            .insert(stream.to_owned());
+    }
+
+    /// The next beats no longer name `stream`. Returns whether it was named.
+    pub(crate) fn leave_stream(&self, stream: &str) -> bool {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .is_some_and(|streams| streams.remove(stream))
     }
 
     /// Writes the row once (one beat at a time).
@@ -182,6 +204,11 @@ impl Heartbeat {
             .and_then(|d| i64::try_from(d.as_secs()).ok());
         row.stopping = self.stopping.load(Ordering::SeqCst);
         row.max_leases = self.max_leases;
+        row.streams = self
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if let Some(cpu) = &self.cpu {
             let mut sampler = cpu.lock().unwrap_or_else(|e| e.into_inner());
             let mut samples = previous

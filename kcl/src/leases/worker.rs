@@ -168,11 +168,19 @@ impl Presence {
     }
 
     /// Starts the heartbeat and the fleet watch, once (each lease worker using the presence
-    /// calls it).
-    fn start(self: &Arc<Self>) {
+    /// calls it, with its stream when the worker consumes several).
+    fn start(self: &Arc<Self>, stream: Option<&str>) {
         self.users.fetch_add(1, Ordering::SeqCst);
+        if let Some(stream) = stream {
+            self.heartbeat.join_stream(stream);
+        }
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         if !tasks.is_empty() {
+            if stream.is_some() {
+                // Said at once, not at the next heartbeat: the stream's leader waits for it.
+                let heartbeat = self.heartbeat.clone();
+                tokio::spawn(async move { heartbeat.beat().await });
+            }
             return;
         }
         let heartbeat = tokio::spawn(beat_forever(self.heartbeat.clone(), self.renewal_interval));
@@ -198,10 +206,11 @@ impl Presence {
         tasks.push(watch.abort_handle());
     }
 
-    /// A lease worker using the presence stops; the last one marks the row stopping (the
-    /// leader gives this worker nothing more).
-    /// Returns whether it was the last.
-    fn leave(&self) -> bool {
+    /// A lease worker using the presence stops: the row no longer names its stream (that
+    /// stream's leader gives this worker nothing more of it), and the last one marks the
+    /// row stopping (no leader gives it anything more).
+    /// Returns whether the row changed.
+    fn leave(&self, stream: Option<&str>) -> bool {
         let previous = self
             .users
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
@@ -209,7 +218,8 @@ impl Presence {
         if last {
             self.heartbeat.set_stopping();
         }
-        last
+        let left = stream.is_some_and(|s| self.heartbeat.leave_stream(s));
+        last || left
     }
 
     /// An election wants the fleet watched (its worker leads or is a successor).
@@ -255,6 +265,8 @@ impl Drop for Presence {
 /// The leader's parts of one lease table (one stream).
 struct LeaderParts {
     presence: Arc<Presence>,
+    /// The stream's identifier, when the worker consumes several.
+    stream: Option<String>,
     election: Arc<Election>,
     assigner: Arc<Assigner>,
     assignment_interval: Duration,
@@ -302,12 +314,14 @@ impl LeaseWorker {
     }
 
     /// A leader assigns the leases. `lock_key` names the lock item (one per stream of a
-    /// multi-stream worker).
+    /// multi-stream worker); `stream` is the stream's identifier when the worker consumes
+    /// several (its leases go only to the workers that consume it).
     pub(crate) fn with_leader(
         store: Arc<dyn LeaseStore>,
         presence: Arc<Presence>,
         leader: &LeaderConfig,
         lock_key: String,
+        stream: Option<String>,
         config: LeaseWorkerConfig,
     ) -> Self {
         let coordinator_config = &config.coordinator;
@@ -317,6 +331,7 @@ impl LeaseWorker {
             coordinator_config.clone(),
             presence.liveness().clone(),
             presence.store().clone(),
+            stream.clone(),
         ));
         let heartbeat = presence.heartbeat.clone();
         let named_key = lock_key.clone();
@@ -350,10 +365,12 @@ impl LeaseWorker {
                 },
                 settle: config.renewal_interval,
                 graceful: coordinator_config.graceful_handoff_timeout.is_some(),
+                stream: stream.clone(),
             },
         ));
         let parts = LeaderParts {
             presence,
+            stream,
             election,
             assigner,
             assignment_interval: leader.assignment_interval(failover),
@@ -409,14 +426,15 @@ impl LeaseWorker {
                 ));
             }
             Some(leader) => {
-                leader.presence.start();
+                leader.presence.start(leader.stream.as_deref());
                 let election = leader.election.clone();
                 let presence = leader.presence.clone();
                 let watch = leader.presence.fleet.clone();
+                let stream = leader.stream.clone();
                 tasks.spawn(tracing::Instrument::instrument(
                     elect_forever(
                         election.clone(),
-                        move || watch.successors(&election.successors()),
+                        move || watch.successors(&election.successors(), stream.as_deref()),
                         move || presence.want_watch(),
                     ),
                     span.clone(),
@@ -468,7 +486,7 @@ impl LeaseWorker {
     /// coordinator hands back what is on its way and offers its leases.
     pub(crate) async fn begin_shutdown(&self) {
         if let Some(leader) = &self.leader {
-            if leader.presence.leave() {
+            if leader.presence.leave(leader.stream.as_deref()) {
                 // Said at once, not at the next heartbeat: the leader stops giving it leases.
                 leader.presence.heartbeat.beat().await;
             }

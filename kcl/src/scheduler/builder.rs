@@ -162,6 +162,8 @@ pub struct SchedulerBuilder {
     shared_presence: Option<SharedPresence>,
     /// The leader lock's key (one per stream of a multi-stream worker).
     lock_key: String,
+    /// The stream's identifier, in a multi-stream worker.
+    stream_identifier: Option<String>,
     /// The labels and gauges of the worker's metrics, shared by the streams of a
     /// multi-stream worker.
     shared_metrics: Option<WorkerLabels>,
@@ -205,6 +207,7 @@ impl SchedulerBuilder {
             coordinator_store: None,
             shared_presence: None,
             lock_key: LEADER_LOCK_KEY.to_owned(),
+            stream_identifier: None,
             shared_metrics: None,
         }
     }
@@ -468,16 +471,18 @@ impl SchedulerBuilder {
         self
     }
 
-    /// A multi-stream worker's stream: its presence and the labels and gauges of its
-    /// metrics are shared with the other streams, and its leader lock is its own.
+    /// A multi-stream worker's stream (`identifier`, the Java KCL's form): its presence and
+    /// the labels and gauges of its metrics are shared with the other streams, its leader
+    /// lock is its own, and its leases go only to the workers that consume it.
     pub(crate) fn stream_of_many(
         mut self,
         presence: SharedPresence,
-        lock_key: String,
+        identifier: String,
         metrics: WorkerLabels,
     ) -> Self {
         self.shared_presence = Some(presence);
-        self.lock_key = lock_key;
+        self.lock_key = format!("{LEADER_LOCK_KEY}:{identifier}");
+        self.stream_identifier = Some(identifier);
         self.shared_metrics = Some(metrics);
         self
     }
@@ -630,6 +635,7 @@ impl SchedulerBuilder {
                     presence,
                     leader,
                     self.lock_key,
+                    self.stream_identifier,
                     lease_worker,
                 )
             }

@@ -169,6 +169,7 @@ impl SimWorker {
                     presence,
                     leader,
                     LEADER_LOCK_KEY.to_owned(),
+                    None,
                     config,
                 )
             }

@@ -47,6 +47,8 @@ pub mod attributes {
     pub const MAX_LEASES: &str = "maxLeases";
     /// The lock keys whose leader named the worker a successor (this crate's own).
     pub const SUCCESSOR_OF: &str = "successorOf";
+    /// The streams a multi-stream worker consumes, a list (this crate's own).
+    pub const STREAMS: &str = "streams";
 }
 
 use attributes::*;
@@ -230,6 +232,13 @@ pub fn worker_to_item(row: &WorkerRow) -> HashMap<String, AttributeValue> {
             AttributeValue::Ss(row.successor_of.iter().cloned().collect()),
         );
     }
+    // A list, not a set: a worker between streams consumes none.
+    if let Some(streams) = &row.streams {
+        item.insert(
+            STREAMS.into(),
+            AttributeValue::L(streams.iter().cloned().map(AttributeValue::S).collect()),
+        );
+    }
     item
 }
 
@@ -250,6 +259,15 @@ pub fn worker_from_item(
         successor_of: match item.get(SUCCESSOR_OF) {
             Some(AttributeValue::Ss(keys)) => keys.iter().cloned().collect(),
             _ => Default::default(),
+        },
+        streams: match item.get(STREAMS) {
+            Some(AttributeValue::L(streams)) => Some(
+                streams
+                    .iter()
+                    .filter_map(|s| s.as_s().ok().cloned())
+                    .collect(),
+            ),
+            _ => None,
         },
     })
 }
@@ -410,6 +428,7 @@ impl CoordinatorStore for DynamoDbCoordinatorStore {
         for (absent, name) in [
             (row.fenced_at.is_none(), FENCED_AT),
             (row.max_leases.is_none(), MAX_LEASES),
+            (row.streams.is_none(), STREAMS),
         ] {
             if absent {
                 let placeholder = format!("#r{}", remove.len());
@@ -596,8 +615,12 @@ mod tests {
         row.fenced_at = Some(7);
         row.max_leases = Some(3);
         row.successor_of.insert("Leader".into());
+        row.streams = Some(["000000000000:orders:1".to_owned()].into());
         let item = worker_to_item(&row);
         assert_eq!(worker_from_item(&item).unwrap(), row);
+        row.streams = Some(Default::default());
+        assert_eq!(worker_from_item(&worker_to_item(&row)).unwrap(), row);
+        assert!(!row.consumes("000000000000:orders:1"));
         assert!(row.is_fenced());
         assert_eq!(row.cpu_percent(), Some(20.0));
         let java = HashMap::from([
@@ -607,6 +630,10 @@ mod tests {
         ]);
         let read = worker_from_item(&java).unwrap();
         assert!(!read.is_heartbeating());
+        assert!(
+            read.consumes("000000000000:orders:1"),
+            "a row naming no streams consumes all"
+        );
         assert_eq!(read.cpu_percent(), None);
     }
 }

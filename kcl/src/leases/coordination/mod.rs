@@ -118,6 +118,10 @@ pub struct WorkerRow {
     pub max_leases: Option<u64>,
     /// `successorOf`: the lock keys whose leader named this worker a successor.
     pub successor_of: std::collections::BTreeSet<String>,
+    /// `streams`: the streams a multi-stream worker consumes (their identifiers); `None`
+    /// (a single-stream worker, another library's) consumes whatever its lease table
+    /// holds.
+    pub streams: Option<std::collections::BTreeSet<String>>,
 }
 
 impl WorkerRow {
@@ -137,6 +141,12 @@ impl WorkerRow {
     /// Whether a leader fenced the worker at its current heartbeat.
     pub fn is_fenced(&self) -> bool {
         self.fenced_at.is_some() && self.fenced_at == self.heartbeat
+    }
+
+    /// Whether the worker consumes `stream` (an identifier): a row that names no streams
+    /// consumes every stream.
+    pub fn consumes(&self, stream: &str) -> bool {
+        self.streams.as_ref().is_none_or(|s| s.contains(stream))
     }
 
     /// The latest CPU utilisation reported (`sts.C`), percent.

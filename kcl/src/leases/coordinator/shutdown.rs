@@ -95,8 +95,9 @@ impl LeaseCoordinator {
         candidates
     }
 
-    /// With a leader: the workers of this crate whose row is neither stopping nor fenced and
-    /// was written within twice the failover time by this machine's clock (a guess, used
+    /// With a leader: the workers of this crate whose row is neither stopping nor fenced,
+    /// names this stream when the worker consumes several, and was written within twice the
+    /// failover time by this machine's clock (a guess, used
     /// only to pick whom to offer to: a worker that does not answer costs the accept wait,
     /// not the lease). Each counts as holding nothing, so offers go round the candidates.
     async fn live_rows(&self, coordination: &dyn CoordinatorStore) -> BTreeMap<String, usize> {
@@ -119,6 +120,7 @@ impl LeaseCoordinator {
                     && row.is_heartbeating()
                     && !row.stopping
                     && !row.is_fenced()
+                    && self.stream.as_deref().is_none_or(|s| row.consumes(s))
                     && recent(row.last_update_epoch_seconds)
             })
             .map(|row| (row.worker_id, 0))

@@ -37,6 +37,9 @@ pub(crate) struct AssignerConfig {
     /// Balancing moves are graceful handoffs (else direct takes that start after the
     /// holder's deadline).
     pub graceful: bool,
+    /// The stream's identifier when workers consume several: leases go only to the
+    /// workers whose row names it.
+    pub stream: Option<String>,
 }
 
 /// What one round saw and did.
@@ -153,7 +156,7 @@ impl Assigner {
         };
         let now = Instant::now();
         let expired = self.observe(&leases, now);
-        let workers = self.fleet.view();
+        let workers = self.fleet.view(self.config.stream.as_deref());
         // A new leader waits for the rows of workers it cannot judge yet, or for any row
         // at all: with none, every lease would be left without a worker.
         let any_taker = workers.values().any(|w| w.takes_leases());

@@ -92,12 +92,21 @@ impl FleetWatch {
     }
 
     /// Every worker with a row, as known now (this worker alive while its own liveness
-    /// holds).
-    pub(crate) fn view(&self) -> BTreeMap<String, WorkerView> {
-        let mut view = self.fleet().view(Instant::now(), self.failover);
+    /// holds). For the leader of one of several streams (`stream`, its identifier), a
+    /// worker whose row does not name the stream takes none of its leases, as if stopping.
+    pub(crate) fn view(&self, stream: Option<&str>) -> BTreeMap<String, WorkerView> {
+        let fleet = self.fleet();
+        let mut view = fleet.view(Instant::now(), self.failover);
         if let Some(me) = view.get_mut(&self.worker_id) {
             if me.state == WorkerState::Unknown && self.liveness.is_alive() {
                 me.state = WorkerState::Alive;
+            }
+        }
+        if let Some(stream) = stream {
+            for (id, worker) in view.iter_mut() {
+                if fleet.row(id).is_some_and(|row| !row.consumes(stream)) {
+                    worker.stopping = true;
+                }
             }
         }
         view
@@ -120,8 +129,8 @@ impl FleetWatch {
 
     /// The successors a leader names: live workers of this crate other than this one,
     /// those named before first (fewer changes), then by id.
-    pub(crate) fn successors(&self, current: &[String]) -> Vec<String> {
-        let view = self.view();
+    pub(crate) fn successors(&self, current: &[String], stream: Option<&str>) -> Vec<String> {
+        let view = self.view(stream);
         let fleet = self.fleet();
         let eligible = |id: &str| {
             id != self.worker_id
@@ -146,5 +155,68 @@ impl FleetWatch {
             }
         }
         chosen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leases::coordination::MemoryCoordinatorStore;
+
+    const FAILOVER: Duration = Duration::from_secs(10);
+
+    /// Writes each worker's row with its next heartbeat, naming `streams`.
+    async fn beat(store: &MemoryCoordinatorStore, rows: &[(&str, Option<&[&str]>)]) {
+        for (id, streams) in rows {
+            let previous = store.read_worker(id).await.unwrap();
+            let mut row = WorkerRow::new(*id);
+            row.heartbeat = Some(previous.as_ref().and_then(|p| p.heartbeat).unwrap_or(0) + 1);
+            row.streams = streams.map(|s| s.iter().map(|s| s.to_string()).collect());
+            store.write_worker(&row, previous.as_ref()).await.unwrap();
+        }
+    }
+
+    /// A multi-stream worker that stops consuming a stream keeps its row (its other
+    /// streams); the leader of the stream it left must not give it that stream's leases
+    /// or name it a successor (RELIABILITY finding 12: leases went back and forth).
+    #[tokio::test(start_paused = true)]
+    async fn a_streams_leader_sees_only_the_workers_that_consume_it() {
+        let store = Arc::new(MemoryCoordinatorStore::new());
+        let watch = FleetWatch::new(
+            store.clone(),
+            Arc::new(Liveness::unbounded()),
+            "leader".into(),
+            FAILOVER,
+            Duration::from_secs(1),
+        );
+        let rows: &[(&str, Option<&[&str]>)] = &[
+            ("leader", Some(&["orders", "clicks"])),
+            ("orders-only", Some(&["orders"])),
+            ("between-streams", Some(&[])),
+            ("single-stream", None),
+        ];
+        for _ in 0..2 {
+            beat(&store, rows).await;
+            watch.look().await;
+            tokio::time::advance(Duration::from_millis(500)).await;
+        }
+        let takers = |stream: Option<&str>| -> Vec<String> {
+            watch
+                .view(stream)
+                .into_iter()
+                .filter(|(_, w)| w.takes_leases())
+                .map(|(id, _)| id)
+                .collect()
+        };
+        assert_eq!(takers(Some("clicks")), ["leader", "single-stream"]);
+        assert_eq!(
+            takers(Some("orders")),
+            ["leader", "orders-only", "single-stream"]
+        );
+        assert_eq!(
+            takers(None),
+            ["between-streams", "leader", "orders-only", "single-stream"]
+        );
+        assert_eq!(watch.successors(&[], Some("clicks")), ["single-stream"]);
     }
 }
