@@ -206,19 +206,23 @@ async fn the_kcl_metric_set_with_a_recording_backend() -> TestResult {
         ("worker", "w1"),
         ("outcome", "success"),
     ];
+    let stream_labels = [("application", app.as_str()), ("stream", stream.as_str())];
+    // The processed counters move once `process_records` has returned, a moment after the
+    // processor logged the batch: wait for them too.
     wait_for(
-        "every record and a renewal",
+        "every record counted and a renewal",
         Duration::from_secs(60),
         || async {
             let all = recorded.series();
             Ok((log.distinct_payloads() == records.len()
+                && counter(&all, "kinesis_consumer_records_processed", &stream_labels)
+                    >= records.len() as u64
                 && counter(&all, "kinesis_consumer_lease_renewals", &renewed) > 0)
                 .then_some(()))
         },
     )
     .await?;
     let all = recorded.series();
-    let stream_labels = [("application", app.as_str()), ("stream", stream.as_str())];
     assert_eq!(
         counter(&all, "kinesis_consumer_records_processed", &stream_labels),
         records.len() as u64
