@@ -111,15 +111,16 @@ fn main() {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    let code = match runtime.enable_all().build() {
-        Ok(runtime) => runtime.block_on(run(cli)),
+    let runtime = match runtime.enable_all().build() {
+        Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("kinesis: cannot start the async runtime: {error}");
-            exit::FAILED
+            std::process::exit(i32::from(exit::FAILED));
         }
     };
-    // Exit here rather than by dropping the runtime, which would wait for blocking reads
-    // still under way (standard input after a Ctrl-C).
+    let code = runtime.block_on(run(cli));
+    // Exit with the runtime still alive: dropping it would wait for blocking reads still
+    // under way (standard input, open after a Ctrl-C or SIGTERM).
     let _ = std::io::Write::flush(&mut std::io::stdout());
     std::process::exit(i32::from(code));
 }
