@@ -25,7 +25,7 @@ use crate::error::{ErrorKind, ServiceError};
 use crate::leases::{LeaseStore, LeaseTableConfig};
 use crate::metrics::WorkerLabels;
 use crate::scheduler::builder::{default_worker_id, prepare_lease_store, SharedPresence};
-use crate::scheduler::{InitialPosition, Scheduler, SchedulerBuilder, SchedulerError};
+use crate::scheduler::{HeldShards, InitialPosition, Scheduler, SchedulerBuilder, SchedulerError};
 use crate::stream::StreamRef;
 
 /// A stream as the Java KCL's multi-stream leases name it: `account:stream:creationEpoch`.
@@ -296,6 +296,7 @@ impl MultiStreamSchedulerBuilder {
             stream_poll_interval: self.stream_poll_interval,
             shutdown: Arc::new(watch::channel(false).0),
             presence: SharedPresence::default(),
+            held: MultiHeldShards::default(),
             metrics: WorkerLabels::new(&application, &worker_id),
             application,
             worker_id,
@@ -354,6 +355,29 @@ pub struct MultiStreamScheduler {
     presence: SharedPresence,
     /// The labels and gauges of this worker's metrics, shared by its streams.
     metrics: WorkerLabels,
+    /// The leases held, per stream consumed.
+    held: MultiHeldShards,
+}
+
+/// Tells which shards a running [`MultiStreamScheduler`] holds leases for, per stream it
+/// consumes. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct MultiHeldShards(Arc<std::sync::Mutex<HashMap<StreamIdentifier, HeldShards>>>);
+
+impl MultiHeldShards {
+    /// Each stream consumed now and the shard ids whose leases this worker holds (including
+    /// leases whose processor has not started yet, such as a child waiting for its
+    /// parents).
+    pub fn shard_ids(&self) -> Vec<(StreamIdentifier, Vec<String>)> {
+        self.streams()
+            .iter()
+            .map(|(stream, held)| (stream.clone(), held.shard_ids()))
+            .collect()
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<StreamIdentifier, HeldShards>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl std::fmt::Debug for MultiStreamScheduler {
@@ -398,6 +422,11 @@ impl MultiStreamScheduler {
         crate::ShutdownHandle::new(self.shutdown.clone())
     }
 
+    /// A handle that tells which shards this worker holds leases for, per stream.
+    pub fn held_shards(&self) -> MultiHeldShards {
+        self.held.clone()
+    }
+
     /// Consumes the tracked streams until a shutdown is requested: asks the tracker at once
     /// and then every stream poll interval, starts the streams that appeared, and shuts
     /// down gracefully those that disappeared. A stream that cannot be started (not found,
@@ -423,6 +452,9 @@ impl MultiStreamScheduler {
                 }
                 Some((stream, result)) = tasks.next() => {
                     let identifier = running.remove(&stream).map(|r| r.identifier);
+                    if let Some(identifier) = &identifier {
+                        self.held.streams().remove(identifier);
+                    }
                     match result {
                         Ok(()) => tracing::info!(%stream, ?identifier, "stream no longer consumed"),
                         Err(error) => tracing::error!(%stream, %error, "stream stopped with an error; starting it again at the next stream poll"),
@@ -479,6 +511,9 @@ impl MultiStreamScheduler {
                 Ok((identifier, scheduler)) => {
                     tracing::info!(stream = %config.stream, %identifier, "consuming stream");
                     let stop = scheduler.shutdown_handle();
+                    self.held
+                        .streams()
+                        .insert(identifier.clone(), scheduler.held_shards());
                     tasks.spawn(config.stream.clone(), scheduler.run());
                     running.insert(config.stream, Running { identifier, stop });
                 }

@@ -14,13 +14,19 @@
 //!   - A batch handed over after the lease's local deadline passed is not written.
 //!   - `--count N`: stops gracefully once N records are written (the batch that reaches N
 //!     is written only up to it, and checkpointed there).
+//!
+//!   `--stream` given more than once consumes every one of the streams with one lease
+//!   table (the library's multi-stream scheduler); each line then names its stream.
+//! - **Tail** (neither `--app` nor `--shard`, like `kcat -C`): every shard of the stream,
+//!   following resharding (a parent's records before its children's), through the same
+//!   scheduler with its leases and checkpoints in memory: no table, nothing kept at exit.
 //! - **Standalone** (`--shard S`): reads one shard with GetRecords, no lease table and no
 //!   checkpoints; stops at the shard's end, after `--count` records, or once caught up for
 //!   `--exit-after-idle`.
 //!
 //! Each line: `{"shard_id", "sequence_number", "sub_sequence_number", "partition_key",
 //! "data"}`, with `data` as UTF-8 text when it is valid UTF-8 and otherwise base64 with
-//! `"data_base64": true`.
+//! `"data_base64": true`, and `"stream"` when several streams are consumed.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -35,7 +41,7 @@ use async_trait::async_trait;
 use clap::Args as ClapArgs;
 use kinesis_consumer::{
     InitialPosition, KinesisClientRecord, ProcessRecordsInput, RecordProcessor, Scheduler,
-    ShardEndedInput, ShutdownHandle, ShutdownRequestedInput,
+    SchedulerBuilder, ShardEndedInput, ShutdownHandle, ShutdownRequestedInput,
 };
 
 use crate::{parse_duration, Error};
@@ -100,12 +106,13 @@ fn parse_time(value: &str) -> Result<SystemTime, String> {
 /// Consumes a stream and writes one JSON line per user record.
 #[derive(ClapArgs, Debug, Clone)]
 pub struct Args {
-    /// Stream name or ARN.
-    #[arg(long)]
-    pub stream: String,
+    /// Stream name or ARN. More than once (group mode): consume all of them with one lease
+    /// table, each line naming its stream.
+    #[arg(long, required = true)]
+    pub stream: Vec<String>,
     /// Group mode: the application name (the lease table's name), shared by cooperating
-    /// workers.
-    #[arg(long, required_unless_present = "shard", conflicts_with = "shard")]
+    /// workers. Without it and without `--shard`: tail every shard, with no lease table.
+    #[arg(long, conflicts_with = "shard")]
     pub app: Option<String>,
     /// Group mode: the lease table's name when it is not the application name.
     // `conflicts_with` as well: clap skips `requires = "app"` when `--shard` (which
@@ -167,18 +174,35 @@ pub struct Args {
 
 /// Runs `kinesis consume` until it stops (see the module documentation).
 pub async fn run(args: Args) -> Result<(), Error> {
+    if args.stream.len() > 1 && args.app.is_none() {
+        return Err("several --stream need --app (one lease table for all of them)".into());
+    }
     match (&args.app, &args.shard) {
+        (Some(app), _) if args.stream.len() > 1 => {
+            let app = app.clone();
+            run_streams(args, app).await
+        }
         (Some(app), _) => {
             let app = app.clone();
-            run_group(args, app).await
+            run_group(args, Some(app)).await
         }
         (None, Some(shard)) => {
             let shard = shard.clone();
             crate::shard_reader::run(args, shard).await
         }
-        (None, None) => Err("--app (group mode) or --shard (standalone) is required".into()),
+        (None, None) => run_group(args, None).await,
     }
 }
+
+impl Args {
+    /// The one stream of every mode but several streams in group mode.
+    pub(crate) fn the_stream(&self) -> &str {
+        self.stream.first().map_or("", String::as_str)
+    }
+}
+
+/// The application name of tail mode: it names the metrics, and no table.
+const TAIL_APPLICATION: &str = "kinesis-consume-tail";
 
 /// Where the JSON lines go.
 pub(crate) fn output(path: Option<&PathBuf>) -> Result<Output, Error> {
@@ -188,29 +212,39 @@ pub(crate) fn output(path: Option<&PathBuf>) -> Result<Output, Error> {
     })
 }
 
-async fn run_group(args: Args, app: String) -> Result<(), Error> {
-    crate::metrics::serve(args.metrics_listen)?;
-    let config = crate::aws_config().await?;
-    let output = output(args.output.as_ref())?;
-    let mut builder = Scheduler::builder(&config)
-        .stream(&args.stream)
-        .application_name(&app)
-        .initial_position(args.from.initial_position()?)
+/// Where the processors find what they share: set once the scheduler (and its shutdown
+/// handle) exists, before it runs.
+type SharedSlot = Arc<Mutex<Option<Arc<Shared>>>>;
+
+/// A processor factory writing to the slot's output; `stream` names each line's stream
+/// when several are consumed.
+fn json_lines(slot: &SharedSlot, stream: Option<String>) -> impl Fn() -> JsonLines + Send + Sync {
+    let slot = slot.clone();
+    move || JsonLines {
+        shared: slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .expect("set before the scheduler runs"),
+        stream: stream.clone(),
+        shard: String::new(),
+        key: String::new(),
+        last_written: None,
+        unwritten: false,
+        lines: Vec::new(),
+    }
+}
+
+/// The settings of every consumed stream (group and tail mode).
+fn configure(mut builder: SchedulerBuilder, args: &Args) -> SchedulerBuilder {
+    builder = builder
         .failover_time(args.failover)
         // Empty reads tell when a shard is read to its tip (--exit-after-idle).
         .call_process_records_even_for_empty_list(true);
-    if let Some(id) = &args.worker_id {
-        builder = builder.worker_id(id);
-    }
     if args.coordination == "workers" {
         builder = builder.coordination(kinesis_consumer::leases::Coordination::Workers);
     }
-    if let Some(table) = &args.lease_table {
-        let mut lease_table = kinesis_consumer::LeaseTableConfig::default();
-        lease_table.table_name = Some(table.clone());
-        builder = builder.lease_table(lease_table);
-    }
-    builder = if args.fan_out {
+    if args.fan_out {
         // The stream consumer is named after the application, registered if missing and
         // kept at exit.
         builder.fan_out()
@@ -223,89 +257,188 @@ async fn run_group(args: Args, app: String) -> Result<(), Error> {
         } else {
             builder
         }
-    };
-    // The processors need the shutdown handle, which exists once the scheduler is built:
-    // the factory reads it from here.
-    let shared_slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::new(Mutex::new(None));
-    let factory = {
-        let slot = shared_slot.clone();
-        move || JsonLines {
-            shared: slot
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-                .expect("set before the scheduler runs"),
-            shard: String::new(),
-            last_written: None,
-            unwritten: false,
-            lines: Vec::new(),
+    }
+}
+
+/// One stream in group mode (`app`), or tailed with no lease table (`None`).
+async fn run_group(args: Args, app: Option<String>) -> Result<(), Error> {
+    crate::metrics::serve(args.metrics_listen)?;
+    let config = crate::aws_config().await?;
+    let output = output(args.output.as_ref())?;
+    let mut builder = Scheduler::builder(&config)
+        .stream(args.the_stream())
+        .initial_position(args.from.initial_position()?);
+    builder = match &app {
+        Some(app) => builder.application_name(app),
+        None => {
+            if args.fan_out {
+                return Err("--fan-out needs --app (the stream consumer is named after it)".into());
+            }
+            // One worker holding every lease, in memory: all shards, parents first.
+            builder
+                .application_name(TAIL_APPLICATION)
+                .worker_id("tail")
+                .lease_store(Arc::new(kinesis_consumer::leases::MemoryLeaseStore::new()))
         }
     };
-    let scheduler = builder.processor_factory(factory).build().await?;
+    builder = configure(builder, &args);
+    if app.is_none() {
+        builder = builder.coordination(kinesis_consumer::leases::Coordination::Workers);
+    }
+    if let Some(id) = &args.worker_id {
+        builder = builder.worker_id(id);
+    }
+    if let Some(table) = &args.lease_table {
+        let mut lease_table = kinesis_consumer::LeaseTableConfig::default();
+        lease_table.table_name = Some(table.clone());
+        builder = builder.lease_table(lease_table);
+    }
+    let slot = SharedSlot::default();
+    let scheduler = builder
+        .processor_factory(json_lines(&slot, None))
+        .build()
+        .await?;
     let stop = scheduler.shutdown_handle();
-    let shared = Arc::new(Shared {
-        output: output.clone(),
-        stop: stop.clone(),
-        failed: AtomicBool::new(false),
-        closed: AtomicBool::new(false),
-        caught_up: Mutex::new(HashMap::new()),
-        last_record: Mutex::new(Instant::now()),
-        limit: args.count,
-        written: AtomicU64::new(0),
-    });
-    *shared_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared.clone());
+    let shared = Shared::new(output.clone(), stop.clone(), args.count);
+    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared.clone());
     tracing::info!(
         worker = scheduler.worker_id(),
-        stream = %args.stream,
+        stream = %args.the_stream(),
+        application = app.as_deref().unwrap_or("(none: tail)"),
+        "consuming"
+    );
+    stop_on_signal(&stop);
+    if let Some(idle) = args.exit_after_idle {
+        let held = scheduler.held_shards();
+        stop_when_idle(
+            idle,
+            args.failover,
+            move || held.shard_ids(),
+            &shared,
+            &stop,
+        );
+    }
+    scheduler.run().await?;
+    finish(&shared, &output)
+}
+
+/// Several streams in group mode: one lease table, each line naming its stream.
+async fn run_streams(args: Args, app: String) -> Result<(), Error> {
+    use kinesis_consumer::multi_stream::{MultiStreamScheduler, StreamConfig};
+    crate::metrics::serve(args.metrics_listen)?;
+    let config = crate::aws_config().await?;
+    let output = output(args.output.as_ref())?;
+    let initial_position = args.from.initial_position()?;
+    let streams: Vec<StreamConfig> = args
+        .stream
+        .iter()
+        .map(|stream| StreamConfig::new(stream, initial_position))
+        .collect();
+    let slot = SharedSlot::default();
+    let mut builder = MultiStreamScheduler::builder(&config)
+        .application_name(&app)
+        .tracker(streams)
+        .configure_stream({
+            let (slot, args) = (slot.clone(), args.clone());
+            move |identifier, builder| {
+                let stream = identifier.stream_name().to_owned();
+                configure(builder, &args).processor_factory(json_lines(&slot, Some(stream)))
+            }
+        });
+    if let Some(id) = &args.worker_id {
+        builder = builder.worker_id(id);
+    }
+    if let Some(table) = &args.lease_table {
+        let mut lease_table = kinesis_consumer::LeaseTableConfig::default();
+        lease_table.table_name = Some(table.clone());
+        builder = builder.lease_table(lease_table);
+    }
+    let scheduler = builder.build().await?;
+    let stop = scheduler.shutdown_handle();
+    let shared = Shared::new(output.clone(), stop.clone(), args.count);
+    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared.clone());
+    tracing::info!(
+        worker = scheduler.worker_id(),
+        streams = ?args.stream,
         application = %app,
         "consuming"
     );
-
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            crate::signal::stop_signal().await;
-            crate::signal::abort_on_next_signal();
-            tracing::info!("signal received, stopping (a second one aborts at once)");
-            stop.shutdown();
-        });
-    }
+    stop_on_signal(&stop);
     if let Some(idle) = args.exit_after_idle {
         let held = scheduler.held_shards();
-        let shared = shared.clone();
-        let started = Instant::now();
-        let failover = args.failover;
-        tokio::spawn(async move {
-            let mut since: Option<Instant> = None;
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                // Caught up: every shard this worker holds was read to its tip (its last
-                // read was empty with millis_behind_latest 0) and nothing came since. A
-                // worker holding nothing is caught up only once it has had a failover time
-                // to be given leases (the leader assigns them after its first round).
-                let caught_up = {
-                    let map = shared.caught_up();
-                    let shards = held.shard_ids();
-                    (!shards.is_empty() || started.elapsed() >= failover)
-                        && shards
-                            .iter()
-                            .all(|shard| map.get(shard).copied().unwrap_or(false))
-                };
-                let last_record = *shared.last_record.lock().unwrap_or_else(|e| e.into_inner());
-                if !caught_up {
-                    since = None;
-                    continue;
-                }
-                let since = *since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= idle && last_record.elapsed() >= idle {
-                    tracing::info!(?idle, "caught up, stopping");
-                    stop.shutdown();
-                    return;
-                }
-            }
-        });
+        let keys = move || {
+            held.shard_ids()
+                .into_iter()
+                .flat_map(|(stream, shards)| {
+                    let name = stream.stream_name().to_owned();
+                    shards
+                        .into_iter()
+                        .map(move |shard| format!("{name}/{shard}"))
+                })
+                .collect()
+        };
+        stop_when_idle(idle, args.failover, keys, &shared, &stop);
     }
     scheduler.run().await?;
+    finish(&shared, &output)
+}
+
+/// Ctrl-C or SIGTERM stops gracefully; a second one aborts.
+fn stop_on_signal(stop: &ShutdownHandle) {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        crate::signal::stop_signal().await;
+        crate::signal::abort_on_next_signal();
+        tracing::info!("signal received, stopping (a second one aborts at once)");
+        stop.shutdown();
+    });
+}
+
+/// `--exit-after-idle`: stops gracefully once every shard this worker holds (`held`, by
+/// their keys in `Shared::caught_up`) was read to its tip and no record came for `idle`.
+fn stop_when_idle(
+    idle: Duration,
+    failover: Duration,
+    held: impl Fn() -> Vec<String> + Send + 'static,
+    shared: &Arc<Shared>,
+    stop: &ShutdownHandle,
+) {
+    let (shared, stop) = (shared.clone(), stop.clone());
+    let started = Instant::now();
+    tokio::spawn(async move {
+        let mut since: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            // Caught up: every shard this worker holds was read to its tip (its last read
+            // was empty with millis_behind_latest 0) and nothing came since. A worker
+            // holding nothing is caught up only once it has had a failover time to be given
+            // leases (the leader assigns them after its first round).
+            let caught_up = {
+                let map = shared.caught_up();
+                let shards = held();
+                (!shards.is_empty() || started.elapsed() >= failover)
+                    && shards
+                        .iter()
+                        .all(|shard| map.get(shard).copied().unwrap_or(false))
+            };
+            let last_record = *shared.last_record.lock().unwrap_or_else(|e| e.into_inner());
+            if !caught_up {
+                since = None;
+                continue;
+            }
+            let since = *since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= idle && last_record.elapsed() >= idle {
+                tracing::info!(?idle, "caught up, stopping");
+                stop.shutdown();
+                return;
+            }
+        }
+    });
+}
+
+/// The exit status once the scheduler stopped: a failed write is an error; the output is
+/// flushed (a reader that went away is not an error).
+fn finish(shared: &Shared, output: &Output) -> Result<(), Error> {
     if shared.failed.load(Ordering::SeqCst) {
         return Err("a write failed: stopped without checkpointing what was not written".into());
     }
@@ -327,7 +460,8 @@ struct Shared {
     failed: AtomicBool,
     /// The reader of standard output went away (EPIPE): stop cleanly.
     closed: AtomicBool,
-    /// Per started shard: whether its last read was empty at the tip.
+    /// Per started shard (`stream/shard` with several streams): whether its last read was
+    /// empty at the tip.
     caught_up: Mutex<HashMap<String, bool>>,
     /// When the last record was delivered.
     last_record: Mutex<Instant>,
@@ -338,6 +472,19 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(output: Output, stop: ShutdownHandle, limit: Option<u64>) -> Arc<Shared> {
+        Arc::new(Shared {
+            output,
+            stop,
+            failed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            caught_up: Mutex::new(HashMap::new()),
+            last_record: Mutex::new(Instant::now()),
+            limit,
+            written: AtomicU64::new(0),
+        })
+    }
+
     fn stopping(&self) -> bool {
         self.failed.load(Ordering::SeqCst)
             || self.closed.load(Ordering::SeqCst)
@@ -357,7 +504,11 @@ impl Shared {
 
 struct JsonLines {
     shared: Arc<Shared>,
+    /// The stream, named in each line when several are consumed.
+    stream: Option<String>,
     shard: String,
+    /// The shard's key in `Shared::caught_up`.
+    key: String,
     /// The last record written (and flushed): the most a checkpoint may cover.
     last_written: Option<(String, u64)>,
     /// A delivered batch was not written.
@@ -371,7 +522,8 @@ struct JsonLines {
 /// buffer, with no intermediate `serde_json::Value` (a map and an owned string per field).
 ///
 /// The fields are in the order the lines have always had (that of a `serde_json::Value`
-/// object: sorted), and `data_base64` appears only when true.
+/// object: sorted), `data_base64` appears only when true and `stream` only when several
+/// streams are consumed.
 #[derive(serde::Serialize)]
 struct JsonLine<'a> {
     data: Cow<'a, str>,
@@ -380,14 +532,24 @@ struct JsonLine<'a> {
     partition_key: &'a str,
     sequence_number: &'a str,
     shard_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<&'a str>,
     sub_sequence_number: u64,
+}
+
+/// Where records come from, as their lines name it: the shard, and the stream when several
+/// are consumed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Source<'a> {
+    pub stream: Option<&'a str>,
+    pub shard: &'a str,
 }
 
 /// Writes one output line for a record, newline included: `data` as UTF-8 text when it
 /// is valid UTF-8, otherwise base64 with `"data_base64":true`.
 pub(crate) fn write_json_line(
     out: &mut impl Write,
-    shard: &str,
+    source: Source<'_>,
     record: &KinesisClientRecord,
 ) -> std::io::Result<()> {
     let (data, data_base64) = match std::str::from_utf8(&record.data) {
@@ -402,7 +564,8 @@ pub(crate) fn write_json_line(
         data_base64,
         partition_key: &record.partition_key,
         sequence_number: &record.sequence_number,
-        shard_id: shard,
+        shard_id: source.shard,
+        stream: source.stream,
         sub_sequence_number: record.sub_sequence_number,
     };
     serde_json::to_writer(&mut *out, &line)?;
@@ -415,12 +578,12 @@ pub(crate) fn write_json_line(
 pub(crate) fn write_json_lines(
     out: &mut (impl Write + ?Sized),
     buffer: &mut Vec<u8>,
-    shard: &str,
+    source: Source<'_>,
     records: &[KinesisClientRecord],
 ) -> std::io::Result<()> {
     buffer.clear();
     for record in records {
-        write_json_line(buffer, shard, record)?;
+        write_json_line(buffer, source, record)?;
         if buffer.len() >= WRITE_BLOCK {
             out.write_all(buffer)?;
             buffer.clear();
@@ -448,7 +611,10 @@ impl JsonLines {
         write_json_lines(
             &mut *output,
             &mut self.lines,
-            &self.shard,
+            Source {
+                stream: self.stream.as_deref(),
+                shard: &self.shard,
+            },
             &records[..allowed],
         )?;
         output.flush()?;
@@ -463,7 +629,11 @@ impl JsonLines {
 impl RecordProcessor for JsonLines {
     async fn initialize(&mut self, input: kinesis_consumer::InitializeInput) {
         self.shard = input.shard_id;
-        self.shared.caught_up().insert(self.shard.clone(), false);
+        self.key = match &self.stream {
+            Some(stream) => format!("{stream}/{}", self.shard),
+            None => self.shard.clone(),
+        };
+        self.shared.caught_up().insert(self.key.clone(), false);
     }
 
     async fn process_records(&mut self, input: ProcessRecordsInput) {
@@ -474,10 +644,10 @@ impl RecordProcessor for JsonLines {
         if input.records.is_empty() {
             // An empty read: at the tip when millis_behind_latest is 0.
             let at_tip = input.millis_behind_latest == Some(0);
-            self.shared.caught_up().insert(self.shard.clone(), at_tip);
+            self.shared.caught_up().insert(self.key.clone(), at_tip);
             return;
         }
-        self.shared.caught_up().insert(self.shard.clone(), false);
+        self.shared.caught_up().insert(self.key.clone(), false);
         *self
             .shared
             .last_record
@@ -528,11 +698,11 @@ impl RecordProcessor for JsonLines {
     }
 
     async fn lease_lost(&mut self, _input: kinesis_consumer::LeaseLostInput) {
-        self.shared.caught_up().remove(&self.shard);
+        self.shared.caught_up().remove(&self.key);
     }
 
     async fn shard_ended(&mut self, input: ShardEndedInput) {
-        self.shared.caught_up().remove(&self.shard);
+        self.shared.caught_up().remove(&self.key);
         // SHARD_END only when every record of the shard was written.
         if self.shared.stopping() || self.unwritten {
             return;
@@ -546,7 +716,7 @@ impl RecordProcessor for JsonLines {
     }
 
     async fn shutdown_requested(&mut self, input: ShutdownRequestedInput) {
-        self.shared.caught_up().remove(&self.shard);
+        self.shared.caught_up().remove(&self.key);
         if self.shared.failed.load(Ordering::SeqCst) {
             return;
         }
@@ -614,9 +784,17 @@ mod tests {
     /// struct: a JSON object with its keys sorted (a `serde_json::Value` object's order
     /// unless some crate in the build turns on serde_json's `preserve_order`, so the
     /// reference is a `BTreeMap`, sorted whatever the features).
-    fn value_line(shard: &str, record: &KinesisClientRecord) -> String {
+    const SHARD_1: Source<'static> = Source {
+        stream: None,
+        shard: "shardId-1",
+    };
+
+    fn value_line(source: Source<'_>, record: &KinesisClientRecord) -> String {
         let mut line = std::collections::BTreeMap::<&str, serde_json::Value>::new();
-        line.insert("shard_id", shard.into());
+        line.insert("shard_id", source.shard.into());
+        if let Some(stream) = source.stream {
+            line.insert("stream", stream.into());
+        }
         line.insert("sequence_number", record.sequence_number.as_str().into());
         line.insert("sub_sequence_number", record.sub_sequence_number.into());
         line.insert("partition_key", record.partition_key.as_str().into());
@@ -635,21 +813,21 @@ mod tests {
         format!("{}\n", serde_json::to_string(&line).unwrap())
     }
 
-    fn line(shard: &str, record: &KinesisClientRecord) -> String {
+    fn line(source: Source<'_>, record: &KinesisClientRecord) -> String {
         let mut out = Vec::new();
-        write_json_line(&mut out, shard, record).unwrap();
+        write_json_line(&mut out, source, record).unwrap();
         String::from_utf8(out).unwrap()
     }
 
     #[test]
     fn text_stays_text_and_binary_is_base64() {
         let text: serde_json::Value =
-            serde_json::from_str(&line("shardId-1", &record(b"hello"))).unwrap();
+            serde_json::from_str(&line(SHARD_1, &record(b"hello"))).unwrap();
         assert_eq!(text["data"], "hello");
         assert_eq!(text["sub_sequence_number"], 3);
         assert!(text.get("data_base64").is_none());
         let binary: serde_json::Value =
-            serde_json::from_str(&line("shardId-1", &record(&[0xff, 0x00]))).unwrap();
+            serde_json::from_str(&line(SHARD_1, &record(&[0xff, 0x00]))).unwrap();
         assert_eq!(binary["data"], "/wA=");
         assert_eq!(binary["data_base64"], true);
     }
@@ -670,11 +848,18 @@ mod tests {
         keyed.sequence_number = "49680860314824985401231118657019531693487739223058415618".into();
         keyed.sub_sequence_number = u64::MAX;
         records.push(keyed);
-        for shard in ["shardId-000000000003", "s\"\\"] {
+        let sources = [
+            ("shardId-000000000003", None),
+            ("s\"\\", None),
+            ("shardId-000000000003", Some("orders")),
+            ("s", Some("a\"\\stream")),
+        ];
+        for (shard, stream) in sources {
+            let source = Source { stream, shard };
             let mut expected = String::new();
             for record in &records {
-                assert_eq!(line(shard, record), value_line(shard, record));
-                expected.push_str(&value_line(shard, record));
+                assert_eq!(line(source, record), value_line(source, record));
+                expected.push_str(&value_line(source, record));
             }
             // A batch, in blocks: several blocks and a partial one.
             let many: Vec<KinesisClientRecord> = std::iter::repeat_n(records.clone(), 2000)
@@ -682,7 +867,7 @@ mod tests {
                 .collect();
             let mut out = Vec::new();
             let mut buffer = Vec::new();
-            write_json_lines(&mut out, &mut buffer, shard, &many).unwrap();
+            write_json_lines(&mut out, &mut buffer, source, &many).unwrap();
             assert!(out.len() > 2 * WRITE_BLOCK);
             assert_eq!(String::from_utf8(out).unwrap(), expected.repeat(2000));
         }

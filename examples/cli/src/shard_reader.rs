@@ -10,7 +10,7 @@ use aws_sdk_kinesis::Client;
 use kinesis_consumer::{deaggregate, KinesisClientRecord};
 use kinesis_errors::{ErrorKind, ServiceError};
 
-use crate::consume::{output, write_json_lines, Args, From};
+use crate::consume::{output, write_json_lines, Args, From, Source};
 use crate::Error;
 
 /// Why reading stopped.
@@ -29,7 +29,10 @@ async fn iterator(
     from: &From,
     after: Option<&str>,
 ) -> Result<Option<String>, Error> {
-    let request = crate::streams::named!(client.get_shard_iterator().shard_id(shard), &args.stream);
+    let request = crate::streams::named!(
+        client.get_shard_iterator().shard_id(shard),
+        args.the_stream()
+    );
     let request = match (after, from) {
         (Some(seq), _) => request
             .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
@@ -143,7 +146,16 @@ async fn read(
         if !lines.is_empty() {
             let result = {
                 let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
-                write_json_lines(&mut *out, &mut buffer, shard, &lines).and_then(|()| out.flush())
+                write_json_lines(
+                    &mut *out,
+                    &mut buffer,
+                    Source {
+                        stream: None,
+                        shard,
+                    },
+                    &lines,
+                )
+                .and_then(|()| out.flush())
             };
             match result {
                 Ok(()) => {}

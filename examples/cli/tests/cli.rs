@@ -599,6 +599,138 @@ async fn produce_reads_lines_and_json_from_stdin_and_consume_reads_one_shard_fro
     assert!(String::from_utf8_lossy(&output.stderr).contains("needs --shard"));
 }
 
+/// `produce --format json --key-field k` of `{"k": key, "n": n}` for each `(key, n)`.
+async fn produce_numbered(stream: &str, records: impl Iterator<Item = (u64, u64)>) {
+    let lines: String = records
+        .map(|(key, n)| format!("{{\"k\":\"key-{key}\",\"n\":{n}}}\n"))
+        .collect();
+    let output = with_stdin(
+        &[
+            "produce",
+            "--stream",
+            stream,
+            "--format",
+            "json",
+            "--key-field",
+            "k",
+        ],
+        &lines,
+    )
+    .await;
+    check(&output);
+}
+
+/// Each output line's `(stream, key, n)`.
+fn numbered(output: &str) -> Vec<(Option<String>, String, u64)> {
+    output
+        .lines()
+        .map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            let data: serde_json::Value =
+                serde_json::from_str(line["data"].as_str().unwrap()).unwrap();
+            (
+                line["stream"].as_str().map(str::to_owned),
+                data["k"].as_str().unwrap().to_owned(),
+                data["n"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Issue 25 item 7: with neither `--app` nor `--shard`, `consume` tails every shard, like
+/// `kcat -C`, through a split (a key's records in the parent before those in the children)
+/// and with no lease table; with `--app`, `--stream` given twice consumes both streams,
+/// each line naming its stream.
+#[tokio::test]
+async fn consume_tails_every_shard_through_a_split_and_reads_two_streams_in_a_group() {
+    let stream = unique("cli-tail");
+    check(
+        &kinesis(&["streams", "create", "--stream", &stream, "--shards", "2"])
+            .await
+            .output()
+            .unwrap(),
+    );
+    produce_numbered(&stream, (0..60).map(|n| (n % 6, n))).await;
+    let split = kinesis(&["streams", "reshard", "--stream", &stream])
+        .await
+        .args(["--split", "shardId-000000000000"])
+        .output()
+        .unwrap();
+    check(&split);
+    produce_numbered(&stream, (60..120).map(|n| (n % 6, n))).await;
+
+    let output = kinesis(&["consume", "--stream", &stream])
+        .await
+        .args(["--idle-between-reads", "200ms", "--exit-after-idle", "2s"])
+        .args(["--failover", "2s"])
+        .output()
+        .unwrap();
+    let lines = numbered(&check(&output));
+    let mut seen: Vec<u64> = lines.iter().map(|(_, _, n)| *n).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..120).collect::<Vec<_>>(), "every record, once");
+    for key in 0..6 {
+        let order: Vec<u64> = lines
+            .iter()
+            .filter(|(_, k, _)| *k == format!("key-{key}"))
+            .map(|(_, _, n)| *n)
+            .collect();
+        assert!(order.is_sorted(), "key-{key} out of order: {order:?}");
+    }
+    assert!(lines.iter().all(|(stream, _, _)| stream.is_none()));
+    let no_table = kinesis(&["leases", "show", "--app", "kinesis-consume-tail"])
+        .await
+        .output()
+        .unwrap();
+    assert!(!no_table.status.success(), "tail mode made no lease table");
+
+    // Two streams, one lease table.
+    let other = unique("cli-tail-other");
+    produce_numbered_created(&other).await;
+    let app = unique("cli-two-streams");
+    let output = kinesis(&["consume", "--stream", &stream, "--stream", &other])
+        .await
+        .args(["--app", &app, "--exit-after-idle", "2s", "--failover", "2s"])
+        .args(["--idle-between-reads", "200ms"])
+        .output()
+        .unwrap();
+    let lines = numbered(&check(&output));
+    let count = |name: &str| {
+        lines
+            .iter()
+            .filter(|(s, _, _)| s.as_deref() == Some(name))
+            .count()
+    };
+    assert_eq!(count(&stream), 120, "the first stream, named");
+    assert_eq!(count(&other), 10, "the second stream, named");
+    assert_eq!(lines.len(), 130);
+    let leases = lease_lines(&app).await;
+    assert!(
+        leases.len() >= 5,
+        "both streams' leases in the one table: {leases:?}"
+    );
+    let needs_app = kinesis(&["consume", "--stream", &stream, "--stream", &other])
+        .await
+        .output()
+        .unwrap();
+    assert!(!needs_app.status.success());
+    assert!(
+        String::from_utf8_lossy(&needs_app.stderr).contains("--app"),
+        "{needs_app:?}"
+    );
+}
+
+/// A new one-shard stream with 10 records.
+async fn produce_numbered_created(stream: &str) {
+    check(
+        &kinesis(&["streams", "create", "--stream", stream, "--shards", "1"])
+            .await
+            .output()
+            .unwrap(),
+    );
+    produce_numbered(stream, (0..10).map(|n| (n, n))).await;
+}
+
 #[tokio::test]
 async fn streams_are_listed_described_and_resharded() {
     let stream = unique("cli-streams");
@@ -774,15 +906,6 @@ async fn bad_arguments_and_a_missing_stream_get_clear_errors_and_documented_exit
         .unwrap();
     assert_eq!(output.status.code(), Some(2), "invalid arguments");
     assert!(String::from_utf8_lossy(&output.stderr).contains("expected e.g. 10s"));
-    let output = kinesis(&["consume", "--stream", "s"])
-        .await
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "--app or --shard is required"
-    );
     // Group-mode options with --shard are errors, not silently ignored.
     let output = kinesis(&["consume", "--stream", "s", "--shard", "x"])
         .await
@@ -1186,6 +1309,11 @@ async fn iam_actions_of_every_subcommand_are_documented() {
             "--failover",
             "2s",
         ],
+        None,
+    );
+    check_row(
+        "consume",
+        &["consume", "--stream", &stream, "--count", "3"],
         None,
     );
     check_row(
