@@ -185,6 +185,25 @@ async fn a_reset_to_a_time_replays_every_record_after_it_and_none_before() -> Te
         "exactly the records after the time"
     );
     assert_per_key_order(&second);
+
+    // A stream that does not exist: a typed error naming it, nothing written.
+    let error = LeaseReset::new(&store, ResetTarget::AtTimestamp(at))
+        .stream(kinesis.clone(), "no-such-stream")
+        .plan()
+        .await
+        .err()
+        .ok_or("planned against a missing stream")?;
+    match &error {
+        kinesis_consumer::leases::reset::ResetError::Stream { stream, error } => {
+            assert_eq!(stream, "no-such-stream");
+            assert_eq!(
+                error.kind(),
+                kinesis_consumer::ErrorKind::NotFound,
+                "{error}"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
     Ok(())
 }
 

@@ -511,7 +511,9 @@ impl ResetPlan {
                         return outcome;
                     }
                 }
-                Err(LeaseStoreError::Timeout(_)) if attempts + 1 < self.attempts => {
+                // No answer: applied or not, the lease read again tells (and the write
+                // is decided again).
+                Err(error) if attempts + 1 < self.attempts && outcome_unknown(&error) => {
                     attempts += 1;
                     maybe_written = Some(checkpoint);
                 }
@@ -525,6 +527,17 @@ impl ResetPlan {
             }
             tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(2))).await;
         }
+    }
+}
+
+/// Whether a failed write may have been applied: no answer came.
+fn outcome_unknown(error: &LeaseStoreError) -> bool {
+    match error {
+        LeaseStoreError::Timeout(_) => true,
+        LeaseStoreError::Service(error) => {
+            matches!(error.kind(), ErrorKind::TimedOut | ErrorKind::Unreachable)
+        }
+        _ => false,
     }
 }
 
@@ -716,33 +729,57 @@ fn depth(
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Seen {
     sequence_number: String,
-    /// The sub-sequence number of its last user record (0 for a plain record).
-    last_sub_sequence: u64,
+    users: Users,
     arrival: Option<SystemTime>,
 }
 
+/// The user records of a [`Seen`] record, as far as the checkpoint needs them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Users {
+    /// The sub-sequence number of its last user record is known (0: a plain record).
+    Last(u64),
+    /// Maybe a KPL aggregate (it starts with the magic): unpacked only if it becomes the
+    /// checkpoint, so scanning a shard neither copies nor unpacks what it reads.
+    Aggregate { partition_key: String, data: Bytes },
+}
+
 impl Seen {
+    /// A checkpoint at this record's last user record.
     fn checkpoint(&self) -> ExtendedSequenceNumber {
-        ExtendedSequenceNumber::new(self.sequence_number.clone(), self.last_sub_sequence)
+        let last = match &self.users {
+            Users::Last(last) => *last,
+            Users::Aggregate {
+                partition_key,
+                data,
+            } => kinesis_aggregation::deaggregate(partition_key, None, data.clone())
+                .iter()
+                .map(|user| user.sub_sequence_number)
+                .max()
+                .unwrap_or(0),
+        };
+        ExtendedSequenceNumber::new(self.sequence_number.clone(), last)
     }
 
-    fn of(record: &aws_sdk_kinesis::types::Record) -> Self {
-        let data = Bytes::copy_from_slice(record.data().as_ref());
-        let last_sub_sequence = kinesis_aggregation::deaggregate(
-            record.partition_key().unwrap_or_default(),
-            None,
-            data,
-        )
-        .iter()
-        .map(|user| user.sub_sequence_number)
-        .max()
-        .unwrap_or(0);
+    fn of(record: aws_sdk_kinesis::types::Record) -> Self {
+        let arrival = record
+            .approximate_arrival_timestamp()
+            .and_then(|t| SystemTime::try_from(*t).ok());
+        let users = if record
+            .data()
+            .as_ref()
+            .starts_with(&kinesis_aggregation::MAGIC)
+        {
+            Users::Aggregate {
+                data: Bytes::from(record.data.into_inner()),
+                partition_key: record.partition_key.unwrap_or_default(),
+            }
+        } else {
+            Users::Last(0)
+        };
         Seen {
-            sequence_number: record.sequence_number().to_owned(),
-            last_sub_sequence,
-            arrival: record
-                .approximate_arrival_timestamp()
-                .and_then(|t| SystemTime::try_from(*t).ok()),
+            sequence_number: record.sequence_number,
+            users,
+            arrival,
         }
     }
 }
@@ -966,8 +1003,8 @@ impl ShardReads for KinesisReads<'_> {
             })
             .await?;
         Ok(Page {
-            records: out.records().iter().map(Seen::of).collect(),
             millis_behind_latest: out.millis_behind_latest(),
+            records: out.records.into_iter().map(Seen::of).collect(),
             next: out.next_shard_iterator,
         })
     }
@@ -1012,33 +1049,22 @@ async fn list_shards(
     client: &aws_sdk_kinesis::Client,
     stream: &StreamRef,
 ) -> Result<HashMap<String, bool>, ResetError> {
-    let failed = |error| ResetError::Stream {
-        stream: stream.to_string(),
-        error,
-    };
-    let mut shards = HashMap::new();
-    let mut next: Option<String> = None;
-    loop {
-        let request = match &next {
-            Some(token) => client.list_shards().next_token(token),
-            None => stream.list_shards(client),
-        };
-        let page = match tokio::time::timeout(CALL_TIMEOUT, request.send()).await {
-            Ok(Ok(page)) => page,
-            Ok(Err(error)) => return Err(failed(ServiceError::from_sdk("ListShards", error))),
-            Err(_) => return Err(failed(ServiceError::timed_out("ListShards", CALL_TIMEOUT))),
-        };
-        for shard in page.shards() {
+    let listed = tokio::time::timeout(CALL_TIMEOUT, crate::retrieval::list_shards(client, stream))
+        .await
+        .unwrap_or_else(|_| Err(ServiceError::timed_out("ListShards", CALL_TIMEOUT)))
+        .map_err(|error| ResetError::Stream {
+            stream: stream.to_string(),
+            error,
+        })?;
+    Ok(listed
+        .iter()
+        .map(|shard| {
             let closed = shard
                 .sequence_number_range()
                 .is_some_and(|range| range.ending_sequence_number().is_some());
-            shards.insert(shard.shard_id().to_owned(), closed);
-        }
-        next = page.next_token().map(str::to_owned);
-        if next.is_none() {
-            return Ok(shards);
-        }
-    }
+            (shard.shard_id().to_owned(), closed)
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -297,7 +297,7 @@ impl ShardReads for FakeShard {
             .iter()
             .map(|r| Seen {
                 sequence_number: r.0.to_string(),
-                last_sub_sequence: r.2,
+                users: Users::Last(r.2),
                 arrival: Some(secs(r.1)),
             })
             .collect();
@@ -595,4 +595,30 @@ fn multi_stream_leases_are_scoped_to_their_stream() {
         .leases()
         .iter()
         .all(|p| p.shard_id().starts_with("shardId-")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_whose_answer_is_lost_or_throttled_is_resolved() {
+    use crate::test_util::{Fault, FaultRule, FaultyLeaseStore, Operation};
+    for fault in [Fault::LoseAnswer, Fault::Throttle] {
+        let memory = Arc::new(MemoryLeaseStore::new());
+        let mut held = lease("s", seq("5", 0));
+        held.lease_owner = Some("w".into());
+        memory.create_lease_if_absent(&held).await.unwrap();
+        let store = FaultyLeaseStore::new(memory.clone());
+        store.inject(FaultRule::new([Operation::UpdateCheckpoint], fault).times(1));
+        let outcomes = LeaseReset::new(&store, ResetTarget::TrimHorizon)
+            .run()
+            .await
+            .unwrap();
+        assert!(
+            matches!(&outcomes[0].result, Ok(Some(c)) if *c == ExtendedSequenceNumber::trim_horizon()),
+            "{fault:?}: {outcomes:?}"
+        );
+        assert_eq!(outcomes[0].previous, seq("5", 0), "{fault:?}");
+        assert_eq!(outcomes[0].owner.as_deref(), Some("w"), "{fault:?}");
+        let lease = memory.get_lease("s").await.unwrap().unwrap();
+        assert_eq!(lease.checkpoint, ExtendedSequenceNumber::trim_horizon());
+        assert_eq!(lease.lease_owner.as_deref(), Some("w"), "owner kept");
+    }
 }
