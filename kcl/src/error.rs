@@ -117,6 +117,28 @@ mod tests {
             Box::new(FetchError::CheckpointRejected("42".into())),
             Box::new(FetchError::StreamNotFound(service())),
         ]);
+        {
+            use crate::leases::reset::ResetError;
+            errors.extend([
+                Box::new(ResetError::InvalidTarget("soon".into())) as Box<dyn Error>,
+                Box::new(ResetError::StreamRequired),
+                Box::new(ResetError::FutureTimestamp("2099-01-01T00:00:00Z".into())),
+                Box::new(ResetError::Stream {
+                    stream: "orders".into(),
+                    error: service(),
+                }),
+                Box::new(ResetError::Read {
+                    shard: "shardId-1".into(),
+                    error: service(),
+                }),
+                Box::new(ResetError::Deleted("shardId-1".into())),
+            ]);
+            errors.extend(
+                store_errors()
+                    .into_iter()
+                    .map(|e| Box::new(ResetError::Store(e)) as Box<dyn Error>),
+            );
+        }
         let problems: Vec<String> = errors
             .iter()
             .filter_map(|error| kinesis_errors::report_problem(error.as_ref()))

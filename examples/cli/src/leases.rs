@@ -9,7 +9,9 @@
 //! changed by someone else and loses it (its processor gets `lease_lost`, its checkpoints
 //! fail); the lease is then taken after the failover time, by any worker, from the reset
 //! position. Records that worker processed in between are delivered again or skipped, as
-//! the reset says. Stopping the application first avoids even that.
+//! the reset says. Stopping the application first avoids even that. `reset --all` resets
+//! every lease the same way, parents first (see `kinesis_consumer::leases::reset`), to
+//! the oldest or newest record, or to the first record at or after a time.
 //!
 //! A move names the new owner in the table: the holder drops the lease at its next renewal,
 //! and the named `kinesis-consumer` worker takes it at its next taker round and starts
@@ -22,6 +24,7 @@ use clap::{Args as ClapArgs, Subcommand};
 use kinesis_consumer::leases::coordination::{
     CoordinatorStore, DynamoDbCoordinatorStore, LockItem, LEADER_LOCK_KEY,
 };
+use kinesis_consumer::leases::reset::{LeaseReset, ResetReason, ResetTarget};
 use kinesis_consumer::leases::{CheckpointUpdate, DynamoDbLeaseStore, LeaseStore, LeaseStoreError};
 use kinesis_consumer::{ExtendedSequenceNumber, Lease, SequencePosition};
 
@@ -78,15 +81,32 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         rounds: Option<u64>,
     },
-    /// Sets one shard's checkpoint.
+    /// Sets one shard's checkpoint (--shard), or every shard's (--all: a replay from a
+    /// time, or from the oldest or newest record). Workers holding a lease that is reset
+    /// lose it and resume from the new checkpoint.
     Reset {
         /// Application name (the lease table's name).
         #[arg(long)]
         app: String,
         /// The shard.
-        #[arg(long, value_name = "SHARD_ID")]
-        shard: String,
-        /// `trim-horizon`, `latest` or a sequence number (`trim_horizon` is accepted too).
+        #[arg(
+            long,
+            value_name = "SHARD_ID",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        shard: Option<String>,
+        /// Every lease of the table (in a multi-stream table with --stream: that stream's).
+        #[arg(long)]
+        all: bool,
+        /// The stream (name or ARN): needed by --to at-timestamp, to find each shard's
+        /// record at that time.
+        #[arg(long)]
+        stream: Option<String>,
+        /// With --shard: `trim-horizon`, `latest` or a sequence number. With --all:
+        /// `trim-horizon`, `latest` or `at-timestamp=<RFC 3339 or epoch seconds>` (each
+        /// shard resumes at its first record at or after that time). `trim_horizon` is
+        /// accepted too.
         #[arg(long, value_name = "POSITION")]
         to: String,
         /// Do it (without it, the change is only described).
@@ -134,6 +154,16 @@ fn parse_position(value: &str) -> Result<ExtendedSequenceNumber, Error> {
         "latest" => SequencePosition::Latest,
         _ => match SequencePosition::parse(value) {
             Some(p @ SequencePosition::Sequence(_)) => p,
+            _ if value
+                .to_ascii_lowercase()
+                .replace('_', "-")
+                .starts_with("at-timestamp") =>
+            {
+                return Err(format!(
+                    "--to {value:?}: a reset to a time is for every shard: use --all --stream S"
+                )
+                .into())
+            }
             _ => {
                 return Err(format!(
                     "--to {value:?}: expected trim-horizon, latest or a sequence number"
@@ -483,6 +513,108 @@ async fn reset(
     Err(format!("{shard}: the lease kept changing; stop the application and retry").into())
 }
 
+/// One line of `leases reset --all`: the shard, its checkpoint before and after, why, and
+/// the worker that loses the lease.
+fn reset_line(
+    shard: &str,
+    from: &ExtendedSequenceNumber,
+    to: Option<&ExtendedSequenceNumber>,
+    reason: ResetReason,
+    owner: Option<&str>,
+) -> String {
+    let held = owner.map_or_else(String::new, |owner| format!("; held by {owner}"));
+    match to {
+        Some(to) => format!(
+            "{shard}: {} -> {} ({reason}{held})",
+            position(from),
+            position(to)
+        ),
+        None => format!("{shard}: {} unchanged ({reason})", position(from)),
+    }
+}
+
+/// `leases reset --all`: every lease (of `stream`'s, in a multi-stream table) to `to`.
+async fn reset_all(
+    store: &DynamoDbLeaseStore,
+    stream: Option<(aws_sdk_kinesis::Client, String)>,
+    to: &str,
+    confirmed: bool,
+) -> Result<(), Error> {
+    let target = ResetTarget::parse(to)?;
+    if matches!(target, ResetTarget::AtTimestamp(_)) && stream.is_none() {
+        return Err(format!(
+            "--to {to}: needs --stream (each shard's record at that time is read from it)"
+        )
+        .into());
+    }
+    let mut reset = LeaseReset::new(store, target);
+    if let Some((client, stream)) = stream {
+        reset = reset.stream(client, stream);
+    }
+    let plan = reset.plan().await?;
+    if !confirmed {
+        let mut changes = 0;
+        for lease in plan.leases() {
+            changes += usize::from(lease.new_checkpoint().is_some());
+            println!(
+                "{}",
+                reset_line(
+                    lease.shard_id(),
+                    lease.checkpoint(),
+                    lease.new_checkpoint(),
+                    lease.reason(),
+                    lease.lease().lease_owner.as_deref(),
+                )
+            );
+        }
+        println!(
+            "{} leases, {changes} to reset to {target}, {} unchanged; nothing changed: add --yes to reset",
+            plan.leases().len(),
+            plan.leases().len() - changes
+        );
+        return Ok(());
+    }
+    let (mut written, mut unchanged, mut failed) = (0, 0, 0);
+    for outcome in plan.apply(store).await {
+        match &outcome.result {
+            Ok(to) => {
+                if to.is_some() {
+                    written += 1;
+                } else {
+                    unchanged += 1;
+                }
+                println!(
+                    "{}",
+                    reset_line(
+                        &outcome.shard_id,
+                        &outcome.previous,
+                        to.as_ref(),
+                        outcome.reason,
+                        outcome.owner.as_deref(),
+                    )
+                );
+            }
+            Err(error) => {
+                failed += 1;
+                println!(
+                    "{}: {} not reset: {}",
+                    outcome.shard_id,
+                    position(&outcome.previous),
+                    kinesis_errors::ErrorChain::new(error)
+                );
+            }
+        }
+    }
+    println!("{written} leases reset to {target}, {unchanged} unchanged, {failed} failed");
+    if failed > 0 {
+        return Err(format!(
+            "{failed} leases not reset (the others were): run the same command again"
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// How `leases move` moves a lease.
 struct Move {
     force: bool,
@@ -639,9 +771,20 @@ async fn run_command(args: Args, config: &aws_config::SdkConfig) -> Result<(), E
         Command::Reset {
             app,
             shard,
+            all,
+            stream,
             to,
             yes,
-        } => reset(&DynamoDbLeaseStore::new(dynamodb, app), &shard, &to, yes).await,
+        } => {
+            let store = DynamoDbLeaseStore::new(dynamodb, app);
+            match shard {
+                Some(shard) if !all => reset(&store, &shard, &to, yes).await,
+                _ => {
+                    let stream = stream.map(|s| (aws_sdk_kinesis::Client::new(config), s));
+                    reset_all(&store, stream, &to, yes).await
+                }
+            }
+        }
         Command::Move {
             app,
             shard,
@@ -670,5 +813,28 @@ mod tests {
         assert!(parse_position("latest").is_ok());
         assert!(parse_position("4959033827149025660855969253836157109592157598913658").is_ok());
         assert!(parse_position("yesterday").is_err());
+        let error = parse_position("at-timestamp=0").unwrap_err().to_string();
+        assert!(error.contains("--all"), "{error}");
+    }
+
+    #[test]
+    fn reset_lines_name_the_shard_the_positions_and_the_holder() {
+        let from = ExtendedSequenceNumber::new("42", 3);
+        let to = ExtendedSequenceNumber::trim_horizon();
+        assert_eq!(
+            reset_line(
+                "shardId-1",
+                &from,
+                Some(&to),
+                ResetReason::OldestAtTime,
+                Some("w1")
+            ),
+            "shardId-1: 42/3 -> TRIM_HORIZON (the first record at or after the time is the \
+             oldest; held by w1)"
+        );
+        assert_eq!(
+            reset_line("shardId-1", &from, None, ResetReason::Gone, None),
+            "shardId-1: 42/3 unchanged (the shard is no longer in the stream)"
+        );
     }
 }

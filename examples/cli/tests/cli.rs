@@ -485,6 +485,117 @@ async fn with_stdin(subcommand: &[&str], stdin: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// `kinesis consume --app` until idle; returns the data of every record it wrote.
+async fn consume_group(stream: &str, app: &str) -> Vec<String> {
+    let output = kinesis(&["consume", "--stream", stream, "--app", app])
+        .await
+        .args(["--idle-between-reads", "100ms", "--exit-after-idle", "2s"])
+        .args(["--failover", "2s"])
+        .output()
+        .unwrap();
+    check(&output)
+        .lines()
+        .map(|l| {
+            let line: serde_json::Value = serde_json::from_str(l).unwrap();
+            line["data"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn leases_reset_all_to_a_time_replays_from_it() {
+    let stream = unique("cli-replay");
+    let app = unique("cli-replay-app");
+    let lines =
+        |prefix: &str| -> Vec<String> { (0..40).map(|i| format!("{prefix}-{i:02}")).collect() };
+    let (before, after) = (lines("before"), lines("after"));
+    let output = with_stdin(
+        &["produce", "--stream", &stream, "--create-shards", "2"],
+        &format!("{}\n", before.join("\n")),
+    )
+    .await;
+    check(&output);
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let output = with_stdin(
+        &["produce", "--stream", &stream],
+        &format!("{}\n", after.join("\n")),
+    )
+    .await;
+    check(&output);
+    let first: BTreeSet<String> = consume_group(&stream, &app).await.into_iter().collect();
+    assert_eq!(first.len(), 80);
+
+    let to = format!("at-timestamp={at:.3}");
+    // A time needs the stream; without --yes nothing changes.
+    let output = kinesis(&["leases", "reset", "--app", &app, "--all", "--to", &to])
+        .await
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("needs --stream"),
+        "{output:?}"
+    );
+    let reset = |yes: bool| {
+        let to = to.clone();
+        let (app, stream) = (app.clone(), stream.clone());
+        async move {
+            let mut command = kinesis(&["leases", "reset", "--app", &app, "--all"]).await;
+            command.args(["--stream", &stream, "--to", &to]);
+            if yes {
+                command.arg("--yes");
+            }
+            check(&command.output().unwrap())
+        }
+    };
+    let dry = reset(false).await;
+    assert!(dry.contains("nothing changed"), "{dry}");
+    assert_eq!(
+        dry.lines().filter(|l| l.contains(" -> ")).count(),
+        2,
+        "{dry}"
+    );
+    let lease_lines = lease_lines(&app).await;
+    let unchanged: Vec<&serde_json::Value> = lease_lines.iter().map(|l| &l["checkpoint"]).collect();
+    assert!(
+        unchanged.iter().all(|c| c
+            .as_str()
+            .is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit()))),
+        "{unchanged:?}"
+    );
+    let done = reset(true).await;
+    eprintln!("{dry}{done}");
+    assert!(done.contains("2 leases reset to at-timestamp="), "{done}");
+    let again: Vec<String> = consume_group(&stream, &app).await;
+    let again_set: BTreeSet<String> = again.iter().cloned().collect();
+    assert_eq!(
+        again_set,
+        after.iter().cloned().collect::<BTreeSet<_>>(),
+        "{done}"
+    );
+    // --all --to trim-horizon: everything again (no stream needed).
+    let output = kinesis(&[
+        "leases",
+        "reset",
+        "--app",
+        &app,
+        "--all",
+        "--to",
+        "trim-horizon",
+        "--yes",
+    ])
+    .await
+    .output()
+    .unwrap();
+    assert!(check(&output).contains("2 leases reset to trim-horizon"));
+    assert_eq!(consume_group(&stream, &app).await.len(), 80);
+}
+
 /// Every line `kinesis consume --shard` prints, as JSON.
 async fn read_shard(stream: &str, shard: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let output = kinesis(&["consume", "--stream", stream, "--shard", shard])
@@ -1344,6 +1455,22 @@ async fn iam_actions_of_every_subcommand_are_documented() {
             shard,
             "--to",
             "trim-horizon",
+            "--yes",
+        ],
+        None,
+    );
+    check_row(
+        "leases reset --all",
+        &[
+            "leases",
+            "reset",
+            "--app",
+            &app,
+            "--all",
+            "--stream",
+            &stream,
+            "--to",
+            "at-timestamp=0",
             "--yes",
         ],
         None,

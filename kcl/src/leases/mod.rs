@@ -11,6 +11,7 @@ mod held;
 pub(crate) mod leader;
 pub(crate) mod liveness;
 mod memory;
+pub mod reset;
 mod store;
 mod table;
 pub(crate) mod worker;
