@@ -408,9 +408,13 @@ impl Future for RecordReceipt {
 impl Drop for RecordReceipt {
     /// Frees the outcome early: nobody will read it.
     fn drop(&mut self) {
-        let mut state = self.chunk.state();
-        state.slots[usize::from(self.index)] = Slot::Closed;
-        state.take_waker(self.index);
+        let (slot, waker) = {
+            let mut state = self.chunk.state();
+            let slot = std::mem::replace(&mut state.slots[usize::from(self.index)], Slot::Closed);
+            (slot, state.take_waker(self.index))
+        };
+        // Dropped outside the lock: nothing they drop can come back to this chunk.
+        drop((slot, waker));
     }
 }
 
