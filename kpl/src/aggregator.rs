@@ -183,8 +183,10 @@ impl OpenAggregate {
             let record = self.records.pop()?;
             Outgoing::single(shard, record, deadline)
         } else {
-            let (encoded, carried) = self.encode(message_len)?;
-            Outgoing::new(shard, encoded, carried, deadline)
+            let oldest = self.records.iter().map(|r| r.arrived).min()?;
+            let mut explicit_keys = Vec::new();
+            let (encoded, carried) = self.encode(message_len, oldest, &mut explicit_keys)?;
+            Outgoing::carrying(shard, encoded, carried, deadline, oldest, explicit_keys)
         };
         // The lists keep room for about as many records as this aggregate held: the
         // next one of a busy shard fills without regrowing them by doubling, an idle
@@ -208,6 +210,8 @@ impl OpenAggregate {
     fn encode(
         &mut self,
         message_len: usize,
+        oldest: Instant,
+        explicit_keys: &mut Vec<(u64, HashKey)>,
     ) -> Option<(crate::aggregation::EncodedRecord, Vec<Carried>)> {
         let mut data = BytesMut::with_capacity(MAGIC.len() + message_len + DIGEST_LEN);
         data.put_slice(&MAGIC);
@@ -254,7 +258,12 @@ impl OpenAggregate {
             .zip(&self.indexes)
             .zip(data_offsets)
             .map(|((mut record, &(key_index, _)), data_at)| {
-                record.carried(key_offsets[key_index as usize], data_at)
+                record.carried(
+                    key_offsets[key_index as usize],
+                    data_at,
+                    oldest,
+                    explicit_keys,
+                )
             })
             .collect();
         let encoded = crate::aggregation::EncodedRecord::new(
@@ -524,6 +533,42 @@ mod tests {
                 proptest::prop_assert_eq!(&out[0].data_of(record)[..], &data[..], "payload slice");
                 proptest::prop_assert_eq!(out[0].key_of(record), format!("key-{key}"));
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn unpacked_records_keep_their_hash_key_arrival_and_receipt() {
+        let mut aggregator = Aggregator::new(usize::MAX, 51_200);
+        let mut slots = crate::receipt::ReceiptSlots::default();
+        let mut receipts = Vec::new();
+        let mut out = Vec::new();
+        let t0 = Instant::now();
+        let mut expected = Vec::new();
+        for i in 0..6u64 {
+            let mut record = pending(i, &format!("k{}", i % 3), 10);
+            record.arrived = t0 + Duration::from_millis(7 * i);
+            if i % 2 == 1 {
+                record.set_explicit_hash_key(Some(HashKey(u128::from(i) << 100)));
+            }
+            let (receipt, completion) = slots.next();
+            receipts.push(receipt);
+            record.completion = Some(completion);
+            expected.push((record.hash_key, record.explicit, record.arrived));
+            aggregator.add(0, &shard("s"), record, t0, &mut out);
+        }
+        aggregator.flush(t0, 0, true, &mut out);
+        let aggregate = out.pop().expect("one aggregate");
+        assert_eq!(aggregate.oldest, t0);
+        let unpacked = aggregate.into_records();
+        let got: Vec<_> = unpacked
+            .iter()
+            .map(|r| (r.hash_key, r.explicit, r.arrived))
+            .collect();
+        assert_eq!(got, expected);
+        // The receipts follow the records: dropped unfinished, they are abandoned.
+        drop(unpacked);
+        for receipt in receipts {
+            assert_eq!(receipt.await, Err(crate::RecordError::Abandoned));
         }
     }
 

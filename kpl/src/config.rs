@@ -105,8 +105,10 @@ pub struct ProducerConfig {
     /// Most bytes of user records (data plus partition key) accepted and not yet
     /// completed; as `max_outstanding_records`. Default 256 MiB.
     ///
-    /// What else the producer holds: about 300 bytes of bookkeeping per outstanding user
-    /// record (its receipt, partition key, attempts), the open aggregates' encoding
+    /// What else the producer holds: about 80 bytes of bookkeeping per outstanding user
+    /// record (its place in its Kinesis record, its receipt's slot, its arrival; a
+    /// record not yet packed into one holds its own partition key and some 130 bytes
+    /// for the moment), the open aggregates' encoding
     /// buffers (payloads packed into an aggregate are held once, as slices of it), and
     /// the requests of PutRecords calls in flight. The producer writes PutRecords bodies
     /// itself, in chunks as the connection sends them (`put_records_fast_path`), so a

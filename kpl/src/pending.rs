@@ -4,16 +4,17 @@
 //! [`Carried`]: what completing it or sending it again needs, its partition key and
 //! data read from the Kinesis record's own bytes. Most outstanding records wait inside
 //! Kinesis records (collected, rate limited, in flight, backing off), so this is what
-//! the producer holds per outstanding record: 80 bytes, and no copy of its key or data.
+//! the producer holds per outstanding record: 64 bytes, and no copy of its key or data.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::aggregation::EncodedRecord;
 use crate::key_cache::HashKeyCache;
-use crate::receipt::{Attempt, Completion, Outcome};
+use crate::receipt::{Attempt, Completion, Outcome, ReceiptChunk};
 use crate::stats::Released;
 use crate::HashKey;
 
@@ -120,15 +121,35 @@ impl Pending {
     }
 
     /// The record as carried at `data_at` of its Kinesis record's data, its partition
-    /// key at `key_at` ([`OWN_KEY`]: the Kinesis record's own partition key). Its
-    /// completion and attempts move to it; its key and data stay for the caller to drop
-    /// or move into the Kinesis record.
-    pub fn carried(&mut self, key_at: u32, data_at: u32) -> Carried {
+    /// key at `key_at` ([`OWN_KEY`]: the Kinesis record's own partition key), in a
+    /// Kinesis record whose oldest user record arrived at `oldest`. Its completion and
+    /// attempts move to it; its key and data stay for the caller to drop or move into
+    /// the Kinesis record. A record placed by an explicit hash key adds it to
+    /// `explicit_keys` (the Kinesis record's [`Outgoing::explicit_keys`]).
+    pub fn carried(
+        &mut self,
+        key_at: u32,
+        data_at: u32,
+        oldest: Instant,
+        explicit_keys: &mut Vec<(u64, HashKey)>,
+    ) -> Carried {
+        let (receipt, slot) = match self.completion.take() {
+            Some(completion) => completion.into_parts(),
+            None => (None, 0),
+        };
+        let mut flags = 0;
+        if self.explicit {
+            flags |= EXPLICIT;
+            explicit_keys.push((self.id, self.hash_key));
+        }
+        if self.user_hash_key {
+            flags |= USER_HASH_KEY;
+        }
         Carried {
             id: self.id,
-            hash_key: [(self.hash_key.0 >> 64) as u64, self.hash_key.0 as u64],
-            arrived: self.arrived,
-            completion: self.completion.take(),
+            // Below 2^64 ns (584 years).
+            arrived_after: self.arrived.saturating_duration_since(oldest).as_nanos() as u64,
+            receipt,
             attempts: self.attempts.take(),
             key_at,
             // Kinesis partition keys have at most 256 characters (1,024 bytes), and
@@ -136,8 +157,8 @@ impl Pending {
             key_len: self.partition_key.len() as u16,
             data_at,
             data_len: self.data.len() as u32,
-            explicit: self.explicit,
-            user_hash_key: self.user_hash_key,
+            slot,
+            flags,
         }
     }
 }
@@ -145,29 +166,57 @@ impl Pending {
 /// `key_at` of a user record sent as its own Kinesis record.
 pub(crate) const OWN_KEY: u32 = u32::MAX;
 
-/// A user record inside a Kinesis record (see the module's documentation).
+/// [`Carried::flags`]: its hash key is sent as the explicit hash key.
+const EXPLICIT: u8 = 1;
+/// [`Carried::flags`]: the user gave the explicit hash key.
+const USER_HASH_KEY: u8 = 2;
+
+/// A user record inside a Kinesis record (see the module's documentation): 48 bytes,
+/// so its fields are packed (times as offsets, flags as bits, its receipt's chunk and
+/// slot rather than a [`Completion`]), and its hash key is not kept: its partition
+/// key's MD5, computed again on the rare paths that need it, or an explicit hash key
+/// kept by its Kinesis record ([`Outgoing::hash_key_of`]).
 #[derive(Debug)]
 pub(crate) struct Carried {
     pub id: u64,
-    /// The hash key's high and low halves (two words rather than a `u128`, whose
-    /// 16-byte alignment would pad the struct).
-    hash_key: [u64; 2],
-    pub arrived: Instant,
-    /// Where the outcome goes; `None` once completed (see [`Pending::completion`]).
-    pub completion: Option<Completion>,
+    /// When it arrived: nanoseconds after its Kinesis record's `oldest`.
+    arrived_after: u64,
+    /// Its receipt's chunk, `None` once completed, and its slot there: where the
+    /// outcome goes (see [`Pending::completion`]).
+    receipt: Option<Arc<ReceiptChunk>>,
     pub attempts: EarlierAttempts,
     key_at: u32,
-    key_len: u16,
     data_at: u32,
     data_len: u32,
-    pub explicit: bool,
-    pub user_hash_key: bool,
+    key_len: u16,
+    slot: u8,
+    /// [`EXPLICIT`], [`USER_HASH_KEY`].
+    flags: u8,
+}
+
+impl Drop for Carried {
+    /// Dropped before it completed (the pipeline stopped): its receipt resolves to
+    /// [`RecordError::Abandoned`](crate::RecordError::Abandoned).
+    fn drop(&mut self) {
+        drop(self.completion());
+    }
 }
 
 impl Carried {
-    /// The hash key that places it.
-    pub fn hash_key(&self) -> HashKey {
-        HashKey((u128::from(self.hash_key[0]) << 64) | u128::from(self.hash_key[1]))
+    /// Whether its hash key is sent as the explicit hash key.
+    pub fn explicit(&self) -> bool {
+        self.flags & EXPLICIT != 0
+    }
+
+    /// Whether the user gave the explicit hash key.
+    pub fn user_hash_key(&self) -> bool {
+        self.flags & USER_HASH_KEY != 0
+    }
+
+    /// Where the outcome goes, taken (`None` once taken or completed).
+    fn completion(&mut self) -> Option<Completion> {
+        let chunk = self.receipt.take()?;
+        Some(Completion::from_parts(chunk, self.slot))
     }
 
     /// Bytes it counts for: data plus partition key.
@@ -188,7 +237,7 @@ impl Carried {
 
     /// Sends the outcome to the waiting receipt and releases the buffer space.
     pub fn complete(&mut self, outcome: Outcome, released: &mut Released) {
-        if let Some(completion) = self.completion.take() {
+        if let Some(completion) = self.completion() {
             released.add(self.size());
             completion.complete(outcome);
         }
@@ -209,6 +258,9 @@ pub(crate) struct Outgoing {
     pub deadline: Instant,
     /// The earliest arrival of its user records (the first to expire).
     pub oldest: Instant,
+    /// The explicit hash keys of its user records placed by one, by id (empty for
+    /// most).
+    explicit_keys: Vec<(u64, HashKey)>,
     /// The lowest id of its user records (what a flush forces).
     pub min_id: u64,
     /// Failed attempts so far, for the backoff.
@@ -220,20 +272,60 @@ pub(crate) struct Outgoing {
 impl Outgoing {
     /// One user record sent as it is.
     pub fn single(shard: Option<Arc<str>>, mut record: Pending, deadline: Instant) -> Self {
-        let carried = record.carried(OWN_KEY, 0);
+        let oldest = record.arrived;
+        let mut explicit_keys = Vec::new();
+        let carried = record.carried(OWN_KEY, 0, oldest, &mut explicit_keys);
         let explicit_hash_key = record.explicit_hash_key().map(|k| k.to_string());
         let encoded = EncodedRecord::new(record.partition_key, explicit_hash_key, record.data, 1);
-        Outgoing::new(shard, encoded, vec![carried], deadline)
+        Outgoing::carrying(
+            shard,
+            encoded,
+            vec![carried],
+            deadline,
+            oldest,
+            explicit_keys,
+        )
     }
 
-    /// A Kinesis record carrying `records`, encoded as `encoded`.
+    /// The hash key that places `record`, one of its user records.
+    pub fn hash_key_of(&self, record: &Carried) -> HashKey {
+        if record.explicit() {
+            if let Some((_, key)) = self.explicit_keys.iter().find(|(id, _)| *id == record.id) {
+                return *key;
+            }
+        }
+        HashKey::from_partition_key(self.key_of(record))
+    }
+
+    /// When `record`, one of its user records, arrived.
+    pub fn arrival_of(&self, record: &Carried) -> Instant {
+        self.oldest + Duration::from_nanos(record.arrived_after)
+    }
+
+    /// A Kinesis record without user records (tests of the stages that only look at
+    /// its bytes).
+    #[cfg(test)]
     pub fn new(
         shard: Option<Arc<str>>,
         encoded: EncodedRecord,
         records: Vec<Carried>,
         deadline: Instant,
     ) -> Self {
-        let oldest = records.iter().map(|r| r.arrived).min().unwrap_or(deadline);
+        assert!(records.is_empty());
+        Outgoing::carrying(shard, encoded, records, deadline, deadline, Vec::new())
+    }
+
+    /// A Kinesis record carrying `records`, encoded as `encoded`; `oldest` is the
+    /// earliest arrival of its user records (their arrivals are kept relative to it),
+    /// `explicit_keys` the hash keys of those placed by an explicit one.
+    pub fn carrying(
+        shard: Option<Arc<str>>,
+        encoded: EncodedRecord,
+        records: Vec<Carried>,
+        deadline: Instant,
+        oldest: Instant,
+        explicit_keys: Vec<(u64, HashKey)>,
+    ) -> Self {
         let min_id = records.iter().map(|r| r.id).min().unwrap_or(u64::MAX);
         Outgoing {
             shard,
@@ -241,6 +333,7 @@ impl Outgoing {
             records,
             deadline,
             oldest,
+            explicit_keys,
             min_id,
             failures: 0,
             attempts: Vec::new(),
@@ -294,12 +387,12 @@ impl Outgoing {
                     id: record.id,
                     partition_key: self.key_of(&record).to_owned(),
                     data: self.data_of(&record),
-                    hash_key: record.hash_key(),
-                    explicit: record.explicit,
-                    user_hash_key: record.user_hash_key,
-                    arrived: record.arrived,
+                    hash_key: self.hash_key_of(&record),
+                    explicit: record.explicit(),
+                    user_hash_key: record.user_hash_key(),
+                    arrived: self.arrival_of(&record),
                     attempts,
-                    completion: record.completion.take(),
+                    completion: record.completion(),
                 }
             })
             .collect()
@@ -314,7 +407,7 @@ mod tests {
     fn a_carried_record_is_small() {
         // What the producer holds per outstanding user record besides its receipt.
         assert!(
-            std::mem::size_of::<Carried>() <= 80,
+            std::mem::size_of::<Carried>() <= 48,
             "{}",
             std::mem::size_of::<Carried>()
         );

@@ -452,7 +452,7 @@ impl Pipeline {
         }
         let (expired, alive): (Vec<_>, Vec<_>) = std::mem::take(&mut record.records)
             .into_iter()
-            .partition(|r| r.arrived + ttl <= now);
+            .partition(|r| record.arrival_of(r) + ttl <= now);
         self.metrics.expired(expired.len());
         self.shared.count_failed(expired.len());
         for mut user in expired {
@@ -493,7 +493,7 @@ impl Pipeline {
                 if record.attempts.is_empty() {
                     for user in record.records.iter().filter(|u| u.is_fresh()) {
                         self.metrics
-                            .first_attempt(now.saturating_duration_since(user.arrived));
+                            .first_attempt(now.saturating_duration_since(record.arrival_of(user)));
                     }
                 }
             }
@@ -647,7 +647,7 @@ impl Pipeline {
             record
                 .records
                 .iter()
-                .all(|r| (start..=end).contains(&r.hash_key())),
+                .all(|r| (start..=end).contains(&record.hash_key_of(r))),
         )
     }
 
@@ -812,7 +812,7 @@ impl Pipeline {
             record
                 .records
                 .iter()
-                .any(|r| !r.user_hash_key && spreader.is_spread(record.key_of(r)))
+                .any(|r| !r.user_hash_key() && spreader.is_spread(record.key_of(r)))
         })
     }
 

@@ -184,12 +184,13 @@ pub(crate) enum Outcome {
     Failed(RecordError),
 }
 
-/// What a user record's receipt waits for (24 bytes: a receipt's share of the memory
-/// of an outstanding record is small).
+/// What a user record's receipt waits for (16 bytes: a receipt's share of the memory
+/// of an outstanding record is small). The waker of a receipt that waits is kept beside
+/// the slots of its chunk, not in its slot: few receipts of a chunk are polled at once.
 #[derive(Debug)]
 enum Slot {
-    /// Not completed yet; the waker of the receipt's last poll.
-    Waiting(Option<Waker>),
+    /// Not completed yet.
+    Waiting,
     /// Completed, not taken by the receipt yet.
     Delivered(Arc<Delivered>, u32),
     Failed(Box<RecordError>),
@@ -210,20 +211,35 @@ impl Slot {
             })),
             Slot::Failed(error) => Some(Err(*error)),
             Slot::Closed => Some(Err(RecordError::Abandoned)),
-            waiting @ Slot::Waiting(_) => {
-                *self = waiting;
+            Slot::Waiting => {
+                *self = Slot::Waiting;
                 None
             }
         }
     }
 }
 
+/// The slots of a chunk and the wakers of its receipts that wait.
+#[derive(Debug)]
+struct ChunkState {
+    slots: [Slot; SLOTS_PER_CHUNK],
+    /// Slot index and waker of each receipt that was polled before its outcome came.
+    wakers: Vec<(u8, Waker)>,
+}
+
+impl ChunkState {
+    fn take_waker(&mut self, index: u8) -> Option<Waker> {
+        let at = self.wakers.iter().position(|(i, _)| *i == index)?;
+        Some(self.wakers.swap_remove(at).1)
+    }
+}
+
 /// Receipts allocated together: [`SLOTS_PER_CHUNK`] consecutive records share one
-/// allocation instead of a channel each. A chunk is freed once every receipt and every
-/// record of it is gone.
+/// allocation and one lock instead of a channel each. A chunk is freed once every
+/// receipt and every record of it is gone.
 #[derive(Debug)]
 pub(crate) struct ReceiptChunk {
-    slots: [Mutex<Slot>; SLOTS_PER_CHUNK],
+    state: Mutex<ChunkState>,
 }
 
 /// Records whose receipts share one allocation.
@@ -232,14 +248,17 @@ pub(crate) const SLOTS_PER_CHUNK: usize = 64;
 impl ReceiptChunk {
     fn new() -> Arc<Self> {
         Arc::new(ReceiptChunk {
-            slots: std::array::from_fn(|_| Mutex::new(Slot::Waiting(None))),
+            state: Mutex::new(ChunkState {
+                slots: std::array::from_fn(|_| Slot::Waiting),
+                wakers: Vec::new(),
+            }),
         })
     }
 
-    fn slot(&self, index: u8) -> MutexGuard<'_, Slot> {
-        // A panic while a slot is locked cannot leave it half-written: every write is
-        // one assignment.
-        self.slots[usize::from(index)]
+    fn state(&self) -> MutexGuard<'_, ChunkState> {
+        // A panic while the chunk is locked cannot leave it half-written: every write
+        // is one assignment, push or removal.
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -277,9 +296,8 @@ impl ReceiptSlots {
                 index,
             },
             Completion {
-                chunk: self.chunk.clone(),
+                chunk: Some(self.chunk.clone()),
                 index,
-                done: false,
             },
         )
     }
@@ -290,34 +308,47 @@ impl ReceiptSlots {
 /// [`RecordError::Abandoned`].
 #[derive(Debug)]
 pub(crate) struct Completion {
-    chunk: Arc<ReceiptChunk>,
+    /// `None` once completed.
+    chunk: Option<Arc<ReceiptChunk>>,
     index: u8,
-    done: bool,
 }
 
 impl Completion {
     /// Hands the outcome to the receipt (dropped if the receipt is gone).
     pub fn complete(mut self, outcome: Outcome) {
-        Self::store(&self.chunk, self.index, outcome);
-        self.done = true;
+        if let Some(chunk) = self.chunk.take() {
+            Self::store(&chunk, self.index, outcome);
+        }
+    }
+
+    /// Its chunk and slot index, for a record that keeps them in fewer bytes
+    /// ([`Carried`](crate::pending::Carried)); [`from_parts`](Self::from_parts) gives it
+    /// back.
+    pub fn into_parts(mut self) -> (Option<Arc<ReceiptChunk>>, u8) {
+        (self.chunk.take(), self.index)
+    }
+
+    pub fn from_parts(chunk: Arc<ReceiptChunk>, index: u8) -> Self {
+        Completion {
+            chunk: Some(chunk),
+            index,
+        }
     }
 
     fn store(chunk: &ReceiptChunk, index: u8, outcome: Outcome) {
         let waker = {
-            let mut slot = chunk.slot(index);
-            match std::mem::replace(&mut *slot, Slot::Closed) {
-                Slot::Waiting(waker) => {
+            let mut state = chunk.state();
+            let slot = &mut state.slots[usize::from(index)];
+            match slot {
+                Slot::Waiting => {
                     *slot = match outcome {
                         Outcome::Delivered(landed, sub) => Slot::Delivered(landed, sub),
                         Outcome::Failed(error) => Slot::Failed(Box::new(error)),
                     };
-                    waker
+                    state.take_waker(index)
                 }
                 // The receipt was dropped (or, impossibly, completed twice).
-                done => {
-                    *slot = done;
-                    None
-                }
+                _ => None,
             }
         };
         if let Some(waker) = waker {
@@ -328,12 +359,8 @@ impl Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        if !self.done {
-            Self::store(
-                &self.chunk,
-                self.index,
-                Outcome::Failed(RecordError::Abandoned),
-            );
+        if let Some(chunk) = self.chunk.take() {
+            Self::store(&chunk, self.index, Outcome::Failed(RecordError::Abandoned));
         }
     }
 }
@@ -349,8 +376,8 @@ pub struct RecordReceipt {
 
 impl std::fmt::Debug for RecordReceipt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &*self.chunk.slot(self.index) {
-            Slot::Waiting(_) => "waiting",
+        let state = match &self.chunk.state().slots[usize::from(self.index)] {
+            Slot::Waiting => "waiting",
             Slot::Delivered(..) | Slot::Failed(_) => "done",
             Slot::Closed => "taken",
         };
@@ -364,15 +391,15 @@ impl Future for RecordReceipt {
     type Output = Result<RecordResult, RecordError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut slot = self.chunk.slot(self.index);
-        if let Some(outcome) = slot.take() {
+        let index = self.index;
+        let mut state = self.chunk.state();
+        if let Some(outcome) = state.slots[usize::from(index)].take() {
             return Poll::Ready(outcome);
         }
-        if let Slot::Waiting(waker) = &mut *slot {
-            match waker {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                _ => *waker = Some(cx.waker().clone()),
-            }
+        match state.wakers.iter_mut().find(|(i, _)| *i == index) {
+            Some((_, waker)) if waker.will_wake(cx.waker()) => {}
+            Some((_, waker)) => *waker = cx.waker().clone(),
+            None => state.wakers.push((index, cx.waker().clone())),
         }
         Poll::Pending
     }
@@ -381,7 +408,13 @@ impl Future for RecordReceipt {
 impl Drop for RecordReceipt {
     /// Frees the outcome early: nobody will read it.
     fn drop(&mut self) {
-        *self.chunk.slot(self.index) = Slot::Closed;
+        let (slot, waker) = {
+            let mut state = self.chunk.state();
+            let slot = std::mem::replace(&mut state.slots[usize::from(self.index)], Slot::Closed);
+            (slot, state.take_waker(self.index))
+        };
+        // Dropped outside the lock: nothing they drop can come back to this chunk.
+        drop((slot, waker));
     }
 }
 
@@ -405,7 +438,7 @@ mod tests {
     #[test]
     fn a_slot_is_small() {
         assert!(
-            std::mem::size_of::<Slot>() <= 24,
+            std::mem::size_of::<Slot>() <= 16,
             "{}",
             std::mem::size_of::<Slot>()
         );
@@ -452,6 +485,6 @@ mod tests {
         let (receipt, completion) = slots.next();
         drop(receipt);
         completion.complete(ok(1));
-        assert!(matches!(*slots.chunk.slot(1), Slot::Closed));
+        assert!(matches!(slots.chunk.state().slots[1], Slot::Closed));
     }
 }

@@ -62,6 +62,20 @@ impl Sink for Vec<u8> {
     }
 }
 
+/// Counts the bytes a chunk will take, so it is allocated once at its size (a chunk of
+/// one 68 KB aggregate would otherwise grow a 65 KB buffer to 130 KB).
+struct CountSink(usize);
+
+impl Sink for CountSink {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+
+    fn put_base64(&mut self, data: &[u8]) {
+        self.0 += BASE64.encoded_length(data.len());
+    }
+}
+
 struct HashSink {
     hasher: Sha256,
     scratch: Vec<u8>,
@@ -287,7 +301,9 @@ impl Chunks {
         if !self.first && self.next >= self.body.entries.len() {
             return None;
         }
-        let mut chunk = Vec::with_capacity(self.remaining.min(CHUNK + 1024));
+        let mut len = CountSink(0);
+        self.body.write_chunk(self.next, self.first, &mut len);
+        let mut chunk = Vec::with_capacity(len.0);
         self.next = self.body.write_chunk(self.next, self.first, &mut chunk);
         self.first = false;
         self.remaining = self.remaining.saturating_sub(chunk.len());

@@ -264,16 +264,27 @@ impl LoadTracker {
 #[derive(Debug, Default)]
 pub(crate) struct Tracker {
     first: u64,
-    slots: std::collections::VecDeque<Option<Instant>>,
+    /// Per record of the window: [`COMPLETED`], or when it arrived (8 bytes rather than
+    /// an `Option<Instant>`'s 16: every outstanding record has a slot).
+    slots: std::collections::VecDeque<u64>,
+    /// What arrivals are counted from: the first record's.
+    epoch: Option<Instant>,
     /// Outstanding records moved out of the window, by id.
     stragglers: std::collections::BTreeMap<u64, Instant>,
     count: usize,
 }
 
+/// A [`Tracker`] slot whose record completed.
+const COMPLETED: u64 = 0;
+
 impl Tracker {
     /// Registers a record; returns its id.
     pub fn add(&mut self, arrived: Instant) -> u64 {
-        self.slots.push_back(Some(arrived));
+        let epoch = *self.epoch.get_or_insert(arrived);
+        // Nanoseconds after the epoch, plus one: never COMPLETED; below 2^64 for 584
+        // years.
+        let at = arrived.saturating_duration_since(epoch).as_nanos() as u64;
+        self.slots.push_back(at.saturating_add(1));
         self.count += 1;
         if self.slots.len() > 4 * self.count + 4_096 {
             self.shrink();
@@ -287,7 +298,7 @@ impl Tracker {
             let Some(front) = self.slots.pop_front() else {
                 break;
             };
-            if let Some(arrived) = front {
+            if let Some(arrived) = self.arrival(front) {
                 self.stragglers.insert(self.first, arrived);
             }
             self.first += 1;
@@ -296,7 +307,7 @@ impl Tracker {
     }
 
     fn pop_completed(&mut self) {
-        while matches!(self.slots.front(), Some(None)) {
+        while self.slots.front() == Some(&COMPLETED) {
             self.slots.pop_front();
             self.first += 1;
         }
@@ -315,7 +326,7 @@ impl Tracker {
             return;
         };
         if let Some(slot) = self.slots.get_mut(index as usize) {
-            if slot.take().is_some() {
+            if std::mem::replace(slot, COMPLETED) != COMPLETED {
                 self.count -= 1;
             }
         }
@@ -337,8 +348,14 @@ impl Tracker {
     pub fn oldest(&self) -> Option<Instant> {
         match self.stragglers.first_key_value() {
             Some((_, &arrived)) => Some(arrived),
-            None => self.slots.front().copied().flatten(),
+            None => self.arrival(*self.slots.front()?),
         }
+    }
+
+    /// The arrival a slot holds, `None` if it completed.
+    fn arrival(&self, slot: u64) -> Option<Instant> {
+        let after = slot.checked_sub(1)?;
+        Some(self.epoch? + Duration::from_nanos(after))
     }
 
     pub fn len(&self) -> usize {
