@@ -153,8 +153,11 @@ class Emulators:
 
     def start(self):
         self.stop()
+        # kinesis-mock runs on Node: its default heap limit (about 2 GB) ran out while a
+        # 100 MB stream was read back under load (2026-12-05).
+        env = dict(os.environ, NODE_OPTIONS="--max-old-space-size=6144")
         out = subprocess.run([str(ROOT / "localstack" / "start"), *PORTS], capture_output=True,
-                             text=True, check=True).stdout
+                             text=True, check=True, env=env).stdout
         env = dict(os.environ)
         for line in out.splitlines():
             if line.startswith("export "):
@@ -432,6 +435,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small counts, to check the harness")
     parser.add_argument("--no-1m", action="store_true", help="skip the 1,000,000-record runs")
     parser.add_argument("--only", choices=["producer", "consumer", "codec"], action="append")
+    parser.add_argument("--size", type=int, action="append",
+                        help="only producer rows of this record size, 100 or 1024 (repeatable)")
     parser.add_argument("--peer", action="append",
                         help="only producer and consumer rows whose name contains this (repeatable)")
     parser.add_argument("--out", default=str(WORK / "results.json"))
@@ -483,6 +488,8 @@ def main():
                 # 1M records of 1 KiB are 1 GB: at kinesis-mock's ~2.4 MB/s (the ceiling
                 # above) about 7 minutes per peer, all of it the emulator's.
                 for size in (100,) if n >= 1_000_000 else (100, 1024):
+                    if args.size and size not in args.size:
+                        continue
                     for name, venv, script, binary in with_before(PRODUCERS, before):
                         if args.peer and not any(p in name for p in args.peer):
                             continue
