@@ -142,8 +142,13 @@ def draw(results, out_dir):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     when = results.get("date", "")
-    load = results.get("machine", {}).get("load_average")
-    note = f" — {when}" + (f", load average {load[0]:.1f} at the start" if load else "")
+    during = results.get("load_average_1m_during_run") or {}
+    start = results.get("machine", {}).get("load_average")
+    if "min" in during:
+        load = f", load average {during['min']:.0f}–{during['max']:.0f} on 2 cores"
+    else:
+        load = f", load average {start[0]:.1f} at the start" if start else ""
+    note = f"\n{when}{load}"
     builds = [f"{who}: {results[key]['commit'].split()[0]}" for who, key in
               (("ours", "ours"), ("ours-before", "ours_before")) if (results.get(key) or {}).get("commit")]
     foot = "; ".join(builds) + ("; hatched: invalid row (not every record confirmed)" if builds else "")

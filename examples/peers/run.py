@@ -445,6 +445,8 @@ def main():
                              "`kinesis` in DIR (an older build), beside the current one")
     parser.add_argument("--charts", metavar="DIR",
                         help="where to write the SVG charts (default: beside --out)")
+    parser.add_argument("--no-build", action="store_true",
+                        help="use target/release as it is (a second harness beside a first)")
     parser.add_argument("--chart-only", metavar="RESULTS_JSON",
                         help="only redraw the charts of an existing results JSON, run nothing")
     args = parser.parse_args()
@@ -454,11 +456,12 @@ def main():
                     Path(args.charts or Path(args.chart_only).resolve().parent).resolve())
         return
     before = our_binary(args.ours_before) if args.ours_before else None
-    log("building our programs (release)")
-    subprocess.run(["nice", "cargo", "build", "--release", "-q", "-p", "kinesis-cli"], cwd=ROOT,
-                   check=True)
-    subprocess.run(["nice", "cargo", "build", "--release", "-q", "-p", "kinesis-aggregation",
-                    "--example", "codec"], cwd=ROOT, check=True)
+    if not args.no_build:
+        log("building our programs (release)")
+        subprocess.run(["nice", "cargo", "build", "--release", "-q", "-p", "kinesis-cli"],
+                       cwd=ROOT, check=True)
+        subprocess.run(["nice", "cargo", "build", "--release", "-q", "-p", "kinesis-aggregation",
+                        "--example", "codec"], cwd=ROOT, check=True)
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
                "versions": versions(), "command": " ".join(sys.argv),
                "ours": {"binary": str(KINESIS), "commit": commit_of(ROOT)}}
