@@ -370,6 +370,7 @@ def consumer_rows(emulators, aggregated_n, peer_filter, before=None):
                 "peak_rss_mib": run["peak_rss_mib"], "distinct": distinct,
                 **({} if distinct == n else {"stderr_tail": run["stderr_tail"]}),
             })
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
