@@ -74,7 +74,7 @@ def bars(path, title, unit, groups, footnote=""):
     log = bool(values) and max(values) / min(values) > LOG_SPREAD
     heights = [len(bs) + 0.6 for _, bs in groups]
     fig, axes = plt.subplots(len(groups), 1, sharex=True, squeeze=False,
-                             figsize=(8.5, 0.9 + 0.3 * sum(heights)),
+                             figsize=(8.5, 0.9 + 0.4 * sum(heights)),
                              gridspec_kw={"height_ratios": heights})
     for ax, (subtitle, bs) in zip(axes[:, 0], groups):
         ys = range(len(bs))
