@@ -4,12 +4,15 @@ run on one machine, against the local emulators; prints tables and writes them a
 
     python3 examples/peers/run.py            # the full table (100k and 1M records)
     python3 examples/peers/run.py --quick    # small counts, to check the harness
+    python3 examples/peers/run.py --ours-before DIR   # also rows for an older build of ours
+    python3 examples/peers/run.py --chart-only results.json --charts DIR   # redraw the charts
 
 On first use it builds our programs in release, creates one virtualenv per peer under
 target/peers/ (pinned versions from PyPI) and installs the emulators (localstack/start).
 Every run gets freshly started emulators and a fresh 4-shard stream; every record of every
 producer run is read back (GetRecords through `kinesis consume --shard`) and counted by
-distinct id, or the row is marked invalid. Not part of CI.
+distinct id, or the row is marked invalid. At the end it draws one SVG bar chart per table
+(charts.py, matplotlib in a virtualenv of its own). Not part of CI.
 """
 
 import argparse
@@ -26,17 +29,24 @@ HERE = Path(__file__).resolve().parent
 WORK = ROOT / "target" / "peers"
 KINESIS = ROOT / "target" / "release" / "kinesis"
 CODEC = ROOT / "target" / "release" / "examples" / "codec"
-PORTS = ["--kinesis-port", "4667", "--dynamodb-port", "8100"]
+# Not the emulators' default ports (4567, 8000): other jobs on the machine may use those.
+PORTS = ["--kinesis-port", os.environ.get("PEERS_KINESIS_PORT", "4667"),
+         "--dynamodb-port", os.environ.get("PEERS_DYNAMODB_PORT", "8100")]
 
 VENVS = {
-    "aiokpl": ["aiokpl==0.2.0", "boto3"],
+    # The versions pip chose for the 2026-12-02 run, pinned: unpinned, pip backtracks through
+    # boto3 releases for many minutes, and the rows would change with each new release.
+    "aiokpl": ["aiokpl==0.2.0", "aiobotocore==3.10.0", "boto3==1.43.117"],
     # Not with boto3 on the same line: pip backtracks for many minutes (peers.md).
-    "async-kinesis": ["async-kinesis[kpl,dynamodb]==3.0.1"],
-    "agg": ["aws-kinesis-agg==1.2.3", "boto3"],
+    "async-kinesis": ["async-kinesis[kpl,dynamodb]==3.0.1", "aiobotocore==2.25.1"],
+    "agg": ["aws-kinesis-agg==1.2.3", "boto3==1.44.8", "protobuf==7.36.2"],
+    # Not a peer: draws the charts (charts.py).
+    "charts": ["matplotlib==3.11.2"],
 }
 
 PRODUCERS = [
-    # (name, virtualenv or None for ours, script or our extra arguments)
+    # (name, virtualenv or None for ours, script or our extra arguments). With --ours-before,
+    # each of our rows gets a twin "(ours-before, ...)" run with the older binary.
     ("kinesis produce (ours)", None, None),
     # kinesis-mock takes in about 2.4 MB/s (the ceiling below): 100 MB takes longer than the
     # KPL's 30 s record TTL, and a 5 MiB PutRecords on a filling stream longer than its 6 s
@@ -51,7 +61,8 @@ PRODUCERS = [
 
 
 CONSUMERS = [
-    # (name, our extra arguments)
+    # (name, our extra arguments; None for a peer). With --ours-before, each of our rows
+    # gets a twin "(ours-before, ...)" run with the older binary.
     ("kinesis consume (ours)", []),
     # async-kinesis below polls every 0.2 s when a shard is idle (its default: 2 s); ours
     # waits the Java KCL's 1.5 s after every GetRecords: the same with 200 ms.
@@ -60,6 +71,18 @@ CONSUMERS = [
     # Not a consumer: how fast the emulator hands the same stream out (see read_ceiling.py).
     ("boto3 GetRecords, no processing (the emulator's read ceiling)", None),
 ]
+
+
+def with_before(rows, before):
+    """`rows` with, after each of ours, its twin run by the `before` binary (or unchanged
+    without one). Each row gains its binary: ours, the older one, or None for a peer."""
+    out = []
+    for row in rows:
+        ours = "(ours" in row[0]
+        out.append((*row, KINESIS if ours else None))
+        if ours and before:
+            out.append((row[0].replace("(ours", "(ours-before", 1), *row[1:], before))
+    return out
 
 
 def log(message):
@@ -87,7 +110,8 @@ def versions():
             [venv_python(name), "-m", "pip", "freeze"], capture_output=True, text=True, check=True
         ).stdout
         out[name] = [line for line in frozen.splitlines() if line.split("==")[0].lower() in (
-            "aiokpl", "async-kinesis", "aws-kinesis-agg", "boto3", "aiobotocore", "protobuf")]
+            "aiokpl", "async-kinesis", "aws-kinesis-agg", "boto3", "aiobotocore", "protobuf",
+            "matplotlib")]
     return out
 
 
@@ -99,6 +123,28 @@ def machine():
             "load_average": os.getloadavg()}
 
 
+class LoadSampler:
+    """The 1-minute load average every 30 s while the harness runs (the machine is shared:
+    the tables are only comparable with the load they were taken under)."""
+
+    def __init__(self, every=30):
+        import threading
+        self.samples, self.stop_event = [], threading.Event()
+        self.thread = threading.Thread(target=self.run, args=(every,), daemon=True)
+        self.thread.start()
+
+    def run(self, every):
+        while True:
+            self.samples.append(round(os.getloadavg()[0], 2))
+            if self.stop_event.wait(every):
+                return
+
+    def summary(self):
+        self.stop_event.set()
+        s = sorted(self.samples)
+        return {"samples": len(s), "min": s[0], "median": s[len(s) // 2], "max": s[-1]} if s else {}
+
+
 class Emulators:
     """localstack/start on ports of our own; a fresh pair per run."""
 
@@ -107,8 +153,11 @@ class Emulators:
 
     def start(self):
         self.stop()
+        # kinesis-mock runs on Node: its default heap limit (about 2 GB) ran out while a
+        # 100 MB stream was read back under load (2026-12-05).
+        env = dict(os.environ, NODE_OPTIONS="--max-old-space-size=6144")
         out = subprocess.run([str(ROOT / "localstack" / "start"), *PORTS], capture_output=True,
-                             text=True, check=True).stdout
+                             text=True, check=True, env=env).stdout
         env = dict(os.environ)
         for line in out.splitlines():
             if line.startswith("export "):
@@ -198,12 +247,12 @@ def read_back(env, stream, shards):
     return ids, len(sequences), user_records
 
 
-def producer_row(emulators, name, venv, script, n, size):
+def producer_row(emulators, name, venv, script, binary, n, size):
     env = emulators.start()
     stream = f"peers-{int(time.time() * 1000)}"
     shards = create_stream(env, stream)
     if venv is None:
-        command = [str(KINESIS), "produce", "--stream", stream, "--records", str(n),
+        command = [str(binary), "produce", "--stream", stream, "--records", str(n),
                    "--size", str(size), "--keys", "1000", *(script or [])]
     else:
         command = [venv_python(venv), str(HERE / script), stream, str(n), str(size), "1000"]
@@ -248,14 +297,14 @@ def ceiling(emulators, size, count):
     return json.loads(run["stdout"][-1]) if run["stdout"] else {"error": run["stderr_tail"]}
 
 
-def consumer_rows(emulators, aggregated_n, peer_filter):
+def consumer_rows(emulators, aggregated_n, peer_filter, before=None):
     rows = []
     for aggregated in (True, False):
         # Unaggregated, every user record is a Kinesis record, and kinesis-mock's cost per
         # put grows with what the shard holds: 200,000 of them cannot be written to it in
         # reasonable time (puts time out), so that row reads 20,000.
         n = aggregated_n if aggregated else min(aggregated_n, 20_000)
-        for peer, extra in CONSUMERS:
+        for peer, extra, binary in with_before(CONSUMERS, before):
             if peer_filter and not any(p in peer for p in peer_filter):
                 continue
             env = emulators.start()
@@ -281,7 +330,7 @@ def consumer_rows(emulators, aggregated_n, peer_filter):
                         times.append(at)
 
                 run = run_measured(
-                    [str(KINESIS), "consume", "--stream", stream, "--app", app,
+                    [str(binary), "consume", "--stream", stream, "--app", app,
                      "--exit-after-idle", "3s", *extra],
                     env, timeout=900, stdout_lines=line)
                 seen = {json.loads(json.loads(l)["data"])["id"] for l in lines}
@@ -321,6 +370,7 @@ def consumer_rows(emulators, aggregated_n, peer_filter):
                 "peak_rss_mib": run["peak_rss_mib"], "distinct": distinct,
                 **({} if distinct == n else {"stderr_tail": run["stderr_tail"]}),
             })
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
@@ -345,6 +395,33 @@ def codec_rows():
     return rows, md5
 
 
+def our_binary(path):
+    """--ours-before: a directory holding a release `kinesis` (or a tree whose
+    target/release holds one), or the binary itself."""
+    path = Path(path).resolve()
+    for candidate in (path, path / "kinesis", path / "target" / "release" / "kinesis"):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    sys.exit(f"peers: no kinesis binary in {path}")
+
+
+def commit_of(path):
+    """The commit of the git tree holding `path`, if any (for the JSON and the charts)."""
+    out = subprocess.run(["git", "-C", str(path), "log", "-1", "--format=%h %s"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() or None
+
+
+def draw_charts(results_json, out_dir):
+    """One SVG bar chart per table of `results_json`, into `out_dir` (charts.py)."""
+    out = subprocess.run([venv_python("charts"), str(HERE / "charts.py"), str(results_json),
+                          str(out_dir)], capture_output=True, text=True)
+    if out.returncode != 0:
+        log(f"charts failed: {out.stderr[-800:]}")
+    for line in out.stdout.splitlines():
+        log(f"chart {line}")
+
+
 def table(rows, columns):
     widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
     lines = [" | ".join(c.ljust(w) for c, w in zip(columns, widths))]
@@ -359,19 +436,41 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small counts, to check the harness")
     parser.add_argument("--no-1m", action="store_true", help="skip the 1,000,000-record runs")
     parser.add_argument("--only", choices=["producer", "consumer", "codec"], action="append")
+    parser.add_argument("--size", type=int, action="append",
+                        help="only producer rows of this record size, 100 or 1024 (repeatable)")
     parser.add_argument("--peer", action="append",
                         help="only producer and consumer rows whose name contains this (repeatable)")
     parser.add_argument("--out", default=str(WORK / "results.json"))
+    parser.add_argument("--ours-before", metavar="DIR",
+                        help="also run the producer and consumer rows of ours with the release "
+                             "`kinesis` in DIR (an older build), beside the current one")
+    parser.add_argument("--charts", metavar="DIR",
+                        help="where to write the SVG charts (default: beside --out)")
+    parser.add_argument("--no-build", action="store_true",
+                        help="use target/release as it is (a second harness beside a first)")
+    parser.add_argument("--chart-only", metavar="RESULTS_JSON",
+                        help="only redraw the charts of an existing results JSON, run nothing")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    log("building our programs (release)")
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "kinesis-cli"], cwd=ROOT, check=True)
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "kinesis-aggregation", "--example",
-                    "codec"], cwd=ROOT, check=True)
+    if args.chart_only:
+        draw_charts(Path(args.chart_only).resolve(),
+                    Path(args.charts or Path(args.chart_only).resolve().parent).resolve())
+        return
+    before = our_binary(args.ours_before) if args.ours_before else None
+    if not args.no_build:
+        log("building our programs (release)")
+        subprocess.run(["nice", "cargo", "build", "--release", "-q", "-p", "kinesis-cli"],
+                       cwd=ROOT, check=True)
+        subprocess.run(["nice", "cargo", "build", "--release", "-q", "-p", "kinesis-aggregation",
+                        "--example", "codec"], cwd=ROOT, check=True)
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
-               "versions": versions()}
+               "versions": versions(), "command": " ".join(sys.argv),
+               "ours": {"binary": str(KINESIS), "commit": commit_of(ROOT)}}
+    if before:
+        results["ours_before"] = {"binary": str(before), "commit": commit_of(before.parent)}
     only = set(args.only or ["producer", "consumer", "codec"])
     emulators = Emulators()
+    load = LoadSampler()
     try:
         if "codec" in only:
             rows, md5 = codec_rows()
@@ -393,13 +492,16 @@ def main():
                 # 1M records of 1 KiB are 1 GB: at kinesis-mock's ~2.4 MB/s (the ceiling
                 # above) about 7 minutes per peer, all of it the emulator's.
                 for size in (100,) if n >= 1_000_000 else (100, 1024):
-                    for name, venv, script in PRODUCERS:
+                    if args.size and size not in args.size:
+                        continue
+                    for name, venv, script, binary in with_before(PRODUCERS, before):
                         if args.peer and not any(p in name for p in args.peer):
                             continue
                         # kinesis-mock's cost per put grows with what the shard holds:
                         # the unaggregated loop gets at most 10,000 records.
                         count = n if "loop" not in name else min(n, 10_000)
-                        rows.append(producer_row(emulators, name, venv, script, count, size))
+                        rows.append(producer_row(emulators, name, venv, script, binary, count,
+                                                 size))
                         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             results["producer"] = rows
             print("\nProducer\n")
@@ -407,7 +509,7 @@ def main():
                                "cpu_s", "cpu_us_per_record", "peak_rss_mib",
                                "kinesis_records_in_stream", "put_records_calls", "failed"]))
         if "consumer" in only:
-            rows = consumer_rows(emulators, 2_000 if args.quick else 200_000, args.peer)
+            rows = consumer_rows(emulators, 2_000 if args.quick else 200_000, args.peer, before)
             results["consumer"] = rows
             print("\nConsumer\n")
             print(table(rows, ["peer", "records", "aggregated", "valid", "first_delivery_s",
@@ -415,8 +517,11 @@ def main():
                                "cpu_us_per_record", "peak_rss_mib"]))
     finally:
         emulators.stop()
+        results["load_average_1m_during_run"] = load.summary()
+        log(f"load average (1 min) during the run: {results['load_average_1m_during_run']}")
         Path(args.out).write_text(json.dumps(results, indent=2))
         log(f"results in {args.out}")
+    draw_charts(Path(args.out).resolve(), Path(args.charts or Path(args.out).resolve().parent))
 
 
 if __name__ == "__main__":
