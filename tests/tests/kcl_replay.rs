@@ -117,6 +117,34 @@ async fn wait_checkpointed(
     .await
 }
 
+/// Runs a new worker, `w2`, until it has checkpointed `after` (and 2 s more for anything
+/// else to arrive), and checks it delivered exactly `after`; returns its log.
+async fn replay_with_a_new_worker(
+    config: &aws_config::SdkConfig,
+    stream: &str,
+    app: &str,
+    after: &[(String, Bytes)],
+) -> TestResult<Log> {
+    let second = Log::default();
+    let worker = start_worker(
+        fast_builder(config, stream, app, "w2"),
+        "w2",
+        &second,
+        Behaviour::default(),
+    )
+    .await?;
+    wait_checkpointed(config, app, &second, after.len()).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    worker.stop().await?;
+    let delivered: BTreeSet<Bytes> = deliveries(&second).into_keys().collect();
+    assert_eq!(
+        delivered,
+        payloads(after),
+        "exactly the records after the time"
+    );
+    Ok(second)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_to_a_time_replays_every_record_after_it_and_none_before() -> TestResult {
     let config = sdk_config().await?;
@@ -166,24 +194,7 @@ async fn a_reset_to_a_time_replays_every_record_after_it_and_none_before() -> Te
         "no checkpoint at the aggregate's last user record"
     );
 
-    let second = Log::default();
-    let worker = start_worker(
-        fast_builder(&config, &stream, &app, "w2"),
-        "w2",
-        &second,
-        Behaviour::default(),
-    )
-    .await?;
-    wait_checkpointed(&config, &app, &second, after.len()).await?;
-    // Time for anything else to arrive.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    worker.stop().await?;
-    let delivered: BTreeSet<Bytes> = deliveries(&second).into_keys().collect();
-    assert_eq!(
-        delivered,
-        payloads(&after),
-        "exactly the records after the time"
-    );
+    let second = replay_with_a_new_worker(&config, &stream, &app, &after).await?;
     assert_per_key_order(&second);
 
     // A stream that does not exist: a typed error naming it, nothing written.
@@ -348,23 +359,7 @@ async fn a_split_parent_is_read_again_from_the_time_before_its_children() -> Tes
         assert!(matches!(outcome.result, Ok(Some(_))), "{outcome:?}");
     }
 
-    let second = Log::default();
-    let worker = start_worker(
-        fast_builder(&config, &stream, &app, "w2"),
-        "w2",
-        &second,
-        Behaviour::default(),
-    )
-    .await?;
-    wait_checkpointed(&config, &app, &second, after.len()).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    worker.stop().await?;
-    let delivered: BTreeSet<Bytes> = deliveries(&second).into_keys().collect();
-    assert_eq!(
-        delivered,
-        payloads(&after),
-        "exactly the records after the time"
-    );
+    let second = replay_with_a_new_worker(&config, &stream, &app, &after).await?;
     // The parent's records after the time came before any child's.
     let order: Vec<String> = second.delivered().into_iter().map(|d| d.shard).collect();
     let last_parent = order.iter().rposition(|s| *s == parent);
