@@ -199,6 +199,15 @@ impl Args {
     pub(crate) fn the_stream(&self) -> &str {
         self.stream.first().map_or("", String::as_str)
     }
+
+    /// The lease table named by `--lease-table`, if given.
+    fn lease_table_config(&self) -> Option<kinesis_consumer::LeaseTableConfig> {
+        self.lease_table.as_ref().map(|table| {
+            let mut config = kinesis_consumer::LeaseTableConfig::default();
+            config.table_name = Some(table.clone());
+            config
+        })
+    }
 }
 
 /// The application name of tail mode: it names the metrics, and no table.
@@ -288,9 +297,7 @@ async fn run_group(args: Args, app: Option<String>) -> Result<(), Error> {
     if let Some(id) = &args.worker_id {
         builder = builder.worker_id(id);
     }
-    if let Some(table) = &args.lease_table {
-        let mut lease_table = kinesis_consumer::LeaseTableConfig::default();
-        lease_table.table_name = Some(table.clone());
+    if let Some(lease_table) = args.lease_table_config() {
         builder = builder.lease_table(lease_table);
     }
     let slot = SharedSlot::default();
@@ -348,9 +355,7 @@ async fn run_streams(args: Args, app: String) -> Result<(), Error> {
     if let Some(id) = &args.worker_id {
         builder = builder.worker_id(id);
     }
-    if let Some(table) = &args.lease_table {
-        let mut lease_table = kinesis_consumer::LeaseTableConfig::default();
-        lease_table.table_name = Some(table.clone());
+    if let Some(lease_table) = args.lease_table_config() {
         builder = builder.lease_table(lease_table);
     }
     let scheduler = builder.build().await?;
