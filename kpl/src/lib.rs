@@ -123,12 +123,15 @@ mod tests {
             Box::new(RecordError::Abandoned),
             Box::new(RecordError::Expired {
                 attempts: attempts.clone(),
+                record: Box::new(Record::new("k", "v")),
             }),
             Box::new(RecordError::Throttled {
                 attempts: attempts.clone(),
+                record: Box::new(Record::new("k", "v")),
             }),
             Box::new(ProduceError::Record(RecordError::Rejected {
                 attempts: attempts.clone(),
+                record: Box::new(Record::new("k", "v")),
             })),
             Box::new(Arc::unwrap_or_clone(AttemptError::new(
                 "Timeout",

@@ -32,7 +32,7 @@ use crate::retrier::{request_error, Backoff, RetryQueue};
 use crate::shard_map::{ShardMap, ShardMapError};
 use crate::spread::Spreader;
 use crate::stats::{LoadTracker, Released, Shared, Tracker};
-use crate::{HashKey, StreamId};
+use crate::{HashKey, Record, StreamId};
 
 /// Longest wait between two shard map refreshes after failures.
 const MAX_REFRESH_BACKOFF: Duration = Duration::from_secs(30);
@@ -466,10 +466,11 @@ impl Pipeline {
             self.metrics
                 .completed(record.shard.as_ref(), attempts.len().saturating_sub(1));
             self.tracker.complete(user.id);
-            user.complete(
-                Outcome::Failed(RecordError::Expired { attempts }),
-                &mut self.released,
-            );
+            let failed = RecordError::Expired {
+                attempts,
+                record: record.user_record(&user),
+            };
+            user.complete(Outcome::Failed(failed), &mut self.released);
         }
         record.records = alive;
         self.rerouted.extend(record.into_records());
@@ -786,10 +787,16 @@ impl Pipeline {
         }
         record.attempts.push(attempt);
         if error.kind().is_permanent() && !self.config.retry_permanent_errors {
-            return self.fail(record, |attempts| RecordError::Rejected { attempts });
+            return self.fail(record, |attempts, record| RecordError::Rejected {
+                attempts,
+                record,
+            });
         }
         if throttled && self.config.fail_if_throttled {
-            return self.fail(record, |attempts| RecordError::Throttled { attempts });
+            return self.fail(record, |attempts, record| RecordError::Throttled {
+                attempts,
+                record,
+            });
         }
         if throttled && self.holds_spread_keys(&record) {
             // A spread key's records go wherever the spread sends them now rather than
@@ -816,15 +823,21 @@ impl Pipeline {
         })
     }
 
-    /// Fails every user record of `record` with the error `make` builds.
-    fn fail(&mut self, mut record: Outgoing, make: impl Fn(Vec<Attempt>) -> RecordError) {
+    /// Fails every user record of `record` with the error `make` builds from its
+    /// attempts and the record given back.
+    fn fail(
+        &mut self,
+        mut record: Outgoing,
+        make: impl Fn(Vec<Attempt>, Box<Record>) -> RecordError,
+    ) {
         self.shared.count_failed(record.records.len());
-        for mut user in record.records.drain(..) {
+        for mut user in std::mem::take(&mut record.records) {
             self.tracker.complete(user.id);
             let attempts = user.all_attempts(&record.attempts);
             self.metrics
                 .completed(record.shard.as_ref(), attempts.len().saturating_sub(1));
-            user.complete(Outcome::Failed(make(attempts)), &mut self.released);
+            let failed = make(attempts, record.user_record(&user));
+            user.complete(Outcome::Failed(failed), &mut self.released);
         }
     }
 

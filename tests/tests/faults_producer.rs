@@ -283,8 +283,14 @@ async fn throttling_past_the_ttl_fails_records_with_every_attempt() -> TestResul
     setup.producer.shutdown().await;
     for (data, outcome) in &outcomes {
         match outcome {
-            Err(RecordError::Expired { attempts }) => {
+            Err(RecordError::Expired {
+                attempts, record, ..
+            }) => {
                 assert!(attempts.len() >= 2, "{data:?}: retried until the TTL");
+                // The record comes back as it was sent (issue 25, item 6).
+                assert_eq!(record.data(), data);
+                assert!(record.partition_key().starts_with("key-"));
+                assert_eq!(record.explicit_hash_key(), None);
                 for attempt in attempts {
                     let code = &attempt.error.as_ref().ok_or("failed attempt")?.code;
                     assert_eq!(code, "ProvisionedThroughputExceededException");
@@ -303,8 +309,14 @@ async fn throttling_past_the_ttl_fails_records_with_every_attempt() -> TestResul
         .fail_if_throttled(true)
         .build()
         .await?;
-    match strict.send(Record::new("k", "v")).await?.await {
-        Err(RecordError::Throttled { attempts }) => assert_eq!(attempts.len(), 1),
+    let sent = Record::new("k", "v").with_hash_key(kinesis_producer::HashKey(12_345));
+    match strict.send(sent.clone()).await?.await {
+        Err(RecordError::Throttled {
+            attempts, record, ..
+        }) => {
+            assert_eq!(attempts.len(), 1);
+            assert_eq!(*record, sent, "given back with its explicit hash key");
+        }
         other => panic!("expected Throttled, got {other:?}"),
     }
     strict.shutdown().await;
@@ -401,7 +413,7 @@ async fn copies(setup: &Setup) -> TestResult<HashMap<bytes::Bytes, usize>> {
 fn timed_out(outcome: &Result<RecordResult, RecordError>) -> bool {
     let attempts = match outcome {
         Ok(result) => &result.attempts[..],
-        Err(RecordError::Expired { attempts }) => &attempts[..],
+        Err(RecordError::Expired { attempts, .. }) => &attempts[..],
         Err(_) => &[],
     };
     attempts
@@ -483,8 +495,11 @@ async fn a_fixed_timeout_times_out_every_call_of_a_slow_endpoint() -> TestResult
     let mut duplicated = 0;
     for (data, outcome) in &outcomes[30 * WARM_UP_BURSTS..] {
         match outcome {
-            Err(RecordError::Expired { attempts }) => {
+            Err(RecordError::Expired {
+                attempts, record, ..
+            }) => {
                 assert!(attempts.len() >= 2, "{data:?}: retried");
+                assert_eq!(record.data(), data, "the record comes back");
                 assert!(attempts
                     .iter()
                     .all(|a| a.error.as_ref().is_some_and(|e| e.code == "Timeout")));

@@ -1738,3 +1738,62 @@ async fn a_second_sigterm_aborts_consume_at_once() {
     assert_a_second_sigterm_aborts(&mut child.0, &stderr, "signal received, stopping");
     drop(stdout);
 }
+
+/// `produce --failed-file`: the records that fail for good (here: throttled past
+/// `--record-ttl`) are written there as they were read, and `produce --input` of that
+/// file sends them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_writes_failed_records_to_a_file_that_sends_them_again() {
+    use kinesis_emulator::fault_proxy::{Fault, FaultRule};
+    use std::io::Write;
+    let Some(proxy) = proxy_in_front_of("kinesis").await else {
+        return;
+    };
+    let stream = unique("cli-failed-file");
+    produce(&stream, Some(1), 1).await;
+    proxy.add(FaultRule::new(Fault::Throttle).target("PutRecords"));
+    let dir = std::env::temp_dir().join(unique("cli-failed-file"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let failed_file = dir.join("failed.txt");
+    let sent: BTreeSet<String> = (0..25).map(|i| format!("failed record {i}")).collect();
+    let mut child = kinesis(&[
+        "produce",
+        "--stream",
+        &stream,
+        "--record-ttl",
+        "2s",
+        "--failed-file",
+        failed_file.to_str().unwrap(),
+    ])
+    .await
+    .env("AWS_ENDPOINT_URL_KINESIS", proxy.endpoint())
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for line in &sent {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("a JSON summary");
+    assert_eq!(summary["failed"], 25, "{summary}");
+    assert_eq!(output.status.code(), Some(1), "records failed: exit code 1");
+    let written = std::fs::read_to_string(&failed_file).unwrap();
+    let written: BTreeSet<String> = written.lines().map(str::to_owned).collect();
+    assert_eq!(written, sent, "every failed record, once, as it was read");
+
+    // Without the fault, the file sends them again.
+    let output = kinesis(&["produce", "--stream", &stream, "--input"])
+        .await
+        .arg(&failed_file)
+        .output()
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&check(&output)).unwrap();
+    assert_eq!(summary["user_records"], 25, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
