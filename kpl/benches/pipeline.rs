@@ -223,6 +223,8 @@ fn setup() -> (tokio::runtime::Runtime, Producer, Vec<String>, bytes::Bytes) {
         Producer::builder(fake_client())
             .stream("bench")
             .rate_limit(1_000_000)
+            // The fake answers ListShards and PutRecords only.
+            .max_record_size(1024 * 1024)
             .build()
             .await
             .unwrap()

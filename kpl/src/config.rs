@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use crate::collector::{PUT_RECORDS_MAX_COUNT, PUT_RECORDS_MAX_SIZE};
-use crate::record::DEFAULT_MAX_RECORD_SIZE;
 
 /// Settings of a [`Producer`](crate::Producer); set them through
 /// [`ProducerBuilder`](crate::ProducerBuilder). Each field's documentation gives its
@@ -95,9 +94,12 @@ pub struct ProducerConfig {
     /// ([`ProducerStats::put_records_timeouts`](crate::ProducerStats::put_records_timeouts),
     /// the metric `kinesis_producer_put_records_timeouts`), adaptive or not.
     pub adaptive_request_timeout: bool,
-    /// Largest user record, data plus partition key, in bytes. Default 1 MiB; up to
-    /// 10 MiB for large-record streams.
-    pub max_record_size: usize,
+    /// Largest user record, data plus partition key, in bytes, at most 10 MiB. Default
+    /// `None`: the stream's own maximum, read once when the producer is built
+    /// (DescribeStreamSummary's `MaxRecordSizeInKiB`: 1 MiB unless raised with
+    /// `UpdateMaxRecordSize`), or 1 MiB if the stream does not say or the call fails (for
+    /// example without `kinesis:DescribeStreamSummary`: a warning is logged).
+    pub max_record_size: Option<usize>,
     /// Most user records accepted and not yet completed. `send` waits while this many
     /// are outstanding (backpressure); `try_send` fails. Default 100,000. The KPL has no
     /// such bound.
@@ -155,7 +157,7 @@ impl Default for ProducerConfig {
             max_connections: 24,
             request_timeout: Duration::from_secs(6),
             adaptive_request_timeout: true,
-            max_record_size: DEFAULT_MAX_RECORD_SIZE,
+            max_record_size: None,
             max_outstanding_records: 100_000,
             max_outstanding_bytes: 256 * 1024 * 1024,
             min_backoff: Duration::from_millis(100),

@@ -93,6 +93,10 @@ pub struct Args {
     /// the KPL's 5 MiB).
     #[arg(long, value_name = "BYTES")]
     pub collection_max_size: Option<usize>,
+    /// Largest record, data plus partition key, in bytes (the producer's
+    /// `max_record_size`; default: the stream's own, from DescribeStreamSummary).
+    #[arg(long, value_name = "BYTES")]
+    pub max_record_size: Option<usize>,
     /// Send every record as its own Kinesis record (the producer's `aggregation_enabled`
     /// off).
     #[arg(long)]
@@ -347,6 +351,9 @@ pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
     }
     if let Some(bytes) = args.collection_max_size {
         builder = builder.collection_max_size(bytes);
+    }
+    if let Some(bytes) = args.max_record_size {
+        builder = builder.max_record_size(bytes);
     }
     if args.no_aggregation {
         builder = builder.aggregation_enabled(false);

@@ -1399,6 +1399,18 @@ async fn iam_actions_of_every_subcommand_are_documented() {
         &["streams", "retention", "--stream", &stream, "--hours", "30"],
         None,
     );
+    check_row(
+        "streams max-record-size",
+        &[
+            "streams",
+            "max-record-size",
+            "--stream",
+            &stream,
+            "--kib",
+            "1024",
+        ],
+        None,
+    );
     let shard = "shardId-000000000000";
     check_row(
         "consume --shard",
@@ -1796,4 +1808,50 @@ async fn produce_writes_failed_records_to_a_file_that_sends_them_again() {
     assert_eq!(summary["user_records"], 25, "{summary}");
     assert_eq!(summary["failed"], 0, "{summary}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `streams max-record-size` raises a stream's limit (`describe` shows it), and a record
+/// of 1.5 MiB then goes through `produce` and comes back whole from `consume`.
+#[tokio::test]
+async fn a_raised_max_record_size_lets_a_large_record_through() {
+    let stream = unique("cli-large");
+    let created = kinesis(&["streams", "create", "--stream", &stream, "--shards", "1"])
+        .await
+        .output()
+        .unwrap();
+    check(&created);
+    let raised = kinesis(&[
+        "streams",
+        "max-record-size",
+        "--stream",
+        &stream,
+        "--kib",
+        "2048",
+    ])
+    .await
+    .output()
+    .unwrap();
+    let described: serde_json::Value = serde_json::from_str(&check(&raised)).unwrap();
+    assert_eq!(described["max_record_size_kib"], 2048, "{described}");
+    let line = format!("large:{}", ".".repeat(3 * 512 * 1024));
+    let output = with_stdin(&["produce", "--stream", &stream, "--key", "k"], &line).await;
+    let summary: serde_json::Value = serde_json::from_str(&check(&output)).unwrap();
+    assert_eq!(summary["user_records"], 1, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    let read = kinesis(&[
+        "consume",
+        "--stream",
+        &stream,
+        "--shard",
+        "shardId-000000000000",
+        "--from",
+        "trim-horizon",
+        "--count",
+        "1",
+    ])
+    .await
+    .output()
+    .unwrap();
+    let record: serde_json::Value = serde_json::from_str(check(&read).trim()).unwrap();
+    assert_eq!(record["data"].as_str().map(str::len), Some(line.len()));
 }
