@@ -67,6 +67,8 @@
 //! - [`ShardStreams`] ends when the scheduler has stopped (its `run` returned, or it was
 //!   dropped).
 //!
+//! The [multi-stream scheduler](crate::multi_stream) takes record processors only.
+//!
 //! # Example
 //!
 //! ```no_run
