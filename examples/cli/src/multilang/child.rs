@@ -1,0 +1,455 @@
+//! One child process per shard lease, driven over its standard input and output: the
+//! record processor `kinesis multilang` gives the scheduler.
+//!
+//! Each call of the scheduler becomes one message to the child, answered by a `status`
+//! line; `checkpoint` lines in between are executed through the shard's checkpointer and
+//! answered with the Java daemon's error names. See the module documentation of
+//! [`multilang`](super) for what happens when a child fails.
+
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kinesis_consumer::{
+    Checkpointer, InitializeInput, LeaseLostInput, ProcessRecordsInput, RecordProcessor,
+    ShardEndedInput, ShutdownRequestedInput,
+};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::time::Instant;
+
+use super::protocol::{self, FromChild, Line, ShutdownReason, ToChild};
+
+/// Which end-of-lease messages a child understands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProtocolVersion {
+    /// `shutdown` with reason `TERMINATE` or `ZOMBIE` (the Java KCL 1 daemon).
+    V2,
+    /// `leaseLost` and `shardEnded` (the Java KCL 2 and 3 daemons; amazon-kclpy 2+ and
+    /// aws-kcl 2+).
+    #[default]
+    V3,
+}
+
+/// How every child is run.
+#[derive(Clone, Debug)]
+pub struct ChildSettings {
+    /// The program and its arguments (`executableName` split on spaces).
+    pub command: Vec<String>,
+    /// How long to wait for each message of a child (`timeoutInSeconds`); none: forever,
+    /// as the Java daemon does without the property.
+    pub timeout: Option<Duration>,
+    /// How long a child may take to exit once its standard input is closed after its last
+    /// message; then it is killed.
+    pub exit_wait: Duration,
+    /// The end-of-lease messages.
+    pub protocol: ProtocolVersion,
+}
+
+/// Why talking to a child failed; one line each.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    /// The program could not be started.
+    #[error("cannot start {program:?}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The child's standard input or output failed.
+    #[error("{what} the child failed: {source}")]
+    Io {
+        /// `writing to` or `reading from`.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The child ended (its standard output closed).
+    #[error("the child exited ({status}) while {action} was under way")]
+    Exited {
+        /// Its exit status, as far as known.
+        status: String,
+        /// The message it was given last.
+        action: &'static str,
+    },
+    /// No message from the child in time.
+    #[error("no message from the child within {timeout:?} (timeoutInSeconds) while {action} was under way")]
+    Timeout {
+        /// The limit.
+        timeout: Duration,
+        /// The message it was given last.
+        action: &'static str,
+    },
+    /// A status for another message than the one under way.
+    #[error("the child answered {got:?} to {action}")]
+    WrongStatus {
+        /// What the status named.
+        got: String,
+        /// The message under way.
+        action: &'static str,
+    },
+    /// No child is running (an earlier message failed).
+    #[error("no child process is running")]
+    NotRunning,
+}
+
+/// The record processor of one shard: a child process speaking the MultiLang protocol.
+pub struct ChildSession {
+    settings: Arc<ChildSettings>,
+    shard_id: String,
+    child: Option<Running>,
+}
+
+struct Running {
+    process: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Lines<BufReader<ChildStdout>>,
+    stderr: tokio::task::JoinHandle<()>,
+}
+
+impl ChildSession {
+    /// A session that starts its child in `initialize`.
+    pub fn new(settings: Arc<ChildSettings>) -> Self {
+        ChildSession {
+            settings,
+            shard_id: String::new(),
+            child: None,
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), ChildError> {
+        let (program, args) = self
+            .settings
+            .command
+            .split_first()
+            .ok_or(ChildError::NotRunning)?;
+        let mut process = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| ChildError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
+        let (Some(stdin), Some(stdout), Some(stderr)) = (
+            process.stdin.take(),
+            process.stdout.take(),
+            process.stderr.take(),
+        ) else {
+            return Err(ChildError::NotRunning);
+        };
+        let shard = self.shard_id.clone();
+        let pid = process.id();
+        let stderr = tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::warn!(target: "kinesis::multilang::child", shard = %shard, pid, "{line}");
+            }
+        });
+        tracing::info!(shard = %self.shard_id, pid, command = ?self.settings.command, "child started");
+        self.child = Some(Running {
+            process,
+            stdin: Some(stdin),
+            stdout: BufReader::new(stdout).lines(),
+            stderr,
+        });
+        Ok(())
+    }
+
+    /// Sends `message` and serves the child's checkpoint requests until it answers with
+    /// the status of `message`.
+    async fn exchange(
+        &mut self,
+        message: ToChild,
+        checkpointer: Option<&Checkpointer>,
+    ) -> Result<(), ChildError> {
+        let action = message.action();
+        let timeout = self.settings.timeout;
+        let shard_id = self.shard_id.clone();
+        let child = self.child.as_mut().ok_or(ChildError::NotRunning)?;
+        if let Err(source) = child.write(&message.to_line()).await {
+            return Err(child.failure(action, source).await);
+        }
+        let mut deadline = timeout.map(|timeout| Instant::now() + timeout);
+        loop {
+            let line = match child.next_line(deadline).await {
+                Ok(Some(line)) => line,
+                Ok(None) => return Err(child.exited(action).await),
+                Err(Next::TimedOut) => {
+                    return Err(ChildError::Timeout {
+                        timeout: timeout.unwrap_or_default(),
+                        action,
+                    })
+                }
+                Err(Next::Failed(source)) => {
+                    return Err(ChildError::Io {
+                        what: "reading from",
+                        source,
+                    })
+                }
+            };
+            match protocol::parse_line(&line) {
+                Line::Blank => {}
+                Line::Garbage(text) => {
+                    tracing::warn!(shard = %shard_id, line = %text, "skipping a line of the child's standard output that is not a message");
+                }
+                Line::Message(FromChild::Status { response_for }) => {
+                    return if response_for == action {
+                        Ok(())
+                    } else {
+                        Err(ChildError::WrongStatus {
+                            got: response_for,
+                            action,
+                        })
+                    };
+                }
+                Line::Message(FromChild::Checkpoint {
+                    sequence_number,
+                    sub_sequence_number,
+                }) => {
+                    let error = match checkpointer {
+                        None => {
+                            tracing::error!(shard = %shard_id, action, "the child asked for a checkpoint where none is possible");
+                            Some(protocol::NO_CHECKPOINTER.to_owned())
+                        }
+                        Some(checkpointer) => {
+                            checkpoint(
+                                checkpointer,
+                                sequence_number.as_deref(),
+                                sub_sequence_number,
+                            )
+                            .await
+                        }
+                    };
+                    let answer = ToChild::Checkpoint {
+                        sequence_number,
+                        sub_sequence_number,
+                        error,
+                    };
+                    if let Err(source) = child.write(&answer.to_line()).await {
+                        return Err(child.failure(action, source).await);
+                    }
+                    deadline = timeout.map(|timeout| Instant::now() + timeout);
+                }
+            }
+        }
+    }
+
+    /// After the child's last message: closes its standard input and waits for it to exit
+    /// (killing it after `exit_wait`).
+    async fn finish(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        child.stdin = None;
+        let status = tokio::time::timeout(self.settings.exit_wait, async {
+            // Drain what is left on stdout so that a chatty child is not blocked on a full pipe.
+            while let Ok(Some(_)) = child.stdout.next_line().await {}
+            child.process.wait().await
+        })
+        .await;
+        match status {
+            Ok(Ok(status)) => {
+                tracing::info!(shard = %self.shard_id, %status, "child exited");
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(shard = %self.shard_id, %error, "waiting for the child failed")
+            }
+            Err(_) => {
+                tracing::warn!(shard = %self.shard_id, wait = ?self.settings.exit_wait, "the child did not exit after its last message; killing it");
+                let _ = child.process.kill().await;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), child.stderr).await;
+    }
+
+    /// Stops the child at once.
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.process.kill().await;
+            // Its last words on stderr, then the pipe closes.
+            let _ = tokio::time::timeout(Duration::from_secs(1), child.stderr).await;
+        }
+    }
+
+    /// A failure the shard cannot go on after: the child is killed and the shard consumer
+    /// fails, so the scheduler starts the shard again from its last checkpoint after a
+    /// backoff (see [`RecordProcessor`]: a panic of a processor is the failure it
+    /// retries). Unwinding without the panic hook keeps the log to the one line here.
+    async fn fail(&mut self, during: &str, error: ChildError) -> String {
+        tracing::error!(shard = %self.shard_id, "child process failed during {during}: {error}; killed, the shard restarts from its last checkpoint after a backoff");
+        self.kill().await;
+        format!(
+            "multilang child of {} failed during {during}: {error}",
+            self.shard_id
+        )
+    }
+}
+
+/// Fails the shard consumer (see [`ChildSession::fail`]).
+fn unwind(message: String) -> ! {
+    std::panic::resume_unwind(Box::new(message))
+}
+
+/// Executes a child's checkpoint request; the Java exception name on failure.
+async fn checkpoint(
+    checkpointer: &Checkpointer,
+    sequence_number: Option<&str>,
+    sub_sequence_number: Option<u64>,
+) -> Option<String> {
+    let result = match sequence_number {
+        None => checkpointer.checkpoint().await,
+        Some(sequence_number) => {
+            checkpointer
+                .checkpoint_at(sequence_number, sub_sequence_number.unwrap_or(0))
+                .await
+        }
+    };
+    match result {
+        Ok(()) => None,
+        Err(error) => {
+            let name = protocol::error_name(&error);
+            tracing::warn!(shard = %checkpointer.shard_id(), %error, answer = name, "checkpoint asked for by the child failed");
+            Some(name.to_owned())
+        }
+    }
+}
+
+enum Next {
+    TimedOut,
+    Failed(std::io::Error),
+}
+
+impl Running {
+    async fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        stdin.write_all(line).await?;
+        stdin.flush().await
+    }
+
+    async fn next_line(&mut self, deadline: Option<Instant>) -> Result<Option<String>, Next> {
+        let read = self.stdout.next_line();
+        match deadline {
+            None => read.await.map_err(Next::Failed),
+            Some(deadline) => match tokio::time::timeout_at(deadline, read).await {
+                Ok(result) => result.map_err(Next::Failed),
+                Err(_) => Err(Next::TimedOut),
+            },
+        }
+    }
+
+    /// The child's exit status, waiting a moment for it.
+    async fn status(&mut self) -> String {
+        match tokio::time::timeout(Duration::from_secs(2), self.process.wait()).await {
+            Ok(Ok(status)) => describe(status),
+            Ok(Err(error)) => format!("status unknown: {error}"),
+            Err(_) => "still running".to_owned(),
+        }
+    }
+
+    async fn exited(&mut self, action: &'static str) -> ChildError {
+        ChildError::Exited {
+            status: self.status().await,
+            action,
+        }
+    }
+
+    /// A write failed: a child that exited says so better than a broken pipe.
+    async fn failure(&mut self, action: &'static str, source: std::io::Error) -> ChildError {
+        if source.kind() == std::io::ErrorKind::BrokenPipe {
+            return self.exited(action).await;
+        }
+        ChildError::Io {
+            what: "writing to",
+            source,
+        }
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("killed by signal {signal}");
+        }
+    }
+    match status.code() {
+        Some(code) => format!("exit status {code}"),
+        None => status.to_string(),
+    }
+}
+
+#[async_trait]
+impl RecordProcessor for ChildSession {
+    async fn initialize(&mut self, input: InitializeInput) {
+        self.shard_id = input.shard_id.clone();
+        if let Err(error) = self.spawn() {
+            unwind(self.fail("initialize", error).await);
+        }
+        let message = ToChild::initialize(&input.shard_id, &input.checkpoint);
+        if let Err(error) = self.exchange(message, None).await {
+            unwind(self.fail("initialize", error).await);
+        }
+    }
+
+    async fn process_records(&mut self, input: ProcessRecordsInput) {
+        let message = ToChild::process_records(&input.records, input.millis_behind_latest);
+        if let Err(error) = self.exchange(message, Some(&input.checkpointer)).await {
+            unwind(self.fail("processRecords", error).await);
+        }
+    }
+
+    async fn lease_lost(&mut self, _input: LeaseLostInput) {
+        let message = match self.settings.protocol {
+            ProtocolVersion::V3 => ToChild::LeaseLost,
+            ProtocolVersion::V2 => ToChild::Shutdown {
+                reason: ShutdownReason::Zombie,
+            },
+        };
+        match self.exchange(message, None).await {
+            Ok(()) => self.finish().await,
+            Err(error) => {
+                // Nothing to retry: another worker has the shard.
+                tracing::error!(shard = %self.shard_id, "child process failed during leaseLost: {error}; killed");
+                self.kill().await;
+            }
+        }
+    }
+
+    async fn shard_ended(&mut self, input: ShardEndedInput) {
+        let message = match self.settings.protocol {
+            ProtocolVersion::V3 => ToChild::ShardEnded,
+            ProtocolVersion::V2 => ToChild::Shutdown {
+                reason: ShutdownReason::Terminate,
+            },
+        };
+        match self.exchange(message, Some(&input.checkpointer)).await {
+            Ok(()) => self.finish().await,
+            Err(error) => unwind(self.fail("shardEnded", error).await),
+        }
+    }
+
+    async fn shutdown_requested(&mut self, input: ShutdownRequestedInput) {
+        match self
+            .exchange(ToChild::ShutdownRequested, Some(&input.checkpointer))
+            .await
+        {
+            Ok(()) => self.finish().await,
+            Err(error) => {
+                // The worker is stopping anyway: the next holder resumes from the last
+                // checkpoint.
+                tracing::error!(shard = %self.shard_id, "child process failed during shutdownRequested: {error}; killed");
+                self.kill().await;
+            }
+        }
+    }
+}
