@@ -18,6 +18,7 @@ use kinesis_consumer::{
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::protocol::{self, FromChild, Line, ShutdownReason, ToChild};
 
@@ -145,12 +146,15 @@ impl ChildSession {
         };
         let shard = self.shard_id.clone();
         let pid = process.id();
-        let stderr = tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::warn!(target: "kinesis::multilang::child", shard = %shard, pid, "{line}");
+        let stderr = tokio::spawn(
+            async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::warn!(shard = %shard, pid, "child: {line}");
+                }
             }
-        });
+            .instrument(tracing::Span::current()),
+        );
         tracing::info!(shard = %self.shard_id, pid, command = ?self.settings.command, "child started");
         self.child = Some(Running {
             process,
