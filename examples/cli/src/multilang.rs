@@ -159,9 +159,8 @@ fn find_program(program: &str) -> bool {
     if program.contains(std::path::MAIN_SEPARATOR) || program.contains('/') {
         return Path::new(program).is_file();
     }
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// Runs `kinesis multilang` until it stops (see the module documentation).

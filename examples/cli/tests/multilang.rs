@@ -55,7 +55,13 @@ fn kclpy() -> (PathBuf, PathBuf) {
     };
     run(Command::new(python3).args(["-m", "venv"]).arg(&venv));
     run(Command::new(&python)
-        .args(["-m", "pip", "download", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .args([KCLPY, "--no-deps", "--no-binary", ":all:", "-d"])
         .arg(&base));
     run(Command::new("tar")
@@ -277,8 +283,7 @@ impl Daemon {
     }
 
     fn signal(&self, signal: &str) {
-        run(Command::new("kill")
-            .args([signal, &self.child.id().to_string()]));
+        run(Command::new("kill").args([signal, &self.child.id().to_string()]));
     }
 
     /// SIGTERM, then the exit status (within 60 s).
@@ -329,9 +334,15 @@ async fn kclpy_gets_every_record_through_a_split_and_a_merge() {
     app.wait_for(&all, &mut [&mut daemon]).await;
 
     let records = app.records();
-    let shards: BTreeSet<&str> = records.iter().map(|r| r["shard"].as_str().unwrap()).collect();
+    let shards: BTreeSet<&str> = records
+        .iter()
+        .map(|r| r["shard"].as_str().unwrap())
+        .collect();
     assert!(shards.contains("shardId-000000000002"), "{shards:?}");
-    assert!(shards.contains("shardId-000000000004"), "the merged shard: {shards:?}");
+    assert!(
+        shards.contains("shardId-000000000004"),
+        "the merged shard: {shards:?}"
+    );
     // Aggregated user records arrive deaggregated, with their sub-sequence numbers.
     assert!(records.iter().any(|r| r["sub"].as_u64().unwrap() > 0));
     let deliveries = app.deliveries();
@@ -364,10 +375,16 @@ async fn after_kill_9_a_restarted_daemon_delivers_again_only_what_was_not_checkp
     app.wait_for(&after, &mut [&mut second]).await;
     let deliveries = app.deliveries();
     for data in &checkpointed {
-        assert_eq!(deliveries[data], 1, "{data}: checkpointed, not delivered again");
+        assert_eq!(
+            deliveries[data], 1,
+            "{data}: checkpointed, not delivered again"
+        );
     }
     for data in &held {
-        assert_eq!(deliveries[data], 2, "{data}: after the checkpoint, delivered again");
+        assert_eq!(
+            deliveries[data], 2,
+            "{data}: after the checkpoint, delivered again"
+        );
     }
     for data in &after {
         assert_eq!(deliveries[data], 1, "{data}");
@@ -408,7 +425,10 @@ async fn two_daemons_share_the_shards_and_hand_over_on_sigterm() {
         if workers.len() == 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "w2 never got a shard: {workers:?}");
+        assert!(
+            Instant::now() < deadline,
+            "w2 never got a shard: {workers:?}"
+        );
         round += 1;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -457,8 +477,9 @@ async fn failing_children_are_handled_as_documented() {
     app.wait_for(&ok1, &mut [&mut daemon]).await;
     let log = daemon.log_text();
     assert!(
-        log.lines().any(|line| line.contains("ValueError: asked to raise by record")
-            && line.contains("shard=shardId-000000000000")),
+        log.lines()
+            .any(|line| line.contains("ValueError: asked to raise by record")
+                && line.contains("shard=shardId-000000000000")),
         "{log}"
     );
 
@@ -468,7 +489,10 @@ async fn failing_children_are_handled_as_documented() {
     app.produce(&ok2).await;
     app.wait_for(&ok2, &mut [&mut daemon]).await;
     let log = daemon.log_text();
-    assert!(log.contains("skipping a line of the child's standard output"), "{log}");
+    assert!(
+        log.contains("skipping a line of the child's standard output"),
+        "{log}"
+    );
     assert!(log.contains("this line is not a message"), "{log}");
 
     // A child that exits mid-batch: the shard restarts from its checkpoint with a new
@@ -479,10 +503,16 @@ async fn failing_children_are_handled_as_documented() {
     app.wait_for(&ok3, &mut [&mut daemon]).await;
     let log = daemon.log_text();
     assert!(
-        log.contains("child process failed during processRecords: the child exited (exit status 3)"),
+        log.contains(
+            "child process failed during processRecords: the child exited (exit status 3)"
+        ),
         "{log}"
     );
-    assert_eq!(app.deliveries()["exit"], 2, "delivered again after the restart");
+    assert_eq!(
+        app.deliveries()["exit"],
+        2,
+        "delivered again after the restart"
+    );
 
     // A child that hangs past timeoutInSeconds: killed, the shard restarts.
     app.produce(&one("hang")).await;
@@ -494,7 +524,11 @@ async fn failing_children_are_handled_as_documented() {
         log.contains("no message from the child within 3s (timeoutInSeconds) while processRecords was under way"),
         "{log}"
     );
-    assert_eq!(app.deliveries()["hang"], 2, "delivered again after the restart");
+    assert_eq!(
+        app.deliveries()["hang"],
+        2,
+        "delivered again after the restart"
+    );
 
     let deliveries = app.deliveries();
     for data in ok1.iter().chain(&ok2).chain(&ok3).chain(&ok4) {

@@ -61,9 +61,8 @@ pub struct Entry {
 /// separator belong to it).
 fn split_key(line: &str) -> (String, &str) {
     let mut key = String::new();
-    let mut chars = line.char_indices().peekable();
     let mut escaped = false;
-    while let Some((at, c)) = chars.next() {
+    for (at, c) in line.char_indices() {
         if escaped {
             key.push('\\');
             key.push(c);
@@ -257,7 +256,12 @@ impl DaemonProperties {
                     entry.line, entry.key, entry.value
                 )
             };
-            let number = || entry.value.parse::<u64>().map_err(|_| bad("a whole number"));
+            let number = || {
+                entry
+                    .value
+                    .parse::<u64>()
+                    .map_err(|_| bad("a whole number"))
+            };
             let millis = || number().map(Duration::from_millis);
             let boolean = || match entry.value.to_ascii_lowercase().as_str() {
                 "true" => Ok(true),
@@ -266,7 +270,7 @@ impl DaemonProperties {
             };
             let text = || (!entry.value.is_empty()).then(|| entry.value.clone());
             let key = entry.key.as_str();
-            if key.to_ascii_lowercase() == "awscredentialsprovider" {
+            if key.eq_ignore_ascii_case("awscredentialsprovider") {
                 properties.credentials_provider = text();
                 continue;
             }
@@ -280,14 +284,20 @@ impl DaemonProperties {
                         .collect();
                 }
                 "streamName" => {
-                    if properties.stream.as_deref().is_none_or(|s| !s.starts_with("arn:")) {
+                    if properties
+                        .stream
+                        .as_deref()
+                        .is_none_or(|s| !s.starts_with("arn:"))
+                    {
                         properties.stream = text();
                     }
                 }
                 "streamArn" => {
                     if !entry.value.is_empty() {
                         if !entry.value.starts_with("arn:") || !entry.value.contains(":stream/") {
-                            return Err(bad("a stream ARN (arn:aws:kinesis:REGION:ACCOUNT:stream/NAME)"));
+                            return Err(bad(
+                                "a stream ARN (arn:aws:kinesis:REGION:ACCOUNT:stream/NAME)",
+                            ));
                         }
                         properties.stream = text();
                     }
@@ -365,7 +375,10 @@ impl DaemonProperties {
                         _ => return Err(bad("POLLING, FANOUT or DEFAULT")),
                     });
                 }
-                key if WITHOUT_EFFECT.iter().any(|known| known.eq_ignore_ascii_case(key)) => {
+                key if WITHOUT_EFFECT
+                    .iter()
+                    .any(|known| known.eq_ignore_ascii_case(key)) =>
+                {
                     properties.without_effect.push(key.to_owned());
                 }
                 key => properties.unknown.push(key.to_owned()),
@@ -465,10 +478,19 @@ mod tests {
             Some("arn:aws:kinesis:us-east-5:000000000000:stream/kclpysample"),
             "the ARN wins, whatever the order"
         );
-        assert_eq!(properties.application_name.as_deref(), Some("PythonKCLSample"));
-        assert_eq!(properties.initial_position, Some(InitialPosition::TrimHorizon));
+        assert_eq!(
+            properties.application_name.as_deref(),
+            Some("PythonKCLSample")
+        );
+        assert_eq!(
+            properties.initial_position,
+            Some(InitialPosition::TrimHorizon)
+        );
         assert_eq!(properties.region.as_deref(), Some("us-east-1"));
-        assert_eq!(properties.processing_language.as_deref(), Some("python/3.8"));
+        assert_eq!(
+            properties.processing_language.as_deref(),
+            Some("python/3.8")
+        );
         assert!(properties.unknown.is_empty());
     }
 
@@ -497,37 +519,79 @@ mod tests {
                 SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
             ))
         );
-        assert_eq!(properties.kinesis_endpoint.as_deref(), Some("https://localhost:4567"));
-        assert_eq!(properties.dynamodb_endpoint.as_deref(), Some("http://localhost:4568"));
+        assert_eq!(
+            properties.kinesis_endpoint.as_deref(),
+            Some("https://localhost:4567")
+        );
+        assert_eq!(
+            properties.dynamodb_endpoint.as_deref(),
+            Some("http://localhost:4568")
+        );
         assert_eq!(properties.max_records, Some(500));
-        assert_eq!(properties.idle_time_between_reads, Some(Duration::from_millis(250)));
+        assert_eq!(
+            properties.idle_time_between_reads,
+            Some(Duration::from_millis(250))
+        );
         assert_eq!(properties.failover_time, Some(Duration::from_secs(3)));
         assert_eq!(properties.timeout, Some(Duration::from_secs(7)));
         assert_eq!(properties.shutdown_grace, Some(Duration::from_secs(9)));
         assert_eq!(properties.max_leases_for_worker, Some(4));
         assert_eq!(properties.max_leases_to_steal_at_one_time, Some(2));
         assert_eq!(properties.shard_sync_interval, Some(Duration::from_secs(1)));
-        assert_eq!(properties.parent_shard_poll_interval, Some(Duration::from_millis(500)));
-        assert_eq!(properties.call_process_records_even_for_empty_list, Some(true));
-        assert_eq!(properties.task_backoff_time, Some(Duration::from_millis(100)));
-        assert_eq!(properties.graceful_lease_handoff_timeout, Some(Duration::from_secs(4)));
+        assert_eq!(
+            properties.parent_shard_poll_interval,
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            properties.call_process_records_even_for_empty_list,
+            Some(true)
+        );
+        assert_eq!(
+            properties.task_backoff_time,
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            properties.graceful_lease_handoff_timeout,
+            Some(Duration::from_secs(4))
+        );
         assert_eq!(properties.graceful_lease_handoff_enabled, Some(false));
         assert_eq!(properties.retrieval, Some(Retrieval::FanOut));
-        assert_eq!(properties.without_effect, ["maxActiveThreads", "metricsLevel"]);
+        assert_eq!(
+            properties.without_effect,
+            ["maxActiveThreads", "metricsLevel"]
+        );
         assert_eq!(properties.unknown, ["frobnicate"]);
     }
 
     #[test]
     fn bad_values_are_one_line_errors_naming_file_line_and_key() {
         for (text, expected) in [
-            ("failoverTimeMillis = soon", "app.properties:1: failoverTimeMillis = \"soon\": expected a whole number"),
-            ("\nmaxRecords=0", "app.properties:2: maxRecords = \"0\": expected a number from 1 to 10000"),
-            ("initialPositionInStream=OLDEST", "expected TRIM_HORIZON, LATEST or AT_TIMESTAMP"),
-            ("initialPositionInStream=AT_TIMESTAMP", "needs initialPositionInStreamExtended"),
+            (
+                "failoverTimeMillis = soon",
+                "app.properties:1: failoverTimeMillis = \"soon\": expected a whole number",
+            ),
+            (
+                "\nmaxRecords=0",
+                "app.properties:2: maxRecords = \"0\": expected a number from 1 to 10000",
+            ),
+            (
+                "initialPositionInStream=OLDEST",
+                "expected TRIM_HORIZON, LATEST or AT_TIMESTAMP",
+            ),
+            (
+                "initialPositionInStream=AT_TIMESTAMP",
+                "needs initialPositionInStreamExtended",
+            ),
             ("streamArn=orders", "expected a stream ARN"),
             ("timeoutInSeconds=0", "above 0"),
-            ("isGracefulLeaseHandoffEnabled=yes", "expected true or false"),
-            ("AWSCredentialsProvider=StsAssumeRoleCredentialsProvider|arn", "only the standard chain"),
+            (
+                "isGracefulLeaseHandoffEnabled=yes",
+                "expected true or false",
+            ),
+            (
+                "AWSCredentialsProvider=StsAssumeRoleCredentialsProvider|arn",
+                "only the standard chain",
+            ),
         ] {
             let error = props(text).unwrap_err();
             assert!(error.contains(expected), "{text}: {error}");

@@ -204,10 +204,12 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(
         Text(String),
         Number(serde_json::Number),
     }
-    Ok(Option::<Either>::deserialize(deserializer)?.map(|either| match either {
-        Either::Text(text) => text,
-        Either::Number(number) => number.to_string(),
-    }))
+    Ok(
+        Option::<Either>::deserialize(deserializer)?.map(|either| match either {
+            Either::Text(text) => text,
+            Either::Number(number) => number.to_string(),
+        }),
+    )
 }
 
 /// Parses one line of the child's standard output (its newline already removed).
@@ -324,14 +326,18 @@ mod tests {
         );
         // amazon-kclpy: both keys, null or not.
         assert_eq!(
-            parse_line(r#"{"action": "checkpoint", "sequenceNumber": null, "subSequenceNumber": null}"#),
+            parse_line(
+                r#"{"action": "checkpoint", "sequenceNumber": null, "subSequenceNumber": null}"#
+            ),
             Line::Message(FromChild::Checkpoint {
                 sequence_number: None,
                 sub_sequence_number: None
             })
         );
         assert_eq!(
-            parse_line(r#"{"action": "checkpoint", "sequenceNumber": "4959", "subSequenceNumber": 2}"#),
+            parse_line(
+                r#"{"action": "checkpoint", "sequenceNumber": "4959", "subSequenceNumber": 2}"#
+            ),
             Line::Message(FromChild::Checkpoint {
                 sequence_number: Some("4959".into()),
                 sub_sequence_number: Some(2)
@@ -354,7 +360,11 @@ mod tests {
             r#"{"action": "status"}"#,
             r#"{"action": "checkpoint", "subSequenceNumber": "x"}"#,
         ] {
-            assert_eq!(parse_line(garbage), Line::Garbage(garbage.into()), "{garbage}");
+            assert_eq!(
+                parse_line(garbage),
+                Line::Garbage(garbage.into()),
+                "{garbage}"
+            );
         }
     }
 
