@@ -538,3 +538,55 @@ async fn failing_children_are_handled_as_documented() {
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{status}: {log}");
 }
+
+#[test]
+fn bad_properties_are_one_line_errors_before_any_call() {
+    let dir = std::env::temp_dir().join(unique("ml-bad"));
+    fs::create_dir_all(&dir).unwrap();
+    let help = Command::new(env!("CARGO_BIN_EXE_kinesis"))
+        .args(["multilang", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Exit codes: 0 success"));
+    for (properties, flags, expected) in [
+        (
+            "executableName = python3 app.py\nstreamName = s\n",
+            &[][..],
+            "applicationName is required (or --app)",
+        ),
+        (
+            "executableName = python3 app.py\nstreamName = s\napplicationName = a\n\
+             failoverTimeMillis = soon\n",
+            &[],
+            "app.properties:4: failoverTimeMillis = \"soon\": expected a whole number",
+        ),
+        (
+            "executableName = no-such-program-for-kinesis-tests app.py\nstreamName = s\n\
+             applicationName = a\n",
+            &[],
+            "executableName: cannot find the program \"no-such-program-for-kinesis-tests\"",
+        ),
+        // A flag overrides the file.
+        (
+            "executableName = python3 app.py\nstreamName = s\napplicationName = a\n",
+            &["--executable", "./no-such-file.py"],
+            "cannot find the program \"./no-such-file.py\"",
+        ),
+    ] {
+        let path = dir.join("app.properties");
+        fs::write(&path, properties).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_kinesis"))
+            .arg("multilang")
+            .arg("--properties")
+            .arg(&path)
+            .args(flags)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    }
+}
