@@ -457,3 +457,120 @@ impl RecordProcessor for ChildSession {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kinesis_consumer::ExtendedSequenceNumber;
+
+    /// A session whose child is `sh -c script`, started.
+    fn session(script: &str, timeout: Option<Duration>) -> ChildSession {
+        let mut session = ChildSession::new(Arc::new(ChildSettings {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            timeout,
+            exit_wait: Duration::from_secs(5),
+            protocol: ProtocolVersion::V3,
+        }));
+        session.shard_id = "shardId-000000000007".into();
+        session.spawn().unwrap();
+        session
+    }
+
+    fn initialize() -> ToChild {
+        ToChild::initialize(
+            "shardId-000000000007",
+            &ExtendedSequenceNumber::trim_horizon(),
+        )
+    }
+
+    #[tokio::test]
+    async fn blank_lines_and_garbage_are_skipped_until_the_status() {
+        let mut session = session(
+            r#"read line; echo; echo 'print("debug")'; echo '{"action":"other"}'; echo;
+               echo '{"action":"status","responseFor":"initialize"}'; cat > /dev/null"#,
+            Some(Duration::from_secs(10)),
+        );
+        session.exchange(initialize(), None).await.unwrap();
+        session.finish().await;
+        assert!(session.child.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_without_a_checkpointer_is_answered_invalid_state() {
+        let dir = std::env::temp_dir().join(format!("ml-child-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let answer = dir.join("answer.json");
+        let mut session = session(
+            &format!(
+                r#"read line; echo '{{"action":"checkpoint","sequenceNumber":"12","subSequenceNumber":3}}';
+                   read answer; echo "$answer" > '{}';
+                   echo '{{"action":"status","responseFor":"initialize"}}'; cat > /dev/null"#,
+                answer.display()
+            ),
+            Some(Duration::from_secs(10)),
+        );
+        session.exchange(initialize(), None).await.unwrap();
+        let answer: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&answer).unwrap()).unwrap();
+        assert_eq!(
+            answer,
+            serde_json::json!({"action": "checkpoint", "sequenceNumber": "12",
+                               "subSequenceNumber": 3, "error": "InvalidStateException"})
+        );
+        session.kill().await;
+    }
+
+    #[tokio::test]
+    async fn the_status_of_another_message_fails() {
+        let mut session = session(
+            r#"read line; echo '{"action":"status","responseFor":"processRecords"}'; cat > /dev/null"#,
+            Some(Duration::from_secs(10)),
+        );
+        let error = session.exchange(initialize(), None).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the child answered \"processRecords\" to initialize"
+        );
+        session.kill().await;
+    }
+
+    #[tokio::test]
+    async fn a_child_that_exits_fails_with_its_status() {
+        let mut session = session("read line; exit 7", None);
+        let error = session.exchange(initialize(), None).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the child exited (exit status 7) while initialize was under way"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_child_times_out_even_when_it_prints_garbage() {
+        let mut session = session(
+            "read line; while true; do echo not-a-message; sleep 0.1; done",
+            Some(Duration::from_millis(500)),
+        );
+        let started = Instant::now();
+        let error = session.exchange(initialize(), None).await.unwrap_err();
+        assert!(matches!(error, ChildError::Timeout { .. }), "{error}");
+        assert!(started.elapsed() >= Duration::from_millis(500));
+        session.kill().await;
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_cannot_start() {
+        let mut session = ChildSession::new(Arc::new(ChildSettings {
+            command: vec!["/nonexistent/kclpy-app".into()],
+            timeout: None,
+            exit_wait: Duration::from_secs(1),
+            protocol: ProtocolVersion::V3,
+        }));
+        let error = session.spawn().unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("cannot start \"/nonexistent/kclpy-app\":"),
+            "{error}"
+        );
+    }
+}
