@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,36 @@ fn kclpy() -> (PathBuf, PathBuf) {
         .arg(&base));
     assert!(source.join("amazon_kclpy").join("kcl.py").is_file());
     (python, source)
+}
+
+const AWS_KCL: &str = "aws-kcl@2.3.2";
+
+/// The `node_modules` folder holding AWS's aws-kcl for Node.js (installed with npm the
+/// first time; it has no install script, and its `kcl-bootstrap`, which would download the
+/// Java daemon, is not used).
+fn aws_kcl() -> PathBuf {
+    let base = target_dir().join("node-aws-kcl");
+    let modules = base.join("node_modules");
+    fs::create_dir_all(&base).unwrap();
+    let lock = File::create(target_dir().join("node-aws-kcl.lock")).unwrap();
+    lock.lock().unwrap();
+    let stamp = base.join("installed");
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(AWS_KCL) {
+        return modules;
+    }
+    run(Command::new("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--ignore-scripts",
+            "--prefix",
+        ])
+        .arg(&base)
+        .arg(AWS_KCL));
+    assert!(modules.join("aws-kcl").join("index.js").is_file());
+    fs::write(&stamp, AWS_KCL).unwrap();
+    modules
 }
 
 /// `kinesis <subcommand...>` with the emulators' endpoints in its environment.
@@ -163,6 +193,11 @@ impl App {
 
     /// Starts a daemon; its standard error goes to `<worker>.log`.
     async fn start(&self, worker: &str) -> Daemon {
+        self.start_with(worker, &[], &[]).await
+    }
+
+    /// Starts a daemon with more flags and environment variables.
+    async fn start_with(&self, worker: &str, flags: &[&str], env: &[(&str, &Path)]) -> Daemon {
         let (_, source) = kclpy();
         let log = self.dir.join(format!("{worker}.log"));
         let mut command = kinesis(&["-v", "multilang"]).await;
@@ -179,6 +214,8 @@ impl App {
             .arg("--properties")
             .arg(&self.properties)
             .args(["--worker-id", worker])
+            .args(flags)
+            .envs(env.iter().copied())
             .env("PYTHONPATH", &source)
             .env("OUT_DIR", &self.dir)
             .env("WORKER", worker)
@@ -536,6 +573,48 @@ async fn failing_children_are_handled_as_documented() {
     }
     assert_eq!(deliveries["raise"], 1, "the batch counted as processed");
     let (status, log) = daemon.terminate();
+    assert!(status.success(), "{status}: {log}");
+}
+
+#[tokio::test]
+async fn aws_kcl_for_nodejs_runs_unchanged() {
+    let modules = aws_kcl();
+    let app = App::new("ml-node", 2, "").await;
+    let script = manifest_dir()
+        .join("tests")
+        .join("multilang")
+        .join("processor.js");
+    let executable = format!("node {}", script.display());
+    let flags = ["--executable", executable.as_str()];
+    let env = [("NODE_PATH", modules.as_path())];
+    let mut first = app.start_with("w1", &flags, &env).await;
+    let mut all = batch("node", 200);
+    app.produce(&all).await;
+    app.wait_for(&all, &mut [&mut first]).await;
+    // Through a split: shardEnded is checkpointed by the Node.js processor.
+    app.reshard(&["--split", "shardId-000000000001"]).await;
+    let split = batch("node-split", 200);
+    app.produce(&split).await;
+    all.extend(split);
+    app.wait_for(&all, &mut [&mut first]).await;
+    let (status, log) = first.terminate();
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("shutdown requested: checkpointed"), "{log}");
+    assert!(!log.contains("checkpoint failed"), "{log}");
+
+    // Everything was checkpointed: a new daemon delivers only new records.
+    let mut second = app.start_with("w2", &flags, &env).await;
+    let last = batch("node-last", 50);
+    app.produce(&last).await;
+    all.extend(last);
+    app.wait_for(&all, &mut [&mut second]).await;
+    let records = app.records();
+    assert!(records.iter().any(|r| r["shard"] == "shardId-000000000003"));
+    let deliveries = app.deliveries();
+    for data in &all {
+        assert_eq!(deliveries[data], 1, "{data}");
+    }
+    let (status, log) = second.terminate();
     assert!(status.success(), "{status}: {log}");
 }
 
