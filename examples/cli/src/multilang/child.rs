@@ -15,7 +15,7 @@ use kinesis_consumer::{
     Checkpointer, InitializeInput, LeaseLostInput, ProcessRecordsInput, RecordProcessor,
     ShardEndedInput, ShutdownRequestedInput,
 };
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -106,7 +106,7 @@ pub struct ChildSession {
 struct Running {
     process: Child,
     stdin: Option<ChildStdin>,
-    stdout: Lines<BufReader<ChildStdout>>,
+    stdout: BufReader<ChildStdout>,
     stderr: tokio::task::JoinHandle<()>,
 }
 
@@ -148,8 +148,8 @@ impl ChildSession {
         let pid = process.id();
         let stderr = tokio::spawn(
             async move {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
+                let mut stderr = BufReader::new(stderr);
+                while let Ok(Some(line)) = read_line(&mut stderr).await {
                     tracing::warn!(shard = %shard, pid, "child: {line}");
                 }
             }
@@ -159,7 +159,7 @@ impl ChildSession {
         self.child = Some(Running {
             process,
             stdin: Some(stdin),
-            stdout: BufReader::new(stdout).lines(),
+            stdout: BufReader::new(stdout),
             stderr,
         });
         Ok(())
@@ -176,10 +176,26 @@ impl ChildSession {
         let timeout = self.settings.timeout;
         let shard_id = self.shard_id.clone();
         let child = self.child.as_mut().ok_or(ChildError::NotRunning)?;
-        if let Err(source) = child.write(&message.to_line()).await {
+        let mut deadline = timeout.map(|timeout| Instant::now() + timeout);
+        // A child that stops reading blocks the write once the pipe is full: the timeout
+        // covers the write too.
+        let line = message.to_line();
+        let write = child.write(&line);
+        let written = match deadline {
+            None => write.await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, write).await {
+                Ok(written) => written,
+                Err(_) => {
+                    return Err(ChildError::Timeout {
+                        timeout: timeout.unwrap_or_default(),
+                        action,
+                    })
+                }
+            },
+        };
+        if let Err(source) = written {
             return Err(child.failure(action, source).await);
         }
-        let mut deadline = timeout.map(|timeout| Instant::now() + timeout);
         loop {
             let line = match child.next_line(deadline).await {
                 Ok(Some(line)) => line,
@@ -253,7 +269,7 @@ impl ChildSession {
         child.stdin = None;
         let status = tokio::time::timeout(self.settings.exit_wait, async {
             // Drain what is left on stdout so that a chatty child is not blocked on a full pipe.
-            while let Ok(Some(_)) = child.stdout.next_line().await {}
+            while let Ok(Some(_)) = read_line(&mut child.stdout).await {}
             child.process.wait().await
         })
         .await;
@@ -324,6 +340,23 @@ async fn checkpoint(
     }
 }
 
+/// One line (without its line ending) of a child's output; bytes that are not UTF-8 are
+/// replaced, so that garbage is skipped rather than taken for a broken pipe. `None` at the
+/// end.
+async fn read_line(reader: &mut (impl AsyncBufRead + Unpin)) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    if reader.read_until(b'\n', &mut line).await? == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    Ok(Some(String::from_utf8_lossy(&line).into_owned()))
+}
+
 enum Next {
     TimedOut,
     Failed(std::io::Error),
@@ -340,7 +373,7 @@ impl Running {
     }
 
     async fn next_line(&mut self, deadline: Option<Instant>) -> Result<Option<String>, Next> {
-        let read = self.stdout.next_line();
+        let read = read_line(&mut self.stdout);
         match deadline {
             None => read.await.map_err(Next::Failed),
             Some(deadline) => match tokio::time::timeout_at(deadline, read).await {
@@ -486,7 +519,7 @@ mod tests {
     #[tokio::test]
     async fn blank_lines_and_garbage_are_skipped_until_the_status() {
         let mut session = session(
-            r#"read line; echo; echo 'print("debug")'; echo '{"action":"other"}'; echo;
+            r#"read line; echo; echo 'print("debug")'; printf '\377\376 not UTF-8\n'; echo '{"action":"other"}'; echo;
                echo '{"action":"status","responseFor":"initialize"}'; cat > /dev/null"#,
             Some(Duration::from_secs(10)),
         );
@@ -554,6 +587,19 @@ mod tests {
         let error = session.exchange(initialize(), None).await.unwrap_err();
         assert!(matches!(error, ChildError::Timeout { .. }), "{error}");
         assert!(started.elapsed() >= Duration::from_millis(500));
+        session.kill().await;
+    }
+
+    #[tokio::test]
+    async fn a_child_that_does_not_read_times_out_on_the_write() {
+        let mut session = session("sleep 30", Some(Duration::from_millis(300)));
+        let big = kinesis_consumer::KinesisClientRecord::new("1", "k", vec![b'x'; 1 << 20]);
+        let message = ToChild::process_records(&[big], Some(0));
+        let error = session.exchange(message, None).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "no message from the child within 300ms (timeoutInSeconds) while processRecords was under way"
+        );
         session.kill().await;
     }
 
