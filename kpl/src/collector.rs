@@ -161,6 +161,17 @@ impl Collector {
         batch
     }
 
+    /// Takes every record held (to be predicted again).
+    pub fn drain_all(&mut self) -> Vec<Outgoing> {
+        self.size = 0;
+        self.shard_bytes.clear();
+        self.full_shards = 0;
+        self.earliest_due = None;
+        self.min_id = u64::MAX;
+        self.send_now = false;
+        self.queue.drain(..).map(|queued| queued.record).collect()
+    }
+
     /// When a request will be due, absent new records.
     pub fn next_due(&self) -> Option<Instant> {
         self.earliest_due

@@ -129,6 +129,22 @@ pub struct ProducerConfig {
     /// Spreading of hot partition keys over several shards; `None` (the default) keeps
     /// every key on its own shard.
     pub hot_key_spread: Option<crate::HotKeySpread>,
+    /// Ordered mode: the user records of a partition key are written in `send` order
+    /// through throttling, partial failures, timeouts and reshards (default `false`, as
+    /// the KPL, which may reorder records when it retries them).
+    ///
+    /// Each shard then has one Kinesis record (an aggregate, or a record sent alone) at a
+    /// time on its way to Kinesis: the next goes once the previous one was answered. A
+    /// record that failed is retried before anything newer of its shard; when records must
+    /// be predicted again (a reshard), nothing new goes until the calls in flight are
+    /// answered. Records of different shards still share calls, and calls run in
+    /// parallel. What it cannot prevent: a call whose answer is lost (a timeout after
+    /// Kinesis stored it) is sent again, so the stream may hold a record twice, but the
+    /// copies are in order (A, A, B rather than A, B, A). The cost is throughput per shard:
+    /// at most one aggregate per round trip (see BENCHMARKS.md); a larger
+    /// `aggregation_max_size` recovers much of it. Not with `hot_key_spread`, which gives
+    /// up per-key order.
+    pub ordered: bool,
     /// Labels of the producer's metrics (KPL `MetricsGranularity`): per stream (the
     /// default here; the KPL's default is shard) or also per shard.
     pub metrics_granularity: crate::MetricsGranularity,
@@ -164,6 +180,7 @@ impl Default for ProducerConfig {
             max_backoff: Duration::from_secs(5),
             shard_map_min_refresh_interval: Duration::from_secs(1),
             hot_key_spread: None,
+            ordered: false,
             metrics_granularity: crate::MetricsGranularity::Stream,
             put_records_fast_path: true,
         }

@@ -9,6 +9,7 @@ mod concurrency;
 mod config;
 mod inbox;
 mod key_cache;
+mod lanes;
 mod limiter;
 pub mod metrics;
 mod pending;

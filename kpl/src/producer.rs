@@ -227,6 +227,12 @@ impl ProducerBuilder {
         shard_map_min_refresh_interval: std::time::Duration
     );
 
+    setter!(
+        /// See [`ProducerConfig::ordered`] (default `false`): the records of a partition
+        /// key are written in `send` order even through retries and reshards.
+        ordered: bool
+    );
+
     /// Spreads hot partition keys over several shards (off by default). This gives up
     /// per-key ordering for the spread keys: see [`HotKeySpread`].
     pub fn hot_key_spread(mut self, spread: HotKeySpread) -> Self {
@@ -248,6 +254,12 @@ impl ProducerBuilder {
                 return invalid("max_record_size", "must be within 1 B ..= 10 MiB");
             }
             Self::check_record_size(c, size)?;
+        }
+        if c.ordered && c.hot_key_spread.is_some() {
+            return invalid(
+                "ordered",
+                "cannot be combined with hot_key_spread, which gives up per-key order",
+            );
         }
         if c.aggregation_max_count == 0 {
             return invalid("aggregation_max_count", "must be at least 1");
