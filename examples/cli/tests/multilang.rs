@@ -501,7 +501,7 @@ async fn two_daemons_share_the_shards_and_hand_over_on_sigterm() {
 
 #[tokio::test]
 async fn failing_children_are_handled_as_documented() {
-    let app = App::new("ml-fail", 1, "timeoutInSeconds = 3\n").await;
+    let app = App::new("ml-fail", 1, "timeoutInSeconds = 5\n").await;
     let mut daemon = app.start("w1").await;
     let one = |data: &str| vec![data.to_owned()];
 
@@ -558,7 +558,7 @@ async fn failing_children_are_handled_as_documented() {
     app.wait_for(&ok4, &mut [&mut daemon]).await;
     let log = daemon.log_text();
     assert!(
-        log.contains("no message from the child within 3s (timeoutInSeconds) while processRecords was under way"),
+        log.contains("no message from the child within 5s (timeoutInSeconds) while processRecords was under way"),
         "{log}"
     );
     assert_eq!(
