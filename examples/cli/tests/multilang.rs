@@ -487,14 +487,11 @@ async fn two_daemons_share_the_shards_and_hand_over_on_sigterm() {
         })
         .collect();
     assert_eq!(shards_of_w2.len(), 4, "w2 took over every shard");
-    // Nothing lost; what w2 got after w1's graceful stop came once.
+    // Nothing lost, nothing twice: leases moved by graceful handoffs (shutdownRequested,
+    // the child's checkpoint, then the lease), when w2 joined and when w1 stopped.
     let deliveries = app.deliveries();
-    for data in &all {
-        assert!(deliveries[data] >= 1, "{data}");
-    }
-    for data in &last {
-        assert_eq!(deliveries[data], 1, "{data}");
-    }
+    let twice: Vec<&String> = all.iter().filter(|d| deliveries[*d] != 1).collect();
+    assert!(twice.is_empty(), "not delivered exactly once: {twice:?}");
     let (status, log) = second.terminate();
     assert!(status.success(), "{status}: {log}");
 }
