@@ -269,6 +269,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let settings = Arc::new(ChildSettings {
         command: properties.executable.clone(),
         timeout: properties.timeout,
+        warn_after: properties.warn_after,
         exit_wait: properties.timeout.unwrap_or(EXIT_WAIT),
         protocol: if args.protocol_version == "2" {
             ProtocolVersion::V2

@@ -41,6 +41,9 @@ pub struct ChildSettings {
     /// How long to wait for each message of a child (`timeoutInSeconds`); none: forever,
     /// as the Java daemon does without the property.
     pub timeout: Option<Duration>,
+    /// When to log a warning that a child has not answered a message yet
+    /// (`logWarningForTaskAfterMillis`).
+    pub warn_after: Option<Duration>,
     /// How long a child may take to exit once its standard input is closed after its last
     /// message; then it is killed.
     pub exit_wait: Duration,
@@ -107,6 +110,9 @@ struct Running {
     process: Child,
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
+    /// The part of a line read before a wait for it ended (a warning is due): kept, so
+    /// that the read goes on where it stopped.
+    partial: Vec<u8>,
     stderr: tokio::task::JoinHandle<()>,
 }
 
@@ -160,6 +166,7 @@ impl ChildSession {
             process,
             stdin: Some(stdin),
             stdout: BufReader::new(stdout),
+            partial: Vec::new(),
             stderr,
         });
         Ok(())
@@ -196,10 +203,23 @@ impl ChildSession {
         if let Err(source) = written {
             return Err(child.failure(action, source).await);
         }
+        let started = Instant::now();
+        let mut warn_at = self.settings.warn_after.map(|after| started + after);
         loop {
-            let line = match child.next_line(deadline).await {
+            let wait_until = match (deadline, warn_at) {
+                (Some(deadline), Some(warn_at)) => Some(deadline.min(warn_at)),
+                (deadline, warn_at) => deadline.or(warn_at),
+            };
+            let line = match child.next_line(wait_until).await {
                 Ok(Some(line)) => line,
                 Ok(None) => return Err(child.exited(action).await),
+                Err(Next::TimedOut)
+                    if deadline.is_none_or(|deadline| Instant::now() < deadline) =>
+                {
+                    tracing::warn!(shard = %shard_id, action, waited = ?started.elapsed(), "the child has not answered yet (logWarningForTaskAfterMillis)");
+                    warn_at = None;
+                    continue;
+                }
                 Err(Next::TimedOut) => {
                     return Err(ChildError::Timeout {
                         timeout: timeout.unwrap_or_default(),
@@ -372,14 +392,27 @@ impl Running {
         stdin.flush().await
     }
 
+    /// The next line of standard output, `None` at its end. A wait cut short by
+    /// `deadline` keeps what it read of the line for the next call.
     async fn next_line(&mut self, deadline: Option<Instant>) -> Result<Option<String>, Next> {
-        let read = read_line(&mut self.stdout);
-        match deadline {
-            None => read.await.map_err(Next::Failed),
+        let read = self.stdout.read_until(b'\n', &mut self.partial);
+        let read = match deadline {
+            None => read.await,
             Some(deadline) => match tokio::time::timeout_at(deadline, read).await {
-                Ok(result) => result.map_err(Next::Failed),
-                Err(_) => Err(Next::TimedOut),
+                Ok(read) => read,
+                Err(_) => return Err(Next::TimedOut),
             },
+        };
+        match read {
+            Err(error) => Err(Next::Failed(error)),
+            Ok(0) if self.partial.is_empty() => Ok(None),
+            Ok(_) => {
+                let mut line = std::mem::take(&mut self.partial);
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                Ok(Some(String::from_utf8_lossy(&line).into_owned()))
+            }
         }
     }
 
@@ -501,6 +534,7 @@ mod tests {
         let mut session = ChildSession::new(Arc::new(ChildSettings {
             command: vec!["sh".into(), "-c".into(), script.into()],
             timeout,
+            warn_after: None,
             exit_wait: Duration::from_secs(5),
             protocol: ProtocolVersion::V3,
         }));
@@ -603,11 +637,28 @@ mod tests {
         session.kill().await;
     }
 
+    /// A line that arrives in pieces across a logWarningForTaskAfterMillis warning is read
+    /// whole: the wait for the warning does not lose what was read.
+    #[tokio::test]
+    async fn a_line_split_across_the_warning_is_read_whole() {
+        let mut session = session(
+            r#"read line; printf '{"action":"status",'; sleep 0.6; echo '"responseFor":"initialize"}'; cat > /dev/null"#,
+            Some(Duration::from_secs(10)),
+        );
+        session.settings = Arc::new(ChildSettings {
+            warn_after: Some(Duration::from_millis(200)),
+            ..(*session.settings).clone()
+        });
+        session.exchange(initialize(), None).await.unwrap();
+        session.kill().await;
+    }
+
     #[tokio::test]
     async fn a_missing_program_cannot_start() {
         let mut session = ChildSession::new(Arc::new(ChildSettings {
             command: vec!["/nonexistent/kclpy-app".into()],
             timeout: None,
+            warn_after: None,
             exit_wait: Duration::from_secs(1),
             protocol: ProtocolVersion::V3,
         }));

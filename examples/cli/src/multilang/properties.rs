@@ -170,6 +170,8 @@ pub struct DaemonProperties {
     pub processing_language: Option<String>,
     /// `timeoutInSeconds`: how long to wait for each message from a child.
     pub timeout: Option<Duration>,
+    /// `logWarningForTaskAfterMillis`: when to warn that a child has not answered yet.
+    pub warn_after: Option<Duration>,
     /// `shutdownGraceMillis`: how long a graceful stop may take.
     pub shutdown_grace: Option<Duration>,
     /// `maxLeasesForWorker`.
@@ -215,7 +217,6 @@ const WITHOUT_EFFECT: &[&str] = &[
     "skipShardSyncAtWorkerInitializationIfLeasesExist",
     "schedulerInitializationBackoffTimeMillis",
     "shardPrioritization",
-    "logWarningForTaskAfterMillis",
     "validateSequenceNumberBeforeCheckpointing",
     "initialLeaseTableReadCapacity",
     "initialLeaseTableWriteCapacity",
@@ -347,6 +348,7 @@ impl DaemonProperties {
                     properties.timeout = Some(Duration::from_secs(seconds));
                 }
                 "shutdownGraceMillis" => properties.shutdown_grace = Some(millis()?),
+                "logWarningForTaskAfterMillis" => properties.warn_after = Some(millis()?),
                 "maxLeasesForWorker" => {
                     properties.max_leases_for_worker = Some(number_usize(number()?, &bad)?);
                 }
@@ -502,7 +504,7 @@ mod tests {
              initialPositionInStreamExtended=1700000000\nkinesisEndpoint=localhost:4567\n\
              dynamoDBEndpoint=http://localhost:4568\nmaxRecords=500\n\
              idleTimeBetweenReadsInMillis=250\nfailoverTimeMillis=3000\ntimeoutInSeconds=7\n\
-             shutdownGraceMillis=9000\nmaxLeasesForWorker=4\nmaxLeasesToStealAtOneTime=2\n\
+             shutdownGraceMillis=9000\nlogWarningForTaskAfterMillis=1500\nmaxLeasesForWorker=4\nmaxLeasesToStealAtOneTime=2\n\
              shardSyncIntervalMillis=1000\nparentShardPollIntervalMillis=500\n\
              callProcessRecordsEvenForEmptyRecordList=true\ntaskBackoffTimeMillis=100\n\
              gracefulLeaseHandoffTimeoutMillis=4000\nisGracefulLeaseHandoffEnabled=false\n\
@@ -535,6 +537,7 @@ mod tests {
         assert_eq!(properties.failover_time, Some(Duration::from_secs(3)));
         assert_eq!(properties.timeout, Some(Duration::from_secs(7)));
         assert_eq!(properties.shutdown_grace, Some(Duration::from_secs(9)));
+        assert_eq!(properties.warn_after, Some(Duration::from_millis(1500)));
         assert_eq!(properties.max_leases_for_worker, Some(4));
         assert_eq!(properties.max_leases_to_steal_at_one_time, Some(2));
         assert_eq!(properties.shard_sync_interval, Some(Duration::from_secs(1)));
