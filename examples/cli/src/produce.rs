@@ -93,6 +93,10 @@ pub struct Args {
     /// the KPL's 5 MiB).
     #[arg(long, value_name = "BYTES")]
     pub collection_max_size: Option<usize>,
+    /// Write the records of each partition key in input order even through retries and
+    /// reshards (the producer's `ordered` mode: one Kinesis record per shard at a time).
+    #[arg(long)]
+    pub ordered: bool,
     /// Largest record, data plus partition key, in bytes (the producer's
     /// `max_record_size`; default: the stream's own, from DescribeStreamSummary).
     #[arg(long, value_name = "BYTES")]
@@ -351,6 +355,9 @@ pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
     }
     if let Some(bytes) = args.collection_max_size {
         builder = builder.collection_max_size(bytes);
+    }
+    if args.ordered {
+        builder = builder.ordered(true);
     }
     if let Some(bytes) = args.max_record_size {
         builder = builder.max_record_size(bytes);
