@@ -185,7 +185,7 @@ impl RecordProcessor for LoggingProcessor {
         });
     }
 
-    async fn process_records(&mut self, input: ProcessRecordsInput) {
+    async fn process_records(&mut self, input: ProcessRecordsInput) -> kinesis_consumer::ProcessResult {
         {
             let mut log = self.log.lock();
             for r in &input.records {
@@ -214,6 +214,7 @@ impl RecordProcessor for LoggingProcessor {
                 ));
             }
         }
+        Ok(())
     }
 
     async fn lease_lost(&mut self, input: LeaseLostInput) {

@@ -108,6 +108,14 @@ pub struct SchedulerConfig {
     /// design), or every worker takes its own (the Java KCL 2.x's). See
     /// [`Coordination`](crate::leases::Coordination).
     pub coordination: Coordination,
+    /// What happens to a batch the processor keeps failing on (returns
+    /// [`ProcessingError`](crate::ProcessingError) for, or panics on): `None` (default),
+    /// it is delivered again after a backoff (`failure_backoff`) for as long as the lease
+    /// is held; with a [`DeadLetterPolicy`](crate::DeadLetterPolicy), its failed records go
+    /// to the policy's sink after `max_attempts` attempts and the shard is checkpointed
+    /// past it. The nearest AWS settings are Lambda's `MaximumRetryAttempts` and
+    /// `OnFailure` destination for Kinesis; the Java KCL has none.
+    pub dead_letter: Option<crate::DeadLetterPolicy>,
 }
 
 impl Default for SchedulerConfig {
@@ -135,6 +143,7 @@ impl Default for SchedulerConfig {
             throughput_balancing: Some(crate::leases::ThroughputBalancing::default()),
             lease_discovery_interval: Duration::from_millis(500),
             coordination: Coordination::default(),
+            dead_letter: None,
         }
     }
 }
@@ -416,6 +425,16 @@ impl SchedulerBuilder {
     /// [`SchedulerConfig::call_process_records_even_for_empty_list`].
     pub fn call_process_records_even_for_empty_list(mut self, call: bool) -> Self {
         self.config.call_process_records_even_for_empty_list = call;
+        self
+    }
+
+    /// Gives up on a batch the processor keeps failing on after the policy's
+    /// `max_attempts` attempts: its failed records go to the policy's dead-letter sink and
+    /// the shard is checkpointed past it (see
+    /// [`SchedulerConfig::dead_letter`](crate::SchedulerConfig::dead_letter)). Default:
+    /// no policy, retry for as long as the lease is held.
+    pub fn dead_letter(mut self, policy: crate::DeadLetterPolicy) -> Self {
+        self.config.dead_letter = Some(policy);
         self
     }
 
@@ -902,6 +921,13 @@ fn validate(config: &SchedulerConfig) -> Result<(), SchedulerError> {
     if config.failure_backoff_min > config.failure_backoff_max {
         return invalid("failure_backoff", "min must not exceed max");
     }
+    if config
+        .dead_letter
+        .as_ref()
+        .is_some_and(|policy| policy.max_attempts() == 0)
+    {
+        return invalid("dead_letter", "max_attempts must be at least 1");
+    }
     match &config.retrieval {
         RetrievalMode::Polling(polling) => {
             if !(1..=10_000).contains(&polling.max_records) {
@@ -954,7 +980,9 @@ mod tests {
 
     #[async_trait::async_trait]
     impl RecordProcessor for NoOp {
-        async fn process_records(&mut self, _input: ProcessRecordsInput) {}
+        async fn process_records(&mut self, _input: ProcessRecordsInput) -> crate::ProcessResult {
+            Ok(())
+        }
         async fn shard_ended(&mut self, _input: ShardEndedInput) {}
     }
 
