@@ -36,7 +36,10 @@ struct Counter(Arc<AtomicU64>);
 
 #[async_trait]
 impl RecordProcessor for Counter {
-    async fn process_records(&mut self, input: ProcessRecordsInput) -> kinesis_consumer::ProcessResult {
+    async fn process_records(
+        &mut self,
+        input: ProcessRecordsInput,
+    ) -> kinesis_consumer::ProcessResult {
         self.0
             .fetch_add(input.records.len() as u64, Ordering::Relaxed);
         if let Err(e) = input.checkpointer.checkpoint().await {
@@ -209,7 +212,10 @@ impl RecordProcessor for Tracker {
         self.shard = input.shard_id;
     }
 
-    async fn process_records(&mut self, input: ProcessRecordsInput) -> kinesis_consumer::ProcessResult {
+    async fn process_records(
+        &mut self,
+        input: ProcessRecordsInput,
+    ) -> kinesis_consumer::ProcessResult {
         if !input.records.is_empty() {
             let mut map = self.deliveries.0.lock().unwrap_or_else(|e| e.into_inner());
             map.entry((self.worker.to_owned(), self.shard.clone()))

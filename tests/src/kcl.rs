@@ -185,7 +185,10 @@ impl RecordProcessor for LoggingProcessor {
         });
     }
 
-    async fn process_records(&mut self, input: ProcessRecordsInput) -> kinesis_consumer::ProcessResult {
+    async fn process_records(
+        &mut self,
+        input: ProcessRecordsInput,
+    ) -> kinesis_consumer::ProcessResult {
         {
             let mut log = self.log.lock();
             for r in &input.records {

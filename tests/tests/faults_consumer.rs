@@ -86,7 +86,10 @@ impl RecordProcessor for TimedProcessor {
         });
     }
 
-    async fn process_records(&mut self, input: ProcessRecordsInput) -> kinesis_consumer::ProcessResult {
+    async fn process_records(
+        &mut self,
+        input: ProcessRecordsInput,
+    ) -> kinesis_consumer::ProcessResult {
         for record in &input.records {
             self.timeline.push(Entry::Delivered {
                 at: Instant::now(),

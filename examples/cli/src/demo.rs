@@ -73,7 +73,10 @@ impl RecordProcessor for CountingProcessor {
         self.shard = input.shard_id;
     }
 
-    async fn process_records(&mut self, input: ProcessRecordsInput) -> kinesis_consumer::ProcessResult {
+    async fn process_records(
+        &mut self,
+        input: ProcessRecordsInput,
+    ) -> kinesis_consumer::ProcessResult {
         {
             let mut deliveries = self
                 .seen
