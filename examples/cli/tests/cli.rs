@@ -1839,3 +1839,56 @@ async fn consume_dead_letters_records_that_are_not_json_to_a_file() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--dead-letter"));
 }
+
+/// Issue 25: `--dead-letter-stream` writes each failed record to another stream, read
+/// back here with `kinesis consume --shard`: its data is the envelope, its partition key
+/// the original one.
+#[tokio::test]
+async fn consume_dead_letters_to_a_stream() {
+    let stream = unique("cli-dl-source");
+    let dead_stream = unique("cli-dl-target");
+    let app = unique("cli-dl-stream-app");
+    for name in [&stream, &dead_stream] {
+        check(
+            &kinesis(&["streams", "create", "--stream", name, "--shards", "1"])
+                .await
+                .output()
+                .unwrap(),
+        );
+    }
+    let output = with_stdin(
+        &["produce", "--stream", &stream, "--key", "k"],
+        "{\"n\":1}\n<xml/>\n{\"n\":2}\n",
+    )
+    .await;
+    check(&output);
+    let output = kinesis(&["consume", "--stream", &stream, "--app", &app])
+        .await
+        .args(["--require-json", "--max-attempts", "1"])
+        .args(["--dead-letter-stream", &dead_stream])
+        .args(["--idle-between-reads", "100ms", "--exit-after-idle", "2s"])
+        .args(["--failover", "2s"])
+        .output()
+        .unwrap();
+    let written: Vec<serde_json::Value> = check(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(written.len(), 2);
+
+    let dead = read_shard(&dead_stream, "shardId-000000000000", &[]).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["partition_key"], "k");
+    let envelope: serde_json::Value =
+        serde_json::from_str(dead[0]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(envelope["stream"], stream.as_str());
+    assert_eq!(envelope["sequence_number"], written[0]["sequence_number"]);
+    assert_eq!(envelope["sub_sequence_number"], 1);
+    assert_eq!(envelope["attempts"], 1);
+    assert_eq!(
+        base64_simd::STANDARD
+            .decode_to_vec(envelope["data"].as_str().unwrap())
+            .unwrap(),
+        b"<xml/>"
+    );
+}
