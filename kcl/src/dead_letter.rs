@@ -457,6 +457,17 @@ pub(crate) fn retry_delays(min: Duration, max: Duration) -> impl Iterator<Item =
     crate::retrieval::backoff(min, max)
 }
 
+// Shared between the shard consumers' tasks: a change that loses `Send` or `Sync` must
+// fail to compile here.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<ProcessingError>();
+    send_sync::<DeadLetterPolicy>();
+    send_sync::<DeadLetterBatch>();
+    send_sync::<JsonLinesFileSink>();
+    send_sync::<EnvelopeError>();
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

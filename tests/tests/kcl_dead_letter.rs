@@ -17,7 +17,21 @@ use integration_tests::{
 use kinesis_consumer::dead_letter::{
     BoxError, DeadLetterBatch, DeadLetterEnvelope, DeadLetterSink, JsonLinesFileSink,
 };
+use kinesis_consumer::test_util::CountingRecorder;
 use kinesis_consumer::{DeadLetterPolicy, ExtendedSequenceNumber, SchedulerBuilder};
+
+/// The process-wide metrics recorder, installed by the first test that asks (before it
+/// builds a scheduler). Each test reads only its own application's series.
+fn recorder() -> &'static CountingRecorder {
+    static RECORDER: std::sync::OnceLock<CountingRecorder> = std::sync::OnceLock::new();
+    RECORDER.get_or_init(|| {
+        let recorder = CountingRecorder::new();
+        // Another recorder already installed would leave this one at zero: the
+        // assertions on it then fail and say so.
+        let _ = metrics::set_global_recorder(recorder.clone());
+        recorder
+    })
+}
 
 /// Retries 100 to 400 ms apart, instead of 1 s to 5 minutes.
 fn quick_retries(builder: SchedulerBuilder) -> SchedulerBuilder {
@@ -114,6 +128,7 @@ async fn a_poison_record_is_dead_lettered_to_a_file_after_three_attempts() -> Te
 
     let path = temp_file("dead.jsonl")?;
     let sink = JsonLinesFileSink::open(&path)?;
+    let metrics = recorder();
     let log = Log::default();
     let builder = quick_retries(fast_builder(&config, &stream, &app, "w1"))
         .dead_letter(DeadLetterPolicy::new(3, sink));
@@ -148,6 +163,30 @@ async fn a_poison_record_is_dead_lettered_to_a_file_after_three_attempts() -> Te
     for (data, _) in put.iter().filter(|(data, _)| *data != poison_data) {
         assert_eq!(delivery_count(&log, data), 1, "{data:?}");
     }
+    let app_labels = [("application", app.as_str()), ("stream", stream.as_str())];
+    let with = |extra: (&'static str, &'static str)| {
+        let mut labels = app_labels.to_vec();
+        labels.push(extra);
+        labels
+    };
+    assert_eq!(
+        metrics.counter(
+            "kinesis_consumer_batch_failures",
+            &with(("reason", "error"))
+        ),
+        3
+    );
+    assert_eq!(
+        metrics.counter("kinesis_consumer_records_dead_lettered", &app_labels),
+        1
+    );
+    assert_eq!(
+        metrics.counter(
+            "kinesis_consumer_dead_letter_batches",
+            &with(("outcome", "success"))
+        ),
+        1
+    );
     Ok(())
 }
 
@@ -167,6 +206,7 @@ async fn a_failing_sink_keeps_the_checkpoint_before_the_poison_record() -> TestR
     // graceful stop (whose shutdown_requested checkpoints everything "delivered") stops
     // before the poison record.
     let broken = BrokenSink::default();
+    let metrics = recorder();
     let log = Log::default();
     let builder = quick_retries(fast_builder(&config, &stream, &app, "w1"))
         .dead_letter(DeadLetterPolicy::new(3, broken.clone()));
@@ -183,6 +223,19 @@ async fn a_failing_sink_keeps_the_checkpoint_before_the_poison_record() -> TestR
     );
     // The records after the poison one in its batch were processed, not checkpointed.
     assert_eq!(delivery_count(&log, &put[11].0), 1);
+    assert!(
+        metrics.counter(
+            "kinesis_consumer_dead_letter_batches",
+            &[("application", app.as_str()), ("outcome", "failure")]
+        ) >= 5
+    );
+    assert_eq!(
+        metrics.counter(
+            "kinesis_consumer_records_dead_lettered",
+            &[("application", app.as_str())]
+        ),
+        0
+    );
     worker.stop().await?;
     assert_eq!(delivery_count(&log, &poison_data), 3);
     assert_eq!(
@@ -231,6 +284,7 @@ async fn a_panic_counts_as_a_failed_attempt_of_the_whole_batch() -> TestResult {
 
     let path = temp_file("dead.jsonl")?;
     let log = Log::default();
+    let metrics = recorder();
     let behaviour = Behaviour {
         panic_on_poison: true,
         ..Behaviour::default()
@@ -259,6 +313,13 @@ async fn a_panic_counts_as_a_failed_attempt_of_the_whole_batch() -> TestResult {
     for (data, _) in &put {
         assert_eq!(delivery_count(&log, data), 2, "{data:?}");
     }
+    assert_eq!(
+        metrics.counter(
+            "kinesis_consumer_batch_failures",
+            &[("application", app.as_str()), ("reason", "panic")]
+        ),
+        2
+    );
     Ok(())
 }
 

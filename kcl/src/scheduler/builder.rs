@@ -80,7 +80,9 @@ pub struct SchedulerConfig {
     /// First retry delay of a shard whose consumer failed: the processor panicked, did
     /// not checkpoint at shard end, or the shard could not be read (default 1 s). It
     /// doubles on each consecutive failure, up to `failure_backoff_max`, and starts over
-    /// after progress (a checkpoint).
+    /// after progress (a checkpoint). Also the first delay (with jitter) before the
+    /// records of a failed batch are delivered again, and between calls of a failing
+    /// dead-letter sink.
     pub failure_backoff_min: Duration,
     /// Longest retry delay of a failing shard consumer (default 5 minutes).
     pub failure_backoff_max: Duration,
@@ -438,8 +440,8 @@ impl SchedulerBuilder {
         self
     }
 
-    /// Retry delays of a failing shard consumer (default 1 s doubling up to 5 minutes;
-    /// `min` at most `max`).
+    /// Retry delays of a failing shard consumer, of a failed batch and of a failing
+    /// dead-letter sink (default 1 s doubling up to 5 minutes; `min` at most `max`).
     pub fn failure_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.config.failure_backoff_min = min;
         self.config.failure_backoff_max = max;
@@ -1021,6 +1023,13 @@ mod tests {
             (
                 builder().shard_sync_interval(Duration::ZERO),
                 "shard_sync_interval",
+            ),
+            (
+                builder().dead_letter(crate::DeadLetterPolicy::new(
+                    0,
+                    crate::dead_letter::JsonLinesFileSink::open("/dev/null").unwrap(),
+                )),
+                "dead_letter",
             ),
         ] {
             assert_eq!(rejected(builder).await.0, expected);
