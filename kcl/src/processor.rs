@@ -84,7 +84,9 @@ pub struct ProcessRecordsInput {
     pub checkpointer: Checkpointer,
     /// Which attempt this is at these records: 1 for a new batch, more when the records
     /// failed before ([`ProcessingError`](crate::ProcessingError)) and are delivered
-    /// again. A retry delivers only the records that failed.
+    /// again under a [`DeadLetterPolicy`](crate::DeadLetterPolicy). A retry delivers only
+    /// the records that failed. Always 1 without a policy (a failed batch is read again
+    /// from the checkpoint by a new processor).
     pub attempt: u32,
 }
 
@@ -131,10 +133,10 @@ pub struct ShutdownRequestedInput {
 /// multi-thread runtime). A late renewal is logged ("lease renewal ran late").
 ///
 /// A batch that cannot be processed is reported by returning a
-/// [`ProcessingError`](crate::ProcessingError) from `process_records`: its failed records
-/// are delivered again after a backoff and, with a
-/// [`DeadLetterPolicy`](crate::DeadLetterPolicy), handed to a dead-letter sink after its
-/// last attempt.
+/// [`ProcessingError`](crate::ProcessingError) from `process_records`: without a
+/// [`DeadLetterPolicy`](crate::DeadLetterPolicy) it fails the shard consumer as a panic
+/// does; with one, its failed records are delivered again after a backoff and handed to a
+/// dead-letter sink after the last attempt.
 ///
 /// A panic in any method is caught by the scheduler: the shard is retried after a backoff
 /// (see [`SchedulerConfig::failure_backoff_min`](crate::SchedulerConfig::failure_backoff_min)),
@@ -154,7 +156,8 @@ pub trait RecordProcessor: Send {
     ///
     /// Return `Err` when the batch, or some of its records, could not be processed (see
     /// [`ProcessingError`](crate::ProcessingError)): they are delivered again after a
-    /// backoff, and never checkpointed past until they are processed or dead-lettered.
+    /// backoff, and never checkpointed past by the consumer until they are processed or
+    /// dead-lettered.
     async fn process_records(&mut self, input: ProcessRecordsInput) -> ProcessResult;
 
     /// The lease was taken by another worker, or its local deadline passed (it could not be

@@ -55,6 +55,9 @@ pub(crate) enum ShardOutcome {
     LeaseLost,
     /// Graceful shutdown finished.
     Shutdown,
+    /// The processor failed on a batch, and there is no dead-letter policy: the shard is
+    /// consumed again from its last checkpoint after a backoff.
+    BatchFailed,
 }
 
 pub(crate) struct ShardConsumer {
@@ -318,6 +321,7 @@ impl ShardConsumer {
                             .await;
                         return ShardOutcome::Shutdown;
                     }
+                    Err(Interrupted::Failed) => return ShardOutcome::BatchFailed,
                 }
             }
             if let Some(children) = batch.shard_end {
@@ -389,15 +393,20 @@ enum Interrupted {
     LeaseLost,
     /// A graceful shutdown (or handoff) was requested.
     Shutdown,
+    /// The batch failed and there is no dead-letter policy.
+    Failed,
 }
 
 impl ShardConsumer {
-    /// Hands one batch to the processor until every record of it is processed or
-    /// dead-lettered: the records an attempt failed on are delivered again after a backoff
-    /// (`failure_backoff`), and with a [`DeadLetterPolicy`] handed to its sink after the
-    /// last attempt, after which the shard is checkpointed past the batch. Meanwhile
-    /// nothing from the first failed record on can be checkpointed. `Err` when the lease
-    /// was lost or a shutdown was requested while the batch was unfinished.
+    /// Hands one batch to the processor. Without a [`DeadLetterPolicy`], a failed batch is
+    /// `Err(Failed)`: the shard consumer ends as after a panic, and the scheduler starts it
+    /// again from the last checkpoint after a backoff (so no copy of the batch is kept).
+    /// With one, until every record of the batch is processed or dead-lettered: the records
+    /// an attempt failed on are delivered again after a backoff (`failure_backoff`), and
+    /// after the last attempt handed to the policy's sink, after which the shard is
+    /// checkpointed past the batch. Meanwhile nothing from the first failed record on can
+    /// be checkpointed. `Err` also when the lease was lost or a shutdown was requested
+    /// while the batch was unfinished.
     async fn process_batch(
         &mut self,
         shard_id: &str,
@@ -413,8 +422,13 @@ impl ShardConsumer {
         }
         let bytes: u64 = records.iter().map(|r| r.data.len() as u64).sum();
         self.held.record_delivered(bytes);
-        // Kept for the retries: the records an attempt failed on (indexes into it).
-        let original = records.clone();
+        let policy = self.dead_letter.clone();
+        // Kept for the retries (with a policy only): the records an attempt failed on are
+        // indexes into it.
+        let original = match policy {
+            Some(_) => records.clone(),
+            None => Vec::new(),
+        };
         let mut next = Some(records);
         let mut pending: Vec<usize> = (0..original.len()).collect();
         let retries = Retries {
@@ -438,7 +452,7 @@ impl ShardConsumer {
                 attempt,
             };
             let started = std::time::Instant::now();
-            let (result, reason) = if self.dead_letter.is_some() {
+            let (result, reason) = if policy.is_some() {
                 // With a policy a panic is one failed attempt (without one it unwinds to
                 // the scheduler, which retries the shard from its checkpoint).
                 let call = std::panic::AssertUnwindSafe(self.processor.process_records(input));
@@ -461,10 +475,16 @@ impl ShardConsumer {
                 Err(error) => error,
             };
             metrics.batch_failed(reason);
-            if pending.is_empty() {
+            if batch_last.is_none() {
                 tracing::warn!(shard = %shard_id, %error, "the record processor failed on a batch without records: nothing to deliver again");
                 return Ok(());
             }
+            let Some(policy) = &policy else {
+                // Nothing of this batch may be checkpointed any more.
+                checkpointer.delivered_up_to(before);
+                tracing::error!(shard = %shard_id, %error, "the record processor failed on a batch; without a dead-letter policy the shard is consumed again from its last checkpoint after a backoff");
+                return Err(Interrupted::Failed);
+            };
             let named: Vec<usize> = if error.is_whole_batch() {
                 Vec::new()
             } else {
@@ -488,8 +508,7 @@ impl ShardConsumer {
                 0 => before.clone(),
                 _ => Some(original[first - 1].position()),
             });
-            let policy = self.dead_letter.clone();
-            if let Some(policy) = policy.filter(|p| attempt >= p.max_attempts()) {
+            if attempt >= policy.max_attempts() {
                 let batch = DeadLetterBatch {
                     application: self.application.clone(),
                     stream: self.stream.name().to_owned(),
@@ -506,7 +525,7 @@ impl ShardConsumer {
                     error: error.to_string(),
                     dead_lettered_at: SystemTime::now(),
                 };
-                dead_letter(&retries, &policy, &batch, metrics).await?;
+                dead_letter(&retries, policy, &batch, metrics).await?;
                 if let Some(last) = batch_last {
                     checkpoint_past(shard_id, checkpointer, last).await?;
                 }
@@ -516,7 +535,7 @@ impl ShardConsumer {
             tracing::warn!(
                 shard = %shard_id,
                 attempt,
-                max_attempts = ?self.dead_letter.as_ref().map(DeadLetterPolicy::max_attempts),
+                max_attempts = policy.max_attempts(),
                 failed_records = pending.len(),
                 %error,
                 retry_in = ?delay,

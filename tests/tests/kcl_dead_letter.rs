@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use integration_tests::kcl::{fast_builder, leases, put_records, start_worker, Behaviour, Log};
+use integration_tests::kcl::{
+    fast_builder, leases, put_records, start_worker, Behaviour, Event, Log,
+};
 use integration_tests::{
     create_stream, read_stream, sdk_config, unique_name, wait_for, TestResult,
 };
@@ -379,5 +381,53 @@ async fn poison_records_reach_a_dead_letter_stream_with_their_metadata() -> Test
     for (data, _) in put.iter().filter(|p| !poison.contains(p)) {
         assert_eq!(delivery_count(&log, data), 1, "{data:?}");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_policy_a_failed_batch_is_read_again_from_the_checkpoint() -> TestResult {
+    let config = sdk_config().await?;
+    let client = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("dl-none");
+    let app = unique_name("dl-none-app");
+    create_stream(&client, &stream, 1).await?;
+    let put = put_with_poison(&client, &stream, 10, 1).await?;
+    let (_, before_poison) = put[9].clone();
+
+    // No policy: as after a panic, the shard consumer ends, and a new processor resumes
+    // from the checkpoint (before the poison record) after a backoff, for ever.
+    let metrics = recorder();
+    let log = Log::default();
+    let builder = quick_retries(fast_builder(&config, &stream, &app, "w1"));
+    let worker = start_worker(builder, "w1", &log, poisoned()).await?;
+    wait_for(
+        "the poison record delivered 4 times",
+        Duration::from_secs(30),
+        || async { Ok((delivery_count(&log, &put[10].0) >= 4).then_some(())) },
+    )
+    .await?;
+    worker.stop().await?;
+    assert_eq!(
+        checkpoint(&config, &app).await?.sequence_number(),
+        Some(before_poison.as_str())
+    );
+    // The records before the poison one were checkpointed and never delivered again;
+    // those after it are, with it.
+    for (data, _) in &put[..10] {
+        assert_eq!(delivery_count(&log, data), 1, "{data:?}");
+    }
+    assert!(delivery_count(&log, &put[11].0) >= 4);
+    let initialized = log
+        .events()
+        .iter()
+        .filter(|e| matches!(e, Event::Initialized { .. }))
+        .count();
+    assert!(initialized >= 4, "a new processor each time: {initialized}");
+    assert!(
+        metrics.counter(
+            "kinesis_consumer_record_processor_failures",
+            &[("application", app.as_str()), ("reason", "batch_failed")]
+        ) >= 3
+    );
     Ok(())
 }

@@ -25,12 +25,14 @@
 //!   `--exit-after-idle`.
 //!
 //! Failing records (group and tail mode): `--require-json` fails the records whose data is
-//! not JSON. They are not written; a failed record is delivered again after a backoff
-//! (1 s doubling up to 5 minutes), and nothing from it on is checkpointed. With
-//! `--dead-letter-file F` or `--dead-letter-stream S`, after `--max-attempts N` (default
-//! 3) attempts the failed records go there (one JSON envelope each, see
-//! `kinesis_consumer::dead_letter::DeadLetterEnvelope`) and the shard is checkpointed
-//! past them; without either they are retried for as long as the lease is held.
+//! not JSON. They are not written, and nothing from the first of them on is checkpointed.
+//! With `--dead-letter-file F` or `--dead-letter-stream S`, the failed records are
+//! delivered again after a backoff (1 s doubling up to 5 minutes) and after
+//! `--max-attempts N` (default 3) attempts go there (one JSON envelope each, see
+//! `kinesis_consumer::dead_letter::DeadLetterEnvelope`), and the shard is checkpointed
+//! past them; the records after them are written at once. Without either, nothing after
+//! a failed record is written and the shard is read again from its checkpoint after a
+//! backoff, for as long as the lease is held: it stops at the first failed record.
 //!
 //! Each line: `{"shard_id", "sequence_number", "sub_sequence_number", "partition_key",
 //! "data"}`, with `data` as UTF-8 text when it is valid UTF-8 and otherwise base64 with
@@ -183,9 +185,9 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", conflicts_with = "shard")]
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Fail the records whose data is not JSON (group and tail mode): they are not
-    /// written, are delivered again after a backoff, and nothing from the first of them on
-    /// is checkpointed until they are dead-lettered (--dead-letter-file or
-    /// --dead-letter-stream).
+    /// written, and nothing from the first of them on is checkpointed until they are
+    /// dead-lettered (--dead-letter-file or --dead-letter-stream); without either, the
+    /// shard stops at the first of them (read again from its checkpoint after a backoff).
     #[arg(long, conflicts_with = "shard")]
     pub require_json: bool,
     /// Append the records that still fail after --max-attempts to this file, one JSON
@@ -307,11 +309,11 @@ type SharedSlot = Arc<Mutex<Option<Arc<Shared>>>>;
 fn json_lines(
     slot: &SharedSlot,
     stream: Option<String>,
-    require_json: bool,
+    failing: Failing,
 ) -> impl Fn() -> JsonLines + Send + Sync {
     let slot = slot.clone();
     move || JsonLines {
-        require_json,
+        failing,
         shared: slot
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -392,7 +394,7 @@ async fn run_group(args: Args, app: Option<String>) -> Result<(), Error> {
     }
     let slot = SharedSlot::default();
     let scheduler = builder
-        .processor_factory(json_lines(&slot, None, args.require_json))
+        .processor_factory(json_lines(&slot, None, Failing::of(&args)))
         .build()
         .await?;
     let stop = scheduler.shutdown_handle();
@@ -445,7 +447,7 @@ async fn run_streams(args: Args, app: String) -> Result<(), Error> {
                 configure(builder, &args, dead_letter.as_deref()).processor_factory(json_lines(
                     &slot,
                     Some(stream),
-                    args.require_json,
+                    Failing::of(&args),
                 ))
             }
         });
@@ -608,10 +610,30 @@ impl Shared {
     }
 }
 
-struct JsonLines {
-    shared: Arc<Shared>,
+/// Which records fail, and what becomes of them.
+#[derive(Clone, Copy, Debug)]
+struct Failing {
     /// `--require-json`: records whose data is not JSON fail.
     require_json: bool,
+    /// A dead-letter target: the failed records alone are delivered again, so the
+    /// records after them in a batch are written at once. Without one the shard is read
+    /// again from its checkpoint, so nothing after a failed record is written.
+    dead_letter: bool,
+}
+
+impl Failing {
+    fn of(args: &Args) -> Self {
+        Failing {
+            require_json: args.require_json,
+            dead_letter: args.dead_letter_file.is_some() || args.dead_letter_stream.is_some(),
+        }
+    }
+}
+
+struct JsonLines {
+    shared: Arc<Shared>,
+    /// Which records fail.
+    failing: Failing,
     /// The stream, named in each line when several are consumed.
     stream: Option<String>,
     shard: String,
@@ -780,13 +802,16 @@ impl RecordProcessor for JsonLines {
             return Ok(());
         }
         // --require-json: the records that are not JSON fail; the others are written.
-        let failed = if self.require_json {
+        let failed = if self.failing.require_json {
             not_json(&input.records)
         } else {
             Vec::new()
         };
         let valid: Cow<'_, [KinesisClientRecord]> = if failed.is_empty() {
             Cow::Borrowed(&input.records)
+        } else if !self.failing.dead_letter {
+            // Read again from the checkpoint: write only what comes before the failure.
+            Cow::Borrowed(&input.records[..failed[0].0])
         } else {
             let mut bad = vec![false; input.records.len()];
             for (i, _) in &failed {

@@ -80,9 +80,9 @@ pub struct SchedulerConfig {
     /// First retry delay of a shard whose consumer failed: the processor panicked, did
     /// not checkpoint at shard end, or the shard could not be read (default 1 s). It
     /// doubles on each consecutive failure, up to `failure_backoff_max`, and starts over
-    /// after progress (a checkpoint). Also the first delay (with jitter) before the
-    /// records of a failed batch are delivered again, and between calls of a failing
-    /// dead-letter sink.
+    /// after progress (a checkpoint). Under a dead-letter policy, also the first delay
+    /// (with jitter) before the records of a failed batch are delivered again, and between
+    /// calls of a failing dead-letter sink.
     pub failure_backoff_min: Duration,
     /// Longest retry delay of a failing shard consumer (default 5 minutes).
     pub failure_backoff_max: Duration,
@@ -112,10 +112,11 @@ pub struct SchedulerConfig {
     pub coordination: Coordination,
     /// What happens to a batch the processor keeps failing on (returns
     /// [`ProcessingError`](crate::ProcessingError) for, or panics on): `None` (default),
-    /// it is delivered again after a backoff (`failure_backoff`) for as long as the lease
-    /// is held; with a [`DeadLetterPolicy`](crate::DeadLetterPolicy), its failed records go
-    /// to the policy's sink after `max_attempts` attempts and the shard is checkpointed
-    /// past it. The nearest AWS settings are Lambda's `MaximumRetryAttempts` and
+    /// the shard consumer fails and the shard is read again from its last checkpoint after
+    /// a backoff (`failure_backoff`), for as long as the lease is held; with a
+    /// [`DeadLetterPolicy`](crate::DeadLetterPolicy), its failed records are delivered
+    /// again to the same processor, go to the policy's sink after `max_attempts` attempts,
+    /// and the shard is checkpointed past the batch. The nearest AWS settings are Lambda's `MaximumRetryAttempts` and
     /// `OnFailure` destination for Kinesis; the Java KCL has none.
     pub dead_letter: Option<crate::DeadLetterPolicy>,
 }
@@ -434,7 +435,8 @@ impl SchedulerBuilder {
     /// `max_attempts` attempts: its failed records go to the policy's dead-letter sink and
     /// the shard is checkpointed past it (see
     /// [`SchedulerConfig::dead_letter`](crate::SchedulerConfig::dead_letter)). Default:
-    /// no policy, retry for as long as the lease is held.
+    /// no policy, the shard read again from its checkpoint for as long as the lease is
+    /// held.
     pub fn dead_letter(mut self, policy: crate::DeadLetterPolicy) -> Self {
         self.config.dead_letter = Some(policy);
         self

@@ -222,6 +222,10 @@ impl Scheduler {
                 self.shard_ended(key, children, resharding).await;
                 true
             }
+            ShardOutcome::BatchFailed => {
+                self.failed(key, "batch_failed", running, consumers);
+                false
+            }
             ShardOutcome::EndNotCheckpointed => {
                 self.failed(key, "shard_end_not_checkpointed", running, consumers);
                 false
