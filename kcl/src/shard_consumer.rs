@@ -420,8 +420,6 @@ impl ShardConsumer {
         if let Some(last) = &batch_last {
             checkpointer.delivered(last.clone());
         }
-        let bytes: u64 = records.iter().map(|r| r.data.len() as u64).sum();
-        self.held.record_delivered(bytes);
         let policy = self.dead_letter.clone();
         // Kept for the retries (with a policy only): the records an attempt failed on are
         // indexes into it.
@@ -445,6 +443,9 @@ impl ShardConsumer {
                 .unwrap_or_else(|| pending.iter().map(|&i| original[i].clone()).collect());
             let count = records.len() as u64;
             let bytes = records.iter().map(|r| r.data.len() as u64).sum();
+            if attempt == 1 {
+                self.held.record_delivered(bytes);
+            }
             let input = ProcessRecordsInput {
                 records,
                 millis_behind_latest,
