@@ -88,7 +88,12 @@ impl StreamSink {
 impl DeadLetterSink for StreamSink {
     async fn dead_letter(&self, batch: &DeadLetterBatch) -> Result<(), BoxError> {
         let stream = self.producer.stream().to_owned();
-        let max_size = self.producer.config().max_record_size;
+        // Set once the producer is built: the stream's own maximum, or the one configured.
+        let max_size = self
+            .producer
+            .config()
+            .max_record_size
+            .unwrap_or(kinesis_producer::DEFAULT_MAX_RECORD_SIZE);
         let mut receipts = Vec::with_capacity(batch.records.len());
         for envelope in batch.envelopes() {
             let key = envelope.partition_key.clone();

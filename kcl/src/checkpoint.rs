@@ -266,6 +266,13 @@ impl Checkpointer {
     pub(crate) fn lease(&self) -> Lease {
         self.held.copy()
     }
+
+    /// Gives the lease up without a checkpoint (handed over during a handoff, else
+    /// released); it is lost locally whatever the outcome. For a processor that nobody
+    /// consumes any more.
+    pub(crate) async fn release_lease(&self) -> Result<bool, LeaseStoreError> {
+        self.held.release().await
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod processor;
 mod retrieval;
 mod scheduler;
 mod shard_consumer;
+pub mod shard_streams;
 mod shard_sync;
 mod stream;
 #[cfg(any(test, feature = "test-util"))]

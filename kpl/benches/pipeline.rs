@@ -214,7 +214,8 @@ async fn send_all(producer: &Producer, keys: &[String], data: &bytes::Bytes) {
     }
 }
 
-fn setup() -> (tokio::runtime::Runtime, Producer, Vec<String>, bytes::Bytes) {
+/// `ordered`: the producer's ordered mode (one Kinesis record per shard at a time).
+fn setup(ordered: bool) -> (tokio::runtime::Runtime, Producer, Vec<String>, bytes::Bytes) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -223,6 +224,9 @@ fn setup() -> (tokio::runtime::Runtime, Producer, Vec<String>, bytes::Bytes) {
         Producer::builder(fake_client())
             .stream("bench")
             .rate_limit(1_000_000)
+            .ordered(ordered)
+            // The fake answers ListShards and PutRecords only.
+            .max_record_size(1024 * 1024)
             .build()
             .await
             .unwrap()
@@ -233,14 +237,18 @@ fn setup() -> (tokio::runtime::Runtime, Producer, Vec<String>, bytes::Bytes) {
 }
 
 fn pipeline(c: &mut Criterion) {
-    let (runtime, producer, keys, data) = setup();
-
     let mut group = c.benchmark_group("pipeline");
     group.sample_size(10);
     group.throughput(Throughput::Elements(RECORDS as u64));
-    group.bench_function("100k records of 100 B, one core", |b| {
-        b.iter(|| runtime.block_on(send_all(&producer, &keys, &data)))
-    });
+    for (name, ordered) in [
+        ("100k records of 100 B, one core", false),
+        ("100k records of 100 B, one core, ordered mode", true),
+    ] {
+        let (runtime, producer, keys, data) = setup(ordered);
+        group.bench_function(name, |b| {
+            b.iter(|| runtime.block_on(send_all(&producer, &keys, &data)))
+        });
+    }
     group.finish();
 }
 
@@ -271,7 +279,7 @@ fn count_allocations(
 
 fn main() {
     if std::env::var_os("PIPELINE_ONCE").is_some() {
-        let (runtime, producer, keys, data) = setup();
+        let (runtime, producer, keys, data) = setup(false);
         runtime.block_on(send_all(&producer, &keys, &data));
         let stats = producer.stats();
         assert_eq!(stats.user_records_put, RECORDS as u64, "{stats:?}");
@@ -281,7 +289,7 @@ fn main() {
     }
     benches();
     Criterion::default().configure_from_args().final_summary();
-    let (runtime, producer, keys, data) = setup();
+    let (runtime, producer, keys, data) = setup(false);
     runtime.block_on(send_all(&producer, &keys, &data));
     count_allocations(&runtime, &producer, &keys, &data);
 }

@@ -319,7 +319,13 @@ impl Aggregator {
         if open.encoded_len_with(&record, bits) > self.max_size {
             let alone = OpenAggregate::default().encoded_len_with(&record, bits);
             if alone > self.max_size {
-                // Too big to share an aggregate: it goes alone, as itself.
+                // Too big to share an aggregate: it goes alone, as itself, after the
+                // shard's open aggregate, which holds records sent before it (of its key,
+                // perhaps: per-key order is the order records leave here).
+                if !open.records.is_empty() {
+                    self.records -= open.records.len();
+                    out.extend(open.finish());
+                }
                 out.push(Outgoing::single(Some(shard.clone()), record, deadline));
                 return;
             }
@@ -491,15 +497,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn oversized_records_go_alone_and_raw() {
+    async fn oversized_records_go_alone_and_raw_after_what_came_before() {
         let mut aggregator = Aggregator::new(usize::MAX, 1_000);
         let mut out = Vec::new();
         let now = Instant::now();
         aggregator.add(0, &shard("s"), pending(0, "k", 10), now, &mut out);
-        aggregator.add(0, &shard("s"), pending(1, "big", 5_000), now, &mut out);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].encoded.partition_key, "big");
-        assert_eq!(out[0].encoded.data.len(), 5_000);
+        aggregator.add(1, &shard("t"), pending(1, "k", 10), now, &mut out);
+        aggregator.add(0, &shard("s"), pending(2, "big", 5_000), now, &mut out);
+        // The shard's open aggregate goes first, so the big record does not overtake the
+        // record sent before it; the other shard's stays open.
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].records.iter().map(|r| r.id).collect::<Vec<_>>(), [0]);
+        assert_eq!(out[1].encoded.partition_key, "big");
+        assert_eq!(out[1].encoded.data.len(), 5_000);
+        assert_eq!(out[1].records[0].id, 2);
         assert_eq!(aggregator.len(), 1);
     }
 

@@ -12,6 +12,11 @@ use crate::pending::Outgoing;
 pub const PUT_RECORDS_MAX_COUNT: usize = 500;
 /// Most bytes (data plus partition keys) PutRecords accepts in one request.
 pub const PUT_RECORDS_MAX_SIZE: usize = 5 * 1024 * 1024;
+/// A Kinesis record above this many bytes (Kinesis's default record limit) is a large
+/// record, of a stream whose limit was raised: it goes in a request of its own, so the
+/// request stays within the PutRecords limit of every stream that accepts the record, and
+/// its latency (which adaptive timeouts learn by request size) is its own.
+pub(crate) const LARGE_RECORD: usize = 1024 * 1024;
 /// Bytes buffered for one shard that make a request go at once, as the KPL does: a big
 /// request to one shard is likely to be throttled, so it is better sent early.
 pub(crate) const SHARD_EARLY_FLUSH_BYTES: usize = 256 * 1024;
@@ -112,14 +117,17 @@ impl Collector {
     }
 
     /// Takes the next request: records in arrival order, up to the count and size
-    /// limits (a record bigger than the size limit goes alone).
+    /// limits (a record bigger than the size limit, or a large record, goes alone).
     pub fn take(&mut self) -> Vec<Outgoing> {
         let mut batch = Vec::new();
         let mut size = 0;
         while let Some(head) = self.queue.front() {
             let record_size = head.record.size();
             if batch.len() >= self.max_count
-                || (!batch.is_empty() && size + record_size > self.max_size)
+                || (!batch.is_empty()
+                    && (size + record_size > self.max_size
+                        || record_size > LARGE_RECORD
+                        || size > LARGE_RECORD))
             {
                 break;
             }
@@ -153,6 +161,17 @@ impl Collector {
         batch
     }
 
+    /// Takes every record held (to be predicted again).
+    pub fn drain_all(&mut self) -> Vec<Outgoing> {
+        self.size = 0;
+        self.shard_bytes.clear();
+        self.full_shards = 0;
+        self.earliest_due = None;
+        self.min_id = u64::MAX;
+        self.send_now = false;
+        self.queue.drain(..).map(|queued| queued.record).collect()
+    }
+
     /// When a request will be due, absent new records.
     pub fn next_due(&self) -> Option<Instant> {
         self.earliest_due
@@ -169,6 +188,34 @@ mod tests {
     use super::*;
     use crate::aggregation::EncodedRecord;
     use bytes::Bytes;
+
+    #[test]
+    fn a_large_record_goes_in_a_request_of_its_own_in_its_turn() {
+        let now = Instant::now();
+        let mut collector = Collector::new(500, PUT_RECORDS_MAX_SIZE, MIN);
+        for len in [100, 200, 2 * LARGE_RECORD, 300, LARGE_RECORD + 1, 400] {
+            collector.push(outgoing("s", len, now), now);
+        }
+        let mut requests = Vec::new();
+        while collector.len() > 0 {
+            let sizes: Vec<usize> = collector
+                .take()
+                .iter()
+                .map(|o| o.encoded.data.len())
+                .collect();
+            requests.push(sizes);
+        }
+        assert_eq!(
+            requests,
+            [
+                vec![100, 200],
+                vec![2 * LARGE_RECORD],
+                vec![300],
+                vec![LARGE_RECORD + 1],
+                vec![400]
+            ]
+        );
+    }
 
     fn outgoing(shard: &str, len: usize, deadline: Instant) -> Outgoing {
         Outgoing::new(

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use crate::collector::{PUT_RECORDS_MAX_COUNT, PUT_RECORDS_MAX_SIZE};
-use crate::record::DEFAULT_MAX_RECORD_SIZE;
 
 /// Settings of a [`Producer`](crate::Producer); set them through
 /// [`ProducerBuilder`](crate::ProducerBuilder). Each field's documentation gives its
@@ -95,9 +94,12 @@ pub struct ProducerConfig {
     /// ([`ProducerStats::put_records_timeouts`](crate::ProducerStats::put_records_timeouts),
     /// the metric `kinesis_producer_put_records_timeouts`), adaptive or not.
     pub adaptive_request_timeout: bool,
-    /// Largest user record, data plus partition key, in bytes. Default 1 MiB; up to
-    /// 10 MiB for large-record streams.
-    pub max_record_size: usize,
+    /// Largest user record, data plus partition key, in bytes, at most 10 MiB. Default
+    /// `None`: the stream's own maximum, read once when the producer is built
+    /// (DescribeStreamSummary's `MaxRecordSizeInKiB`: 1 MiB unless raised with
+    /// `UpdateMaxRecordSize`), or 1 MiB if the stream does not say or the call fails (for
+    /// example without `kinesis:DescribeStreamSummary`: a warning is logged).
+    pub max_record_size: Option<usize>,
     /// Most user records accepted and not yet completed. `send` waits while this many
     /// are outstanding (backpressure); `try_send` fails. Default 100,000. The KPL has no
     /// such bound.
@@ -127,6 +129,22 @@ pub struct ProducerConfig {
     /// Spreading of hot partition keys over several shards; `None` (the default) keeps
     /// every key on its own shard.
     pub hot_key_spread: Option<crate::HotKeySpread>,
+    /// Ordered mode: the user records of a partition key are written in `send` order
+    /// through throttling, partial failures, timeouts and reshards (default `false`, as
+    /// the KPL, which may reorder records when it retries them).
+    ///
+    /// Each shard then has one Kinesis record (an aggregate, or a record sent alone) at a
+    /// time on its way to Kinesis: the next goes once the previous one was answered. A
+    /// record that failed is retried before anything newer of its shard; when records must
+    /// be predicted again (a reshard), nothing new goes until the calls in flight are
+    /// answered. Records of different shards still share calls, and calls run in
+    /// parallel. What it cannot prevent: a call whose answer is lost (a timeout after
+    /// Kinesis stored it) is sent again, so the stream may hold a record twice, but the
+    /// copies are in order (A, A, B rather than A, B, A). The cost is throughput per shard:
+    /// at most one aggregate per round trip (see BENCHMARKS.md); a larger
+    /// `aggregation_max_size` recovers much of it. Not with `hot_key_spread`, which gives
+    /// up per-key order.
+    pub ordered: bool,
     /// Labels of the producer's metrics (KPL `MetricsGranularity`): per stream (the
     /// default here; the KPL's default is shard) or also per shard.
     pub metrics_granularity: crate::MetricsGranularity,
@@ -155,13 +173,14 @@ impl Default for ProducerConfig {
             max_connections: 24,
             request_timeout: Duration::from_secs(6),
             adaptive_request_timeout: true,
-            max_record_size: DEFAULT_MAX_RECORD_SIZE,
+            max_record_size: None,
             max_outstanding_records: 100_000,
             max_outstanding_bytes: 256 * 1024 * 1024,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             shard_map_min_refresh_interval: Duration::from_secs(1),
             hot_key_spread: None,
+            ordered: false,
             metrics_granularity: crate::MetricsGranularity::Stream,
             put_records_fast_path: true,
         }

@@ -9,6 +9,7 @@ mod concurrency;
 mod config;
 mod inbox;
 mod key_cache;
+mod lanes;
 mod limiter;
 pub mod metrics;
 mod pending;
@@ -123,12 +124,15 @@ mod tests {
             Box::new(RecordError::Abandoned),
             Box::new(RecordError::Expired {
                 attempts: attempts.clone(),
+                record: Box::new(Record::new("k", "v")),
             }),
             Box::new(RecordError::Throttled {
                 attempts: attempts.clone(),
+                record: Box::new(Record::new("k", "v")),
             }),
             Box::new(ProduceError::Record(RecordError::Rejected {
                 attempts: attempts.clone(),
+                record: Box::new(Record::new("k", "v")),
             })),
             Box::new(Arc::unwrap_or_clone(AttemptError::new(
                 "Timeout",

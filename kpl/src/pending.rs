@@ -16,7 +16,7 @@ use crate::aggregation::EncodedRecord;
 use crate::key_cache::HashKeyCache;
 use crate::receipt::{Attempt, Completion, Outcome, ReceiptChunk};
 use crate::stats::Released;
-use crate::HashKey;
+use crate::{HashKey, Record};
 
 /// Attempts a user record made in earlier Kinesis records (before a resend or a
 /// re-aggregation), `None` for most records; the current Kinesis record holds the later
@@ -368,6 +368,17 @@ impl Outgoing {
     pub fn data_of(&self, record: &Carried) -> Bytes {
         let at = record.data_at as usize;
         self.encoded.data.slice(at..at + record.data_len as usize)
+    }
+
+    /// `record`, one of its user records, as the caller sent it (given back when it
+    /// fails): its key, a slice of the data, and the hash key if the caller gave one.
+    pub fn user_record(&self, record: &Carried) -> Box<Record> {
+        let user = Record::new(self.key_of(record), self.data_of(record));
+        Box::new(if record.user_hash_key() {
+            user.with_hash_key(self.hash_key_of(record))
+        } else {
+            user
+        })
     }
 
     /// Its user records, unpacked, each holding every attempt so far (to be routed

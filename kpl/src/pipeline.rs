@@ -23,6 +23,7 @@ use crate::concurrency::{CallTicket, ConcurrencyLimit};
 use crate::config::ProducerConfig;
 use crate::inbox::{Command, Inbox};
 use crate::key_cache::HashKeyCache;
+use crate::lanes::Lanes;
 use crate::limiter::Limiter;
 use crate::metrics::{self, Metrics};
 use crate::pending::{Admitted, Carried, Outgoing, Pending};
@@ -32,7 +33,7 @@ use crate::retrier::{request_error, Backoff, RetryQueue};
 use crate::shard_map::{ShardMap, ShardMapError};
 use crate::spread::Spreader;
 use crate::stats::{LoadTracker, Released, Shared, Tracker};
-use crate::{HashKey, StreamId};
+use crate::{HashKey, Record, StreamId};
 
 /// Longest wait between two shard map refreshes after failures.
 const MAX_REFRESH_BACKOFF: Duration = Duration::from_secs(30);
@@ -131,6 +132,10 @@ pub(crate) struct Pipeline {
     inbox: Arc<Inbox>,
     /// Hash keys of recent partition keys.
     hash_keys: HashKeyCache,
+    /// Ordered mode: the per-shard lanes between the aggregator and the limiter, and
+    /// whether they wait for the calls in flight (after records were predicted again).
+    lanes: Option<Lanes>,
+    lanes_wait_for_calls: bool,
 }
 
 impl Pipeline {
@@ -157,6 +162,7 @@ impl Pipeline {
             config.request_timeout,
             config.adaptive_request_timeout,
         );
+        let config_ordered = config.ordered;
         let mut pipeline = Pipeline {
             metrics: Metrics::new(stream.as_str(), config.metrics_granularity),
             aggregator: Aggregator::new(config.aggregation_max_count, config.aggregation_max_size),
@@ -205,6 +211,8 @@ impl Pipeline {
             shared,
             inbox,
             hash_keys: HashKeyCache::default(),
+            lanes: config_ordered.then(Lanes::default),
+            lanes_wait_for_calls: false,
         };
         pipeline.set_map(map);
         pipeline
@@ -277,6 +285,7 @@ impl Pipeline {
                     rate_limited = self.limiter.len(),
                     collecting = self.collector.len(),
                     backing_off = self.retries.len(),
+                    in_lanes = self.lanes.as_ref().map_or(0, Lanes::len),
                     in_flight = self.in_flight,
                     "producer shutting down: draining"
                 );
@@ -370,6 +379,9 @@ impl Pipeline {
 
     /// Moves records through every stage as far as they may go now.
     fn advance(&mut self, now: Instant) {
+        if self.lanes.is_some() && !self.rerouted.is_empty() {
+            self.predict_everything_again();
+        }
         for record in std::mem::take(&mut self.rerouted) {
             self.route(record, false);
         }
@@ -386,8 +398,9 @@ impl Pipeline {
                 self.staged.push(record);
             }
         }
+        let staged = self.through_lanes(now);
         let mut allowed = Vec::new();
-        for record in std::mem::take(&mut self.staged) {
+        for record in staged {
             self.limiter.push(record, now, &mut allowed);
         }
         self.limiter.drain(now, &mut allowed);
@@ -414,6 +427,77 @@ impl Pipeline {
         self.load.publish(now, &self.shared);
     }
 
+    /// Ordered mode: queues the staged records in their lanes and returns what the
+    /// lanes release (without lanes: the staged records).
+    fn through_lanes(&mut self, now: Instant) -> Vec<Outgoing> {
+        let staged = std::mem::take(&mut self.staged);
+        let Some(lanes) = &mut self.lanes else {
+            return staged;
+        };
+        for record in staged {
+            lanes.push(record);
+        }
+        if !self.lanes_may_release() {
+            return Vec::new();
+        }
+        self.lanes_wait_for_calls = false;
+        let mut released = Vec::new();
+        if let Some(lanes) = &mut self.lanes {
+            lanes.release(now, &mut released);
+        }
+        let mut kept = Vec::with_capacity(released.len());
+        for record in released {
+            let shard = record.shard.clone();
+            match self.expire(record, now) {
+                Some(record) => kept.push(record),
+                None => {
+                    if let Some(lanes) = &mut self.lanes {
+                        lanes.returned(&shard);
+                    }
+                }
+            }
+        }
+        kept
+    }
+
+    /// Ordered mode: whether lanes may release now. Not while a prediction failed and
+    /// waits for a fresh map (an aggregate's landing is unresolved, or records wait to be
+    /// predicted again: they are older than what the lanes hold), nor, after records were
+    /// predicted again, while calls made with the old prediction are in flight (a record
+    /// of theirs could land after a newer one).
+    fn lanes_may_release(&self) -> bool {
+        self.landed_unknown.is_empty()
+            && self.awaiting_map.is_empty()
+            && !(self.lanes_wait_for_calls && self.in_flight > 0)
+    }
+
+    /// Ordered mode: records must be predicted again (a reshard, an aggregate that
+    /// landed where its records do not belong, survivors of an expiry). Everything not
+    /// in flight is taken back and predicted again in arrival order, and the lanes wait
+    /// for the calls in flight.
+    fn predict_everything_again(&mut self) {
+        let mut records = std::mem::take(&mut self.rerouted);
+        records.extend(self.aggregator.drain_records());
+        let released = self.limiter.drain_all().into_iter();
+        for queued in released.chain(self.collector.drain_all()) {
+            if let Some(lanes) = &mut self.lanes {
+                lanes.returned(&queued.shard);
+            }
+            records.extend(queued.into_records());
+        }
+        if let Some(lanes) = &mut self.lanes {
+            for waiting in lanes.drain_waiting() {
+                records.extend(waiting.into_records());
+            }
+        }
+        for staged in std::mem::take(&mut self.staged) {
+            records.extend(staged.into_records());
+        }
+        records.sort_by_key(|r| r.id);
+        self.rerouted = records;
+        self.lanes_wait_for_calls = true;
+    }
+
     fn can_dispatch(&self) -> bool {
         self.in_flight < self.connections.get()
             && (self.in_flight == 0 || self.in_flight_bytes < self.max_in_flight_bytes)
@@ -426,6 +510,15 @@ impl Pipeline {
         }
         let refresh = (self.refresh.wanted && !self.refresh.running).then(|| self.next_refresh());
         let load = (self.tracker.len() > 0).then(|| self.load.window_end());
+        let lanes = self.lanes.as_ref().and_then(|lanes| {
+            if !self.lanes_may_release() {
+                None
+            } else if lanes.has_ready(now) {
+                Some(now)
+            } else {
+                lanes.next_ready()
+            }
+        });
         let collector = self
             .can_dispatch()
             .then(|| self.collector.next_due())
@@ -437,6 +530,7 @@ impl Pipeline {
             self.retries.next_ready(),
             refresh,
             load,
+            lanes,
         ]
         .into_iter()
         .flatten()
@@ -466,10 +560,11 @@ impl Pipeline {
             self.metrics
                 .completed(record.shard.as_ref(), attempts.len().saturating_sub(1));
             self.tracker.complete(user.id);
-            user.complete(
-                Outcome::Failed(RecordError::Expired { attempts }),
-                &mut self.released,
-            );
+            let failed = RecordError::Expired {
+                attempts,
+                record: record.user_record(&user),
+            };
+            user.complete(Outcome::Failed(failed), &mut self.released);
         }
         record.records = alive;
         self.rerouted.extend(record.into_records());
@@ -478,12 +573,18 @@ impl Pipeline {
 
     fn dispatch(&mut self, now: Instant, force_before: u64) {
         while self.can_dispatch() && self.collector.is_due(now, force_before) {
-            let batch: Vec<Outgoing> = self
-                .collector
-                .take()
-                .into_iter()
-                .filter_map(|record| self.expire(record, now))
-                .collect();
+            let mut batch = Vec::new();
+            for record in self.collector.take() {
+                let shard = record.shard.clone();
+                match self.expire(record, now) {
+                    Some(record) => batch.push(record),
+                    None => {
+                        if let Some(lanes) = &mut self.lanes {
+                            lanes.returned(&shard);
+                        }
+                    }
+                }
+            }
             if batch.is_empty() {
                 continue;
             }
@@ -530,6 +631,11 @@ impl Pipeline {
         self.in_flight -= 1;
         self.in_flight_bytes -= done.call.bytes;
         let user_records = done.batch.iter().map(|r| r.records.len()).sum();
+        if let Some(lanes) = &mut self.lanes {
+            for record in &done.batch {
+                lanes.returned(&record.shard);
+            }
+        }
         self.metrics
             .request(done.batch.len(), user_records, done.duration);
         self.learn(&done, user_records);
@@ -786,10 +892,16 @@ impl Pipeline {
         }
         record.attempts.push(attempt);
         if error.kind().is_permanent() && !self.config.retry_permanent_errors {
-            return self.fail(record, |attempts| RecordError::Rejected { attempts });
+            return self.fail(record, |attempts, record| RecordError::Rejected {
+                attempts,
+                record,
+            });
         }
         if throttled && self.config.fail_if_throttled {
-            return self.fail(record, |attempts| RecordError::Throttled { attempts });
+            return self.fail(record, |attempts, record| RecordError::Throttled {
+                attempts,
+                record,
+            });
         }
         if throttled && self.holds_spread_keys(&record) {
             // A spread key's records go wherever the spread sends them now rather than
@@ -802,7 +914,11 @@ impl Pipeline {
         record.failures += 1;
         let expires = record.oldest + self.config.record_ttl;
         let at = (now + self.backoff.delay(record.failures)).min(expires);
-        self.retries.push(at, record);
+        match &mut self.lanes {
+            // First in its lane again: nothing newer of its shard goes before it.
+            Some(lanes) => lanes.push_retry(record, at),
+            None => self.retries.push(at, record),
+        }
     }
 
     /// Whether `record` carries records of a key being spread (and not placed by the
@@ -816,15 +932,21 @@ impl Pipeline {
         })
     }
 
-    /// Fails every user record of `record` with the error `make` builds.
-    fn fail(&mut self, mut record: Outgoing, make: impl Fn(Vec<Attempt>) -> RecordError) {
+    /// Fails every user record of `record` with the error `make` builds from its
+    /// attempts and the record given back.
+    fn fail(
+        &mut self,
+        mut record: Outgoing,
+        make: impl Fn(Vec<Attempt>, Box<Record>) -> RecordError,
+    ) {
         self.shared.count_failed(record.records.len());
-        for mut user in record.records.drain(..) {
+        for mut user in std::mem::take(&mut record.records) {
             self.tracker.complete(user.id);
             let attempts = user.all_attempts(&record.attempts);
             self.metrics
                 .completed(record.shard.as_ref(), attempts.len().saturating_sub(1));
-            user.complete(Outcome::Failed(make(attempts)), &mut self.released);
+            let failed = make(attempts, record.user_record(&user));
+            user.complete(Outcome::Failed(failed), &mut self.released);
         }
     }
 
@@ -889,6 +1011,9 @@ impl Pipeline {
                     // Buffered records were predicted with the old map: predict them again.
                     let mut records = self.aggregator.drain_records();
                     for queued in self.limiter.drain_all() {
+                        if let Some(lanes) = &mut self.lanes {
+                            lanes.returned(&queued.shard);
+                        }
                         records.extend(queued.into_records());
                     }
                     records.sort_by_key(|r| r.id);
@@ -932,6 +1057,19 @@ impl Pipeline {
             }
         }
         for (record, landed) in std::mem::take(&mut self.awaiting_map) {
+            if self.lanes.is_some() {
+                // Ordered mode: predicted again with everything held, in arrival order,
+                // once the map knows the shard they landed on (else a newer record could
+                // overtake them); until then the lanes wait.
+                match landed {
+                    Some(shard) if self.map.get(&shard).is_none() => {
+                        self.want_refresh();
+                        self.awaiting_map.push((record, Some(shard)));
+                    }
+                    _ => self.rerouted.push(record),
+                }
+                continue;
+            }
             match landed {
                 None => self.route(record, true),
                 Some(shard) if self.map.get(&shard).is_some() => self.route(record, false),

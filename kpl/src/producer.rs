@@ -15,7 +15,7 @@ use crate::inbox::{Command, Inbox};
 use crate::pending::Admitted;
 use crate::pipeline::Pipeline;
 use crate::receipt::{RecordError, RecordReceipt, RecordResult};
-use crate::record::{InvalidRecord, Record, MAX_RECORD_SIZE_LIMIT};
+use crate::record::{InvalidRecord, Record, DEFAULT_MAX_RECORD_SIZE, MAX_RECORD_SIZE_LIMIT};
 use crate::shard_map::{ShardMap, ShardMapError};
 use crate::stats::{Outstanding, ProducerStats, ShardLoad, Shared};
 use crate::{HotKeySpread, StreamId};
@@ -199,10 +199,13 @@ impl ProducerBuilder {
         /// `request_timeout` and `collection_max_size`.
         adaptive_request_timeout: bool
     );
-    setter!(
-        /// See [`ProducerConfig::max_record_size`] (default 1 MiB, at most 10 MiB).
-        max_record_size: usize
-    );
+    /// Largest user record, data plus partition key, in bytes (at most 10 MiB). See
+    /// [`ProducerConfig::max_record_size`]: by default, the stream's own maximum, read when
+    /// the producer is built.
+    pub fn max_record_size(mut self, bytes: usize) -> Self {
+        self.config.max_record_size = Some(bytes);
+        self
+    }
     setter!(
         /// See [`ProducerConfig::max_outstanding_records`] (default 100,000).
         max_outstanding_records: usize
@@ -224,6 +227,12 @@ impl ProducerBuilder {
         shard_map_min_refresh_interval: std::time::Duration
     );
 
+    setter!(
+        /// See [`ProducerConfig::ordered`] (default `false`): the records of a partition
+        /// key are written in `send` order even through retries and reshards.
+        ordered: bool
+    );
+
     /// Spreads hot partition keys over several shards (off by default). This gives up
     /// per-key ordering for the spread keys: see [`HotKeySpread`].
     pub fn hot_key_spread(mut self, spread: HotKeySpread) -> Self {
@@ -239,21 +248,17 @@ impl ProducerBuilder {
                 reason: reason.to_owned(),
             })
         };
-        if !(1..=MAX_RECORD_SIZE_LIMIT).contains(&c.max_record_size) {
-            return invalid("max_record_size", "must be within 1 B ..= 10 MiB");
+        // Without max_record_size, what depends on it is checked once the stream's is known.
+        if let Some(size) = c.max_record_size {
+            if !(1..=MAX_RECORD_SIZE_LIMIT).contains(&size) {
+                return invalid("max_record_size", "must be within 1 B ..= 10 MiB");
+            }
+            Self::check_record_size(c, size)?;
         }
-        // An aggregate goes out with a one-byte partition key, which counts against the
-        // record limit: a bigger aggregate would make Kinesis refuse the whole call.
-        let aggregation_limit = c
-            .max_record_size
-            .saturating_sub(crate::aggregation::AGGREGATE_PARTITION_KEY.len());
-        if c.aggregation_max_size < 64 || c.aggregation_max_size > aggregation_limit {
+        if c.ordered && c.hot_key_spread.is_some() {
             return invalid(
-                "aggregation_max_size",
-                &format!(
-                    "must be within 64 B ..= {aggregation_limit} B \
-                     (max_record_size less the aggregate's 1-byte partition key)"
-                ),
+                "ordered",
+                "cannot be combined with hot_key_spread, which gives up per-key order",
             );
         }
         if c.aggregation_max_count == 0 {
@@ -270,13 +275,8 @@ impl ProducerBuilder {
         {
             return invalid("max_outstanding_records", "must be positive");
         }
-        if c.max_outstanding_bytes < c.max_record_size
-            || c.max_outstanding_bytes > u32::MAX as usize
-        {
-            return invalid(
-                "max_outstanding_bytes",
-                "must be at least max_record_size and below 4 GiB",
-            );
+        if c.max_outstanding_bytes > u32::MAX as usize {
+            return invalid("max_outstanding_bytes", "must be below 4 GiB");
         }
         if c.max_connections == 0 {
             return invalid("max_connections", "must be positive");
@@ -296,8 +296,38 @@ impl ProducerBuilder {
         Ok(())
     }
 
-    /// Checks the settings, loads the stream's shard map (ListShards, retried a few
-    /// times), and starts the producer's pipeline on the current Tokio runtime.
+    /// The settings that depend on the largest record, `max_record_size` bytes.
+    fn check_record_size(c: &ProducerConfig, max_record_size: usize) -> Result<(), BuildError> {
+        let invalid = |setting: &'static str, reason: String| {
+            Err(BuildError::InvalidConfig { setting, reason })
+        };
+        // An aggregate goes out with a one-byte partition key, which counts against the
+        // record limit: a bigger aggregate would make Kinesis refuse the whole call.
+        let aggregation_limit =
+            max_record_size.saturating_sub(crate::aggregation::AGGREGATE_PARTITION_KEY.len());
+        if c.aggregation_max_size < 64 || c.aggregation_max_size > aggregation_limit {
+            return invalid(
+                "aggregation_max_size",
+                format!(
+                    "must be within 64 B ..= {aggregation_limit} B \
+                     (the largest record, {max_record_size} B, less the aggregate's 1-byte \
+                     partition key)"
+                ),
+            );
+        }
+        if c.max_outstanding_bytes < max_record_size {
+            return invalid(
+                "max_outstanding_bytes",
+                format!("must be at least the largest record, {max_record_size} B"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks the settings, reads the stream's maximum record size unless
+    /// `max_record_size` is set (DescribeStreamSummary), loads the stream's shard map
+    /// (ListShards, retried a few times), and starts the producer's pipeline on the
+    /// current Tokio runtime.
     pub async fn build(self) -> Result<Producer, BuildError> {
         self.validate()?;
         let stream = self.stream.clone().ok_or(BuildError::MissingStream)?;
@@ -328,7 +358,13 @@ impl ProducerBuilder {
             .when(|e| !e.is_permanent())
             .await?;
 
-        let config = self.config;
+        let mut config = self.config;
+        let max_record_size = match config.max_record_size {
+            Some(size) => size,
+            None => stream_max_record_size(&client, &stream).await,
+        };
+        Self::check_record_size(&config, max_record_size)?;
+        config.max_record_size = Some(max_record_size);
         let shared = Arc::new(Shared::new(
             config.max_outstanding_records,
             config.max_outstanding_bytes,
@@ -351,6 +387,32 @@ impl ProducerBuilder {
                 stream,
             }),
         })
+    }
+}
+
+/// The stream's maximum record size (data plus partition key), from DescribeStreamSummary;
+/// Kinesis's default 1 MiB when the stream does not say (it was never raised, or an
+/// emulator) or the call fails: records above it are then refused at `send` with a typed
+/// error, none is lost, and a warning names the fix.
+async fn stream_max_record_size(client: &Client, stream: &StreamId) -> usize {
+    match stream.describe_stream_summary(client).send().await {
+        Ok(output) => output
+            .stream_description_summary()
+            .and_then(|summary| summary.max_record_size_in_kib())
+            .and_then(|kib| usize::try_from(kib).ok())
+            .map_or(DEFAULT_MAX_RECORD_SIZE, |kib| {
+                (kib * 1024).clamp(1, MAX_RECORD_SIZE_LIMIT)
+            }),
+        Err(error) => {
+            let error = kinesis_errors::ServiceError::from_sdk("DescribeStreamSummary", error);
+            tracing::warn!(
+                stream = stream.as_str(),
+                "cannot read the stream's maximum record size ({error}); records are \
+                 limited to 1 MiB (set max_record_size, or allow \
+                 kinesis:DescribeStreamSummary)"
+            );
+            DEFAULT_MAX_RECORD_SIZE
+        }
     }
 }
 
@@ -520,7 +582,12 @@ impl Producer {
     }
 
     fn check(&self, record: &Record) -> Result<u32, SendError> {
-        record.validate(self.inner.config.max_record_size)?;
+        record.validate(
+            self.inner
+                .config
+                .max_record_size
+                .unwrap_or(DEFAULT_MAX_RECORD_SIZE),
+        )?;
         // `validate` bounds the size by max_record_size, itself bounded by 10 MiB.
         Ok(u32::try_from(record.size()).unwrap_or(u32::MAX))
     }

@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use kinesis_errors::ErrorKind;
 
+use crate::Record;
+
 /// A user record that reached the stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -118,31 +120,47 @@ impl std::fmt::Display for AttemptError {
 }
 
 /// Why a user record did not reach the stream.
+///
+/// A record that fails for good comes back with the error ([`RecordError::record`],
+/// [`RecordError::into_record`]), so the caller can send it somewhere else (a dead-letter
+/// stream, a file) without keeping a copy of every record it sends. Its data is a slice
+/// of the bytes the producer sent (no copy; it keeps the aggregate it travelled in, at
+/// most 1 MiB, alive while held).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RecordError {
     /// Its time to live (`record_ttl`) passed before any attempt succeeded.
     #[error("record expired after {} attempt(s){}", .attempts.len(), last_error(.attempts))]
+    #[non_exhaustive]
     Expired {
         /// Every attempt made, with its error.
         attempts: Vec<Attempt>,
+        /// The record, as it was sent: partition key, data, and the explicit hash key
+        /// the caller gave, if any.
+        record: Box<Record>,
     },
     /// It was throttled and the producer is configured with `fail_if_throttled`.
     #[error("record throttled{}", last_error(.attempts))]
+    #[non_exhaustive]
     Throttled {
         /// Every attempt made, with its error.
         attempts: Vec<Attempt>,
+        /// The record, as it was sent.
+        record: Box<Record>,
     },
     /// Kinesis refused it with an error that retrying cannot fix (the stream does not
     /// exist, access or its KMS key is denied, the request is invalid): it fails at once
     /// unless the producer is configured with `retry_permanent_errors`.
     #[error("record rejected{}", last_error(.attempts))]
+    #[non_exhaustive]
     Rejected {
         /// Every attempt made, the rejected one last.
         attempts: Vec<Attempt>,
+        /// The record, as it was sent.
+        record: Box<Record>,
     },
     /// The producer's pipeline stopped before the record completed (a bug, or a panic
-    /// in the runtime).
+    /// in the runtime). The record is not given back: it went with the pipeline.
     #[error("the producer stopped before the record completed")]
     Abandoned,
 }
@@ -151,10 +169,31 @@ impl RecordError {
     /// Every attempt made for the record.
     pub fn attempts(&self) -> &[Attempt] {
         match self {
-            RecordError::Expired { attempts }
-            | RecordError::Throttled { attempts }
-            | RecordError::Rejected { attempts } => attempts,
+            RecordError::Expired { attempts, .. }
+            | RecordError::Throttled { attempts, .. }
+            | RecordError::Rejected { attempts, .. } => attempts,
             RecordError::Abandoned => &[],
+        }
+    }
+
+    /// The record that failed (all but [`Abandoned`](RecordError::Abandoned)).
+    pub fn record(&self) -> Option<&Record> {
+        match self {
+            RecordError::Expired { record, .. }
+            | RecordError::Throttled { record, .. }
+            | RecordError::Rejected { record, .. } => Some(record),
+            RecordError::Abandoned => None,
+        }
+    }
+
+    /// The record that failed, taken out of the error (all but
+    /// [`Abandoned`](RecordError::Abandoned)).
+    pub fn into_record(self) -> Option<Record> {
+        match self {
+            RecordError::Expired { record, .. }
+            | RecordError::Throttled { record, .. }
+            | RecordError::Rejected { record, .. } => Some(*record),
+            RecordError::Abandoned => None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Naming a stream by name or by ARN.
 
+use aws_sdk_kinesis::operation::describe_stream_summary::builders::DescribeStreamSummaryFluentBuilder;
 use aws_sdk_kinesis::operation::list_shards::builders::ListShardsFluentBuilder;
 use aws_sdk_kinesis::operation::put_records::builders::PutRecordsFluentBuilder;
 use aws_sdk_kinesis::Client;
@@ -36,6 +37,16 @@ impl StreamId {
         match self {
             StreamId::Name(name) => client.list_shards().stream_name(name),
             StreamId::Arn(arn) => client.list_shards().stream_arn(arn),
+        }
+    }
+
+    pub(crate) fn describe_stream_summary(
+        &self,
+        client: &Client,
+    ) -> DescribeStreamSummaryFluentBuilder {
+        match self {
+            StreamId::Name(name) => client.describe_stream_summary().stream_name(name),
+            StreamId::Arn(arn) => client.describe_stream_summary().stream_arn(arn),
         }
     }
 

@@ -199,6 +199,8 @@ async fn the_body_is_the_sdks_and_its_signature_verifies() {
         let producer = Producer::builder(client.clone())
             .stream(stream)
             .aggregation_enabled(aggregation)
+            // The capture answers ListShards and PutRecords only.
+            .max_record_size(1024 * 1024)
             .build()
             .await
             .unwrap();

@@ -97,10 +97,17 @@ async fn records_expire_after_their_ttl_with_every_attempt() {
     let started = std::time::Instant::now();
     let results = send_many(&producer, 10).await;
     assert!(started.elapsed() < Duration::from_secs(5));
-    for result in results {
+    for (i, result) in results.into_iter().enumerate() {
         match result {
-            Err(RecordError::Expired { attempts }) => {
+            Err(RecordError::Expired {
+                attempts, record, ..
+            }) => {
                 assert!(!attempts.is_empty());
+                // Given back as sent (they travelled in aggregates of several).
+                assert_eq!(
+                    *record,
+                    Record::new(format!("key-{i}"), format!("record {i}"))
+                );
                 assert!(attempts
                     .iter()
                     .all(|a| a.error.as_ref().unwrap().code == THROTTLED));
@@ -124,7 +131,7 @@ async fn fail_if_throttled_fails_at_once() {
         .unwrap();
     let results = send_many(&producer, 5).await;
     for result in results {
-        let Err(RecordError::Throttled { attempts }) = result else {
+        let Err(RecordError::Throttled { attempts, .. }) = result else {
             panic!("expected throttled, got {result:?}");
         };
         assert_eq!(attempts.len(), 1);
@@ -388,7 +395,7 @@ async fn retry_permanent_errors_keeps_the_kpl_behaviour() {
         .await
         .unwrap();
     for result in send_many(&producer, 3).await {
-        let Err(RecordError::Expired { attempts }) = result else {
+        let Err(RecordError::Expired { attempts, .. }) = result else {
             panic!("expected an expiry, got {result:?}");
         };
         assert!(attempts.len() > 1, "retried until the TTL");
@@ -462,7 +469,7 @@ async fn a_slow_endpoint_gets_a_longer_timeout_after_one_timeout() {
         .unwrap();
     for result in send_many(&producer, 50).await {
         match result {
-            Err(RecordError::Expired { attempts }) => {
+            Err(RecordError::Expired { attempts, .. }) => {
                 assert!(attempts.len() >= 4, "{attempts:?}");
                 assert!(attempts.iter().all(timed_out));
             }

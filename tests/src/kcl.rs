@@ -111,6 +111,12 @@ impl Log {
         self.lock().delivered.clone()
     }
 
+    /// Adds a delivery, for consumers that are not a [`LoggingProcessor`] (such as a
+    /// shard stream's).
+    pub fn push_delivered(&self, delivered: Delivered) {
+        self.lock().delivered.push(delivered);
+    }
+
     /// Every event, in order.
     pub fn events(&self) -> Vec<Event> {
         self.lock().events.clone()

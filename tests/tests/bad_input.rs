@@ -131,7 +131,7 @@ async fn a_record_kinesis_refuses_as_invalid_fails_at_once() -> TestResult {
     let outcome = producer.send(Record::new("k", "v")).await?.await;
     producer.shutdown().await;
     match outcome {
-        Err(RecordError::Rejected { attempts }) => {
+        Err(RecordError::Rejected { attempts, .. }) => {
             assert_eq!(attempts.len(), 1, "retried: {attempts:?}");
             let error = attempts[0].error.as_ref().ok_or("a failed attempt")?;
             assert_eq!(error.code, "InvalidArgumentException");
@@ -340,7 +340,7 @@ async fn records_for_a_deleted_stream_fail_with_resource_not_found() -> TestResu
     .await?;
     let started = std::time::Instant::now();
     match producer.send(Record::new("k", "v")).await?.await {
-        Err(RecordError::Rejected { attempts }) => {
+        Err(RecordError::Rejected { attempts, .. }) => {
             assert_eq!(attempts.len(), 1, "retried: {attempts:?}");
             let error = attempts[0].error.as_ref().ok_or("a failed attempt")?;
             assert_eq!(error.code, "ResourceNotFoundException");
@@ -432,7 +432,7 @@ async fn missing_permissions_are_typed_errors() -> TestResult {
         .await?;
     kinesis_proxy.add(denied("PutRecords"));
     match producer.send(Record::new("k", "v")).await?.await {
-        Err(RecordError::Rejected { attempts }) => {
+        Err(RecordError::Rejected { attempts, .. }) => {
             assert_eq!(attempts.len(), 1, "retried: {attempts:?}");
             let code = &attempts[0].error.as_ref().ok_or("failed attempt")?.code;
             assert_eq!(code, "AccessDeniedException");

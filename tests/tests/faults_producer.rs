@@ -283,8 +283,14 @@ async fn throttling_past_the_ttl_fails_records_with_every_attempt() -> TestResul
     setup.producer.shutdown().await;
     for (data, outcome) in &outcomes {
         match outcome {
-            Err(RecordError::Expired { attempts }) => {
+            Err(RecordError::Expired {
+                attempts, record, ..
+            }) => {
                 assert!(attempts.len() >= 2, "{data:?}: retried until the TTL");
+                // The record comes back as it was sent (issue 25, item 6).
+                assert_eq!(record.data(), data);
+                assert!(record.partition_key().starts_with("key-"));
+                assert_eq!(record.explicit_hash_key(), None);
                 for attempt in attempts {
                     let code = &attempt.error.as_ref().ok_or("failed attempt")?.code;
                     assert_eq!(code, "ProvisionedThroughputExceededException");
@@ -303,8 +309,14 @@ async fn throttling_past_the_ttl_fails_records_with_every_attempt() -> TestResul
         .fail_if_throttled(true)
         .build()
         .await?;
-    match strict.send(Record::new("k", "v")).await?.await {
-        Err(RecordError::Throttled { attempts }) => assert_eq!(attempts.len(), 1),
+    let sent = Record::new("k", "v").with_hash_key(kinesis_producer::HashKey(12_345));
+    match strict.send(sent.clone()).await?.await {
+        Err(RecordError::Throttled {
+            attempts, record, ..
+        }) => {
+            assert_eq!(attempts.len(), 1);
+            assert_eq!(*record, sent, "given back with its explicit hash key");
+        }
         other => panic!("expected Throttled, got {other:?}"),
     }
     strict.shutdown().await;
@@ -401,7 +413,7 @@ async fn copies(setup: &Setup) -> TestResult<HashMap<bytes::Bytes, usize>> {
 fn timed_out(outcome: &Result<RecordResult, RecordError>) -> bool {
     let attempts = match outcome {
         Ok(result) => &result.attempts[..],
-        Err(RecordError::Expired { attempts }) => &attempts[..],
+        Err(RecordError::Expired { attempts, .. }) => &attempts[..],
         Err(_) => &[],
     };
     attempts
@@ -483,8 +495,11 @@ async fn a_fixed_timeout_times_out_every_call_of_a_slow_endpoint() -> TestResult
     let mut duplicated = 0;
     for (data, outcome) in &outcomes[30 * WARM_UP_BURSTS..] {
         match outcome {
-            Err(RecordError::Expired { attempts }) => {
+            Err(RecordError::Expired {
+                attempts, record, ..
+            }) => {
                 assert!(attempts.len() >= 2, "{data:?}: retried");
+                assert_eq!(record.data(), data, "the record comes back");
                 assert!(attempts
                     .iter()
                     .all(|a| a.error.as_ref().is_some_and(|e| e.code == "Timeout")));
@@ -497,5 +512,107 @@ async fn a_fixed_timeout_times_out_every_call_of_a_slow_endpoint() -> TestResult
     }
     assert!(duplicated > 0, "retried calls that had landed: duplicates");
     eprintln!("{duplicated} duplicates");
+    Ok(())
+}
+
+/// Ordered mode (issue 25, item 2) behind throttling, 500s and applied puts whose
+/// answers are lost: read back from the stream, each key's records are there in `send`
+/// order; a lost answer's records may be there twice, the copies in order too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_mode_keeps_each_keys_order_through_faults() -> TestResult {
+    let config = sdk_config().await?;
+    let direct = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("fault-put-ordered");
+    create_stream(&direct, &stream, 2).await?;
+    let proxy = FaultProxy::start(&kinesis_upstream().await?, 23).await?;
+    let producer = Producer::builder(through(&proxy, &config))
+        .stream(&stream)
+        .ordered(true)
+        .record_ttl(Duration::from_secs(60))
+        .request_timeout(Duration::from_millis(1_500))
+        .record_max_buffered_time(Duration::from_millis(20))
+        .min_backoff(Duration::from_millis(50))
+        .max_backoff(Duration::from_millis(500))
+        .build()
+        .await?;
+    let rules = [
+        proxy.add(
+            FaultRule::new(Fault::Throttle)
+                .target("PutRecords")
+                .fraction(0.2)
+                .times(8),
+        ),
+        proxy.add(
+            FaultRule::new(Fault::DropResponse)
+                .target("PutRecords")
+                .fraction(0.2)
+                .times(4),
+        ),
+        proxy.add(
+            FaultRule::new(Fault::Status(500))
+                .target("PutRecords")
+                .fraction(0.2)
+                .times(4),
+        ),
+    ];
+    const N: usize = 600;
+    let mut receipts = Vec::new();
+    for i in 0..N {
+        let record = Record::new(format!("key-{}", i % 12), format!("{i:05}"));
+        receipts.push(producer.send(record).await?);
+        if i % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    for receipt in receipts {
+        receipt.await?;
+    }
+    producer.shutdown().await;
+    let injected: u64 = rules.iter().map(|rule| proxy.injected(*rule)).sum();
+    assert!(injected >= 3, "{injected} faults injected");
+
+    // Per key, the ids in stream order (one key is on one shard, read in order).
+    let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
+    for (_, record) in read_stream(&direct, &stream).await? {
+        for user in deaggregate(
+            record.partition_key().unwrap_or_default(),
+            None,
+            bytes::Bytes::copy_from_slice(record.data().as_ref()),
+        ) {
+            let id = std::str::from_utf8(&user.data)?.parse()?;
+            by_key
+                .entry(user.partition_key.to_string())
+                .or_default()
+                .push(id);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut copies = 0;
+    for (key, ids) in &by_key {
+        let mut newest = None;
+        for (at, &id) in ids.iter().enumerate() {
+            if seen.insert(id) {
+                assert!(
+                    newest.is_none_or(|newest| id > newest),
+                    "{key}: {id} after {newest:?}: {ids:?}"
+                );
+                newest = Some(id);
+                continue;
+            }
+            // A copy is a replay of a call sent again (A, A, B; or A1, A2, A1, A2, B),
+            // never a record again after newer ones (A, B, A): whatever came first
+            // between its first copy and this one is repeated as well.
+            copies += 1;
+            let first = ids.iter().position(|&x| x == id).unwrap_or(at);
+            for between in &ids[first + 1..at] {
+                assert!(
+                    ids.iter().filter(|&x| x == between).count() > 1,
+                    "{key}: {id} again after {between}, which is not repeated: {ids:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(seen.len(), N, "every record in the stream");
+    eprintln!("{injected} faults, {copies} copies of records whose answer was lost");
     Ok(())
 }

@@ -470,10 +470,13 @@ async fn a_dead_endpoint_fails_the_build_and_expires_records() -> TestResult {
     for i in 0..10 {
         receipts.push(producer.send(Record::new(format!("k{i}"), "v")).await?);
     }
-    for receipt in receipts {
+    for (i, receipt) in receipts.into_iter().enumerate() {
         match receipt.await {
-            Err(RecordError::Expired { attempts }) => {
+            Err(RecordError::Expired {
+                attempts, record, ..
+            }) => {
                 assert!(!attempts.is_empty());
+                assert_eq!(*record, Record::new(format!("k{i}"), "v"));
                 let code = &attempts[0].error.as_ref().ok_or("failed attempt")?.code;
                 assert!(
                     ["Dispatch", "Timeout", "ResponseError"].contains(&code.as_str()),

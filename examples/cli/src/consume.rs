@@ -107,13 +107,17 @@ impl From {
     }
 }
 
+/// An RFC 3339 time (any offset) or seconds since the epoch: the rule of
+/// `kinesis leases reset --to at-timestamp=...`, the library's.
 fn parse_time(value: &str) -> Result<SystemTime, String> {
-    if let Ok(seconds) = value.parse::<f64>() {
-        if seconds.is_finite() && seconds >= 0.0 {
-            return Ok(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(seconds));
-        }
+    use kinesis_consumer::leases::reset::ResetTarget;
+    match ResetTarget::parse(&format!("at-timestamp={value}")) {
+        Ok(ResetTarget::AtTimestamp(time)) => Ok(time),
+        _ => Err(format!(
+            "{value:?}: expected an RFC 3339 time (2026-11-24T08:00:00Z, \
+             2026-11-24T09:00:00+01:00) or seconds since the epoch"
+        )),
     }
-    humantime::parse_rfc3339_weak(value).map_err(|e| format!("{value:?}: {e}"))
 }
 
 /// Consumes a stream and writes one JSON line per user record.
@@ -950,6 +954,13 @@ mod tests {
             Ok(From::AtTimestamp(
                 SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
             ))
+        );
+        assert_eq!(
+            From::parse("at-timestamp=2023-11-14T23:13:20.5+01:00"),
+            Ok(From::AtTimestamp(
+                SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500)
+            )),
+            "an offset, as leases reset takes it"
         );
         assert_eq!(
             From::parse("sequence=4959"),

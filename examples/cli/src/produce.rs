@@ -93,6 +93,14 @@ pub struct Args {
     /// the KPL's 5 MiB).
     #[arg(long, value_name = "BYTES")]
     pub collection_max_size: Option<usize>,
+    /// Write the records of each partition key in input order even through retries and
+    /// reshards (the producer's `ordered` mode: one Kinesis record per shard at a time).
+    #[arg(long)]
+    pub ordered: bool,
+    /// Largest record, data plus partition key, in bytes (the producer's
+    /// `max_record_size`; default: the stream's own, from DescribeStreamSummary).
+    #[arg(long, value_name = "BYTES")]
+    pub max_record_size: Option<usize>,
     /// Send every record as its own Kinesis record (the producer's `aggregation_enabled`
     /// off).
     #[arg(long)]
@@ -106,6 +114,11 @@ pub struct Args {
     /// http://ADDR/metrics while it runs (e.g. 127.0.0.1:9100).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Write the data of every record that fails for good (expired after --record-ttl, or
+    /// rejected by Kinesis) to this file, one per line as it was read or generated:
+    /// `kinesis produce --input FILE` with the same flags sends them again.
+    #[arg(long, value_name = "FILE")]
+    pub failed_file: Option<PathBuf>,
 }
 
 /// Writes `--records N` records: JSON objects `{"id":…,"key":"…","pad":"…"}` padded with
@@ -231,6 +244,53 @@ fn random_key() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// `--failed-file`: the data of each failed record, a line each. Writing is blocking,
+/// which is fine for what should be rare; a write error is reported once, and the
+/// records are still counted as failed.
+struct FailedFile {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    broken: bool,
+}
+
+impl FailedFile {
+    fn create(path: &std::path::Path) -> Result<Self, Error> {
+        let file = std::fs::File::create(path)
+            .map_err(|error| format!("cannot create --failed-file {}: {error}", path.display()))?;
+        Ok(FailedFile {
+            path: path.to_owned(),
+            out: std::io::BufWriter::new(file),
+            broken: false,
+        })
+    }
+
+    fn write(&mut self, record: &Record) {
+        use std::io::Write;
+        let written = self
+            .out
+            .write_all(record.data())
+            .and_then(|()| self.out.write_all(b"\n"));
+        self.report(written);
+    }
+
+    fn finish(mut self) {
+        use std::io::Write;
+        let flushed = self.out.flush();
+        self.report(flushed);
+    }
+
+    fn report(&mut self, result: std::io::Result<()>) {
+        if let Err(error) = result {
+            if !std::mem::replace(&mut self.broken, true) {
+                eprintln!(
+                    "kinesis produce: cannot write failed records to {}: {error}",
+                    self.path.display()
+                );
+            }
+        }
+    }
+}
+
 /// Admits records at the requested rate, keeping each receipt for the counting task.
 struct Sender {
     producer: Producer,
@@ -296,6 +356,12 @@ pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
     if let Some(bytes) = args.collection_max_size {
         builder = builder.collection_max_size(bytes);
     }
+    if args.ordered {
+        builder = builder.ordered(true);
+    }
+    if let Some(bytes) = args.max_record_size {
+        builder = builder.max_record_size(bytes);
+    }
     if args.no_aggregation {
         builder = builder.aggregation_enabled(false);
     }
@@ -304,6 +370,10 @@ pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
     // Receipts complete roughly in order: one task awaits them while records go in.
     let (receipts, mut completed) = mpsc::unbounded_channel::<RecordReceipt>();
     let failed = Arc::new(AtomicU64::new(0));
+    let mut failed_file = match &args.failed_file {
+        Some(path) => Some(FailedFile::create(path)?),
+        None => None,
+    };
     let counter = {
         let failed = failed.clone();
         tokio::spawn(async move {
@@ -312,7 +382,13 @@ pub async fn run(args: Args) -> Result<serde_json::Value, Error> {
                     if failed.fetch_add(1, Ordering::Relaxed) == 0 {
                         eprintln!("kinesis produce: a record failed: {error}");
                     }
+                    if let (Some(file), Some(record)) = (&mut failed_file, error.record()) {
+                        file.write(record);
+                    }
                 }
+            }
+            if let Some(file) = failed_file {
+                file.finish();
             }
         })
     };

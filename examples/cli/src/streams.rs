@@ -78,6 +78,19 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
         wait: Duration,
     },
+    /// Sets the largest record a stream accepts (UpdateMaxRecordSize: 1024 to 10240 KiB;
+    /// records over 1 MiB are "large records") and waits until it is ACTIVE again.
+    MaxRecordSize {
+        /// Stream name or ARN.
+        #[arg(long)]
+        stream: String,
+        /// The new maximum, in KiB (1024 = 1 MiB, Kinesis's default; up to 10240).
+        #[arg(long, value_name = "KIB")]
+        kib: i32,
+        /// How long to wait for ACTIVE.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+        wait: Duration,
+    },
     /// Changes a stream's shards (one of `--shard-count`, `--split`, `--merge`) and waits
     /// until it is ACTIVE again.
     Reshard {
@@ -282,6 +295,8 @@ async fn describe(client: &Client, stream: &str) -> Result<serde_json::Value, Er
         "arn": summary.stream_arn(),
         "status": summary.stream_status().as_str(),
         "retention_hours": summary.retention_period_hours(),
+        // Kinesis leaves it out for a stream never raised from the default 1 MiB.
+        "max_record_size_kib": summary.max_record_size_in_kib().unwrap_or(1024),
         "mode": summary.stream_mode_details().map(|m| m.stream_mode().as_str()),
         "open_shards": shards.iter().filter(|s| is_open(s)).count(),
         "shards": shard_list,
@@ -379,6 +394,18 @@ pub async fn run(args: Args) -> Result<(), Error> {
             wait,
         } => {
             set_retention(&client, &stream, hours).await?;
+            wait_active(&client, &stream, wait).await?;
+            describe(&client, &stream).await?
+        }
+        Command::MaxRecordSize { stream, kib, wait } => {
+            let arn = summary(&client, &stream).await?.stream_arn().to_owned();
+            client
+                .update_max_record_size()
+                .stream_arn(arn)
+                .max_record_size_in_kib(kib)
+                .send()
+                .await
+                .map_err(|e| call("UpdateMaxRecordSize", e))?;
             wait_active(&client, &stream, wait).await?;
             describe(&client, &stream).await?
         }

@@ -1399,6 +1399,18 @@ async fn iam_actions_of_every_subcommand_are_documented() {
         &["streams", "retention", "--stream", &stream, "--hours", "30"],
         None,
     );
+    check_row(
+        "streams max-record-size",
+        &[
+            "streams",
+            "max-record-size",
+            "--stream",
+            &stream,
+            "--kib",
+            "1024",
+        ],
+        None,
+    );
     let shard = "shardId-000000000000";
     check_row(
         "consume --shard",
@@ -1891,4 +1903,109 @@ async fn consume_dead_letters_to_a_stream() {
             .unwrap(),
         b"<xml/>"
     );
+}
+
+/// `produce --failed-file`: the records that fail for good (here: throttled past
+/// `--record-ttl`) are written there as they were read, and `produce --input` of that
+/// file sends them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_writes_failed_records_to_a_file_that_sends_them_again() {
+    use kinesis_emulator::fault_proxy::{Fault, FaultRule};
+    use std::io::Write;
+    let Some(proxy) = proxy_in_front_of("kinesis").await else {
+        return;
+    };
+    let stream = unique("cli-failed-file");
+    produce(&stream, Some(1), 1).await;
+    proxy.add(FaultRule::new(Fault::Throttle).target("PutRecords"));
+    let dir = std::env::temp_dir().join(unique("cli-failed-file"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let failed_file = dir.join("failed.txt");
+    let sent: BTreeSet<String> = (0..25).map(|i| format!("failed record {i}")).collect();
+    let mut child = kinesis(&[
+        "produce",
+        "--stream",
+        &stream,
+        "--record-ttl",
+        "2s",
+        "--failed-file",
+        failed_file.to_str().unwrap(),
+    ])
+    .await
+    .env("AWS_ENDPOINT_URL_KINESIS", proxy.endpoint())
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for line in &sent {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("a JSON summary");
+    assert_eq!(summary["failed"], 25, "{summary}");
+    assert_eq!(output.status.code(), Some(1), "records failed: exit code 1");
+    let written = std::fs::read_to_string(&failed_file).unwrap();
+    let written: BTreeSet<String> = written.lines().map(str::to_owned).collect();
+    assert_eq!(written, sent, "every failed record, once, as it was read");
+
+    // Without the fault, the file sends them again.
+    let output = kinesis(&["produce", "--stream", &stream, "--input"])
+        .await
+        .arg(&failed_file)
+        .output()
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&check(&output)).unwrap();
+    assert_eq!(summary["user_records"], 25, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `streams max-record-size` raises a stream's limit (`describe` shows it), and a record
+/// of 1.5 MiB then goes through `produce` and comes back whole from `consume`.
+#[tokio::test]
+async fn a_raised_max_record_size_lets_a_large_record_through() {
+    let stream = unique("cli-large");
+    let created = kinesis(&["streams", "create", "--stream", &stream, "--shards", "1"])
+        .await
+        .output()
+        .unwrap();
+    check(&created);
+    let raised = kinesis(&[
+        "streams",
+        "max-record-size",
+        "--stream",
+        &stream,
+        "--kib",
+        "2048",
+    ])
+    .await
+    .output()
+    .unwrap();
+    let described: serde_json::Value = serde_json::from_str(&check(&raised)).unwrap();
+    assert_eq!(described["max_record_size_kib"], 2048, "{described}");
+    let line = format!("large:{}", ".".repeat(3 * 512 * 1024));
+    let output = with_stdin(&["produce", "--stream", &stream, "--key", "k"], &line).await;
+    let summary: serde_json::Value = serde_json::from_str(&check(&output)).unwrap();
+    assert_eq!(summary["user_records"], 1, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    let read = kinesis(&[
+        "consume",
+        "--stream",
+        &stream,
+        "--shard",
+        "shardId-000000000000",
+        "--from",
+        "trim-horizon",
+        "--count",
+        "1",
+    ])
+    .await
+    .output()
+    .unwrap();
+    let record: serde_json::Value = serde_json::from_str(check(&read).trim()).unwrap();
+    assert_eq!(record["data"].as_str().map(str::len), Some(line.len()));
 }
