@@ -87,10 +87,28 @@ fn envelopes(path: &std::path::Path) -> TestResult<Vec<DeadLetterEnvelope>> {
         .collect()
 }
 
-fn temp_file(name: &str) -> TestResult<std::path::PathBuf> {
+/// A dead-letter file in a directory of its own, removed with it when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl std::ops::Deref for TempFile {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn temp_file(name: &str) -> TestResult<TempFile> {
     let dir = std::env::temp_dir().join(unique_name("kcl-dead-letter"));
     std::fs::create_dir_all(&dir)?;
-    Ok(dir.join(name))
+    Ok(TempFile(dir.join(name)))
 }
 
 fn poisoned() -> Behaviour {
@@ -129,7 +147,7 @@ async fn a_poison_record_is_dead_lettered_to_a_file_after_three_attempts() -> Te
     let (_, last_seq) = put.last().ok_or("nothing put")?.clone();
 
     let path = temp_file("dead.jsonl")?;
-    let sink = JsonLinesFileSink::open(&path)?;
+    let sink = JsonLinesFileSink::open(&*path)?;
     let metrics = recorder();
     let log = Log::default();
     let builder = quick_retries(fast_builder(&config, &stream, &app, "w1"))
@@ -251,7 +269,7 @@ async fn a_failing_sink_keeps_the_checkpoint_before_the_poison_record() -> TestR
     let path = temp_file("dead.jsonl")?;
     let log2 = Log::default();
     let builder = quick_retries(fast_builder(&config, &stream, &app, "w2"))
-        .dead_letter(DeadLetterPolicy::new(3, JsonLinesFileSink::open(&path)?));
+        .dead_letter(DeadLetterPolicy::new(3, JsonLinesFileSink::open(&*path)?));
     let worker = start_worker(builder, "w2", &log2, poisoned()).await?;
     wait_for(
         "the checkpoint past the poison record",
@@ -292,7 +310,7 @@ async fn a_panic_counts_as_a_failed_attempt_of_the_whole_batch() -> TestResult {
         ..Behaviour::default()
     };
     let builder = quick_retries(fast_builder(&config, &stream, &app, "w1"))
-        .dead_letter(DeadLetterPolicy::new(2, JsonLinesFileSink::open(&path)?));
+        .dead_letter(DeadLetterPolicy::new(2, JsonLinesFileSink::open(&*path)?));
     let worker = start_worker(builder, "w1", &log, behaviour).await?;
     wait_for(
         "the checkpoint past the panicking batch",

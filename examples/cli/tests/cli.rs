@@ -1841,6 +1841,7 @@ async fn consume_dead_letters_records_that_are_not_json_to_a_file() {
         written[3]["sub_sequence_number"]
     );
     assert!(consume_group(&stream, &app).await.is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
 
     // --max-attempts needs somewhere to put what fails.
     let output = kinesis(&["consume", "--stream", &stream, "--app", &app])
