@@ -36,12 +36,16 @@ struct Counter(Arc<AtomicU64>);
 
 #[async_trait]
 impl RecordProcessor for Counter {
-    async fn process_records(&mut self, input: ProcessRecordsInput) {
+    async fn process_records(
+        &mut self,
+        input: ProcessRecordsInput,
+    ) -> kinesis_consumer::ProcessResult {
         self.0
             .fetch_add(input.records.len() as u64, Ordering::Relaxed);
         if let Err(e) = input.checkpointer.checkpoint().await {
             eprintln!("checkpoint failed: {e}");
         }
+        Ok(())
     }
 
     async fn shard_ended(&mut self, input: ShardEndedInput) {
@@ -208,7 +212,10 @@ impl RecordProcessor for Tracker {
         self.shard = input.shard_id;
     }
 
-    async fn process_records(&mut self, input: ProcessRecordsInput) {
+    async fn process_records(
+        &mut self,
+        input: ProcessRecordsInput,
+    ) -> kinesis_consumer::ProcessResult {
         if !input.records.is_empty() {
             let mut map = self.deliveries.0.lock().unwrap_or_else(|e| e.into_inner());
             map.entry((self.worker.to_owned(), self.shard.clone()))
@@ -227,6 +234,7 @@ impl RecordProcessor for Tracker {
             }
         }
         let _ = input.checkpointer.checkpoint().await;
+        Ok(())
     }
 
     async fn shard_ended(&mut self, input: ShardEndedInput) {

@@ -110,7 +110,12 @@ struct Idle;
 
 #[async_trait]
 impl RecordProcessor for Idle {
-    async fn process_records(&mut self, _input: ProcessRecordsInput) {}
+    async fn process_records(
+        &mut self,
+        _input: ProcessRecordsInput,
+    ) -> kinesis_consumer::ProcessResult {
+        Ok(())
+    }
 
     async fn shard_ended(&mut self, input: ShardEndedInput) {
         let _ = input.checkpointer.checkpoint().await;

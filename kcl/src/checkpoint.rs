@@ -108,6 +108,12 @@ impl Checkpointer {
         self.progress().last_delivered = Some(last);
     }
 
+    /// Sets the most a checkpoint may cover: back before a failed record, or `None` when
+    /// nothing delivered may be checkpointed.
+    pub(crate) fn delivered_up_to(&self, last: Option<ExtendedSequenceNumber>) {
+        self.progress().last_delivered = last;
+    }
+
     pub(crate) fn set_shard_ended(&self) {
         self.progress().shard_ended = true;
     }

@@ -4,6 +4,7 @@
 #![doc = include_str!("../README.md")]
 
 mod checkpoint;
+pub mod dead_letter;
 mod error;
 mod lease;
 pub mod leases;
@@ -20,6 +21,9 @@ mod stream;
 pub mod test_util;
 
 pub use checkpoint::{CheckpointError, Checkpointer, PreparedCheckpoint};
+pub use dead_letter::{
+    DeadLetterBatch, DeadLetterPolicy, DeadLetterSink, FailedRecord, ProcessResult, ProcessingError,
+};
 pub use error::{ErrorChain, ErrorKind, ServiceError};
 pub use kinesis_aggregation::{deaggregate, UserRecord};
 pub use lease::{ExtendedSequenceNumber, Lease, SequencePosition};

@@ -48,6 +48,14 @@
 //! | `kinesis_consumer_shards_gone_from_stream` | `application`, `stream`, `shard` |
 //! | `kinesis_consumer_subscription_stalls` | `application`, `stream`, `shard` |
 //!
+//! Failed batches and dead-lettering (no Java KCL equivalent):
+//!
+//! | counter | labels | counts |
+//! |---|---|---|
+//! | `kinesis_consumer_batch_failures` | `application`, `stream`, `shard`, `reason` (`error`, `panic`) | failed attempts of a batch (`process_records` returned an error, or panicked with a dead-letter policy) |
+//! | `kinesis_consumer_records_dead_lettered` | `application`, `stream`, `shard` | user records handed to the dead-letter sink (after it took them) |
+//! | `kinesis_consumer_dead_letter_batches` | `application`, `stream`, `shard`, `outcome` (`success`, `failure`) | calls of the dead-letter sink |
+//!
 //! They were CamelCase (`LeaseItemsMalformed`, ...) with a `ShardId` label before 0.2.
 
 use std::collections::BTreeMap;
@@ -87,6 +95,9 @@ pub(crate) const CHECKPOINT_TRIM_HORIZON_FALLBACKS: &str =
 pub(crate) const AGGREGATES_DROPPED: &str = "kinesis_consumer_aggregates_dropped";
 pub(crate) const SHARDS_GONE_FROM_STREAM: &str = "kinesis_consumer_shards_gone_from_stream";
 pub(crate) const SUBSCRIPTION_STALLS: &str = "kinesis_consumer_subscription_stalls";
+const BATCH_FAILURES: &str = "kinesis_consumer_batch_failures";
+const RECORDS_DEAD_LETTERED: &str = "kinesis_consumer_records_dead_lettered";
+const DEAD_LETTER_BATCHES: &str = "kinesis_consumer_dead_letter_batches";
 
 /// Describes every metric (name, unit, help text) to the installed recorder (each
 /// scheduler does when it is built).
@@ -113,6 +124,21 @@ pub(crate) fn describe() {
             "Time the record processor took for one batch"
         );
         describe_gauge!(CURRENT_LEASES, Unit::Count, "Leases this worker holds");
+        describe_counter!(
+            BATCH_FAILURES,
+            Unit::Count,
+            "Failed attempts of a batch (the record processor returned an error or panicked)"
+        );
+        describe_counter!(
+            RECORDS_DEAD_LETTERED,
+            Unit::Count,
+            "User records handed to the dead-letter sink after their last attempt"
+        );
+        describe_counter!(
+            DEAD_LETTER_BATCHES,
+            Unit::Count,
+            "Calls of the dead-letter sink, by outcome"
+        );
         describe_counter!(TAKEN_LEASES, Unit::Count, "Leases this worker took");
         describe_counter!(
             LOST_LEASES,
@@ -421,6 +447,10 @@ pub(crate) struct ShardMetrics {
     millis_behind_latest: Gauge,
     /// KPL aggregates dropped for user records outside the shard's hash key range.
     pub(crate) aggregates_dropped: Counter,
+    failed_with_error: Counter,
+    failed_with_panic: Counter,
+    dead_lettered: Counter,
+    dead_letter_calls: Outcomes,
 }
 
 impl ShardMetrics {
@@ -432,7 +462,30 @@ impl ShardMetrics {
             time: histogram!(PROCESS_RECORDS_TIME, labels),
             millis_behind_latest: gauge!(MILLIS_BEHIND_LATEST, labels),
             aggregates_dropped: counter!(AGGREGATES_DROPPED, labels),
+            failed_with_error: shard.counter_with(BATCH_FAILURES, "reason", "error"),
+            failed_with_panic: shard.counter_with(BATCH_FAILURES, "reason", "panic"),
+            dead_lettered: counter!(RECORDS_DEAD_LETTERED, labels),
+            dead_letter_calls: Outcomes::new(DEAD_LETTER_BATCHES, labels),
         }
+    }
+
+    /// An attempt of a batch failed: `reason` is `panic` or `error`.
+    pub(crate) fn batch_failed(&self, reason: &'static str) {
+        match reason {
+            "panic" => &self.failed_with_panic,
+            _ => &self.failed_with_error,
+        }
+        .increment(1);
+    }
+
+    /// A call of the dead-letter sink.
+    pub(crate) fn dead_letter_call(&self, ok: bool) {
+        self.dead_letter_calls.record(ok);
+    }
+
+    /// Records the dead-letter sink took.
+    pub(crate) fn dead_lettered(&self, records: u64) {
+        self.dead_lettered.increment(records);
     }
 
     /// One batch handed to the record processor.

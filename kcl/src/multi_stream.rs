@@ -308,15 +308,18 @@ impl MultiStreamSchedulerBuilder {
 ///
 /// ```no_run
 /// use kinesis_consumer::multi_stream::{MultiStreamScheduler, StreamConfig};
-/// use kinesis_consumer::{InitialPosition, ProcessRecordsInput, RecordProcessor, ShardEndedInput};
+/// use kinesis_consumer::{
+///     InitialPosition, ProcessRecordsInput, ProcessResult, RecordProcessor, ShardEndedInput,
+/// };
 ///
 /// struct Printer;
 ///
 /// #[async_trait::async_trait]
 /// impl RecordProcessor for Printer {
-///     async fn process_records(&mut self, input: ProcessRecordsInput) {
+///     async fn process_records(&mut self, input: ProcessRecordsInput) -> ProcessResult {
 ///         println!("{} records", input.records.len());
 ///         let _ = input.checkpointer.checkpoint().await;
+///         Ok(())
 ///     }
 ///
 ///     async fn shard_ended(&mut self, input: ShardEndedInput) {

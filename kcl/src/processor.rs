@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::checkpoint::Checkpointer;
+use crate::dead_letter::ProcessResult;
 use crate::lease::ExtendedSequenceNumber;
 
 /// One user record: a plain Kinesis record, or one record out of a KPL aggregate.
@@ -81,6 +82,12 @@ pub struct ProcessRecordsInput {
     pub millis_behind_latest: Option<i64>,
     /// Checkpoints progress on this shard.
     pub checkpointer: Checkpointer,
+    /// Which attempt this is at these records: 1 for a new batch, more when the records
+    /// failed before ([`ProcessingError`](crate::ProcessingError)) and are delivered
+    /// again under a [`DeadLetterPolicy`](crate::DeadLetterPolicy). A retry delivers only
+    /// the records that failed. Always 1 without a policy (a failed batch is read again
+    /// from the checkpoint by a new processor).
+    pub attempt: u32,
 }
 
 /// Given to [`RecordProcessor::lease_lost`].
@@ -125,9 +132,18 @@ pub struct ShutdownRequestedInput {
 /// `tokio::task::spawn_blocking(..).await` (or `tokio::task::block_in_place` on a
 /// multi-thread runtime). A late renewal is logged ("lease renewal ran late").
 ///
+/// A batch that cannot be processed is reported by returning a
+/// [`ProcessingError`](crate::ProcessingError) from `process_records`: without a
+/// [`DeadLetterPolicy`](crate::DeadLetterPolicy) it fails the shard consumer as a panic
+/// does; with one, its failed records are delivered again after a backoff and handed to a
+/// dead-letter sink after the last attempt.
+///
 /// A panic in any method is caught by the scheduler: the shard is retried after a backoff
 /// (see [`SchedulerConfig::failure_backoff_min`](crate::SchedulerConfig::failure_backoff_min)),
-/// counted in the metric `kinesis_consumer_record_processor_failures`.
+/// counted in the metric `kinesis_consumer_record_processor_failures`. With a
+/// `DeadLetterPolicy`, a panic in `process_records` is instead caught by the shard
+/// consumer and counts as a failed attempt of the whole batch, retried with the same
+/// processor.
 #[async_trait]
 pub trait RecordProcessor: Send {
     /// Called once before any records.
@@ -137,7 +153,12 @@ pub trait RecordProcessor: Send {
 
     /// Called with each batch of records. Checkpoint through `input.checkpointer` as
     /// often as the application can afford to redo work.
-    async fn process_records(&mut self, input: ProcessRecordsInput);
+    ///
+    /// Return `Err` when the batch, or some of its records, could not be processed (see
+    /// [`ProcessingError`](crate::ProcessingError)): they are delivered again after a
+    /// backoff, and never checkpointed past by the consumer until they are processed or
+    /// dead-lettered.
+    async fn process_records(&mut self, input: ProcessRecordsInput) -> ProcessResult;
 
     /// The lease was taken by another worker, or its local deadline passed (it could not be
     /// renewed in time): stop; checkpoints are no longer possible. No batch is handed to

@@ -172,20 +172,22 @@ impl HeldShards {
 /// ```no_run
 /// use async_trait::async_trait;
 /// use kinesis_consumer::{
-///     InitialPosition, ProcessRecordsInput, RecordProcessor, Scheduler, ShardEndedInput,
+///     InitialPosition, ProcessRecordsInput, ProcessResult, RecordProcessor, Scheduler,
+///     ShardEndedInput,
 /// };
 ///
 /// struct Printer;
 ///
 /// #[async_trait]
 /// impl RecordProcessor for Printer {
-///     async fn process_records(&mut self, input: ProcessRecordsInput) {
+///     async fn process_records(&mut self, input: ProcessRecordsInput) -> ProcessResult {
 ///         for record in &input.records {
 ///             println!("{} {:?}", record.partition_key, record.data);
 ///         }
 ///         if let Err(e) = input.checkpointer.checkpoint().await {
 ///             eprintln!("checkpoint failed: {e}");
 ///         }
+///         Ok(())
 ///     }
 ///
 ///     async fn shard_ended(&mut self, input: ShardEndedInput) {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_kinesis::types::{ChildShard, Record};
 use bytes::Bytes;
@@ -11,9 +11,14 @@ use kinesis_aggregation::{HashKey, UserRecord};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::checkpoint::Checkpointer;
+use crate::checkpoint::{CheckpointError, Checkpointer};
+use crate::dead_letter::{
+    panic_message, retry_delays, DeadLetterBatch, DeadLetterPolicy, DeadLetterRecord,
+    ProcessingError,
+};
 use crate::lease::{ExtendedSequenceNumber, SequencePosition};
 use crate::leases::HeldLease;
+use crate::metrics::ShardMetrics;
 use crate::processor::{
     InitializeInput, KinesisClientRecord, LeaseLostInput, ProcessRecordsInput, RecordProcessor,
     ShardEndedInput, ShutdownRequestedInput,
@@ -50,6 +55,9 @@ pub(crate) enum ShardOutcome {
     LeaseLost,
     /// Graceful shutdown finished.
     Shutdown,
+    /// The processor failed on a batch, and there is no dead-letter policy: the shard is
+    /// consumed again from its last checkpoint after a backoff.
+    BatchFailed,
 }
 
 pub(crate) struct ShardConsumer {
@@ -61,6 +69,12 @@ pub(crate) struct ShardConsumer {
     pub options: FetchOptions,
     pub initial_timestamp: Option<SystemTime>,
     pub shutdown: watch::Receiver<bool>,
+    /// When to give up on a failing batch, and where it goes.
+    pub dead_letter: Option<DeadLetterPolicy>,
+    /// The application name, for dead-lettered batches.
+    pub application: String,
+    /// The backoff between attempts of a failing batch (`failure_backoff`).
+    pub retry_backoff: (Duration, Duration),
 }
 
 /// The shard's hash key range, when the lease knows it.
@@ -237,7 +251,7 @@ impl ShardConsumer {
         };
         let mut skip = skip;
         let range = hash_range(&lease);
-        let metrics = crate::metrics::ShardMetrics::new(self.held.metrics());
+        let metrics = ShardMetrics::new(self.held.metrics());
         let held = self.held.clone();
 
         loop {
@@ -280,29 +294,35 @@ impl ShardConsumer {
                 &metrics.aggregates_dropped,
             );
             skip = None;
-            if let Some(last) = records.last() {
-                checkpointer.delivered(last.position());
-            }
             if !records.is_empty()
                 || (self.options.deliver_empty_batches && batch.shard_end.is_none())
             {
-                let count = records.len() as u64;
-                let bytes = records.iter().map(|r| r.data.len() as u64).sum();
-                held.record_delivered(bytes);
-                let started = std::time::Instant::now();
-                self.processor
-                    .process_records(ProcessRecordsInput {
+                let processed = self
+                    .process_batch(
+                        &shard_id,
                         records,
-                        millis_behind_latest: batch.millis_behind_latest,
-                        checkpointer: checkpointer.clone(),
-                    })
+                        batch.millis_behind_latest,
+                        &checkpointer,
+                        &metrics,
+                    )
                     .await;
-                metrics.batch_processed(
-                    count,
-                    bytes,
-                    batch.millis_behind_latest,
-                    started.elapsed(),
-                );
+                match processed {
+                    Ok(()) => {}
+                    Err(Interrupted::LeaseLost) => {
+                        self.processor.lease_lost(LeaseLostInput { shard_id }).await;
+                        return ShardOutcome::LeaseLost;
+                    }
+                    Err(Interrupted::Shutdown) => {
+                        self.processor
+                            .shutdown_requested(ShutdownRequestedInput {
+                                shard_id,
+                                checkpointer: checkpointer.clone(),
+                            })
+                            .await;
+                        return ShardOutcome::Shutdown;
+                    }
+                    Err(Interrupted::Failed) => return ShardOutcome::BatchFailed,
+                }
             }
             if let Some(children) = batch.shard_end {
                 if held.is_lost() {
@@ -329,6 +349,272 @@ impl ShardConsumer {
                 );
                 return ShardOutcome::EndNotCheckpointed;
             }
+        }
+    }
+}
+
+/// What waiting between attempts needs, apart from the (not `Sync`) processor.
+#[derive(Clone)]
+struct Retries {
+    held: Arc<HeldLease>,
+    shutdown: watch::Receiver<bool>,
+    backoff: (Duration, Duration),
+}
+
+impl Retries {
+    /// The next delay of a backoff, started on first use.
+    fn next_delay(
+        &self,
+        delays: &mut Option<Box<dyn Iterator<Item = Duration> + Send>>,
+    ) -> Duration {
+        let (min, max) = self.backoff;
+        delays
+            .get_or_insert_with(|| Box::new(retry_delays(min, max)))
+            .next()
+            .unwrap_or(max)
+    }
+
+    /// Sleeps, unless the lease is lost or a shutdown is requested first.
+    async fn wait(&self, delay: Duration) -> Result<(), Interrupted> {
+        let held = self.held.clone();
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            biased;
+            _ = held.lost() => Err(Interrupted::LeaseLost),
+            _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => Err(Interrupted::Shutdown),
+            _ = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
+}
+
+/// Why a batch was left unfinished.
+enum Interrupted {
+    /// The lease was lost (or passed its local deadline).
+    LeaseLost,
+    /// A graceful shutdown (or handoff) was requested.
+    Shutdown,
+    /// The batch failed and there is no dead-letter policy.
+    Failed,
+}
+
+impl ShardConsumer {
+    /// Hands one batch to the processor. Without a [`DeadLetterPolicy`], a failed batch is
+    /// `Err(Failed)`: the shard consumer ends as after a panic, and the scheduler starts it
+    /// again from the last checkpoint after a backoff (so no copy of the batch is kept).
+    /// With one, until every record of the batch is processed or dead-lettered: the records
+    /// an attempt failed on are delivered again after a backoff (`failure_backoff`), and
+    /// after the last attempt handed to the policy's sink, after which the shard is
+    /// checkpointed past the batch. Meanwhile nothing from the first failed record on can
+    /// be checkpointed. `Err` also when the lease was lost or a shutdown was requested
+    /// while the batch was unfinished.
+    async fn process_batch(
+        &mut self,
+        shard_id: &str,
+        records: Vec<KinesisClientRecord>,
+        millis_behind_latest: Option<i64>,
+        checkpointer: &Checkpointer,
+        metrics: &ShardMetrics,
+    ) -> Result<(), Interrupted> {
+        let before = checkpointer.last_delivered();
+        let batch_last = records.last().map(KinesisClientRecord::position);
+        if let Some(last) = &batch_last {
+            checkpointer.delivered(last.clone());
+        }
+        let policy = self.dead_letter.clone();
+        // Kept for the retries (with a policy only): the records an attempt failed on are
+        // indexes into it.
+        let original = match policy {
+            Some(_) => records.clone(),
+            None => Vec::new(),
+        };
+        let mut next = Some(records);
+        let mut pending: Vec<usize> = (0..original.len()).collect();
+        let retries = Retries {
+            held: self.held.clone(),
+            shutdown: self.shutdown.clone(),
+            backoff: self.retry_backoff,
+        };
+        let mut delays = None;
+        let mut attempt = 0_u32;
+        loop {
+            attempt += 1;
+            let records = next
+                .take()
+                .unwrap_or_else(|| pending.iter().map(|&i| original[i].clone()).collect());
+            let count = records.len() as u64;
+            let bytes = records.iter().map(|r| r.data.len() as u64).sum();
+            if attempt == 1 {
+                self.held.record_delivered(bytes);
+            }
+            let input = ProcessRecordsInput {
+                records,
+                millis_behind_latest,
+                checkpointer: checkpointer.clone(),
+                attempt,
+            };
+            let started = std::time::Instant::now();
+            let (result, reason) = if policy.is_some() {
+                // With a policy a panic is one failed attempt (without one it unwinds to
+                // the scheduler, which retries the shard from its checkpoint).
+                let call = std::panic::AssertUnwindSafe(self.processor.process_records(input));
+                match futures::FutureExt::catch_unwind(call).await {
+                    Ok(result) => (result, "error"),
+                    Err(panic) => (
+                        Err(ProcessingError::batch(format!(
+                            "process_records panicked: {}",
+                            panic_message(&*panic)
+                        ))),
+                        "panic",
+                    ),
+                }
+            } else {
+                (self.processor.process_records(input).await, "error")
+            };
+            metrics.batch_processed(count, bytes, millis_behind_latest, started.elapsed());
+            let error = match result {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            metrics.batch_failed(reason);
+            if batch_last.is_none() {
+                tracing::warn!(shard = %shard_id, %error, "the record processor failed on a batch without records: nothing to deliver again");
+                return Ok(());
+            }
+            let Some(policy) = &policy else {
+                // Nothing of this batch may be checkpointed any more.
+                checkpointer.delivered_up_to(before);
+                tracing::error!(shard = %shard_id, %error, "the record processor failed on a batch; without a dead-letter policy the shard is consumed again from its last checkpoint after a backoff");
+                return Err(Interrupted::Failed);
+            };
+            let named: Vec<usize> = if error.is_whole_batch() {
+                Vec::new()
+            } else {
+                let failed: std::collections::HashSet<&ExtendedSequenceNumber> =
+                    error.failed_records().iter().map(|f| &f.position).collect();
+                pending
+                    .iter()
+                    .copied()
+                    .filter(|&i| failed.contains(&original[i].position()))
+                    .collect()
+            };
+            if named.is_empty() && !error.is_whole_batch() {
+                tracing::warn!(shard = %shard_id, %error, "the processing error names no record of the batch: the whole batch counts as failed");
+            }
+            if !named.is_empty() {
+                pending = named;
+            }
+            // Nothing from the first failed record on may be checkpointed.
+            let first = pending[0];
+            checkpointer.delivered_up_to(match first {
+                0 => before.clone(),
+                _ => Some(original[first - 1].position()),
+            });
+            if attempt >= policy.max_attempts() {
+                let batch = DeadLetterBatch {
+                    application: self.application.clone(),
+                    stream: self.stream.name().to_owned(),
+                    shard_id: shard_id.to_owned(),
+                    records: pending
+                        .iter()
+                        .map(|&i| {
+                            let record = original[i].clone();
+                            let error = error.error_of(&record.position()).to_owned();
+                            DeadLetterRecord::new(record, error)
+                        })
+                        .collect(),
+                    attempts: attempt,
+                    error: error.to_string(),
+                    dead_lettered_at: SystemTime::now(),
+                };
+                dead_letter(&retries, policy, &batch, metrics).await?;
+                if let Some(last) = batch_last {
+                    checkpoint_past(shard_id, checkpointer, last).await?;
+                }
+                return Ok(());
+            }
+            let delay = retries.next_delay(&mut delays);
+            tracing::warn!(
+                shard = %shard_id,
+                attempt,
+                max_attempts = policy.max_attempts(),
+                failed_records = pending.len(),
+                %error,
+                retry_in = ?delay,
+                "the record processor failed on a batch; delivering its failed records again after a backoff"
+            );
+            retries.wait(delay).await?;
+        }
+    }
+}
+
+/// Hands a batch to the policy's sink until it takes it (a backoff between calls).
+async fn dead_letter(
+    retries: &Retries,
+    policy: &DeadLetterPolicy,
+    batch: &DeadLetterBatch,
+    metrics: &ShardMetrics,
+) -> Result<(), Interrupted> {
+    let held = retries.held.clone();
+    let mut delays = None;
+    loop {
+        let stored = tokio::select! {
+            biased;
+            _ = held.lost() => return Err(Interrupted::LeaseLost),
+            stored = policy.sink().dead_letter(batch) => stored,
+        };
+        metrics.dead_letter_call(stored.is_ok());
+        match stored {
+            Ok(()) => {
+                metrics.dead_lettered(batch.records.len() as u64);
+                let first = batch.records.first().map(|r| r.record.position());
+                let last = batch.records.last().map(|r| r.record.position());
+                tracing::warn!(
+                    stream = %batch.stream,
+                    shard = %batch.shard_id,
+                    records = batch.records.len(),
+                    first = %first.unwrap_or_else(ExtendedSequenceNumber::trim_horizon),
+                    last = %last.unwrap_or_else(ExtendedSequenceNumber::trim_horizon),
+                    attempts = batch.attempts,
+                    error = %batch.error,
+                    "dead-lettered the failed records of a batch; checkpointing past the batch"
+                );
+                return Ok(());
+            }
+            Err(error) => {
+                let delay = retries.next_delay(&mut delays);
+                tracing::error!(
+                    shard = %batch.shard_id,
+                    records = batch.records.len(),
+                    error = %crate::ErrorChain::new(&*error),
+                    retry_in = ?delay,
+                    "the dead-letter sink failed: the batch is not checkpointed past and is handed to the sink again after a backoff"
+                );
+                retries.wait(delay).await?;
+            }
+        }
+    }
+}
+
+/// Checkpoints at the last record of a dead-lettered batch.
+async fn checkpoint_past(
+    shard_id: &str,
+    checkpointer: &Checkpointer,
+    last: ExtendedSequenceNumber,
+) -> Result<(), Interrupted> {
+    checkpointer.delivered(last.clone());
+    let Some(sequence_number) = last.sequence_number() else {
+        return Ok(());
+    };
+    match checkpointer
+        .checkpoint_at(sequence_number, last.sub_sequence_number)
+        .await
+    {
+        // Invalid: the processor already checkpointed there or further.
+        Ok(()) | Err(CheckpointError::InvalidSequence { .. }) => Ok(()),
+        Err(CheckpointError::LeaseLost(_)) => Err(Interrupted::LeaseLost),
+        Err(error) => {
+            tracing::warn!(shard = %shard_id, checkpoint = %last, error = %crate::ErrorChain::new(&error), "checkpoint past a dead-lettered batch failed; the next checkpoint covers it (a new holder before it would dead-letter the batch again)");
+            Ok(())
         }
     }
 }

@@ -533,7 +533,7 @@ impl RecordProcessor for StreamProcessor {
         }
     }
 
-    async fn process_records(&mut self, input: ProcessRecordsInput) {
+    async fn process_records(&mut self, input: ProcessRecordsInput) -> crate::ProcessResult {
         let ProcessRecordsInput {
             records,
             millis_behind_latest,
@@ -562,6 +562,7 @@ impl RecordProcessor for StreamProcessor {
         if delivery == Delivery::NobodyListens || closed {
             self.give_up(&checkpointer).await;
         }
+        Ok(())
     }
 
     async fn lease_lost(&mut self, input: LeaseLostInput) {

@@ -248,12 +248,16 @@ impl ProducerBuilder {
                 reason: reason.to_owned(),
             })
         };
-        // Without max_record_size, what depends on it is checked once the stream's is known.
-        if let Some(size) = c.max_record_size {
-            if !(1..=MAX_RECORD_SIZE_LIMIT).contains(&size) {
-                return invalid("max_record_size", "must be within 1 B ..= 10 MiB");
+        // Without max_record_size, what depends on it is checked against the largest a
+        // stream allows here, and against the stream's once it is known.
+        match c.max_record_size {
+            Some(size) => {
+                if !(1..=MAX_RECORD_SIZE_LIMIT).contains(&size) {
+                    return invalid("max_record_size", "must be within 1 B ..= 10 MiB");
+                }
+                Self::check_record_size(c, size)?;
             }
-            Self::check_record_size(c, size)?;
+            None => Self::check_aggregation_size(c, MAX_RECORD_SIZE_LIMIT)?,
         }
         if c.ordered && c.hot_key_spread.is_some() {
             return invalid(
@@ -298,28 +302,34 @@ impl ProducerBuilder {
 
     /// The settings that depend on the largest record, `max_record_size` bytes.
     fn check_record_size(c: &ProducerConfig, max_record_size: usize) -> Result<(), BuildError> {
-        let invalid = |setting: &'static str, reason: String| {
-            Err(BuildError::InvalidConfig { setting, reason })
-        };
+        Self::check_aggregation_size(c, max_record_size)?;
+        if c.max_outstanding_bytes < max_record_size {
+            return Err(BuildError::InvalidConfig {
+                setting: "max_outstanding_bytes",
+                reason: format!("must be at least the largest record, {max_record_size} B"),
+            });
+        }
+        Ok(())
+    }
+
+    /// `aggregation_max_size` against the largest record, `max_record_size` bytes.
+    fn check_aggregation_size(
+        c: &ProducerConfig,
+        max_record_size: usize,
+    ) -> Result<(), BuildError> {
         // An aggregate goes out with a one-byte partition key, which counts against the
         // record limit: a bigger aggregate would make Kinesis refuse the whole call.
         let aggregation_limit =
             max_record_size.saturating_sub(crate::aggregation::AGGREGATE_PARTITION_KEY.len());
         if c.aggregation_max_size < 64 || c.aggregation_max_size > aggregation_limit {
-            return invalid(
-                "aggregation_max_size",
-                format!(
+            return Err(BuildError::InvalidConfig {
+                setting: "aggregation_max_size",
+                reason: format!(
                     "must be within 64 B ..= {aggregation_limit} B \
                      (the largest record, {max_record_size} B, less the aggregate's 1-byte \
                      partition key)"
                 ),
-            );
-        }
-        if c.max_outstanding_bytes < max_record_size {
-            return invalid(
-                "max_outstanding_bytes",
-                format!("must be at least the largest record, {max_record_size} B"),
-            );
+            });
         }
         Ok(())
     }

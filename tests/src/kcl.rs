@@ -12,9 +12,10 @@ use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use bytes::Bytes;
 use kinesis_consumer::leases::{DynamoDbLeaseStore, LeaseStore};
 use kinesis_consumer::{
-    ExtendedSequenceNumber, InitialPosition, InitializeInput, Lease, LeaseLostInput, PollingConfig,
-    ProcessRecordsInput, RecordProcessor, RetrievalMode, Scheduler, SchedulerBuilder,
-    SchedulerError, ShardEndedInput, ShutdownHandle, ShutdownRequestedInput,
+    ExtendedSequenceNumber, FailedRecord, InitialPosition, InitializeInput, KinesisClientRecord,
+    Lease, LeaseLostInput, PollingConfig, ProcessRecordsInput, ProcessingError, RecordProcessor,
+    RetrievalMode, Scheduler, SchedulerBuilder, SchedulerError, ShardEndedInput, ShutdownHandle,
+    ShutdownRequestedInput,
 };
 use tokio::task::JoinHandle;
 
@@ -157,7 +158,16 @@ pub struct Behaviour {
     pub block_in_shutdown: Option<Duration>,
     /// Never return from `shutdown_requested` (an async hang: an abort ends it).
     pub hang_in_shutdown: bool,
+    /// Fail the records whose data starts with [`POISON`] (a `ProcessingError` naming
+    /// them), checkpointing only up to the record before the first of them.
+    pub fail_poison: bool,
+    /// Panic on a batch holding a record whose data starts with [`POISON`] (after
+    /// logging the batch).
+    pub panic_on_poison: bool,
 }
+
+/// The prefix of a record the processor fails on ([`Behaviour::fail_poison`]).
+pub const POISON: &[u8] = b"poison";
 
 impl Default for Behaviour {
     fn default() -> Self {
@@ -168,6 +178,8 @@ impl Default for Behaviour {
             panic_on_batch: false,
             block_in_shutdown: None,
             hang_in_shutdown: false,
+            fail_poison: false,
+            panic_on_poison: false,
         }
     }
 }
@@ -191,7 +203,10 @@ impl RecordProcessor for LoggingProcessor {
         });
     }
 
-    async fn process_records(&mut self, input: ProcessRecordsInput) {
+    async fn process_records(
+        &mut self,
+        input: ProcessRecordsInput,
+    ) -> kinesis_consumer::ProcessResult {
         {
             let mut log = self.log.lock();
             for r in &input.records {
@@ -212,13 +227,47 @@ impl RecordProcessor for LoggingProcessor {
         if self.behaviour.panic_on_batch && !input.records.is_empty() {
             panic!("{} {}: injected processor panic", self.worker, self.shard);
         }
+        let poisoned = |r: &&KinesisClientRecord| r.data.starts_with(POISON);
+        if self.behaviour.panic_on_poison && input.records.iter().any(|r| poisoned(&r)) {
+            panic!(
+                "{} {}: injected panic on a poison record",
+                self.worker, self.shard
+            );
+        }
+        let failed: Vec<FailedRecord> = if self.behaviour.fail_poison {
+            input
+                .records
+                .iter()
+                .filter(poisoned)
+                .map(|r| FailedRecord::new(r, "poison record"))
+                .collect()
+        } else {
+            Vec::new()
+        };
         if self.behaviour.checkpoint_every_batch {
-            if let Err(e) = input.checkpointer.checkpoint().await {
+            // Never past a failed record: up to the record before the first of them.
+            let last_good = input.records.iter().take_while(|r| !poisoned(r)).last();
+            let checkpointed = match (failed.is_empty(), last_good) {
+                (true, _) => input.checkpointer.checkpoint().await,
+                (false, Some(last)) => {
+                    input
+                        .checkpointer
+                        .checkpoint_at(&last.sequence_number, last.sub_sequence_number)
+                        .await
+                }
+                (false, None) => Ok(()),
+            };
+            if let Err(e) = checkpointed {
                 note(&format!(
                     "{} {}: checkpoint failed: {e}",
                     self.worker, self.shard
                 ));
             }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(ProcessingError::records(failed))
         }
     }
 

@@ -86,7 +86,10 @@ impl RecordProcessor for TimedProcessor {
         });
     }
 
-    async fn process_records(&mut self, input: ProcessRecordsInput) {
+    async fn process_records(
+        &mut self,
+        input: ProcessRecordsInput,
+    ) -> kinesis_consumer::ProcessResult {
         for record in &input.records {
             self.timeline.push(Entry::Delivered {
                 at: Instant::now(),
@@ -101,6 +104,7 @@ impl RecordProcessor for TimedProcessor {
         if self.batches.is_multiple_of(self.checkpoint_every) {
             let _ = input.checkpointer.checkpoint().await;
         }
+        Ok(())
     }
 
     async fn lease_lost(&mut self, input: LeaseLostInput) {

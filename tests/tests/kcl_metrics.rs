@@ -149,6 +149,9 @@ const PER_SHARD: &[&str] = &[
     "kinesis_consumer_aggregates_dropped",
     "kinesis_consumer_shards_gone_from_stream",
     "kinesis_consumer_subscription_stalls",
+    "kinesis_consumer_batch_failures",
+    "kinesis_consumer_records_dead_lettered",
+    "kinesis_consumer_dead_letter_batches",
 ];
 
 /// Every series of `application` carries the labels of its kind: `application` always,

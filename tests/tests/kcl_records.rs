@@ -398,7 +398,12 @@ struct NoOp;
 
 #[async_trait::async_trait]
 impl kinesis_consumer::RecordProcessor for NoOp {
-    async fn process_records(&mut self, _input: kinesis_consumer::ProcessRecordsInput) {}
+    async fn process_records(
+        &mut self,
+        _input: kinesis_consumer::ProcessRecordsInput,
+    ) -> kinesis_consumer::ProcessResult {
+        Ok(())
+    }
 
     async fn shard_ended(&mut self, input: kinesis_consumer::ShardEndedInput) {
         let _ = input.checkpointer.checkpoint().await;

@@ -24,6 +24,16 @@
 //!   checkpoints; stops at the shard's end, after `--count` records, or once caught up for
 //!   `--exit-after-idle`.
 //!
+//! Failing records (group and tail mode): `--require-json` fails the records whose data is
+//! not JSON. They are not written, and nothing from the first of them on is checkpointed.
+//! With `--dead-letter-file F` or `--dead-letter-stream S`, the failed records are
+//! delivered again after a backoff (1 s doubling up to 5 minutes) and after
+//! `--max-attempts N` (default 3) attempts go there (one JSON envelope each, see
+//! `kinesis_consumer::dead_letter::DeadLetterEnvelope`), and the shard is checkpointed
+//! past them; the records after them are written at once. Without either, nothing after
+//! a failed record is written and the shard is read again from its checkpoint after a
+//! backoff, for as long as the lease is held: it stops at the first failed record.
+//!
 //! Each line: `{"shard_id", "sequence_number", "sub_sequence_number", "partition_key",
 //! "data"}`, with `data` as UTF-8 text when it is valid UTF-8 and otherwise base64 with
 //! `"data_base64": true`, and `"stream"` when several streams are consumed.
@@ -39,10 +49,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use clap::Args as ClapArgs;
+use kinesis_consumer::dead_letter::JsonLinesFileSink;
 use kinesis_consumer::{
-    InitialPosition, KinesisClientRecord, ProcessRecordsInput, RecordProcessor, Scheduler,
+    DeadLetterPolicy, ExtendedSequenceNumber, FailedRecord, InitialPosition, KinesisClientRecord,
+    ProcessRecordsInput, ProcessResult, ProcessingError, RecordProcessor, Scheduler,
     SchedulerBuilder, ShardEndedInput, ShutdownHandle, ShutdownRequestedInput,
 };
+use kinesis_dead_letter::StreamSink;
 
 use crate::{parse_duration, Error};
 
@@ -109,6 +122,7 @@ fn parse_time(value: &str) -> Result<SystemTime, String> {
 
 /// Consumes a stream and writes one JSON line per user record.
 #[derive(ClapArgs, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("dead_letter").args(["dead_letter_file", "dead_letter_stream"])))]
 pub struct Args {
     /// Stream name or ARN. More than once (group mode): consume all of them with one lease
     /// table, each line naming its stream.
@@ -174,6 +188,71 @@ pub struct Args {
     /// http://ADDR/metrics while it runs (e.g. 127.0.0.1:9100; group mode).
     #[arg(long, value_name = "ADDR", conflicts_with = "shard")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Fail the records whose data is not JSON (group and tail mode): they are not
+    /// written, and nothing from the first of them on is checkpointed until they are
+    /// dead-lettered (--dead-letter-file or --dead-letter-stream); without either, the
+    /// shard stops at the first of them (read again from its checkpoint after a backoff).
+    #[arg(long, conflicts_with = "shard")]
+    pub require_json: bool,
+    /// Append the records that still fail after --max-attempts to this file, one JSON
+    /// envelope a line (the data in base64, with stream, shard, sequence numbers, partition
+    /// key, error, attempts), then checkpoint past them.
+    #[arg(long, value_name = "FILE", conflicts_with = "shard")]
+    pub dead_letter_file: Option<PathBuf>,
+    /// Write the records that still fail after --max-attempts to this stream (one JSON
+    /// envelope a record, under the original partition key), then checkpoint past them.
+    #[arg(long, value_name = "STREAM", conflicts_with = "shard")]
+    pub dead_letter_stream: Option<String>,
+    /// Attempts of a failing batch before its failed records are dead-lettered (default
+    /// 3; Lambda's MaximumRetryAttempts plus one).
+    #[arg(long, value_name = "N", requires = "dead_letter", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: Option<u32>,
+}
+
+/// Attempts of a failing batch before it is dead-lettered, without --max-attempts.
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// Where records given up on go (`--dead-letter-file`, `--dead-letter-stream`).
+struct DeadLetter {
+    policy: DeadLetterPolicy,
+    /// The stream sink's producer, shut down at the end.
+    stream: Option<StreamSink>,
+}
+
+impl DeadLetter {
+    async fn new(args: &Args, config: &aws_config::SdkConfig) -> Result<Option<DeadLetter>, Error> {
+        let max_attempts = args.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+        if let Some(path) = &args.dead_letter_file {
+            let sink = JsonLinesFileSink::open(path)
+                .map_err(|e| format!("cannot open dead-letter file {}: {e}", path.display()))?;
+            return Ok(Some(DeadLetter {
+                policy: DeadLetterPolicy::new(max_attempts, sink),
+                stream: None,
+            }));
+        }
+        if let Some(stream) = &args.dead_letter_stream {
+            let sink = StreamSink::connect(config, stream.as_str())
+                .await
+                .map_err(|e| {
+                    format!(
+                        "dead-letter stream {stream}: {}",
+                        kinesis_errors::ErrorChain::new(&e)
+                    )
+                })?;
+            return Ok(Some(DeadLetter {
+                policy: DeadLetterPolicy::new(max_attempts, sink.clone()),
+                stream: Some(sink),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Sends what the stream sink's producer still holds.
+    async fn finish(dead_letter: Option<DeadLetter>) {
+        if let Some(sink) = dead_letter.and_then(|d| d.stream) {
+            sink.shutdown().await;
+        }
+    }
 }
 
 /// Runs `kinesis consume` until it stops (see the module documentation).
@@ -231,9 +310,14 @@ type SharedSlot = Arc<Mutex<Option<Arc<Shared>>>>;
 
 /// A processor factory writing to the slot's output; `stream` names each line's stream
 /// when several are consumed.
-fn json_lines(slot: &SharedSlot, stream: Option<String>) -> impl Fn() -> JsonLines + Send + Sync {
+fn json_lines(
+    slot: &SharedSlot,
+    stream: Option<String>,
+    failing: Failing,
+) -> impl Fn() -> JsonLines + Send + Sync {
     let slot = slot.clone();
     move || JsonLines {
+        failing,
         shared: slot
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -249,7 +333,14 @@ fn json_lines(slot: &SharedSlot, stream: Option<String>) -> impl Fn() -> JsonLin
 }
 
 /// The settings of every consumed stream (group and tail mode).
-fn configure(mut builder: SchedulerBuilder, args: &Args) -> SchedulerBuilder {
+fn configure(
+    mut builder: SchedulerBuilder,
+    args: &Args,
+    dead_letter: Option<&DeadLetter>,
+) -> SchedulerBuilder {
+    if let Some(dead_letter) = dead_letter {
+        builder = builder.dead_letter(dead_letter.policy.clone());
+    }
     builder = builder
         .failover_time(args.failover)
         // Empty reads tell when a shard is read to its tip (--exit-after-idle).
@@ -294,7 +385,8 @@ async fn run_group(args: Args, app: Option<String>) -> Result<(), Error> {
                 .lease_store(Arc::new(kinesis_consumer::leases::MemoryLeaseStore::new()))
         }
     };
-    builder = configure(builder, &args);
+    let dead_letter = DeadLetter::new(&args, &config).await?;
+    builder = configure(builder, &args, dead_letter.as_ref());
     if app.is_none() {
         builder = builder.coordination(kinesis_consumer::leases::Coordination::Workers);
     }
@@ -306,7 +398,7 @@ async fn run_group(args: Args, app: Option<String>) -> Result<(), Error> {
     }
     let slot = SharedSlot::default();
     let scheduler = builder
-        .processor_factory(json_lines(&slot, None))
+        .processor_factory(json_lines(&slot, None, Failing::of(&args)))
         .build()
         .await?;
     let stop = scheduler.shutdown_handle();
@@ -329,7 +421,9 @@ async fn run_group(args: Args, app: Option<String>) -> Result<(), Error> {
             &stop,
         );
     }
-    scheduler.run().await?;
+    let ran = scheduler.run().await;
+    DeadLetter::finish(dead_letter).await;
+    ran?;
     finish(&shared, &output)
 }
 
@@ -346,14 +440,19 @@ async fn run_streams(args: Args, app: String) -> Result<(), Error> {
         .map(|stream| StreamConfig::new(stream, initial_position))
         .collect();
     let slot = SharedSlot::default();
+    let dead_letter = DeadLetter::new(&args, &config).await?.map(Arc::new);
     let mut builder = MultiStreamScheduler::builder(&config)
         .application_name(&app)
         .tracker(streams)
         .configure_stream({
-            let (slot, args) = (slot.clone(), args.clone());
+            let (slot, args, dead_letter) = (slot.clone(), args.clone(), dead_letter.clone());
             move |identifier, builder| {
                 let stream = identifier.stream_name().to_owned();
-                configure(builder, &args).processor_factory(json_lines(&slot, Some(stream)))
+                configure(builder, &args, dead_letter.as_deref()).processor_factory(json_lines(
+                    &slot,
+                    Some(stream),
+                    Failing::of(&args),
+                ))
             }
         });
     if let Some(id) = &args.worker_id {
@@ -388,7 +487,11 @@ async fn run_streams(args: Args, app: String) -> Result<(), Error> {
         };
         stop_when_idle(idle, args.failover, keys, &shared, &stop);
     }
-    scheduler.run().await?;
+    let ran = scheduler.run().await;
+    if let Some(sink) = dead_letter.as_ref().and_then(|d| d.stream.as_ref()) {
+        sink.shutdown().await;
+    }
+    ran?;
     finish(&shared, &output)
 }
 
@@ -511,8 +614,30 @@ impl Shared {
     }
 }
 
+/// Which records fail, and what becomes of them.
+#[derive(Clone, Copy, Debug)]
+struct Failing {
+    /// `--require-json`: records whose data is not JSON fail.
+    require_json: bool,
+    /// A dead-letter target: the failed records alone are delivered again, so the
+    /// records after them in a batch are written at once. Without one the shard is read
+    /// again from its checkpoint, so nothing after a failed record is written.
+    dead_letter: bool,
+}
+
+impl Failing {
+    fn of(args: &Args) -> Self {
+        Failing {
+            require_json: args.require_json,
+            dead_letter: args.dead_letter_file.is_some() || args.dead_letter_stream.is_some(),
+        }
+    }
+}
+
 struct JsonLines {
     shared: Arc<Shared>,
+    /// Which records fail.
+    failing: Failing,
     /// The stream, named in each line when several are consumed.
     stream: Option<String>,
     shard: String,
@@ -606,6 +731,19 @@ pub(crate) fn write_json_lines(
 /// The size of the blocks [`write_json_lines`] writes (it keeps one line more at most).
 const WRITE_BLOCK: usize = 64 * 1024;
 
+/// The records whose data is not JSON (`--require-json`): their indexes and why.
+fn not_json(records: &[KinesisClientRecord]) -> Vec<(usize, String)> {
+    records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, record)| {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&record.data)
+                .err()
+                .map(|error| (i, format!("not JSON: {error}")))
+        })
+        .collect()
+}
+
 impl JsonLines {
     /// Writes the records, or as many as `--count` still allows; returns how many.
     fn write(&mut self, records: &[KinesisClientRecord]) -> std::io::Result<usize> {
@@ -645,16 +783,16 @@ impl RecordProcessor for JsonLines {
         self.shared.caught_up().insert(self.key.clone(), false);
     }
 
-    async fn process_records(&mut self, input: ProcessRecordsInput) {
+    async fn process_records(&mut self, input: ProcessRecordsInput) -> ProcessResult {
         if self.shared.stopping() {
             self.unwritten |= !input.records.is_empty();
-            return;
+            return Ok(());
         }
         if input.records.is_empty() {
             // An empty read: at the tip when millis_behind_latest is 0.
             let at_tip = input.millis_behind_latest == Some(0);
             self.shared.caught_up().insert(self.key.clone(), at_tip);
-            return;
+            return Ok(());
         }
         self.shared.caught_up().insert(self.key.clone(), false);
         *self
@@ -665,9 +803,35 @@ impl RecordProcessor for JsonLines {
         // Past the lease's deadline another worker may have the shard: write nothing.
         if !input.checkpointer.is_lease_held() {
             self.unwritten = true;
-            return;
+            return Ok(());
         }
-        let written = match self.write(&input.records) {
+        // --require-json: the records that are not JSON fail; the others are written.
+        let failed = if self.failing.require_json {
+            not_json(&input.records)
+        } else {
+            Vec::new()
+        };
+        let valid: Cow<'_, [KinesisClientRecord]> = if failed.is_empty() {
+            Cow::Borrowed(&input.records)
+        } else if !self.failing.dead_letter {
+            // Read again from the checkpoint: write only what comes before the failure.
+            Cow::Borrowed(&input.records[..failed[0].0])
+        } else {
+            let mut bad = vec![false; input.records.len()];
+            for (i, _) in &failed {
+                bad[*i] = true;
+            }
+            Cow::Owned(
+                input
+                    .records
+                    .iter()
+                    .zip(bad)
+                    .filter(|(_, bad)| !bad)
+                    .map(|(record, _)| record.clone())
+                    .collect(),
+            )
+        };
+        let written = match self.write(&valid) {
             Ok(written) => written,
             Err(error) => {
                 self.unwritten = true;
@@ -679,17 +843,29 @@ impl RecordProcessor for JsonLines {
                     self.shared.failed.store(true, Ordering::SeqCst);
                 }
                 self.shared.stop.shutdown();
-                return;
+                return Ok(());
             }
         };
-        if written < input.records.len() {
+        if written < valid.len() {
             self.unwritten = true;
         }
         if self.shared.limit_reached() {
             self.shared.stop.shutdown();
         }
-        let Some(last) = input.records[..written].last() else {
-            return;
+        let failure = (!failed.is_empty()).then(|| {
+            ProcessingError::records(
+                failed
+                    .iter()
+                    .map(|(i, error)| FailedRecord::new(&input.records[*i], error)),
+            )
+        });
+        // Every record before the first failed one is valid: the checkpoint covers the
+        // written records up to it, never past it.
+        let safe = failed
+            .first()
+            .map_or(written, |(first, _)| written.min(*first));
+        let Some(last) = valid[..safe].last() else {
+            return failure.map_or(Ok(()), Err);
         };
         let position = (last.sequence_number.clone(), last.sub_sequence_number);
         self.last_written = Some(position.clone());
@@ -704,6 +880,7 @@ impl RecordProcessor for JsonLines {
                 self.shard
             );
         }
+        failure.map_or(Ok(()), Err)
     }
 
     async fn lease_lost(&mut self, _input: kinesis_consumer::LeaseLostInput) {
@@ -732,6 +909,11 @@ impl RecordProcessor for JsonLines {
         let Some((sequence_number, sub)) = &self.last_written else {
             return;
         };
+        // A dead-lettered batch was checkpointed past by the consumer: nothing to add.
+        let written = ExtendedSequenceNumber::new(sequence_number.as_str(), *sub);
+        if input.checkpointer.current().await.compare(&written) != Some(std::cmp::Ordering::Less) {
+            return;
+        }
         if let Err(error) = input
             .checkpointer
             .checkpoint_at(sequence_number, *sub)

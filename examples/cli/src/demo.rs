@@ -73,7 +73,10 @@ impl RecordProcessor for CountingProcessor {
         self.shard = input.shard_id;
     }
 
-    async fn process_records(&mut self, input: ProcessRecordsInput) {
+    async fn process_records(
+        &mut self,
+        input: ProcessRecordsInput,
+    ) -> kinesis_consumer::ProcessResult {
         {
             let mut deliveries = self
                 .seen
@@ -93,6 +96,7 @@ impl RecordProcessor for CountingProcessor {
         if let Err(error) = input.checkpointer.checkpoint().await {
             tracing::warn!(shard = %self.shard, %error, "checkpoint failed");
         }
+        Ok(())
     }
 
     async fn shard_ended(&mut self, input: ShardEndedInput) {

@@ -1751,6 +1751,161 @@ async fn a_second_sigterm_aborts_consume_at_once() {
     drop(stdout);
 }
 
+/// Issue 25: `--require-json` fails the records that are not JSON; with
+/// `--dead-letter-file` and `--max-attempts 2` they land in the file after their second
+/// attempt, with their shard, sequence numbers and error, and the checkpoint moves past
+/// them: every JSON record is written once, and a second run has nothing left to read.
+#[tokio::test]
+async fn consume_dead_letters_records_that_are_not_json_to_a_file() {
+    let stream = unique("cli-dead-letter");
+    let app = unique("cli-dead-letter-app");
+    check(
+        &kinesis(&["streams", "create", "--stream", &stream, "--shards", "1"])
+            .await
+            .output()
+            .unwrap(),
+    );
+    // One key: the lines travel in order, aggregated, so the poison record is a user
+    // record inside an aggregate.
+    let lines = "{\"n\":1}\n{\"n\":2}\nnot json\n{\"n\":3}\n{\"n\":4}\n";
+    let output = with_stdin(&["produce", "--stream", &stream, "--key", "k"], lines).await;
+    let summary: serde_json::Value = serde_json::from_str(check(&output).trim()).unwrap();
+    assert_eq!(summary["user_records"], 5, "{summary}");
+
+    let dir = std::env::temp_dir().join(unique("cli-dead-letter-out"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dead = dir.join("dead.jsonl");
+    let output = kinesis(&["consume", "--stream", &stream, "--app", &app])
+        .await
+        .args(["--require-json", "--max-attempts", "2"])
+        .args(["--dead-letter-file", dead.to_str().unwrap()])
+        .args(["--idle-between-reads", "100ms", "--exit-after-idle", "2s"])
+        .args(["--failover", "2s"])
+        .output()
+        .unwrap();
+    let written: Vec<serde_json::Value> = check(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let data: Vec<&str> = written
+        .iter()
+        .map(|l| l["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        data,
+        ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}", "{\"n\":4}"],
+        "every JSON record once, in order"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("dead-lettered the failed records of a batch"),
+        "{stderr}"
+    );
+
+    let envelopes: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(envelopes.len(), 1, "{envelopes:?}");
+    let envelope = &envelopes[0];
+    assert_eq!(
+        base64_simd::STANDARD
+            .decode_to_vec(envelope["data"].as_str().unwrap())
+            .unwrap(),
+        b"not json"
+    );
+    assert_eq!(envelope["stream"], stream.as_str());
+    assert_eq!(envelope["application"], app.as_str());
+    assert_eq!(envelope["shard_id"], written[1]["shard_id"]);
+    assert_eq!(envelope["partition_key"], "k");
+    assert_eq!(envelope["attempts"], 2);
+    assert!(
+        envelope["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("not JSON: "),
+        "{envelope}"
+    );
+    // Between the second and the third JSON record of the same aggregate.
+    assert_eq!(envelope["sequence_number"], written[1]["sequence_number"]);
+    assert_eq!(envelope["aggregated"], true);
+    assert_eq!(envelope["sub_sequence_number"], 2);
+    assert_eq!(written[2]["sub_sequence_number"], 3);
+
+    // Checkpointed at the last record: nothing is read again.
+    let leases = lease_lines(&app).await;
+    assert_eq!(leases[0]["checkpoint"], written[3]["sequence_number"]);
+    assert_eq!(
+        leases[0]["checkpoint_sub_sequence_number"],
+        written[3]["sub_sequence_number"]
+    );
+    assert!(consume_group(&stream, &app).await.is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // --max-attempts needs somewhere to put what fails.
+    let output = kinesis(&["consume", "--stream", &stream, "--app", &app])
+        .await
+        .args(["--max-attempts", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--dead-letter"));
+}
+
+/// Issue 25: `--dead-letter-stream` writes each failed record to another stream, read
+/// back here with `kinesis consume --shard`: its data is the envelope, its partition key
+/// the original one.
+#[tokio::test]
+async fn consume_dead_letters_to_a_stream() {
+    let stream = unique("cli-dl-source");
+    let dead_stream = unique("cli-dl-target");
+    let app = unique("cli-dl-stream-app");
+    for name in [&stream, &dead_stream] {
+        check(
+            &kinesis(&["streams", "create", "--stream", name, "--shards", "1"])
+                .await
+                .output()
+                .unwrap(),
+        );
+    }
+    let output = with_stdin(
+        &["produce", "--stream", &stream, "--key", "k"],
+        "{\"n\":1}\n<xml/>\n{\"n\":2}\n",
+    )
+    .await;
+    check(&output);
+    let output = kinesis(&["consume", "--stream", &stream, "--app", &app])
+        .await
+        .args(["--require-json", "--max-attempts", "1"])
+        .args(["--dead-letter-stream", &dead_stream])
+        .args(["--idle-between-reads", "100ms", "--exit-after-idle", "2s"])
+        .args(["--failover", "2s"])
+        .output()
+        .unwrap();
+    let written: Vec<serde_json::Value> = check(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(written.len(), 2);
+
+    let dead = read_shard(&dead_stream, "shardId-000000000000", &[]).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["partition_key"], "k");
+    let envelope: serde_json::Value =
+        serde_json::from_str(dead[0]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(envelope["stream"], stream.as_str());
+    assert_eq!(envelope["sequence_number"], written[0]["sequence_number"]);
+    assert_eq!(envelope["sub_sequence_number"], 1);
+    assert_eq!(envelope["attempts"], 1);
+    assert_eq!(
+        base64_simd::STANDARD
+            .decode_to_vec(envelope["data"].as_str().unwrap())
+            .unwrap(),
+        b"<xml/>"
+    );
+}
+
 /// `produce --failed-file`: the records that fail for good (here: throttled past
 /// `--record-ttl`) are written there as they were read, and `produce --input` of that
 /// file sends them again.

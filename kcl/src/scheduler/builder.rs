@@ -80,7 +80,9 @@ pub struct SchedulerConfig {
     /// First retry delay of a shard whose consumer failed: the processor panicked, did
     /// not checkpoint at shard end, or the shard could not be read (default 1 s). It
     /// doubles on each consecutive failure, up to `failure_backoff_max`, and starts over
-    /// after progress (a checkpoint).
+    /// after progress (a checkpoint). Under a dead-letter policy, also the first delay
+    /// (with jitter) before the records of a failed batch are delivered again, and between
+    /// calls of a failing dead-letter sink.
     pub failure_backoff_min: Duration,
     /// Longest retry delay of a failing shard consumer (default 5 minutes).
     pub failure_backoff_max: Duration,
@@ -108,6 +110,15 @@ pub struct SchedulerConfig {
     /// design), or every worker takes its own (the Java KCL 2.x's). See
     /// [`Coordination`](crate::leases::Coordination).
     pub coordination: Coordination,
+    /// What happens to a batch the processor keeps failing on (returns
+    /// [`ProcessingError`](crate::ProcessingError) for, or panics on): `None` (default),
+    /// the shard consumer fails and the shard is read again from its last checkpoint after
+    /// a backoff (`failure_backoff`), for as long as the lease is held; with a
+    /// [`DeadLetterPolicy`](crate::DeadLetterPolicy), its failed records are delivered
+    /// again to the same processor, go to the policy's sink after `max_attempts` attempts,
+    /// and the shard is checkpointed past the batch. The nearest AWS settings are Lambda's `MaximumRetryAttempts` and
+    /// `OnFailure` destination for Kinesis; the Java KCL has none.
+    pub dead_letter: Option<crate::DeadLetterPolicy>,
 }
 
 impl Default for SchedulerConfig {
@@ -135,6 +146,7 @@ impl Default for SchedulerConfig {
             throughput_balancing: Some(crate::leases::ThroughputBalancing::default()),
             lease_discovery_interval: Duration::from_millis(500),
             coordination: Coordination::default(),
+            dead_letter: None,
         }
     }
 }
@@ -419,8 +431,19 @@ impl SchedulerBuilder {
         self
     }
 
-    /// Retry delays of a failing shard consumer (default 1 s doubling up to 5 minutes;
-    /// `min` at most `max`).
+    /// Gives up on a batch the processor keeps failing on after the policy's
+    /// `max_attempts` attempts: its failed records go to the policy's dead-letter sink and
+    /// the shard is checkpointed past it (see
+    /// [`SchedulerConfig::dead_letter`](crate::SchedulerConfig::dead_letter)). Default:
+    /// no policy, the shard read again from its checkpoint for as long as the lease is
+    /// held.
+    pub fn dead_letter(mut self, policy: crate::DeadLetterPolicy) -> Self {
+        self.config.dead_letter = Some(policy);
+        self
+    }
+
+    /// Retry delays of a failing shard consumer, of a failed batch and of a failing
+    /// dead-letter sink (default 1 s doubling up to 5 minutes; `min` at most `max`).
     pub fn failure_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.config.failure_backoff_min = min;
         self.config.failure_backoff_max = max;
@@ -902,6 +925,13 @@ fn validate(config: &SchedulerConfig) -> Result<(), SchedulerError> {
     if config.failure_backoff_min > config.failure_backoff_max {
         return invalid("failure_backoff", "min must not exceed max");
     }
+    if config
+        .dead_letter
+        .as_ref()
+        .is_some_and(|policy| policy.max_attempts() == 0)
+    {
+        return invalid("dead_letter", "max_attempts must be at least 1");
+    }
     match &config.retrieval {
         RetrievalMode::Polling(polling) => {
             if !(1..=10_000).contains(&polling.max_records) {
@@ -954,7 +984,9 @@ mod tests {
 
     #[async_trait::async_trait]
     impl RecordProcessor for NoOp {
-        async fn process_records(&mut self, _input: ProcessRecordsInput) {}
+        async fn process_records(&mut self, _input: ProcessRecordsInput) -> crate::ProcessResult {
+            Ok(())
+        }
         async fn shard_ended(&mut self, _input: ShardEndedInput) {}
     }
 
@@ -993,6 +1025,13 @@ mod tests {
             (
                 builder().shard_sync_interval(Duration::ZERO),
                 "shard_sync_interval",
+            ),
+            (
+                builder().dead_letter(crate::DeadLetterPolicy::new(
+                    0,
+                    crate::dead_letter::JsonLinesFileSink::open("/dev/null").unwrap(),
+                )),
+                "dead_letter",
             ),
         ] {
             assert_eq!(rejected(builder).await.0, expected);

@@ -184,6 +184,12 @@ impl Scheduler {
                     _ => None,
                 },
                 shutdown: stop_rx,
+                dead_letter: self.config.dead_letter.clone(),
+                application: self.metrics.worker().application().to_owned(),
+                retry_backoff: (
+                    self.config.failure_backoff_min,
+                    self.config.failure_backoff_max,
+                ),
             };
             tracing::info!(shard = %key, worker = %self.worker_id, checkpoint = %lease.checkpoint, "starting shard consumer");
             let task = consumers.tasks.spawn(
@@ -215,6 +221,10 @@ impl Scheduler {
                 consumers.shard(key).failures = 0;
                 self.shard_ended(key, children, resharding).await;
                 true
+            }
+            ShardOutcome::BatchFailed => {
+                self.failed(key, "batch_failed", running, consumers);
+                false
             }
             ShardOutcome::EndNotCheckpointed => {
                 self.failed(key, "shard_end_not_checkpointed", running, consumers);

@@ -87,11 +87,12 @@ fn batch(checkpointer: &Checkpointer, sequence_numbers: &[&str]) -> ProcessRecor
         records,
         millis_behind_latest: Some(0),
         checkpointer: checkpointer.clone(),
+        attempt: 1,
     }
 }
 
 /// Whether `call` is still waiting after 50 ms (it is polled meanwhile).
-async fn waiting(call: &mut (impl Future<Output = ()> + Unpin)) -> bool {
+async fn waiting(call: &mut (impl Future + Unpin)) -> bool {
     tokio::time::timeout(Duration::from_millis(50), call)
         .await
         .is_err()
@@ -130,7 +131,8 @@ async fn the_next_batch_waits_until_the_last_one_is_dropped() {
     drop(received);
     tokio::time::timeout(Duration::from_secs(1), call)
         .await
-        .expect("process_records returned once the batch was dropped");
+        .expect("process_records returned once the batch was dropped")
+        .unwrap();
     // Nothing else was sent: the stream is open and empty.
     assert!(
         tokio::time::timeout(Duration::from_millis(50), stream.next())
@@ -156,7 +158,7 @@ async fn a_batch_checkpoints_itself_and_nothing_after_it() {
         };
         kept.push(received.checkpointer.clone());
         drop(received);
-        call.await;
+        call.await.unwrap();
     }
     let (first, second) = (&kept[0], &kept[1]);
     assert_eq!(first.position().map(sequence), Some("200"));
@@ -200,7 +202,7 @@ async fn the_shard_end_is_a_final_event_that_writes_shard_end() {
     let mut call = Box::pin(setup.processor.process_records(input));
     assert!(waiting(&mut call).await);
     drop(stream.next().await);
-    call.await;
+    call.await.unwrap();
 
     setup.checkpointer.set_shard_ended();
     let input = ShardEndedInput {
@@ -251,7 +253,7 @@ async fn a_shutdown_request_checkpoints_what_was_processed_and_ends_the_stream()
     let mut call = Box::pin(setup.processor.process_records(input));
     assert!(waiting(&mut call).await);
     drop(stream.next().await);
-    call.await;
+    call.await.unwrap();
 
     let input = ShutdownRequestedInput {
         shard_id: "shard-0".into(),
@@ -289,7 +291,7 @@ async fn a_dropped_shard_stream_gives_the_lease_up_without_a_checkpoint() {
     };
     first.checkpoint().await.unwrap();
     drop(first);
-    call.await;
+    call.await.unwrap();
 
     let input = batch(&setup.checkpointer, &["200"]);
     let mut call = Box::pin(setup.processor.process_records(input));
@@ -297,7 +299,8 @@ async fn a_dropped_shard_stream_gives_the_lease_up_without_a_checkpoint() {
     drop(stream);
     tokio::time::timeout(Duration::from_secs(1), call)
         .await
-        .expect("process_records returned");
+        .expect("process_records returned")
+        .unwrap();
     let stored = stored(&setup.store);
     assert_eq!(sequence(&stored.checkpoint), "100", "the unreceived batch");
     assert_eq!(stored.lease_owner, None, "released");
@@ -325,7 +328,8 @@ async fn dropping_the_shard_streams_stops_the_worker_and_gives_new_shards_up() {
     let input = batch(&checkpointer, &["100"]);
     tokio::time::timeout(Duration::from_secs(1), processor.process_records(input))
         .await
-        .expect("process_records returned");
+        .expect("process_records returned")
+        .unwrap();
     let stored = stored(&store);
     assert_eq!(stored.lease_owner, None);
     assert_eq!(stored.checkpoint, ExtendedSequenceNumber::trim_horizon());

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use kinesis_consumer::{
-    Checkpointer, InitializeInput, LeaseLostInput, ProcessRecordsInput, RecordProcessor,
-    ShardEndedInput, ShutdownRequestedInput,
+    Checkpointer, InitializeInput, LeaseLostInput, ProcessRecordsInput, ProcessResult,
+    RecordProcessor, ShardEndedInput, ShutdownRequestedInput,
 };
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -471,11 +471,17 @@ impl RecordProcessor for ChildSession {
         }
     }
 
-    async fn process_records(&mut self, input: ProcessRecordsInput) {
+    /// A failed child is not reported as a [`ProcessingError`](kinesis_consumer::ProcessingError):
+    /// that would deliver the failed records again to this session, whose child is gone.
+    /// The shard consumer fails instead (no dead-letter policy is set), and the scheduler
+    /// starts the shard again from its checkpoint with a new session and a new child, the
+    /// Java daemon's restart without its exit.
+    async fn process_records(&mut self, input: ProcessRecordsInput) -> ProcessResult {
         let message = ToChild::process_records(&input.records, input.millis_behind_latest);
         if let Err(error) = self.exchange(message, Some(&input.checkpointer)).await {
             unwind(self.fail("processRecords", error).await);
         }
+        Ok(())
     }
 
     async fn lease_lost(&mut self, _input: LeaseLostInput) {
