@@ -496,7 +496,7 @@ async fn run_streams(args: Args, app: String) -> Result<(), Error> {
 }
 
 /// Ctrl-C or SIGTERM stops gracefully; a second one aborts.
-fn stop_on_signal(stop: &ShutdownHandle) {
+pub(crate) fn stop_on_signal(stop: &ShutdownHandle) {
     let stop = stop.clone();
     tokio::spawn(async move {
         crate::signal::stop_signal().await;

@@ -8,6 +8,7 @@ pub mod consumers;
 pub mod demo;
 pub mod leases;
 pub mod metrics;
+pub mod multilang;
 pub mod produce;
 pub mod report;
 mod shard_reader;
@@ -82,7 +83,19 @@ pub fn context() -> report::Context {
 /// The standard AWS configuration (environment, profiles, endpoints) with `--profile`,
 /// `--region` and `--endpoint-url` applied. Without a region it fails: every call would.
 pub async fn aws_config() -> Result<aws_config::SdkConfig, Error> {
-    let options = AWS_OPTIONS.get().cloned().unwrap_or_default();
+    aws_config_with(None).await
+}
+
+/// The `--profile`, `--region` and `--endpoint-url` of this run.
+pub fn aws_options() -> AwsOptions {
+    AWS_OPTIONS.get().cloned().unwrap_or_default()
+}
+
+/// [`aws_config()`] with a region that `--region` overrides and that overrides the
+/// standard chain's (`kinesis multilang`'s properties file).
+pub async fn aws_config_with(region: Option<String>) -> Result<aws_config::SdkConfig, Error> {
+    let mut options = aws_options();
+    options.region = options.region.or(region);
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(profile) = &options.profile {
         loader = loader.profile_name(profile);

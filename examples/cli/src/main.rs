@@ -4,7 +4,7 @@
 
 use clap::CommandFactory;
 use clap::{Parser, Subcommand};
-use kinesis_cli::{consume, consumers, demo, exit, leases, produce, streams};
+use kinesis_cli::{consume, consumers, demo, exit, leases, multilang, produce, streams};
 
 /// Kinesis Data Streams from the terminal: produce, consume, leases, streams, demo.
 #[derive(Parser, Debug)]
@@ -38,6 +38,10 @@ enum Command {
     /// Lists, describes, creates, deletes or reshards streams; sets their retention.
     #[command(after_help = exit::HELP)]
     Streams(streams::Args),
+    /// Runs a KCL MultiLang application (amazon-kclpy, aws-kcl) from the Java
+    /// MultiLangDaemon's properties file: one child process per shard, no JVM.
+    #[command(after_help = exit::HELP)]
+    Multilang(multilang::Args),
     /// Lists or deregisters a stream's enhanced fan-out consumers.
     #[command(after_help = exit::HELP)]
     Consumers(consumers::Args),
@@ -148,6 +152,10 @@ async fn run(cli: Cli) -> u8 {
         Command::Streams(args) => match streams::run(args).await {
             Ok(()) => exit::OK,
             Err(error) => failed("streams", &error),
+        },
+        Command::Multilang(args) => match multilang::run(args).await {
+            Ok(()) => exit::OK,
+            Err(error) => failed("multilang", &error),
         },
         Command::Consumers(args) => match consumers::run(args).await {
             Ok(()) => exit::OK,
