@@ -471,17 +471,18 @@ impl RecordProcessor for ChildSession {
         }
     }
 
-    /// A failed child is not reported as a [`ProcessingError`](kinesis_consumer::ProcessingError):
-    /// that would deliver the failed records again to this session, whose child is gone.
-    /// The shard consumer fails instead (no dead-letter policy is set), and the scheduler
-    /// starts the shard again from its checkpoint with a new session and a new child, the
-    /// Java daemon's restart without its exit.
+    /// A failed child fails the whole batch: with no dead-letter policy (multilang sets
+    /// none) the shard consumer then stops, and the scheduler starts the shard again from
+    /// its checkpoint with a new session and a new child, the Java daemon's restart
+    /// without its exit.
     async fn process_records(&mut self, input: ProcessRecordsInput) -> ProcessResult {
         let message = ToChild::process_records(&input.records, input.millis_behind_latest);
-        if let Err(error) = self.exchange(message, Some(&input.checkpointer)).await {
-            unwind(self.fail("processRecords", error).await);
+        match self.exchange(message, Some(&input.checkpointer)).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(kinesis_consumer::ProcessingError::batch(
+                self.fail("processRecords", error).await,
+            )),
         }
-        Ok(())
     }
 
     async fn lease_lost(&mut self, _input: LeaseLostInput) {
