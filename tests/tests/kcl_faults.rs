@@ -709,14 +709,21 @@ async fn a_checkpoint_reset_while_running_takes_the_lease_away() -> TestResult {
             .map(|_| ()))
     })
     .await?;
-    // What `leases --reset-to trim_horizon --yes` does.
-    let lease = leases(&config, &app).await?.remove(0);
-    store
-        .update_checkpoint(
-            &lease,
-            &CheckpointUpdate::commit(ExtendedSequenceNumber::trim_horizon()),
-        )
-        .await?;
+    // What `leases reset --to trim-horizon --yes` does: a conditional write on the lease
+    // as read, read again when the running worker changed it in between (a renewal or a
+    // checkpoint of its own).
+    let mut tries = 0;
+    loop {
+        let lease = leases(&config, &app).await?.remove(0);
+        let reset = CheckpointUpdate::commit(ExtendedSequenceNumber::trim_horizon());
+        match store.update_checkpoint(&lease, &reset).await {
+            Ok(_) => break,
+            Err(kinesis_consumer::leases::LeaseStoreError::ConditionFailed(_)) if tries < 20 => {
+                tries += 1;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
     wait_for("the lease lost", Duration::from_secs(10), || async {
         Ok(log
             .events()
