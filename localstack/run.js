@@ -20,6 +20,15 @@ net.Server.prototype.listen = function (...args) {
   } else {
     args.splice(1, 0, '127.0.0.1');
   }
+  // Proof that this process holds the port (the kinesis-emulator crate waits for it): a
+  // port picked as free can be taken by another process before this one binds it, and
+  // that process would answer the readiness probe.
+  this.once('listening', () => {
+    const address = this.address();
+    if (address && typeof address === 'object') {
+      console.log(`run.js: listening on 127.0.0.1:${address.port}`);
+    }
+  });
   return listen.apply(this, args);
 };
 

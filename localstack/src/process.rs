@@ -129,7 +129,9 @@ impl EmulatorProcess {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(self.not_answering(format!("it exited with {status}")));
             }
-            if answers_http(self.port).await {
+            // Our own process must say it holds the port: a port picked as free may have
+            // been taken meanwhile by another server, which would answer the probe.
+            if self.listening() && answers_http(self.port).await {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -137,6 +139,12 @@ impl EmulatorProcess {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Whether the process logged that it listens on its port (`run.js` does, once bound).
+    fn listening(&self) -> bool {
+        let line = format!("run.js: listening on 127.0.0.1:{}\n", self.port);
+        std::fs::read_to_string(&self.log_path).is_ok_and(|log| log.contains(&line))
     }
 
     fn not_answering(&self, reason: String) -> EmulatorError {
