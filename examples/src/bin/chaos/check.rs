@@ -452,10 +452,20 @@ fn stale_episodes<'a>(run: &'a RunData<'a>) -> Vec<Episode<'a>> {
         // other owner could not renew for a whole failover time before `at` (killed, or
         // stopped and not yet resumed), so the lease had expired and `worker` may have
         // taken it between two snapshots (found by a CI run: a worker retook a paused
-        // worker's expired lease and lost it to a third within the same second).
-        let given_back = |worker: usize, other: usize, at: Duration| {
+        // worker's expired lease and lost it to a third within the same second); or a
+        // snapshot taken after `other` delivered (`other_since`) and before `at` shows
+        // `worker` as the owner: the lease came back for a moment between two snapshots (a
+        // handoff there and back within a second, found by another CI run).
+        let given_back = |worker: usize, other: usize, at: Duration, other_since: Duration| {
             let silenced = |since: Duration| since.saturating_add(run.failover) <= at;
             owner_after(run.snapshots, shard, at).is_some_and(|owner| owner == Some(worker))
+                || run.snapshots.iter().any(|s| {
+                    s.at > other_since
+                        && s.at <= at
+                        && s.leases
+                            .iter()
+                            .any(|l| l.shard == shard && l.owner == Some(worker))
+                })
                 || run
                     .pauses
                     .iter()
@@ -473,7 +483,12 @@ fn stale_episodes<'a>(run: &'a RunData<'a>) -> Vec<Episode<'a>> {
             let worker = delivery.worker;
             if let Some(episode) = &mut open {
                 if worker == episode.stale_worker
-                    && !given_back(worker, episode.new_worker, delivery.at)
+                    && !given_back(
+                        worker,
+                        episode.new_worker,
+                        delivery.at,
+                        episode.new_first.at,
+                    )
                 {
                     episode.stale.push(delivery);
                     continue;
@@ -483,7 +498,9 @@ fn stale_episodes<'a>(run: &'a RunData<'a>) -> Vec<Episode<'a>> {
                 }
             }
             if let (Some(latest), Some(previous)) = (current, last_of.get(&worker).copied()) {
-                if latest.worker != worker && !given_back(worker, latest.worker, delivery.at) {
+                if latest.worker != worker
+                    && !given_back(worker, latest.worker, delivery.at, latest.at)
+                {
                     // `worker` delivers again although `latest.worker` took over.
                     episodes.extend(open.take());
                     open = Some(Episode {
@@ -843,5 +860,33 @@ mod tests {
         let verdict = run(&stream, &d.0, &snapshots, &[]);
         assert!(verdict.overlaps.is_empty());
         assert!(verdict.passed(), "{:?}", verdict.violations);
+    }
+
+    #[test]
+    fn a_lease_back_for_a_moment_between_snapshots_is_not_stale() {
+        let stream: Vec<_> = (0..4).map(|i| record("s0", 10 + i, "k", i)).collect();
+        // Worker 1 takes over at 1 s; the lease comes back to worker 0 (a snapshot at
+        // 3.5 s shows it), which delivers at 3.8 s and hands it to worker 1 again before
+        // the next snapshot (4.5 s, worker 1).
+        let mut d = Deliveries(Vec::new());
+        d.add(100, 0, &stream[0])
+            .add(1000, 1, &stream[1])
+            .add(3800, 0, &stream[2])
+            .add(4200, 1, &stream[3]);
+        let snapshots = [
+            snapshot(1500, "s0", Some(1), 10),
+            snapshot(3500, "s0", Some(0), 11),
+            snapshot(4500, "s0", Some(1), 12),
+        ];
+        let verdict = run(&stream, &d.0, &snapshots, &[]);
+        assert!(verdict.passed(), "{:?}", verdict.violations);
+
+        // Without that snapshot, the same deliveries are a stale owner's.
+        let snapshots = [
+            snapshot(1500, "s0", Some(1), 10),
+            snapshot(4500, "s0", Some(1), 12),
+        ];
+        let verdict = run(&stream, &d.0, &snapshots, &[]);
+        assert!(!verdict.passed(), "a stale delivery");
     }
 }
