@@ -770,3 +770,67 @@ async fn a_stale_owners_checkpoint_is_refused() -> TestResult {
     assert_eq!(stored.lease_owner.as_deref(), Some("b"));
     Ok(())
 }
+
+/// The producer reads the stream's maximum record size (DescribeStreamSummary) when it is
+/// built. Denied, or hanging past `request_timeout`, the call does not stop the build:
+/// the limit is Kinesis's default 1 MiB (with a warning), and a larger record is refused
+/// with a typed error naming it, even on a stream that would take it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maximum_record_size_that_cannot_be_read_is_1_mib() -> TestResult {
+    const MIB: usize = 1024 * 1024;
+    let config = sdk_config().await?;
+    let client = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name("bad-input-max-size");
+    create_stream(&client, &stream, 1).await?;
+    let arn = client
+        .describe_stream_summary()
+        .stream_name(&stream)
+        .send()
+        .await?
+        .stream_description_summary()
+        .map(|s| s.stream_arn().to_owned())
+        .ok_or("a stream summary")?;
+    client
+        .update_max_record_size()
+        .stream_arn(arn)
+        .max_record_size_in_kib(4096)
+        .send()
+        .await?;
+    let proxy = FaultProxy::start(&upstream("kinesis").await?, 5).await?;
+    let through = aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::config::Builder::from(&config)
+            .endpoint_url(proxy.endpoint())
+            .build(),
+    );
+    for fault in [
+        denied("DescribeStreamSummary"),
+        FaultRule::new(Fault::Stall(Duration::from_secs(60))).target("DescribeStreamSummary"),
+    ] {
+        let rule = proxy.add(fault);
+        let started = std::time::Instant::now();
+        let producer = Producer::builder(through.clone())
+            .stream(&stream)
+            .request_timeout(Duration::from_secs(1))
+            .build()
+            .await?;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not held by the call"
+        );
+        assert_eq!(proxy.injected(rule), 1);
+        assert_eq!(producer.config().max_record_size, Some(MIB));
+        match producer.send(Record::new("k", vec![b'x'; 2 * MIB])).await {
+            Err(SendError::Invalid(InvalidRecord::TooLarge { limit, .. })) => {
+                assert_eq!(limit, MIB)
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        producer.shutdown().await;
+        proxy.remove(rule);
+    }
+    // Readable again: the stream's own limit.
+    let producer = Producer::builder(through).stream(&stream).build().await?;
+    assert_eq!(producer.config().max_record_size, Some(4 * MIB));
+    producer.shutdown().await;
+    Ok(())
+}
