@@ -513,3 +513,45 @@ pub fn assert_per_key_order(log: &Log) {
         assert_eq!(firsts, sorted, "order broken for key {key}");
     }
 }
+
+/// Splits the stream's first shard in the middle of its hash range, then merges the two
+/// children back, waiting for ACTIVE after each and 2 s between them (so records land on
+/// every generation): a parent, two children, a grandchild. Returns the parent and the
+/// two children.
+pub async fn split_then_merge(
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> TestResult<(String, Vec<String>)> {
+    let shards = crate::list_shards(kinesis, stream).await?;
+    let parent = shards[0].shard_id().to_owned();
+    let range = shards[0].hash_key_range().ok_or("no hash range")?;
+    let start: u128 = range.starting_hash_key().parse()?;
+    let end: u128 = range.ending_hash_key().parse()?;
+    kinesis
+        .split_shard()
+        .stream_name(stream)
+        .shard_to_split(&parent)
+        .new_starting_hash_key((start + (end - start) / 2 + 1).to_string())
+        .send()
+        .await?;
+    crate::wait_stream_active(kinesis, stream).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let children: Vec<String> = crate::list_shards(kinesis, stream)
+        .await?
+        .iter()
+        .filter(|s| s.parent_shard_id() == Some(parent.as_str()))
+        .map(|s| s.shard_id().to_owned())
+        .collect();
+    if children.len() != 2 {
+        return Err(format!("{parent} split into {children:?}").into());
+    }
+    kinesis
+        .merge_shards()
+        .stream_name(stream)
+        .shard_to_merge(&children[0])
+        .adjacent_shard_to_merge(&children[1])
+        .send()
+        .await?;
+    crate::wait_stream_active(kinesis, stream).await?;
+    Ok((parent, children))
+}

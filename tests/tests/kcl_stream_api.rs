@@ -15,10 +15,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use integration_tests::kcl::{
     assert_per_key_order, fast_builder, fast_polling, keyed_records, leases, put_records,
-    Delivered, Log,
+    split_then_merge, Delivered, Log,
 };
 use integration_tests::{
-    create_stream, list_shards, sdk_config, unique_name, wait_for, wait_stream_active, TestResult,
+    create_stream, list_shards, sdk_config, unique_name, wait_for, TestResult,
 };
 use kinesis_consumer::leases::{DynamoDbLeaseStore, LeaseStore};
 use kinesis_consumer::shard_streams::{ShardEvent, ShardStream};
@@ -294,35 +294,7 @@ async fn split_and_merge_through_shard_streams_keep_order_and_lose_nothing() -> 
     };
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let shards = list_shards(&kinesis, &stream).await?;
-    let parent = shards[0].shard_id().to_owned();
-    let range = shards[0].hash_key_range().ok_or("no hash range")?;
-    let start: u128 = range.starting_hash_key().parse()?;
-    let end: u128 = range.ending_hash_key().parse()?;
-    kinesis
-        .split_shard()
-        .stream_name(&stream)
-        .shard_to_split(&parent)
-        .new_starting_hash_key((start + (end - start) / 2 + 1).to_string())
-        .send()
-        .await?;
-    wait_stream_active(&kinesis, &stream).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let children: Vec<String> = list_shards(&kinesis, &stream)
-        .await?
-        .iter()
-        .filter(|s| s.parent_shard_id() == Some(parent.as_str()))
-        .map(|s| s.shard_id().to_owned())
-        .collect();
-    assert_eq!(children.len(), 2);
-    kinesis
-        .merge_shards()
-        .stream_name(&stream)
-        .shard_to_merge(&children[0])
-        .adjacent_shard_to_merge(&children[1])
-        .send()
-        .await?;
-    wait_stream_active(&kinesis, &stream).await?;
+    let (parent, children) = split_then_merge(&kinesis, &stream).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
     producer.await??;
