@@ -63,6 +63,9 @@ struct State {
     leading_since: Option<Instant>,
     /// Workers a lease moved from or to for CPU, and their heartbeat then.
     cpu_moves: HashMap<String, u64>,
+    /// Leases moved by balancing, and when: not moved again by balancing for the failover
+    /// time, until their new holders have measured their throughput.
+    balancing_moves: HashMap<String, Instant>,
     /// Rounds in a row that could not list the lease table.
     failed_rounds: u32,
 }
@@ -165,12 +168,14 @@ impl Assigner {
         let mut report = RoundReport::default();
         if !settling {
             let cooling = self.cpu_cooling(&workers);
+            let recently_moved = self.recently_moved(now);
             let plan = plan_assignments(
                 FleetView {
                     leases: &leases,
                     expired: &expired,
                     workers: &workers,
                     cpu_cooling: &cooling,
+                    recently_moved: &recently_moved,
                 },
                 &self.config.plan,
             );
@@ -208,6 +213,9 @@ impl Assigner {
             for (lease, to, reason) in &plan.handoffs {
                 if self.hand_off(lease, to, *reason).await {
                     report.moved += 1;
+                    self.state()
+                        .balancing_moves
+                        .insert(lease.lease_key.clone(), Instant::now());
                     if *reason == MoveReason::Cpu {
                         self.note_cpu_move(lease, to, &workers);
                     }
@@ -251,6 +259,16 @@ impl Assigner {
             })
             .map(|lease| lease.lease_key.clone())
             .collect()
+    }
+
+    /// The leases moved by balancing within the failover time.
+    fn recently_moved(&self, now: Instant) -> HashSet<String> {
+        let mut state = self.state();
+        let failover = self.config.failover_time;
+        state
+            .balancing_moves
+            .retain(|_, at| now.duration_since(*at) < failover);
+        state.balancing_moves.keys().cloned().collect()
     }
 
     fn cpu_cooling(

@@ -17,7 +17,9 @@
 //!    from the worker with the most to the one with the fewest until they differ by at
 //!    most one, never to a worker over the mean throughput (or CPU) by more than the
 //!    threshold. Every rule narrows a gap and none reverses one: a fleet at rest makes no
-//!    moves.
+//!    moves. A lease moved by balancing a moment ago stays where it went until its new
+//!    holder has measured it (the leader's settle time): read at its new holder's first,
+//!    partial figure, it would look like the coldest lease there and go back by count.
 //!
 //! Leases held by workers the leader does not know (no row: a Java KCL 2 worker, or one
 //! not seen alive yet) are left alone unless they expire.
@@ -76,6 +78,8 @@ pub(crate) struct FleetView<'a> {
     /// Workers not to move leases from or to for CPU (they have not reported since their
     /// last move).
     pub cpu_cooling: &'a HashSet<String>,
+    /// Keys of the leases moved by balancing a moment ago: not moved again by balancing.
+    pub recently_moved: &'a HashSet<String>,
 }
 
 /// A lease to give to a worker directly: its previous holder has stopped.
@@ -192,7 +196,9 @@ pub(crate) fn plan_assignments(view: FleetView<'_>, config: &PlanConfig) -> Assi
         if let Some(taker) = holder.and_then(|h| takers.get_mut(h)) {
             taker.count += 1;
             taker.load += lease.throughput_kbps.unwrap_or(0.0);
-            taker.movable.push(lease);
+            if !view.recently_moved.contains(&lease.lease_key) {
+                taker.movable.push(lease);
+            }
         } else if let Some(holder) = holder.filter(|h| !view.workers.contains_key(*h)) {
             foreign.entry(holder).or_default().push(lease);
         }
@@ -538,12 +544,23 @@ mod tests {
         workers: &BTreeMap<String, WorkerView>,
         config: &PlanConfig,
     ) -> AssignmentPlan {
+        plan_moved(leases, expired, workers, config, &HashSet::new())
+    }
+
+    fn plan_moved(
+        leases: &[Lease],
+        expired: &HashSet<String>,
+        workers: &BTreeMap<String, WorkerView>,
+        config: &PlanConfig,
+        recently_moved: &HashSet<String>,
+    ) -> AssignmentPlan {
         let cooling = HashSet::new();
         let view = FleetView {
             leases,
             expired,
             workers,
             cpu_cooling: &cooling,
+            recently_moved,
         };
         plan_assignments(view, config)
     }
@@ -601,6 +618,45 @@ mod tests {
 
     fn plan_fn(leases: &[Lease], workers: &BTreeMap<String, WorkerView>) -> AssignmentPlan {
         plan(leases, workers)
+    }
+
+    #[test]
+    fn a_lease_just_moved_by_throughput_does_not_go_back_by_count() {
+        let mut leases = vec![
+            lease("h1", Some("a"), 200.0),
+            lease("h2", Some("a"), 50.0),
+            lease("h3", Some("a"), 50.0),
+        ];
+        leases.extend((1..=4).map(|i| lease(&format!("c{i}"), Some("b"), 40.0)));
+        let workers = alive(&["a", "b"]);
+        let plan = plan(&leases, &workers);
+        let moves: Vec<(&str, &str, MoveReason)> = plan
+            .handoffs
+            .iter()
+            .map(|(l, to, why)| (l.lease_key.as_str(), to.as_str(), *why))
+            .collect();
+        assert_eq!(
+            moves,
+            vec![
+                ("h2", "b", MoveReason::Throughput),
+                ("c1", "a", MoveReason::Count)
+            ]
+        );
+        apply(&mut leases, &plan);
+        // Its new holder's first figure covers a moment of reading: it looks the coldest.
+        leases[1].throughput_kbps = Some(20.0);
+        let back = |plan: &AssignmentPlan| {
+            plan.handoffs
+                .iter()
+                .any(|(l, _, _)| l.lease_key == "h2" || l.lease_key == "c1")
+        };
+        assert!(
+            back(&plan_fn(&leases, &workers)),
+            "the flap this guards against"
+        );
+        let moved = HashSet::from(["h2".to_owned(), "c1".to_owned()]);
+        let plan = plan_moved(&leases, &HashSet::new(), &workers, &config(), &moved);
+        assert!(!back(&plan), "{:?}", plan.handoffs);
     }
 
     #[test]
