@@ -579,7 +579,7 @@ struct Shared {
     last_record: Mutex<Instant>,
     /// `--count`: records to write at most.
     limit: Option<u64>,
-    /// Records written so far (changed under the output lock).
+    /// Records written so far, or on their way ([`Shared::reserve`]).
     written: AtomicU64,
 }
 
@@ -601,6 +601,24 @@ impl Shared {
         self.failed.load(Ordering::SeqCst)
             || self.closed.load(Ordering::SeqCst)
             || self.limit_reached()
+    }
+
+    /// Counts `records` more as written, or as many as `--count` still allows; returns
+    /// how many.
+    fn reserve(&self, records: usize) -> usize {
+        let Some(limit) = self.limit else {
+            self.written.fetch_add(records as u64, Ordering::SeqCst);
+            return records;
+        };
+        let mut allowed = 0;
+        let _ = self
+            .written
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |written| {
+                allowed = records
+                    .min(usize::try_from(limit.saturating_sub(written)).unwrap_or(usize::MAX));
+                Some(written + allowed as u64)
+            });
+        allowed
     }
 
     /// `--count` records were written: write nothing more.
@@ -745,30 +763,38 @@ fn not_json(records: &[KinesisClientRecord]) -> Vec<(usize, String)> {
 }
 
 impl JsonLines {
-    /// Writes the records, or as many as `--count` still allows; returns how many.
-    fn write(&mut self, records: &[KinesisClientRecord]) -> std::io::Result<usize> {
-        let mut output = self.shared.output.lock().unwrap_or_else(|e| e.into_inner());
-        let written = self.shared.written.load(Ordering::SeqCst);
-        let allowed = match self.shared.limit {
-            Some(limit) => records
-                .len()
-                .min(usize::try_from(limit.saturating_sub(written)).unwrap_or(usize::MAX)),
-            None => records.len(),
-        };
-        write_json_lines(
-            &mut *output,
-            &mut self.lines,
-            Source {
-                stream: self.stream.as_deref(),
-                shard: &self.shard,
-            },
-            &records[..allowed],
-        )?;
-        output.flush()?;
-        self.shared
-            .written
-            .store(written + allowed as u64, Ordering::SeqCst);
-        Ok(allowed)
+    /// Writes the first `count` records, or as many as `--count` still allows; returns
+    /// how many, and the records.
+    ///
+    /// The lines are serialized, written and flushed on a blocking thread: a reader that
+    /// stops reading holds this processor back, never the runtime that renews the leases.
+    async fn write(
+        &mut self,
+        records: Vec<KinesisClientRecord>,
+        count: usize,
+    ) -> (std::io::Result<usize>, Vec<KinesisClientRecord>) {
+        let allowed = self.shared.reserve(count);
+        let mut buffer = std::mem::take(&mut self.lines);
+        let output = self.shared.output.clone();
+        let (stream, shard) = (self.stream.clone(), self.shard.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let source = Source {
+                stream: stream.as_deref(),
+                shard: &shard,
+            };
+            let mut output = output.lock().unwrap_or_else(|e| e.into_inner());
+            let result = write_json_lines(&mut **output, &mut buffer, source, &records[..allowed])
+                .and_then(|()| output.flush());
+            (result, records, buffer)
+        })
+        .await;
+        match written {
+            Ok((result, records, buffer)) => {
+                self.lines = buffer;
+                (result.map(|()| allowed), records)
+            }
+            Err(error) => (Err(std::io::Error::other(error)), Vec::new()),
+        }
     }
 }
 
@@ -783,7 +809,7 @@ impl RecordProcessor for JsonLines {
         self.shared.caught_up().insert(self.key.clone(), false);
     }
 
-    async fn process_records(&mut self, input: ProcessRecordsInput) -> ProcessResult {
+    async fn process_records(&mut self, mut input: ProcessRecordsInput) -> ProcessResult {
         if self.shared.stopping() {
             self.unwritten |= !input.records.is_empty();
             return Ok(());
@@ -811,27 +837,30 @@ impl RecordProcessor for JsonLines {
         } else {
             Vec::new()
         };
-        let valid: Cow<'_, [KinesisClientRecord]> = if failed.is_empty() {
-            Cow::Borrowed(&input.records)
-        } else if !self.failing.dead_letter {
-            // Read again from the checkpoint: write only what comes before the failure.
-            Cow::Borrowed(&input.records[..failed[0].0])
-        } else {
+        // The records to write, the first `count` of them: all but the failed ones when
+        // they go to the dead-letter target, else up to the first failed one (the shard
+        // is read again from the checkpoint).
+        let dead_lettered = !failed.is_empty() && self.failing.dead_letter;
+        let (records, count) = if dead_lettered {
             let mut bad = vec![false; input.records.len()];
             for (i, _) in &failed {
                 bad[*i] = true;
             }
-            Cow::Owned(
-                input
-                    .records
-                    .iter()
-                    .zip(bad)
-                    .filter(|(_, bad)| !bad)
-                    .map(|(record, _)| record.clone())
-                    .collect(),
-            )
+            let records: Vec<KinesisClientRecord> = input
+                .records
+                .iter()
+                .zip(bad)
+                .filter(|(_, bad)| !bad)
+                .map(|(record, _)| record.clone())
+                .collect();
+            let count = records.len();
+            (records, count)
+        } else {
+            let count = failed.first().map_or(input.records.len(), |(i, _)| *i);
+            (std::mem::take(&mut input.records), count)
         };
-        let written = match self.write(&valid) {
+        let (written, records) = self.write(records, count).await;
+        let written = match written {
             Ok(written) => written,
             Err(error) => {
                 self.unwritten = true;
@@ -845,6 +874,14 @@ impl RecordProcessor for JsonLines {
                 self.shared.stop.shutdown();
                 return Ok(());
             }
+        };
+        let kept;
+        let valid: &[KinesisClientRecord] = if dead_lettered {
+            kept = records;
+            &kept
+        } else {
+            input.records = records;
+            &input.records[..count]
         };
         if written < valid.len() {
             self.unwritten = true;

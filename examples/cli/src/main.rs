@@ -109,8 +109,10 @@ fn main() {
     // `produce` runs on one thread: the generator or reader and the producer's pipeline
     // take turns (a send yields every so often), so records pass from one to the other
     // without waking another thread for each batch, and the producer's inbox holds a
-    // turn's records rather than whatever a faster reader thread piled up.
-    let mut runtime = if matches!(cli.command, Command::Produce(_)) {
+    // turn's records rather than whatever a faster reader thread piled up. `consume` too:
+    // its work is reading, deaggregating and serializing lines (its writes go to a
+    // blocking thread), and one thread does it with fewer wake-ups than two.
+    let mut runtime = if matches!(cli.command, Command::Produce(_) | Command::Consume(_)) {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()

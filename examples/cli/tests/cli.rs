@@ -358,6 +358,89 @@ async fn consume_ends_when_stdout_closes_and_checkpoints_only_what_it_wrote() {
     assert!(leases[0]["owner"].is_null(), "released: {stderr}");
 }
 
+/// A reader that stops reading (`consume | slow-program`) holds `consume` back, but its
+/// leases stay renewed: the writes wait on a blocking thread, not on the runtime that
+/// renews. When the reader reads again, every record arrives.
+#[tokio::test]
+async fn consume_keeps_its_leases_while_its_reader_stops_reading() {
+    use std::io::Read;
+    use std::process::Stdio;
+
+    let stream = unique("cli-stall");
+    let app = unique("cli-stall-app");
+    // Far more than a pipe holds (64 KiB): about 200 bytes a line.
+    produce(&stream, Some(2), 3_000).await;
+    let mut child = kinesis(&["consume"])
+        .await
+        .args(["--stream", &stream, "--app", &app])
+        .args(["--failover", "3000ms", "--idle-between-reads", "200ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let counters = |leases: &[serde_json::Value], owner: &str| -> Vec<u64> {
+        leases
+            .iter()
+            .filter(|l| l["owner"] == owner)
+            .map(|l| l["counter"].as_u64().unwrap())
+            .collect()
+    };
+    let mut owner = None;
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let output = kinesis(&["leases", "show"])
+            .await
+            .args(["--app", &app, "--json"])
+            .output()
+            .unwrap();
+        if !output.status.success() {
+            continue; // The table is not there yet.
+        }
+        let leases: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if leases.len() == 2
+            && leases[0]["owner"].is_string()
+            && leases[0]["owner"] == leases[1]["owner"]
+        {
+            owner = leases[0]["owner"].as_str().map(str::to_owned);
+            break;
+        }
+    }
+    let owner = owner.expect("both leases taken by the one worker");
+    // Nobody reads: the pipe fills and the writes wait. Three failover times later the
+    // worker still holds both leases, renewed all along.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let before = counters(&lease_lines(&app).await, &owner);
+    std::thread::sleep(std::time::Duration::from_secs(9));
+    let after = counters(&lease_lines(&app).await, &owner);
+    assert_eq!(after.len(), 2, "a lease was lost while the reader paused");
+    assert!(
+        after.iter().zip(&before).all(|(a, b)| a > b),
+        "not renewed while the writes waited: {before:?} then {after:?}"
+    );
+    // The reader reads again: every record comes out.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut ids = BTreeSet::new();
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 65_536];
+    let started = std::time::Instant::now();
+    while ids.len() < 3_000 && started.elapsed() < std::time::Duration::from_secs(60) {
+        let n = stdout.read(&mut chunk).unwrap();
+        assert!(n > 0, "consume ended early");
+        pending.extend_from_slice(&chunk[..n]);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let line: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            ids.insert(line["data"].as_str().unwrap().to_owned());
+        }
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(ids.len(), 3_000, "every record, once the reader read again");
+}
+
 /// `--count` in group mode: exactly N records written, a graceful stop, checkpoints that
 /// cover only those; the next run of the application writes the rest, so together they
 /// hold every record.
