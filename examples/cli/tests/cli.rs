@@ -8,6 +8,9 @@ use std::process::{Command, Output};
 
 use kinesis_emulator::Emulator;
 
+mod common;
+use common::documented_actions;
+
 /// `kinesis <subcommand...>` with the emulators' endpoints in its environment.
 async fn kinesis(subcommand: &[&str]) -> Command {
     let emulator = Emulator::shared().await.unwrap();
@@ -1373,26 +1376,6 @@ async fn produce_serves_metrics_and_stops_on_sigterm_with_a_summary() {
     assert_eq!(summary["failed"], 0, "{summary}");
     assert_eq!(summary["abandoned"], 0, "{summary}");
     drop(stdin);
-}
-
-/// The IAM actions documented per subcommand in the README's `iam-actions` table.
-fn documented_actions() -> std::collections::HashMap<String, BTreeSet<String>> {
-    let readme = include_str!("../README.md");
-    let table = readme.split_once("<!-- iam-actions -->").unwrap().1;
-    table
-        .lines()
-        .skip(3)
-        .take_while(|line| line.starts_with('|'))
-        .map(|line| {
-            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-            let actions = cells[2]
-                .split('`')
-                .filter(|part| part.contains(':'))
-                .map(str::to_owned)
-                .collect();
-            (cells[1].trim_matches('`').to_owned(), actions)
-        })
-        .collect()
 }
 
 // Multi-threaded: the proxies run on the runtime while the test waits for each process.
