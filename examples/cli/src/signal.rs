@@ -7,13 +7,22 @@ pub(crate) async fn stop_signal() {
     next_signal().await;
 }
 
+/// Signals this close after the first are the first again: `timeout` sends its signal to
+/// the program and then to its process group, the program included.
+const SAME_SIGNAL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// After a first signal: the next Ctrl-C or SIGTERM ends the process at once (exit
-/// status 130), without waiting for what the first one started. It listens from the call
-/// on: a signal sent once it returned is never missed.
+/// status 130), without waiting for what the first one started, unless it comes within
+/// [`SAME_SIGNAL`] of the call. It listens from the call on: a signal sent once it
+/// returned is never missed.
 pub(crate) fn abort_on_next_signal() {
+    let first = tokio::time::Instant::now();
     let next = next_signal();
     tokio::spawn(async move {
         next.await;
+        while first.elapsed() < SAME_SIGNAL {
+            next_signal().await;
+        }
         eprintln!("kinesis: second signal: aborting");
         std::process::exit(130);
     });

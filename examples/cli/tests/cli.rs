@@ -1817,6 +1817,54 @@ async fn a_second_sigterm_aborts_consume_at_once() {
     drop(stdout);
 }
 
+/// `timeout 60 kinesis consume ...` sends its signal twice, to the program and then to its
+/// process group: that is one stop, a graceful one (exit 0, leases released), not an abort.
+#[tokio::test]
+async fn a_signal_sent_twice_at_once_is_one_graceful_stop() {
+    use std::io::BufRead;
+    let stream = unique("cli-twice");
+    let app = unique("cli-twice-app");
+    produce(&stream, Some(1), 20).await;
+    let mut child = Killed(
+        kinesis(&["consume", "--stream", &stream, "--app", &app])
+            .await
+            .args(["--failover", "3000ms", "--idle-between-reads", "200ms"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = read_stderr(&mut child.0);
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("sequence_number"), "{first:?}");
+    let pid = child.0.id().to_string();
+    let status = Command::new("sh")
+        .args(["-c", &format!("kill -INT {pid}; kill -INT {pid}")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sent = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < std::time::Duration::from_secs(20),
+            "no exit: {}",
+            stderr.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let text = stderr.lock().unwrap().clone();
+    assert!(status.success(), "{status:?}: {text}");
+    assert!(!text.contains("second signal"), "{text}");
+    let leases = lease_lines(&app).await;
+    assert!(leases[0]["owner"].is_null(), "released: {text}");
+    drop(stdout);
+}
+
 /// Issue 25: `--require-json` fails the records that are not JSON; with
 /// `--dead-letter-file` and `--max-attempts 2` they land in the file after their second
 /// attempt, with their shard, sequence numbers and error, and the checkpoint moves past
