@@ -9,27 +9,7 @@ use std::process::{Command, Output};
 use kinesis_emulator::Emulator;
 
 mod common;
-use common::documented_actions;
-
-/// `kinesis <subcommand...>` with the emulators' endpoints in its environment.
-async fn kinesis(subcommand: &[&str]) -> Command {
-    let emulator = Emulator::shared().await.unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kinesis"));
-    command.args(subcommand);
-    if let Some(endpoint) = emulator.kinesis_endpoint() {
-        command.env("AWS_ENDPOINT_URL_KINESIS", endpoint);
-    }
-    if let Some(endpoint) = emulator.dynamodb_endpoint() {
-        command.env("AWS_ENDPOINT_URL_DYNAMODB", endpoint);
-    }
-    if emulator.is_local() {
-        command
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test");
-    }
-    command
-}
+use common::{documented_actions, kinesis, unique};
 
 fn check(output: &Output) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -40,14 +20,6 @@ fn check(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use kinesis_emulator::Emulator;
 
 mod common;
+use common::{kinesis, unique};
 
 const KCLPY: &str = "amazon-kclpy==3.2.0";
 
@@ -103,34 +104,6 @@ fn aws_kcl() -> PathBuf {
     assert!(modules.join("aws-kcl").join("index.js").is_file());
     fs::write(&stamp, AWS_KCL).unwrap();
     modules
-}
-
-/// `kinesis <subcommand...>` with the emulators' endpoints in its environment.
-async fn kinesis(subcommand: &[&str]) -> Command {
-    let emulator = Emulator::shared().await.unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kinesis"));
-    command.args(subcommand);
-    if let Some(endpoint) = emulator.kinesis_endpoint() {
-        command.env("AWS_ENDPOINT_URL_KINESIS", endpoint);
-    }
-    if let Some(endpoint) = emulator.dynamodb_endpoint() {
-        command.env("AWS_ENDPOINT_URL_DYNAMODB", endpoint);
-    }
-    if emulator.is_local() {
-        command
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test");
-    }
-    command
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
 }
 
 /// One application: a stream, a properties file, and the folder the processors write to.

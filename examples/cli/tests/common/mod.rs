@@ -1,6 +1,38 @@
 //! What more than one test file of `kinesis` needs.
 
 use std::collections::{BTreeSet, HashMap};
+use std::process::Command;
+
+use kinesis_emulator::Emulator;
+
+/// `kinesis <subcommand...>` with the emulators' endpoints in its environment.
+pub async fn kinesis(subcommand: &[&str]) -> Command {
+    let emulator = Emulator::shared().await.unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kinesis"));
+    command.args(subcommand);
+    if let Some(endpoint) = emulator.kinesis_endpoint() {
+        command.env("AWS_ENDPOINT_URL_KINESIS", endpoint);
+    }
+    if let Some(endpoint) = emulator.dynamodb_endpoint() {
+        command.env("AWS_ENDPOINT_URL_DYNAMODB", endpoint);
+    }
+    if emulator.is_local() {
+        command
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test");
+    }
+    command
+}
+
+/// `prefix` made unique to this process and moment (stream and application names).
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
 
 /// The IAM actions documented per subcommand in the README's `iam-actions` table.
 pub fn documented_actions() -> HashMap<String, BTreeSet<String>> {
