@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use kinesis_emulator::Emulator;
 
 mod common;
-use common::{documented_actions, kinesis, unique};
+use common::{documented_actions, kinesis, unique, RecordingProxies};
 
 fn check(output: &Output) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -234,15 +234,65 @@ async fn produce(stream: &str, create: Option<u32>, records: u32) {
 
 /// The application's leases as `kinesis leases show --json` prints them.
 async fn lease_lines(app: &str) -> Vec<serde_json::Value> {
-    let output = kinesis(&["leases", "show"])
+    json_lines(&check(&leases_show(app).await))
+}
+
+/// The same, or `None` while the lease table cannot be read (not created yet).
+async fn try_lease_lines(app: &str) -> Option<Vec<serde_json::Value>> {
+    let output = leases_show(app).await;
+    output
+        .status
+        .success()
+        .then(|| json_lines(&String::from_utf8_lossy(&output.stdout)))
+}
+
+async fn leases_show(app: &str) -> Output {
+    kinesis(&["leases", "show"])
         .await
         .args(["--app", app, "--json"])
         .output()
-        .unwrap();
-    check(&output)
-        .lines()
+        .unwrap()
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// `kinesis consume` of `stream` as a worker of `app` with a short failover time and
+/// quick reads, its standard output piped.
+async fn spawn_consume(
+    stream: &str,
+    app: &str,
+    stderr: std::process::Stdio,
+) -> std::process::Child {
+    kinesis(&["consume", "--stream", stream, "--app", app])
+        .await
+        .args(["--failover", "3000ms", "--idle-between-reads", "200ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child` to exit within `limit`; past it, kills it and fails with `context()`.
+fn exit_within(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+    context: impl Fn() -> String,
+) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("still running after {limit:?}: {}", context());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Item 3: every write to `/dev/full` fails: `consume` stops at once with a non-zero exit
@@ -284,14 +334,7 @@ async fn consume_ends_when_stdout_closes_and_checkpoints_only_what_it_wrote() {
     let stream = unique("cli-pipe");
     let app = unique("cli-pipe-app");
     produce(&stream, Some(1), 20).await;
-    let mut child = kinesis(&["consume"])
-        .await
-        .args(["--stream", &stream, "--app", &app])
-        .args(["--failover", "3000ms", "--idle-between-reads", "200ms"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_consume(&stream, &app, Stdio::piped()).await;
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
@@ -314,17 +357,9 @@ async fn consume_ends_when_stdout_closes_and_checkpoints_only_what_it_wrote() {
     assert!(first["sequence_number"].as_str().is_some());
     drop(stdout);
     produce(&stream, None, 20).await;
-    let closed = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if closed.elapsed() > std::time::Duration::from_secs(30) {
-            child.kill().unwrap();
-            panic!("consume kept running after its stdout closed");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let status = exit_within(&mut child, std::time::Duration::from_secs(30), || {
+        "consume, after its stdout closed".to_owned()
+    });
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "exit {status:?}: {stderr}");
@@ -345,14 +380,7 @@ async fn consume_keeps_its_leases_while_its_reader_stops_reading() {
     let app = unique("cli-stall-app");
     // Far more than a pipe holds (64 KiB): about 200 bytes a line.
     produce(&stream, Some(2), 3_000).await;
-    let mut child = kinesis(&["consume"])
-        .await
-        .args(["--stream", &stream, "--app", &app])
-        .args(["--failover", "3000ms", "--idle-between-reads", "200ms"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_consume(&stream, &app, Stdio::null()).await;
     let counters = |leases: &[serde_json::Value], owner: &str| -> Vec<u64> {
         leases
             .iter()
@@ -363,18 +391,9 @@ async fn consume_keeps_its_leases_while_its_reader_stops_reading() {
     let mut owner = None;
     for _ in 0..100 {
         std::thread::sleep(std::time::Duration::from_millis(200));
-        let output = kinesis(&["leases", "show"])
-            .await
-            .args(["--app", &app, "--json"])
-            .output()
-            .unwrap();
-        if !output.status.success() {
-            continue; // The table is not there yet.
-        }
-        let leases: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let Some(leases) = try_lease_lines(&app).await else {
+            continue;
+        };
         if leases.len() == 2
             && leases[0]["owner"].is_string()
             && leases[0]["owner"] == leases[1]["owner"]
@@ -1353,27 +1372,18 @@ async fn produce_serves_metrics_and_stops_on_sigterm_with_a_summary() {
 // Multi-threaded: the proxies run on the runtime while the test waits for each process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iam_actions_of_every_subcommand_are_documented() {
-    use kinesis_emulator::fault_proxy::FaultProxy;
-    let emulator = Emulator::shared().await.unwrap();
-    let (Some(kinesis_endpoint), Some(dynamodb_endpoint)) =
-        (emulator.kinesis_endpoint(), emulator.dynamodb_endpoint())
-    else {
-        return; // Endpoints of the environment's own: nothing to put a proxy in front of.
+    let Some(proxies) = RecordingProxies::start().await else {
+        return;
     };
-    let kinesis_proxy = FaultProxy::start(&kinesis_endpoint, 1).await.unwrap();
-    let dynamodb_proxy = FaultProxy::start(&dynamodb_endpoint, 2).await.unwrap();
     let documented = documented_actions();
     // The IAM actions of the calls the proxies saw since the last look.
     let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let mut new_actions = || {
         let mut actions = BTreeSet::new();
-        for (service, proxy) in [("kinesis", &kinesis_proxy), ("dynamodb", &dynamodb_proxy)] {
-            for (operation, calls) in proxy.stats().calls {
-                let action = format!("{service}:{operation}");
-                let before = seen.insert(action.clone(), calls).unwrap_or(0);
-                if calls > before {
-                    actions.insert(action);
-                }
+        for (action, calls) in proxies.actions() {
+            let before = seen.insert(action.clone(), calls).unwrap_or(0);
+            if calls > before {
+                actions.insert(action);
             }
         }
         actions
@@ -1382,8 +1392,8 @@ async fn iam_actions_of_every_subcommand_are_documented() {
         let mut command = Command::new(env!("CARGO_BIN_EXE_kinesis"));
         command
             .args(args)
-            .env("AWS_ENDPOINT_URL_KINESIS", kinesis_proxy.endpoint())
-            .env("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_proxy.endpoint())
+            .env("AWS_ENDPOINT_URL_KINESIS", proxies.kinesis.endpoint())
+            .env("AWS_ENDPOINT_URL_DYNAMODB", proxies.dynamodb.endpoint())
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
@@ -1666,18 +1676,9 @@ fn assert_a_second_sigterm_aborts(
         text()
     );
     sigterm(child);
-    let sent = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            sent.elapsed() < std::time::Duration::from_secs(2),
-            "still running 2 s after the second signal: {}",
-            text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let status = exit_within(child, std::time::Duration::from_secs(2), || {
+        format!("the second signal: {}", text())
+    });
     assert_eq!(status.code(), Some(130), "{}", text());
     wait_until(
         "the last words on standard error",
@@ -1797,15 +1798,7 @@ async fn a_signal_sent_twice_at_once_is_one_graceful_stop() {
     let stream = unique("cli-twice");
     let app = unique("cli-twice-app");
     produce(&stream, Some(1), 20).await;
-    let mut child = Killed(
-        kinesis(&["consume", "--stream", &stream, "--app", &app])
-            .await
-            .args(["--failover", "3000ms", "--idle-between-reads", "200ms"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = Killed(spawn_consume(&stream, &app, std::process::Stdio::piped()).await);
     let stderr = read_stderr(&mut child.0);
     let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
     let mut first = String::new();
@@ -1817,18 +1810,9 @@ async fn a_signal_sent_twice_at_once_is_one_graceful_stop() {
         .status()
         .unwrap();
     assert!(status.success());
-    let sent = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            sent.elapsed() < std::time::Duration::from_secs(20),
-            "no exit: {}",
-            stderr.lock().unwrap()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = exit_within(&mut child.0, std::time::Duration::from_secs(20), || {
+        stderr.lock().unwrap().clone()
+    });
     let text = stderr.lock().unwrap().clone();
     assert!(status.success(), "{status:?}: {text}");
     assert!(!text.contains("second signal"), "{text}");

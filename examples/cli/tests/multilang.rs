@@ -328,23 +328,17 @@ fn batch(prefix: &str, count: usize) -> Vec<String> {
 // Multi-threaded: the proxies run on the runtime while the test waits for the daemon.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_calls_only_the_iam_actions_the_readme_lists() {
-    use kinesis_emulator::fault_proxy::FaultProxy;
-    let emulator = Emulator::shared().await.unwrap();
-    let (Some(kinesis_endpoint), Some(dynamodb_endpoint)) =
-        (emulator.kinesis_endpoint(), emulator.dynamodb_endpoint())
-    else {
-        return; // Endpoints of the environment's own: nothing to put a proxy in front of.
+    let Some(proxies) = common::RecordingProxies::start().await else {
+        return;
     };
-    let kinesis_proxy = FaultProxy::start(&kinesis_endpoint, 1).await.unwrap();
-    let dynamodb_proxy = FaultProxy::start(&dynamodb_endpoint, 2).await.unwrap();
     // Later keys of a properties file win: the daemon goes through the proxies.
     let app = App::new(
         "ml-iam",
         1,
         &format!(
             "kinesisEndpoint = {}\ndynamoDBEndpoint = {}\n",
-            kinesis_proxy.endpoint(),
-            dynamodb_proxy.endpoint()
+            proxies.kinesis.endpoint(),
+            proxies.dynamodb.endpoint()
         ),
     )
     .await;
@@ -354,12 +348,7 @@ async fn a_daemon_calls_only_the_iam_actions_the_readme_lists() {
     app.wait_for(&data, &mut [&mut daemon]).await;
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{status}: {log}");
-    let mut used = BTreeSet::new();
-    for (service, proxy) in [("kinesis", &kinesis_proxy), ("dynamodb", &dynamodb_proxy)] {
-        for operation in proxy.stats().calls.keys() {
-            used.insert(format!("{service}:{operation}"));
-        }
-    }
+    let used: BTreeSet<String> = proxies.actions().into_keys().collect();
     let documented = common::documented_actions();
     let allowed = documented.get("multilang").expect("a multilang row");
     let missing: Vec<&String> = used.difference(allowed).collect();

@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
 
+use kinesis_emulator::fault_proxy::FaultProxy;
 use kinesis_emulator::Emulator;
 
 /// `kinesis <subcommand...>` with the emulators' endpoints in its environment.
@@ -52,4 +53,35 @@ pub fn documented_actions() -> HashMap<String, BTreeSet<String>> {
             (cells[1].trim_matches('`').to_owned(), actions)
         })
         .collect()
+}
+
+/// Proxies that record every call, in front of the emulators' `kinesis` and `dynamodb`
+/// endpoints.
+pub struct RecordingProxies {
+    pub kinesis: FaultProxy,
+    pub dynamodb: FaultProxy,
+}
+
+impl RecordingProxies {
+    /// `None` with endpoints of the environment's own: nothing to put a proxy in front of.
+    pub async fn start() -> Option<RecordingProxies> {
+        let emulator = Emulator::shared().await.unwrap();
+        let kinesis = emulator.kinesis_endpoint()?;
+        let dynamodb = emulator.dynamodb_endpoint()?;
+        Some(RecordingProxies {
+            kinesis: FaultProxy::start(&kinesis, 1).await.unwrap(),
+            dynamodb: FaultProxy::start(&dynamodb, 2).await.unwrap(),
+        })
+    }
+
+    /// The IAM action (`service:Operation`) of every call seen so far, and how many.
+    pub fn actions(&self) -> HashMap<String, u64> {
+        let mut actions = HashMap::new();
+        for (service, proxy) in [("kinesis", &self.kinesis), ("dynamodb", &self.dynamodb)] {
+            for (operation, calls) in proxy.stats().calls {
+                actions.insert(format!("{service}:{operation}"), calls);
+            }
+        }
+        actions
+    }
 }
