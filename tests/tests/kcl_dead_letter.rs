@@ -66,6 +66,32 @@ async fn put_with_poison(
         .collect())
 }
 
+/// A new one-shard stream holding [`put_with_poison`]'s records, and an application name
+/// for it.
+struct Poisoned {
+    config: aws_config::SdkConfig,
+    client: aws_sdk_kinesis::Client,
+    stream: String,
+    app: String,
+    put: Vec<(Bytes, String)>,
+}
+
+async fn poisoned_stream(prefix: &str, good: usize, poison: usize) -> TestResult<Poisoned> {
+    let config = sdk_config().await?;
+    let client = aws_sdk_kinesis::Client::new(&config);
+    let stream = unique_name(prefix);
+    let app = unique_name(&format!("{prefix}-app"));
+    create_stream(&client, &stream, 1).await?;
+    let put = put_with_poison(&client, &stream, good, poison).await?;
+    Ok(Poisoned {
+        config,
+        client,
+        stream,
+        app,
+        put,
+    })
+}
+
 /// The lease's checkpoint (one shard).
 async fn checkpoint(
     config: &aws_config::SdkConfig,
@@ -137,12 +163,13 @@ impl DeadLetterSink for BrokenSink {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_is_dead_lettered_to_a_file_after_three_attempts() -> TestResult {
-    let config = sdk_config().await?;
-    let client = aws_sdk_kinesis::Client::new(&config);
-    let stream = unique_name("dl-file");
-    let app = unique_name("dl-file-app");
-    create_stream(&client, &stream, 1).await?;
-    let put = put_with_poison(&client, &stream, 20, 1).await?;
+    let Poisoned {
+        config,
+        stream,
+        app,
+        put,
+        ..
+    } = poisoned_stream("dl-file", 20, 1).await?;
     let (poison_data, poison_seq) = put[20].clone();
     let (_, last_seq) = put.last().ok_or("nothing put")?.clone();
 
@@ -212,12 +239,13 @@ async fn a_poison_record_is_dead_lettered_to_a_file_after_three_attempts() -> Te
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_sink_keeps_the_checkpoint_before_the_poison_record() -> TestResult {
-    let config = sdk_config().await?;
-    let client = aws_sdk_kinesis::Client::new(&config);
-    let stream = unique_name("dl-broken");
-    let app = unique_name("dl-broken-app");
-    create_stream(&client, &stream, 1).await?;
-    let put = put_with_poison(&client, &stream, 10, 1).await?;
+    let Poisoned {
+        config,
+        stream,
+        app,
+        put,
+        ..
+    } = poisoned_stream("dl-broken", 10, 1).await?;
     let (poison_data, poison_seq) = put[10].clone();
     let (_, before_poison) = put[9].clone();
     let (_, last_seq) = put.last().ok_or("nothing put")?.clone();
@@ -294,12 +322,13 @@ async fn a_failing_sink_keeps_the_checkpoint_before_the_poison_record() -> TestR
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_counts_as_a_failed_attempt_of_the_whole_batch() -> TestResult {
-    let config = sdk_config().await?;
-    let client = aws_sdk_kinesis::Client::new(&config);
-    let stream = unique_name("dl-panic");
-    let app = unique_name("dl-panic-app");
-    create_stream(&client, &stream, 1).await?;
-    let put = put_with_poison(&client, &stream, 5, 1).await?;
+    let Poisoned {
+        config,
+        stream,
+        app,
+        put,
+        ..
+    } = poisoned_stream("dl-panic", 5, 1).await?;
     let (_, last_seq) = put.last().ok_or("nothing put")?.clone();
 
     let path = temp_file("dead.jsonl")?;
@@ -345,14 +374,15 @@ async fn a_panic_counts_as_a_failed_attempt_of_the_whole_batch() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_records_reach_a_dead_letter_stream_with_their_metadata() -> TestResult {
-    let config = sdk_config().await?;
-    let client = aws_sdk_kinesis::Client::new(&config);
-    let stream = unique_name("dl-source");
+    let Poisoned {
+        config,
+        client,
+        stream,
+        app,
+        put,
+    } = poisoned_stream("dl-source", 10, 2).await?;
     let dead_stream = unique_name("dl-target");
-    let app = unique_name("dl-stream-app");
-    create_stream(&client, &stream, 1).await?;
     create_stream(&client, &dead_stream, 1).await?;
-    let put = put_with_poison(&client, &stream, 10, 2).await?;
     let poison: Vec<(Bytes, String)> = put[10..12].to_vec();
     let (_, last_seq) = put.last().ok_or("nothing put")?.clone();
 
@@ -404,12 +434,13 @@ async fn poison_records_reach_a_dead_letter_stream_with_their_metadata() -> Test
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_policy_a_failed_batch_is_read_again_from_the_checkpoint() -> TestResult {
-    let config = sdk_config().await?;
-    let client = aws_sdk_kinesis::Client::new(&config);
-    let stream = unique_name("dl-none");
-    let app = unique_name("dl-none-app");
-    create_stream(&client, &stream, 1).await?;
-    let put = put_with_poison(&client, &stream, 10, 1).await?;
+    let Poisoned {
+        config,
+        stream,
+        app,
+        put,
+        ..
+    } = poisoned_stream("dl-none", 10, 1).await?;
     let (_, before_poison) = put[9].clone();
 
     // No policy: as after a panic, the shard consumer ends, and a new processor resumes
