@@ -67,6 +67,10 @@ CONSUMERS = [
     # async-kinesis below polls every 0.2 s when a shard is idle (its default: 2 s); ours
     # waits the Java KCL's 1.5 s after every GetRecords: the same with 200 ms.
     ("kinesis consume (ours, --idle-between-reads 200ms)", ["--idle-between-reads", "200ms"]),
+    # async-kinesis's script below stops once it has every record; ours, told the count,
+    # does the same (a graceful stop: checkpoints, leases released), without the 3 s of
+    # idle reads before --exit-after-idle ends it.
+    ("kinesis consume (ours, --count N)", ["--count", "{n}"]),
     ("async-kinesis 3.0.1 (DynamoDB checkpointer)", None),
     # Not a consumer: how fast the emulator hands the same stream out (see read_ceiling.py).
     ("boto3 GetRecords, no processing (the emulator's read ceiling)", None),
@@ -331,7 +335,7 @@ def consumer_rows(emulators, aggregated_n, peer_filter, before=None):
 
                 run = run_measured(
                     [str(binary), "consume", "--stream", stream, "--app", app,
-                     "--exit-after-idle", "3s", *extra],
+                     "--exit-after-idle", "3s", *(arg.format(n=n) for arg in extra)],
                     env, timeout=900, stdout_lines=line)
                 seen = {json.loads(json.loads(l)["data"])["id"] for l in lines}
                 first = times[0] if times else None

@@ -151,8 +151,8 @@ pub struct Args {
     /// Write the JSON lines here instead of standard output.
     #[arg(long)]
     pub output: Option<PathBuf>,
-    /// Stop (gracefully) once caught up for this long: every shard read to its tip (an
-    /// empty read with millis_behind_latest 0) and no record since.
+    /// Stop (gracefully) once idle for this long: no record for this long, and every shard
+    /// read to its tip (an empty read with millis_behind_latest 0).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub exit_after_idle: Option<Duration>,
     /// Stop after writing this many records (in group mode gracefully, checkpointing only
@@ -518,7 +518,6 @@ fn stop_when_idle(
     let (shared, stop) = (shared.clone(), stop.clone());
     let started = Instant::now();
     tokio::spawn(async move {
-        let mut since: Option<Instant> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
             // Caught up: every shard this worker holds was read to its tip (its last read
@@ -534,12 +533,9 @@ fn stop_when_idle(
                         .all(|shard| map.get(shard).copied().unwrap_or(false))
             };
             let last_record = *shared.last_record.lock().unwrap_or_else(|e| e.into_inner());
-            if !caught_up {
-                since = None;
-                continue;
-            }
-            let since = *since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= idle && last_record.elapsed() >= idle {
+            // Idle counts from the last record, not from the read that found the tip: that
+            // read comes up to an `--idle-between-reads` later.
+            if caught_up && last_record.elapsed() >= idle {
                 tracing::info!(?idle, "caught up, stopping");
                 stop.shutdown();
                 return;

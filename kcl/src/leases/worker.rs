@@ -85,6 +85,12 @@ impl LeaderConfig {
     }
 }
 
+/// A leader that sees no other live worker lists the worker rows, and looks for changes to
+/// its own leases, this many times less often: nobody can die unseen, its own assignments
+/// wake its discovery at once, and a worker that joins is seen within a few seconds (four
+/// looks a second cost a lone `kinesis consume` a third of its idle CPU).
+const LONE_WORKER_SLOWDOWN: u32 = 4;
+
 /// How often the leader and its successors list the worker rows.
 pub(crate) fn fleet_poll(failover: Duration) -> Duration {
     (failover / 20).max(Duration::from_millis(10))
@@ -194,6 +200,9 @@ impl Presence {
                 let mut pause = poll;
                 if presence.is_watch_wanted() {
                     presence.fleet.look().await;
+                    if presence.fleet.is_alone() {
+                        pause = poll * LONE_WORKER_SLOWDOWN;
+                    }
                     if let Some(death) = presence.fleet.next_death() {
                         pause = pause.min(death.saturating_duration_since(Instant::now()));
                     }
@@ -409,10 +418,26 @@ impl LeaseWorker {
             renew_forever(coordinator.clone(), self.renewal_interval),
             span.clone(),
         ));
-        tasks.spawn(tracing::Instrument::instrument(
-            discover_forever(coordinator.clone(), self.discovery_interval),
-            span.clone(),
-        ));
+        let interval = self.discovery_interval;
+        let (pace, own_changes): (Box<dyn Fn() -> Duration + Send>, _) = match &self.leader {
+            None => (
+                Box::new(move || interval),
+                Arc::new(tokio::sync::Notify::new()),
+            ),
+            Some(leader) => {
+                let (election, fleet) = (leader.election.clone(), leader.presence.fleet.clone());
+                let pace = move || {
+                    if election.is_leader() && fleet.is_alone() {
+                        interval * LONE_WORKER_SLOWDOWN
+                    } else {
+                        interval
+                    }
+                };
+                (Box::new(pace), leader.assigner.own_changes())
+            }
+        };
+        let discovery = discover_forever(coordinator.clone(), pace, own_changes);
+        tasks.spawn(tracing::Instrument::instrument(discovery, span.clone()));
         match &self.leader {
             None => {
                 tasks.spawn(tracing::Instrument::instrument(
@@ -505,17 +530,25 @@ impl LeaseWorker {
     }
 }
 
-/// Looks for leases handed or assigned to this worker every `interval` (every 100 ms while
-/// a handoff to it is under way).
-async fn discover_forever(coordinator: Arc<LeaseCoordinator>, interval: Duration) {
+/// Looks for leases handed or assigned to this worker every `interval()` (every 100 ms
+/// while a handoff to it is under way), and at once when this worker's own leader round
+/// changed one of its leases (`now`).
+async fn discover_forever(
+    coordinator: Arc<LeaseCoordinator>,
+    interval: impl Fn() -> Duration,
+    now: Arc<tokio::sync::Notify>,
+) {
     loop {
         coordinator.discover().await;
         let pause = if coordinator.awaiting_handoff() {
-            interval.min(HANDOFF_POLL_INTERVAL)
+            interval().min(HANDOFF_POLL_INTERVAL)
         } else {
-            interval
+            interval()
         };
-        tokio::time::sleep(pause).await;
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = now.notified() => {}
+        }
     }
 }
 

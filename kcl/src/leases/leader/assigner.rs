@@ -55,6 +55,8 @@ pub(crate) struct RoundReport {
     pub cancelled: usize,
     /// The leases as listed.
     pub leases: Vec<Lease>,
+    /// The round waited for the fleet to show itself (a new leader's settle time).
+    pub settling: bool,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +86,9 @@ pub(crate) struct Assigner {
     state: Mutex<State>,
     /// Told when a round should run before its time (leases were just created).
     soon: tokio::sync::Notify,
+    /// Told when a round gave this worker a lease or asked it to hand one over: its
+    /// discovery looks at once instead of at its next interval.
+    own_changes: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Assigner {
@@ -110,12 +115,45 @@ impl Assigner {
             config,
             state: Mutex::new(State::default()),
             soon: tokio::sync::Notify::new(),
+            own_changes: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
     /// Runs the next round now (when leading).
     pub(crate) fn round_soon(&self) {
         self.soon.notify_one();
+    }
+
+    /// Told when a round gave this worker a lease or asked it to hand one over.
+    pub(crate) fn own_changes(&self) -> Arc<tokio::sync::Notify> {
+        self.own_changes.clone()
+    }
+
+    /// A write of this round concerns this worker's own leases: its discovery looks now.
+    fn note_own_change(&self, lease: &Lease, to: &str) {
+        let me = self.election.worker_id();
+        if to == me || lease.actual_owner() == Some(me) {
+            self.own_changes.notify_one();
+        }
+    }
+
+    /// Whether a leader that has led since `leading_since` still waits for the fleet: for
+    /// the rows of workers it cannot judge yet, or for any row at all (with none, every
+    /// lease would be left without a worker).
+    fn settling(
+        &self,
+        leading_since: Instant,
+        now: Instant,
+        workers: &std::collections::BTreeMap<String, super::fleet::WorkerView>,
+    ) -> bool {
+        now.duration_since(leading_since) < self.config.settle && !fleet_shown(workers)
+    }
+
+    /// Whether this worker leads and the fleet has shown itself: a worker takes leases,
+    /// and none is unknown.
+    fn sees_fleet(&self) -> bool {
+        self.state().leading_since.is_some()
+            && fleet_shown(&self.fleet.view(self.config.stream.as_deref()))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -160,12 +198,12 @@ impl Assigner {
         let now = Instant::now();
         let expired = self.observe(&leases, now);
         let workers = self.fleet.view(self.config.stream.as_deref());
-        // A new leader waits for the rows of workers it cannot judge yet, or for any row
-        // at all: with none, every lease would be left without a worker.
         let any_taker = workers.values().any(|w| w.takes_leases());
-        let settling = now.duration_since(leading_since) < self.config.settle
-            && (!any_taker || workers.values().any(|w| w.state == WorkerState::Unknown));
-        let mut report = RoundReport::default();
+        let settling = self.settling(leading_since, now, &workers);
+        let mut report = RoundReport {
+            settling,
+            ..RoundReport::default()
+        };
         if !settling {
             let cooling = self.cpu_cooling(&workers);
             let recently_moved = self.recently_moved(now);
@@ -208,11 +246,13 @@ impl Assigner {
                 }
                 if self.assign(assignment).await {
                     report.assigned += 1;
+                    self.note_own_change(&assignment.lease, &assignment.to);
                 }
             }
             for (lease, to, reason) in &plan.handoffs {
                 if self.hand_off(lease, to, *reason).await {
                     report.moved += 1;
+                    self.note_own_change(lease, to);
                     self.state()
                         .balancing_moves
                         .insert(lease.lease_key.clone(), Instant::now());
@@ -224,11 +264,16 @@ impl Assigner {
             for lease in &plan.cancel {
                 if self.cancel(lease).await {
                     report.cancelled += 1;
+                    self.note_own_change(
+                        lease,
+                        lease.checkpoint_owner.as_deref().unwrap_or_default(),
+                    );
                 }
             }
             for (lease, to) in &plan.steals {
                 if self.steal(lease, to).await {
                     report.stolen += 1;
+                    self.note_own_change(lease, to);
                 }
             }
             self.clean_up_rows(&workers).await;
@@ -458,17 +503,38 @@ impl Assigner {
     }
 }
 
+/// A worker takes leases, and none is unknown (found at the first look and not seen
+/// writing since).
+fn fleet_shown(workers: &std::collections::BTreeMap<String, super::fleet::WorkerView>) -> bool {
+    workers.values().any(|w| w.takes_leases())
+        && !workers.values().any(|w| w.state == WorkerState::Unknown)
+}
+
+/// How often a settling leader checks (in memory) whether the fleet has shown itself.
+const SETTLE_CHECK: Duration = Duration::from_millis(100);
+
+/// Completes when a settling leader sees the fleet: the next round then runs at once, not
+/// an assignment interval after the settling one (a lone worker whose row was not written
+/// yet at its first look would otherwise wait that long for its first leases). When the
+/// settle time ends first, the next round comes at its interval, as before.
+async fn settled(assigner: &Assigner) {
+    while !assigner.sees_fleet() {
+        tokio::time::sleep(SETTLE_CHECK).await;
+    }
+}
+
 /// Runs the leader's rounds every `interval` (a round while not leading costs nothing), and
 /// at once when this worker becomes the leader or its watch finds a worker dead.
 pub(crate) async fn assign_forever(assigner: Arc<Assigner>, interval: Duration) {
     let mut leading = assigner.election.subscribe();
     loop {
-        assigner.round().await;
+        let settling = assigner.round().await.is_some_and(|r| r.settling);
         if assigner.election.is_leader() {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = assigner.fleet.death() => {}
                 _ = assigner.soon.notified() => {}
+                _ = settled(&assigner), if settling => {}
             }
         } else {
             // A new leader starts at once. (Waiting for a change, not for the value: the

@@ -148,6 +148,11 @@ impl Election {
         (Instant::now() < deadline).then_some(deadline)
     }
 
+    /// This worker's id.
+    pub(crate) fn worker_id(&self) -> &str {
+        &self.config.worker_id
+    }
+
     /// Whether this worker leads now.
     pub(crate) fn is_leader(&self) -> bool {
         self.leading_until().is_some()

@@ -112,6 +112,18 @@ impl FleetWatch {
         view
     }
 
+    /// Whether this worker has looked and found no other worker that is alive or may be:
+    /// every other row is dead. A lone leader looks less often (see `LONE_WORKER_SLOWDOWN`):
+    /// nobody can die unseen, and a worker that joins is seen a few seconds later.
+    pub(crate) fn is_alone(&self) -> bool {
+        let fleet = self.fleet();
+        fleet.first_look().is_some()
+            && fleet
+                .view(Instant::now(), self.failover)
+                .iter()
+                .all(|(id, worker)| *id == self.worker_id || worker.is_dead())
+    }
+
     /// Since when this worker has watched.
     pub(crate) fn watching_since(&self) -> Option<Instant> {
         self.fleet().first_look()

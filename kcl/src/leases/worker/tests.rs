@@ -52,9 +52,21 @@ impl Fleet {
 
     /// Adds and starts a worker using `coordination` (the fleet's tables when `None`).
     fn add_with(&mut self, coordination: Option<Arc<MemoryCoordinatorStore>>) -> usize {
+        self.add_faulty(coordination, None)
+    }
+
+    /// Adds and starts a worker whose coordinator tables apply `rule` from the start.
+    fn add_faulty(
+        &mut self,
+        coordination: Option<Arc<MemoryCoordinatorStore>>,
+        rule: Option<FaultRule<CoordinatorOperation>>,
+    ) -> usize {
         let leases = Arc::new(FaultyLeaseStore::new(self.leases.clone()));
         let tables = coordination.unwrap_or_else(|| self.coordination.clone());
         let coordination = Arc::new(FaultyCoordinatorStore::new(tables));
+        if let Some(rule) = rule {
+            coordination.inject(rule);
+        }
         let id = format!("worker-{}", self.members.len());
         let mut worker = SimWorker::new(
             leases.clone(),
@@ -213,6 +225,68 @@ async fn a_new_worker_gets_its_share_within_two_assignment_rounds() {
         "{took:?}"
     );
     fleet.run_for(Duration::from_secs(5)).await;
+    assert!(fleet.balanced(), "{:?}", fleet.counts());
+}
+
+/// Calls of `operation` a member made during `run`.
+fn counted<Op: Ord + Copy>(before: &BTreeMap<Op, u64>, after: &BTreeMap<Op, u64>, op: Op) -> u64 {
+    after.get(&op).copied().unwrap_or(0) - before.get(&op).copied().unwrap_or(0)
+}
+
+/// A lone worker (`kinesis consume` on its own): its leader must not wait an assignment
+/// interval when its own row was not written yet at its first look, its discovery starts
+/// what its leader gave it at once, and while alone it lists the worker rows and its own
+/// leases a quarter as often. A worker that joins still gets its share, and the pace comes
+/// back with it.
+#[tokio::test(start_paused = true)]
+async fn a_lone_worker_starts_at_once_and_coordinates_less_until_another_joins() {
+    let mut fleet = Fleet::new(8).await;
+    let late_row = FaultRule::new(
+        [CoordinatorOperation::WriteWorker],
+        Fault::Delay(Duration::from_millis(200)),
+    )
+    .times(1);
+    let lone = fleet.add_faulty(None, Some(late_row));
+    let started = fleet
+        .run_until(Duration::from_secs(30), |now| now.len() == 8)
+        .await
+        .expect("the lone worker processes every lease");
+    // Its row shows at the second look, 0.5 s in; without the settle check it waited for
+    // the next round, 2 s in.
+    assert!(
+        started <= Duration::from_secs(1),
+        "started after {started:?}"
+    );
+
+    let calls = |fleet: &Fleet| {
+        let member = &fleet.members[lone];
+        (member.leases.calls(), member.coordination.calls())
+    };
+    let before = calls(&fleet);
+    fleet.run_for(Duration::from_secs(20)).await;
+    let after = calls(&fleet);
+    let looks = counted(&before.1, &after.1, CoordinatorOperation::ListWorkers);
+    let discoveries = counted(&before.0, &after.0, Operation::ListOwnedKeys);
+    // At the full pace (every 0.5 s at a 10 s failover time) each would be 40.
+    assert!(
+        looks <= 12,
+        "{looks} looks at the worker rows in 20 s alone"
+    );
+    assert!(discoveries <= 12, "{discoveries} discoveries in 20 s alone");
+
+    let joined = fleet.add();
+    let took = fleet
+        .run_until(Duration::from_secs(30), |now| {
+            now.values().filter(|w| **w == joined).count() >= 4
+        })
+        .await
+        .expect("the worker that joined got its share");
+    assert!(took <= Duration::from_secs(8), "share after {took:?}");
+    let before = calls(&fleet);
+    fleet.run_for(Duration::from_secs(10)).await;
+    let after = calls(&fleet);
+    let looks = counted(&before.1, &after.1, CoordinatorOperation::ListWorkers);
+    assert!(looks >= 16, "{looks} looks in 10 s with two workers");
     assert!(fleet.balanced(), "{:?}", fleet.counts());
 }
 
