@@ -227,7 +227,7 @@ impl RecordProcessor for Tracker {
                 *seen
                     .entry((
                         self.shard.clone(),
-                        record.sequence_number.clone(),
+                        record.sequence_number.to_string(),
                         record.sub_sequence_number,
                     ))
                     .or_default() += 1;

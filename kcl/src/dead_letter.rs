@@ -333,9 +333,9 @@ impl DeadLetterEnvelope {
             application: batch.application.clone(),
             stream: batch.stream.clone(),
             shard_id: batch.shard_id.clone(),
-            sequence_number: record.sequence_number.clone(),
+            sequence_number: record.sequence_number.to_string(),
             sub_sequence_number: record.sub_sequence_number,
-            partition_key: record.partition_key.clone(),
+            partition_key: record.partition_key.to_string(),
             explicit_hash_key: record.explicit_hash_key.clone(),
             approximate_arrival_timestamp_ms: record
                 .approximate_arrival_timestamp

@@ -1,6 +1,7 @@
 //! The application's side: a record processor per shard lease, and the factory that makes
 //! them.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -14,12 +15,14 @@ use crate::lease::ExtendedSequenceNumber;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KinesisClientRecord {
-    /// The Kinesis record's sequence number (shared by all user records of an aggregate).
-    pub sequence_number: String,
+    /// The Kinesis record's sequence number (shared by all user records of an aggregate:
+    /// one allocation for all of them).
+    pub sequence_number: Arc<str>,
     /// The position inside the aggregate (0 for a plain record).
     pub sub_sequence_number: u64,
-    /// The user record's partition key.
-    pub partition_key: String,
+    /// The user record's partition key (shared by the user records of an aggregate that
+    /// have the same key).
+    pub partition_key: Arc<str>,
     /// The user record's explicit hash key, if the producer set one (aggregates only:
     /// GetRecords does not return explicit hash keys).
     pub explicit_hash_key: Option<String>,
@@ -35,8 +38,8 @@ impl KinesisClientRecord {
     /// A plain (not aggregated) record, for tests of record processors; set the other
     /// fields after.
     pub fn new(
-        sequence_number: impl Into<String>,
-        partition_key: impl Into<String>,
+        sequence_number: impl Into<Arc<str>>,
+        partition_key: impl Into<Arc<str>>,
         data: impl Into<Bytes>,
     ) -> Self {
         KinesisClientRecord {
@@ -52,7 +55,7 @@ impl KinesisClientRecord {
 
     /// The checkpoint position of this record.
     pub fn position(&self) -> ExtendedSequenceNumber {
-        ExtendedSequenceNumber::new(self.sequence_number.clone(), self.sub_sequence_number)
+        ExtendedSequenceNumber::new(self.sequence_number.to_string(), self.sub_sequence_number)
     }
 }
 

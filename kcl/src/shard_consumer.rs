@@ -108,7 +108,7 @@ pub(crate) fn user_records(
         let arrival = record
             .approximate_arrival_timestamp()
             .and_then(|t| SystemTime::try_from(*t).ok());
-        let sequence_number = record.sequence_number().to_owned();
+        let sequence_number: Arc<str> = Arc::from(record.sequence_number());
         let partition_key = record.partition_key().unwrap_or_default().to_owned();
         let data = Bytes::from(record.data.into_inner());
         let users = kinesis_aggregation::deaggregate(&partition_key, None, data);
@@ -128,7 +128,7 @@ pub(crate) fn user_records(
         }
         for user in users {
             if let Some(skip) = skip {
-                if skip.sequence_number() == Some(sequence_number.as_str())
+                if skip.sequence_number() == Some(&*sequence_number)
                     && user.sub_sequence_number <= skip.sub_sequence_number
                 {
                     continue;
@@ -137,7 +137,7 @@ pub(crate) fn user_records(
             out.push(KinesisClientRecord {
                 sequence_number: sequence_number.clone(),
                 sub_sequence_number: user.sub_sequence_number,
-                partition_key: user.partition_key.to_string(),
+                partition_key: user.partition_key,
                 explicit_hash_key: user.explicit_hash_key.as_deref().map(str::to_owned),
                 approximate_arrival_timestamp: arrival,
                 data: user.data,
@@ -655,14 +655,14 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![0, 0, 1, 2, 3, 0]
         );
-        assert_eq!(all[3].partition_key, "k2");
+        assert_eq!(&*all[3].partition_key, "k2");
         assert!(all[2].aggregated && !all[0].aggregated);
 
         let skip = ExtendedSequenceNumber::new("200", 1);
         let rest = user_records(records[1..].to_vec(), Some(&skip), None, &Counter::noop());
         assert_eq!(
             rest.iter()
-                .map(|r| (r.sequence_number.as_str(), r.sub_sequence_number))
+                .map(|r| (&*r.sequence_number, r.sub_sequence_number))
                 .collect::<Vec<_>>(),
             vec![("200", 2), ("200", 3), ("300", 0)]
         );
@@ -690,7 +690,7 @@ mod tests {
         );
         assert_eq!(out.len(), 1);
         assert!(!out[0].aggregated);
-        assert_eq!(out[0].partition_key, "pk");
+        assert_eq!(&*out[0].partition_key, "pk");
         assert_eq!(out[0].data, Bytes::from(data));
     }
 
@@ -766,7 +766,7 @@ mod tests {
         });
         let delivered: Vec<(&str, &str)> = kept
             .iter()
-            .map(|r| (r.sequence_number.as_str(), r.partition_key.as_str()))
+            .map(|r| (&*r.sequence_number, &*r.partition_key))
             .collect();
         let expected: Vec<(&str, &str)> = std::iter::once(("2", "plain"))
             .chain(inside.iter().map(|k| ("3", k.as_str())))

@@ -213,9 +213,9 @@ impl RecordProcessor for LoggingProcessor {
                 log.delivered.push(Delivered {
                     worker: self.worker.clone(),
                     shard: self.shard.clone(),
-                    sequence_number: r.sequence_number.clone(),
+                    sequence_number: r.sequence_number.to_string(),
                     sub_sequence_number: r.sub_sequence_number,
-                    partition_key: r.partition_key.clone(),
+                    partition_key: r.partition_key.to_string(),
                     data: r.data.clone(),
                     aggregated: r.aggregated,
                     arrival: r.approximate_arrival_timestamp,

@@ -96,7 +96,7 @@ impl RecordProcessor for TimedProcessor {
                 worker: self.worker.clone(),
                 shard: self.shard.clone(),
                 position: record.position(),
-                key: record.partition_key.clone(),
+                key: record.partition_key.to_string(),
                 data: record.data.clone(),
             });
         }

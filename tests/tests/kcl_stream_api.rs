@@ -183,9 +183,9 @@ impl Consumer {
                         self.log.push_delivered(Delivered {
                             worker: self.worker.clone(),
                             shard: id.clone(),
-                            sequence_number: r.sequence_number.clone(),
+                            sequence_number: r.sequence_number.to_string(),
                             sub_sequence_number: r.sub_sequence_number,
-                            partition_key: r.partition_key.clone(),
+                            partition_key: r.partition_key.to_string(),
                             data: r.data.clone(),
                             aggregated: r.aggregated,
                             arrival: r.approximate_arrival_timestamp,

@@ -900,7 +900,7 @@ impl RecordProcessor for JsonLines {
         let Some(last) = valid[..safe].last() else {
             return failure.map_or(Ok(()), Err);
         };
-        let position = (last.sequence_number.clone(), last.sub_sequence_number);
+        let position = (last.sequence_number.to_string(), last.sub_sequence_number);
         self.last_written = Some(position.clone());
         // Checkpoint only what is safely written: at least once.
         if let Err(error) = input
@@ -1026,9 +1026,9 @@ mod tests {
         if let Some(stream) = source.stream {
             line.insert("stream", stream.into());
         }
-        line.insert("sequence_number", record.sequence_number.as_str().into());
+        line.insert("sequence_number", (*record.sequence_number).into());
         line.insert("sub_sequence_number", record.sub_sequence_number.into());
-        line.insert("partition_key", record.partition_key.as_str().into());
+        line.insert("partition_key", (*record.partition_key).into());
         match std::str::from_utf8(&record.data) {
             Ok(text) => {
                 line.insert("data", text.into());
@@ -1075,7 +1075,7 @@ mod tests {
             KinesisClientRecord::new("1", "", bytes::Bytes::from_static(b"plain")),
         ];
         let mut keyed = record(b"x");
-        keyed.partition_key = "k\"\\\u{0}\u{e9}".to_owned();
+        keyed.partition_key = "k\"\\\u{0}\u{e9}".into();
         keyed.sequence_number = "49680860314824985401231118657019531693487739223058415618".into();
         keyed.sub_sequence_number = u64::MAX;
         records.push(keyed);

@@ -139,8 +139,8 @@ impl From<&KinesisClientRecord> for Record {
         Record {
             action: "record",
             data: base64_simd::STANDARD.encode_to_string(&record.data),
-            partition_key: record.partition_key.clone(),
-            sequence_number: record.sequence_number.clone(),
+            partition_key: record.partition_key.to_string(),
+            sequence_number: record.sequence_number.to_string(),
             sub_sequence_number: record.sub_sequence_number,
             approximate_arrival_timestamp: record.approximate_arrival_timestamp.and_then(|time| {
                 time.duration_since(std::time::UNIX_EPOCH)
