@@ -290,6 +290,40 @@ async fn a_lone_worker_starts_at_once_and_coordinates_less_until_another_joins()
     assert!(fleet.balanced(), "{:?}", fleet.counts());
 }
 
+/// The failure paths around a lone leader's slower pace: its listings of the worker rows
+/// fail (5xx) for 5 s while a second worker joins, then that worker is killed once it has
+/// its share. It still gets its share soon after the listings answer again, and its
+/// leases are taken back within 1.2x the failover time, as with any other worker.
+#[tokio::test(start_paused = true)]
+async fn a_worker_joining_a_lone_leader_whose_looks_fail_gets_its_share_and_is_taken_over() {
+    let mut fleet = Fleet::new(8).await;
+    let lone = fleet.add();
+    fleet
+        .run_until(Duration::from_secs(30), |now| now.len() == 8)
+        .await
+        .expect("the lone worker processes every lease");
+    fleet.run_for(Duration::from_secs(5)).await;
+    let failing = Duration::from_secs(5);
+    let start = Instant::now();
+    fleet.members[lone].coordination.inject(
+        FaultRule::new([CoordinatorOperation::ListWorkers], Fault::ServerError)
+            .window(start, start + failing),
+    );
+    let joined = fleet.add();
+    let took = fleet
+        .run_until(Duration::from_secs(60), |now| {
+            now.values().filter(|w| **w == joined).count() >= 4
+        })
+        .await
+        .expect("the worker that joined got its share");
+    assert!(
+        took >= failing && took <= failing + Duration::from_secs(8),
+        "share after {took:?}"
+    );
+    let took = takeover(&mut fleet, &[joined]).await;
+    assert!(took <= FAILOVER * 6 / 5, "taken over after {took:?}");
+}
+
 /// Kills `victims` and returns how long until survivors process every lease the victims
 /// processed.
 async fn takeover(fleet: &mut Fleet, victims: &[usize]) -> Duration {
