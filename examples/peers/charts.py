@@ -39,7 +39,8 @@ def color(name):
         return BEFORE
     if "(ours" in name:
         return OURS
-    return CEILING if "ceiling" in name else PEER
+    # The emulator's ceiling and the floor program are references, not peers.
+    return CEILING if "ceiling" in name or name.startswith("floor") else PEER
 
 
 def runs(rows, key):

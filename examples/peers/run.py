@@ -29,6 +29,8 @@ HERE = Path(__file__).resolve().parent
 WORK = ROOT / "target" / "peers"
 KINESIS = ROOT / "target" / "release" / "kinesis"
 CODEC = ROOT / "target" / "release" / "examples" / "codec"
+# Not a peer: the work ours cannot do without and nothing else (examples/examples/floor.rs).
+FLOOR = ROOT / "target" / "release" / "examples" / "floor"
 # Not the emulators' default ports (4567, 8000): other jobs on the machine may use those.
 PORTS = ["--kinesis-port", os.environ.get("PEERS_KINESIS_PORT", "4667"),
          "--dynamodb-port", os.environ.get("PEERS_DYNAMODB_PORT", "8100")]
@@ -53,6 +55,8 @@ PRODUCERS = [
     # request timeout. The same with both raised.
     ("kinesis produce (ours, --record-ttl 300s --request-timeout 60s)", None,
      ["--record-ttl", "300s", "--request-timeout", "60s"]),
+    # Not a producer: the required work only, with the same SDK and data (a lower bound).
+    ("floor: required work only (examples/floor.rs)", "floor", None),
     ("aiokpl 0.2.0", "aiokpl", "produce_aiokpl.py"),
     ("async-kinesis 3.0.1 (KPL aggregation)", "async-kinesis", "produce_async_kinesis.py"),
     ("aws-kinesis-agg 1.2.3 + boto3", "agg", "produce_agg_boto3.py"),
@@ -72,6 +76,9 @@ CONSUMERS = [
     # idle reads before --exit-after-idle ends it.
     ("kinesis consume (ours, --count N)", ["--count", "{n}"]),
     ("async-kinesis 3.0.1 (DynamoDB checkpointer)", None),
+    # Not a consumer: reads, checks, unpacks and writes the same lines as ours, without a
+    # lease table or checkpoints (a lower bound).
+    ("floor: required work only, no DynamoDB (examples/floor.rs)", None),
     # Not a consumer: how fast the emulator hands the same stream out (see read_ceiling.py).
     ("boto3 GetRecords, no processing (the emulator's read ceiling)", None),
 ]
@@ -255,7 +262,9 @@ def producer_row(emulators, name, venv, script, binary, n, size):
     env = emulators.start()
     stream = f"peers-{int(time.time() * 1000)}"
     shards = create_stream(env, stream)
-    if venv is None:
+    if venv == "floor":
+        command = [str(FLOOR), "produce", stream, str(n), str(size), "1000"]
+    elif venv is None:
         command = [str(binary), "produce", "--stream", stream, "--records", str(n),
                    "--size", str(size), "--keys", "1000", *(script or [])]
     else:
@@ -341,6 +350,11 @@ def consumer_rows(emulators, aggregated_n, peer_filter, before=None):
                 first = times[0] if times else None
                 last = times[1] if len(times) > 1 and len(seen) == n else None
                 distinct = len(seen)
+            elif peer.startswith("floor"):
+                output = WORK / "floor.jsonl"
+                run = run_measured([str(FLOOR), "consume", stream, str(output)], env, timeout=900)
+                seen = {json.loads(json.loads(l)["data"])["id"] for l in output.open()}
+                first, last, distinct = None, None, len(seen)
             elif peer.startswith("boto3"):
                 run = run_measured([venv_python("agg"), str(HERE / "read_ceiling.py"), stream],
                                    env, timeout=900)
@@ -467,6 +481,8 @@ def main():
                        cwd=ROOT, check=True)
         subprocess.run(["nice", "cargo", "build", "--release", "-q", "-p", "kinesis-aggregation",
                         "--example", "codec"], cwd=ROOT, check=True)
+        subprocess.run(["nice", "cargo", "build", "--release", "-q", "-p", "examples",
+                        "--example", "floor"], cwd=ROOT, check=True)
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
                "versions": versions(), "command": " ".join(sys.argv),
                "ours": {"binary": str(KINESIS), "commit": commit_of(ROOT)}}
