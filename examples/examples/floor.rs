@@ -185,6 +185,10 @@ async fn produce(
                 queue.push_back(record);
             }
         }
+        // A measurement, not a producer: a stream that keeps refusing ends it.
+        if failed_entries > records {
+            return Err(format!("{stream}: more entries failed than there are records").into());
+        }
     }
     Ok(serde_json::json!({
         "user_records": records,
