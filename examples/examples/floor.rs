@@ -114,6 +114,9 @@ async fn produce(
 ) -> Result<serde_json::Value, Error> {
     let shards = shards(client, stream).await?;
     let ends: Vec<u128> = shards.iter().map(end_of).collect();
+    if ends.is_empty() {
+        return Err(format!("{stream}: no open shard").into());
+    }
     let hash_keys: Vec<HashKey> = (0..keys.max(1))
         .map(|k| HashKey::from_partition_key(&format!("key-{k}")))
         .collect();
