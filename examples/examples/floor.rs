@@ -7,7 +7,7 @@
 //!   1 MB/s. Left out: per-record results, the bounded inbox, the rate limiter, timeouts,
 //!   retries with backoff (failed entries are simply sent again), metrics.
 //! - `consume`: reads every shard from its start until it is at the tip, checks and unpacks
-//!   the aggregates, and writes the same JSON lines as `kinesis consume`. Left out: the
+//!   the aggregates, and writes the lines with `kinesis consume`'s own writer. Left out: the
 //!   lease table, checkpoints, the coordination of workers, parents before children,
 //!   pauses between reads.
 //!
@@ -20,15 +20,16 @@
 //! perf stat -e task-clock target/release/examples/floor consume floor-1 /tmp/floor.jsonl
 //! ```
 
-use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, Shard, ShardIteratorType};
 use aws_sdk_kinesis::Client;
 use bytes::Bytes;
+use kinesis_cli::consume::{write_json_lines, Source};
 use kinesis_cli::produce::Generator;
+use kinesis_consumer::KinesisClientRecord;
 use kinesis_producer::aggregation::{deaggregate, AggregateBuilder, EncodedRecord, HashKey};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -41,8 +42,6 @@ const SHARD_BYTES_PER_SECOND: usize = 1_000_000;
 const CALL_BYTES: usize = 512 * 1024;
 /// PutRecords' own limit.
 const CALL_RECORDS: usize = 500;
-/// How much a consumer's output buffer holds before it is written.
-const WRITE_BLOCK: usize = 64 * 1024;
 
 fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -229,7 +228,11 @@ async fn read_shard(
         .send()
         .await?
         .shard_iterator;
-    let (mut buffer, mut lines) = (Vec::with_capacity(WRITE_BLOCK + 1024), 0);
+    let source = Source {
+        stream: None,
+        shard,
+    };
+    let (mut buffer, mut lines) = (Vec::new(), 0);
     while let Some(current) = iterator {
         let out = client
             .get_records()
@@ -238,19 +241,30 @@ async fn read_shard(
             .send()
             .await?;
         let at_tip = out.records.is_empty() && out.millis_behind_latest == Some(0);
+        let mut users = Vec::new();
         for record in out.records {
-            let sequence_number = record.sequence_number().to_owned();
+            let sequence_number: Arc<str> = Arc::from(record.sequence_number());
             let partition_key = record.partition_key().unwrap_or_default().to_owned();
             let data = Bytes::from(record.data.into_inner());
-            for user in deaggregate(&partition_key, None, data) {
-                write_line(&mut buffer, shard, &sequence_number, &user)?;
-                lines += 1;
-                if buffer.len() >= WRITE_BLOCK {
-                    write_block(file, &mut buffer)?;
-                }
-            }
+            users.extend(
+                deaggregate(&partition_key, None, data)
+                    .into_iter()
+                    .map(|user| {
+                        let mut line = KinesisClientRecord::new(
+                            sequence_number.clone(),
+                            user.partition_key,
+                            user.data,
+                        );
+                        line.sub_sequence_number = user.sub_sequence_number;
+                        line.aggregated = user.aggregated;
+                        line
+                    }),
+            );
         }
-        write_block(file, &mut buffer)?;
+        lines += users.len() as u64;
+        let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+        write_json_lines(&mut *file, &mut buffer, source, &users)?;
+        drop(file);
         iterator = if at_tip {
             None
         } else {
@@ -258,38 +272,4 @@ async fn read_shard(
         };
     }
     Ok(lines)
-}
-
-fn write_block(file: &Mutex<std::fs::File>, buffer: &mut Vec<u8>) -> std::io::Result<()> {
-    let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
-    file.write_all(buffer)?;
-    buffer.clear();
-    Ok(())
-}
-
-/// The line `kinesis consume` writes for a user record.
-fn write_line(
-    out: &mut Vec<u8>,
-    shard: &str,
-    sequence_number: &str,
-    record: &kinesis_producer::aggregation::UserRecord,
-) -> std::io::Result<()> {
-    out.write_all(b"{\"data\":")?;
-    match std::str::from_utf8(&record.data) {
-        Ok(text) => serde_json::to_writer(&mut *out, text)?,
-        Err(_) => {
-            let encoded = base64_simd::STANDARD.encode_to_string(&record.data);
-            serde_json::to_writer(&mut *out, &encoded)?;
-            out.write_all(b",\"data_base64\":true")?;
-        }
-    }
-    out.write_all(b",\"partition_key\":")?;
-    serde_json::to_writer(&mut *out, &*record.partition_key)?;
-    out.write_all(b",\"sequence_number\":")?;
-    serde_json::to_writer(&mut *out, sequence_number)?;
-    out.write_all(b",\"shard_id\":")?;
-    serde_json::to_writer(&mut *out, shard)?;
-    out.write_all(b",\"sub_sequence_number\":")?;
-    serde_json::to_writer(&mut *out, &record.sub_sequence_number)?;
-    out.write_all(b"}\n")
 }

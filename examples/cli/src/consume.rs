@@ -668,8 +668,10 @@ struct JsonLines {
 /// Where records come from, as their lines name it: the shard, and the stream when several
 /// are consumed.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Source<'a> {
+pub struct Source<'a> {
+    /// The stream, named in each line only when several streams are consumed.
     pub stream: Option<&'a str>,
+    /// The shard the records were read from.
     pub shard: &'a str,
 }
 
@@ -716,7 +718,7 @@ pub(crate) fn write_json_line(
 /// Writes the output lines of `records` to `out`, serialized into `buffer` first (its
 /// allocation is reused from batch to batch) and written in blocks of about
 /// [`WRITE_BLOCK`] bytes: one call to `out` per block rather than one per JSON token.
-pub(crate) fn write_json_lines(
+pub fn write_json_lines(
     out: &mut (impl Write + ?Sized),
     buffer: &mut Vec<u8>,
     source: Source<'_>,
