@@ -717,7 +717,7 @@ pub(crate) fn write_json_line(
 
 /// Writes the output lines of `records` to `out`, serialized into `buffer` first (its
 /// allocation is reused from batch to batch) and written in blocks of about
-/// [`WRITE_BLOCK`] bytes: one call to `out` per block rather than one per JSON token.
+/// 64 KiB: one call to `out` per block rather than one per JSON token.
 pub fn write_json_lines(
     out: &mut (impl Write + ?Sized),
     buffer: &mut Vec<u8>,
